@@ -1,0 +1,1 @@
+"""Ryu OpenFlow application: collects NF load and link statistics, steers flows and executes migrations."""

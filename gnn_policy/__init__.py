@@ -1,0 +1,1 @@
+"""Migration policies over the shared cluster state: the graph-network agent and its baselines."""

@@ -1,0 +1,1 @@
+"""Mininet testbeds for NF clusters behind Open vSwitch on the userspace datapath."""

@@ -1,0 +1,114 @@
+"""The cluster state, scenario detection (section III) and the graph view (section V.B)."""
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+
+from tests.strategies import cluster_states
+from twin.graph import EDGE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES, to_networkx, to_pyg
+from twin.params import Thresholds
+from twin.scenario import ScenarioKind, detect, instances_needed
+from twin.state import ClusterState, FiveTuple, Flow, Instance, StateError
+
+TUPLE = FiveTuple("10.1.0.1", "10.2.0.1", 40000, 80, 6)
+
+
+def cluster(utilisations, capacity=1000.0, standby=0) -> ClusterState:
+    """One flow per active instance carrying the given utilisation, plus idle standby instances."""
+    instances = [Instance(f"nf{k}", capacity, 100.0) for k in range(len(utilisations))]
+    instances += [Instance(f"sb{k}", capacity, 100.0, active=False) for k in range(standby)]
+    flows = [Flow(f"f{k}", TUPLE._replace(src_port=k), u * capacity, 90.0, f"nf{k}")
+             for k, u in enumerate(utilisations) if u > 0]
+    return ClusterState.from_objects(instances, flows)
+
+
+def test_loads_and_utilisation_derive_from_flows():
+    state = cluster([0.5, 0.2], standby=1)
+    assert state.load_pps.tolist() == [500.0, 200.0, 0.0]
+    assert state.utilisation.tolist() == [0.5, 0.2, 0.0]
+    assert [i.id for i in state.instances] == ["nf0", "nf1", "sb0"]
+    assert state.flow(1) == Flow("f1", TUPLE._replace(src_port=1), 200.0, 90.0, "nf1")
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: ClusterState.from_objects([Instance("a", 1.0, 1.0), Instance("a", 1.0, 1.0)], []), "'a' appears more"),
+    (lambda: ClusterState.from_objects([Instance("a", 0.0, 1.0)], []), "non-positive capacity"),
+    (lambda: ClusterState.from_objects([Instance("a", 1.0, 1.0)], [Flow("f", TUPLE, 1.0, 90.0, "b")]),
+     "unknown instance 'b'"),
+    (lambda: ClusterState.from_objects([Instance("a", 1.0, 1.0, active=False)], [Flow("f", TUPLE, 1.0, 90.0, "a")]),
+     "stopped instance 'a'"),
+    (lambda: ClusterState.from_objects([Instance("a", 1.0, 1.0)], [Flow("f", TUPLE, -1.0, 90.0, "a")]), "rate"),
+])
+def test_invalid_states_are_rejected_with_the_reason(build, message):
+    with pytest.raises(StateError, match=message):
+        build()
+
+
+def test_state_arrays_are_read_only():
+    state = cluster([0.5, 0.2])
+    with pytest.raises(ValueError):
+        state.assignment[0] = 1
+
+
+@pytest.mark.parametrize("utilisations,kind,hot,cold", [
+    ([0.70, 0.65, 0.30, 0.30], ScenarioKind.SCALE_OUT, (0, 1), ()),
+    ([0.05, 0.40, 0.40, 0.40], ScenarioKind.SCALE_IN, (), (0,)),
+    ([0.15, 0.55, 0.45, 0.20], ScenarioKind.LOAD_BALANCE, (), ()),
+    ([0.30, 0.32, 0.31, 0.29], ScenarioKind.NONE, (), ()),
+    # an underloaded instance the others cannot absorb below Th_high is no scale-in
+    ([0.05, 0.59, 0.59], ScenarioKind.LOAD_BALANCE, (), (0,)),
+    # overload wins over underload
+    ([0.05, 0.62, 0.30], ScenarioKind.SCALE_OUT, (1,), (0,)),
+])
+def test_detection_per_instance_with_cluster_load_judgment(utilisations, kind, hot, cold):
+    scenario = detect(cluster(utilisations), Thresholds(high=0.6, low=0.1, var=0.01))
+    assert scenario.kind is kind
+    assert scenario.overloaded == hot and scenario.underloaded == cold
+
+
+def test_trigger_thresholds_are_inclusive():
+    assert detect(cluster([0.6, 0.3, 0.3]), Thresholds(high=0.6, low=0.1)).overloaded == (0,)
+    assert detect(cluster([0.1, 0.3, 0.3]), Thresholds(high=0.6, low=0.1)).underloaded == (0,)
+
+
+def test_load_judgment_counts_instances_needed_at_th_high():
+    # total 2.1 capacities of load at Th_high 0.6 needs ceil(2.1/0.6) = 4 instances; 2 standby cover the gap
+    state = cluster([0.7, 0.7, 0.7], standby=2)
+    assert instances_needed(state, Thresholds(high=0.6)) == 4
+    assert detect(state, Thresholds(high=0.6)).cluster_utilisation == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("kwargs", [dict(high=0.1, low=0.2), dict(high=1.2), dict(low=-0.1), dict(var=-1.0)])
+def test_thresholds_out_of_range_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        Thresholds(**kwargs)
+
+
+@settings(max_examples=100, deadline=None)
+@given(cluster_states())
+def test_pyg_and_networkx_views_agree(state):
+    data = to_pyg(state)
+    active = state.active_indices
+    n = active.size
+    assert data.x.shape == (n, len(NODE_FEATURES))
+    assert data.edge_index.shape == (2, n * (n - 1)) and data.edge_attr.shape == (n * (n - 1), len(EDGE_FEATURES))
+    assert data.u.shape == (1, len(GLOBAL_FEATURES))
+    assert torch.equal(data.instance_index, torch.as_tensor(active))
+    assert not torch.any(data.edge_index[0] == data.edge_index[1])
+    graph = to_networkx(state)
+    assert isinstance(graph, nx.DiGraph) and graph.number_of_edges() == n * (n - 1)
+    for row, k in zip(data.x.tolist(), active.tolist()):
+        node = graph.nodes[state.instance_ids[k]]
+        assert [node[name] for name in NODE_FEATURES] == pytest.approx(row, rel=1e-5, abs=1e-6)
+    for (sender, receiver), latency in zip(data.edge_index.T.tolist(), data.edge_attr[:, 0].tolist()):
+        i, j = state.instance_ids[active[sender]], state.instance_ids[active[receiver]]
+        assert graph.edges[i, j]["migration_ms"] == pytest.approx(latency * 100.0, rel=1e-5)
+
+
+def test_standby_instances_join_the_graph_on_request():
+    state = cluster([0.5, 0.2], standby=1)
+    assert to_pyg(state).num_nodes == 2
+    data = to_pyg(state, include_standby=True)
+    assert data.num_nodes == 3 and data.x[2, NODE_FEATURES.index("active")] == 0.0
+    assert np.isclose(data.u[0, 0].item(), 0.35)

@@ -1,0 +1,231 @@
+"""The cluster state: NF instances, the flows steered to them and the migration latencies.
+
+One array-backed model serves every consumer. Baselines, the policy, the twin simulator and
+the controller read the numpy arrays; the object view (`Instance`, `Flow`) is for the REST API,
+the tests and building small states by hand. The state is immutable: changes produce a new
+state (see `twin.migration`).
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Iterable, NamedTuple, Sequence
+
+import numpy as np
+
+from twin.params import CostParams
+
+FIVE_TUPLE_DTYPE = np.dtype([("src_ip", "<u4"), ("dst_ip", "<u4"), ("src_port", "<u2"),
+                             ("dst_port", "<u2"), ("proto", "u1")])
+
+
+class StateError(ValueError):
+    """A cluster state that violates the model (bad shapes, unknown ids, flows on stopped instances)."""
+
+
+class FiveTuple(NamedTuple):
+    src_ip: str
+    dst_ip: str
+    src_port: int
+    dst_port: int
+    proto: int
+
+    @classmethod
+    def from_record(cls, record) -> "FiveTuple":
+        return cls(str(ipaddress.IPv4Address(int(record["src_ip"]))),
+                   str(ipaddress.IPv4Address(int(record["dst_ip"]))),
+                   int(record["src_port"]), int(record["dst_port"]), int(record["proto"]))
+
+    def to_record(self) -> tuple[int, int, int, int, int]:
+        return (int(ipaddress.IPv4Address(self.src_ip)), int(ipaddress.IPv4Address(self.dst_ip)),
+                self.src_port, self.dst_port, self.proto)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One NF instance. Capacity is in packets/s (NFs such as Prads work per packet)."""
+
+    id: str
+    capacity_pps: float
+    buffer_packets: float
+    queue_packets: float = 0.0
+    active: bool = True
+    processing_ms: float = CostParams.processing_ms
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One bidirectional flow, its rate, its SLA latency LA^f and the instance serving it."""
+
+    id: str
+    five_tuple: FiveTuple
+    rate_pps: float
+    sla_ms: float
+    instance: str
+    byte_rate: float = 0.0
+
+
+def uniform_migration_latency(n_instances: int, params: CostParams = CostParams()) -> np.ndarray:
+    """la_ij for a cluster whose instances are all one hop apart (zero on the diagonal)."""
+    latency = np.full((n_instances, n_instances), params.single_flow_migration_ms)
+    np.fill_diagonal(latency, 0.0)
+    return latency
+
+
+@dataclass(frozen=True, eq=False)
+class ClusterState:
+    """Arrays of N instances and M flows; `assignment[f]` is the index of flow f's instance."""
+
+    instance_ids: tuple[str, ...]
+    capacity: np.ndarray
+    buffer: np.ndarray
+    queue: np.ndarray
+    active: np.ndarray
+    processing_ms: np.ndarray
+    migration_ms: np.ndarray
+    flow_ids: tuple[str, ...]
+    five_tuple: np.ndarray
+    rate: np.ndarray
+    byte_rate: np.ndarray
+    sla_ms: np.ndarray
+    assignment: np.ndarray
+    time_s: float = field(default=0.0)
+
+    def __post_init__(self) -> None:
+        n, m = len(self.instance_ids), len(self.flow_ids)
+        for name, array, shape in (
+            ("capacity", self.capacity, (n,)), ("buffer", self.buffer, (n,)), ("queue", self.queue, (n,)),
+            ("active", self.active, (n,)), ("processing_ms", self.processing_ms, (n,)),
+            ("migration_ms", self.migration_ms, (n, n)), ("five_tuple", self.five_tuple, (m,)),
+            ("rate", self.rate, (m,)), ("byte_rate", self.byte_rate, (m,)), ("sla_ms", self.sla_ms, (m,)),
+            ("assignment", self.assignment, (m,)),
+        ):
+            if np.shape(array) != shape:
+                raise StateError(f"{name} has shape {np.shape(array)}, expected {shape}")
+            if isinstance(array, np.ndarray):
+                array.flags.writeable = False
+        _require_unique("instance", self.instance_ids)
+        _require_unique("flow", self.flow_ids)
+        if np.any(self.capacity <= 0):
+            bad = self.instance_ids[int(np.argmax(self.capacity <= 0))]
+            raise StateError(f"instance {bad!r} has a non-positive capacity")
+        for name, array in (("buffer", self.buffer), ("queue", self.queue), ("rate", self.rate),
+                            ("sla_ms", self.sla_ms), ("migration_ms", self.migration_ms)):
+            if np.any(array < 0) or not np.all(np.isfinite(array)):
+                raise StateError(f"{name} must be finite and >= 0")
+        if m:
+            if self.assignment.min() < 0 or self.assignment.max() >= n:
+                raise StateError("a flow is assigned to an instance index outside the cluster")
+            stopped = ~self.active[self.assignment]
+            if np.any(stopped):
+                f = int(np.argmax(stopped))
+                raise StateError(f"flow {self.flow_ids[f]!r} is on stopped instance "
+                                 f"{self.instance_ids[self.assignment[f]]!r}")
+
+    # --- construction -------------------------------------------------------------------
+    @classmethod
+    def from_objects(cls, instances: Sequence[Instance], flows: Iterable[Flow],
+                     migration_ms: np.ndarray | None = None, params: CostParams = CostParams(),
+                     time_s: float = 0.0) -> "ClusterState":
+        """Build a state from the object view; la_ij defaults to one OpenNF hop between every pair."""
+        flows = list(flows)
+        ids = tuple(i.id for i in instances)
+        index = {instance_id: k for k, instance_id in enumerate(ids)}
+        for flow in flows:
+            if flow.instance not in index:
+                raise StateError(f"flow {flow.id!r} is assigned to unknown instance {flow.instance!r}")
+        return cls(
+            instance_ids=ids,
+            capacity=np.array([i.capacity_pps for i in instances], dtype=float),
+            buffer=np.array([i.buffer_packets for i in instances], dtype=float),
+            queue=np.array([i.queue_packets for i in instances], dtype=float),
+            active=np.array([i.active for i in instances], dtype=bool),
+            processing_ms=np.array([i.processing_ms for i in instances], dtype=float),
+            migration_ms=(uniform_migration_latency(len(ids), params) if migration_ms is None
+                          else np.asarray(migration_ms, dtype=float)),
+            flow_ids=tuple(f.id for f in flows),
+            five_tuple=np.array([f.five_tuple.to_record() for f in flows], dtype=FIVE_TUPLE_DTYPE),
+            rate=np.array([f.rate_pps for f in flows], dtype=float),
+            byte_rate=np.array([f.byte_rate for f in flows], dtype=float),
+            sla_ms=np.array([f.sla_ms for f in flows], dtype=float),
+            assignment=np.array([index[f.instance] for f in flows], dtype=np.int64),
+            time_s=time_s,
+        )
+
+    def with_changes(self, **changes) -> "ClusterState":
+        """A copy with some arrays replaced (validated like any new state)."""
+        return replace(self, **changes)
+
+    # --- sizes and lookups ----------------------------------------------------------------
+    @property
+    def n_instances(self) -> int:
+        return len(self.instance_ids)
+
+    @property
+    def n_flows(self) -> int:
+        return len(self.flow_ids)
+
+    @cached_property
+    def instance_index(self) -> dict[str, int]:
+        return {instance_id: k for k, instance_id in enumerate(self.instance_ids)}
+
+    @cached_property
+    def flow_index(self) -> dict[str, int]:
+        return {flow_id: k for k, flow_id in enumerate(self.flow_ids)}
+
+    # --- derived quantities (never stored, always computed from the flows) ------------------
+    @cached_property
+    def load_pps(self) -> np.ndarray:
+        """Offered load of each instance: the sum of its flows' rates."""
+        return np.bincount(self.assignment, weights=self.rate, minlength=self.n_instances)
+
+    @cached_property
+    def utilisation(self) -> np.ndarray:
+        """l_j of the paper: load as a fraction of capacity."""
+        return self.load_pps / self.capacity
+
+    @cached_property
+    def flows_per_instance(self) -> np.ndarray:
+        return np.bincount(self.assignment, minlength=self.n_instances)
+
+    @property
+    def active_indices(self) -> np.ndarray:
+        return np.flatnonzero(self.active)
+
+    def flows_on(self, instance: int) -> np.ndarray:
+        """Indices of the flows served by instance index `instance`."""
+        return np.flatnonzero(self.assignment == instance)
+
+    # --- object view ----------------------------------------------------------------------
+    def instance(self, k: int) -> Instance:
+        return Instance(self.instance_ids[k], float(self.capacity[k]), float(self.buffer[k]),
+                        float(self.queue[k]), bool(self.active[k]), float(self.processing_ms[k]))
+
+    def flow(self, f: int) -> Flow:
+        return Flow(self.flow_ids[f], FiveTuple.from_record(self.five_tuple[f]), float(self.rate[f]),
+                    float(self.sla_ms[f]), self.instance_ids[self.assignment[f]], float(self.byte_rate[f]))
+
+    @property
+    def instances(self) -> list[Instance]:
+        return [self.instance(k) for k in range(self.n_instances)]
+
+    @property
+    def flows(self) -> list[Flow]:
+        return [self.flow(f) for f in range(self.n_flows)]
+
+    def same_as(self, other: "ClusterState") -> bool:
+        """Exact equality of every field (states hold arrays, so `==` is not defined)."""
+        if self.instance_ids != other.instance_ids or self.flow_ids != other.flow_ids:
+            return False
+        return self.time_s == other.time_s and all(
+            np.array_equal(getattr(self, name), getattr(other, name))
+            for name in ("capacity", "buffer", "queue", "active", "processing_ms", "migration_ms",
+                         "five_tuple", "rate", "byte_rate", "sla_ms", "assignment"))
+
+
+def _require_unique(kind: str, ids: Sequence[str]) -> None:
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        duplicate = next(i for i in ids if i in seen or seen.add(i))
+        raise StateError(f"{kind} id {duplicate!r} appears more than once")
