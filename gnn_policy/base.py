@@ -1,0 +1,87 @@
+"""The one interface every migration policy implements: baselines, the exact solver and the GN agent.
+
+A policy receives a `Problem` (the cluster state, the detected scenario, the thresholds and the
+cost parameters) and returns a `Decision`: an action in array form, or the reason why no
+feasible action exists. Policies never score themselves; `score` applies the decision through
+the shared cost model, which also checks constraints (4)-(5).
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from twin.migration import CostBreakdown, IndexedAction, InvalidAction, apply
+from twin.params import CostParams, Thresholds
+from twin.scenario import Scenario, ScenarioKind, detect
+from twin.state import ClusterState
+
+
+@dataclass(frozen=True)
+class Problem:
+    state: ClusterState
+    scenario: Scenario
+    thresholds: Thresholds
+    params: CostParams = CostParams()
+
+    @classmethod
+    def of(cls, state: ClusterState, thresholds: Thresholds, params: CostParams = CostParams()) -> "Problem":
+        """The problem the twin sees in `state`: scenario detection included."""
+        return cls(state, detect(state, thresholds), thresholds, params)
+
+    def as_scenario(self, kind: ScenarioKind) -> "Problem":
+        """The same state treated as another scenario (the benchmarks fix the scenario per experiment)."""
+        return replace(self, scenario=replace(self.scenario, kind=kind))
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: IndexedAction
+    feasible: bool = True
+    reason: str = ""
+    """Why the decision is infeasible, or a note on how it was reached (e.g. a solver's time limit)."""
+    proven_optimal: bool | None = None
+    """Exact solvers only: whether optimality was proven."""
+    optimal_gap: float | None = None
+    """Exact solvers only: the certified relative gap of the returned action."""
+
+    @classmethod
+    def infeasible(cls, reason: str) -> "Decision":
+        return cls(IndexedAction(), feasible=False, reason=reason)
+
+
+class Policy(abc.ABC):
+    """Decides migrations for the scenarios it `handles`; other scenarios get an infeasible decision."""
+
+    name: ClassVar[str]
+    handles: ClassVar[frozenset[ScenarioKind]]
+
+    def decide(self, problem: Problem) -> Decision:
+        kind = problem.scenario.kind
+        if kind is ScenarioKind.NONE:
+            return Decision(IndexedAction(), reason="no scenario: nothing to do")
+        if kind not in self.handles:
+            return Decision.infeasible(f"{self.name} does not handle {kind.value}")
+        return self._decide(problem)
+
+    @abc.abstractmethod
+    def _decide(self, problem: Problem) -> Decision:
+        """The decision for a scenario this policy handles."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    decision: Decision
+    valid: bool
+    """Constraints (4)-(5) and every other check of `twin.migration.apply` hold."""
+    breakdown: CostBreakdown | None
+    error: str = ""
+
+
+def score(problem: Problem, decision: Decision) -> Outcome:
+    """Apply a decision through the shared cost model; an invalid one is reported, never raised."""
+    try:
+        _, breakdown = apply(problem.state, decision.action, problem.params, problem.thresholds)
+    except InvalidAction as error:
+        return Outcome(decision, False, None, str(error))
+    return Outcome(decision, True, breakdown)
