@@ -1,0 +1,97 @@
+"""`dm-trace`: inspect pcap traces and generate synthetic ones."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from trace_replay.flows import read_flows
+from trace_replay.pcap import PcapError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.command(args)
+        except (PcapError, OSError) as exc:
+            print(f"dm-trace: {exc}", file=sys.stderr)
+            return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (such as a torn last record) as one line, without Python's source location."""
+    print(f"dm-trace: warning: {message}", file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dm-trace", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    info = commands.add_parser("info", help="packet, flow and protocol counts of a pcap or pcap.gz file")
+    info.add_argument("pcap", type=Path, metavar="PCAP")
+    info.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    info.add_argument(
+        "--idle-timeout",
+        type=_positive_seconds,
+        metavar="S",
+        help="split a flow at gaps longer than S seconds (default: never)",
+    )
+    info.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
+    info.set_defaults(command=_info)
+
+    generate = commands.add_parser("generate", help="write a synthetic enterprise-like header-only trace")
+    generate.add_argument("--out", type=Path, required=True, metavar="PCAP")
+    generate.add_argument("--seconds", type=_positive_seconds, required=True, metavar="S")
+    generate.add_argument("--seed", type=int, required=True, metavar="K")
+    generate.set_defaults(command=_generate)
+    return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _info(args: argparse.Namespace) -> int:
+    table = read_flows(args.pcap, idle_timeout=args.idle_timeout, progress=args.progress)
+    summary = table.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    rows = [
+        ("trace", table.source),
+        ("packets", f"{summary['packets']:,}"),
+        ("IPv4 packets", f"{summary['ip_packets']:,}"),
+        ("flows", f"{summary['flows']:,}"),
+        ("IPv4 bytes", f"{summary['bytes']:,}"),
+        ("duration", f"{summary['duration_s']:,.3f} s"),
+    ]
+    if table.stats.torn_records:
+        rows.append(("torn records", f"{table.stats.torn_records:,}"))
+    if summary["protocols"]:
+        rows.append(("protocols", ""))
+        rows += [(f"  {name}", f"{count:,}") for name, count in summary["protocols"].items()]
+    width = max(len(label) for label, _ in rows)
+    print("\n".join(f"{label:<{width}}  {value}".rstrip() for label, value in rows))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from trace_replay.generate import generate_pcap  # written separately; only this command needs it
+
+    generate_pcap(args.out, seconds=args.seconds, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
