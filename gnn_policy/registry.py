@@ -1,0 +1,58 @@
+"""Policies by name: what `dm-bench --policies`, the controller's config and the REST API accept.
+
+Names are resolved lazily so that asking for a baseline never imports the solver or torch.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gnn_policy.base import Policy
+
+
+class UnknownPolicy(ValueError):
+    """A policy name that is not registered; the message lists the known ones."""
+
+
+def _baseline(name: str) -> Callable[..., Policy]:
+    def make(seed: int = 0, **_: object) -> Policy:
+        from gnn_policy.baselines import BASELINES
+
+        cls = BASELINES[name]
+        return cls(seed=seed) if name == "random" else cls()
+
+    return make
+
+
+def _optimal(seed: int = 0, time_limit_s: float = 10.0, **_: object) -> Policy:
+    from gnn_policy.baselines import OFM, Pairwise, RandomScaleIn, SizeGreedy
+    from gnn_policy.optimal import Optimal
+
+    return Optimal(warm_start=(OFM(), SizeGreedy(), Pairwise(), RandomScaleIn(seed=seed)),
+                   time_limit_s=time_limit_s, seed=seed)
+
+
+def _deepmigration(seed: int = 0, checkpoint: str | None = None, **_: object) -> Policy:
+    from gnn_policy.agent import DeepMigration
+
+    return DeepMigration.load(checkpoint, seed=seed)
+
+
+_FACTORIES: dict[str, Callable[..., Policy]] = {
+    "ofm": _baseline("ofm"),
+    "size-greedy": _baseline("size-greedy"),
+    "pairwise": _baseline("pairwise"),
+    "random": _baseline("random"),
+    "optimal": _optimal,
+    "deepmigration": _deepmigration,
+}
+
+POLICY_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def make_policy(name: str, *, seed: int = 0, **options: object) -> Policy:
+    """A fresh policy called `name`; `options` go to its factory (e.g. `checkpoint`, `time_limit_s`)."""
+    try:
+        factory = _FACTORIES[name]
+    except KeyError:
+        raise UnknownPolicy(f"unknown policy {name!r}; known: {', '.join(POLICY_NAMES)}") from None
+    return factory(seed=seed, **options)
