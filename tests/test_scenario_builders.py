@@ -1,10 +1,23 @@
 """Scenario builders: the paper's experiment set-ups from a trace's flows (section VI.C)."""
+import json
+
 import numpy as np
 import pytest
 
+from tests.pcap_builder import write_pcap
+from trace_replay.cli import main as trace_cli
 from trace_replay.flows import FLOW_DTYPE, FlowTable, TraceStats
-from trace_replay.scenarios import (FlowPool, Sizing, build_load_balance, build_scale_in, build_scale_out,
-                                    build_timing, describe)
+from trace_replay.generate import sample_path
+from trace_replay.scenarios import (
+    FlowPool,
+    Sizing,
+    build_load_balance,
+    build_scale_in,
+    build_scale_out,
+    build_timing,
+    describe,
+    paper_setups,
+)
 from twin.params import Thresholds
 from twin.scenario import ScenarioKind, detect
 
@@ -112,3 +125,24 @@ def test_describe_reports_what_was_built():
     summary = describe(build_scale_out(TABLE, overloaded=6, th_high=0.6, seed=1))
     assert summary["detected"] == "scale_out" and summary["overloaded"] == 6
     assert summary["instances"] == 10 and summary["standby"] == 6
+
+
+def test_paper_setups_cover_figs_4_to_6_and_each_triggers_its_scenario():
+    setups = list(paper_setups(TABLE, seed=3))
+    assert [(s.experiment, s.setting, s.threshold) for s in setups[:3]] == [
+        ("scale-out", 4, 0.55), ("scale-out", 6, 0.55), ("scale-out", 8, 0.55)]
+    assert len(setups) == 6 + 6 + 4
+    assert all(detect(s.state, s.thresholds).kind is s.expected_kind for s in setups)
+
+
+def test_cli_scenarios_on_the_shipped_sample_prints_one_json_line_per_setup(capsys):
+    assert trace_cli(["scenarios", str(sample_path()), "--json", "--seed", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 16 and {row["detected"] for row in rows} == {"scale_out", "scale_in", "lb"}
+
+
+def test_cli_scenarios_names_an_empty_trace(tmp_path, capsys):
+    path = tmp_path / "empty.pcap"
+    write_pcap(path, [])
+    assert trace_cli(["scenarios", str(path)]) == 2
+    assert "empty.pcap holds no flows" in capsys.readouterr().err

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _show_warning
         try:
             return args.command(args)
-        except (PcapError, OSError) as exc:
+        except (PcapError, OSError, ValueError) as exc:
             print(f"dm-trace: {exc}", file=sys.stderr)
             return 2
 
@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--seconds", type=_positive_seconds, required=True, metavar="S")
     generate.add_argument("--seed", type=int, required=True, metavar="K")
     generate.set_defaults(command=_generate)
+
+    scenarios = commands.add_parser(
+        "scenarios", help="build the paper's experiment set-ups (Figs. 4-7) from a trace and show what the twin detects")
+    scenarios.add_argument("pcap", type=Path, metavar="PCAP")
+    scenarios.add_argument("--seed", type=int, default=0, metavar="K", help="seed of the set-ups (default 0)")
+    scenarios.add_argument("--json", action="store_true", help="print one JSON object per set-up")
+    scenarios.set_defaults(command=_scenarios)
     return parser
 
 
@@ -90,6 +97,24 @@ def _generate(args: argparse.Namespace) -> int:
     from trace_replay.generate import generate_pcap  # written separately; only this command needs it
 
     generate_pcap(args.out, seconds=args.seconds, seed=args.seed)
+    return 0
+
+
+def _scenarios(args: argparse.Namespace) -> int:
+    from trace_replay.scenarios import describe, paper_setups
+
+    table = read_flows(args.pcap)
+    described = [describe(setup) for setup in paper_setups(table, seed=args.seed)]
+    if args.json:
+        print("\n".join(json.dumps(row) for row in described))
+        return 0
+    header = ("experiment", "setting", "Th", "instances", "flows", "detected", "over", "under", "variance")
+    rows = [(row["experiment"], row["setting"], f"{row['threshold']:.2f}", row["instances"], row["flows"],
+             row["detected"], row["overloaded"], row["underloaded"], f"{row['variance']:.4f}")
+            for row in described]
+    widths = [max(len(str(value)) for value in column) for column in zip(header, *rows)]
+    for line in (header, *rows):
+        print("  ".join(f"{value!s:>{width}}" for value, width in zip(line, widths)))
     return 0
 
 

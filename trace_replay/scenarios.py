@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,7 @@ class FlowPool:
     trace_index: np.ndarray
 
     @classmethod
-    def from_table(cls, table: FlowTable, min_duration_s: float = 1.0) -> "FlowPool":
+    def from_table(cls, table: FlowTable, min_duration_s: float = 1.0) -> FlowPool:
         """Average rate over each flow's lifetime, floored at `min_duration_s` so one-packet flows stay finite."""
         records = table.records
         duration = np.maximum(records["last_ts"] - records["first_ts"], min_duration_s)
@@ -72,6 +73,12 @@ class ExperimentSetup:
     state: ClusterState
     thresholds: Thresholds
     report: BuildReport
+
+    @property
+    def threshold(self) -> float:
+        """The threshold the experiment varies: Th_high (scale-out), Th_low (scale-in) or Th_var."""
+        return {"scale-out": self.thresholds.high, "scale-in": self.thresholds.low}.get(
+            self.experiment, self.thresholds.var)
 
     @property
     def expected_kind(self) -> ScenarioKind:
@@ -142,6 +149,21 @@ def build_timing(table: FlowTable, *, n_instances: int, seed: int, flows_per_ins
     state = _state(pool, chosen, assignment, np.full(n_instances, capacity), 0, rng, sizing, params)
     report = BuildReport(len(pool), chosen.size, 0, resampled)
     return ExperimentSetup("time", n_instances, seed, state, Thresholds(), report)
+
+
+SCALE_OUT_SETTINGS = {"overloaded": (4, 6, 8), "th_high": (0.55, 0.6)}
+SCALE_IN_SETTINGS = {"underloaded": (5, 10, 15), "th_low": (0.1, 0.15)}
+LOAD_BALANCE_SIZES = (10, 20, 30, 40)
+
+
+def paper_setups(table: FlowTable, *, seed: int) -> Iterator[ExperimentSetup]:
+    """Every set-up of Figs. 4-6 at one seed, in the order of the paper's figures."""
+    for th_high, overloaded in itertools.product(SCALE_OUT_SETTINGS["th_high"], SCALE_OUT_SETTINGS["overloaded"]):
+        yield build_scale_out(table, overloaded=overloaded, th_high=th_high, seed=seed)
+    for th_low, underloaded in itertools.product(SCALE_IN_SETTINGS["th_low"], SCALE_IN_SETTINGS["underloaded"]):
+        yield build_scale_in(table, underloaded=underloaded, th_low=th_low, seed=seed)
+    for n_instances in LOAD_BALANCE_SIZES:
+        yield build_load_balance(table, n_instances=n_instances, seed=seed)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -237,6 +259,7 @@ def describe(setup: ExperimentSetup) -> dict:
     active = state.active
     return {
         "experiment": setup.experiment, "setting": setup.setting, "seed": setup.seed,
+        "threshold": setup.threshold,
         "instances": int(active.sum()), "standby": int((~active).sum()), "flows": state.n_flows,
         "capacity_pps": float(state.capacity[active].mean()),
         "utilisation": [round(float(u), 4) for u in state.utilisation[active]],
