@@ -180,7 +180,7 @@ class _FlowGrouper:
         """Fold in a batch of IPv4 packets that follows all earlier batches in the file."""
         if not len(packets):
             return
-        key_lo, key_hi = _flow_keys(packets)
+        key_lo, key_hi = flow_keys(packets)
         order, key_lo, key_hi, key_change = _group_by_key(key_lo, key_hi)
         ts = packets["ts"][order]
         segment_break = np.concatenate(([True], key_change))
@@ -297,7 +297,7 @@ def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
     return bigger
 
 
-def _flow_keys(packets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def flow_keys(packets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Direction-free flow keys as two uint64 halves: (lower endpoint << 8 | protocol, higher
     endpoint), an endpoint being address << 16 | port."""
     source = packets["src_ip"].astype(np.uint64) << 16 | packets["src_port"]

@@ -1,0 +1,265 @@
+"""The NF-cluster testbed: one OpenFlow 1.3 switch, a replay source, a sink, N active and K standby NFs.
+
+From the command line (a bare topology; no NF processes, no sink):
+
+    sudo mn --custom mininet_topos/nf_cluster.py --topo nfcluster,3,1 --switch ovs,datapath=user \\
+        --controller remote,ip=127.0.0.1,port=6653
+
+From Python, `nf_cluster(...)` brings everything up, NF processes and sink included, writes the cluster
+description the controller reads, and tears it all down on exit (see docs/testbed.md).
+
+This file only imports the standard library and Mininet at the top: `mn --custom` executes it with
+the system Python, outside the project's virtual environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from mininet.topo import Topo
+
+SOURCE_PORT, SINK_PORT, FIRST_NF_PORT = 1, 2, 3
+DESCRIPTION_FILE = "cluster.json"
+DESCRIPTION_ENV = "DEEPMIGRATION_CLUSTER"
+
+
+def _host_address(port: int) -> tuple[str, str]:
+    """IP and MAC of the host on switch port `port`: 10.0.0.<port>, 00:00:00:00:00:<port>."""
+    return f"10.0.0.{port}", f"00:00:00:00:00:{port:02x}"
+
+
+class NFClusterTopo(Topo):
+    """Hosts src (port 1), sink (port 2) and nf1..nf<active+standby> (ports 3...) on one switch."""
+
+    def build(self, active: int = 2, standby: int = 1, switch: str = "s1") -> None:
+        active, standby = int(active), int(standby)
+        if active < 1 or standby < 0 or active + standby > 250:
+            raise ValueError(
+                f"need 1 <= active, 0 <= standby, active + standby <= 250; not {active}, {standby}"
+            )
+        name = self.addSwitch(switch, dpid=f"{1:016x}")
+        hosts = ["src", "sink", *(f"nf{index}" for index in range(1, active + standby + 1))]
+        for port, host in enumerate(hosts, start=SOURCE_PORT):
+            ip, mac = _host_address(port)
+            self.addLink(self.addHost(host, ip=f"{ip}/24", mac=mac), name, port2=port)
+
+
+topos = {"nfcluster": NFClusterTopo}
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Size and NF parameters of a cluster; every NF gets the same capacity, buffer and latency."""
+
+    active: int = 2
+    standby: int = 1
+    capacity_pps: float = 300.0
+    buffer_packets: int = 100
+    processing_ms: float = 20.0
+
+    def __post_init__(self):
+        NFClusterTopo(self.active, self.standby)  # validates the sizes
+        if not self.capacity_pps > 0 or self.buffer_packets < 1 or self.processing_ms < 0:
+            raise ValueError(
+                f"need capacity_pps > 0, buffer_packets >= 1, processing_ms >= 0; not {self.capacity_pps}, "
+                f"{self.buffer_packets}, {self.processing_ms}"
+            )
+
+
+def describe(spec: ClusterSpec, workdir: str | os.PathLike, switch: str = "s1") -> dict:
+    """The cluster description the controller reads (written to <workdir>/cluster.json by nf_cluster)."""
+    hosts = []
+    names = ["src", "sink", *(f"nf{index}" for index in range(1, spec.active + spec.standby + 1))]
+    for port, name in enumerate(names, start=SOURCE_PORT):
+        ip, mac = _host_address(port)
+        host = {
+            "name": name,
+            "role": {"src": "source", "sink": "sink"}.get(name, "nf"),
+            "port": port,
+            "mac": mac,
+            "ip": ip,
+            "interface": f"{name}-eth0",
+        }
+        if host["role"] == "nf":
+            host |= {
+                "instance": name,
+                "capacity_pps": spec.capacity_pps,
+                "buffer_packets": spec.buffer_packets,
+                "processing_ms": spec.processing_ms,
+                "active": port - FIRST_NF_PORT < spec.active,
+                "control_socket": str(Path(workdir, f"{name}.sock")),
+            }
+        hosts.append(host)
+    return {"version": 1, "switch": switch, "dpid": 1, "hosts": hosts}
+
+
+class RunningCluster:
+    """A cluster brought up by nf_cluster: its Mininet network, description and NF clients."""
+
+    def __init__(self, net, description: dict, workdir: Path, stack: ExitStack):
+        from mininet_topos.nf_channel import NFClient
+
+        self.net = net
+        self.description = description
+        self.workdir = workdir
+        self.description_path = workdir / DESCRIPTION_FILE
+        self.sink_log = workdir / "sink.json"
+        self.switch = description["switch"]
+        self.nfs = {host["instance"]: host for host in description["hosts"] if host["role"] == "nf"}
+        self.clients = {
+            name: stack.enter_context(NFClient(nf["control_socket"])) for name, nf in self.nfs.items()
+        }
+        self._stack = stack
+        self._sink: subprocess.Popen | None = None
+
+    def port(self, host: str) -> int:
+        return next(entry["port"] for entry in self.description["hosts"] if entry["name"] == host)
+
+    def start_process(self, host: str, args: list[str], log_name: str) -> subprocess.Popen:
+        """Run `python args...` (the project's interpreter) in `host`'s namespace, logging to the
+        workdir, until the cluster goes down (SIGTERM, then SIGKILL)."""
+        with open(self.workdir / log_name, "wb") as log:
+            process = self.net.get(host).popen(
+                [sys.executable, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        self._stack.callback(_stop, process)
+        return process
+
+    def start_replay(
+        self, pcap: str | os.PathLike, sent_log: str | os.PathLike, **options
+    ) -> subprocess.Popen:
+        """Start replaying `pcap` from src; options are trace_replay.live's send flags without dashes,
+        e.g. speed=2, duration=10, max_flows=50. The sent log is written when the replay ends."""
+        flags = [f"--{name.replace('_', '-')}={value}" for name, value in options.items()]
+        args = [
+            "-m",
+            "trace_replay.live",
+            "send",
+            os.fspath(pcap),
+            "--interface",
+            "src-eth0",
+            "--out",
+            os.fspath(sent_log),
+            *flags,
+        ]
+        return self.start_process("src", args, "replay.log")
+
+    def sink_counts(self, timeout: float = 5.0) -> dict:
+        """The sink's counters now (it writes them on SIGUSR1)."""
+        writes = json.loads(self.sink_log.read_text())["writes"]
+        self._sink.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while (counts := json.loads(self.sink_log.read_text()))["writes"] <= writes:
+            if time.monotonic() >= deadline or self._sink.poll() is not None:
+                raise RuntimeError(
+                    f"the sink did not write its counters within {timeout:g} s; see {self.workdir}/sink.log"
+                )
+            time.sleep(0.05)
+        return counts
+
+    def start_services(self, timeout: float) -> None:
+        """Start the sink, then every NF (standbys inactive); return once all are ready."""
+        self._sink = self.start_process(
+            "sink",
+            ["-m", "trace_replay.live", "sink", "--interface", "sink-eth0", "--out", str(self.sink_log)],
+            "sink.log",
+        )
+        _wait_until(self.sink_log.exists, timeout, self._sink, self.workdir / "sink.log", "the sink")
+        for name, nf in self.nfs.items():
+            args = [
+                "-m",
+                "mininet_topos.nf_instance",
+                "--instance",
+                name,
+                "--interface",
+                nf["interface"],
+                "--socket",
+                nf["control_socket"],
+                f"--capacity-pps={nf['capacity_pps']}",
+                f"--buffer-packets={nf['buffer_packets']}",
+                f"--processing-ms={nf['processing_ms']}",
+            ]
+            process = self.start_process(name, args + ([] if nf["active"] else ["--standby"]), f"{name}.log")
+            socket_file = Path(nf["control_socket"])
+            _wait_until(socket_file.exists, timeout, process, self.workdir / f"{name}.log", f"NF {name}")
+
+
+def _wait_until(ready, timeout: float, process: subprocess.Popen, log: Path, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None or time.monotonic() >= deadline:
+            state = (
+                f"exited with code {process.returncode}"
+                if process.poll() is not None
+                else f"not ready after {timeout:g} s"
+            )
+            raise RuntimeError(f"{what} {state}; last lines of {log}:\n{_tail(log)}")
+        time.sleep(0.05)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
+
+
+def _stop(process: subprocess.Popen, grace: float = 5.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=grace)
+
+
+@contextmanager
+def nf_cluster(
+    spec: ClusterSpec,
+    *,
+    controller_port: int,
+    workdir: str | os.PathLike | None = None,
+    start_timeout: float = 15.0,
+) -> Iterator[RunningCluster]:
+    """Bring up the cluster against the OpenFlow controller on 127.0.0.1:`controller_port`.
+
+    Writes the description to <workdir>/cluster.json before the switch exists, so a controller
+    started beforehand (with DEEPMIGRATION_CLUSTER pointing there) can read it when the switch
+    connects. Yields once the switch is connected, the sink is counting and every NF's control
+    socket is up; on exit stops every process it started (the sink writes its final counts), then
+    the network. `workdir` (default: a new temporary directory, removed afterwards) keeps the
+    description, sockets, sink counts and the processes' logs.
+    """
+    # Imported here rather than at the top: they need the project's environment (see module doc).
+    from mininet_topos.nf_channel import check_socket_path
+    from mininet_topos.testbed import mininet_network, switch_name
+
+    with ExitStack() as stack:
+        if workdir is None:
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="nfcluster-"))
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        switch = switch_name(1)
+        description = describe(spec, workdir, switch)
+        for host in description["hosts"]:
+            if host["role"] == "nf":
+                check_socket_path(host["control_socket"])
+        (workdir / DESCRIPTION_FILE).write_text(json.dumps(description, indent=1))
+
+        topo = NFClusterTopo(spec.active, spec.standby, switch=switch)
+        net = stack.enter_context(mininet_network(topo, controller_port=controller_port, autoSetMacs=False))
+        for host in net.hosts:  # no IPv6 chatter (router solicitations, DAD) on the measured links
+            host.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+        # Registered after the network, so the processes stop before it does.
+        with ExitStack() as processes:
+            cluster = RunningCluster(net, description, workdir, processes)
+            cluster.start_services(start_timeout)
+            yield cluster

@@ -1,0 +1,300 @@
+"""The NF instance and its control channel, without Mininet: frames are handed to the NF directly and
+the channel runs on a Unix socket in a temporary directory."""
+
+import ipaddress
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from mininet_topos.nf_channel import ChannelServer, NFClient, NFError
+from mininet_topos.nf_instance import NetworkFunction
+from trace_replay.live import build_frame, canonical_key, parse_frame
+
+pytestmark = pytest.mark.timeout(30)
+
+MAC = bytes.fromhex("020000000001")
+CLIENT, SERVER, OTHER = "10.1.0.9", "10.1.0.2", "10.1.0.7"
+FLOW_A = canonical_key(CLIENT, SERVER, 40000, 80, 6)
+FLOW_B = canonical_key(OTHER, SERVER, 53000, 53, 17)
+
+
+def frame(src: str, dst: str, sport: int, dport: int, proto: int, sequence: int, flow_id: int = 0) -> bytes:
+    return build_frame(
+        MAC,
+        int(ipaddress.IPv4Address(src)),
+        int(ipaddress.IPv4Address(dst)),
+        sport,
+        dport,
+        proto,
+        100,
+        flow_id,
+        sequence,
+    )
+
+
+def a(sequence: int, *, reply: bool = False) -> bytes:
+    """A frame of flow A, client to server or (reply) back."""
+    return (
+        frame(SERVER, CLIENT, 80, 40000, 6, sequence)
+        if reply
+        else frame(CLIENT, SERVER, 40000, 80, 6, sequence)
+    )
+
+
+def b(sequence: int) -> bytes:
+    return frame(OTHER, SERVER, 53000, 53, 17, sequence, flow_id=1)
+
+
+class Outbox:
+    """The NF's `send`: collects forwarded frames and lets a test wait for them."""
+
+    def __init__(self):
+        self.frames: list[bytes] = []
+        self._arrived = threading.Condition()
+
+    def __call__(self, data: bytes) -> None:
+        with self._arrived:
+            self.frames.append(data)
+            self._arrived.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[bytes]:
+        with self._arrived:
+            assert self._arrived.wait_for(lambda: len(self.frames) >= count, timeout), (
+                f"{len(self.frames)} of {count} frames forwarded"
+            )
+            return list(self.frames)
+
+    def sequences(self) -> list[tuple[tuple, int]]:
+        """(flow key, sequence number) of each forwarded frame, in order."""
+        result = []
+        for data in self.frames:
+            parsed = parse_frame(data)
+            result.append((parsed.key, parsed.stamp(data)[1]))
+        return result
+
+
+def make_nf(outbox: Outbox, **options) -> NetworkFunction:
+    settings = {"capacity_pps": 2000, "buffer_packets": 50, "processing_ms": 1, "active": True} | options
+    return NetworkFunction("nf1", send=outbox, **settings)
+
+
+def flow_state(nf: NetworkFunction, key) -> dict | None:
+    return next((flow for flow in nf.report()["flows"] if tuple(flow["key"]) == key), None)
+
+
+def test_canonical_key_is_direction_free_and_orders_endpoints_like_the_flow_table():
+    assert canonical_key(CLIENT, SERVER, 40000, 80, 6) == canonical_key(SERVER, CLIENT, 80, 40000, 6)
+    assert FLOW_A == (SERVER, CLIENT, 80, 40000, 6)  # 10.1.0.2 is the lower endpoint
+    assert canonical_key("10.0.0.1", "10.0.0.1", 9, 5, 17) == ("10.0.0.1", "10.0.0.1", 5, 9, 17)
+
+
+def test_frames_are_forwarded_unchanged_and_state_counts_both_directions():
+    outbox = Outbox()
+    nf = make_nf(outbox)
+    sent = [a(0), a(1, reply=True), b(0), a(2)]
+    with nf.running():
+        for data in sent:
+            nf.receive(data)
+        assert outbox.wait_for(4) == sent
+    state = flow_state(nf, FLOW_A)
+    assert state["packets"] == 3 and state["bytes"] == 3 * len(sent[0])
+    assert state["first_seen"] <= state["last_seen"]
+    report = nf.report()
+    assert (report["received"], report["processed"], report["forwarded"], report["dropped"]) == (4, 4, 4, 0)
+
+
+def test_non_ipv4_frames_are_ignored():
+    nf = make_nf(Outbox())
+    nf.receive(bytes(14) + b"\x86\xdd" + bytes(60))
+    assert (nf.ignored, nf.received) == (1, 0)
+
+
+def test_full_buffer_drops_and_capacity_paces_the_processor():
+    outbox = Outbox()
+    nf = make_nf(outbox, capacity_pps=100, buffer_packets=10)
+    for sequence in range(15):  # processor not running yet: everything queues
+        nf.receive(a(sequence))
+    assert (nf.report()["queue_packets"], nf.dropped) == (10, 5)
+    started = time.monotonic()
+    with nf.running():
+        outbox.wait_for(10)
+    assert time.monotonic() - started >= 9 / 100  # one frame per 10 ms
+    assert [sequence for _key, sequence in outbox.sequences()] == list(range(10))
+
+
+def test_held_flow_waits_counts_against_the_buffer_and_is_released_in_order():
+    outbox = Outbox()
+    nf = make_nf(outbox, buffer_packets=4)
+    nf.hold(FLOW_A)
+    for data in (a(0), b(0), a(1, reply=True), b(1), a(2)):
+        nf.receive(data)
+    report = nf.report()
+    assert report["held"] == [list(FLOW_A)]
+    assert (report["queue_packets"], report["dropped"]) == (4, 1)  # two held, two queued; a(2) dropped
+    with nf.running():
+        outbox.wait_for(2)
+        time.sleep(0.05)
+        assert [key for key, _ in outbox.sequences()] == [FLOW_B, FLOW_B]
+        assert nf.report()["queue_packets"] == 2  # the held frames still occupy the buffer
+        assert nf.release(FLOW_A) == {"key": list(FLOW_A), "released": 2}
+        nf.receive(a(3))
+        outbox.wait_for(5)
+    assert [sequence for key, sequence in outbox.sequences() if key == FLOW_A] == [0, 1, 3]
+
+
+def test_inactive_instance_drops_new_frames_but_accepts_held_ones():
+    outbox = Outbox()
+    nf = make_nf(outbox, active=False)
+    with nf.running():
+        nf.receive(b(0))
+        nf.hold(FLOW_A)
+        nf.receive(a(0))
+        nf.release(FLOW_A)
+        outbox.wait_for(1)
+        nf.set_active(True)
+        nf.receive(b(1))
+        outbox.wait_for(2)
+    assert nf.dropped == 1
+    assert outbox.sequences() == [(FLOW_A, 0), (FLOW_B, 1)]
+
+
+def test_export_waits_for_the_flow_to_drain_then_moves_its_state():
+    outbox = Outbox()
+    source = make_nf(outbox, capacity_pps=50)
+    destination = make_nf(Outbox())
+    with source.running():
+        for sequence in range(5):
+            source.receive(a(sequence))
+        exported = source.export(FLOW_A, quiet_ms=20, timeout_ms=2000)
+        assert len(outbox.frames) == 5  # all five left before the export returned
+    assert exported["state"]["packets"] == 5
+    assert flow_state(source, FLOW_A) is None
+    destination.import_(FLOW_A, exported["state"])
+    destination.import_(FLOW_A, exported["state"])
+    assert flow_state(destination, FLOW_A)["packets"] == 10
+    assert source.export(FLOW_B, quiet_ms=0, timeout_ms=10) == {"key": list(FLOW_B), "state": None}
+
+
+def test_export_of_a_busy_flow_times_out_and_keeps_its_state():
+    source = make_nf(Outbox(), capacity_pps=10)
+    with source.running():
+        for sequence in range(5):
+            source.receive(a(sequence))
+        with pytest.raises(ValueError, match="not drained after 100 ms: [1-5] frames inside"):
+            source.export(FLOW_A, quiet_ms=0, timeout_ms=100)
+        time.sleep(0.15)
+        assert flow_state(source, FLOW_A)["packets"] >= 1
+
+
+@pytest.fixture
+def channel(tmp_path):
+    """An NF served on a Unix socket, and a client of it."""
+    nf = make_nf(Outbox())
+    path = tmp_path / "nf1.sock"
+    with nf.running(), ChannelServer(path, nf.handle), NFClient(path, timeout=2) as client:
+        yield nf, client
+
+
+def test_client_runs_a_migration_over_the_channel(channel, tmp_path):
+    nf, client = channel
+    other = make_nf(Outbox())
+    with (
+        other.running(),
+        ChannelServer(tmp_path / "nf2.sock", other.handle),
+        NFClient(tmp_path / "nf2.sock") as dst,
+    ):
+        nf.receive(a(0))
+        nf.receive(a(1, reply=True))
+        reversed_key = [CLIENT, SERVER, 40000, 80, 6]  # keys are accepted in either direction
+        assert dst.hold(reversed_key) == {"key": list(FLOW_A)}
+        other.receive(a(2))
+        state = client.export(reversed_key, quiet_ms=10)
+        assert state["packets"] == 2
+        dst.import_(FLOW_A, state)
+        assert dst.release(FLOW_A) == {"key": list(FLOW_A), "released": 1}
+        deadline = time.monotonic() + 2
+        while dst.report()["processed"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        [flow] = dst.report()["flows"]
+    assert flow["key"] == list(FLOW_A) and flow["packets"] == 3
+    assert client.report()["flows"] == []
+
+
+def test_report_has_the_documented_fields(channel):
+    _nf, client = channel
+    report = client.report()
+    assert set(report) >= {
+        "instance",
+        "time",
+        "capacity_pps",
+        "buffer_packets",
+        "queue_packets",
+        "received",
+        "processed",
+        "dropped",
+        "active",
+        "flows",
+    }
+    assert client.deactivate() == {"active": False} and client.report()["active"] is False
+    assert client.activate() == {"active": True}
+
+
+@pytest.mark.parametrize(
+    ("request_line", "error"),
+    [
+        (b"{not json\n", "not JSON"),
+        (b"[1, 2]\n", 'string "op"'),
+        (b'{"op": "dance"}\n', "unknown op 'dance'"),
+        (b'{"op": "hold", "key": ["10.0.0.1", "10.0.0.2", 1, 2]}\n', "a flow key is a list"),
+        (
+            b'{"op": "hold", "key": ["10.0.0.1", "10.0.0.300", 1, 2, 6]}\n',
+            "'10.0.0.300' is not an IPv4 address",
+        ),
+        (b'{"op": "hold", "key": ["10.0.0.1", "10.0.0.2", 1, 70000, 6]}\n', "port 70000"),
+        (b'{"op": "release", "key": ["10.0.0.1", "10.0.0.2", 1, 2, 6]}\n', "is not held"),
+        (b'{"op": "export", "key": ["10.0.0.1", "10.0.0.2", 1, 2, 6], "quiet_ms": -1}\n', "quiet_ms must be"),
+        (
+            b'{"op": "import", "key": ["10.0.0.1", "10.0.0.2", 1, 2, 6], "state": {"packets": 1}}\n',
+            "flow state must",
+        ),
+    ],
+)
+def test_bad_requests_get_an_error_and_the_connection_stays_usable(channel, request_line, error):
+    _nf, client = channel
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.settimeout(2)
+        raw.connect(client.path)
+        stream = raw.makefile("rwb")
+        stream.write(request_line)
+        stream.flush()
+        answer = json.loads(stream.readline())
+        assert answer["ok"] is False and error in answer["error"]
+        stream.write(b'{"op": "report"}\n')
+        stream.flush()
+        assert json.loads(stream.readline())["ok"] is True
+
+
+def test_client_raises_nf_errors_and_reconnects_after_the_server_restarts(tmp_path):
+    nf = make_nf(Outbox())
+    path = tmp_path / "nf.sock"
+    client = NFClient(path, timeout=2)
+    with pytest.raises(ConnectionError, match="cannot reach the NF control socket"):
+        client.report()
+    with ChannelServer(path, nf.handle):
+        with pytest.raises(NFError, match="release failed .* is not held"):
+            client.release(FLOW_A)
+        client.shutdown()
+        assert nf.shutdown_requested.is_set()
+    with ChannelServer(path, nf.handle):
+        with pytest.raises(ConnectionError):  # the old connection closed with the old server
+            client.report()
+        assert client.report()["instance"] == "nf1"
+    client.close()
+
+
+def test_socket_path_too_long_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="longer than 107 bytes"):
+        NFClient(tmp_path / ("x" * 120))

@@ -1,0 +1,564 @@
+"""Live trace replay on the testbed: a sender that replays a pcap's flows as raw Ethernet frames, and
+a sink that counts what arrives, per flow.
+
+The sender rebuilds every IPv4 packet of the trace with the trace's addresses, ports and protocol
+(both directions of each connection, in trace order), paces it on the trace clock divided by
+`speed`, and stamps its payload with (magic, flow id, sequence number). The sink recognises the
+stamp, so per-flow loss is the sender's count minus the sink's, and an arrival whose sequence
+number is below one already seen for its flow is a reordering.
+
+    python -m trace_replay.live send TRACE.pcap.gz --interface src-eth0 --out sent.json --speed 2
+    python -m trace_replay.live sink --interface sink-eth0 --out received.json
+
+Both use AF_PACKET sockets, so they need CAP_NET_RAW (root, as in Mininet hosts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import ipaddress
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trace_replay.flows import flow_keys
+from trace_replay.pcap import PACKET_DTYPE, PcapReader
+
+FlowKey = tuple[str, str, int, int, int]
+"""(ip_a, ip_b, port_a, port_b, proto) with endpoint a before b in trace_replay's canonical order."""
+
+STAMP_MAGIC = b"DMrp"
+REPLAY_DST_MAC = bytes.fromhex("02dd00000001")
+"""Destination MAC of every replayed frame: locally administered and no host's, so the NF and sink
+hosts' kernels ignore the frames (their AF_PACKET sockets still see them) and the switch's rules,
+not MAC learning, decide where they go."""
+
+DEFAULT_MAX_PPS = 2000.0
+"""Peak replay rate the testbed is sized for on two cores (docs/testbed.md)."""
+
+ETH_P_ALL, ETH_P_IP = 0x0003, 0x0800
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+PACKET_OUTGOING = 4
+_SOL_PACKET, _PACKET_ADD_MEMBERSHIP, _PACKET_MR_PROMISC = 263, 1, 1
+
+_ETHERNET = struct.Struct("!6s6sH")
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_TCP = struct.Struct("!HHIIBBHHH")
+_UDP = struct.Struct("!HHHH")
+_PORTS = struct.Struct("!HH")
+_STAMP = struct.Struct("!4sII")
+_MIN_FRAME, _MAX_FRAME = 60, 1514  # Ethernet without FCS
+_ETHERNET_LEN, _IPV4_LEN = _ETHERNET.size, _IPV4.size
+
+
+# ---------------------------------------------------------------------------------------------
+# Flow keys and frames
+
+
+def canonical_keys(
+    src_ip: np.ndarray, dst_ip: np.ndarray, src_port: np.ndarray, dst_port: np.ndarray, proto: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Direction-free keys (ip_a, ip_b, port_a, port_b, proto) of packets given by host-order integer
+    fields, ordered exactly as trace_replay.flows groups flows."""
+    packets = np.zeros(len(src_ip), PACKET_DTYPE)
+    packets["src_ip"], packets["dst_ip"] = src_ip, dst_ip
+    packets["src_port"], packets["dst_port"], packets["proto"] = src_port, dst_port, proto
+    low, high = flow_keys(packets)  # (endpoint_a << 8 | proto, endpoint_b); endpoint = ip << 16 | port
+    return low >> 24, high >> 16, (low >> 8) & 0xFFFF, high & 0xFFFF, low & 0xFF
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def canonical_key(src_ip: str, dst_ip: str, src_port: int, dst_port: int, proto: int) -> FlowKey:
+    """The canonical key of one packet's flow, whichever direction the packet goes."""
+    ip_a, ip_b, port_a, port_b, protocol = (
+        int(column[0])
+        for column in canonical_keys(
+            np.array([int(ipaddress.IPv4Address(src_ip))]),
+            np.array([int(ipaddress.IPv4Address(dst_ip))]),
+            np.array([src_port]),
+            np.array([dst_port]),
+            np.array([proto]),
+        )
+    )
+    return str(ipaddress.IPv4Address(ip_a)), str(ipaddress.IPv4Address(ip_b)), port_a, port_b, protocol
+
+
+@dataclass(frozen=True)
+class ParsedFrame:
+    """The fields of an IPv4 Ethernet frame that the NFs and the sink work on."""
+
+    src_ip: bytes
+    dst_ip: bytes
+    src_port: int
+    dst_port: int
+    proto: int
+    payload_offset: int  # where the transport payload (and a replay stamp) starts
+
+    @property
+    def key(self) -> FlowKey:
+        return canonical_key(
+            socket.inet_ntoa(self.src_ip),
+            socket.inet_ntoa(self.dst_ip),
+            self.src_port,
+            self.dst_port,
+            self.proto,
+        )
+
+    def stamp(self, frame: bytes) -> tuple[int, int] | None:
+        """(flow id, sequence number) of a replayed frame, None for any other frame."""
+        if len(frame) < self.payload_offset + _STAMP.size:
+            return None
+        magic, flow_id, sequence = _STAMP.unpack_from(frame, self.payload_offset)
+        return (flow_id, sequence) if magic == STAMP_MAGIC else None
+
+
+def parse_frame(frame: bytes) -> ParsedFrame | None:
+    """Parse an untagged Ethernet frame carrying IPv4; None for anything else or a truncated frame."""
+    if len(frame) < _ETHERNET_LEN + _IPV4_LEN or _ETHERNET.unpack_from(frame)[2] != ETH_P_IP:
+        return None
+    version_ihl, _tos, _length, _ident, fragment, _ttl, proto, _checksum, src, dst = _IPV4.unpack_from(
+        frame, _ETHERNET_LEN
+    )
+    header_len = (version_ihl & 0x0F) * 4
+    if version_ihl >> 4 != 4 or header_len < _IPV4_LEN:
+        return None
+    transport = _ETHERNET_LEN + header_len
+    src_port = dst_port = 0
+    payload = transport
+    first_fragment = fragment & 0x1FFF == 0
+    if proto in (IPPROTO_TCP, IPPROTO_UDP) and first_fragment and len(frame) >= transport + _PORTS.size:
+        src_port, dst_port = _PORTS.unpack_from(frame, transport)
+        if proto == IPPROTO_UDP:
+            payload += _UDP.size
+        elif len(frame) >= transport + _TCP.size:
+            payload += (frame[transport + 12] >> 4) * 4
+    return ParsedFrame(src, dst, src_port, dst_port, proto, payload)
+
+
+def build_frame(
+    src_mac: bytes,
+    src_ip: int,
+    dst_ip: int,
+    src_port: int,
+    dst_port: int,
+    proto: int,
+    wire_len: int,
+    flow_id: int,
+    sequence: int,
+) -> bytes:
+    """A replayed frame: Ethernet, IPv4 (with checksum), a TCP or UDP header for those protocols,
+    the stamp, and zero padding up to the trace packet's length (within Ethernet's limits)."""
+    if proto == IPPROTO_TCP:
+        transport = _TCP.pack(src_port, dst_port, sequence, 0, 5 << 4, 0x10, 65535, 0, 0)
+    elif proto == IPPROTO_UDP:
+        transport = _UDP.pack(src_port, dst_port, _UDP.size + _STAMP.size, 0)
+    else:
+        transport = b""
+    stamp = _STAMP.pack(STAMP_MAGIC, flow_id, sequence)
+    headers_len = _ETHERNET_LEN + _IPV4_LEN + len(transport) + len(stamp)
+    padding = bytes(max(min(wire_len, _MAX_FRAME), _MIN_FRAME, headers_len) - headers_len)
+    ip_total = _IPV4_LEN + len(transport) + len(stamp) + len(padding)
+    fields = [
+        0x45,
+        0,
+        ip_total,
+        sequence & 0xFFFF,
+        0x4000,
+        64,
+        proto,
+        0,
+        src_ip.to_bytes(4, "big"),
+        dst_ip.to_bytes(4, "big"),
+    ]
+    fields[7] = _ipv4_checksum(_IPV4.pack(*fields))
+    return b"".join(
+        (_ETHERNET.pack(REPLAY_DST_MAC, src_mac, ETH_P_IP), _IPV4.pack(*fields), transport, stamp, padding)
+    )
+
+
+def _ipv4_checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+# ---------------------------------------------------------------------------------------------
+# Packet sockets
+
+
+def open_packet_socket(interface: str, *, promiscuous: bool, timeout: float | None = None) -> socket.socket:
+    """An AF_PACKET socket bound to `interface` that sees every frame on it (and sends raw frames).
+    Promiscuous mode is a membership of this socket, so the kernel drops it when the socket closes."""
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    except PermissionError as exc:
+        raise PermissionError(f"opening a packet socket on {interface} needs CAP_NET_RAW (root)") from exc
+    try:
+        sock.bind((interface, 0))
+        if promiscuous:
+            index = socket.if_nametoindex(interface)
+            membership = struct.pack("iHH8s", index, _PACKET_MR_PROMISC, 0, b"")
+            sock.setsockopt(_SOL_PACKET, _PACKET_ADD_MEMBERSHIP, membership)
+        sock.settimeout(timeout)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot open a packet socket on interface {interface!r}: {exc}") from exc
+    return sock
+
+
+def interface_mac(interface: str) -> bytes:
+    return bytes.fromhex(Path(f"/sys/class/net/{interface}/address").read_text().strip().replace(":", ""))
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit for the block, so `finally` clauses (the final logs) run."""
+
+    def leave(_signum, _frame):
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def write_json_atomically(path: str | os.PathLike, document: dict) -> None:
+    """Write via a temporary file and a rename, so a concurrent reader never sees half a file."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(document, indent=1))
+    partial.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sender
+
+
+REPLAY_DTYPE = np.dtype(
+    [
+        ("ts", "<f8"),
+        ("flow", "<u4"),
+        ("src_ip", "<u4"),
+        ("dst_ip", "<u4"),
+        ("src_port", "<u2"),
+        ("dst_port", "<u2"),
+        ("proto", "u1"),
+        ("wire_len", "<u4"),
+    ]
+)
+
+
+@dataclass(frozen=True, eq=False)
+class ReplaySchedule:
+    """The packets to replay, in trace order, with flow ids numbered by first appearance."""
+
+    packets: np.ndarray  # REPLAY_DTYPE; ts is seconds since the first packet, already divided by speed
+    flows: list[FlowKey]  # flows[flow id]
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.packets["ts"][-1]) if len(self.packets) else 0.0
+
+    def peak_pps(self) -> int:
+        """Most packets sent in any one-second window starting at a packet."""
+        ts = self.packets["ts"]
+        return int((np.searchsorted(ts, ts + 1.0) - np.arange(len(ts))).max()) if len(ts) else 0
+
+
+def load_schedule(
+    path: str | os.PathLike,
+    *,
+    speed: float = 1.0,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+    max_flows: int | None = None,
+    max_pps: float = DEFAULT_MAX_PPS,
+) -> ReplaySchedule:
+    """The replay of a trace's IPv4 packets from `start_s` (trace seconds after its first packet) for
+    `duration_s`, keeping the `max_flows` flows with most packets there, played `speed` times faster.
+
+    Raises ValueError if the result is empty or would exceed `max_pps` in some second: the testbed
+    only measures the NFs while the machine itself keeps up.
+    """
+    for name, value in (("speed", speed), ("max_pps", max_pps)):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, not {value!r}")
+    if start_s < 0 or (duration_s is not None and not duration_s > 0):
+        raise ValueError(f"need start_s >= 0 and duration_s > 0, not {start_s!r} and {duration_s!r}")
+    if max_flows is not None and max_flows < 1:
+        raise ValueError(f"max_flows must be at least 1, not {max_flows!r}")
+
+    batches = [batch[batch["is_ipv4"]] for batch in PcapReader(path)]
+    packets = np.concatenate(batches) if batches else np.zeros(0, PACKET_DTYPE)
+    if len(packets):
+        offset = packets["ts"] - packets["ts"][0]
+        end = np.inf if duration_s is None else start_s + duration_s
+        packets = packets[(offset >= start_s) & (offset < end)]
+    if not len(packets):
+        raise ValueError(
+            f"{path}: no IPv4 packets in the chosen window (start {start_s} s, duration {duration_s} s)"
+        )
+
+    low, high = flow_keys(packets)
+    _, first_index, flow_of_packet = np.unique(
+        np.stack((low, high), axis=1), axis=0, return_index=True, return_inverse=True
+    )
+    flow_of_packet = flow_of_packet.reshape(-1)
+    if max_flows is not None and max_flows < len(first_index):
+        counts = np.bincount(flow_of_packet)
+        keep = np.lexsort((first_index, -counts))[:max_flows]  # busiest first, earliest on ties
+        kept = np.isin(flow_of_packet, keep)
+        packets, flow_of_packet = packets[kept], flow_of_packet[kept]
+        _, first_index, flow_of_packet = np.unique(flow_of_packet, return_index=True, return_inverse=True)
+    # Renumber flows by first appearance, so flow ids read in trace order.
+    by_appearance = np.argsort(first_index)
+    flow_ids = np.empty_like(by_appearance)
+    flow_ids[by_appearance] = np.arange(len(by_appearance))
+
+    schedule = np.zeros(len(packets), REPLAY_DTYPE)
+    schedule["ts"] = (packets["ts"] - packets["ts"][0]) / speed
+    schedule["flow"] = flow_ids[flow_of_packet]
+    for field in ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "wire_len"):
+        schedule[field] = packets[field]
+    firsts = schedule[np.sort(first_index)]
+    keys = canonical_keys(
+        firsts["src_ip"], firsts["dst_ip"], firsts["src_port"], firsts["dst_port"], firsts["proto"]
+    )
+    flows = [
+        (str(ipaddress.IPv4Address(int(a))), str(ipaddress.IPv4Address(int(b))), int(pa), int(pb), int(p))
+        for a, b, pa, pb, p in zip(*keys)
+    ]
+    result = ReplaySchedule(schedule, flows)
+    if (peak := result.peak_pps()) > max_pps:
+        raise ValueError(
+            f"{path}: the replay would peak at {peak} packets/s at speed {speed:g}, above the limit of "
+            f"{max_pps:g}; lower the speed or max_flows, or raise max_pps"
+        )
+    return result
+
+
+def replay(schedule: ReplaySchedule, interface: str, sent_log: str | os.PathLike) -> dict:
+    """Send the schedule out of `interface` on its clock; returns the sent log, which is also written
+    to `sent_log` when the replay ends for any reason (so an interrupted run still accounts for
+    every packet it sent). Packets that fall behind the clock go out at once, and the log says by
+    how much the sender lagged at worst."""
+    sent = np.zeros(len(schedule.flows), np.int64)
+    log = {"interface": interface, "flows": {}, "packets_sent": 0, "max_lag_ms": 0.0}
+    src_mac = interface_mac(interface)
+    sock = open_packet_socket(interface, promiscuous=False)
+    started = time.monotonic()
+    max_lag = 0.0
+    try:
+        log["started"] = time.time()
+        for row in schedule.packets:
+            due = started + row["ts"]
+            lag = time.monotonic() - due
+            if lag < 0:
+                time.sleep(-lag)
+            else:
+                max_lag = max(max_lag, lag)
+            flow = int(row["flow"])
+            sock.send(
+                build_frame(
+                    src_mac,
+                    int(row["src_ip"]),
+                    int(row["dst_ip"]),
+                    int(row["src_port"]),
+                    int(row["dst_port"]),
+                    int(row["proto"]),
+                    int(row["wire_len"]),
+                    flow,
+                    int(sent[flow]),
+                )
+            )
+            sent[flow] += 1
+    finally:
+        sock.close()
+        log["finished"] = time.time()
+        log["packets_sent"] = int(sent.sum())
+        log["max_lag_ms"] = round(max_lag * 1000, 3)
+        log["flows"] = {
+            str(flow): {"key": list(key), "sent": int(count)}
+            for flow, (key, count) in enumerate(zip(schedule.flows, sent))
+            if count
+        }
+        write_json_atomically(sent_log, log)
+    return log
+
+
+# ---------------------------------------------------------------------------------------------
+# The sink
+
+
+class SinkCounters:
+    """Per-flow arrival counters of replayed frames."""
+
+    def __init__(self):
+        self._flows: dict[int, list] = {}  # flow id -> [key, received, reordered, bytes, highest sequence]
+        self.ignored = 0  # frames without a replay stamp
+
+    def count(self, frame: bytes) -> None:
+        parsed = parse_frame(frame)
+        stamp = parsed.stamp(frame) if parsed else None
+        if stamp is None:
+            self.ignored += 1
+            return
+        flow_id, sequence = stamp
+        counters = self._flows.get(flow_id)
+        if counters is None:
+            self._flows[flow_id] = [parsed.key, 1, 0, len(frame), sequence]
+            return
+        counters[1] += 1
+        counters[3] += len(frame)
+        if sequence < counters[4]:
+            counters[2] += 1
+        else:
+            counters[4] = sequence
+
+    def snapshot(self) -> dict:
+        flows = {
+            str(flow): {"key": list(key), "received": received, "reordered": reordered, "bytes": size}
+            for flow, (key, received, reordered, size, _highest) in sorted(self._flows.items())
+        }
+        return {
+            "time": time.time(),
+            "received": sum(flow["received"] for flow in flows.values()),
+            "reordered": sum(flow["reordered"] for flow in flows.values()),
+            "ignored": self.ignored,
+            "flows": flows,
+        }
+
+
+def run_sink(interface: str, out: str | os.PathLike) -> None:
+    """Count frames arriving on `interface` until SIGTERM or SIGINT, writing the counters to `out`
+    then, and whenever SIGUSR1 asks (each write bumps the document's `writes`)."""
+    counters = SinkCounters()
+    writes = 0
+    dump_requested = False
+
+    def request_dump(_signum, _frame):
+        nonlocal dump_requested
+        dump_requested = True
+
+    def dump():
+        nonlocal writes, dump_requested
+        writes += 1
+        dump_requested = False
+        write_json_atomically(out, {"interface": interface, "writes": writes, **counters.snapshot()})
+
+    signal.signal(signal.SIGUSR1, request_dump)
+    sock = open_packet_socket(interface, promiscuous=True, timeout=0.2)
+    dump()  # the file exists from the start: a reader can wait for it to know the sink is up
+    try:
+        with stop_on_sigterm():
+            while True:
+                try:
+                    frame, address = sock.recvfrom(65535)
+                except TimeoutError:
+                    frame, address = None, None
+                if frame is not None and address[2] != PACKET_OUTGOING:
+                    counters.count(frame)
+                if dump_requested:
+                    dump()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+        dump()
+
+
+def flow_outcomes(sent_log: dict, sink_log: dict) -> dict:
+    """Per-flow and total sent, received, lost (sent - received) and reordered packets."""
+    flows = {}
+    for flow, entry in sent_log["flows"].items():
+        arrived = sink_log["flows"].get(flow, {"received": 0, "reordered": 0})
+        flows[flow] = {
+            "key": entry["key"],
+            "sent": entry["sent"],
+            "received": arrived["received"],
+            "lost": entry["sent"] - arrived["received"],
+            "reordered": arrived["reordered"],
+        }
+    unexpected = sorted(set(sink_log["flows"]) - set(sent_log["flows"]), key=int)
+    if unexpected:
+        raise ValueError(f"the sink counted flows the sender never sent: {unexpected[:10]}")
+    totals = {
+        name: sum(flow[name] for flow in flows.values()) for name in ("sent", "received", "lost", "reordered")
+    }
+    return {**totals, "flows": flows}
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "send":
+            schedule = load_schedule(
+                args.pcap,
+                speed=args.speed,
+                start_s=args.start,
+                duration_s=args.duration,
+                max_flows=args.max_flows,
+                max_pps=args.max_pps,
+            )
+            with stop_on_sigterm():
+                log = replay(schedule, args.interface, args.out)
+            print(
+                f"sent {log['packets_sent']} packets of {len(log['flows'])} flows; worst lag {log['max_lag_ms']} ms"
+            )
+        else:
+            run_sink(args.interface, args.out)
+    except (OSError, ValueError) as exc:
+        print(f"trace_replay.live: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trace_replay.live", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    send = commands.add_parser("send", help="replay a pcap's flows out of an interface")
+    send.add_argument("pcap", type=Path)
+    send.add_argument("--interface", required=True)
+    send.add_argument("--out", required=True, type=Path, help="sent log (JSON), written when the replay ends")
+    send.add_argument("--speed", type=float, default=1.0, help="trace seconds per wall second (default 1)")
+    send.add_argument(
+        "--start", type=float, default=0.0, metavar="S", help="skip the trace's first S seconds"
+    )
+    send.add_argument(
+        "--duration", type=float, metavar="S", help="replay S trace seconds (default: to the end)"
+    )
+    send.add_argument("--max-flows", type=int, metavar="N", help="keep only the N flows with most packets")
+    send.add_argument(
+        "--max-pps",
+        type=float,
+        default=DEFAULT_MAX_PPS,
+        help=f"refuse schedules that peak above this rate (default {DEFAULT_MAX_PPS:g})",
+    )
+    sink = commands.add_parser("sink", help="count replayed frames arriving on an interface")
+    sink.add_argument("--interface", required=True)
+    sink.add_argument(
+        "--out", required=True, type=Path, help="counters (JSON), written on SIGTERM and SIGUSR1"
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
