@@ -1,0 +1,189 @@
+"""The exact policy (docs/optimal.md): never worse than a baseline, valid, equal to brute force on tiny states."""
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from gnn_policy.base import Problem, score
+from gnn_policy.baselines import OFM, Pairwise, RandomScaleIn, SizeGreedy
+from gnn_policy.optimal import Optimal, improvement_gap
+from trace_replay import scenarios
+from trace_replay.flows import read_flows
+from twin.migration import IndexedAction, apply
+from twin.params import Thresholds
+from twin.scenario import ScenarioKind
+from twin.state import ClusterState, FiveTuple, Flow, Instance
+
+TUPLE = FiveTuple("10.1.0.1", "10.2.0.1", 40000, 80, 6)
+TH = Thresholds(high=0.6, low=0.1)
+OUT, IN, LB = ScenarioKind.SCALE_OUT, ScenarioKind.SCALE_IN, ScenarioKind.LOAD_BALANCE
+SAMPLE = "trace_replay/data/lbnl_sample.pcap.gz"
+
+
+def baselines(seed: int = 0):
+    return (OFM(), SizeGreedy(), Pairwise(), RandomScaleIn(seed=seed))
+
+
+def cluster(loads, capacity=100.0, standby=0, buffer=1_000.0, queue=0.0, sla=None) -> ClusterState:
+    """`loads[k]` lists the flow rates on active instance nf{k}; `standby` idle instances sb{k} follow.
+
+    SLAs vary from flow to flow (70..110 ms) unless `sla` fixes them, so that eq. (2) costs differ.
+    """
+    instances = [Instance(f"nf{k}", capacity, buffer, queue) for k in range(len(loads))]
+    instances += [Instance(f"sb{k}", capacity, buffer, active=False) for k in range(standby)]
+    flows = [Flow(f"f{k}.{i}", TUPLE._replace(src_port=100 * k + i), float(r),
+                  sla if sla is not None else 70.0 + (7 * k + 13 * i) % 41, f"nf{k}")
+             for k, rates in enumerate(loads) for i, r in enumerate(rates)]
+    return ClusterState.from_objects(instances, flows)
+
+
+def solve(state, kind, policy=None, thresholds=TH):
+    problem = Problem.of(state, thresholds).as_scenario(kind)
+    decision = (policy or Optimal(warm_start=baselines(), time_limit_s=10)).decide(problem)
+    return problem, decision, score(problem, decision)
+
+
+# --- brute force over the same restricted move set ---------------------------------------------
+
+def brute_force(problem: Problem):
+    """Every assignment of the movable flows to the eligible destinations, scored by `apply`."""
+    state, scenario = problem.state, problem.scenario
+    active = state.active_indices
+    if scenario.kind is LB:
+        mean = state.load_pps[active].sum() / state.capacity[active].sum()
+        sources = active[state.utilisation[active] > mean]
+        destinations = active[state.utilisation[active] < mean]
+    elif scenario.kind is OUT:
+        sources = np.array(scenario.overloaded)
+        destinations = np.setdiff1d(np.arange(state.n_instances), sources)
+    else:
+        sources = np.array(scenario.underloaded)
+        destinations = active
+    movable = np.flatnonzero(np.isin(state.assignment, sources))
+    assert movable.size <= 6, "brute force is for tiny states"
+    results = []
+    for choice in itertools.product(*[[-1] + [int(k) for k in destinations if k != state.assignment[f]]
+                                      for f in movable]):
+        moved = [(int(f), d) for f, d in zip(movable, choice) if d >= 0]
+        flows = np.array([f for f, _ in moved], dtype=np.int64)
+        dst = np.array([d for _, d in moved], dtype=np.int64)
+        start = np.unique(dst[~state.active[dst]]) if dst.size else np.empty(0, dtype=np.int64)
+        left = np.bincount(np.r_[np.delete(state.assignment, flows), dst], minlength=state.n_instances)
+        stop = np.array([k for k in active if left[k] == 0 and k in sources], dtype=np.int64)[:active.size - 1]
+        try:
+            _, breakdown = apply(state, IndexedAction(flows, dst, start, stop), problem.params, problem.thresholds)
+        except ValueError:
+            continue
+        results.append(breakdown)
+    return results
+
+
+TINY_SCALE_OUT = [
+    cluster([[30, 25, 9, 4], [20, 5], [45]], standby=2),
+    cluster([[35, 20, 12], [40, 25], [10]], standby=2),
+    cluster([[61, 3, 2], [10, 10]], standby=1),
+]
+TINY_SCALE_IN = [
+    cluster([[4, 3], [50, 5], [2], [30, 25]]),
+    cluster([[5, 2, 1], [58], [8], [20]]),
+]
+TINY_LB = [
+    cluster([[20, 15, 10, 3], [10], [30, 20], [12]]),
+    cluster([[25, 14, 6], [5], [9, 8, 7]]),
+]
+
+
+@pytest.mark.parametrize("state", TINY_SCALE_OUT, ids=lambda s: f"{s.n_flows}flows")
+def test_scale_out_equals_brute_force(state):
+    problem, decision, outcome = solve(state, OUT)
+    best = min(b.total for b in brute_force(problem))
+    assert outcome.valid and decision.proven_optimal and decision.optimal_gap == 0.0
+    assert outcome.breakdown.total == pytest.approx(best, abs=1e-6)
+
+
+@pytest.mark.parametrize("state", TINY_SCALE_IN, ids=lambda s: f"{s.n_flows}flows")
+def test_scale_in_equals_brute_force(state):
+    problem, decision, outcome = solve(state, IN)
+    best = min(b.total for b in brute_force(problem))
+    assert outcome.valid and decision.proven_optimal
+    assert outcome.breakdown.total == pytest.approx(best, abs=1e-6)
+
+
+@pytest.mark.parametrize("state", TINY_LB, ids=lambda s: f"{s.n_flows}flows")
+def test_load_balance_is_lexicographic_brute_force(state):
+    problem, decision, outcome = solve(state, LB)
+    results = brute_force(problem)
+    least_variance = min(b.variance_after for b in results)
+    cheapest = min(b.migration for b in results if b.variance_after <= least_variance + 1e-9)
+    assert outcome.valid and decision.proven_optimal
+    assert outcome.breakdown.variance_after == pytest.approx(least_variance, abs=1e-9)
+    assert outcome.breakdown.migration == pytest.approx(cheapest, abs=1e-6)
+
+
+# --- infeasible states, limits, bad input -----------------------------------------------------
+
+def test_buffers_too_small_for_any_move_are_infeasible_with_reason():
+    state = cluster([[40, 30], [10], [12]], buffer=1.0, queue=0.99, standby=1)
+    problem, decision, outcome = solve(state, OUT)
+    assert not decision.feasible and "constraint 5" in decision.reason
+    assert outcome.valid and outcome.decision.action.flows.size == 0
+
+
+def test_nothing_to_relieve_is_an_empty_feasible_decision():
+    problem, decision, outcome = solve(cluster([[30], [30]]), ScenarioKind.NONE)
+    assert decision.feasible and decision.action.flows.size == 0
+
+
+def test_constructor_rejects_a_non_positive_time_limit():
+    with pytest.raises(ValueError, match="time limit"):
+        Optimal(time_limit_s=0)
+
+
+def test_improvement_gap_is_the_uncertified_share_of_the_best_improvement():
+    assert improvement_gap(incumbent=20.0, bound=10.0, do_nothing=110.0) == pytest.approx(0.1)
+    assert improvement_gap(incumbent=-5.0, bound=-5.0, do_nothing=100.0) == 0.0
+    assert improvement_gap(incumbent=1.0, bound=float("-inf"), do_nothing=2.0) == 1.0
+
+
+# --- realistic set-ups from the shipped sample ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def table():
+    return read_flows(SAMPLE)
+
+
+def realistic_setups(table):
+    yield scenarios.build_scale_out(table, overloaded=4, th_high=0.6, seed=0)
+    yield scenarios.build_scale_out(table, overloaded=6, th_high=0.55, seed=1)
+    yield scenarios.build_scale_in(table, underloaded=5, th_low=0.1, seed=0, n_instances=20)
+    yield scenarios.build_load_balance(table, n_instances=10, seed=0)
+    yield scenarios.build_timing(table, n_instances=10, seed=1)
+
+
+def test_never_worse_than_any_baseline_on_built_setups(table):
+    for setup in realistic_setups(table):
+        problem = Problem.of(setup.state, setup.thresholds).as_scenario(setup.expected_kind)
+        decision = Optimal(warm_start=baselines(setup.seed), time_limit_s=4, seed=setup.seed).decide(problem)
+        optimal = score(problem, decision)
+        assert decision.feasible and optimal.valid, (setup.experiment, decision.reason, optimal.error)
+        assert 0.0 <= decision.optimal_gap <= 1.0
+        for baseline in baselines(setup.seed):
+            other = score(problem, baseline.decide(problem))
+            if not (other.decision.feasible and other.valid):
+                continue
+            if setup.expected_kind is LB:
+                assert optimal.breakdown.variance_after <= other.breakdown.variance_after + 1e-12, baseline.name
+            else:
+                assert optimal.breakdown.total <= other.breakdown.total + 1e-6, baseline.name
+
+
+def test_time_limit_is_respected_and_reported(table):
+    setup = scenarios.build_timing(table, n_instances=40, seed=0)
+    problem = Problem.of(setup.state, setup.thresholds).as_scenario(LB)
+    began = time.perf_counter()
+    decision = Optimal(warm_start=baselines(), time_limit_s=1.0).decide(problem)
+    elapsed = time.perf_counter() - began
+    assert elapsed < 2.5, elapsed  # model building after the deadline is the only overrun
+    assert decision.feasible and score(problem, decision).valid
+    assert decision.reason.startswith("time limit 1 s reached") and decision.proven_optimal is False
