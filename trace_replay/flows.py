@@ -162,11 +162,11 @@ class _TraceTally:
 
 class _FlowGrouper:
     """Streaming flow aggregation: live flows sit in slots of a growable array, found by key through
-    a _PairIndex; finished flows are set aside until the end."""
+    a PairIndex; finished flows are set aside until the end."""
 
     def __init__(self, idle_timeout: float | None):
         self._idle_timeout = idle_timeout
-        self._index = _PairIndex()
+        self._index = PairIndex()
         self._slots = np.zeros(1024, _WORK_DTYPE)
         self._slot_keys = np.zeros((1024, 2), np.uint64)
         self._alive = np.zeros(1024, bool)
@@ -342,7 +342,7 @@ def _group_by_key(
     return order, sorted_lo, sorted_hi, key_change
 
 
-class _PairIndex:
+class PairIndex:
     """Hash map from (uint64, uint64) keys to slot numbers, with open addressing and linear probing
     done for a whole array of keys per round. Kept at most half full, so rounds stay few."""
 

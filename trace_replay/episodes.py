@@ -1,0 +1,277 @@
+"""Trace-driven episodes for the batched twin simulator (`twin.sim.BatchedTwin.from_episodes`).
+
+An episode is a seeded window of a trace cut into equal time bins, one per simulator step. Its
+flows are the trace's flows that overlap the window (a seeded sample of at most `max_flows`), each
+in its own slot; a flow is live from the bin of its first packet to the bin of its last, and its
+rate in a bin is the packets it sent there per second. Rates therefore rise, fall and stop as in
+the trace, which is what makes overload, underload and imbalance come and go over an episode.
+
+Flows come from the trace's `FlowTable`; the per-bin packet counts from one streaming pass over
+the packets, so memory is the episode arrays (B·T·F rates, stored as float32) plus one packet batch.
+Instances are sized per episode so that the active ones run at a seeded target utilisation on
+average, with buffers and the heavy-flow rule of the scenario builders' `Sizing`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from trace_replay.flows import FlowTable, PairIndex, flow_keys, read_flows
+from trace_replay.pcap import iter_packet_batches
+from trace_replay.scenarios import FlowPool, Sizing
+from twin.params import CostParams
+from twin.state import FIVE_TUPLE_DTYPE
+
+
+@dataclass(frozen=True, eq=False)
+class EpisodeBatch:
+    """B episodes of T steps over F flow slots and N instances (arrays lead with the episode)."""
+
+    rate: np.ndarray
+    """[B, T, F] float32 packets per simulated second of each slot's flow in each step (0 when not live)."""
+    arrival: np.ndarray
+    """[B, F] first step at which the slot's flow is live (T for an empty slot)."""
+    departure: np.ndarray
+    """[B, F] first step at which it no longer is (T when it outlives the window)."""
+    sla_ms: np.ndarray
+    """[B, F] LA^f, drawn uniformly from the cost parameters' SLA range."""
+    byte_rate: np.ndarray
+    """[B, F] the flow's mean byte rate over its lifetime in the trace."""
+    five_tuple: np.ndarray
+    """[B, F] FIVE_TUPLE_DTYPE."""
+    flow_ids: np.ndarray
+    """[B, F] object array of flow ids ("f<index in the flow table>", "" for an empty slot)."""
+    capacity: np.ndarray
+    """[B, N] packets/s."""
+    buffer: np.ndarray
+    """[B, N] packets."""
+    initially_active: np.ndarray
+    """[B, N] bool."""
+    start_s: np.ndarray
+    """[B] trace timestamp at which each episode's window opens."""
+    step_s: float
+    """Simulated seconds per step: the bin width times the time scale."""
+    source: str
+
+    def __post_init__(self) -> None:
+        b, t, f = self.rate.shape
+        n = self.capacity.shape[1] if self.capacity.ndim == 2 else -1
+        for name, shape in (
+            ("arrival", (b, f)),
+            ("departure", (b, f)),
+            ("sla_ms", (b, f)),
+            ("byte_rate", (b, f)),
+            ("five_tuple", (b, f)),
+            ("flow_ids", (b, f)),
+            ("capacity", (b, n)),
+            ("buffer", (b, n)),
+            ("initially_active", (b, n)),
+            ("start_s", (b,)),
+        ):
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {shape}")
+        if t < 2:
+            raise ValueError(f"an episode needs at least 2 steps, got {t}")
+        if not self.initially_active.any(axis=1).all():
+            raise ValueError("every episode needs at least one initially active instance")
+
+    @property
+    def n_episodes(self) -> int:
+        return self.rate.shape[0]
+
+    @property
+    def n_steps(self) -> int:
+        return self.rate.shape[1]
+
+    @property
+    def n_flow_slots(self) -> int:
+        return self.rate.shape[2]
+
+    @property
+    def n_instances(self) -> int:
+        return self.capacity.shape[1]
+
+    def live(self, step: int) -> np.ndarray:
+        """[B, F] slots whose flow is live at `step`."""
+        return (self.arrival <= step) & (step < self.departure)
+
+
+def build_episodes(
+    pcap: str | os.PathLike,
+    *,
+    n_episodes: int,
+    n_steps: int,
+    n_instances: int,
+    seed: int,
+    table: FlowTable | None = None,
+    n_standby: int = 0,
+    max_flows: int = 400,
+    bin_s: float = 0.1,
+    time_scale: float = 1.0,
+    target_utilisation: tuple[float, float] = (0.25, 0.5),
+    sizing: Sizing = Sizing(),
+    params: CostParams = CostParams(),
+) -> EpisodeBatch:
+    """Cut `n_episodes` seeded windows of `n_steps` bins of `bin_s` trace seconds out of a trace.
+
+    `table` is the trace's flow table if already read (it must be built without an idle timeout,
+    so that a 5-tuple names one flow). `time_scale` is simulated seconds per trace second: 0.5
+    replays the trace twice as fast (rates double, steps last half as long). Each episode's
+    instances are equal, sized so that the `n_instances` active ones run on average at a target
+    utilisation drawn from `target_utilisation`; `n_standby` more wait stopped.
+    """
+    _require(n_episodes >= 1, f"n_episodes must be at least 1, got {n_episodes}")
+    _require(n_steps >= 2, f"n_steps must be at least 2, got {n_steps}")
+    _require(
+        n_instances >= 1 and n_standby >= 0,
+        f"need n_instances >= 1 and n_standby >= 0, got {n_instances} and {n_standby}",
+    )
+    _require(max_flows >= 1, f"max_flows must be at least 1, got {max_flows}")
+    _require(
+        bin_s > 0 and time_scale > 0, f"bin_s and time_scale must be positive, got {bin_s} and {time_scale}"
+    )
+    low, high = target_utilisation
+    _require(
+        0 < low <= high, f"target_utilisation must be an interval within (0, inf), got {target_utilisation}"
+    )
+    table = read_flows(pcap) if table is None else table
+    records = table.records
+    _require(len(records) > 0, f"trace {table.source} holds no flows")
+    rng = np.random.default_rng(seed)
+
+    window_s = n_steps * bin_s
+    first, last = float(records["first_ts"].min()), float(records["last_ts"].max())
+    _require(
+        last - first >= window_s,
+        f"trace {table.source} lasts {last - first:.1f} s, shorter than an episode of {n_steps} x {bin_s} s",
+    )
+    start_s = rng.uniform(first, last - window_s, n_episodes)
+    selected = [_select_flows(records, start, start + window_s, max_flows, rng) for start in start_s]
+    counts = _count_packets(pcap, records, selected, start_s, bin_s, n_steps, max_flows)
+    rate = counts / (bin_s * time_scale)
+
+    arrival = np.full((n_episodes, max_flows), n_steps, dtype=np.int64)
+    departure = np.full((n_episodes, max_flows), n_steps, dtype=np.int64)
+    for b, flows in enumerate(selected):
+        arrival[b, : flows.size] = _bin_of(records["first_ts"][flows], start_s[b], bin_s, n_steps)
+        departure[b, : flows.size] = _bin_of(records["last_ts"][flows], start_s[b], bin_s, n_steps) + 1
+
+    n_total = n_instances + n_standby
+    target = rng.uniform(low, high, n_episodes)
+    heavy = _heavy_flows(rate, arrival, departure, n_instances, target, sizing.max_flow_share)
+    rate[np.broadcast_to(heavy[:, None, :], rate.shape)] = 0.0
+    arrival[heavy], departure[heavy] = n_steps, n_steps
+    capacity = _capacity(rate, n_instances, target)
+
+    pool = FlowPool.from_table(table)
+    five_tuple = np.zeros((n_episodes, max_flows), dtype=FIVE_TUPLE_DTYPE)
+    byte_rate = np.zeros((n_episodes, max_flows))
+    flow_ids = np.full((n_episodes, max_flows), "", dtype=object)
+    for b, flows in enumerate(selected):
+        kept = ~heavy[b, : flows.size]
+        five_tuple[b, : flows.size][kept] = pool.five_tuple[flows][kept]
+        byte_rate[b, : flows.size][kept] = pool.byte_rate[flows][kept]
+        flow_ids[b, : flows.size][kept] = [f"f{k}" for k in flows[kept].tolist()]
+    capacity_per_instance = np.repeat(capacity[:, None], n_total, axis=1)
+    return EpisodeBatch(
+        rate=rate.astype(np.float32),
+        arrival=arrival,
+        departure=departure,
+        sla_ms=rng.uniform(params.sla_min_ms, params.sla_max_ms, (n_episodes, max_flows)),
+        byte_rate=byte_rate,
+        five_tuple=five_tuple,
+        flow_ids=flow_ids,
+        capacity=capacity_per_instance,
+        buffer=capacity_per_instance * sizing.buffer_ms / 1000.0,
+        initially_active=np.broadcast_to(np.arange(n_total) < n_instances, (n_episodes, n_total)).copy(),
+        start_s=start_s,
+        step_s=bin_s * time_scale,
+        source=table.source,
+    )
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _select_flows(
+    records: np.ndarray, start: float, end: float, max_flows: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Table indices of at most `max_flows` flows overlapping [start, end), in arrival order."""
+    overlapping = np.flatnonzero((records["first_ts"] < end) & (records["last_ts"] >= start))
+    if overlapping.size > max_flows:
+        overlapping = np.sort(rng.choice(overlapping, max_flows, replace=False))
+    return overlapping
+
+
+def _bin_of(ts: np.ndarray, start: float, bin_s: float, n_steps: int) -> np.ndarray:
+    """Step whose bin holds each timestamp, clipped to the window."""
+    return np.clip(np.floor((ts - start) / bin_s), 0, n_steps - 1).astype(np.int64)
+
+
+def _count_packets(
+    pcap: str | os.PathLike,
+    records: np.ndarray,
+    selected: list[np.ndarray],
+    start_s: np.ndarray,
+    bin_s: float,
+    n_steps: int,
+    max_flows: int,
+) -> np.ndarray:
+    """[B, T, F] packets of each episode's flows per bin, in one streaming pass over the trace."""
+    wanted = np.unique(np.concatenate(selected))
+    key_lo, key_hi = flow_keys(records[wanted])
+    if np.unique(np.stack([key_lo, key_hi]), axis=1).shape[1] != wanted.size:
+        raise ValueError(
+            "the flow table holds several flows of one 5-tuple; build it without an idle timeout"
+        )
+    index = PairIndex()
+    index.add(key_lo, key_hi, wanted.astype(np.int64))
+    n_episodes = len(selected)
+    counts = np.zeros(n_episodes * n_steps * max_flows, dtype=np.float64)
+    for packets in iter_packet_batches(pcap):
+        packets = packets[packets["is_ipv4"]]
+        flow = index.get(*flow_keys(packets))
+        known = flow >= 0
+        packets, flow = packets[known], flow[known]
+        for b, flows in enumerate(selected):
+            step = np.floor((packets["ts"] - start_s[b]) / bin_s)
+            slot = np.searchsorted(flows, flow)
+            inside = (step >= 0) & (step < n_steps) & (slot < flows.size)
+            inside[inside] &= flows[slot[inside]] == flow[inside]
+            cell = (b * n_steps + step[inside].astype(np.int64)) * max_flows + slot[inside]
+            np.add.at(counts, cell, 1.0)
+    return counts.reshape(n_episodes, n_steps, max_flows)
+
+
+def _heavy_flows(
+    rate: np.ndarray,
+    arrival: np.ndarray,
+    departure: np.ndarray,
+    n_active: int,
+    target: np.ndarray,
+    max_flow_share: float,
+) -> np.ndarray:
+    """[B, F] flows whose mean rate while live exceeds `max_flow_share` of an instance (the builders' rule).
+
+    Leaving flows out shrinks the instances sized on the rest, so the rule is reapplied until no kept
+    flow is heavy.
+    """
+    mean_rate = rate.sum(axis=1) / np.maximum(departure - np.minimum(arrival, departure), 1)
+    heavy = np.zeros(mean_rate.shape, dtype=bool)
+    while True:
+        kept_rate = np.where(heavy[:, None, :], 0.0, rate)
+        newly_heavy = ~heavy & (mean_rate > max_flow_share * _capacity(kept_rate, n_active, target)[:, None])
+        if not newly_heavy.any():
+            return heavy
+        heavy |= newly_heavy
+
+
+def _capacity(rate: np.ndarray, n_active: int, target: np.ndarray) -> np.ndarray:
+    """[B] capacity of one instance such that the active ones average `target` utilisation."""
+    mean_load = rate.sum(axis=2).mean(axis=1)
+    return np.maximum(mean_load, np.finfo(float).tiny) / (n_active * target)
