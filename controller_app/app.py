@@ -1,0 +1,221 @@
+"""The Ryu application: `ryu-manager controller_app.app` (with DEEPMIGRATION_CLUSTER set).
+
+A thin OpenFlow 1.3 shell over `controller_app.core.Controller`: one handler per OpenFlow
+concern (switch features, port status, packet-in, flow and port stats, flow removed, barrier,
+disconnect) translates the message and hands it to the core; `OpenFlowSwitch` turns the core's
+requests back into flow mods. A green thread asks for statistics and runs one period of the
+decision loop every `period_s` seconds. The REST API (`controller_app.rest`) is served by Ryu's
+WSGI server, bound to 127.0.0.1 unless `--wsapi-host` says otherwise.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from eventlet import tpool
+from ryu import cfg
+from ryu.app.wsgi import WSGIApplication
+from ryu.base import app_manager
+from ryu.controller import ofp_event
+from ryu.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from ryu.lib import hub
+from ryu.lib.packet import ipv4, packet, tcp, udp
+from ryu.ofproto import ofproto_v1_3
+
+from controller_app import rest
+from controller_app.config import (
+    CLUSTER_ENV,
+    ClusterDescription,
+    ConfigError,
+    ControllerConfig,
+    NFDescription,
+    register_ryu_options,
+    ryu_paths,
+)
+from controller_app.core import Controller, SwitchError, reverse
+from twin.state import FiveTuple
+
+LOG = logging.getLogger(__name__)
+
+FLOW_COOKIE = 0xD3E9
+"""Marks the per-flow steering rules, so stats requests and flow-removed messages concern only them."""
+FLOW_PRIORITY, NF_TO_SINK_PRIORITY, TABLE_MISS_PRIORITY = 100, 10, 0
+IP_PORT_FIELDS = {6: ("tcp_src", "tcp_dst"), 17: ("udp_src", "udp_dst")}
+
+register_ryu_options()
+cfg.CONF.set_default("wsapi_host", rest.LOCALHOST)
+
+
+class OpenFlowSwitch:
+    """The core's `Switch` on one OpenFlow 1.3 datapath."""
+
+    def __init__(self, datapath, source_port: int, idle_timeout_s: int):
+        self.datapath = datapath
+        self._source_port = source_port
+        self._idle_timeout_s = idle_timeout_s
+        self._barriers: dict[int, hub.Event] = {}
+
+    def install_base_rules(self, cluster: ClusterDescription) -> None:
+        parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
+        self.datapath.send_msg(parser.OFPFlowMod(self.datapath, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
+                                                 out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY))
+        self._add(TABLE_MISS_PRIORITY, parser.OFPMatch(),
+                  [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])
+        for nf in cluster.nfs:
+            self._add(NF_TO_SINK_PRIORITY, parser.OFPMatch(in_port=nf.host.port),
+                      [parser.OFPActionOutput(cluster.sink.port)])
+
+    def steer(self, five_tuple: FiveTuple, nf: NFDescription) -> None:
+        parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
+        for direction in (five_tuple, reverse(five_tuple)):
+            self._add(FLOW_PRIORITY, self.match(direction), [parser.OFPActionOutput(nf.host.port)],
+                      cookie=FLOW_COOKIE, idle_timeout=self._idle_timeout_s, flags=ofp.OFPFF_SEND_FLOW_REM)
+
+    def barrier(self, timeout_s: float) -> None:
+        request = self.datapath.ofproto_parser.OFPBarrierRequest(self.datapath)
+        self.datapath.set_xid(request)
+        done = self._barriers[request.xid] = hub.Event()
+        try:
+            if not self.datapath.send_msg(request) or not done.wait(timeout_s):
+                raise SwitchError(f"no barrier reply within {timeout_s:g} s")
+        finally:
+            self._barriers.pop(request.xid, None)
+
+    def barrier_replied(self, xid: int) -> None:
+        if xid in self._barriers:
+            self._barriers[xid].set()
+
+    def packet_out(self, in_port: int, out_port: int, data: bytes) -> None:
+        parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
+        self.datapath.send_msg(parser.OFPPacketOut(self.datapath, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_port,
+                                                   actions=[parser.OFPActionOutput(out_port)], data=data))
+
+    def request_stats(self) -> None:
+        parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
+        self.datapath.send_msg(parser.OFPFlowStatsRequest(self.datapath, cookie=FLOW_COOKIE,
+                                                          cookie_mask=0xFFFFFFFFFFFFFFFF))
+        self.datapath.send_msg(parser.OFPPortStatsRequest(self.datapath, 0, ofp.OFPP_ANY))
+
+    def match(self, direction: FiveTuple):
+        ports = IP_PORT_FIELDS.get(direction.proto)
+        fields = {"in_port": self._source_port, "eth_type": 0x0800, "ip_proto": direction.proto,
+                  "ipv4_src": direction.src_ip, "ipv4_dst": direction.dst_ip}
+        if ports:
+            fields |= {ports[0]: direction.src_port, ports[1]: direction.dst_port}
+        return self.datapath.ofproto_parser.OFPMatch(**fields)
+
+    def _add(self, priority: int, match, actions, **options) -> None:
+        parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
+        instructions = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)]
+        self.datapath.send_msg(parser.OFPFlowMod(self.datapath, priority=priority, match=match,
+                                                 instructions=instructions, **options))
+
+
+def five_tuple_of(match) -> FiveTuple | None:
+    """The directed 5-tuple of a steering rule's match (ports 0 for protocols without ports)."""
+    if "ipv4_src" not in match:
+        return None
+    proto = match["ip_proto"]
+    ports = IP_PORT_FIELDS.get(proto)
+    return FiveTuple(match["ipv4_src"], match["ipv4_dst"], match[ports[0]] if ports else 0,
+                     match[ports[1]] if ports else 0, proto)
+
+
+class DeepMigrationApp(app_manager.RyuApp):
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]  # noqa: RUF012 - Ryu reads these class attributes
+    _CONTEXTS = {"wsgi": WSGIApplication}  # noqa: RUF012
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        cluster_path, config_path = ryu_paths()
+        if cluster_path is None:
+            raise ConfigError(f"no cluster description: set {CLUSTER_ENV} or --deepmigration-cluster")
+        config = ControllerConfig.load(config_path)
+        from mininet_topos.nf_channel import NFClient
+
+        self.core = Controller(ClusterDescription.load(cluster_path), config,
+                               lambda nf, timeout: NFClient(nf.socket, timeout),
+                               offload=tpool.execute)  # a policy may compute for seconds: keep OpenFlow alive
+        rest.register(kwargs["wsgi"], self.core)
+        if config_path is None:
+            LOG.warning("no controller config: REST writes need 'Authorization: Bearer %s'", config.token)
+        self.switch: OpenFlowSwitch | None = None
+        self._flow_stats: list = []
+        self._loop = hub.spawn(self._run_periods)
+
+    def _run_periods(self) -> None:
+        """Every period: ask for statistics, let the replies arrive, then run one decision period."""
+        while True:
+            deadline = time.monotonic() + self.core.config.period_s
+            if self.switch is not None:
+                self.switch.request_stats()
+            hub.sleep(max(deadline - time.monotonic(), 0.0))
+            try:
+                self.core.tick()
+            except Exception:  # the loop must outlive any bug in one period
+                LOG.exception("decision period failed")
+
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def switch_features_handler(self, ev):
+        datapath = ev.msg.datapath
+        if datapath.id != self.core.cluster.dpid:
+            LOG.warning("ignoring switch %016x: the cluster's switch is %016x", datapath.id, self.core.cluster.dpid)
+            return
+        self.switch = OpenFlowSwitch(datapath, self.core.cluster.source.port, self.core.config.rule_idle_timeout_s)
+        self.core.on_switch_connected(self.switch)
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
+    def disconnect_handler(self, ev):
+        if self.switch is not None and ev.datapath is self.switch.datapath:
+            self.switch = None
+            self.core.on_switch_disconnected()
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def packet_in_handler(self, ev):
+        msg = ev.msg
+        if self.switch is None or msg.datapath is not self.switch.datapath:
+            return
+        pkt = packet.Packet(msg.data)
+        ip = pkt.get_protocol(ipv4.ipv4)
+        if ip is None:
+            return
+        l4 = pkt.get_protocol(tcp.tcp) or pkt.get_protocol(udp.udp)
+        five_tuple = FiveTuple(ip.src, ip.dst, l4.src_port if l4 else 0, l4.dst_port if l4 else 0, ip.proto)
+        in_port = msg.match["in_port"]
+        nf = self.core.on_new_flow(in_port, five_tuple)
+        if nf is not None:
+            self.switch.packet_out(in_port, nf.host.port, msg.data)
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def flow_stats_reply_handler(self, ev):
+        msg = ev.msg
+        self._flow_stats += [(t, stat.packet_count, stat.byte_count) for stat in msg.body
+                             if (t := five_tuple_of(stat.match)) is not None]
+        if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
+            self.core.on_flow_stats(self._flow_stats)
+            self._flow_stats = []
+
+    @set_ev_cls(ofp_event.EventOFPPortStatsReply, MAIN_DISPATCHER)
+    def port_stats_reply_handler(self, ev):
+        self.core.on_port_stats([(s.port_no, s.rx_bytes, s.tx_bytes) for s in ev.msg.body
+                                 if s.port_no < ev.msg.datapath.ofproto.OFPP_MAX])
+
+    @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
+    def flow_removed_handler(self, ev):
+        msg = ev.msg
+        if msg.cookie == FLOW_COOKIE and (five_tuple := five_tuple_of(msg.match)) is not None:
+            self.core.on_rule_expired(five_tuple)
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def barrier_reply_handler(self, ev):
+        if self.switch is not None:
+            self.switch.barrier_replied(ev.msg.xid)
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def port_status_handler(self, ev):
+        msg = ev.msg
+        ofp = msg.datapath.ofproto
+        down = msg.reason == ofp.OFPPR_DELETE or msg.desc.state & ofp.OFPPS_LINK_DOWN
+        LOG.info("port %d %s", msg.desc.port_no, "down" if down else "up")
+        if down:
+            self.core.on_port_down(msg.desc.port_no)

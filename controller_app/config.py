@@ -1,0 +1,293 @@
+"""What the controller is told: the cluster it runs (topology, NF instances) and how it decides.
+
+Two inputs, both JSON files:
+
+* the **cluster description**, written by whoever builds the network (`mininet_topos`): the
+  switch's dpid and, per host, its role, switch port and MAC, plus each NF's capacity, buffer,
+  processing latency, initial activity and control socket;
+* the **controller config**: thresholds, period, policy, mode, the REST write token and the
+  transition log. Everything except the token and the log path can be changed at run time over
+  REST; `ControllerConfig.updated` is the one place such a change is validated.
+
+Paths come from Ryu options (`--deepmigration-cluster`, `--deepmigration-config`, available
+on the command line when `ryu-manager --user-flags controller_app/config.py` loads this file,
+and always as `cluster=`/`config=` in a `[deepmigration]` section of a `--config-file`) or from
+the environment variables DEEPMIGRATION_CLUSTER and DEEPMIGRATION_CONFIG.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import math
+import os
+import secrets
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from gnn_policy.registry import POLICY_NAMES
+from twin.params import Thresholds
+
+OPTION_GROUP = "deepmigration"
+CLUSTER_ENV = "DEEPMIGRATION_CLUSTER"
+CONFIG_ENV = "DEEPMIGRATION_CONFIG"
+MIN_PERIOD_S, MAX_PERIOD_S = 0.1, 3600.0
+
+
+class ConfigError(ValueError):
+    """A configuration value the controller cannot run with; `field` names it."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class Mode(str, enum.Enum):
+    AUTO = "auto"
+    """Detect, decide and execute every period."""
+    DRY_RUN = "dry-run"
+    """Detect and decide, log the decision, execute nothing."""
+    MANUAL = "manual"
+    """Detect only; migrations come from POST /migrations."""
+
+
+# --- cluster description ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class HostPort:
+    name: str
+    port: int
+    mac: str
+
+
+@dataclass(frozen=True)
+class NFDescription:
+    instance: str
+    host: HostPort
+    capacity_pps: float
+    buffer_packets: float
+    processing_ms: float
+    active: bool
+    socket: str
+
+
+@dataclass(frozen=True)
+class ClusterDescription:
+    dpid: int
+    source: HostPort
+    sink: HostPort
+    nfs: tuple[NFDescription, ...]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ClusterDescription:
+        if not isinstance(data, dict):
+            raise ConfigError("the cluster description must be a JSON object")
+        hosts = _require(data, "hosts", list, "cluster")
+        by_role: dict[str, list[dict]] = {"source": [], "sink": [], "nf": []}
+        for k, host in enumerate(hosts):
+            where = f"hosts[{k}]"
+            if not isinstance(host, dict):
+                raise ConfigError(f"{where} must be an object", where)
+            role = _require(host, "role", str, where)
+            if role not in by_role:
+                raise ConfigError(f"{where}.role is {role!r}; expected source, sink or nf", f"{where}.role")
+            by_role[role].append(host)
+        for role in ("source", "sink"):
+            if len(by_role[role]) != 1:
+                raise ConfigError(f"the cluster needs exactly one {role} host, found {len(by_role[role])}", role)
+        if not by_role["nf"]:
+            raise ConfigError("the cluster has no nf host", "hosts")
+        nfs = tuple(_nf(host) for host in by_role["nf"])
+        ports = [_host(h).port for h in hosts]
+        if len(set(ports)) != len(ports):
+            raise ConfigError("two hosts share a switch port", "hosts")
+        instance_ids = [nf.instance for nf in nfs]
+        if len(set(instance_ids)) != len(instance_ids):
+            raise ConfigError("two NF hosts share an instance id", "hosts")
+        dpid = _require(data, "dpid", int, "cluster")
+        return cls(dpid, _host(by_role["source"][0]), _host(by_role["sink"][0]), nfs)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ClusterDescription:
+        return cls.from_dict(_read_json(path, "cluster description"))
+
+    def nf(self, instance: str) -> NFDescription:
+        return next(nf for nf in self.nfs if nf.instance == instance)
+
+
+def _host(host: dict) -> HostPort:
+    name = _require(host, "name", str, "host")
+    return HostPort(name, _require(host, "port", int, name), _require(host, "mac", str, name))
+
+
+def _nf(host: dict) -> NFDescription:
+    where = host.get("name", "nf host")
+    return NFDescription(
+        instance=_require(host, "instance", str, where),
+        host=_host(host),
+        capacity_pps=_positive(_require(host, "capacity_pps", (int, float), where), f"{where}.capacity_pps"),
+        buffer_packets=_positive(_require(host, "buffer_packets", (int, float), where), f"{where}.buffer_packets"),
+        processing_ms=float(_require(host, "processing_ms", (int, float), where)),
+        active=_require(host, "active", bool, where),
+        socket=_require(host, "control_socket", str, where),
+    )
+
+
+# --- controller config -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ControllerConfig:
+    thresholds: Thresholds = Thresholds()
+    period_s: float = 1.0
+    policy: str = "ofm"
+    mode: Mode = Mode.AUTO
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    """REST write token (`Authorization: Bearer <token>`); random when the config names none."""
+    transition_log: str = "deepmigration-transitions.jsonl"
+    seed: int = 0
+    quiet_ms: int = 20
+    """How long the source NF must see no packet of a flow before it exports the flow's state."""
+    rule_idle_timeout_s: int = 10
+    """Idle timeout of the per-flow rules; a flow is forgotten once both its rules expired."""
+    nf_timeout_s: float = 2.0
+    barrier_timeout_s: float = 2.0
+
+    RUNTIME_FIELDS = ("thresholds", "period_s", "policy", "mode")
+    """What PUT /config may change."""
+
+    def __post_init__(self) -> None:
+        _check_period(self.period_s)
+        if self.policy not in POLICY_NAMES:
+            raise ConfigError(f"unknown policy {self.policy!r}; known: {', '.join(POLICY_NAMES)}", "policy")
+        if not self.token:
+            raise ConfigError("the REST token must not be empty", "token")
+        for name in ("quiet_ms", "rule_idle_timeout_s"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be an integer >= 0", name)
+        for name in ("nf_timeout_s", "barrier_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0", name)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ControllerConfig:
+        if not isinstance(data, dict):
+            raise ConfigError("the controller config must be a JSON object")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field {unknown[0]!r}", unknown[0])
+        return cls().updated(data, allowed=tuple(known))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None) -> ControllerConfig:
+        return cls() if path is None else cls.from_dict(_read_json(path, "controller config"))
+
+    def updated(self, patch: Any, allowed: tuple[str, ...] = RUNTIME_FIELDS) -> ControllerConfig:
+        """This config with `patch` (a JSON object, thresholds given partially) applied and checked."""
+        if not isinstance(patch, dict):
+            raise ConfigError("the config change must be a JSON object")
+        changes: dict[str, Any] = {}
+        for name, value in patch.items():
+            if name not in allowed:
+                raise ConfigError(f"config field {name!r} cannot be changed here; allowed: {', '.join(allowed)}",
+                                  name)
+            changes[name] = _coerce(name, value, self)
+        try:
+            return replace(self, **changes)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as error:
+            raise ConfigError(str(error)) from None
+
+    def public(self) -> dict:
+        """The JSON view served by GET /config (never the token)."""
+        return {"thresholds": asdict(self.thresholds), "period_s": self.period_s, "policy": self.policy,
+                "mode": self.mode.value, "policies": list(POLICY_NAMES), "modes": [m.value for m in Mode]}
+
+
+def _coerce(name: str, value: Any, current: ControllerConfig) -> Any:
+    if name == "thresholds":
+        if not isinstance(value, dict):
+            raise ConfigError("thresholds must be an object with high, low and/or var", name)
+        unknown = sorted(set(value) - {"high", "low", "var"})
+        if unknown:
+            raise ConfigError(f"unknown threshold {unknown[0]!r}", f"thresholds.{unknown[0]}")
+        for key, number in value.items():
+            if not _is_number(number):
+                raise ConfigError(f"thresholds.{key} must be a number", f"thresholds.{key}")
+        try:
+            return replace(current.thresholds, **{k: float(v) for k, v in value.items()})
+        except ValueError as error:
+            raise ConfigError(str(error), name) from None
+    if name == "mode":
+        try:
+            return Mode(value)
+        except ValueError:
+            raise ConfigError(f"mode must be one of {', '.join(m.value for m in Mode)}", name) from None
+    if name in ("period_s", "nf_timeout_s", "barrier_timeout_s"):
+        if not _is_number(value):
+            raise ConfigError(f"{name} must be a number", name)
+        return float(value)
+    if name in ("policy", "token", "transition_log") and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string", name)
+    if name in ("seed", "quiet_ms", "rule_idle_timeout_s") and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ConfigError(f"{name} must be an integer", name)
+    return value
+
+
+def _check_period(period_s: float) -> None:
+    if not (_is_number(period_s) and MIN_PERIOD_S <= period_s <= MAX_PERIOD_S):
+        raise ConfigError(f"period_s must be between {MIN_PERIOD_S} and {MAX_PERIOD_S} seconds", "period_s")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: float, where: str) -> float:
+    if not value > 0:
+        raise ConfigError(f"{where} must be > 0", where)
+    return float(value)
+
+
+def _require(data: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in data:
+        raise ConfigError(f"{where} has no {key!r}", f"{where}.{key}")
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}.{key} has the wrong type ({type(value).__name__})", f"{where}.{key}")
+    return value
+
+
+def _read_json(path: str | os.PathLike, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read the {what} {path}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"the {what} {path} is not JSON: {error}") from None
+
+
+# --- Ryu options -------------------------------------------------------------------------------
+def register_ryu_options() -> None:
+    """Declare `[deepmigration] cluster/config`; as CLI flags too when Ryu has not parsed its args yet."""
+    from oslo_config.cfg import ArgsAlreadyParsedError
+    from ryu import cfg
+
+    options = [cfg.StrOpt("cluster", help=f"cluster description JSON (or ${CLUSTER_ENV})"),
+               cfg.StrOpt("config", help=f"controller config JSON (or ${CONFIG_ENV})")]
+    try:
+        cfg.CONF.register_cli_opts(options, group=OPTION_GROUP)
+    except ArgsAlreadyParsedError:
+        cfg.CONF.register_opts(options, group=OPTION_GROUP)
+
+
+def ryu_paths() -> tuple[str | None, str | None]:
+    """The cluster description and controller config paths: Ryu options first, then the environment."""
+    from ryu import cfg
+
+    group = getattr(cfg.CONF, OPTION_GROUP)
+    return (group.cluster or os.environ.get(CLUSTER_ENV) or None,
+            group.config or os.environ.get(CONFIG_ENV) or None)
+
+
+if __name__ != "controller_app.config":  # loaded as a file by `ryu-manager --user-flags`, before arg parsing
+    register_ryu_options()

@@ -1,0 +1,149 @@
+"""The REST API under /deepmigration/v1/ on Ryu's WSGI server (documented in docs/openapi.yaml).
+
+Reads are open; writes (PUT /config, POST /migrations) need `Authorization: Bearer <token>`
+with the token of the controller config. Every answer, errors included, is JSON: a bad request
+gets a 4xx naming the problem and the controller carries on.
+"""
+from __future__ import annotations
+
+import functools
+import hmac
+import json
+import logging
+
+from ryu.app.wsgi import ControllerBase, Response, WSGIApplication, route
+
+from controller_app.config import ConfigError
+from controller_app.core import DECISIONS_KEPT, ActionRejected, Controller, action_view
+
+LOG = logging.getLogger(__name__)
+LOCALHOST = "127.0.0.1"
+PREFIX = "/deepmigration/v1"
+MAX_BODY_BYTES = 1 << 20
+DEFAULT_DECISIONS = 20
+CORE = "core"
+
+ALLOWED = {"/state": "GET", "/instances": "GET", "/flows": "GET", "/decisions": "GET",
+           "/config": "GET, PUT", "/migrations": "POST"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.field, self.headers = status, field, headers or {}
+
+
+def json_response(body, status: int = 200, headers: dict | None = None) -> Response:
+    response = Response(status=status, content_type="application/json", charset="utf-8",
+                        body=json.dumps(body).encode())
+    response.headers.update(headers or {})
+    return response
+
+
+def _answers_json(handler):
+    """Turn every failure of a handler into a JSON error answer; nothing escapes to the server."""
+    @functools.wraps(handler)
+    def wrapped(self, req, **kwargs):
+        try:
+            return handler(self, req, **kwargs)
+        except ApiError as error:
+            return _error(error.status, str(error), error.field, error.headers)
+        except ConfigError as error:
+            return _error(400, str(error), error.field)
+        except ActionRejected as error:
+            return _error(error.status, str(error), offender=error.offender)
+        except Exception:
+            LOG.exception("REST %s %s failed", req.method, req.path)
+            return _error(500, "internal error; see the controller log")
+    return wrapped
+
+
+def _error(status: int, message: str, field: str | None = None, headers: dict | None = None,
+           offender: str | None = None) -> Response:
+    body = {"error": message, "status": status}
+    if field is not None:
+        body["field"] = field
+    if offender is not None:
+        body["offender"] = offender
+    return json_response(body, status, headers)
+
+
+class DeepMigrationRest(ControllerBase):
+    def __init__(self, req, link, data, **config):
+        super().__init__(req, link, data, **config)
+        self.core: Controller = data[CORE]
+
+    @route("dm_state", PREFIX + "/state", methods=["GET"])
+    @_answers_json
+    def get_state(self, req, **_):
+        return json_response(self.core.state_view())
+
+    @route("dm_instances", PREFIX + "/instances", methods=["GET"])
+    @_answers_json
+    def get_instances(self, req, **_):
+        return json_response(self.core.instances_view())
+
+    @route("dm_flows", PREFIX + "/flows", methods=["GET"])
+    @_answers_json
+    def get_flows(self, req, **_):
+        return json_response(self.core.flows_view())
+
+    @route("dm_decisions", PREFIX + "/decisions", methods=["GET"])
+    @_answers_json
+    def get_decisions(self, req, **_):
+        raw = req.GET.get("limit", str(DEFAULT_DECISIONS))
+        try:
+            limit = int(raw)
+        except ValueError:
+            raise ApiError(400, f"limit must be an integer, not {raw!r}", "limit") from None
+        if not 1 <= limit <= DECISIONS_KEPT:
+            raise ApiError(400, f"limit must be between 1 and {DECISIONS_KEPT}", "limit")
+        return json_response(self.core.decisions_view(limit))
+
+    @route("dm_config", PREFIX + "/config", methods=["GET"])
+    @_answers_json
+    def get_config(self, req, **_):
+        return json_response(self.core.config.public())
+
+    @route("dm_config", PREFIX + "/config", methods=["PUT"])
+    @_answers_json
+    def put_config(self, req, **_):
+        self._authorise(req)
+        return json_response(self.core.reconfigure(_json_body(req)).public())
+
+    @route("dm_migrations", PREFIX + "/migrations", methods=["POST"])
+    @_answers_json
+    def post_migrations(self, req, **_):
+        self._authorise(req)
+        action = self.core.submit(_json_body(req))
+        return json_response({"queued": action_view(action)}, 202)
+
+    @_answers_json
+    def method_not_allowed(self, req, **_):
+        allowed = ALLOWED[req.path_info[len(PREFIX):]]
+        raise ApiError(405, f"{req.method} is not allowed here; use {allowed}", headers={"Allow": allowed})
+
+    def _authorise(self, req) -> None:
+        scheme, _, token = req.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "writes need an 'Authorization: Bearer <token>' header",
+                           headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(token.encode(), self.core.config.token.encode()):
+            raise ApiError(403, "wrong token")
+
+
+def _json_body(req):
+    if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(req.body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiError(400, f"the body is not valid JSON: {error}") from None
+
+
+def register(wsgi: WSGIApplication, core: Controller) -> None:
+    """Serve the API for `core`; other methods on its paths get 405 (routes match in connect order)."""
+    wsgi.register(DeepMigrationRest, {CORE: core})
+    for path in ALLOWED:
+        wsgi.mapper.connect(f"dm_not_allowed{path}", PREFIX + path, controller=DeepMigrationRest,
+                            action="method_not_allowed")

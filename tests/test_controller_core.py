@@ -1,0 +1,343 @@
+"""The controller's logic without a switch: a fake switch and fake NF channels stand in for OVS and the NFs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from controller_app.config import ClusterDescription, ConfigError, ControllerConfig, Mode
+from controller_app.core import (
+    ActionRejected,
+    Controller,
+    Outcome,
+    Step,
+    SwitchError,
+    canonical,
+    flow_key,
+    reverse,
+)
+from twin.scenario import ScenarioKind
+from twin.state import FiveTuple
+
+SOURCE_PORT = 1
+
+
+def cluster_dict(active=("nf1", "nf2"), standby=("nf3",), capacity=100.0) -> dict:
+    hosts = [{"name": "src", "role": "source", "port": SOURCE_PORT, "mac": "00:00:00:00:00:01"},
+             {"name": "sink", "role": "sink", "port": 2, "mac": "00:00:00:00:00:02"}]
+    for k, name in enumerate((*active, *standby)):
+        hosts.append({"name": name, "role": "nf", "port": 3 + k, "mac": f"00:00:00:00:01:{k:02x}",
+                      "instance": name, "capacity_pps": capacity, "buffer_packets": 1000,
+                      "processing_ms": 5.0, "active": name in active, "control_socket": f"/tmp/{name}.sock"})
+    return {"dpid": 1, "hosts": hosts}
+
+
+class FakeNF:
+    """Records every call; `fail_on` makes one method raise, `dead` makes every call raise."""
+
+    def __init__(self, desc, calls: list, clock):
+        self.desc, self.calls, self.clock = desc, calls, clock
+        self.active = desc.active
+        self.queue = 0.0
+        self.state: dict[str, dict] = {}
+        self.fail_on: str | None = None
+        self.dead = False
+
+    def _call(self, name, *args):
+        self.calls.append((self.desc.instance, name, *args))
+        if self.dead:
+            raise ConnectionError(f"{self.desc.instance} socket closed")
+        if name == self.fail_on:
+            raise RuntimeError(f"{name} refused")
+
+    def report(self):
+        self._call("report")
+        return {"instance": self.desc.instance, "time": 0.0, "capacity_pps": self.desc.capacity_pps,
+                "buffer_packets": self.desc.buffer_packets, "queue_packets": self.queue, "received": 0,
+                "processed": 0, "dropped": 0, "active": self.active, "flows": []}
+
+    def hold(self, key):
+        self._call("hold", flow_key(key))
+
+    def export(self, key, quiet_ms):
+        self._call("export", flow_key(key))
+        self.clock.now += 0.05  # draining the flow's queue takes 50 ms
+        return self.state.pop(flow_key(key), {"packets": 7})
+
+    def import_(self, key, state):
+        self._call("import", flow_key(key))
+        self.state[flow_key(key)] = state
+
+    def release(self, key):
+        self._call("release", flow_key(key))
+
+    def activate(self):
+        self._call("activate")
+        self.active = True
+
+    def deactivate(self):
+        self._call("deactivate")
+        self.active = False
+
+
+class FakeSwitch:
+    def __init__(self, calls: list):
+        self.calls = calls
+        self.rules: dict[FiveTuple, str] = {}
+        self.base_installed = False
+        self.fail_barrier = False
+
+    def install_base_rules(self, cluster):
+        self.base_installed = True
+
+    def steer(self, five_tuple, nf):
+        self.calls.append(("switch", "steer", flow_key(five_tuple), nf.instance))
+        self.rules[five_tuple] = nf.instance
+
+    def barrier(self, timeout_s):
+        self.calls.append(("switch", "barrier"))
+        if self.fail_barrier:
+            raise SwitchError("barrier timed out")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def rig(tmp_path):
+    calls: list = []
+    nfs: dict[str, FakeNF] = {}
+    clock = Clock()
+
+    def channel(desc, timeout):
+        nfs[desc.instance] = FakeNF(desc, calls, clock)
+        return nfs[desc.instance]
+
+    config = ControllerConfig(transition_log=str(tmp_path / "transitions.jsonl"), policy="ofm")
+    controller = Controller(ClusterDescription.from_dict(cluster_dict()), config, channel, clock=clock)
+    switch = FakeSwitch(calls)
+    controller.on_switch_connected(switch)
+
+    class Rig:
+        pass
+
+    r = Rig()
+    r.controller, r.switch, r.nfs, r.calls, r.clock, r.log = controller, switch, nfs, calls, clock, tmp_path / "transitions.jsonl"
+    return r
+
+
+def tuple_n(n: int) -> FiveTuple:
+    return FiveTuple("10.0.0.1", "10.0.1.1", 10000 + n, 80, 6)
+
+
+def run_period(rig, rates: dict[FiveTuple, float]) -> object:
+    """Feed one period of switch counters growing at `rates` (pps, forward direction) and tick."""
+    rig.clock.now += 1.0
+    counters = getattr(rig, "counters", {})
+    for t, rate in rates.items():
+        counters[t] = counters.get(t, 0) + rate
+    rig.counters = counters
+    rig.controller.on_flow_stats([(t, int(p), int(p) * 100) for t, p in counters.items()], rig.clock.now)
+    return rig.controller.tick()
+
+
+def test_flow_key_is_direction_free_and_reuses_trace_ordering():
+    t = FiveTuple("10.0.0.9", "10.0.0.1", 80, 40000, 6)
+    assert flow_key(t) == flow_key(reverse(t)) == "10.0.0.1:40000-10.0.0.9:80/6"
+    assert canonical(t) == canonical(reverse(t)) == reverse(t)
+
+
+def test_new_flows_go_to_least_utilised_instance_both_directions(rig):
+    c = rig.controller
+    first = c.on_new_flow(SOURCE_PORT, tuple_n(1))
+    second = c.on_new_flow(SOURCE_PORT, tuple_n(2))
+    assert {first.instance, second.instance} == {"nf1", "nf2"}  # the standby nf3 gets nothing
+    again = c.on_new_flow(SOURCE_PORT, reverse(tuple_n(1)))  # the reply direction: same flow, same NF
+    assert again.instance == first.instance and len(c.flows) == 2
+    assert c.on_new_flow(3, tuple_n(5)) is None  # only traffic from the source port is steered
+    assert rig.switch.rules[canonical(tuple_n(1))] == first.instance
+
+
+def test_counters_become_rates_and_state(rig):
+    c = rig.controller
+    c.on_new_flow(SOURCE_PORT, tuple_n(1))
+    run_period(rig, {tuple_n(1): 30})
+    run_period(rig, {tuple_n(1): 40})
+    state = c.state
+    f = state.flow_index[flow_key(tuple_n(1))]
+    assert state.rate[f] == pytest.approx(40.0)
+    assert state.instance_ids == ("nf1", "nf2", "nf3")
+    assert state.utilisation[state.assignment[f]] == pytest.approx(0.4)
+
+
+def overload_nf1(rig) -> list[FiveTuple]:
+    flows = [tuple_n(n) for n in range(6)]
+    for t in flows:
+        rig.controller.on_new_flow(SOURCE_PORT, t)
+    for t in flows:  # pin every flow to nf1, as an unlucky initial placement would
+        rig.controller.flows.get(flow_key(t)).instance = "nf1"
+        rig.controller.on_new_flow(SOURCE_PORT, t)  # a known flow's packet-in reinstalls its rules
+    rig.controller.config = rig.controller.config.updated({"mode": "dry-run"})
+    run_period(rig, {t: 0 for t in flows})
+    rig.controller.config = rig.controller.config.updated({"mode": "auto"})
+    return flows
+
+
+def test_scale_out_moves_flows_loss_free_and_logs_the_transition(rig):
+    c = rig.controller
+    flows = overload_nf1(rig)
+    rig.calls.clear()
+    record = run_period(rig, {t: 12 for t in flows})  # nf1 at 72 % > Th_high 60 %
+    assert record.scenario == ScenarioKind.SCALE_OUT.value and record.executed
+    assert record.migrations and all(m.outcome is Outcome.DONE for m in record.migrations)
+    assert record.predicted["total"] > 0 and record.measured is not None
+    move = record.migrations[0]
+    assert move.completed == list(Step)
+    # OpenNF order: dst holds before the rules move, the barrier precedes the export, release comes last.
+    steps = [call[:2] for call in rig.calls if call[1] != "report"]
+    if record.started:  # a started standby is activated before anything moves to it
+        assert steps[:len(record.started)] == [(i, "activate") for i in record.started]
+        steps = steps[len(record.started):]
+    assert steps[:6] == [(move.dst, "hold"), ("switch", "steer"), ("switch", "barrier"), (move.src, "export"),
+                         (move.dst, "import"), (move.dst, "release")]
+    for m in record.migrations:
+        assert rig.switch.rules[c.flows.get(m.flow).five_tuple] == m.dst == c.flows.get(m.flow).instance
+    latency = c.latency.matrix(c.state.instance_ids)  # the measured 50 ms replaced OpenNF's 42.15 ms
+    assert latency[c.state.instance_index[move.src], c.state.instance_index[move.dst]] == pytest.approx(50.0)
+    assert move.duration_ms == pytest.approx(50.0)
+
+    run_period(rig, {t: 12 for t in flows})
+    lines = [json.loads(line) for line in rig.log.read_text().splitlines()]
+    executed = next(line for line in lines if line["executed"])
+    assert executed["action"]["migrations"] and executed["reward"] == record.predicted["reward"]
+    after = {i["id"]: i for i in executed["next_state"]["instances"]}
+    assert after["nf1"]["utilisation"] < 0.6
+
+
+def test_dry_run_decides_but_moves_nothing(rig):
+    flows = overload_nf1(rig)
+    rig.controller.reconfigure({"mode": "dry-run"})
+    record = run_period(rig, {t: 12 for t in flows})
+    assert record.feasible and record.action.migrations and not record.executed
+    assert {rig.switch.rules[canonical(t)] for t in flows} == {"nf1"}
+
+
+def test_manual_mode_runs_only_posted_actions(rig):
+    c = rig.controller
+    flows = overload_nf1(rig)
+    c.reconfigure({"mode": "manual"})
+    assert run_period(rig, {t: 12 for t in flows}) is None  # overloaded, but nobody asked
+    key = flow_key(flows[0])
+    with pytest.raises(ActionRejected) as unknown:
+        c.submit({"migrations": [{"flow": "nope", "src": "nf1", "dst": "nf2"}]})
+    assert unknown.value.status == 404 and unknown.value.offender == "nope"
+    with pytest.raises(ActionRejected) as wrong_source:
+        c.submit({"migrations": [{"flow": key, "src": "nf2", "dst": "nf3"}]})
+    assert wrong_source.value.status == 409
+    with pytest.raises(ActionRejected) as malformed:
+        c.submit({"migrations": [{"flow": key}]})
+    assert malformed.value.status == 400
+    c.submit({"migrations": [{"flow": key, "src": "nf1", "dst": "nf2"}]})
+    record = run_period(rig, {t: 12 for t in flows})
+    assert record.origin == "manual" and record.migrations[0].outcome is Outcome.DONE
+    assert rig.switch.rules[canonical(flows[0])] == "nf2"
+
+
+@pytest.mark.parametrize("failing, state_returned", [("export", False), ("import", True)])
+def test_failed_migration_rolls_back_and_loop_survives(rig, failing, state_returned):
+    c = rig.controller
+    flows = overload_nf1(rig)
+    c.reconfigure({"mode": "manual"})
+    key = flow_key(flows[0])
+    c.submit({"migrations": [{"flow": key, "src": "nf1", "dst": "nf2"}]})
+    (rig.nfs["nf1"] if failing == "export" else rig.nfs["nf2"]).fail_on = failing
+    rig.calls.clear()
+    record = run_period(rig, {t: 12 for t in flows})
+    run = record.migrations[0]
+    assert run.outcome is Outcome.ROLLED_BACK and failing in run.error
+    assert rig.switch.rules[canonical(flows[0])] == "nf1" == c.flows.get(key).instance
+    assert ("nf2", "release", key) in rig.calls
+    assert (("nf1", "import", key) in rig.calls) is state_returned
+    assert record.measured["migration"] == 0.0  # nothing moved
+    assert run_period(rig, {t: 12 for t in flows}) is None  # next period runs normally
+
+
+def test_barrier_failure_rolls_back(rig):
+    flows = overload_nf1(rig)
+    rig.controller.reconfigure({"mode": "manual"})
+    rig.controller.submit({"migrations": [{"flow": flow_key(flows[0]), "src": "nf1", "dst": "nf2"}]})
+    rig.switch.fail_barrier = True
+    record = run_period(rig, {t: 12 for t in flows})
+    assert record.migrations[0].outcome is Outcome.ROLLBACK_FAILED  # the rollback's own barrier fails too
+    assert rig.switch.rules[canonical(flows[0])] == "nf1"
+
+
+def test_crashed_nf_flows_are_resteered_in_the_same_period(rig):
+    c = rig.controller
+    flows = [tuple_n(n) for n in range(4)]
+    for t in flows:
+        c.on_new_flow(SOURCE_PORT, t)
+    on_nf1 = [t for t in flows if c.flows.get(flow_key(t)).instance == "nf1"]
+    assert on_nf1
+    rig.nfs["nf1"].dead = True
+    run_period(rig, {t: 5 for t in flows})
+    assert all(rig.switch.rules[canonical(t)] != "nf1" for t in flows)
+    assert "nf1" not in c.state.instance_ids and c.state.n_flows == len(flows)
+    view = {i["id"]: i for i in c.instances_view()}
+    assert not view["nf1"]["alive"] and "socket closed" in view["nf1"]["error"]
+    rig.nfs["nf1"].dead = False
+    run_period(rig, {t: 5 for t in flows})
+    assert "nf1" in c.state.instance_ids
+
+
+def test_reconnected_switch_gets_every_rule_back(rig):
+    c = rig.controller
+    for n in range(3):
+        c.on_new_flow(SOURCE_PORT, tuple_n(n))
+    c.on_switch_disconnected()
+    assert c.on_new_flow(SOURCE_PORT, tuple_n(9)) is None
+    fresh = FakeSwitch([])
+    c.on_switch_connected(fresh)
+    assert fresh.base_installed and set(fresh.rules) == {canonical(tuple_n(n)) for n in range(3)}
+
+
+def test_flow_forgotten_once_both_rules_expire(rig):
+    c = rig.controller
+    c.on_new_flow(SOURCE_PORT, tuple_n(1))
+    c.on_rule_expired(tuple_n(1))
+    assert len(c.flows) == 1
+    c.on_rule_expired(reverse(tuple_n(1)))
+    assert len(c.flows) == 0
+
+
+def test_reconfigure_validates_before_changing_anything(rig):
+    c = rig.controller
+    with pytest.raises(ConfigError) as bad:
+        c.reconfigure({"thresholds": {"high": 1.5}})
+    assert "high" in str(bad.value)
+    with pytest.raises(ConfigError) as unknown:
+        c.reconfigure({"policy": "magic"})
+    assert unknown.value.field == "policy"
+    with pytest.raises(ConfigError):
+        c.reconfigure({"token": "stolen"})
+    assert c.config.thresholds.high == 0.6 and c.config.policy == "ofm"
+    c.reconfigure({"thresholds": {"high": 0.7}, "policy": "size-greedy", "period_s": 2})
+    assert (c.config.thresholds.high, c.config.thresholds.low, c.config.policy, c.config.period_s) == \
+        (0.7, 0.1, "size-greedy", 2.0)
+    assert c.config.mode is Mode.AUTO
+
+
+def test_cluster_description_errors_name_the_field():
+    broken = cluster_dict()
+    del broken["hosts"][2]["capacity_pps"]
+    with pytest.raises(ConfigError, match="capacity_pps"):
+        ClusterDescription.from_dict(broken)
+    twice = cluster_dict()
+    twice["hosts"][3]["port"] = twice["hosts"][2]["port"]
+    with pytest.raises(ConfigError, match="port"):
+        ClusterDescription.from_dict(twice)
