@@ -1,0 +1,121 @@
+"""The DeepMigration policy: exact log-probabilities, the double GNN, the guard and always-valid output."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gnn_policy.agent import DeepMigration, GraphView, act, objective, scale_in_view, scale_out_view, views
+from gnn_policy.base import Problem, score
+from gnn_policy.gn import GNPolicyNet, NetConfig
+from gnn_policy.registry import make_policy
+from tests.strategies import cluster_states
+from tests.test_translator import cluster
+from twin.graph import to_pyg
+from twin.params import Thresholds
+from twin.scenario import ScenarioKind
+
+THRESHOLDS = Thresholds(high=0.6, low=0.1)
+
+
+@pytest.fixture(scope="module")
+def net() -> GNPolicyNet:
+    torch.manual_seed(3)
+    return GNPolicyNet(NetConfig(hidden=8, steps=2, stay_bias=0.0))
+
+
+def test_log_probability_matches_a_hand_computation(net):
+    state = cluster([[300, 200], [100], [50]])
+    view = GraphView(state, to_pyg(state))
+    sample = act(net, [view], [THRESHOLDS], greedy=False, generator=torch.Generator().manual_seed(11))[0]
+
+    with torch.no_grad():
+        logits = net(view.graph, torch.tensor([[0.6, 0.1]])).edge.tolist()
+    senders, receivers = view.graph.edge_index.tolist()
+    levels = net.config.levels
+    expected = 0.0
+    for row, s, r in zip(logits, senders, receivers):
+        drawn_fraction = sample.request.amounts[s, r] / state.load_pps[s]
+        level = min(range(len(levels)), key=lambda k: abs(levels[k] - drawn_fraction))
+        expected += row[level] - math.log(sum(math.exp(x) for x in row))
+    assert sample.log_prob.item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_drain_destinations_add_their_log_probability_without_replacement(net):
+    state = cluster([[5], [3], [200, 100], [150], [250]])  # nf0 and nf1 underloaded
+    problem = Problem.of(state, THRESHOLDS)
+    view = scale_in_view(problem)
+    assert set(view.drained) == {0, 1}
+    sample = act(net, [view], [THRESHOLDS], greedy=False, generator=torch.Generator().manual_seed(5))[0]
+    edges_only = act(net, [GraphView(state, view.graph)], [THRESHOLDS], greedy=False,
+                     generator=torch.Generator().manual_seed(5))[0]
+
+    with torch.no_grad():
+        node = net(view.graph, torch.tensor([[0.6, 0.1]])).node.tolist()
+    nodes = view.graph.instance_index.tolist()
+    first, second = (nodes.index(d) for _, d in sample.request.drains)
+    assert first != second
+    log_first = node[first] - math.log(sum(math.exp(x) for x in node))
+    rest = [x for k, x in enumerate(node) if k != first]
+    log_second = node[second] - math.log(sum(math.exp(x) for x in rest))
+    assert (sample.log_prob - edges_only.log_prob).item() == pytest.approx(log_first + log_second, abs=1e-4)
+
+
+def test_modified_graphs_of_the_double_gnn():
+    state = cluster([[400, 300], [100], [50]], standby=2)
+    problem = Problem.of(state, THRESHOLDS)
+    assert problem.scenario.kind is ScenarioKind.SCALE_OUT
+    grown = scale_out_view(problem)
+    assert grown.graph.num_nodes == 4 and grown.drained == ()
+    assert [v.label for v in views(problem)] == ["current", "scale-out"]
+
+    state = cluster([[5], [300], [200]])
+    view = scale_in_view(Problem.of(state, THRESHOLDS))
+    assert view.drained == (0,) and view.graph.instance_index.tolist() == [1, 2]
+
+
+def test_greedy_mode_is_deterministic(net):
+    problem = Problem.of(cluster([[400, 300], [100], [50]], standby=1), THRESHOLDS)
+    agent = DeepMigration(net, guard=False)
+    first, second = agent.decide(problem), agent.decide(problem)
+    assert np.array_equal(first.action.flows, second.action.flows)
+    assert np.array_equal(first.action.dst, second.action.dst)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(state=cluster_states(max_instances=6, max_flows=30, roomy_buffers=False),
+       high=st.floats(0.3, 0.9), guard=st.booleans())
+def test_decisions_are_always_valid_and_the_guard_never_loses_to_a_baseline(net, state, high, guard):
+    problem = Problem.of(state, Thresholds(high=high, low=0.1))
+    agent = DeepMigration(net, guard=guard)
+    outcome = score(problem, agent.decide(problem))
+    assert outcome.valid, outcome.error
+    if guard and problem.scenario.kind is not ScenarioKind.NONE:
+        best = DeepMigration(net)._best_baseline(problem)  # fresh: the same random-baseline draws as `agent`
+        if best is not None:
+            assert objective(problem.scenario.kind, outcome.breakdown) <= objective(problem.scenario.kind,
+                                                                                   best.breakdown)
+
+
+def test_guard_counts_when_it_replaces_the_gnn_action():
+    calm = GNPolicyNet(NetConfig(hidden=8, steps=1, stay_bias=50.0))  # always "move nothing"
+    problem = Problem.of(cluster([[400, 300], [100], [50]]), THRESHOLDS)
+    agent = DeepMigration(calm)
+    decision = agent.decide(problem)
+    assert agent.guard_fired == 1 and agent.decisions == 1
+    assert decision.action.flows.size > 0 and "guard" in decision.reason
+
+
+def test_registry_loads_a_checkpoint(tmp_path, net):
+    from gnn_policy import checkpoint
+
+    path = tmp_path / "dm.pt"
+    checkpoint.save(path, net)
+    policy = make_policy("deepmigration", checkpoint=str(path), seed=4)
+    assert isinstance(policy, DeepMigration) and policy.name == "deepmigration"
+    problem = Problem.of(cluster([[400, 300], [100], [50]]), THRESHOLDS)
+    assert score(problem, policy.decide(problem)).valid

@@ -1,0 +1,109 @@
+"""The policy translator: loads on edges become flows, never breaking constraints (4)-(5)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gnn_policy.translator import LoadRequest, translate
+from tests.strategies import cluster_states
+from twin.migration import apply
+from twin.state import ClusterState, FiveTuple, Flow, Instance
+
+
+def cluster(rates_per_instance: list[list[float]], *, capacity: float = 1000.0, buffer: float = 1000.0,
+            sla_ms: float = 110.0, standby: int = 0) -> ClusterState:
+    instances = [Instance(f"nf{k}", capacity, buffer) for k in range(len(rates_per_instance))]
+    instances += [Instance(f"nf{len(instances) + k}", capacity, buffer, active=False) for k in range(standby)]
+    flows = [Flow(f"f{k}.{i}", FiveTuple("10.0.0.1", "10.0.0.2", 1000 * k + i, 80, 6), rate, sla_ms, f"nf{k}")
+             for k, rates in enumerate(rates_per_instance) for i, rate in enumerate(rates)]
+    return ClusterState.from_objects(instances, flows)
+
+
+def amounts(state: ClusterState, entries: dict[tuple[int, int], float]) -> np.ndarray:
+    matrix = np.zeros((state.n_instances, state.n_instances))
+    for (s, r), value in entries.items():
+        matrix[s, r] = value
+    return matrix
+
+
+def moved_rate(state: ClusterState, action) -> float:
+    return float(state.rate[action.flows].sum())
+
+
+def test_flows_sum_closest_to_the_requested_load():
+    state = cluster([[50, 30, 20, 10], []])
+    action = translate(state, LoadRequest(amounts(state, {(0, 1): 60.0})))
+    assert moved_rate(state, action) == pytest.approx(60.0)
+    assert set(action.dst.tolist()) == {1}
+
+
+def test_prefers_flows_that_keep_their_sla():
+    # nf1's processing latency (50 ms) plus one hop (42.15 ms) breaks a 70 ms SLA but keeps a 110 ms one
+    state = cluster([[40, 40], []])
+    state = state.with_changes(sla_ms=np.array([70.0, 110.0]))
+    action = translate(state, LoadRequest(amounts(state, {(0, 1): 40.0})))
+    assert action.flows.tolist() == [1]
+
+
+def test_buffer_of_the_destination_bounds_the_moves():
+    # each 100 pps flow buffers 100 · 42.15 ms = 4.2 packets at the destination; nf1 has room for 10
+    state = cluster([[100, 100, 100, 100], []], buffer=10.0)
+    action = translate(state, LoadRequest(amounts(state, {(0, 1): 400.0})))
+    assert action.flows.size == 2
+    apply(state, action)
+
+
+def test_standby_destination_is_started_only_when_it_receives_flows():
+    state = cluster([[50, 50], []], standby=1)
+    used = translate(state, LoadRequest(amounts(state, {(0, 2): 50.0})))
+    unused = translate(state, LoadRequest(amounts(state, {(1, 2): 50.0})))
+    assert used.start.tolist() == [2]
+    assert unused.start.size == 0 and unused.flows.size == 0
+
+
+def test_drain_empties_and_stops_the_instance():
+    state = cluster([[10, 5], [100], [200]])
+    action = translate(state, LoadRequest(amounts(state, {}), drains=((0, 2),)))
+    assert action.stop.tolist() == [0]
+    assert sorted(action.flows.tolist()) == [0, 1] and set(action.dst.tolist()) == {2}
+
+
+def test_drain_that_cannot_place_every_flow_is_undone():
+    state = cluster([[100, 100], [10]], buffer=5.0)  # the second 100 pps flow no longer fits nf1's buffer
+    action = translate(state, LoadRequest(amounts(state, {}), drains=((0, 1),)))
+    assert action.flows.size == 0 and action.stop.size == 0
+
+
+def test_amounts_of_the_wrong_shape_are_rejected():
+    state = cluster([[10], [10]])
+    with pytest.raises(ValueError, match="expected \\(2, 2\\)"):
+        translate(state, LoadRequest(np.zeros((3, 3))))
+
+
+@st.composite
+def requests(draw, state: ClusterState) -> LoadRequest:
+    n = state.n_instances
+    scale = float(state.load_pps.max(initial=1.0))
+    values = draw(st.lists(st.floats(0.0, 1.5), min_size=n * n, max_size=n * n))
+    keep = draw(st.lists(st.booleans(), min_size=n * n, max_size=n * n))
+    matrix = np.where(keep, values, 0.0).reshape(n, n) * scale
+    active = state.active_indices.tolist()
+    drained = draw(st.lists(st.sampled_from(active), unique=True, max_size=len(active)))
+    drains = tuple((v, draw(st.integers(0, n - 1))) for v in drained)
+    return LoadRequest(matrix, drains)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), state=cluster_states(max_instances=6, max_flows=30, roomy_buffers=False))
+def test_translated_actions_never_violate_constraints_4_and_5(data, state):
+    request = data.draw(requests(state))
+    action = translate(state, request)
+    after, _ = apply(state, action)  # raises InvalidAction on any violation of (4), (5) or the other checks
+    assert np.unique(action.flows).size == action.flows.size
+    assert not np.any(state.assignment[action.flows] == action.dst)
+    drained = {v for v, _ in request.drains}
+    assert not drained & set(action.dst.tolist())
+    assert set(action.stop.tolist()) <= drained
+    assert after.n_flows == state.n_flows
