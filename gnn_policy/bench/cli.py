@@ -1,0 +1,206 @@
+"""`dm-bench`: the DeepMigration paper's experiments (Figs. 4-7) for any set of policies, on any trace.
+
+Only the standard library is imported at module level: the thread count of numpy's BLAS is fixed
+through the environment, which works only before numpy is first imported (docs/benchmark.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+EXPERIMENT_CHOICES = ("scale-out", "scale-in", "lb", "time", "all")
+DEFAULT_POLICIES = "ofm,size-greedy,pairwise,random,optimal"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                    "NUMEXPR_NUM_THREADS")
+FULL_SEEDS, QUICK_SEEDS = 5, 2
+FULL_OPTIMAL_LIMIT_S, QUICK_OPTIMAL_LIMIT_S = 10.0, 2.0
+
+
+class BenchError(Exception):
+    """A problem with the command's input; printed as one line, exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for variable in THREAD_VARIABLES:
+        os.environ[variable] = str(args.threads)
+    try:
+        return _bench(args, argv if argv is not None else sys.argv[1:])
+    except BenchError as error:
+        print(f"dm-bench: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dm-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", choices=EXPERIMENT_CHOICES, default="all",
+                        help="which figure to regenerate (default: all)")
+    parser.add_argument("--trace", type=Path, metavar="PCAP",
+                        help="pcap or pcap.gz trace (default: the shipped sample lbnl_sample.pcap.gz)")
+    parser.add_argument("--policies", default=DEFAULT_POLICIES, metavar="NAMES",
+                        help=f"comma-separated policy names (default: {DEFAULT_POLICIES})")
+    parser.add_argument("--seed", type=int, default=0, metavar="K", help="first seed (default 0)")
+    parser.add_argument("--seeds", type=_positive_int, metavar="S",
+                        help=f"seeds K..K+S-1 per point (default {FULL_SEEDS}, --quick {QUICK_SEEDS})")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer settings and seeds, a shorter Optimal time limit: the CI run (< 2 min)")
+    parser.add_argument("--json", type=Path, metavar="OUT",
+                        help="write the records and the run's set-up here")
+    parser.add_argument("--plots", type=Path, metavar="DIR", help="write one PNG per experiment here")
+    parser.add_argument("--threads", type=_positive_int, default=2, metavar="T",
+                        help="torch and BLAS threads during the run (default 2)")
+    parser.add_argument("--optimal-time-limit", type=_positive_float, metavar="S",
+                        help=f"Optimal's time limit per decision (default {FULL_OPTIMAL_LIMIT_S:g} s, "
+                             f"--quick {QUICK_OPTIMAL_LIMIT_S:g} s)")
+    parser.add_argument("--checkpoint", metavar="PATH", help="weights of the deepmigration policy")
+    parser.add_argument("--repeats", type=_positive_int, default=5, metavar="R",
+                        help="most timed decide calls per record; the median is reported (default 5)")
+    parser.add_argument("--time-budget", type=_positive_float, default=1.0, metavar="S",
+                        help="no further repetition once a record's calls took this long (default 1 s)")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from tqdm import tqdm
+
+    from gnn_policy.bench import experiments
+    from gnn_policy.registry import UnknownPolicy, make_policy
+    from trace_replay.flows import read_flows
+    from trace_replay.generate import sample_path
+    from trace_replay.pcap import PcapError
+
+    names = list(dict.fromkeys(name.strip() for name in args.policies.split(",") if name.strip()))
+    if not names:
+        raise BenchError("--policies names no policy")
+    chosen = experiments.EXPERIMENTS if args.experiment == "all" else (args.experiment,)
+    seeds = list(range(args.seed, args.seed + (args.seeds or (QUICK_SEEDS if args.quick else FULL_SEEDS))))
+    limit = args.optimal_time_limit or (QUICK_OPTIMAL_LIMIT_S if args.quick else FULL_OPTIMAL_LIMIT_S)
+    _check_outputs(args)
+
+    prototypes = {}
+    for name in names:
+        try:
+            prototypes[name] = {
+                seed: make_policy(name, seed=seed, time_limit_s=limit, checkpoint=args.checkpoint)
+                for seed in seeds}
+        except UnknownPolicy as error:
+            raise BenchError(str(error)) from None
+        except Exception as error:  # noqa: BLE001  any failure to build is reported naming the policy
+            raise BenchError(f"policy {name!r} cannot be built: {type(error).__name__}: {error}") from None
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(args.threads)
+
+    trace = args.trace or sample_path()
+    try:
+        table = read_flows(trace)
+    except (PcapError, OSError) as error:
+        raise BenchError(f"cannot read trace {trace}: {error}") from None
+
+    total = sum(experiments.count_cases(e, len(seeds), args.quick) for e in chosen) * len(names)
+    began = time.perf_counter()
+    with tqdm(total=total, unit="decision", file=sys.stderr, disable=None) as bar:
+        def step(label: str) -> None:
+            bar.set_postfix_str(label, refresh=False)
+            bar.update()
+
+        try:
+            records = experiments.run(table, chosen, prototypes, seeds, quick=args.quick,
+                                      timing=experiments.Timing(args.repeats, args.time_budget), on_step=step)
+        except ValueError as error:  # the scenario builders' verdict on the trace (policy errors are records)
+            raise BenchError(f"cannot build the experiments from {trace}: {error}") from None
+    wall_s = time.perf_counter() - began
+
+    points = experiments.summarise(records)
+    print(format_table(points))
+    print(f"\n{len(records)} records in {wall_s:.1f} s")
+    if args.json:
+        meta = {"command": ["dm-bench", *argv], "trace": str(trace), "trace_flows": len(table),
+                "experiments": list(chosen), "policies": names, "seeds": seeds, "quick": args.quick,
+                "threads": args.threads, "optimal_time_limit_s": limit, "repeats": args.repeats,
+                "time_budget_s": args.time_budget, "wall_s": round(wall_s, 1), "machine": _machine()}
+        args.json.write_text(json.dumps({"meta": meta, "records": records}, indent=1, allow_nan=False) + "\n")
+    if args.plots:
+        from gnn_policy.bench.plots import write_plots
+
+        for path in write_plots(points, args.plots):
+            print(f"wrote {path}")
+    return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Fail before a long run, not after it, when an output cannot be written."""
+    if args.json and not args.json.parent.is_dir():
+        raise BenchError(f"--json: directory {args.json.parent} does not exist")
+    if args.json and args.json.is_dir():
+        raise BenchError(f"--json: {args.json} is a directory")
+    if args.plots:
+        try:
+            args.plots.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise BenchError(f"--plots: cannot create {args.plots}: {error}") from None
+
+
+def _machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version()}
+
+
+def format_table(points) -> str:
+    """The readable summary: one row per (experiment, threshold, setting, policy)."""
+    from gnn_policy.bench.experiments import METRIC
+
+    header = ("experiment", "Th", "setting", "policy", "runs", "failed", "metric", "mean", "spread",
+              "decision ms", "worst gap")
+    rows = [header]
+    for p in sorted(points, key=_row_order):
+        policy = p.policy if p.experiment != "time" or p.scenario == "lb" else f"{p.policy} ({p.scenario})"
+        threshold = "-" if p.threshold is None else f"{p.threshold:.0%}"
+        rows.append((p.experiment, threshold, str(p.setting), policy, str(p.runs), str(p.failed),
+                     METRIC[p.experiment], _number(p.mean), _number(p.spread),
+                     _number(p.decision_ms), "-" if p.worst_gap is None else f"{p.worst_gap:.2%}"))
+    widths = [max(len(row[k]) for row in rows) for k in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
+                     for row in rows)
+
+
+def _row_order(point) -> tuple:
+    """Figure order: by threshold panel, then setting; the timing experiment has one panel."""
+    from gnn_policy.bench.experiments import EXPERIMENTS
+
+    panel = 0.0 if point.experiment == "time" or point.threshold is None else point.threshold
+    return EXPERIMENTS.index(point.experiment), panel, point.setting, point.policy, point.scenario
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
