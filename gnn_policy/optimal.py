@@ -4,10 +4,11 @@
   flows, C_R = R·ΔN and the ω threshold penalties) is minimised exactly. The penalties are linear
   with slack variables; the eq. (2) coefficients are the constants `twin.cost.flow_migration_cost`
   returns for every allowed (flow, destination) pair.
-* load balancing: lexicographic. First the variance of the active utilisations (a convex quadratic,
-  bounded from below by tangent cuts refined at every answer: an outer approximation, so its MILP
-  bound is a bound of the variance), then eq. (3) among the answers whose variance lies under a cap
-  (within a tolerance of the best, never above a heuristic's).
+* load balancing: lexicographic with a stated tolerance. A certified lower bound L of the variance of
+  the active utilisations comes from a relaxation (flows split, or only the large ones binary; the
+  squares as tangent cuts); then eq. (3) is minimised over the answers whose variance is at most
+  min(L + variance_gap·(var_ori − L), any heuristic's): answers from a box of deviations that lies
+  under that cap, a cost bound from the cap relaxed by tangent cuts.
 
 Moves are restricted (scale-out: flows of overloaded instances, to the other instances; scale-in:
 flows of underloaded instances, to active instances; load balancing: flows of instances above the
@@ -18,10 +19,12 @@ and measurements.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import highspy
 import numpy as np
@@ -119,7 +122,7 @@ class _Milp:
         self.h.setOptionValue("mip_rel_gap", 1e-6)
         self.n = 0
         self.offset = 0.0
-        self.integer: list[np.ndarray] = []
+        self.n_integer = 0
 
     def add(self, count: int, lower=0.0, upper=1.0, cost=0.0, integer: bool = False) -> np.ndarray:
         if count == 0:
@@ -131,12 +134,16 @@ class _Milp:
         costs = np.broadcast_to(np.asarray(cost, dtype=float), (count,)).copy()
         if np.any(costs != 0):
             self.h.changeColsCost(count, cols.astype(np.int32), costs)
-        if integer:
-            self.h.changeColsIntegrality(count, cols.astype(np.int32),
-                                         np.full(count, highspy.HighsVarType.kInteger))
-            self.integer.append(cols)
         self.n += count
+        if integer:
+            self.set_integer(cols)
         return cols
+
+    def set_integer(self, cols: np.ndarray) -> None:
+        if cols.size:
+            self.h.changeColsIntegrality(cols.size, cols.astype(np.int32),
+                                         np.full(cols.size, highspy.HighsVarType.kInteger))
+            self.n_integer += cols.size
 
     def rows(self, rows: list[tuple[np.ndarray, np.ndarray, float, float]]) -> None:
         """Add rows lo <= Σ val·x[idx] <= hi."""
@@ -187,7 +194,7 @@ class _Milp:
         x = None
         if info.primal_solution_status == 2:  # feasible
             x = np.asarray(h.getSolution().col_value, dtype=float)
-        bound = info.mip_dual_bound if self.integer else info.objective_function_value
+        bound = info.mip_dual_bound if self.n_integer else info.objective_function_value
         if name == "optimal" and x is not None and not math.isfinite(bound):
             bound = info.objective_function_value
         saved = []
@@ -214,9 +221,6 @@ class _Pairs:
     @property
     def count(self) -> int:
         return int(self.flow.size)
-
-    def subset(self, keep: np.ndarray) -> "_Pairs":
-        return _Pairs(self.flow[keep], self.dst[keep], self.src[keep], self.cost[keep], self.size[keep])
 
 
 def _pairs(problem: Problem, flows: np.ndarray, destinations: np.ndarray) -> _Pairs:
@@ -259,10 +263,9 @@ def _assignment_rows(milp: _Milp, pairs: _Pairs, ycols: np.ndarray) -> None:
     milp.csr_rows(starts, index, value, -_INF, 1.0)
 
 
-def _buffer_rows(milp: _Milp, state: ClusterState, pairs: _Pairs, ycols: np.ndarray,
-                 budget: np.ndarray | None = None) -> None:
+def _buffer_rows(milp: _Milp, state: ClusterState, pairs: _Pairs, ycols: np.ndarray) -> None:
     """(5): queue_j + Σ moved-in size <= buffer_j, only where the moves could exceed it."""
-    room = state.buffer - state.queue - BUFFER_MARGIN if budget is None else budget
+    room = state.buffer - state.queue - BUFFER_MARGIN
     starts, index, value, keys = _group_rows(pairs.dst, ycols, pairs.size)
     if keys.size == 0:
         return
@@ -365,7 +368,7 @@ def _scale_model(problem: Problem, pairs: _Pairs, movable: np.ndarray, threads: 
             rows.append((np.array([col, s_of[k]]), np.array([1.0, -1.0]), -_INF, 0.0))
     # identical standby instances are started in a fixed order
     for group in _identical_groups(state, standby, np.unique(pairs.src)):
-        for a, b in zip(group[:-1], group[1:]):
+        for a, b in itertools.pairwise(group):
             rows.append((np.array([s_of[a], s_of[b]]), np.array([1.0, -1.0]), 0.0, _INF))
     # a stopped instance ends empty: every flow on it moves, none moves onto it
     z_of = {k: c for k, c in zip(stoppable.tolist(), z.tolist())}
@@ -407,20 +410,24 @@ def _scale_model(problem: Problem, pairs: _Pairs, movable: np.ndarray, threads: 
 
 
 # ------------------------------------------------------------------------------------------------
-# Load balancing: variance of active utilisations, outer-approximated by tangent cuts.
+# Load balancing: the variance of the active utilisations first, eq. (3) second.
 
 @dataclass
 class _BalanceModel:
+    """y_fk over the load-balancing pairs, a free level μ and d_j = u_j − μ for each active instance.
+
+    (1/N)·Σ_j d_j² >= var(u) for every μ, with equality at the mean, so the variance is bounded from
+    below through tangent cuts t_j >= 2a·d_j − a² on the squares and from above by boxes on the d_j.
+    """
     milp: _Milp
     pairs: _Pairs
     y: np.ndarray
-    active: np.ndarray
+    mu: int
     d: np.ndarray
-    t: np.ndarray
-    mu: int | None
+    active: np.ndarray
     pair_index: dict
+    t: np.ndarray = field(default_factory=lambda: _EMPTY)
     cuts: set = field(default_factory=set)
-    cap_row: int | None = None
 
     @property
     def n_active(self) -> int:
@@ -430,7 +437,13 @@ class _BalanceModel:
         moved = x[self.y] > 0.5
         return _indexed(self.pairs.flow[moved], self.pairs.dst[moved])
 
+    def deviations(self, x: np.ndarray) -> np.ndarray:
+        """u_j − mean(u) at a (possibly fractional) solution."""
+        d = x[self.d]
+        return d - d.mean()
+
     def encode(self, state: ClusterState, action: IndexedAction) -> np.ndarray | None:
+        """The column vector of an action, or None when it lies outside the restricted problem."""
         if action.start.size or action.stop.size:
             return None
         x = np.zeros(self.milp.n)
@@ -440,14 +453,20 @@ class _BalanceModel:
                 return None
             x[col] = 1.0
         u = _utilisation_after(state, action)[self.active]
+        x[self.mu] = u.mean()
         x[self.d] = u - u.mean()
-        x[self.t] = (u - u.mean()) ** 2
-        if self.mu is not None:
-            x[self.mu] = u.mean()
+        if self.t.size:
+            x[self.t] = (u - u.mean()) ** 2
         return x
 
-    def add_tangents(self, deviations: np.ndarray) -> None:
-        """t_j >= 2a·d_j − a² at a = each given deviation (skipping points already cut)."""
+    def add_squares(self, points: np.ndarray) -> None:
+        """Columns t_j >= 0 with tangent cuts at `points` (the same for every instance)."""
+        self.t = self.milp.add(self.n_active, upper=_INF)
+        for a in points:
+            self.add_tangents(np.full(self.n_active, a))
+
+    def add_tangents(self, deviations: np.ndarray) -> int:
+        """t_j >= 2a·d_j − a² at a = each given deviation, skipping points already cut; returns the new count."""
         rows = []
         for p, a in enumerate(np.asarray(deviations, dtype=float).tolist()):
             key = (p, round(a, 12))
@@ -456,83 +475,68 @@ class _BalanceModel:
             self.cuts.add(key)
             rows.append((np.array([self.t[p], self.d[p]]), np.array([1.0, -2.0 * a]), -a * a, _INF))
         self.milp.rows(rows)
+        return len(rows)
 
 
 def _utilisation_after(state: ClusterState, action: IndexedAction) -> np.ndarray:
     """Utilisation of every instance after the moves of `action` (a model-side check; apply scores)."""
-    return state.with_changes(assignment=_moved_assignment(state, action)).utilisation
-
-
-def _moved_assignment(state: ClusterState, action: IndexedAction) -> np.ndarray:
     assignment = state.assignment.copy()
     assignment[action.flows] = action.dst
-    return assignment
+    return state.with_changes(assignment=assignment).utilisation
 
 
-def _variance_after(state: ClusterState, action: IndexedAction) -> float:
-    return cost.load_variance(_utilisation_after(state, action), state.active)
-
-
-def _deviations(state: ClusterState, action: IndexedAction, active: np.ndarray) -> np.ndarray:
-    """u_j − mean(u) over the active instances after the moves."""
-    u = _utilisation_after(state, action)[active]
-    return u - u.mean()
-
-
-def _balance_split(state: ClusterState) -> tuple[float, np.ndarray, np.ndarray]:
-    """The balanced utilisation m = Σ load / Σ capacity and the active instances above and below it."""
+def _balance_split(state: ClusterState) -> tuple[np.ndarray, np.ndarray]:
+    """The active instances above and below the balanced utilisation Σ load / Σ capacity."""
     active = state.active_indices
     m = float(state.load_pps[active].sum() / state.capacity[active].sum())
     u = state.utilisation
     hot = active[u[active] > m * (1 + 1e-12) + 1e-15]
     cold = active[u[active] < m * (1 - 1e-12) - 1e-15]
-    return m, hot, cold
+    return hot, cold
 
 
-def _tangent_grid(scale: float) -> np.ndarray:
-    """Tangent points: every scale/16 up to 2·scale (where phase 2 keeps the deviations), then doubling to 2."""
-    fine = scale * np.arange(0, 33) / 16.0
-    coarse = scale * 2.0 ** np.arange(2, 64)
-    steps = np.r_[fine, coarse[coarse < 2.0], 2.0]
-    return np.unique(np.r_[steps, -steps])
+def _tangent_points(step: float, reach: float) -> np.ndarray:
+    """Tangent points every `step` over [−reach, reach] (0 included)."""
+    count = math.ceil(reach / step)
+    return step * np.arange(-count, count + 1)
 
 
-def _balance_model(problem: Problem, pairs: _Pairs, threads: int, seed: int, grid_scale: float) -> _BalanceModel:
+def _balance_model(problem: Problem, pairs: _Pairs, integral: np.ndarray, threads: int, seed: int) -> _BalanceModel:
+    """(4), (5) and d_j = u0_j + Δu_j − μ; y_fk is binary where `integral` says so, in [0, 1] elsewhere."""
     state = problem.state
     active = state.active_indices
     milp = _Milp(threads, seed)
-    y = milp.add(pairs.count, integer=True)
+    y = milp.add(pairs.count)
+    milp.set_integer(y[integral])
+    mu = int(milp.add(1, lower=-_INF, upper=_INF)[0])
     d = milp.add(active.size, lower=-_INF, upper=_INF)
-    t = milp.add(active.size, upper=_INF)
-    capacity = state.capacity[active]
-    mu_fixed = bool(np.all(capacity == capacity[0]))
-    u0 = state.utilisation[active]
     _assignment_rows(milp, pairs, y)
     _buffer_rows(milp, state, pairs, y)
-    # d_j = u_j − μ with u_j = u0_j + Δu_j; μ is the mean, fixed when capacities are equal (Σ u is then
-    # constant), otherwise a free variable: var = min_μ (1/N) Σ (u_j − μ)².
     position = np.full(state.n_instances, -1)
     position[active] = np.arange(active.size)
     inst, cols, coef = _utilisation_terms(state, pairs, y)
     starts, index, value, keys = _group_rows(position[inst], cols, coef)
     terms = {int(p): (index[a:b], value[a:b]) for p, a, b in zip(keys, starts, np.r_[starts[1:], index.size])}
+    u0 = state.utilisation[active]
     rows = []
-    mean0 = float(u0.mean())
-    mu = None if mu_fixed else milp.add(1, lower=-_INF, upper=_INF)[0]
     for p in range(active.size):
         idx, val = terms.get(p, (_EMPTY, np.empty(0)))
-        if mu_fixed:
-            rows.append((np.r_[d[p], idx], np.r_[1.0, -val], u0[p] - mean0, u0[p] - mean0))
-        else:
-            rows.append((np.r_[d[p], idx, mu], np.r_[1.0, -val, 1.0], u0[p], u0[p]))
+        rows.append((np.r_[d[p], mu, idx], np.r_[1.0, 1.0, -val], u0[p], u0[p]))
     milp.rows(rows)
     pair_index = {(int(f), int(k)): int(c) for f, k, c in zip(pairs.flow, pairs.dst, y)}
-    model = _BalanceModel(milp, pairs, y, active, d, t, mu, pair_index)
-    grid = _tangent_grid(grid_scale)
-    for a in grid:
-        model.add_tangents(np.full(active.size, a))
-    model.add_tangents(u0 - mean0)
-    return model
+    return _BalanceModel(milp, pairs, y, mu, d, active, pair_index)
+
+
+def _box_half_width(target: np.ndarray, cap: float) -> float:
+    """The largest w with (1/N)·Σ (|a_j| + w)² <= cap: every d in the box |d_j − a_j| <= w has variance <= cap.
+
+    NaN when the target itself lies above the cap.
+    """
+    s1 = float(np.abs(target).mean())
+    s2 = float((target ** 2).mean())
+    if s2 >= cap:
+        return math.nan
+    return -s1 + math.sqrt(s1 * s1 - s2 + cap)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -551,9 +555,10 @@ class Optimal(Policy):
     """Problem (3)-(6) solved with HiGHS, warm-started from the best answer of the given policies.
 
     `time_limit_s` bounds the whole decision (warm-start policies included); when it is reached the
-    best answer found is returned and `reason` says so. `variance_tolerance` is the band above the
-    variance bound within which load-balancing answers count as equally balanced, so that the second,
-    migration-cost phase has room to choose (docs/optimal.md).
+    best answer found is returned and `reason` says so. Load balancing is lexicographic with a tolerance:
+    variances within `variance_gap` of the certified improvement (var_ori − bound) count as equal, and the
+    cheapest of them is sought; flows below `integral_share` of their instance's capacity are fractional in
+    the relaxation that bounds the variance (docs/optimal.md).
     """
 
     name: ClassVar[str] = "optimal"
@@ -561,21 +566,17 @@ class Optimal(Policy):
         {ScenarioKind.SCALE_OUT, ScenarioKind.SCALE_IN, ScenarioKind.LOAD_BALANCE})
 
     def __init__(self, warm_start: Sequence[Policy] = (), time_limit_s: float = 10.0, *, threads: int = 1,
-                 seed: int = 0, variance_tolerance: float = 1e-6,
-                 exact_limit: int = 6000, decompose_above: int = 400):
+                 seed: int = 0, variance_gap: float = 0.01, integral_share: float = 0.05):
         if not time_limit_s > 0:
             raise ValueError(f"time limit must be positive, got {time_limit_s}")
-        if not variance_tolerance >= 0:
-            raise ValueError(f"variance tolerance must be >= 0, got {variance_tolerance}")
+        if not 0 < variance_gap < 1:
+            raise ValueError(f"variance gap must lie in (0, 1), got {variance_gap}")
         self.warm_start = tuple(warm_start)
         self.time_limit_s = float(time_limit_s)
         self.threads = int(threads)
         self.seed = int(seed)
-        self.variance_tolerance = float(variance_tolerance)
-        self.exact_limit = int(exact_limit)
-        """Load balancing: largest number of (flow, destination) pairs solved on the full restricted model."""
-        self.decompose_above = int(decompose_above)
-        """Load balancing: from this many pairs on, the transport decomposition adds a warm start."""
+        self.variance_gap = float(variance_gap)
+        self.integral_share = float(integral_share)
 
     # --- entry -----------------------------------------------------------------------------
     def _decide(self, problem: Problem) -> Decision:
@@ -667,235 +668,126 @@ class Optimal(Policy):
     # --- load balancing -----------------------------------------------------------------------
     def _load_balance(self, problem: Problem, candidates: list[_Candidate], deadline: float,
                       report: _Report) -> Decision:
-        """Lexicographic: the variance first (phase 1), then eq. (3) among answers within the variance cap (phase 2)."""
+        """Lexicographic (docs/optimal.md): a certified lower bound L of the variance (phase 1), then the cheapest
+        answer (eq. (3)) whose variance is at most cap = min(L + variance_gap·(var_ori − L), any heuristic's)."""
         state = problem.state
-        m, hot, cold = _balance_split(state)
-        full = _pairs(problem, np.flatnonzero(np.isin(state.assignment, hot)), cold)
-        if full.count == 0:
-            return self._nothing_movable(problem, candidates, int(np.isin(state.assignment, hot).sum()), report)
-        heuristic_variance = min((c.variance for c in candidates if c.source != "no-op"), default=math.inf)
-        exact = full.count <= self.exact_limit
-        if full.count >= self.decompose_above:
-            decomposed = self._transport_decomposition(problem, full, m, hot, cold, deadline, report)
-            if decomposed is not None:
-                candidates.append(decomposed)
-        if exact:
-            pairs = full
-        else:
-            pairs = self._reduced_pairs(problem, full, m, hot, cold, candidates)
-            report.add(f"{full.count} move pairs: searched on {pairs.count} (transport-plan neighbourhood)")
-        tol = self.variance_tolerance
-        model = _balance_model(problem, pairs, self.threads, self.seed, max(math.sqrt(max(tol, 1e-12)), 1e-6))
-        lower, phase1_proven = 0.0, False
-        if exact or min(c.variance for c in candidates) > tol:
-            lower, phase1_proven = self._minimise_variance(problem, model, candidates, deadline, report, exact)
-            if not exact:
-                lower = 0.0  # a bound of the neighbourhood is no bound of the restricted problem
-        else:
-            report.add(f"phase 1 skipped: the variance is already within {tol:g} of the lower bound 0")
-        cap = self._variance_cap(candidates, lower, heuristic_variance)
-        phase2_proven = self._cheapest_within(problem, model, candidates, cap, deadline, report)
-        return self._choose_lb(problem, candidates, lower, heuristic_variance, exact and phase1_proven and phase2_proven,
-                               report)
-
-    def _variance_cap(self, candidates: list[_Candidate], lower: float, heuristic_variance: float) -> float:
-        """Variances up to the cap count as equal in phase 2: within the tolerance of the bound, never above a
-        heuristic's (so that Optimal's variance ratio bounds every heuristic's)."""
-        best_variance = min(c.variance for c in candidates)
-        return min(max(best_variance, lower + self.variance_tolerance), heuristic_variance)
-
-    def _choose_lb(self, problem: Problem, candidates: list[_Candidate], lower: float, heuristic_variance: float,
-                   proven: bool, report: _Report) -> Decision:
-        cap = self._variance_cap(candidates, lower, heuristic_variance)
-        best = min((c for c in candidates if c.variance <= cap), key=lambda c: (c.migration, c.variance))
+        hot, cold = _balance_split(state)
+        movable = np.flatnonzero(np.isin(state.assignment, hot))
+        pairs = _pairs(problem, movable, cold)
+        if pairs.count == 0:
+            return self._nothing_movable(problem, candidates, movable.size, report)
         do_nothing = next(c for c in candidates if c.source == "no-op")
-        gap = 0.0 if proven else improvement_gap(best.variance, lower, do_nothing.variance)
-        report.add(f"answer from {best.source}: variance {best.variance:.3e} (bound {lower:.3e}, before "
-                   f"{do_nothing.variance:.3e}, gap {gap:.3%}), migration cost {best.migration:.2f}"
-                   + (", proven optimal" if proven else ""))
-        return Decision(best.action, proven_optimal=bool(proven), optimal_gap=gap)
+        heuristic = min((c.variance for c in candidates if c.source != "no-op"), default=math.inf)
+        share = state.rate[pairs.flow] / state.capacity[pairs.src]
+        lower = 0.0
+        # phase 1 on the LP relaxation first; when its fractional target cannot be met in integers, again with
+        # the large flows binary
+        for integral in (np.zeros(pairs.count, dtype=bool), share >= self.integral_share):
+            phase1_deadline = time.perf_counter() + 0.3 * (deadline - time.perf_counter())
+            lower, target = self._variance_bound(problem, pairs, integral, do_nothing.variance, heuristic,
+                                                 phase1_deadline, report, lower)
+            cap = self._variance_cap(lower, do_nothing.variance, heuristic)
+            box_deadline = time.perf_counter() + 0.5 * (deadline - time.perf_counter())
+            if self._box_answer(problem, pairs, target, cap, candidates, box_deadline, report) != "infeasible":
+                break
+        cost_bound = self._cost_bound(problem, pairs, target, cap, candidates, deadline, report)
 
-    def _minimise_variance(self, problem: Problem, model: _BalanceModel, candidates: list[_Candidate],
-                           deadline: float, report: _Report, exact: bool) -> tuple[float, bool]:
-        """Outer-approximation loop on min (1/N)Σ t_j; returns (lower bound, whether it meets the best variance).
+        under = [c for c in candidates if c.variance <= cap]
+        if not under:  # phase 1 did not close: no known answer is within the tolerance of the bound
+            best = min(candidates, key=lambda c: c.key(True))
+            gap = improvement_gap(best.variance, lower, do_nothing.variance)
+            report.add(f"answer from {best.source}: variance {best.variance:.3e} above the cap {cap:.3e} "
+                       f"(bound {lower:.3e}, variance gap {gap:.3%})")
+            return Decision(best.action, proven_optimal=False, optimal_gap=gap)
+        best = min(under, key=lambda c: (c.migration, c.variance))
+        slack = best.migration - cost_bound
+        gap = 0.0 if slack <= 1e-6 * max(1.0, best.migration) else min(1.0, slack / best.migration)
+        report.add(f"answer from {best.source}: variance {best.variance:.3e} (bound {lower:.3e}, cap {cap:.3e}, "
+                   f"before {do_nothing.variance:.3e}), migration cost {best.migration:.2f} (bound "
+                   f"{cost_bound:.2f}, gap {gap:.3%})" + (", proven optimal" if gap == 0.0 else ""))
+        return Decision(best.action, proven_optimal=gap == 0.0, optimal_gap=gap)
 
-        The MILP optimum of the cut model bounds the variance from below (tangents never exceed the
-        square); its answer's true variance bounds it from above; tangents at that answer's deviations
-        are added until the two meet within the tolerance.
+    def _variance_cap(self, lower: float, variance_before: float, heuristic: float) -> float:
+        """Variances up to the cap count as equal: within `variance_gap` of the certified improvement, and never
+        above a heuristic's (so that Optimal's var_ori / var_lb is at least every heuristic's)."""
+        return min(lower + self.variance_gap * (variance_before - lower), heuristic)
+
+    def _variance_bound(self, problem: Problem, pairs: _Pairs, integral: np.ndarray, variance_before: float,
+                        heuristic: float, deadline: float, report: _Report,
+                        lower: float) -> tuple[float, np.ndarray | None]:
+        """Phase 1: a lower bound of the restricted minimum variance (at least `lower`), and the deviations
+        u_j − mean(u) of the relaxation's answer (the target of phase 2; None when none was found in time).
+
+        Pairs outside `integral` may move fractionally. The tangent-cut optimum of this relaxation bounds the
+        variance from below; tangents at the answer's deviations are added until its true variance is within a
+        tenth of the distance from the bound to the cap, so that phase 2 has room around it.
         """
-        state = problem.state
+        model = _balance_model(problem, pairs, integral, self.threads, self.seed)
         n = model.n_active
+        model.add_squares(_tangent_points(math.sqrt(variance_before) / 8, math.sqrt(n * variance_before)))
         model.milp.objective(model.t, np.full(n, 1.0 / n))
-        tol = self.variance_tolerance
-        lower, closed, rounds = 0.0, False, 0
-        while True:
+        model.milp.h.setOptionValue("mip_heuristic_effort", 0.0)  # only the bound and the optimum matter here
+        target, closed, rounds = None, False, 0
+        while (remaining := deadline - time.perf_counter()) > 0.01:
             rounds += 1
-            inside = [(c, model.encode(state, c.action)) for c in candidates]
-            inside = [(c, x) for c, x in inside if x is not None]
-            start = min(inside, key=lambda cx: cx[0].key(True))[1] if inside else None
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0.01:
-                report.timed_out = True
-                break
-            # phase 1 may use at most half of what is left: phase 2 needs time too
-            run = model.milp.run(remaining * (0.5 if not exact else 0.7), start, rel_gap=1e-9,
-                                 abs_gap=max(tol * 0.5, 1e-15))
-            if run.status == "time_limit":
-                report.timed_out = True
-            if math.isfinite(run.bound):
-                lower = max(lower, run.bound)
-            if run.x is None:
-                break
-            action = model.decode(run.x)
-            candidates.append(_checked(problem, action, "milp variance"))
-            upper = min(c.variance for c in candidates)
-            closed = run.status == "optimal" and upper - lower <= max(tol, 1e-9 * upper)
-            if closed or run.status != "optimal":
-                break
-            model.add_tangents(_deviations(state, action, model.active))
-        upper = min(c.variance for c in candidates)
-        report.add(f"phase 1 (variance, {model.pairs.count} pairs, {rounds} MILP rounds, {len(model.cuts)} "
-                   f"tangents): best {upper:.3e}, bound {lower:.3e}" + ("" if closed else " (not closed)"))
-        return lower, closed
-
-    def _cheapest_within(self, problem: Problem, model: _BalanceModel, candidates: list[_Candidate], cap: float,
-                         deadline: float, report: _Report) -> bool:
-        """Phase 2: min migration cost s.t. (1/N)Σ t_j <= cap; tangents are added at every answer whose true
-        variance exceeds the cap until the MILP's optimum obeys it. Returns whether that optimum was proven."""
-        state = problem.state
-        n = model.n_active
-        model.milp.objective(model.y, model.pairs.cost)
-        if model.cap_row is None:
-            model.milp.rows([(model.t, np.ones(n), -_INF, n * cap)])
-            model.cap_row = model.milp.h.getNumRow() - 1
-        else:
-            model.milp.h.changeRowBounds(model.cap_row, -_INF, n * cap)
-        proven, bound, rounds = False, -math.inf, 0
-        while True:
-            rounds += 1
-            feasible = [(c, model.encode(state, c.action)) for c in candidates if c.variance <= cap]
-            feasible = [(c, x) for c, x in feasible if x is not None]
-            start = min(feasible, key=lambda cx: cx[0].migration)[1] if feasible else None
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0.01:
-                report.timed_out = True
-                break
-            run = model.milp.run(remaining, start, save=True)
-            if run.status == "time_limit":
-                report.timed_out = True
-            if math.isfinite(run.bound):
-                bound = max(bound, run.bound)
-            violating = []
-            for x in run.saved + ([run.x] if run.x is not None else []):
-                action = model.decode(x)
-                if _variance_after(state, action) > cap:
-                    violating.append(_deviations(state, action, model.active))
-                    continue
-                candidates.append(_checked(problem, action, "milp cost"))
+            precision = 0.1 * (self._variance_cap(lower, variance_before, heuristic) - lower)
+            run = model.milp.run(remaining, rel_gap=1e-9, abs_gap=precision / 2)
+            report.timed_out |= run.status == "time_limit"
+            lower = max(lower, run.bound)
             if run.x is None or run.status != "optimal":
                 break
-            if _variance_after(state, model.decode(run.x)) <= cap:
-                proven = True
+            target = model.deviations(run.x)
+            closed = float(np.mean(target ** 2)) - lower <= precision
+            if closed or not model.add_tangents(target):  # no new cut: the model cannot get tighter here
                 break
-            for dev in violating:
-                model.add_tangents(dev)
-        report.add(f"phase 2 (cost within variance {cap:.3e}, {rounds} MILP rounds): cost bound {bound:.2f}"
-                   + ("" if proven else " (not closed)"))
-        return proven
+        report.add(f"phase 1 (variance bound, {int(integral.sum())} of {pairs.count} pairs binary, {rounds} "
+                   f"rounds): bound {lower:.3e}" + ("" if closed else " (not closed)"))
+        return lower, target
 
-    # --- load balancing at scale: a transport plan realised instance by instance -------------------
-    def _transport_plan(self, state: ClusterState, m: float, hot: np.ndarray, cold: np.ndarray):
-        """North-west-corner transport of the excess load (pps) of hot instances to the deficits of cold ones."""
-        excess = state.load_pps[hot] - m * state.capacity[hot]
-        deficit = m * state.capacity[cold] - state.load_pps[cold]
-        hot = hot[np.argsort(-excess, kind="stable")]
-        cold = cold[np.argsort(-deficit, kind="stable")]
-        excess = np.sort(excess)[::-1].copy()
-        deficit = np.sort(deficit)[::-1].copy()
-        plan = []
-        i = k = 0
-        while i < hot.size and k < cold.size:
-            amount = min(excess[i], deficit[k])
-            plan.append((int(hot[i]), int(cold[k]), float(amount)))
-            excess[i] -= amount
-            deficit[k] -= amount
-            if excess[i] <= deficit[k] * 1e-12 or excess[i] <= 0:
-                i += 1
-            else:
-                k += 1
-        return plan, hot, cold
-
-    def _transport_decomposition(self, problem: Problem, full: _Pairs, m: float, hot: np.ndarray,
-                                 cold: np.ndarray, deadline: float, report: _Report) -> _Candidate | None:
-        """One small MILP per hot instance: split its flows into the amounts the transport plan sends."""
+    def _box_answer(self, problem: Problem, pairs: _Pairs, target: np.ndarray | None, cap: float,
+                    candidates: list[_Candidate], deadline: float, report: _Report) -> str:
+        """Phase 2, answers: min eq. (3) with the deviations in a box around phase 1's target that lies wholly under
+        the cap, so every answer of this model is feasible. Returns HiGHS's status ("skipped" without a box)."""
         state = problem.state
-        plan, hot_sorted, _ = self._transport_plan(state, m, hot, cold)
-        began = time.perf_counter()
-        budget = (deadline - began) * 0.4
-        per_pair_tol = math.sqrt(max(self.variance_tolerance, 1e-12)) / 8.0  # utilisation units
-        partners: dict[int, list[tuple[int, float]]] = {}
-        for j, k, amount in plan:
-            partners.setdefault(j, []).append((k, amount))
-        incoming = {}
-        for j, k, amount in plan:
-            incoming[k] = incoming.get(k, 0.0) + amount
-        flows, dst = [], []
-        for n_done, j in enumerate(hot_sorted.tolist()):
-            left = budget - (time.perf_counter() - began)
-            if left <= 0:
-                report.timed_out = True
-                break
-            targets = partners.get(j, [])
-            mine = np.isin(full.dst, [k for k, _ in targets]) & (full.src == j)
-            pairs = full.subset(mine)
-            if pairs.count == 0:
-                continue
-            milp = _Milp(self.threads, self.seed)
-            y = milp.add(pairs.count, cost=pairs.cost, integer=True)
-            _assignment_rows(milp, pairs, y)
-            room = state.buffer - state.queue - BUFFER_MARGIN
-            budget_k = room.copy()
-            rows = []
-            for k, amount in targets:
-                share = amount / incoming[k] if incoming[k] > 0 else 1.0
-                budget_k[k] = room[k] * share
-                sel = pairs.dst == k
-                if not np.any(sel):
-                    continue
-                tol_pps = per_pair_tol * state.capacity[k]
-                weight = 1e8 / state.capacity[k]  # cost per pps of error beyond the tolerance
-                over, under = milp.add(2, upper=_INF, cost=weight)
-                rows.append((np.r_[y[sel], over], np.r_[state.rate[pairs.flow[sel]], -1.0], -_INF, amount + tol_pps))
-                rows.append((np.r_[y[sel], under], np.r_[state.rate[pairs.flow[sel]], 1.0], amount - tol_pps, _INF))
-            milp.rows(rows)
-            _buffer_rows(milp, state, pairs, y, budget=budget_k)
-            run = milp.run(left / max(1, hot_sorted.size - n_done), None, rel_gap=1e-4, abs_gap=1.0)
-            if run.x is None:
-                continue
-            moved = run.x[y] > 0.5
-            flows.extend(pairs.flow[moved].tolist())
-            dst.extend(pairs.dst[moved].tolist())
-        candidate = _evaluate(problem, _indexed(flows, dst), "transport decomposition")
-        report.add(f"transport decomposition: {len(plan)} transfers in {time.perf_counter() - began:.2f} s"
-                   + (f", variance {candidate.variance:.3e}, cost {candidate.total:.2f}" if candidate else ", rejected"))
-        return candidate
+        width = _box_half_width(target, cap) if target is not None else math.nan
+        if not math.isfinite(width):
+            return "skipped"
+        inner = _balance_model(problem, pairs, np.ones(pairs.count, dtype=bool), self.threads, self.seed)
+        inner.milp.h.changeColsBounds(inner.n_active, inner.d.astype(np.int32), target - width, target + width)
+        inner.milp.objective(inner.y, pairs.cost)
+        inside = [(c, x) for c in candidates if (x := inner.encode(state, c.action)) is not None
+                  and np.all(np.abs(x[inner.d] - target) <= width)]
+        start = min(inside, key=lambda cx: cx[0].migration)[1] if inside else None
+        run = inner.milp.run(deadline - time.perf_counter(), start)
+        report.timed_out |= run.status == "time_limit"
+        if run.x is not None:
+            candidates.append(_checked(problem, inner.decode(run.x), "milp box"))
+        report.add(f"phase 2 box (half-width {width:.2e}): {run.status} in {run.seconds:.2f} s")
+        return run.status
 
-    def _reduced_pairs(self, problem: Problem, full: _Pairs, m: float, hot: np.ndarray, cold: np.ndarray,
-                       candidates: list[_Candidate]) -> _Pairs:
-        """Pairs of the transport plan, each hot instance also linked to the cold neighbours of its partners,
-        plus every pair a candidate uses."""
-        plan, _, cold_sorted = self._transport_plan(problem.state, m, hot, cold)
-        position = {k: n for n, k in enumerate(cold_sorted.tolist())}
-        links = set()
-        for j, k, _ in plan:
-            for step in (-1, 0, 1):
-                n = position[k] + step
-                if 0 <= n < cold_sorted.size:
-                    links.add((j, int(cold_sorted[n])))
-        keep = np.array([(int(j), int(k)) in links for j, k in zip(full.src, full.dst)], dtype=bool)
-        used = set()
-        for c in candidates:
-            used.update(zip(c.action.flows.tolist(), c.action.dst.tolist()))
-        if used:
-            keep |= np.array([(int(f), int(k)) in used for f, k in zip(full.flow, full.dst)], dtype=bool)
-        return full.subset(keep)
+    def _cost_bound(self, problem: Problem, pairs: _Pairs, target: np.ndarray | None, cap: float,
+                    candidates: list[_Candidate], deadline: float, report: _Report) -> float:
+        """Phase 2, bound: a lower bound of eq. (3) over the restricted answers with variance <= cap.
+
+        The cap is relaxed to Σ_j t_j <= N·cap with tangent cuts, so the MILP bound is valid; its answers are kept
+        when their true variance is under the cap.
+        """
+        state = problem.state
+        everything = np.ones(pairs.count, dtype=bool)
+        outer = _balance_model(problem, pairs, everything, self.threads, self.seed)
+        n = outer.n_active
+        outer.add_squares(_tangent_points(math.sqrt(cap) / 4, math.sqrt(n * cap)))
+        if target is not None:
+            outer.add_tangents(target)
+        outer.milp.rows([(outer.t, np.ones(n), -_INF, n * cap)])
+        outer.milp.objective(outer.y, pairs.cost)
+        under = [(c, x) for c in candidates if c.variance <= cap and (x := outer.encode(state, c.action)) is not None]
+        start = min(under, key=lambda cx: cx[0].migration)[1] if under else None
+        run = outer.milp.run(deadline - time.perf_counter(), start, save=True)
+        report.timed_out |= run.status == "time_limit"
+        for x in run.saved + ([run.x] if run.x is not None else []):
+            action = outer.decode(x)
+            if cost.load_variance(_utilisation_after(state, action), state.active) <= cap:
+                candidates.append(_checked(problem, action, "milp cap"))
+        report.add(f"phase 2 cap: {run.status} in {run.seconds:.2f} s, cost bound {run.bound:.2f}")
+        return run.bound
