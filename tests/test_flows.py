@@ -262,7 +262,7 @@ def test_hash_collisions_do_not_change_the_result(tmp_path, monkeypatch):
 
 def test_pair_index_behaves_like_a_dict():
     rng = np.random.default_rng(5)
-    index, reference = flows_module._PairIndex(capacity_bits=4), {}
+    index, reference = flows_module.PairIndex(capacity_bits=4), {}
     for _ in range(200):
         fresh = {
             (int(a), int(b)) for a, b in rng.integers(0, 50, (int(rng.integers(1, 40)), 2))
