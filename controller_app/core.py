@@ -37,6 +37,7 @@ from twin.state import ClusterState, FiveTuple, Flow, Instance, uniform_migratio
 
 LOG = logging.getLogger(__name__)
 DECISIONS_KEPT = 1000
+RESTEER_AFTER_S = 1.0
 
 
 # --- flow keys ---------------------------------------------------------------------------------
@@ -66,10 +67,12 @@ class Switch(Protocol):
         """Table-miss to the controller and every NF port to the sink."""
 
     def steer(self, five_tuple: FiveTuple, nf: NFDescription) -> None:
-        """Add or overwrite the rules sending both directions of a (canonical) flow to `nf`."""
+        """Add or overwrite the rules sending both directions of a (canonical) flow to `nf`, atomically:
+        the switch never sends one direction to the old instance and the other to the new one."""
 
     def barrier(self, timeout_s: float) -> None:
-        """Return once the switch has applied every earlier message; raise SwitchError otherwise."""
+        """Return once the switch has applied every earlier message; raise SwitchError otherwise
+        (no reply in time, or an earlier `steer` was refused)."""
 
 
 class NFChannel(Protocol):
@@ -109,6 +112,9 @@ class SteeredFlow:
     """None until two counter samples exist."""
     byte_rate: float = 0.0
     rules_expired: set[str] = field(default_factory=set)
+    steered_to: str | None = None
+    """The instance the last packet-in steered the flow to, and when."""
+    steered_at: float = -math.inf
 
     def view(self) -> dict:
         return {"id": self.key, "five_tuple": self.five_tuple._asdict(), "instance": self.instance,
@@ -121,7 +127,9 @@ class NFRuntime:
     desc: NFDescription
     channel: NFChannel
     active: bool
-    alive: bool = True
+    alive: bool = False
+    """Whether the NF answered its last report; none is until its first answer, so no flow is steered
+    to an instance whose process has not come up yet."""
     last_report: dict | None = None
     last_error: str = ""
 
@@ -309,8 +317,18 @@ class MigrationLatency:
 
 
 # --- migrations --------------------------------------------------------------------------------
+@dataclass
+class _Move:
+    run: MigrationRun
+    flow: SteeredFlow
+    src: NFRuntime
+    dst: NFRuntime
+    exported: list[Any] = field(default_factory=list)
+    """The source's exported state, once exported."""
+
+
 class Migrator:
-    """Moves one flow at a time between instances; a failed step rolls the finished ones back."""
+    """Moves flows between instances loss-free and in order; a failed step rolls the finished ones back."""
 
     def __init__(self, switch: Switch, flows: FlowRegistry, config: Callable[[], ControllerConfig],
                  clock: Callable[[], float] = time.monotonic):
@@ -320,29 +338,61 @@ class Migrator:
         self._clock = clock
 
     def migrate(self, flow: SteeredFlow, src: NFRuntime, dst: NFRuntime) -> MigrationRun:
+        return self.migrate_all([(flow, src, dst)])[0]
+
+    def migrate_all(self, moves: list[tuple[SteeredFlow, NFRuntime, NFRuntime]]) -> list[MigrationRun]:
+        """Move several flows together, step by step: every destination holds, every flow's rules move
+        (one atomic bundle per flow), one barrier, then each source exports once drained, each
+        destination imports and releases. Per flow the order is OpenNF's, so each move is loss-free
+        and order-preserving; together they share one barrier and one quiet time instead of paying
+        them once per flow (a source drains all its moved flows at once). A flow whose step fails is
+        rolled back alone; a failed barrier rolls back every flow whose rules moved.
+        A run's duration is from the start of the batch to the end of its own last step.
+        """
         config = self._config()
-        run = MigrationRun(flow.key, src.id, dst.id)
-        exported: list[Any] = []
-        key = flow.five_tuple
-        steps = (
-            (Step.HOLD, lambda: dst.channel.hold(key)),
-            (Step.REDIRECT, lambda: self._point(flow, dst)),
-            (Step.BARRIER, lambda: self._switch.barrier(config.barrier_timeout_s)),
-            (Step.EXPORT, lambda: exported.append(src.channel.export(key, config.quiet_ms))),
-            (Step.IMPORT, lambda: dst.channel.import_(key, exported[0])),
-            (Step.RELEASE, lambda: dst.channel.release(key)),
-        )
         started = self._clock()
+        every = [_Move(MigrationRun(flow.key, src.id, dst.id), flow, src, dst) for flow, src, dst in moves]
+        moving = list(every)
+        steps: tuple[tuple[Step, Callable[[_Move], Any]], ...] = (
+            (Step.HOLD, lambda m: m.dst.channel.hold(m.flow.five_tuple)),
+            (Step.REDIRECT, lambda m: self._point(m.flow, m.dst)),
+            (Step.BARRIER, None),
+            (Step.EXPORT, lambda m: m.exported.append(m.src.channel.export(m.flow.five_tuple, config.quiet_ms))),
+            (Step.IMPORT, lambda m: m.dst.channel.import_(m.flow.five_tuple, m.exported[0])),
+            (Step.RELEASE, lambda m: m.dst.channel.release(m.flow.five_tuple)),
+        )
         for step, do in steps:
-            try:
-                do()
-            except Exception as error:  # noqa: BLE001 - any NF or switch failure: undo, report, keep the loop alive
-                run.error = f"{step.value} failed: {error}"
-                self._roll_back(run, flow, src, dst, exported)
-                break
-            run.completed.append(step)
-        run.duration_ms = (self._clock() - started) * 1000.0
-        return run
+            if step is Step.BARRIER:
+                if not moving:
+                    break
+                try:
+                    self._switch.barrier(config.barrier_timeout_s)
+                except Exception as error:  # noqa: BLE001 - any switch failure: undo, report, keep the loop alive
+                    for move in moving:
+                        self._fail(move, step, error, started)
+                    moving = []
+                    break
+                for move in moving:
+                    move.run.completed.append(step)
+                continue
+            still = []
+            for move in moving:
+                try:
+                    do(move)
+                except Exception as error:  # noqa: BLE001 - any NF or switch failure: undo, report, keep the loop alive
+                    self._fail(move, step, error, started)
+                    continue
+                move.run.completed.append(step)
+                if step is Step.RELEASE:
+                    move.run.duration_ms = (self._clock() - started) * 1000.0
+                still.append(move)
+            moving = still
+        return [move.run for move in every]
+
+    def _fail(self, move: _Move, step: Step, error: Exception, started: float) -> None:
+        move.run.error = f"{step.value} failed: {error}"
+        self._roll_back(move.run, move.flow, move.src, move.dst, move.exported)
+        move.run.duration_ms = (self._clock() - started) * 1000.0
 
     def _point(self, flow: SteeredFlow, nf: NFRuntime) -> None:
         flow.instance = nf.id  # packet-ins from now on are steered to nf too
@@ -461,17 +511,26 @@ class Controller:
             return None
         key = flow_key(five_tuple)
         flow = self.flows.get(key)
+        now = self._clock()
+        # A known flow's packet-in mostly missed rules installed a moment ago (a burst's first packets):
+        # it is only forwarded. The rules are sent again if they expired, point elsewhere, or should
+        # have been in place for a while.
+        steer = flow is None or bool(flow.rules_expired) or flow.steered_to != flow.instance or \
+            now - flow.steered_at > RESTEER_AFTER_S
         if flow is None or not self.nfs[flow.instance].usable:
             target = self._least_utilised()
             if target is None:
                 return None
             if flow is None:
-                flow = self.flows.add(five_tuple, target.id, self._clock())
+                flow = self.flows.add(five_tuple, target.id, now)
             else:
                 flow.instance = target.id
-        flow.rules_expired.clear()
+            steer = True
         nf = self.nfs[flow.instance].desc
-        self._switch.steer(flow.five_tuple, nf)
+        if steer:
+            flow.rules_expired.clear()
+            flow.steered_to, flow.steered_at = flow.instance, now
+            self._switch.steer(flow.five_tuple, nf)
         return nf
 
     def on_rule_expired(self, five_tuple: FiveTuple) -> None:
@@ -514,7 +573,7 @@ class Controller:
     def tick(self) -> DecisionRecord | None:
         """One period: observe, detect, decide, act and log; never raises on NF or switch failures."""
         now = self._clock()
-        self._collect_reports()
+        self.poll_instances()
         if self._counted_at is not None:
             self.flows.record_counters(self._counters, self._counted_at)
         state = self.build_state(now)
@@ -579,7 +638,8 @@ class Controller:
         }
 
     # --- observing --------------------------------------------------------------------------
-    def _collect_reports(self) -> None:
+    def poll_instances(self) -> None:
+        """Ask every NF for its report: the ones that answer are alive, the others get no new flows."""
         for nf in self.nfs.values():
             try:
                 report = nf.channel.report()
@@ -588,7 +648,7 @@ class Controller:
                     self._mark_dead(nf, f"report failed: {error}")
                 continue
             if not nf.alive:
-                LOG.info("NF %s answers again", nf.id)
+                LOG.info("NF %s answers", nf.id)
             nf.alive, nf.last_report, nf.last_error = True, report, ""
             nf.active = bool(report.get("active", nf.active))
 
@@ -677,8 +737,20 @@ class Controller:
             except Exception as error:  # noqa: BLE001 - an NF or switch failure of any kind must not stop the loop
                 record.error = f"could not activate {instance}: {error}"
         migrator = Migrator(self._switch, self.flows, lambda: self.config, self._clock)
-        for move in action.migrations:
-            record.migrations.append(self._move(migrator, move))
+        runs: dict[int, MigrationRun] = {}
+        batch: list[tuple[int, tuple[SteeredFlow, NFRuntime, NFRuntime]]] = []
+        for k, move in enumerate(action.migrations):
+            flow, src, dst = self.flows.get(move.flow), self.nfs[move.src], self.nfs[move.dst]
+            if flow is None or flow.instance != src.id or not dst.usable or not src.alive:
+                runs[k] = MigrationRun(move.flow, move.src, move.dst, outcome=Outcome.SKIPPED,
+                                       error="flow gone, moved, or an instance is not usable")
+            else:
+                batch.append((k, (flow, src, dst)))
+        for (k, _), run in zip(batch, migrator.migrate_all([move for _, move in batch])):
+            runs[k] = run
+            if run.outcome is Outcome.DONE:
+                self.latency.record(run.src, run.dst, run.duration_ms)
+        record.migrations.extend(runs[k] for k in sorted(runs))
         for instance in action.stop:
             nf = self.nfs[instance]
             if self.flows.on(instance):
@@ -692,16 +764,6 @@ class Controller:
                 record.error = f"could not deactivate {instance}: {error}"
         record.execution_ms = (time.perf_counter() - started) * 1000.0
         record.measured = self._measured_cost(state, record)
-
-    def _move(self, migrator: Migrator, move: Migration) -> MigrationRun:
-        flow, src, dst = self.flows.get(move.flow), self.nfs[move.src], self.nfs[move.dst]
-        if flow is None or flow.instance != src.id or not dst.usable or not src.alive:
-            return MigrationRun(move.flow, move.src, move.dst, outcome=Outcome.SKIPPED,
-                                error="flow gone, moved, or an instance is not usable")
-        run = migrator.migrate(flow, src, dst)
-        if run.outcome is Outcome.DONE:
-            self.latency.record(src.id, dst.id, run.duration_ms)
-        return run
 
     def _measured_cost(self, state: ClusterState, record: DecisionRecord) -> dict | None:
         """The predicted formula on what happened: the moves that completed, at their measured durations."""

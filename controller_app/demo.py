@@ -1,0 +1,355 @@
+"""`dm-demo`: the whole live loop on one machine, from a trace to a summary of what the controller did.
+
+Starts Open vSwitch (userspace datapath), the controller under `ryu-manager controller_app.app`, the
+Mininet NF cluster (source, sink, N active and K standby NF instances) and the replay of a trace
+window; prints the REST address and one line per period while it runs; then prints and writes a
+summary (decisions, migrations, scenarios, packets sent / lost / reordered, decision and migration
+latencies). Everything it started is torn down on the way out, also on Ctrl-C, SIGTERM or an error.
+
+    sudo .venv/bin/dm-demo --duration 60 --json summary.json
+
+`live_loop(...)` is the same bring-up as a context manager, for the integration tests and the
+benchmarks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_POLICY = "ofm"
+"""The policy dm-demo runs unless --policy says otherwise (any name of gnn_policy.registry)."""
+
+# The default run: the sample trace from its start at half speed (60 s of wall time replay 30 trace
+# seconds): 170-380 packets/s in 10 s windows, ~15 new flows/s, a peak of 770 packets/s in one second,
+# 550 of them from one flow. A flow cannot be split, so one NF must absorb such a burst: 250 packets/s
+# of capacity and an 800-packet buffer. Two active NFs run at ~50 % on average; bursts push one over
+# Th_high (scale-out, a standby starts), quieter seconds leave one nearly idle (scale-in), uneven flows
+# call for load balancing. Measured (docs/testbed.md): all three occur and no NF drops a packet.
+DEFAULT_START_S = 0.0
+DEFAULT_SPEED = 0.5
+DEFAULT_INSTANCES, DEFAULT_STANDBY = 2, 2
+DEFAULT_CAPACITY_PPS, DEFAULT_BUFFER_PACKETS, DEFAULT_PROCESSING_MS = 250.0, 800, 5.0
+DEFAULT_NF_TIMEOUT_S = 10.0
+"""An export waits for the flow's queued frames to leave the source NF: up to a full buffer's 3.2 s."""
+DEFAULT_QUIET_MS = 50
+"""How long a source NF waits for the flow's last in-flight frame before exporting its state; it must
+cover the switch -> NF delay of a frame forwarded just before the rules changed, on a busy machine."""
+DEFAULT_RULE_IDLE_S = 3
+"""Idle timeout of the per-flow rules: a flow the controller still tracks is one that sent within it."""
+WARM_UP_PERIODS = 2
+"""The controller starts in manual mode and goes auto once the replay ran this many periods: an empty
+cluster at start-up would otherwise be scaled in before the first packet."""
+DRAIN_TIMEOUT_S = 10.0
+
+
+# --- REST ----------------------------------------------------------------------------------------
+class RestClient:
+    """The controller's REST API (`/deepmigration/v1`); `call` returns (status, JSON body)."""
+
+    def __init__(self, base: str, token: str):
+        self.base = base
+        self._token = token
+
+    def call(self, path: str, method: str = "GET", body: object | bytes | None = None,
+             token: str | None | bool = True, timeout: float = 10.0) -> tuple[int, object]:
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if token:
+            request.add_header("Authorization", f"Bearer {self._token if token is True else token}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as error:
+            return error.code, json.load(error)
+
+    def get(self, path: str) -> object:
+        status, body = self.call(path, token=False)
+        if status != 200:
+            raise RuntimeError(f"GET {path}: {status} {body}")
+        return body
+
+    def write(self, path: str, method: str, body: object) -> object:
+        status, answer = self.call(path, method, body)
+        if status >= 300:
+            raise RuntimeError(f"{method} {path}: {status} {answer}")
+        return answer
+
+
+# --- bring-up ------------------------------------------------------------------------------------
+@dataclass
+class LiveLoop:
+    """A running live loop: the Mininet cluster, the controller process and its REST API."""
+
+    cluster: object  # mininet_topos.nf_cluster.RunningCluster
+    controller: object  # subprocess.Popen of ryu-manager
+    api: RestClient
+    workdir: Path
+    transition_log: Path
+    decisions: dict[int, dict] = field(default_factory=dict)
+
+    def poll_decisions(self) -> list[dict]:
+        """Fetch the latest decisions; returns the new ones (all are kept in `decisions` by id)."""
+        new = [d for d in self.api.get("/decisions?limit=1000") if d["id"] not in self.decisions]
+        for decision in new:
+            self.decisions[decision["id"]] = decision
+        return sorted(new, key=lambda d: d["id"])
+
+    def wait_for(self, condition: Callable[[], object], timeout: float, what: str, every: float = 0.2):
+        """Poll `condition` until it returns something truthy (returned); TimeoutError naming `what`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_controller()
+            if result := condition():
+                return result
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{what}: not within {timeout:g} s; controller log {self.workdir / 'ryu.log'}")
+            time.sleep(every)
+
+    def check_controller(self) -> None:
+        if self.controller.poll() is not None:
+            raise RuntimeError(f"ryu-manager exited with code {self.controller.returncode}; "
+                               f"see {self.workdir / 'ryu.log'}")
+
+    def drain(self, timeout: float = DRAIN_TIMEOUT_S) -> None:
+        """Wait until no NF holds or queues a frame, then for the last frames to reach the sink."""
+        def empty():
+            return all(c.report()["queue_packets"] == 0 for c in self.cluster.clients.values()
+                       if not _dead(c))
+        self.wait_for(empty, timeout, "the NF queues drain")
+        time.sleep(0.5)
+
+
+def _dead(client) -> bool:
+    try:
+        client.report()
+    except (ConnectionError, TimeoutError, OSError):
+        return True
+    return False
+
+
+@contextmanager
+def live_loop(spec, *, config: dict | None = None, workdir: str | os.PathLike | None = None,
+              token: str = "dm-demo") -> Iterator[LiveLoop]:
+    """OVS, `ryu-manager controller_app.app` and the NF cluster `spec` (a ClusterSpec), up for the block.
+
+    `config` is the controller config (controller_app.config.ControllerConfig fields); the token
+    and the transition log (in `workdir`) are filled in. Everything is stopped on exit, in reverse
+    order, whatever the exit.
+    """
+    from mininet_topos.nf_cluster import DESCRIPTION_FILE, describe, nf_cluster
+    from mininet_topos.testbed import (
+        LOCALHOST,
+        ensure_ovs_running,
+        free_tcp_port,
+        ryu_controller,
+        switch_name,
+    )
+
+    with ExitStack() as stack:
+        if workdir is None:
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="dm-live-"))
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        ensure_ovs_running()
+        transition_log = workdir / "transitions.jsonl"
+        transition_log.unlink(missing_ok=True)
+        config = {"transition_log": str(transition_log), **(config or {}), "token": token}
+        # The controller reads the cluster description when it starts, so it is written now; nf_cluster
+        # writes the same document (same spec, workdir and switch name) before the switch connects.
+        (workdir / DESCRIPTION_FILE).write_text(json.dumps(describe(spec, workdir, switch_name(1)), indent=1))
+        (workdir / "controller.json").write_text(json.dumps(config, indent=1))
+        (workdir / "ryu.conf").write_text(
+            f"[deepmigration]\ncluster = {workdir / DESCRIPTION_FILE}\nconfig = {workdir / 'controller.json'}\n")
+        port, wsapi_port = free_tcp_port(), free_tcp_port()
+        controller = stack.enter_context(ryu_controller(
+            ["controller_app.app"], port=port, wsapi_port=wsapi_port, log_path=workdir / "ryu.log",
+            extra_args=["--config-file", str(workdir / "ryu.conf")]))
+        cluster = stack.enter_context(nf_cluster(spec, controller_port=port, workdir=workdir))
+        enlarge_packet_in_queue(cluster.switch)
+        api = RestClient(f"http://{LOCALHOST}:{wsapi_port}/deepmigration/v1", token)
+        loop = LiveLoop(cluster, controller, api, workdir, transition_log)
+        loop.wait_for(lambda: api.get("/state")["switch_connected"], 15, "the switch connects to the controller")
+        loop.wait_for(lambda: all(nf["alive"] for nf in api.get("/instances")), 15,
+                      "every NF instance answers the controller")
+        yield loop
+
+
+PACKET_IN_QUEUE = 512
+"""OVS queues at most 100 packet-ins per controller connection by default and drops the rest: a new
+flow's burst arriving before its rules are in would lose packets. 512 is OVS's maximum."""
+
+
+def enlarge_packet_in_queue(switch: str) -> None:
+    """Let the switch queue PACKET_IN_QUEUE packet-ins for each of its controllers."""
+    def vsctl(*args: str) -> str:
+        return subprocess.run(["ovs-vsctl", "--timeout=10", *args], capture_output=True, text=True,
+                              check=True).stdout
+
+    for uuid in filter(None, vsctl("get", "bridge", switch, "controller").strip("[] \n").split(", ")):
+        vsctl("set", "controller", uuid, f"controller_queue_size={PACKET_IN_QUEUE}")
+
+
+# --- the summary ---------------------------------------------------------------------------------
+def flow_id(key: list) -> str:
+    """The controller's flow id of a sent/sink log key [ip_a, ip_b, port_a, port_b, proto]."""
+    ip_a, ip_b, port_a, port_b, proto = key
+    return f"{ip_a}:{port_a}-{ip_b}:{port_b}/{proto}"
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
+def summarise(decisions: list[dict], outcomes: dict, nf_reports: dict[str, dict]) -> dict:
+    """The run's figures from the controller's decisions, the sender/sink outcome and the NF reports."""
+    runs = [m for d in decisions for m in d["migrations"]]
+    done = [m for m in runs if m["outcome"] == "done"]
+    migrated = {m["flow"] for m in done}
+    on_migrated = [f for f in outcomes["flows"].values() if flow_id(f["key"]) in migrated]
+    dropped = sum(r.get("dropped", 0) for r in nf_reports.values())
+    return {
+        "decisions": len(decisions),
+        "decisions_executed": sum(bool(d["executed"]) for d in decisions),
+        "scenarios": {kind: sum(d["scenario"] == kind for d in decisions) for kind in ("scale_out", "scale_in", "lb")},
+        "migrations": len(done),
+        "migrations_failed": len(runs) - len(done),
+        "instances_started": sum(len(d["started"]) for d in decisions),
+        "instances_stopped": sum(len(d["stopped"]) for d in decisions),
+        "flows": len(outcomes["flows"]),
+        "migrated_flows": len(migrated),
+        "packets_sent": outcomes["sent"],
+        "packets_received": outcomes["received"],
+        "packets_lost": outcomes["lost"],
+        "packets_dropped_by_nfs": dropped,
+        "packets_lost_elsewhere": outcomes["lost"] - dropped,
+        "packets_reordered": outcomes["reordered"],
+        "migrated_flows_packets_lost": sum(f["lost"] for f in on_migrated),
+        "migrated_flows_packets_reordered": sum(f["reordered"] for f in on_migrated),
+        "decision_ms_p50": _percentile([d["decision_ms"] for d in decisions if d["origin"] == "policy"], 50),
+        "decision_ms_p99": _percentile([d["decision_ms"] for d in decisions if d["origin"] == "policy"], 99),
+        "migration_ms_p50": _percentile([m["duration_ms"] for m in done], 50),
+        "migration_ms_p99": _percentile([m["duration_ms"] for m in done], 99),
+    }
+
+
+def progress_line(elapsed: float, state: dict, loop: LiveLoop) -> str:
+    decisions = loop.decisions.values()
+    moves = sum(m["outcome"] == "done" for d in decisions for m in d["migrations"])
+    load = " ".join(f"{i['id']}{'' if i['active'] else '-'}{'' if i['alive'] else '!'}:{i['utilisation']:.2f}"
+                    for i in state["instances"])
+    return (f"t={elapsed:5.1f}s  scenario={state['scenario'] or '-':9s} flows={state['flows']:4d}  "
+            f"util[{load}]  decisions={len(decisions):3d} migrations={moves:4d}")
+
+
+# --- the command ---------------------------------------------------------------------------------
+def run_demo(args: argparse.Namespace, out=print) -> dict:
+    from mininet_topos.nf_cluster import ClusterSpec
+    from trace_replay.live import flow_outcomes, load_schedule
+
+    schedule = load_schedule(args.trace, speed=args.speed, start_s=args.start, duration_s=args.duration * args.speed,
+                             max_flows=args.max_flows)  # fail early, before anything starts
+    out(f"trace {args.trace}: {len(schedule.packets)} packets of {len(schedule.flows)} flows over "
+        f"{schedule.duration_s:.0f} s, peak {schedule.peak_pps()} packets/s")
+    spec = ClusterSpec(active=args.instances, standby=args.standby, capacity_pps=args.capacity,
+                       buffer_packets=args.buffer, processing_ms=args.processing_ms)
+    config = {"policy": args.policy, "period_s": args.period, "quiet_ms": args.quiet_ms, "mode": "manual",
+              "rule_idle_timeout_s": DEFAULT_RULE_IDLE_S, "nf_timeout_s": DEFAULT_NF_TIMEOUT_S}
+    with ExitStack() as stack:
+        workdir = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="dm-demo-"))
+        loop = stack.enter_context(live_loop(spec, config=config, workdir=workdir))
+        out(f"REST API: {loop.api.base}/state  (also /instances /flows /decisions /config; "
+            f"dmctl --url {loop.api.base} state --follow); writes need 'Authorization: Bearer {loop.api._token}'")
+        sent_log = Path(workdir) / "sent.json"
+        replay = loop.cluster.start_replay(args.trace, sent_log, speed=args.speed, start=args.start,
+                                           duration=args.duration * args.speed,
+                                           **({"max_flows": args.max_flows} if args.max_flows else {}))
+        started = time.monotonic()
+        auto = False
+        while replay.poll() is None:
+            if not auto and time.monotonic() - started >= WARM_UP_PERIODS * args.period:
+                loop.api.write("/config", "PUT", {"mode": "auto"})
+                auto = True
+            time.sleep(max(args.period - (time.monotonic() - started) % args.period, 0.05))
+            loop.check_controller()
+            loop.poll_decisions()
+            out(progress_line(time.monotonic() - started, loop.api.get("/state"), loop))
+        if replay.returncode != 0:
+            raise RuntimeError(f"the replay failed (exit {replay.returncode}); see {workdir}/replay.log")
+        loop.drain()
+        loop.poll_decisions()
+        reports = {name: client.report() for name, client in loop.cluster.clients.items() if not _dead(client)}
+        outcomes = flow_outcomes(json.loads(sent_log.read_text()), loop.cluster.sink_counts())
+        summary = {"policy": args.policy, "duration_s": round(time.monotonic() - started, 1),
+                   "instances": args.instances, "standby": args.standby, "capacity_pps": args.capacity,
+                   **summarise(sorted(loop.decisions.values(), key=lambda d: d["id"]), outcomes, reports),
+                   "rest": loop.api.base}
+    return summary
+
+
+def _parser() -> argparse.ArgumentParser:
+    from trace_replay.generate import sample_path
+
+    parser = argparse.ArgumentParser(prog="dm-demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds of replay (default 60)")
+    parser.add_argument("--trace", type=Path, default=sample_path(), help="pcap to replay (default: the shipped sample)")
+    parser.add_argument("--policy", default=DEFAULT_POLICY, help=f"migration policy (default {DEFAULT_POLICY})")
+    parser.add_argument("--instances", type=int, default=DEFAULT_INSTANCES, help="active NF instances at start")
+    parser.add_argument("--standby", type=int, default=DEFAULT_STANDBY, help="standby NF instances")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the summary here")
+    parser.add_argument("--start", type=float, default=DEFAULT_START_S, metavar="S",
+                        help=f"start S trace seconds into the trace (default {DEFAULT_START_S:g})")
+    parser.add_argument("--speed", type=float, default=DEFAULT_SPEED,
+                        help="trace seconds per wall second; scales the packet rate too (default 1)")
+    parser.add_argument("--max-flows", type=int, metavar="N", help="replay only the N busiest flows of the window")
+    parser.add_argument("--capacity", type=float, default=DEFAULT_CAPACITY_PPS, help="NF capacity, packets/s")
+    parser.add_argument("--buffer", type=int, default=DEFAULT_BUFFER_PACKETS, help="NF buffer, packets")
+    parser.add_argument("--processing-ms", type=float, default=DEFAULT_PROCESSING_MS, help="NF latency, ms")
+    parser.add_argument("--period", type=float, default=1.0, help="controller period T, seconds (default 1)")
+    parser.add_argument("--quiet-ms", type=int, default=DEFAULT_QUIET_MS,
+                        help=f"source-NF quiet time before export, ms (default {DEFAULT_QUIET_MS})")
+    parser.add_argument("--workdir", type=Path, help="keep logs, cluster description and transitions here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if os.geteuid() != 0:
+        print("dm-demo: needs root (Mininet creates network namespaces and OVS bridges)", file=sys.stderr)
+        return 2
+
+    def stop(signum, _frame):  # SIGTERM unwinds like Ctrl-C, through every teardown
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        summary = run_demo(args, out=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print("dm-demo: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    except (RuntimeError, TimeoutError, ValueError, OSError) as error:
+        print(f"dm-demo: {error}", file=sys.stderr)
+        return 1
+    text = json.dumps(summary, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
