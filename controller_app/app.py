@@ -34,6 +34,7 @@ from controller_app.config import (
     ryu_paths,
 )
 from controller_app.core import Controller, SwitchError, reverse
+from trace_replay.live import CONTROLLER_PATH_DSCP
 from twin.state import FiveTuple
 
 LOG = logging.getLogger(__name__)
@@ -123,9 +124,11 @@ class OpenFlowSwitch:
             self._errors.append(f"{what}: {error}")
 
     def packet_out(self, in_port: int, out_port: int, data: bytes) -> None:
+        """Forward a packet that missed the flow's rules, tagged (DSCP) as having taken the controller's path."""
         parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
+        actions = [parser.OFPActionSetField(ip_dscp=CONTROLLER_PATH_DSCP), parser.OFPActionOutput(out_port)]
         self.datapath.send_msg(parser.OFPPacketOut(self.datapath, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_port,
-                                                   actions=[parser.OFPActionOutput(out_port)], data=data))
+                                                   actions=actions, data=data))
 
     def request_stats(self) -> None:
         parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto

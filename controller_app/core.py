@@ -132,6 +132,8 @@ class NFRuntime:
     to an instance whose process has not come up yet."""
     last_report: dict | None = None
     last_error: str = ""
+    flows_with_state: set[str] = field(default_factory=set)
+    """Flow ids of the per-flow state the NF reported last."""
 
     @property
     def id(self) -> str:
@@ -518,7 +520,7 @@ class Controller:
         steer = flow is None or bool(flow.rules_expired) or flow.steered_to != flow.instance or \
             now - flow.steered_at > RESTEER_AFTER_S
         if flow is None or not self.nfs[flow.instance].usable:
-            target = self._least_utilised()
+            target = self._state_holder(key) or self._least_utilised()
             if target is None:
                 return None
             if flow is None:
@@ -650,6 +652,7 @@ class Controller:
             if not nf.alive:
                 LOG.info("NF %s answers", nf.id)
             nf.alive, nf.last_report, nf.last_error = True, report, ""
+            nf.flows_with_state = {flow_key(FiveTuple(*flow["key"])) for flow in report.get("flows", ())}
             nf.active = bool(report.get("active", nf.active))
 
     def _mark_dead(self, nf: NFRuntime, why: str) -> None:
@@ -667,6 +670,14 @@ class Controller:
                     self._switch.steer(flow.five_tuple, target.desc)
                 except SwitchError as error:
                     LOG.warning("could not re-steer %s: %s", flow.key, error)
+
+    def _state_holder(self, key: str) -> NFRuntime | None:
+        """The usable instance whose last report holds the flow's state: a flow that comes back after
+        its rules idled out returns there, behind its own packets still queued in that instance."""
+        for nf in self.nfs.values():
+            if nf.usable and key in nf.flows_with_state:
+                return nf
+        return None
 
     def _least_utilised(self) -> NFRuntime | None:
         load = self.flows.expected_load()

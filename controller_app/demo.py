@@ -215,13 +215,20 @@ def _percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 3) if values else None
 
 
-def summarise(decisions: list[dict], outcomes: dict, nf_reports: dict[str, dict]) -> dict:
-    """The run's figures from the controller's decisions, the sender/sink outcome and the NF reports."""
+NF_COUNTERS = ("received", "processed", "forwarded", "dropped", "socket_dropped", "held", "queue_packets")
+
+
+def summarise(decisions: list[dict], outcomes: dict, nf_reports: dict[str, dict],
+              sink_socket_dropped: int) -> dict:
+    """The run's figures from the controller's decisions, the sender/sink outcome and the NF reports;
+    packets lost are split into NF drops (a full buffer, by design), packets the kernel dropped on a
+    full packet-socket queue (the machine, not the design) and the rest."""
     runs = [m for d in decisions for m in d["migrations"]]
     done = [m for m in runs if m["outcome"] == "done"]
     migrated = {m["flow"] for m in done}
     on_migrated = [f for f in outcomes["flows"].values() if flow_id(f["key"]) in migrated]
     dropped = sum(r.get("dropped", 0) for r in nf_reports.values())
+    socket_dropped = sum(r.get("socket_dropped", 0) for r in nf_reports.values()) + sink_socket_dropped
     return {
         "decisions": len(decisions),
         "decisions_executed": sum(bool(d["executed"]) for d in decisions),
@@ -236,10 +243,15 @@ def summarise(decisions: list[dict], outcomes: dict, nf_reports: dict[str, dict]
         "packets_received": outcomes["received"],
         "packets_lost": outcomes["lost"],
         "packets_dropped_by_nfs": dropped,
-        "packets_lost_elsewhere": outcomes["lost"] - dropped,
+        "packets_dropped_by_sockets": socket_dropped,
+        "packets_lost_elsewhere": outcomes["lost"] - dropped - socket_dropped,
         "packets_reordered": outcomes["reordered"],
+        "packets_reordered_at_flow_setup": outcomes["reordered_at_setup"],
+        "nf_counters": {name: {counter: report.get(counter, 0) for counter in NF_COUNTERS}
+                        for name, report in sorted(nf_reports.items())},
         "migrated_flows_packets_lost": sum(f["lost"] for f in on_migrated),
-        "migrated_flows_packets_reordered": sum(f["reordered"] for f in on_migrated),
+        "migrated_flows_packets_reordered_by_migrations": sum(f["reordered"] - f["reordered_at_setup"]
+                                                              for f in on_migrated),
         "decision_ms_p50": _percentile([d["decision_ms"] for d in decisions if d["origin"] == "policy"], 50),
         "decision_ms_p99": _percentile([d["decision_ms"] for d in decisions if d["origin"] == "policy"], 99),
         "migration_ms_p50": _percentile([m["duration_ms"] for m in done], 50),
@@ -293,10 +305,12 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
         loop.drain()
         loop.poll_decisions()
         reports = {name: client.report() for name, client in loop.cluster.clients.items() if not _dead(client)}
-        outcomes = flow_outcomes(json.loads(sent_log.read_text()), loop.cluster.sink_counts())
+        sink = loop.cluster.sink_counts()
+        outcomes = flow_outcomes(json.loads(sent_log.read_text()), sink)
         summary = {"policy": args.policy, "duration_s": round(time.monotonic() - started, 1),
                    "instances": args.instances, "standby": args.standby, "capacity_pps": args.capacity,
-                   **summarise(sorted(loop.decisions.values(), key=lambda d: d["id"]), outcomes, reports),
+                   **summarise(sorted(loop.decisions.values(), key=lambda d: d["id"]), outcomes, reports,
+                                sink["socket_dropped"]),
                    "rest": loop.api.base}
     return summary
 

@@ -28,9 +28,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mininet_topos.nf_channel import ChannelServer, RequestError, parse_key
-from trace_replay.live import PACKET_OUTGOING, FlowKey, open_packet_socket, parse_frame, stop_on_sigterm
+from trace_replay.live import (
+    PACKET_OUTGOING,
+    FlowKey,
+    open_packet_socket,
+    parse_frame,
+    socket_drops,
+    stop_on_sigterm,
+)
 
 log = logging.getLogger("nf_instance")
+
+EGRESS_GUARD_S = 0.02
+"""An exported flow's last frame left this instance at least this long ago. Frames that two instances
+send within a millisecond or two can leave the userspace switch in either order, so without the guard
+the destination's first released frame could overtake the source's last one."""
 
 
 @dataclass
@@ -114,9 +126,12 @@ class NetworkFunction:
         self._held_packets = 0
         self._output: deque[tuple[float, FlowKey, bytes]] = deque()  # (due, key, frame), due ascending
         self._inside: Counter[FlowKey] = Counter()  # accepted frames not yet sent, per flow
+        self._last_sent: dict[FlowKey, float] = {}
         self._last_arrival: dict[FlowKey, float] = {}  # monotonic seconds
         self._flows: dict[FlowKey, FlowState] = {}
         self.received = self.processed = self.dropped = self.forwarded = self.ignored = 0
+        self.socket_dropped = 0
+        """Frames the kernel dropped before this process read them (its socket queue was full)."""
         self._ops: dict[str, Callable[[dict], dict]] = {
             "report": lambda request: self.report(),
             "hold": lambda request: self.hold(parse_key(request.get("key"))),
@@ -207,6 +222,7 @@ class NetworkFunction:
                 _due, key, frame = self._output.popleft()
             self._send(frame)
             with self._lock:
+                self._last_sent[key] = time.monotonic()
                 self.forwarded += 1
                 self._inside[key] -= 1
                 if not self._inside[key]:
@@ -235,6 +251,7 @@ class NetworkFunction:
                 "received": self.received,
                 "processed": self.processed,
                 "dropped": self.dropped,
+                "socket_dropped": self.socket_dropped,
                 "forwarded": self.forwarded,
                 "ignored": self.ignored,
                 "active": self.active,
@@ -261,8 +278,9 @@ class NetworkFunction:
         return {"key": list(key), "released": len(held)}
 
     def export(self, key: FlowKey, *, quiet_ms: float, timeout_ms: float) -> dict:
-        """Wait until the flow has no frame inside the instance and none arrived for quiet_ms, then
-        remove its state and return it (None if it has none)."""
+        """Wait until the flow has no frame inside the instance, none arrived for quiet_ms and the last
+        one sent had EGRESS_GUARD_S to get through the switch, then remove its state and return it
+        (None if it has none)."""
         quiet_s = quiet_ms / 1000
         deadline = time.monotonic() + timeout_ms / 1000
         with self._lock:
@@ -271,7 +289,8 @@ class NetworkFunction:
             while True:
                 now = time.monotonic()
                 inside = self._inside.get(key, 0)
-                quiet_at = self._last_arrival.get(key, -math.inf) + quiet_s
+                quiet_at = max(self._last_arrival.get(key, -math.inf) + quiet_s,
+                               self._last_sent.get(key, -math.inf) + EGRESS_GUARD_S)
                 if not inside and now >= quiet_at:
                     break
                 if now >= deadline:
@@ -282,6 +301,7 @@ class NetworkFunction:
                 self._left.wait((min(deadline, quiet_at) if not inside else deadline) - now)
             state = self._flows.pop(key, None)
             self._last_arrival.pop(key, None)
+            self._last_sent.pop(key, None)
         return {"key": list(key), "state": state.to_json() if state else None}
 
     def import_(self, key: FlowKey, state_json) -> dict:
@@ -320,6 +340,7 @@ def serve(interface: str, socket_path: str, **nf_options) -> None:
         with stop_on_sigterm(), nf.running(), ChannelServer(socket_path, nf.handle):
             log.info("%s up on %s, control socket %s", nf.instance, interface, socket_path)
             while not nf.shutdown_requested.is_set():
+                nf.socket_dropped += socket_drops(packets)
                 try:
                     frame, address = packets.recvfrom(65535)
                 except TimeoutError:

@@ -42,6 +42,7 @@ class FakeNF:
         self.state: dict[str, dict] = {}
         self.fail_on: str | None = None
         self.dead = False
+        self.flows_with_state: list[FiveTuple] = []
 
     def _call(self, name, *args):
         self.calls.append((self.desc.instance, name, *args))
@@ -54,7 +55,8 @@ class FakeNF:
         self._call("report")
         return {"instance": self.desc.instance, "time": 0.0, "capacity_pps": self.desc.capacity_pps,
                 "buffer_packets": self.desc.buffer_packets, "queue_packets": self.queue, "received": 0,
-                "processed": 0, "dropped": 0, "active": self.active, "flows": []}
+                "processed": 0, "dropped": 0, "active": self.active,
+                "flows": [{"key": list(canonical(t))} for t in self.flows_with_state]}
 
     def hold(self, key):
         self._call("hold", flow_key(key))
@@ -366,3 +368,16 @@ def test_no_flow_is_steered_to_an_instance_that_has_not_answered_yet(tmp_path):
     assert controller.on_new_flow(SOURCE_PORT, tuple_n(1)) is None
     controller.poll_instances()
     assert controller.on_new_flow(SOURCE_PORT, tuple_n(1)).instance in {"nf1", "nf2"}
+
+
+def test_a_flow_whose_rules_idled_out_returns_to_the_instance_holding_its_state(rig):
+    c = rig.controller
+    first = c.on_new_flow(SOURCE_PORT, tuple_n(1))
+    for direction in (tuple_n(1), reverse(tuple_n(1))):
+        c.on_rule_expired(direction)
+    assert not c.flows_view()
+    for _ in range(3):  # other flows now make the first flow's instance the more loaded one
+        c.on_new_flow(SOURCE_PORT, tuple_n(10 + _))
+    rig.nfs[first.instance].flows_with_state = [tuple_n(1)]
+    c.poll_instances()
+    assert c.on_new_flow(SOURCE_PORT, tuple_n(1)).instance == first.instance

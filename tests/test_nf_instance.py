@@ -7,11 +7,12 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from mininet_topos.nf_channel import ChannelServer, NFClient, NFError
 from mininet_topos.nf_instance import NetworkFunction
-from trace_replay.live import build_frame, canonical_key, parse_frame
+from trace_replay.live import build_frame, canonical_key, paced, parse_frame
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -298,3 +299,10 @@ def test_client_raises_nf_errors_and_reconnects_after_the_server_restarts(tmp_pa
 def test_socket_path_too_long_is_refused(tmp_path):
     with pytest.raises(ValueError, match="longer than 107 bytes"):
         NFClient(tmp_path / ("x" * 120))
+
+
+def test_pacing_spreads_a_burst_at_the_line_rate_in_order_and_leaves_sparse_packets_alone():
+    burst_then_sparse = np.array([0.0, 0.0001, 0.0002, 0.0003, 1.0, 2.0])
+    sent = paced(burst_then_sparse, rate_pps=1000.0)
+    assert np.allclose(sent, [0.0, 0.001, 0.002, 0.003, 1.0, 2.0])
+    assert np.all(np.diff(sent) >= 0.001 - 1e-12)

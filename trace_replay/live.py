@@ -45,12 +45,24 @@ hosts' kernels ignore the frames (their AF_PACKET sockets still see them) and th
 not MAC learning, decide where they go."""
 
 DEFAULT_MAX_PPS = 2000.0
+CONTROLLER_PATH_DSCP = 8
+"""DSCP the controller writes into a packet it forwards itself (a packet-out: the flow's first packets,
+before its rules are in), so the sink can tell set-up reordering from reordering by a migration."""
+DEFAULT_LINE_RATE_PPS = 4000.0
+"""Packets leave the source no faster than this, as through an access link: a trace burst (the
+sample holds NFS bursts of hundreds of packets within a few ms) is spread out behind it, in order.
+Unpaced, a new flow's burst would reach the switch before the controller could install its rules."""
 """Peak replay rate the testbed is sized for on two cores (docs/testbed.md)."""
 
 ETH_P_ALL, ETH_P_IP = 0x0003, 0x0800
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 PACKET_OUTGOING = 4
-_SOL_PACKET, _PACKET_ADD_MEMBERSHIP, _PACKET_MR_PROMISC = 263, 1, 1
+_SOL_PACKET, _PACKET_ADD_MEMBERSHIP, _PACKET_MR_PROMISC, _PACKET_STATISTICS = 263, 1, 1, 6
+_SO_RCVBUFFORCE = 33
+
+RECEIVE_BUFFER_BYTES = 32 << 20
+"""Kernel queue of a packet socket. The default (about 200 kB, some 100 frames) overflows on a trace's
+bursts whenever the reading process waits for a core, which would lose packets outside the design."""
 
 _ETHERNET = struct.Struct("!6s6sH")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
@@ -104,6 +116,7 @@ class ParsedFrame:
     dst_port: int
     proto: int
     payload_offset: int  # where the transport payload (and a replay stamp) starts
+    dscp: int = 0
 
     @property
     def key(self) -> FlowKey:
@@ -127,7 +140,7 @@ def parse_frame(frame: bytes) -> ParsedFrame | None:
     """Parse an untagged Ethernet frame carrying IPv4; None for anything else or a truncated frame."""
     if len(frame) < _ETHERNET_LEN + _IPV4_LEN or _ETHERNET.unpack_from(frame)[2] != ETH_P_IP:
         return None
-    version_ihl, _tos, _length, _ident, fragment, _ttl, proto, _checksum, src, dst = _IPV4.unpack_from(
+    version_ihl, tos, _length, _ident, fragment, _ttl, proto, _checksum, src, dst = _IPV4.unpack_from(
         frame, _ETHERNET_LEN
     )
     header_len = (version_ihl & 0x0F) * 4
@@ -143,7 +156,7 @@ def parse_frame(frame: bytes) -> ParsedFrame | None:
             payload += _UDP.size
         elif len(frame) >= transport + _TCP.size:
             payload += (frame[transport + 12] >> 4) * 4
-    return ParsedFrame(src, dst, src_port, dst_port, proto, payload)
+    return ParsedFrame(src, dst, src_port, dst_port, proto, payload, tos >> 2)
 
 
 def build_frame(
@@ -207,6 +220,7 @@ def open_packet_socket(interface: str, *, promiscuous: bool, timeout: float | No
         raise PermissionError(f"opening a packet socket on {interface} needs CAP_NET_RAW (root)") from exc
     try:
         sock.bind((interface, 0))
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECEIVE_BUFFER_BYTES)
         if promiscuous:
             index = socket.if_nametoindex(interface)
             membership = struct.pack("iHH8s", index, _PACKET_MR_PROMISC, 0, b"")
@@ -216,6 +230,13 @@ def open_packet_socket(interface: str, *, promiscuous: bool, timeout: float | No
         sock.close()
         raise OSError(f"cannot open a packet socket on interface {interface!r}: {exc}") from exc
     return sock
+
+
+def socket_drops(sock: socket.socket) -> int:
+    """Frames the kernel dropped on `sock` because its queue was full, since the previous call
+    (reading PACKET_STATISTICS resets the kernel's counters)."""
+    _, drops = struct.unpack("II", sock.getsockopt(_SOL_PACKET, _PACKET_STATISTICS, 8))
+    return drops
 
 
 def interface_mac(interface: str) -> bytes:
@@ -287,14 +308,16 @@ def load_schedule(
     duration_s: float | None = None,
     max_flows: int | None = None,
     max_pps: float = DEFAULT_MAX_PPS,
+    line_rate_pps: float = DEFAULT_LINE_RATE_PPS,
 ) -> ReplaySchedule:
     """The replay of a trace's IPv4 packets from `start_s` (trace seconds after its first packet) for
-    `duration_s`, keeping the `max_flows` flows with most packets there, played `speed` times faster.
+    `duration_s`, keeping the `max_flows` flows with most packets there, played `speed` times faster
+    and paced to at most `line_rate_pps` (a packet waits for the previous one's slot, order kept).
 
     Raises ValueError if the result is empty or would exceed `max_pps` in some second: the testbed
     only measures the NFs while the machine itself keeps up.
     """
-    for name, value in (("speed", speed), ("max_pps", max_pps)):
+    for name, value in (("speed", speed), ("max_pps", max_pps), ("line_rate_pps", line_rate_pps)):
         if not value > 0:
             raise ValueError(f"{name} must be positive, not {value!r}")
     if start_s < 0 or (duration_s is not None and not duration_s > 0):
@@ -330,7 +353,7 @@ def load_schedule(
     flow_ids[by_appearance] = np.arange(len(by_appearance))
 
     schedule = np.zeros(len(packets), REPLAY_DTYPE)
-    schedule["ts"] = (packets["ts"] - packets["ts"][0]) / speed
+    schedule["ts"] = paced((packets["ts"] - packets["ts"][0]) / speed, line_rate_pps)
     schedule["flow"] = flow_ids[flow_of_packet]
     for field in ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "wire_len"):
         schedule[field] = packets[field]
@@ -349,6 +372,13 @@ def load_schedule(
             f"{max_pps:g}; lower the speed or max_flows, or raise max_pps"
         )
     return result
+
+
+def paced(ts: np.ndarray, rate_pps: float) -> np.ndarray:
+    """Sorted send times delayed so that consecutive packets are at least 1/rate_pps apart:
+    t'_i = max(t_i, t'_(i-1) + 1/rate), in closed form i/rate + max_(j<=i) (t_j - j/rate)."""
+    slots = np.arange(len(ts)) / rate_pps
+    return slots + np.maximum.accumulate(ts - slots) if len(ts) else ts
 
 
 def replay(schedule: ReplaySchedule, interface: str, sent_log: str | os.PathLike) -> dict:
@@ -405,10 +435,12 @@ def replay(schedule: ReplaySchedule, interface: str, sent_log: str | os.PathLike
 
 
 class SinkCounters:
-    """Per-flow arrival counters of replayed frames."""
+    """Per-flow arrival counters of replayed frames. A frame is reordered when a later one of its flow
+    arrived first; it is counted as set-up reordering when the controller forwarded it itself."""
 
     def __init__(self):
-        self._flows: dict[int, list] = {}  # flow id -> [key, received, reordered, bytes, highest sequence]
+        # flow id -> [key, received, reordered, bytes, highest sequence, reordered at set-up]
+        self._flows: dict[int, list] = {}
         self.ignored = 0  # frames without a replay stamp
 
     def count(self, frame: bytes) -> None:
@@ -420,24 +452,27 @@ class SinkCounters:
         flow_id, sequence = stamp
         counters = self._flows.get(flow_id)
         if counters is None:
-            self._flows[flow_id] = [parsed.key, 1, 0, len(frame), sequence]
+            self._flows[flow_id] = [parsed.key, 1, 0, len(frame), sequence, 0]
             return
         counters[1] += 1
         counters[3] += len(frame)
         if sequence < counters[4]:
             counters[2] += 1
+            counters[5] += parsed.dscp == CONTROLLER_PATH_DSCP
         else:
             counters[4] = sequence
 
     def snapshot(self) -> dict:
         flows = {
-            str(flow): {"key": list(key), "received": received, "reordered": reordered, "bytes": size}
-            for flow, (key, received, reordered, size, _highest) in sorted(self._flows.items())
+            str(flow): {"key": list(key), "received": received, "reordered": reordered,
+                        "reordered_at_setup": at_setup, "bytes": size}
+            for flow, (key, received, reordered, size, _highest, at_setup) in sorted(self._flows.items())
         }
         return {
             "time": time.time(),
             "received": sum(flow["received"] for flow in flows.values()),
             "reordered": sum(flow["reordered"] for flow in flows.values()),
+            "reordered_at_setup": sum(flow["reordered_at_setup"] for flow in flows.values()),
             "ignored": self.ignored,
             "flows": flows,
         }
@@ -455,13 +490,16 @@ def run_sink(interface: str, out: str | os.PathLike) -> None:
         dump_requested = True
 
     def dump():
-        nonlocal writes, dump_requested
+        nonlocal writes, dump_requested, socket_dropped
         writes += 1
         dump_requested = False
-        write_json_atomically(out, {"interface": interface, "writes": writes, **counters.snapshot()})
+        socket_dropped += socket_drops(sock)
+        write_json_atomically(out, {"interface": interface, "writes": writes, "socket_dropped": socket_dropped,
+                                    **counters.snapshot()})
 
     signal.signal(signal.SIGUSR1, request_dump)
     sock = open_packet_socket(interface, promiscuous=True, timeout=0.2)
+    socket_dropped = 0
     dump()  # the file exists from the start: a reader can wait for it to know the sink is up
     try:
         with stop_on_sigterm():
@@ -485,19 +523,21 @@ def flow_outcomes(sent_log: dict, sink_log: dict) -> dict:
     """Per-flow and total sent, received, lost (sent - received) and reordered packets."""
     flows = {}
     for flow, entry in sent_log["flows"].items():
-        arrived = sink_log["flows"].get(flow, {"received": 0, "reordered": 0})
+        arrived = sink_log["flows"].get(flow, {"received": 0, "reordered": 0, "reordered_at_setup": 0})
         flows[flow] = {
             "key": entry["key"],
             "sent": entry["sent"],
             "received": arrived["received"],
             "lost": entry["sent"] - arrived["received"],
             "reordered": arrived["reordered"],
+            "reordered_at_setup": arrived["reordered_at_setup"],
         }
     unexpected = sorted(set(sink_log["flows"]) - set(sent_log["flows"]), key=int)
     if unexpected:
         raise ValueError(f"the sink counted flows the sender never sent: {unexpected[:10]}")
     totals = {
-        name: sum(flow[name] for flow in flows.values()) for name in ("sent", "received", "lost", "reordered")
+        name: sum(flow[name] for flow in flows.values())
+        for name in ("sent", "received", "lost", "reordered", "reordered_at_setup")
     }
     return {**totals, "flows": flows}
 
@@ -517,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
                 duration_s=args.duration,
                 max_flows=args.max_flows,
                 max_pps=args.max_pps,
+                line_rate_pps=args.line_rate,
             )
             with stop_on_sigterm():
                 log = replay(schedule, args.interface, args.out)
@@ -551,6 +592,12 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_MAX_PPS,
         help=f"refuse schedules that peak above this rate (default {DEFAULT_MAX_PPS:g})",
+    )
+    send.add_argument(
+        "--line-rate",
+        type=float,
+        default=DEFAULT_LINE_RATE_PPS,
+        help=f"send no faster than this many packets/s, bursts spread in order (default {DEFAULT_LINE_RATE_PPS:g})",
     )
     sink = commands.add_parser("sink", help="count replayed frames arriving on an interface")
     sink.add_argument("--interface", required=True)
