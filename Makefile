@@ -8,8 +8,8 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/dm-trace info $(SAMPLE)
-	.venv/bin/dm-trace scenarios $(SAMPLE)
+	mkdir -p out
+	.venv/bin/dm-demo --duration 60 --json out/demo-summary.json
 
 test: setup
 	$(PY) -m pytest

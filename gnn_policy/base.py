@@ -25,11 +25,11 @@ class Problem:
     params: CostParams = CostParams()
 
     @classmethod
-    def of(cls, state: ClusterState, thresholds: Thresholds, params: CostParams = CostParams()) -> "Problem":
+    def of(cls, state: ClusterState, thresholds: Thresholds, params: CostParams = CostParams()) -> Problem:
         """The problem the twin sees in `state`: scenario detection included."""
         return cls(state, detect(state, thresholds), thresholds, params)
 
-    def as_scenario(self, kind: ScenarioKind) -> "Problem":
+    def as_scenario(self, kind: ScenarioKind) -> Problem:
         """The same state treated as another scenario (the benchmarks fix the scenario per experiment)."""
         return replace(self, scenario=replace(self.scenario, kind=kind))
 
@@ -46,7 +46,7 @@ class Decision:
     """Exact solvers only: the certified relative gap of the returned action."""
 
     @classmethod
-    def infeasible(cls, reason: str) -> "Decision":
+    def infeasible(cls, reason: str) -> Decision:
         return cls(IndexedAction(), feasible=False, reason=reason)
 
 

@@ -590,7 +590,7 @@ class Optimal(Policy):
                 decision = self._load_balance(problem, candidates, deadline, report)
             else:
                 decision = self._scale(problem, candidates, deadline, report)
-        except Exception as error:  # the solver must never take the controller down
+        except Exception as error:  # noqa: BLE001 - the solver must never take the controller down
             report.add(f"solver failed ({type(error).__name__}: {error}); best warm start returned")
             decision = self._fallback(problem, candidates, load_balance, report)
         elapsed = time.perf_counter() - began
@@ -604,7 +604,7 @@ class Optimal(Policy):
         for policy in self.warm_start:
             try:
                 decision = policy.decide(problem)
-            except Exception as error:  # a failing baseline is skipped, never propagated
+            except Exception as error:  # noqa: BLE001 - a failing baseline is skipped, never propagated
                 report.add(f"warm start {policy.name} raised {type(error).__name__}")
                 continue
             if not decision.feasible:

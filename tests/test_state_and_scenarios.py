@@ -79,7 +79,7 @@ def test_load_judgment_counts_instances_needed_at_th_high():
     assert detect(state, Thresholds(high=0.6)).cluster_utilisation == pytest.approx(0.7)
 
 
-@pytest.mark.parametrize("kwargs", [dict(high=0.1, low=0.2), dict(high=1.2), dict(low=-0.1), dict(var=-1.0)])
+@pytest.mark.parametrize("kwargs", [{"high": 0.1, "low": 0.2}, {"high": 1.2}, {"low": -0.1}, {"var": -1.0}])
 def test_thresholds_out_of_range_are_rejected(kwargs):
     with pytest.raises(ValueError):
         Thresholds(**kwargs)

@@ -40,7 +40,7 @@ class Action:
     start: tuple[str, ...] = ()
     stop: tuple[str, ...] = ()
 
-    def reversed(self) -> "Action":
+    def reversed(self) -> Action:
         """The action that undoes this one."""
         return Action(tuple(Migration(m.flow, m.dst, m.src) for m in self.migrations),
                       start=self.stop, stop=self.start)

@@ -8,9 +8,10 @@ state (see `twin.migration`).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class FiveTuple(NamedTuple):
     proto: int
 
     @classmethod
-    def from_record(cls, record) -> "FiveTuple":
+    def from_record(cls, record) -> FiveTuple:
         return cls(str(ipaddress.IPv4Address(int(record["src_ip"]))),
                    str(ipaddress.IPv4Address(int(record["dst_ip"]))),
                    int(record["src_port"]), int(record["dst_port"]), int(record["proto"]))
@@ -127,7 +128,7 @@ class ClusterState:
     @classmethod
     def from_objects(cls, instances: Sequence[Instance], flows: Iterable[Flow],
                      migration_ms: np.ndarray | None = None, params: CostParams = CostParams(),
-                     time_s: float = 0.0) -> "ClusterState":
+                     time_s: float = 0.0) -> ClusterState:
         """Build a state from the object view; la_ij defaults to one OpenNF hop between every pair."""
         flows = list(flows)
         ids = tuple(i.id for i in instances)
@@ -153,7 +154,7 @@ class ClusterState:
             time_s=time_s,
         )
 
-    def with_changes(self, **changes) -> "ClusterState":
+    def with_changes(self, **changes) -> ClusterState:
         """A copy with some arrays replaced (validated like any new state)."""
         return replace(self, **changes)
 
@@ -214,7 +215,7 @@ class ClusterState:
     def flows(self) -> list[Flow]:
         return [self.flow(f) for f in range(self.n_flows)]
 
-    def same_as(self, other: "ClusterState") -> bool:
+    def same_as(self, other: ClusterState) -> bool:
         """Exact equality of every field (states hold arrays, so `==` is not defined)."""
         if self.instance_ids != other.instance_ids or self.flow_ids != other.flow_ids:
             return False
