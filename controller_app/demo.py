@@ -247,11 +247,12 @@ def summarise(decisions: list[dict], outcomes: dict, nf_reports: dict[str, dict]
         "packets_lost_elsewhere": outcomes["lost"] - dropped - socket_dropped,
         "packets_reordered": outcomes["reordered"],
         "packets_reordered_at_flow_setup": outcomes["reordered_at_setup"],
+        "packets_reordered_after_setup": outcomes["reordered"] - outcomes["reordered_at_setup"],
         "nf_counters": {name: {counter: report.get(counter, 0) for counter in NF_COUNTERS}
                         for name, report in sorted(nf_reports.items())},
         "migrated_flows_packets_lost": sum(f["lost"] for f in on_migrated),
-        "migrated_flows_packets_reordered_by_migrations": sum(f["reordered"] - f["reordered_at_setup"]
-                                                              for f in on_migrated),
+        "migrated_flows_packets_reordered_after_setup": sum(f["reordered"] - f["reordered_at_setup"]
+                                                            for f in on_migrated),
         "decision_ms_p50": _percentile([d["decision_ms"] for d in decisions if d["origin"] == "policy"], 50),
         "decision_ms_p99": _percentile([d["decision_ms"] for d in decisions if d["origin"] == "policy"], 99),
         "migration_ms_p50": _percentile([m["duration_ms"] for m in done], 50),

@@ -12,7 +12,14 @@ import pytest
 
 from mininet_topos.nf_channel import ChannelServer, NFClient, NFError
 from mininet_topos.nf_instance import NetworkFunction
-from trace_replay.live import build_frame, canonical_key, paced, parse_frame
+from trace_replay.live import (
+    CONTROLLER_PATH_DSCP,
+    SinkCounters,
+    build_frame,
+    canonical_key,
+    paced,
+    parse_frame,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -306,3 +313,22 @@ def test_pacing_spreads_a_burst_at_the_line_rate_in_order_and_leaves_sparse_pack
     sent = paced(burst_then_sparse, rate_pps=1000.0)
     assert np.allclose(sent, [0.0, 0.001, 0.002, 0.003, 1.0, 2.0])
     assert np.all(np.diff(sent) >= 0.001 - 1e-12)
+
+
+def test_sink_counts_reordering_per_direction_and_tells_controller_forwarded_frames_apart():
+    a, b = int(ipaddress.IPv4Address("10.1.0.1")), int(ipaddress.IPv4Address("10.2.0.2"))
+
+    def frame(sequence: int, forward: bool, via_controller: bool = False) -> bytes:
+        ends = (a, b, 1000, 80) if forward else (b, a, 80, 1000)
+        data = bytearray(build_frame(b"\x02" * 6, ends[0], ends[1], ends[2], ends[3], 6, 100, 7, sequence))
+        if via_controller:
+            data[15] = CONTROLLER_PATH_DSCP << 2  # the IPv4 ToS byte, as the controller's packet-out sets it
+        return bytes(data)
+
+    sink = SinkCounters()
+    # The reverse frame 1 arriving after forward frame 2 is no reordering: directions are ordered apart.
+    for data in (frame(0, True), frame(2, True), frame(1, False), frame(3, False),
+                 frame(1, True, via_controller=True), frame(2, False)):
+        sink.count(data)
+    counts = sink.snapshot()
+    assert (counts["received"], counts["reordered"], counts["reordered_at_setup"]) == (6, 2, 1)

@@ -45,6 +45,7 @@ hosts' kernels ignore the frames (their AF_PACKET sockets still see them) and th
 not MAC learning, decide where they go."""
 
 DEFAULT_MAX_PPS = 2000.0
+"""Peak replay rate the testbed is sized for on two cores (docs/testbed.md)."""
 CONTROLLER_PATH_DSCP = 8
 """DSCP the controller writes into a packet it forwards itself (a packet-out: the flow's first packets,
 before its rules are in), so the sink can tell set-up reordering from reordering by a migration."""
@@ -52,7 +53,6 @@ DEFAULT_LINE_RATE_PPS = 4000.0
 """Packets leave the source no faster than this, as through an access link: a trace burst (the
 sample holds NFS bursts of hundreds of packets within a few ms) is spread out behind it, in order.
 Unpaced, a new flow's burst would reach the switch before the controller could install its rules."""
-"""Peak replay rate the testbed is sized for on two cores (docs/testbed.md)."""
 
 ETH_P_ALL, ETH_P_IP = 0x0003, 0x0800
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
@@ -435,11 +435,14 @@ def replay(schedule: ReplaySchedule, interface: str, sent_log: str | os.PathLike
 
 
 class SinkCounters:
-    """Per-flow arrival counters of replayed frames. A frame is reordered when a later one of its flow
-    arrived first; it is counted as set-up reordering when the controller forwarded it itself."""
+    """Per-flow arrival counters of replayed frames. A frame is reordered when a later frame of its flow
+    *in the same direction* arrived first: order is a per-direction property (TCP's), and the two
+    directions take different rules, so a switch may interleave them differently than the trace.
+    A reordered frame counts as set-up reordering when the controller forwarded it itself."""
 
     def __init__(self):
-        # flow id -> [key, received, reordered, bytes, highest sequence, reordered at set-up]
+        # flow id -> [key, received, reordered, bytes, highest sequence a->b, reordered at set-up,
+        #             highest sequence b->a]
         self._flows: dict[int, list] = {}
         self.ignored = 0  # frames without a replay stamp
 
@@ -452,21 +455,22 @@ class SinkCounters:
         flow_id, sequence = stamp
         counters = self._flows.get(flow_id)
         if counters is None:
-            self._flows[flow_id] = [parsed.key, 1, 0, len(frame), sequence, 0]
-            return
+            counters = self._flows[flow_id] = [parsed.key, 0, 0, 0, -1, 0, -1]
+        key = counters[0]
+        highest = 4 if (socket.inet_ntoa(parsed.src_ip), parsed.src_port) == (key[0], key[2]) else 6
         counters[1] += 1
         counters[3] += len(frame)
-        if sequence < counters[4]:
+        if sequence < counters[highest]:
             counters[2] += 1
             counters[5] += parsed.dscp == CONTROLLER_PATH_DSCP
         else:
-            counters[4] = sequence
+            counters[highest] = sequence
 
     def snapshot(self) -> dict:
         flows = {
             str(flow): {"key": list(key), "received": received, "reordered": reordered,
                         "reordered_at_setup": at_setup, "bytes": size}
-            for flow, (key, received, reordered, size, _highest, at_setup) in sorted(self._flows.items())
+            for flow, (key, received, reordered, size, _, at_setup, _) in sorted(self._flows.items())
         }
         return {
             "time": time.time(),
