@@ -15,16 +15,21 @@ The node values of the output graph are the resulting load distribution, load_j 
 On the scale-in graph (one or more underloaded instances removed) the removed instances' load
 must land somewhere: each removed instance, least loaded first, draws its destination from a
 categorical over the remaining nodes (softmax of the node logits, destinations already drawn
-masked out), so the whole action keeps an exact log-probability. Deterministic mode takes the
-most likely level and destination.
+masked out), so the whole action keeps an exact log-probability. Deterministic mode proposes two
+actions per graph, the most likely level per edge and the mean level per edge (netted, see
+`proportional`: the mode cannot spread a surplus over several alike receivers), with the most
+likely destinations.
 
 **The double GNN.** The load judgment (`twin.scenario.instances_needed`) says how many instances
 must be active. For scale-out the modified graph adds that many standby instances (at least one),
-each the standby nearest the next most loaded instance; for scale-in it removes that many
-underloaded instances (at least one), least loaded first. The GNN runs on the current and on the
-modified graph, and the action comparison keeps the better of the two under the scenario's
-figure of merit (`objective`). A guard then compares with the cheap baselines on the same state
-and returns the best baseline's action if it is better; `guard_fired` counts how often.
+each the standby nearest the next most loaded instance; for scale-in, graphs remove shares of the
+underloaded instances that can go (`DRAIN_SHARES`), least loaded first. The GNN runs on all graphs
+in one batch, and the action comparison keeps the best action under the scenario's figure of merit
+(`objective`). A guard then compares with the cheap baselines on the same state and returns the
+best baseline's action if it is better; `guard_fired` counts how often.
+
+**Imitation.** `imitation_choice` turns a teacher's flow-level action into this action space, for
+the warm start of `gnn_policy.train`.
 """
 from __future__ import annotations
 
@@ -38,12 +43,12 @@ from torch_geometric.data import Batch, Data
 
 from gnn_policy import checkpoint
 from gnn_policy.base import Decision, Outcome, Policy, Problem, score
-from gnn_policy.baselines import OFM, Pairwise, RandomScaleIn, SizeGreedy
+from gnn_policy.baselines import OFM, RandomScaleIn, SizeGreedy
 from gnn_policy.baselines._plan import Plan
 from gnn_policy.gn import GNPolicyNet
 from gnn_policy.translator import LoadRequest, translate
 from twin.graph import to_pyg
-from twin.migration import CostBreakdown
+from twin.migration import CostBreakdown, IndexedAction
 from twin.params import Thresholds
 from twin.scenario import ScenarioKind
 from twin.state import ClusterState
@@ -67,17 +72,23 @@ class GraphView:
     label: str = "current"
 
 
+DRAIN_SHARES = (0.25, 0.5, 0.75, 1.0)
+"""Scale-in graphs remove these shares of the instances the load judgment lets go (least loaded first). The
+action comparison keeps the best: draining an instance whose flows cost more to move than the C_R it saves
+does not pay, and how many do depends on the state."""
+
+
 def views(problem: Problem) -> list[GraphView]:
-    """The current graph, plus the modified graph of Fig. 3 for scale-out and scale-in."""
+    """The current graph, plus the modified graph(s) of Fig. 3 for scale-out and scale-in."""
     state, kind = problem.state, problem.scenario.kind
     current = GraphView(state, to_pyg(state))
     if kind is ScenarioKind.SCALE_OUT:
-        modified = scale_out_view(problem)
+        modified = [scale_out_view(problem)]
     elif kind is ScenarioKind.SCALE_IN:
-        modified = scale_in_view(problem)
+        modified = [scale_in_view(problem, count) for count in drain_counts(problem)]
     else:
-        modified = None
-    return [current] if modified is None else [current, modified]
+        modified = []
+    return [current, *(view for view in modified if view is not None)]
 
 
 def scale_out_view(problem: Problem) -> GraphView | None:
@@ -96,15 +107,22 @@ def scale_out_view(problem: Problem) -> GraphView | None:
     return GraphView(state, to_pyg(state.with_changes(active=plan.active)), label="scale-out")
 
 
-def scale_in_view(problem: Problem) -> GraphView | None:
-    """The least loaded underloaded instances removed with their flows; None when none can go."""
+def drain_counts(problem: Problem) -> list[int]:
+    """How many instances each scale-in graph removes: `DRAIN_SHARES` of those the load judgment lets go."""
+    n_active = int(problem.state.active.sum())
+    wanted = min(max(1, n_active - problem.scenario.instances_needed), len(problem.scenario.underloaded), n_active - 1)
+    return sorted({max(1, round(wanted * share)) for share in DRAIN_SHARES}) if wanted >= 1 else []
+
+
+def scale_in_view(problem: Problem, count: int | None = None) -> GraphView | None:
+    """The `count` (default: all the load judgment lets go) least loaded underloaded instances removed with
+    their flows; None when none can go."""
     state = problem.state
-    n_active = int(state.active.sum())
-    cold = list(problem.scenario.underloaded)
-    wanted = min(max(1, n_active - problem.scenario.instances_needed), len(cold), n_active - 1)
-    if wanted < 1:
+    counts = drain_counts(problem)
+    if not counts:
         return None
-    drained = tuple(cold[:wanted])
+    wanted = counts[-1] if count is None else count
+    drained = problem.scenario.underloaded[:wanted]
     keep = ~np.isin(state.assignment, drained)
     active = state.active.copy()
     active[list(drained)] = False
@@ -112,7 +130,7 @@ def scale_in_view(problem: Problem) -> GraphView | None:
         active=active, flow_ids=tuple(np.asarray(state.flow_ids, dtype=object)[keep].tolist()),
         five_tuple=state.five_tuple[keep], rate=state.rate[keep], byte_rate=state.byte_rate[keep],
         sla_ms=state.sla_ms[keep], assignment=state.assignment[keep])
-    return GraphView(state, to_pyg(remaining), drained=drained, label="scale-in")
+    return GraphView(state, to_pyg(remaining), drained=drained, label=f"scale-in {wanted}")
 
 
 def context(thresholds: Sequence[Thresholds]) -> torch.Tensor:
@@ -120,9 +138,36 @@ def context(thresholds: Sequence[Thresholds]) -> torch.Tensor:
     return torch.tensor([[t.high, t.low] for t in thresholds], dtype=torch.float32)
 
 
+def collate(graphs: Sequence[Data]) -> Batch:
+    """`Batch.from_data_list` reduced to the attributes of `twin.graph.to_pyg` graphs: PyG's generic
+    collation takes about 0.7 ms, a seventh of a decision's 5 ms budget at N = 40."""
+    sizes = [graph.num_nodes for graph in graphs]
+    starts = np.cumsum([0, *sizes])
+    return Batch(x=torch.cat([g.x for g in graphs]), edge_attr=torch.cat([g.edge_attr for g in graphs]),
+                 edge_index=torch.cat([g.edge_index + int(s) for g, s in zip(graphs, starts)], dim=1),
+                 u=torch.cat([g.u for g in graphs]), batch=torch.from_numpy(np.repeat(np.arange(len(graphs)), sizes)),
+                 ptr=torch.from_numpy(starts))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """An action in the policy's own terms, on one view's graph."""
+
+    levels: torch.Tensor
+    """[edges] long: the index in `net.config.levels` drawn on each edge of the view's graph."""
+    destinations: tuple[int, ...] = ()
+    """Graph node position of the destination of each of the view's drained instances, in order."""
+    weights: torch.Tensor | None = None
+    """[edges, levels] imitation targets only: a distribution over the levels (None: all mass on `levels`)."""
+
+
 @dataclass(frozen=True)
 class Sample:
+    choice: Choice
     request: LoadRequest
+    mean_request: LoadRequest
+    """The per-edge mean of the level distribution, netted (`proportional`), with the same drains: one action
+    for several alike receivers, which the mode cannot say."""
     log_prob: torch.Tensor
     """0-d: exact log-probability of the drawn levels and drain destinations."""
     entropy: torch.Tensor
@@ -130,56 +175,151 @@ class Sample:
 
 
 def act(net: GNPolicyNet, graph_views: Sequence[GraphView], thresholds: Sequence[Thresholds], *,
-        greedy: bool, generator: torch.Generator | None = None) -> list[Sample]:
-    """Run the network once on all views (one PyG batch) and draw (or take the mode of) each action."""
-    batch = Batch.from_data_list([view.graph for view in graph_views])
+        greedy: bool = False, generator: torch.Generator | None = None,
+        given: Sequence[Choice] | None = None) -> list[Sample]:
+    """Run the network once on all views (one PyG batch) and draw, take the mode of, or (`given`, for
+    imitation) score each action."""
+    batch = collate([view.graph for view in graph_views])
     logits = net(batch, context(thresholds))
-    levels = torch.tensor(net.config.levels, dtype=torch.float64)
     edge_log_p = torch.log_softmax(logits.edge, dim=1)
-    if greedy:
+    if given is not None:
+        chosen = torch.cat([choice.levels for choice in given])
+    elif greedy:
         chosen = edge_log_p.argmax(dim=1)
     else:
         chosen = torch.multinomial(edge_log_p.exp(), 1, generator=generator).squeeze(1)
+    if given is not None:
+        targets = torch.cat([torch.nn.functional.one_hot(c.levels, edge_log_p.size(1)).float() if c.weights is None
+                             else c.weights for c in given])
+        edge_term = (targets * edge_log_p).sum(dim=1)
+    else:
+        edge_term = edge_log_p.gather(1, chosen[:, None]).squeeze(1)
     edge_graph = batch.batch[batch.edge_index[0]]
     n_graphs = len(graph_views)
-    log_prob = torch.zeros(n_graphs).index_add(0, edge_graph, edge_log_p.gather(1, chosen[:, None]).squeeze(1))
+    log_prob = torch.zeros(n_graphs).index_add(0, edge_graph, edge_term)
     entropy_per_edge = -(edge_log_p.exp() * edge_log_p).sum(dim=1)
     edges_per_graph = torch.bincount(edge_graph, minlength=n_graphs).clamp(min=1)
     entropy = torch.zeros(n_graphs).index_add(0, edge_graph, entropy_per_edge) / edges_per_graph
 
+    grid = torch.tensor(net.config.levels, dtype=torch.float64)
+    drawn, mean = grid[chosen].numpy(), (edge_log_p.detach().double().exp() @ grid).numpy()
     samples = []
     edge_start = np.cumsum([0] + [view.graph.num_edges for view in graph_views])
     for g, view in enumerate(graph_views):
-        nodes = view.graph.instance_index.numpy()
-        edge_rows = slice(int(edge_start[g]), int(edge_start[g + 1]))
-        senders, receivers = view.graph.edge_index.numpy()
-        src, dst = nodes[senders], nodes[receivers]
-        amounts = np.zeros((view.state.n_instances, view.state.n_instances))
-        amounts[src, dst] = levels[chosen[edge_rows]].numpy() * view.state.load_pps[src]
-        drains, drain_log_p = _drains(view, logits.node[int(batch.ptr[g]):int(batch.ptr[g + 1])], greedy, generator)
-        samples.append(Sample(LoadRequest(amounts, drains), log_prob[g] + drain_log_p, entropy[g]))
+        node_logits = logits.node[int(batch.ptr[g]):int(batch.ptr[g + 1])]
+        destinations, drain_log_p = _drains(view, node_logits, greedy, generator,
+                                            None if given is None else given[g].destinations)
+        edges = slice(int(edge_start[g]), int(edge_start[g + 1]))
+        samples.append(Sample(Choice(chosen[edges], destinations), request_of(view, drawn[edges], destinations),
+                              _netted(request_of(view, mean[edges], destinations)), log_prob[g] + drain_log_p,
+                              entropy[g]))
     return samples
 
 
-def _drains(view: GraphView, node_logits: torch.Tensor, greedy: bool,
-            generator: torch.Generator | None) -> tuple[tuple[tuple[int, int], ...], torch.Tensor]:
-    """Destinations of the removed instances, drawn without replacement while nodes remain."""
+def request_of(view: GraphView, fractions: np.ndarray, destinations: Sequence[int]) -> LoadRequest:
+    """The loads asked for by a fraction of the sender's load per edge and a destination node per drained
+    instance, in the state's instance indices (what `translate` takes)."""
+    nodes = view.graph.instance_index.numpy()
+    senders, receivers = view.graph.edge_index.numpy()
+    src, dst = nodes[senders], nodes[receivers]
+    amounts = np.zeros((view.state.n_instances, view.state.n_instances))
+    amounts[src, dst] = fractions * view.state.load_pps[src]
+    return LoadRequest(amounts, tuple((v, int(nodes[k])) for v, k in zip(view.drained, destinations)))
+
+
+def _netted(request: LoadRequest) -> LoadRequest:
+    return LoadRequest(proportional(request.amounts), request.drains)
+
+
+def proportional(amounts: np.ndarray) -> np.ndarray:
+    """The plan with the same net load per instance as `amounts` [N, N], every net sender's surplus spread over
+    the net receivers in proportion to their intake: canonical (what alike receivers get does not depend on
+    how a teacher paired them) and without the small back-and-forth loads a mean action has on every edge."""
+    net_load = amounts.sum(axis=1) - amounts.sum(axis=0)
+    out, into = np.maximum(net_load, 0.0), np.maximum(-net_load, 0.0)
+    return np.outer(out, into) / max(into.sum(), 1e-12)
+
+
+def _drains(view: GraphView, node_logits: torch.Tensor, greedy: bool, generator: torch.Generator | None,
+            given: tuple[int, ...] | None) -> tuple[tuple[int, ...], torch.Tensor]:
+    """Destination nodes of the removed instances, drawn without replacement while nodes remain."""
     log_p = node_logits.new_zeros(())
-    drains = []
+    destinations = []
     taken = torch.zeros_like(node_logits, dtype=torch.bool)
-    for v in view.drained:
+    for d, _ in enumerate(view.drained):
         if taken.all():
             taken = torch.zeros_like(taken)
         node_log_p = torch.log_softmax(node_logits.masked_fill(taken, float("-inf")), dim=0)
-        if greedy:
+        if given is not None:
+            k = given[d]
+        elif greedy:
             k = int(node_log_p.argmax())
         else:
             k = int(torch.multinomial(node_log_p.exp(), 1, generator=generator))
         log_p = log_p + node_log_p[k]
         taken = taken.clone()
         taken[k] = True
-        drains.append((v, int(view.graph.instance_index[k])))
-    return tuple(drains), log_p
+        destinations.append(k)
+    return tuple(destinations), log_p
+
+
+def imitation_choice(problem: Problem, action: IndexedAction, levels: Sequence[float]) -> tuple[GraphView, Choice]:
+    """A teacher's flow-level `action` in the policy's action space (`_choice_of`) on the view whose mean action
+    realises it best."""
+    kind = problem.scenario.kind
+    best = None
+    for view in views(problem):
+        choice = _choice_of(view, action, levels)
+        mean = (choice.weights.double() @ torch.tensor(levels, dtype=torch.float64)).numpy()
+        request = _netted(request_of(view, mean, choice.destinations))
+        outcome = score(problem, Decision(translate(problem.state, request, problem.params, problem.thresholds.high)))
+        if outcome.valid and (best is None or objective(kind, outcome.breakdown) < best[0]):
+            best = (objective(kind, outcome.breakdown), view, choice)
+    if best is None:
+        raise ValueError("no view of the problem realises the teacher's action validly")
+    return best[1], best[2]
+
+
+def _choice_of(view: GraphView, action: IndexedAction, levels: Sequence[float]) -> Choice:
+    """Edges: the fraction the teacher moves, as weights on the two levels around it whose mean is that
+    fraction exactly ("two-hot"); drains: where most of the drained instance's load went."""
+    state = view.state
+    nodes = view.graph.instance_index.numpy()
+    # standby instances of one set-up are alike: the view's added ones stand for the teacher's started ones
+    added = nodes[~state.active[nodes]]
+    dst = action.dst.copy()
+    for k, started in enumerate(action.start.tolist()):
+        dst[action.dst == started] = added[k] if k < added.size else -1
+    keep = dst >= 0
+    moved = np.zeros((state.n_instances, state.n_instances))
+    np.add.at(moved, (state.assignment[action.flows[keep]], dst[keep]), state.rate[action.flows[keep]])
+    # Which receiver takes which sender's load is arbitrary among alike instances (a teacher pairs them by
+    # rank, say), so the target is the canonical plan with the same net loads: every sender's surplus spread
+    # over the receivers in proportion to what they take. A function of the nodes, it is learnable.
+    transfers = moved.copy()
+    transfers[list(view.drained)] = 0.0  # the drains carry these
+    plan = proportional(transfers)
+    senders, receivers = nodes[view.graph.edge_index.numpy()]
+    fraction = np.clip(plan[senders, receivers] / np.maximum(state.load_pps[senders], 1e-12), 0.0, 1.0)
+    grid = np.asarray(levels)
+    upper = np.clip(np.searchsorted(grid, fraction), 1, grid.size - 1)
+    share = (fraction - grid[upper - 1]) / (grid[upper] - grid[upper - 1])
+    weights = np.zeros((fraction.size, grid.size))
+    rows = np.arange(fraction.size)
+    weights[rows, upper - 1] = 1.0 - share
+    weights[rows, upper] += share
+    destinations: list[int] = []
+    taken = np.zeros(nodes.size, dtype=bool)
+    for v in view.drained:  # without replacement, as `_drains` draws them
+        if taken.all():
+            taken[:] = False
+        free = np.flatnonzero(~taken)
+        received = moved[v, nodes[free]]
+        k = int(free[np.argmax(received)] if received.sum() > 0 else free[np.argmin(state.utilisation[nodes[free]])])
+        taken[k] = True
+        destinations.append(k)
+    return Choice(torch.as_tensor(weights.argmax(axis=1)), tuple(destinations),
+                  torch.as_tensor(weights, dtype=torch.float32))
 
 
 def objective(kind: ScenarioKind, breakdown: CostBreakdown) -> tuple[float, float]:
@@ -215,7 +355,7 @@ class DeepMigration(Policy):
         self._baselines: dict[ScenarioKind, tuple[Policy, ...]] = {
             ScenarioKind.SCALE_OUT: (OFM(), SizeGreedy()),
             ScenarioKind.SCALE_IN: (OFM(), RandomScaleIn(seed=seed)),
-            ScenarioKind.LOAD_BALANCE: (OFM(), Pairwise()),
+            ScenarioKind.LOAD_BALANCE: (OFM(),),
         }
 
     @classmethod
@@ -230,9 +370,11 @@ class DeepMigration(Policy):
         graph_views = views(problem)
         with torch.inference_mode():
             samples = act(self.net, graph_views, [problem.thresholds] * len(graph_views), greedy=True)
-        candidates = [score(problem, Decision(translate(problem.state, s.request, problem.params),
-                                              reason=f"deepmigration: {v.label} graph"))
-                      for v, s in zip(graph_views, samples)]
+        candidates = [score(problem, Decision(translate(problem.state, request, problem.params,
+                                                        problem.thresholds.high),
+                                              reason=f"deepmigration: {v.label} graph, {how}"))
+                      for v, s in zip(graph_views, samples)
+                      for request, how in ((s.request, "most likely levels"), (s.mean_request, "mean levels"))]
         best = min((c for c in candidates if c.valid), key=lambda c: objective(kind, c.breakdown))
         if not self.guard:
             return best.decision

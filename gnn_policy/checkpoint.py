@@ -15,7 +15,8 @@ import torch
 from gnn_policy.gn import GNPolicyNet, NetConfig
 
 FORMAT = "deepmigration-gn"
-VERSION = 1
+VERSION = 2
+"""2: simple RNN cells and 18 migration levels (version 1 had GRU cells and 10 levels)."""
 DEFAULT_CHECKPOINT = Path(__file__).parent / "data" / "deepmigration.pt"
 """The trained checkpoint shipped with the package (`DeepMigration.load(None)`)."""
 

@@ -1,6 +1,12 @@
-"""`dm-train`: Algorithm 1 of the paper, REINFORCE on the GN policy in the batched twin.
+"""`dm-train`: imitation warm start, then Algorithm 1 of the paper (REINFORCE) in the batched twin.
 
-One iteration, top to bottom:
+Phase 1, imitation (a departure from the paper, docs/agent.md says why): the teacher (`Optimal`
+with a short time limit, warm-started from every baseline, so never worse than the best of them)
+decides each training state once (cached on disk); its flow-level action is converted to the
+policy's own action space (`agent.imitation_choice`: a migration level per edge, a destination
+per drained instance) and the network maximises the log-probability of that choice.
+
+Phase 2, Algorithm 1, one iteration top to bottom:
 
 1. draw `groups` start states from the training pool and copy each `episodes` times: the N
    parallel episodes of Algorithm 1 start from the same state, so their mean return is a fair
@@ -10,8 +16,8 @@ One iteration, top to bottom:
    of Fig. 3, the translator turns it into flows and the twin scores and applies it;
 3. R_t = Σ_{t' ≥ t} r_t', b_t = mean of R_t over the episodes of a group, and the loss is
    −Σ log π(a_t | s_t)·(R_t − b_t);
-4. clip the gradient norm, step Adam with a learning rate decaying linearly from 5e-3 to 1e-3, and
-   let the episode length grow by ε.
+4. clip the gradient norm, step Adam with a learning rate decaying linearly from `lr_start` to
+   `lr_end`, and let the episode length grow by ε.
 
 Training states are built from the trace with seeds ≥ `TRAIN_SEED_BASE` (1000): `dm-bench`
 evaluates on seeds 0..9, which training never sees.
@@ -19,6 +25,7 @@ evaluates on seeds 0..9, which training never sees.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -29,14 +36,16 @@ import torch
 from tqdm import tqdm
 
 from gnn_policy import checkpoint
-from gnn_policy.agent import act, reward, views
+from gnn_policy.agent import Choice, GraphView, act, imitation_choice, reward, views
 from gnn_policy.base import Problem
 from gnn_policy.gn import GNPolicyNet, NetConfig
 from gnn_policy.translator import translate
 from trace_replay import scenarios
 from trace_replay.flows import FlowTable, read_flows
 from twin import cost
+from twin.migration import IndexedAction
 from twin.params import CostParams, Thresholds
+from twin.scenario import ScenarioKind
 from twin.sim import BatchedTwin
 from twin.state import ClusterState
 
@@ -46,7 +55,15 @@ TRAIN_SEED_BASE = 1000
 
 @dataclass(frozen=True)
 class TrainConfig:
-    iterations: int = 800
+    imitation_epochs: int = 400
+    """Passes over the teacher's choices before REINFORCE (0: start REINFORCE from scratch, as the paper)."""
+    imitation_lr: float = 3e-3
+    imitation_batch: int = 16
+    teacher_time_limit_s: float = 2.0
+    """Optimal's limit per training state when it teaches."""
+    iterations: int = 0
+    """REINFORCE iterations after imitation. 0 by default: measured on held-out training states (seeds
+    1150-1209), 60 to 200 fine-tuning iterations made the greedy policy worse (docs/agent.md)."""
     groups: int = 4
     """Distinct start states per iteration."""
     episodes: int = 8
@@ -55,10 +72,10 @@ class TrainConfig:
     length_growth: float = 0.005
     """ε: the episode length grows by this many steps per iteration."""
     max_length: int = 2
-    lr_start: float = 5e-3
-    lr_end: float = 1e-3
+    lr_start: float = 1e-3
+    lr_end: float = 2e-4
     grad_clip: float = 1.0
-    pool_size: int = 120
+    pool_size: int = 150
     seed: int = 0
     """Seeds the network init and the sampling; training states use TRAIN_SEED_BASE + k regardless."""
 
@@ -74,8 +91,8 @@ class Start:
 def training_pool(table: FlowTable, size: int, params: CostParams = CostParams()) -> list[Start]:
     """Scale-out, scale-in and load-balancing set-ups of the paper's kinds, on seeds ≥ TRAIN_SEED_BASE.
 
-    Scale-in uses 10-15 instances instead of the paper's 50 and load balancing 8-15: the policy is size-agnostic and smaller
-    graphs train faster.
+    Scale-in uses 10-30 instances instead of the paper's 50 and load balancing 8-30 (dm-bench: up to
+    40): the policy is size-agnostic and smaller graphs train and are taught faster.
     """
     pool = []
     for k in range(size):
@@ -86,16 +103,95 @@ def training_pool(table: FlowTable, size: int, params: CostParams = CostParams()
             setup = scenarios.build_scale_out(table, overloaded=int(rng.choice([2, 4, 6, 8])),
                                               th_high=float(rng.choice([0.55, 0.6])), seed=seed, params=params)
         elif kind == 1:
-            setup = scenarios.build_scale_in(table, underloaded=int(rng.choice([2, 3, 5])),
+            setup = scenarios.build_scale_in(table, underloaded=int(rng.choice([2, 3, 5, 8])),
                                              th_low=float(rng.choice([0.1, 0.15])), seed=seed,
-                                             n_instances=int(rng.choice([10, 15])), params=params)
+                                             n_instances=int(rng.choice([10, 15, 30])), params=params)
         else:
-            setup = scenarios.build_load_balance(table, n_instances=int(rng.choice([8, 10, 15])), seed=seed,
-                                                 params=params)
+            setup = scenarios.build_load_balance(table, n_instances=int(rng.choice([8, 10, 15, 20, 30])),
+                                                 seed=seed, params=params)
         pool.append(Start(setup.state, setup.thresholds))
     return pool
 
 
+# --- phase 1: imitation -----------------------------------------------------------------------------
+def teacher_actions(pool: Sequence[Start], time_limit_s: float, cache: Path | None = None,
+                    progress: bool = True) -> list[IndexedAction]:
+    """Optimal's action on each start state; read from / written to `cache`, keyed by the states and the limit."""
+    from gnn_policy.registry import make_policy
+
+    key = _pool_key(pool, time_limit_s)
+    if cache is not None and cache.is_file():
+        stored = torch.load(cache, weights_only=True)
+        if stored.get("key") == key:
+            return [IndexedAction(*(t.numpy() for t in action)) for action in stored["actions"]]
+    teacher = make_policy("optimal", seed=0, time_limit_s=time_limit_s)
+    actions = [teacher.decide(Problem.of(start.state, start.thresholds)).action
+               for start in tqdm(pool, disable=not progress, desc="teacher", unit="state")]
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": key, "actions": [[torch.as_tensor(a) for a in (x.flows, x.dst, x.start, x.stop)]
+                                            for x in actions]}, cache)
+    return actions
+
+
+def _pool_key(pool: Sequence[Start], time_limit_s: float) -> str:
+    digest = hashlib.sha1(f"optimal {time_limit_s}".encode())
+    for start in pool:
+        s = start.state
+        for array in (s.capacity, s.buffer, s.queue, s.active, s.rate, s.sla_ms, s.assignment):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(repr(start.thresholds).encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Example:
+    """One teacher decision in the policy's action space."""
+
+    view: GraphView
+    choice: Choice
+    thresholds: Thresholds
+
+
+def imitation_examples(pool: Sequence[Start], actions: Sequence[IndexedAction], levels: Sequence[float],
+                       params: CostParams = CostParams()) -> list[Example]:
+    examples = []
+    for start, action in zip(pool, actions):
+        problem = Problem.of(start.state, start.thresholds, params)
+        if problem.scenario.kind is not ScenarioKind.NONE:
+            view, choice = imitation_choice(problem, action, levels)
+            examples.append(Example(view, choice, start.thresholds))
+    return examples
+
+
+def imitate(net: GNPolicyNet, examples: Sequence[Example], config: TrainConfig, *,
+            log: Callable[[int, dict], None] | None = None, progress: bool = True) -> list[dict]:
+    """Behaviour cloning: maximise the log-probability of the teacher's choices, per edge, in minibatches."""
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.imitation_lr)
+    history = []
+    net.train()
+    for epoch in tqdm(range(config.imitation_epochs), disable=not progress, desc="imitation", unit="epoch"):
+        order = torch.randperm(len(examples), generator=generator).tolist()
+        losses = []
+        for first in range(0, len(order), config.imitation_batch):
+            batch = [examples[k] for k in order[first:first + config.imitation_batch]]
+            samples = act(net, [e.view for e in batch], [e.thresholds for e in batch],
+                          given=[e.choice for e in batch])
+            loss = -torch.stack([s.log_prob for s in samples]).sum() / sum(e.view.graph.num_edges for e in batch)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        metrics = {"epoch": epoch, "imitation_loss": float(np.mean(losses))}
+        history.append(metrics)
+        if log is not None:
+            log(epoch, metrics)
+    return history
+
+
+# --- phase 2: REINFORCE (Algorithm 1) ---------------------------------------------------------------
 def learning_rate(config: TrainConfig, iteration: int) -> float:
     progress = iteration / max(config.iterations - 1, 1)
     return config.lr_start + (config.lr_end - config.lr_start) * min(progress, 1.0)
@@ -117,7 +213,8 @@ def run_episodes(net: GNPolicyNet, starts: Sequence[Start], config: TrainConfig,
         problems = [Problem.of(state, thresholds, params) for state in twin.states()]
         chosen = [_pick(views(problem), rng) for problem in problems]
         samples = act(net, chosen, [thresholds] * len(chosen), greedy=False, generator=generator)
-        actions = [translate(view.state, sample.request, params) for view, sample in zip(chosen, samples)]
+        actions = [translate(view.state, sample.request, params, thresholds.high)
+                   for view, sample in zip(chosen, samples)]
         variance_before = _variances(twin)
         result = twin.step(*twin.action_tensors(actions))
         variance_after = _variances(twin)
@@ -191,35 +288,40 @@ def train(net: GNPolicyNet, pool: Sequence[Start], config: TrainConfig, *, optim
     return history
 
 
-def plot_curves(history: Sequence[dict], path: Path) -> None:
-    """Training curves (reward, first-step cost by scenario, entropy, grad norm), smoothed, to a PNG."""
+def plot_curves(imitation: Sequence[dict], history: Sequence[dict], path: Path) -> None:
+    """Training curves (imitation loss; reward, first-step cost by scenario, entropy, grad norm), to a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def smooth(values: np.ndarray, window: int = 25) -> np.ndarray:
+    def smooth(values: np.ndarray, window: int) -> np.ndarray:
         kernel = np.ones(min(window, values.size)) / min(window, values.size)
         return np.convolve(values, kernel, mode="valid")
 
-    iterations = np.array([h["iteration"] for h in history])
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    panels = [("reward", "episode reward (−cost / 1000)", ["reward"]),
-              ("cost", "first-step cost by scenario", sorted({k for h in history for k in h if k.startswith("cost/")})),
-              ("entropy", "mean per-edge entropy (nats)", ["entropy"]), ("grad", "gradient norm (pre-clip)", ["grad_norm"])]
-    for ax, (_, title, keys) in zip(axes.flat, panels):
+    window = max(1, min(25, len(history) // 10))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
+    panels = [("epoch", "imitation: −log π(teacher) per edge", ["imitation_loss"], imitation, 1),
+              ("iteration", "REINFORCE: episode reward (−cost / 1000)", ["reward"], history, window),
+              ("iteration", "REINFORCE: first-step cost by scenario",
+               sorted({k for h in history for k in h if k.startswith("cost/")}), history, window),
+              ("iteration", "REINFORCE: mean per-edge entropy (nats)", ["entropy"], history, window),
+              ("iteration", "REINFORCE: gradient norm (pre-clip)", ["grad_norm"], history, window)]
+    for ax, (axis, title, keys, records, span) in zip(axes.flat, panels):
         for key in keys:
-            points = [(h["iteration"], h[key]) for h in history if key in h]
-            x, y = (np.array(v) for v in zip(*points)) if points else (np.array([]), np.array([]))
-            if y.size:
-                s = smooth(y)
+            points = [(h[axis], h[key]) for h in records if key in h]
+            if points:
+                x, y = (np.array(v) for v in zip(*points))
+                s = smooth(y, span)
                 ax.plot(x[x.size - s.size:], s, label=key.removeprefix("cost/"))
         ax.set_title(title)
-        ax.set_xlabel("iteration")
+        ax.set_xlabel(axis)
         if len(keys) > 1:
             ax.legend()
             ax.set_yscale("symlog")
-    fig.suptitle(f"DeepMigration training ({iterations.size} iterations, moving average of 25)")
+    axes.flat[-1].axis("off")
+    fig.suptitle(f"DeepMigration training: {len(imitation)} imitation epochs, then {len(history)} REINFORCE "
+                 f"iterations (moving average of {window})")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -242,49 +344,70 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"dm-train: {error}", file=sys.stderr)
         return 2
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr_start)
-    if "optimizer" in record:
-        optimizer.load_state_dict(record["optimizer"])
     pool = training_pool(table, config.pool_size)
 
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(args.logdir))
-
+    imitation = list(record.get("imitation", []))
     history = list(record.get("history", []))
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr_start)
 
     def save() -> None:
         last = history[-1]["iteration"] if history else start_iteration - 1
         checkpoint.save(args.out, net, {"iteration": last, "train_config": asdict(config), "trace": str(args.trace),
-                                        "optimizer": optimizer.state_dict(), "history": history})
+                                        "optimizer": optimizer.state_dict(), "imitation": imitation,
+                                        "history": history})
 
-    def log(iteration: int, metrics: dict) -> None:
-        history.append(metrics)
+    def log(step: int, metrics: dict) -> None:
+        (history if "iteration" in metrics else imitation).append(metrics)
         for key, value in metrics.items():
-            if key != "iteration":
-                writer.add_scalar(key, value, iteration)
-        if (iteration + 1) % args.save_every == 0:
+            if key not in ("iteration", "epoch"):
+                writer.add_scalar(key, value, step)
+        if "iteration" in metrics and (step + 1) % args.save_every == 0:
             save()
 
+    if not args.resume and config.imitation_epochs > 0:
+        actions = teacher_actions(pool, config.teacher_time_limit_s, args.teacher_cache)
+        imitate(net, imitation_examples(pool, actions, net.config.levels), config, log=log)
+    if "optimizer" in record:
+        optimizer.load_state_dict(record["optimizer"])
     train(net, pool, config, optimizer=optimizer, start_iteration=start_iteration, log=log)
     writer.close()
     save()
     if args.curves:
-        plot_curves(history, args.curves)
-    print(f"dm-train: {len(history)} iterations, checkpoint {args.out}, TensorBoard logs {args.logdir}")
+        plot_curves(imitation, history, args.curves)
+    print(f"dm-train: {len(imitation)} imitation epochs, {len(history)} iterations, checkpoint {args.out}, "
+          f"TensorBoard logs {args.logdir}")
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dm-train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--trace", type=Path, required=True, metavar="PCAP", help="trace the training states come from")
-    parser.add_argument("--iterations", type=int, metavar="N", help=f"total iterations (default {TrainConfig.iterations})")
     parser.add_argument("--out", type=Path, required=True, metavar="CKPT", help="where to write the checkpoint")
-    parser.add_argument("--resume", type=Path, metavar="CKPT", help="continue from this checkpoint's iteration")
+    parser.add_argument("--resume", type=Path, metavar="CKPT",
+                        help="continue REINFORCE from this checkpoint's iteration (no imitation)")
     parser.add_argument("--seed", type=int, metavar="K", help="seed of the network init and of the sampling")
-    parser.add_argument("--groups", type=int, metavar="G", help="start states per iteration")
-    parser.add_argument("--episodes", type=int, metavar="N", help="parallel episodes per start state")
     parser.add_argument("--pool-size", dest="pool_size", type=int, metavar="K", help="training states built")
+    imitation = parser.add_argument_group("phase 1, imitation of the teacher (Optimal with a short time limit)")
+    imitation.add_argument("--imitation-epochs", dest="imitation_epochs", type=int, metavar="E",
+                           help=f"passes over the teacher's choices, 0 to skip (default {TrainConfig.imitation_epochs})")
+    imitation.add_argument("--imitation-lr", dest="imitation_lr", type=float, metavar="LR",
+                           help=f"Adam learning rate (default {TrainConfig.imitation_lr})")
+    imitation.add_argument("--teacher-time-limit", dest="teacher_time_limit_s", type=float, metavar="S",
+                           help=f"Optimal's limit per state (default {TrainConfig.teacher_time_limit_s})")
+    imitation.add_argument("--teacher-cache", type=Path, default=Path("runs/dm-train/teacher.pt"), metavar="PATH",
+                           help="where the teacher's actions are cached (reused while pool and limit match)")
+    reinforce = parser.add_argument_group("phase 2, REINFORCE in the batched twin (Algorithm 1)")
+    reinforce.add_argument("--iterations", type=int, metavar="N",
+                           help=f"total iterations (default {TrainConfig.iterations})")
+    reinforce.add_argument("--groups", type=int, metavar="G", help="start states per iteration")
+    reinforce.add_argument("--episodes", type=int, metavar="N", help="parallel episodes per start state")
+    reinforce.add_argument("--lr-start", dest="lr_start", type=float, metavar="LR",
+                           help=f"learning rate at the first iteration (default {TrainConfig.lr_start})")
+    reinforce.add_argument("--lr-end", dest="lr_end", type=float, metavar="LR",
+                           help=f"learning rate at the last iteration (default {TrainConfig.lr_end})")
     parser.add_argument("--logdir", type=Path, default=Path("runs/dm-train"), help="TensorBoard log folder")
     parser.add_argument("--save-every", dest="save_every", type=int, default=50, metavar="K",
                         help="also write the checkpoint every K iterations (default 50)")

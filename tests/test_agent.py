@@ -9,7 +9,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gnn_policy.agent import DeepMigration, GraphView, act, objective, scale_in_view, scale_out_view, views
+from gnn_policy.agent import (
+    DeepMigration,
+    GraphView,
+    act,
+    drain_counts,
+    objective,
+    proportional,
+    scale_in_view,
+    scale_out_view,
+    views,
+)
 from gnn_policy.base import Problem, score
 from gnn_policy.gn import GNPolicyNet, NetConfig
 from gnn_policy.registry import make_policy
@@ -76,6 +86,22 @@ def test_modified_graphs_of_the_double_gnn():
     state = cluster([[5], [300], [200]])
     view = scale_in_view(Problem.of(state, THRESHOLDS))
     assert view.drained == (0,) and view.graph.instance_index.tolist() == [1, 2]
+
+
+def test_scale_in_graphs_drain_shares_of_what_the_load_judgment_lets_go():
+    state = cluster([[5], [3], [4], [6], [2], [8], [7], [9], [300], [250]])  # 8 cold instances
+    problem = Problem.of(state, THRESHOLDS)
+    assert drain_counts(problem) == [2, 4, 6, 8]
+    assert [v.label for v in views(problem)] == ["current", "scale-in 2", "scale-in 4", "scale-in 6", "scale-in 8"]
+    assert views(problem)[1].drained == problem.scenario.underloaded[:2]
+
+
+def test_proportional_plan_keeps_net_loads_and_only_sends_from_net_senders():
+    amounts = np.array([[0.0, 6.0, 2.0], [1.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    plan = proportional(amounts)
+    net = amounts.sum(axis=1) - amounts.sum(axis=0)
+    np.testing.assert_allclose(plan.sum(axis=1) - plan.sum(axis=0), net)
+    assert (plan[net <= 0] == 0).all() and (plan[:, net >= 0] == 0).all()
 
 
 def test_greedy_mode_is_deterministic(net):

@@ -1,15 +1,20 @@
 """Training (Algorithm 1) and checkpoints: the loss, a short run that learns, and safe loading."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from gnn_policy import checkpoint
+from gnn_policy.agent import DeepMigration, act, imitation_choice
+from gnn_policy.base import Problem, score
+from gnn_policy.baselines import SizeGreedy
 from gnn_policy.checkpoint import CheckpointError
 from gnn_policy.gn import GNPolicyNet, NetConfig
-from gnn_policy.train import Start, TrainConfig, main, reinforce_loss, train
+from gnn_policy.train import Example, Start, TrainConfig, imitate, main, reinforce_loss, train
 from tests.test_translator import cluster
 from twin.graph import to_pyg
+from twin.migration import IndexedAction
 from twin.params import Thresholds
 
 SAMPLE = "trace_replay/data/lbnl_sample.pcap.gz"
@@ -30,12 +35,44 @@ def test_short_training_improves_reward_on_a_fixed_small_case():
     state = cluster([[70.0] * 10, [70.0] * 3, [70.0] * 3])
     torch.manual_seed(0)
     net = GNPolicyNet(NetConfig(hidden=16, steps=2, stay_bias=3.0))
-    config = TrainConfig(iterations=60, groups=1, episodes=16, seed=0)
+    config = TrainConfig(iterations=60, groups=1, episodes=16, lr_start=5e-3, lr_end=1e-3, seed=0)  # the paper's rates
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr_start)
     history = train(net, [Start(state, Thresholds(high=0.6))], config, optimizer=optimizer, progress=False)
     first = sum(h["reward"] for h in history[:10]) / 10
     last = sum(h["reward"] for h in history[-10:]) / 10
     assert last > first + 3.0, (first, last)
+
+
+def test_imitation_reproduces_the_teachers_action():
+    # nf0 at 70 % with Th_high 60 %: Size-greedy moves flows to the instances with the most room
+    state = cluster([[70.0] * 10, [70.0] * 3, [70.0] * 6])
+    problem = Problem.of(state, Thresholds(high=0.6))
+    teacher = SizeGreedy().decide(problem)
+    torch.manual_seed(0)
+    net = GNPolicyNet(NetConfig(hidden=16, steps=2))
+    view, choice = imitation_choice(problem, teacher.action, net.config.levels)
+    assert (choice.levels > 0).sum() >= 1
+    history = imitate(net, [Example(view, choice, problem.thresholds)], TrainConfig(imitation_epochs=80),
+                      progress=False)
+    assert history[-1]["imitation_loss"] < history[0]["imitation_loss"] / 5
+    with torch.no_grad():
+        greedy = act(net, [view], [problem.thresholds], greedy=True)[0]
+    assert torch.equal(greedy.choice.levels, choice.levels)
+    learnt = score(problem, DeepMigration(net, guard=False).decide(problem)).breakdown.total
+    assert learnt <= score(problem, teacher).breakdown.total + 1e-6
+
+
+def test_imitation_maps_a_started_standby_onto_the_modified_graph():
+    state = cluster([[100.0] * 7, [50.0], [50.0]], standby=2)  # nf0 at 70 %: a scale-out
+    problem = Problem.of(state, Thresholds(high=0.6))
+    flows = state.flows_on(0)[:3]
+    teacher = IndexedAction(flows=flows, dst=np.full(3, 4), start=np.array([4]))  # starts the second standby
+    view, choice = imitation_choice(problem, teacher, NetConfig().levels)
+    assert view.label == "scale-out"
+    nodes = view.graph.instance_index.tolist()
+    senders, receivers = view.graph.edge_index.tolist()
+    moving = [(nodes[s], nodes[r]) for s, r, level in zip(senders, receivers, choice.levels.tolist()) if level > 0]
+    assert moving == [(0, 3)]  # the standby the view activated stands for the one the teacher started
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -76,9 +113,12 @@ def test_missing_or_foreign_files_are_rejected(tmp_path):
 def test_cli_trains_saves_and_resumes(tmp_path):
     out = tmp_path / "dm.pt"
     common = ["--trace", SAMPLE, "--out", str(out), "--pool-size", "3", "--groups", "1", "--episodes", "2",
-              "--logdir", str(tmp_path / "runs")]
+              "--logdir", str(tmp_path / "runs"), "--imitation-epochs", "2", "--teacher-time-limit", "0.5",
+              "--teacher-cache", str(tmp_path / "teacher.pt")]
     assert main([*common, "--iterations", "1"]) == 0
-    assert checkpoint.load(out)[1]["iteration"] == 0
+    _, record = checkpoint.load(out)
+    assert record["iteration"] == 0 and len(record["imitation"]) == 2
+    assert (tmp_path / "teacher.pt").stat().st_size > 0
     assert main([*common, "--iterations", "2", "--resume", str(out), "--curves", str(tmp_path / "c.png")]) == 0
     _, record = checkpoint.load(out)
     assert record["iteration"] == 1 and len(record["history"]) == 2

@@ -65,9 +65,18 @@ def test_standby_destination_is_started_only_when_it_receives_flows():
 
 def test_drain_empties_and_stops_the_instance():
     state = cluster([[10, 5], [100], [200]])
-    action = translate(state, LoadRequest(amounts(state, {}), drains=((0, 2),)))
+    action = translate(state, LoadRequest(amounts(state, {}), drains=((0, 1),)))
     assert action.stop.tolist() == [0]
-    assert sorted(action.flows.tolist()) == [0, 1] and set(action.dst.tolist()) == {2}
+    assert sorted(action.flows.tolist()) == [0, 1] and set(action.dst.tolist()) == {1}
+    # the drawn destination takes flows only up to the balanced utilisation (315 / 2000); the emptiest the rest
+    spilled = translate(state, LoadRequest(amounts(state, {}), drains=((0, 2),)))
+    assert spilled.stop.tolist() == [0] and set(spilled.dst.tolist()) == {1}
+
+
+def test_ceiling_keeps_destinations_below_it():
+    state = cluster([[50, 50, 50], [500]])
+    capped = translate(state, LoadRequest(amounts(state, {(0, 1): 150.0})), ceiling=0.6)
+    assert moved_rate(state, capped) == pytest.approx(50.0)  # a second flow would put nf1 at 60 %
 
 
 def test_drain_that_cannot_place_every_flow_is_undone():

@@ -1,0 +1,116 @@
+"""DeepMigration's decision time, and its quality against OFM and Optimal on the dm-bench set-ups.
+
+    nice .venv/bin/python benchmarks/bench_agent.py                          # seeds 0..2, Optimal 10 s
+    nice .venv/bin/python benchmarks/bench_agent.py --seeds 5 --optimal-time-limit 0   # no Optimal
+    nice .venv/bin/python benchmarks/bench_agent.py --checkpoint ckpt.pt --skip-quality
+
+Timing: load balancing on `build_timing(n_instances=40, seed=0)` (40 flows per instance, as Fig. 7),
+`torch.set_num_threads(--threads)`, p50 and p90 of `decide` over `--repeats` calls, for the raw
+policy (the double GNN's action comparison only) and with the guard (plus the cheap baselines).
+
+Quality: every set-up of Figs. 4-6 (`trace_replay.scenarios.paper_setups`) for seeds 0..S-1, the
+raw and the guarded policy, OFM and Optimal, each called on the set-up's scenario as dm-bench calls
+it; per point the mean metric over the seeds (total cost, or var_ori / var_lb for load balancing)
+and how often the guard fired. Training never sees these seeds (it uses seeds ≥ 1000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from gnn_policy.agent import DeepMigration
+from gnn_policy.base import Problem, score
+from gnn_policy.registry import make_policy
+from trace_replay.flows import read_flows
+from trace_replay.generate import sample_path
+from trace_replay.scenarios import build_timing, paper_setups
+from twin.scenario import ScenarioKind
+
+
+def decision_times_ms(policy, problem: Problem, repeats: int) -> np.ndarray:
+    policy.decide(problem)  # warm-up: first-call allocations are not what a running controller pays
+    times = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        policy.decide(problem)
+        times.append(time.perf_counter() - begin)
+    return np.array(times) * 1000.0
+
+
+def metric(problem: Problem, decision) -> float:
+    """dm-bench's metric: var_ori / var_lb for load balancing, the total cost otherwise (NaN if unusable)."""
+    outcome = score(problem, decision)
+    if not (decision.feasible and outcome.valid):
+        return float("nan")
+    if problem.scenario.kind is ScenarioKind.LOAD_BALANCE:
+        return outcome.breakdown.variance_ratio
+    return outcome.breakdown.total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", help="policy weights (default: the shipped checkpoint)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--seeds", type=int, default=3, help="quality on seeds 0..S-1")
+    parser.add_argument("--optimal-time-limit", type=float, default=10.0, help="0 leaves Optimal out")
+    parser.add_argument("--skip-quality", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    table = read_flows(sample_path())
+    raw = DeepMigration.load(args.checkpoint, guard=False)
+    guarded = DeepMigration.load(args.checkpoint)
+
+    setup = build_timing(table, n_instances=40, seed=0)
+    problem = Problem.of(setup.state, setup.thresholds).as_scenario(ScenarioKind.LOAD_BALANCE)
+    print(
+        f"decision time, load balancing, N = 40, {setup.state.n_flows} flows, {args.threads} threads, "
+        f"{args.repeats} calls:"
+    )
+    for label, policy in (("raw", raw), ("guarded", guarded)):
+        times = decision_times_ms(policy, problem, args.repeats)
+        print(f"  {label:8s} p50 {np.percentile(times, 50):6.2f} ms   p90 {np.percentile(times, 90):6.2f} ms")
+    if args.skip_quality:
+        return
+
+    others = {"ofm": make_policy("ofm")}
+    if args.optimal_time_limit > 0:
+        others["optimal"] = make_policy("optimal", time_limit_s=args.optimal_time_limit)
+    points: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    fired: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for seed in range(args.seeds):
+        for s in paper_setups(table, seed=seed):
+            problem = Problem.of(s.state, s.thresholds).as_scenario(s.expected_kind)
+            values = points[(s.experiment, s.threshold if s.experiment != "lb" else None, s.setting)]
+            before = guarded.guard_fired
+            values["raw"].append(metric(problem, raw.decide(problem)))
+            values["guarded"].append(metric(problem, guarded.decide(problem)))
+            fired[s.experiment][0] += guarded.guard_fired - before
+            fired[s.experiment][1] += 1
+            for name, policy in others.items():
+                values[name].append(metric(problem, policy.decide(problem)))
+    names = ["raw", "guarded", *others]
+    print(
+        f"\nquality on the paper's set-ups, seeds 0..{args.seeds - 1} (mean; cost, or var_ori/var_lb for lb):"
+    )
+    print("| experiment | threshold | setting | " + " | ".join(names) + " | "
+          + " | ".join(f"raw / {ref}" for ref in others) + " |")
+    print("|---" * (len(names) + len(others) + 3) + "|")
+    for (experiment, threshold, setting), values in points.items():
+        means = {name: float(np.mean(values[name])) for name in names}
+        print(f"| {experiment} | {'' if threshold is None else f'{threshold:.0%}'} | {setting} | "
+              + " | ".join(f"{means[name]:.4g}" for name in names)
+              + " | " + " | ".join(f"{means['raw'] / means[ref]:.3f}" for ref in others) + " |")
+    print(
+        "\nguard fired (guarded policy): "
+        + ", ".join(f"{experiment} {n}/{total}" for experiment, (n, total) in fired.items())
+    )
+
+
+if __name__ == "__main__":
+    main()
