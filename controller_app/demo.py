@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_POLICY = "ofm"
-"""The policy dm-demo runs unless --policy says otherwise (any name of gnn_policy.registry)."""
+DEFAULT_POLICY = "deepmigration"
+"""The policy dm-demo runs unless --policy says otherwise (any name of gnn_policy.registry): the
+shipped checkpoint, gnn_policy/data/deepmigration.pt."""
 
 # The default run: the sample trace from its start at half speed (60 s of wall time replay 30 trace
 # seconds): 170-380 packets/s in 10 s windows, ~15 new flows/s, a peak of 770 packets/s in one second,
