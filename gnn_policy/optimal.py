@@ -238,6 +238,18 @@ def _pairs(problem: Problem, flows: np.ndarray, destinations: np.ndarray) -> _Pa
     return _Pairs(f, k, state.assignment[f], cost.flow_migration_cost(state, f, k, problem.params), size)
 
 
+def _move_columns(pair_index: dict[tuple[int, int], int], n_columns: int, action: IndexedAction) -> np.ndarray | None:
+    """A column vector with the action's (flow, destination) move variables at 1; None when a move is
+    not a column of the restricted model."""
+    x = np.zeros(n_columns)
+    for f, k in zip(action.flows.tolist(), action.dst.tolist()):
+        col = pair_index.get((f, k))
+        if col is None:
+            return None
+        x[col] = 1.0
+    return x
+
+
 def _group_rows(keys: np.ndarray, cols: np.ndarray, values: np.ndarray):
     """CSR (starts, index, value, key of each row) of the entries grouped by key."""
     order = np.argsort(keys, kind="stable")
@@ -302,12 +314,9 @@ class _ScaleModel:
 
     def encode(self, problem: Problem, action: IndexedAction) -> np.ndarray | None:
         """The column vector of an action, or None when the action lies outside the restricted problem."""
-        x = np.zeros(self.milp.n)
-        for f, k in zip(action.flows.tolist(), action.dst.tolist()):
-            col = self.pair_index.get((f, k))
-            if col is None:
-                return None
-            x[col] = 1.0
+        x = _move_columns(self.pair_index, self.milp.n, action)
+        if x is None:
+            return None
         for instances, members, cols in ((action.start, self.standby, self.s), (action.stop, self.stoppable, self.z)):
             position = {k: n for n, k in enumerate(members.tolist())}
             for k in instances.tolist():
@@ -446,12 +455,9 @@ class _BalanceModel:
         """The column vector of an action, or None when it lies outside the restricted problem."""
         if action.start.size or action.stop.size:
             return None
-        x = np.zeros(self.milp.n)
-        for f, k in zip(action.flows.tolist(), action.dst.tolist()):
-            col = self.pair_index.get((f, k))
-            if col is None:
-                return None
-            x[col] = 1.0
+        x = _move_columns(self.pair_index, self.milp.n, action)
+        if x is None:
+            return None
         u = _utilisation_after(state, action)[self.active]
         x[self.mu] = u.mean()
         x[self.d] = u - u.mean()
