@@ -110,15 +110,17 @@ class ChannelServer:
         with self._connections_lock:
             self._connections.add(connection)
         try:
-            with connection, connection.makefile("rwb") as stream:
+            with connection.makefile("rwb") as stream:
                 for line in stream:
                     stream.write(json.dumps(self._answer(line)).encode() + b"\n")
                     stream.flush()
         except OSError:  # the client went away mid-answer, or close() ended the connection
             pass
         finally:
+            # Leave the set before closing, so close() never shuts down an already closed socket.
             with self._connections_lock:
                 self._connections.discard(connection)
+            connection.close()
 
     def _answer(self, line: bytes) -> dict:
         try:
