@@ -128,11 +128,13 @@ class RunningCluster:
     def start_process(self, host: str, args: list[str], log_name: str) -> subprocess.Popen:
         """Run `python args...` (the project's interpreter) in `host`'s namespace, logging to the
         workdir, until the cluster goes down (SIGTERM, then SIGKILL)."""
+        from mininet_topos.testbed import stop_process
+
         with open(self.workdir / log_name, "wb") as log:
             process = self.net.get(host).popen(
                 [sys.executable, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
-        self._stack.callback(_stop, process)
+        self._stack.callback(stop_process, process)
         return process
 
     def start_replay(
@@ -195,6 +197,8 @@ class RunningCluster:
 
 
 def _wait_until(ready, timeout: float, process: subprocess.Popen, log: Path, what: str) -> None:
+    from mininet_topos.testbed import log_tail
+
     deadline = time.monotonic() + timeout
     while not ready():
         if process.poll() is not None or time.monotonic() >= deadline:
@@ -203,22 +207,10 @@ def _wait_until(ready, timeout: float, process: subprocess.Popen, log: Path, wha
                 if process.poll() is not None
                 else f"not ready after {timeout:g} s"
             )
-            raise RuntimeError(f"{what} {state}; last lines of {log}:\n{_tail(log)}")
+            raise RuntimeError(f"{what} {state}; last lines of {log}:\n{log_tail(log, lines=20)}")
         time.sleep(0.05)
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
-
-
-def _stop(process: subprocess.Popen, grace: float = 5.0) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=grace)
 
 
 @contextmanager

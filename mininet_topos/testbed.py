@@ -102,11 +102,13 @@ def wait_for_port(host: str, port: int, timeout: float, *, process: subprocess.P
         time.sleep(0.1)
 
 
-def _tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a process log, for error messages."""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
 
-def _stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -153,7 +155,7 @@ def ryu_controller(
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        stack.callback(_stop_process, proc)
+        stack.callback(stop_process, proc)
         deadline = time.monotonic() + start_timeout
         try:
             for listen_port in ports:
@@ -161,7 +163,7 @@ def ryu_controller(
         except (TimeoutError, RuntimeError) as exc:
             raise RuntimeError(
                 f"ryu-manager {' '.join(apps)} did not start: {exc}\n"
-                f"--- last lines of {log_path} ---\n{_tail(log_path)}"
+                f"--- last lines of {log_path} ---\n{log_tail(log_path)}"
             ) from exc
         yield proc
 
