@@ -50,12 +50,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--time-limit", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="fewer settings, for a smoke run")
+    parser.add_argument("--only", default="", help="run the set-ups whose name contains this text (e.g. 'timing')")
     args = parser.parse_args()
     table = read_flows(SAMPLE)
     print(f"{'set-up':28} {'seed':>4} {'N':>3} {'flows':>5} {'time s':>7} {'proven':>6} {'gap':>8} "
           f"{'std gap':>8} {'objective':>12} {'best heuristic':>14} {'mig cost':>9}")
     rows = []
     for name, setup in setups(table, range(args.seeds), args.quick):
+        if args.only not in name:
+            continue
         problem = Problem.of(setup.state, setup.thresholds).as_scenario(setup.expected_kind)
         policy = make_policy("optimal", seed=setup.seed, time_limit_s=args.time_limit)
         began = time.perf_counter()

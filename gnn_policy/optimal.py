@@ -222,6 +222,9 @@ class _Pairs:
     def count(self) -> int:
         return int(self.flow.size)
 
+    def subset(self, keep: np.ndarray) -> _Pairs:
+        return _Pairs(self.flow[keep], self.dst[keep], self.src[keep], self.cost[keep], self.size[keep])
+
 
 def _pairs(problem: Problem, flows: np.ndarray, destinations: np.ndarray) -> _Pairs:
     """Every (flow, destination) pair with destination != source that constraint (5) allows on its own."""
@@ -260,13 +263,12 @@ def _group_rows(keys: np.ndarray, cols: np.ndarray, values: np.ndarray):
     return starts, cols, values, keys[starts]
 
 
-def _utilisation_terms(state: ClusterState, pairs: _Pairs, ycols: np.ndarray):
-    """(instance, column, coefficient) of Δu: +r/c at the destination, −r/c at the source."""
-    rate = state.rate[pairs.flow]
-    inst = np.r_[pairs.dst, pairs.src]
-    cols = np.r_[ycols, ycols]
-    coef = np.r_[rate / state.capacity[pairs.dst], -rate / state.capacity[pairs.src]]
-    return inst, cols, coef
+def _utilisation_terms(state: ClusterState, src: np.ndarray, dst: np.ndarray, rate: np.ndarray, cols: np.ndarray):
+    """(instance, column, coefficient) of Δu for columns moving `rate` packets/s each: +r/c at the destination,
+    −r/c at the source."""
+    inst = np.r_[dst, src]
+    coef = np.r_[rate / state.capacity[dst], -rate / state.capacity[src]]
+    return inst, np.r_[cols, cols], coef
 
 
 def _assignment_rows(milp: _Milp, pairs: _Pairs, ycols: np.ndarray) -> None:
@@ -275,10 +277,11 @@ def _assignment_rows(milp: _Milp, pairs: _Pairs, ycols: np.ndarray) -> None:
     milp.csr_rows(starts, index, value, -_INF, 1.0)
 
 
-def _buffer_rows(milp: _Milp, state: ClusterState, pairs: _Pairs, ycols: np.ndarray) -> None:
-    """(5): queue_j + Σ moved-in size <= buffer_j, only where the moves could exceed it."""
+def _buffer_rows(milp: _Milp, state: ClusterState, dst: np.ndarray, size: np.ndarray, cols: np.ndarray) -> None:
+    """(5): queue_j + Σ moved-in size <= buffer_j, only where the moves could exceed it (`size`: packets each
+    column at 1 buffers at its destination `dst`)."""
     room = state.buffer - state.queue - BUFFER_MARGIN
-    starts, index, value, keys = _group_rows(pairs.dst, ycols, pairs.size)
+    starts, index, value, keys = _group_rows(dst, cols, size)
     if keys.size == 0:
         return
     totals = np.add.reduceat(value, starts)
@@ -392,10 +395,10 @@ def _scale_model(problem: Problem, pairs: _Pairs, movable: np.ndarray, threads: 
         if k in z_of:
             rows.append((np.array([col, z_of[k]]), np.array([1.0, 1.0]), -_INF, 1.0))
     milp.rows(rows)
-    _buffer_rows(milp, state, pairs, y)
+    _buffer_rows(milp, state, pairs.dst, pairs.size, y)
 
     # threshold penalties on the utilisation after the action
-    inst, cols, coef = _utilisation_terms(state, pairs, y)
+    inst, cols, coef = _utilisation_terms(state, pairs.src, pairs.dst, state.rate[pairs.flow], y)
     position = np.full(n, -1)
     position[touched] = np.arange(touched.size)
     starts, index, value, keys = _group_rows(position[inst], cols, coef)
@@ -435,6 +438,8 @@ class _BalanceModel:
     d: np.ndarray
     active: np.ndarray
     pair_index: dict
+    relaxed_index: dict = field(default_factory=dict)
+    """(flow, destination) of each relaxed pair -> its aggregated column z_ik (packets/s)."""
     t: np.ndarray = field(default_factory=lambda: _EMPTY)
     cuts: set = field(default_factory=set)
 
@@ -455,9 +460,13 @@ class _BalanceModel:
         """The column vector of an action, or None when it lies outside the restricted problem."""
         if action.start.size or action.stop.size:
             return None
-        x = _move_columns(self.pair_index, self.milp.n, action)
+        relaxed = np.array([(f, k) in self.relaxed_index for f, k in zip(action.flows.tolist(), action.dst.tolist())],
+                           dtype=bool)
+        x = _move_columns(self.pair_index, self.milp.n, _indexed(action.flows[~relaxed], action.dst[~relaxed]))
         if x is None:
             return None
+        for f, k in zip(action.flows[relaxed].tolist(), action.dst[relaxed].tolist()):
+            x[self.relaxed_index[f, k]] += state.rate[f]
         u = _utilisation_after(state, action)[self.active]
         x[self.mu] = u.mean()
         x[self.d] = u - u.mean()
@@ -501,6 +510,25 @@ def _balance_split(state: ClusterState) -> tuple[np.ndarray, np.ndarray]:
     return hot, cold
 
 
+def _pairs_under_cap(state: ClusterState, pairs: _Pairs, cap: float) -> _Pairs:
+    """The pairs that an answer with variance <= cap can use.
+
+    Destinations only gain load here, so moving f to k leaves u_k >= u0_k + r_f/c_k; no entry of an N-vector
+    with variance V lies more than sqrt((N − 1)·V) above its mean; and the mean rises at most by what moving
+    each flow to its most favourable destination adds. A flow that lands above that on k (an elephant onto an
+    instance already near the mean) makes every answer using the pair exceed the cap: dropping such pairs
+    keeps every answer and tightens the LP relaxation, which would otherwise spread the elephant in fractions.
+    """
+    active = state.active_indices
+    u = state.utilisation
+    rate = state.rate[pairs.flow]
+    gain = np.zeros(state.n_flows)
+    np.maximum.at(gain, pairs.flow, rate * (1 / state.capacity[pairs.dst] - 1 / state.capacity[pairs.src]))
+    highest_mean = u[active].mean() + gain.sum() / active.size
+    landing = u[pairs.dst] + rate / state.capacity[pairs.dst]
+    return pairs.subset(landing - highest_mean <= math.sqrt((active.size - 1) * cap))
+
+
 def _tangent_points(step: float, reach: float) -> np.ndarray:
     """Tangent points every `step` over [−reach, reach] (0 included)."""
     count = math.ceil(reach / step)
@@ -508,19 +536,37 @@ def _tangent_points(step: float, reach: float) -> np.ndarray:
 
 
 def _balance_model(problem: Problem, pairs: _Pairs, integral: np.ndarray, threads: int, seed: int) -> _BalanceModel:
-    """(4), (5) and d_j = u0_j + Δu_j − μ; y_fk is binary where `integral` says so, in [0, 1] elsewhere."""
+    """(4), (5) and d_j = u0_j + Δu_j − μ, with y_fk binary for the pairs in `integral`.
+
+    The other pairs are relaxed: their flows may split, and only their total rate per (source, destination)
+    matters to the loads and to (5) (a flow's buffered packets are its rate times the pair's latency), so they
+    are aggregated into one continuous column z_ik of packets/s per instance pair, at most the rate of the
+    flows that may take that pair and, per source, of its relaxed flows: a relaxation of the flow-level LP with
+    hundreds of columns instead of tens of thousands. The model's actions (`decode`) are the binary moves.
+    """
     state = problem.state
     active = state.active_indices
+    binary, relaxed = pairs.subset(integral), pairs.subset(~integral)
     milp = _Milp(threads, seed)
-    y = milp.add(pairs.count)
-    milp.set_integer(y[integral])
+    y = milp.add(binary.count, integer=True)
+    _assignment_rows(milp, binary, y)
+    keys, pair_of = np.unique(np.c_[relaxed.src, relaxed.dst], axis=0, return_inverse=True)
+    z_src, z_dst = keys[:, 0], keys[:, 1]
+    z = milp.add(z_src.size, upper=np.bincount(pair_of.ravel(), weights=state.rate[relaxed.flow],
+                                               minlength=z_src.size))
+    relaxed_flows = np.unique(relaxed.flow)
+    shed = np.bincount(state.assignment[relaxed_flows], weights=state.rate[relaxed_flows],
+                       minlength=state.n_instances)
+    starts, index, value, sources = _group_rows(z_src, z, np.ones(z.size))
+    milp.csr_rows(starts, index, value, -_INF, shed[sources])
+    per_rate = cost.packets_buffered_during_move(1.0, state.migration_ms[z_src, z_dst])
+    _buffer_rows(milp, state, np.r_[binary.dst, z_dst], np.r_[binary.size, per_rate], np.r_[y, z])
     mu = int(milp.add(1, lower=-_INF, upper=_INF)[0])
     d = milp.add(active.size, lower=-_INF, upper=_INF)
-    _assignment_rows(milp, pairs, y)
-    _buffer_rows(milp, state, pairs, y)
     position = np.full(state.n_instances, -1)
     position[active] = np.arange(active.size)
-    inst, cols, coef = _utilisation_terms(state, pairs, y)
+    inst, cols, coef = _utilisation_terms(state, np.r_[binary.src, z_src], np.r_[binary.dst, z_dst],
+                                          np.r_[state.rate[binary.flow], np.ones(z.size)], np.r_[y, z])
     starts, index, value, keys = _group_rows(position[inst], cols, coef)
     terms = {int(p): (index[a:b], value[a:b]) for p, a, b in zip(keys, starts, np.r_[starts[1:], index.size])}
     u0 = state.utilisation[active]
@@ -529,8 +575,9 @@ def _balance_model(problem: Problem, pairs: _Pairs, integral: np.ndarray, thread
         idx, val = terms.get(p, (_EMPTY, np.empty(0)))
         rows.append((np.r_[d[p], mu, idx], np.r_[1.0, 1.0, -val], u0[p], u0[p]))
     milp.rows(rows)
-    pair_index = {(int(f), int(k)): int(c) for f, k, c in zip(pairs.flow, pairs.dst, y)}
-    return _BalanceModel(milp, pairs, y, mu, d, active, pair_index)
+    pair_index = {(int(f), int(k)): int(c) for f, k, c in zip(binary.flow, binary.dst, y)}
+    relaxed_index = {(int(f), int(k)): int(c) for f, k, c in zip(relaxed.flow, relaxed.dst, z[pair_of.ravel()])}
+    return _BalanceModel(milp, binary, y, mu, d, active, pair_index, relaxed_index)
 
 
 def _box_half_width(target: np.ndarray, cap: float) -> float:
@@ -685,18 +732,22 @@ class Optimal(Policy):
         do_nothing = next(c for c in candidates if c.source == "no-op")
         heuristic = min((c.variance for c in candidates if c.source != "no-op"), default=math.inf)
         share = state.rate[pairs.flow] / state.capacity[pairs.src]
+        balanced = float(state.load_pps[state.active].sum() / state.capacity[state.active].sum())
         lower = 0.0
-        # phase 1 on the LP relaxation first; when its fractional target cannot be met in integers, again with
-        # the large flows binary
-        for integral in (np.zeros(pairs.count, dtype=bool), share >= self.integral_share):
-            phase1_deadline = time.perf_counter() + 0.3 * (deadline - time.perf_counter())
-            lower, target = self._variance_bound(problem, pairs, integral, do_nothing.variance, heuristic,
-                                                 phase1_deadline, report, lower)
+        # phase 1 on the LP relaxation first; while no known answer reaches the cap, again with more flows binary:
+        # first the elephants that alone fill a balanced instance, then every flow of `integral_share` or more
+        for threshold in sorted({math.inf, max(balanced, self.integral_share), self.integral_share}, reverse=True):
+            phase1_deadline = time.perf_counter() + 0.6 * (deadline - time.perf_counter())
+            lower, target = self._variance_bound(problem, pairs, share >= threshold, candidates, phase1_deadline,
+                                                 report, lower)
             cap = self._variance_cap(lower, do_nothing.variance, heuristic)
             box_deadline = time.perf_counter() + 0.5 * (deadline - time.perf_counter())
-            if self._box_answer(problem, pairs, target, cap, candidates, box_deadline, report) != "infeasible":
+            self._box_answer(problem, _pairs_under_cap(state, pairs, cap), target, cap, candidates, box_deadline,
+                             report)
+            if any(c.variance <= cap for c in candidates):
                 break
-        cost_bound = self._cost_bound(problem, pairs, target, cap, candidates, deadline, report)
+        cost_bound = self._cost_bound(problem, _pairs_under_cap(state, pairs, cap), target, cap, candidates,
+                                      deadline, report)
 
         under = [c for c in candidates if c.variance <= cap]
         if not under:  # phase 1 did not close: no known answer is within the tolerance of the bound
@@ -718,34 +769,42 @@ class Optimal(Policy):
         above a heuristic's (so that Optimal's var_ori / var_lb is at least every heuristic's)."""
         return min(lower + self.variance_gap * (variance_before - lower), heuristic)
 
-    def _variance_bound(self, problem: Problem, pairs: _Pairs, integral: np.ndarray, variance_before: float,
-                        heuristic: float, deadline: float, report: _Report,
-                        lower: float) -> tuple[float, np.ndarray | None]:
+    def _variance_bound(self, problem: Problem, pairs: _Pairs, integral: np.ndarray, candidates: list[_Candidate],
+                        deadline: float, report: _Report, lower: float) -> tuple[float, np.ndarray | None]:
         """Phase 1: a lower bound of the restricted minimum variance (at least `lower`), and the deviations
         u_j − mean(u) of the relaxation's answer (the target of phase 2; None when none was found in time).
 
         Pairs outside `integral` may move fractionally. The tangent-cut optimum of this relaxation bounds the
         variance from below; tangents at the answer's deviations are added until its true variance is within a
-        tenth of the distance from the bound to the cap, so that phase 2 has room around it.
+        tenth of the distance from the bound to the cap, so that phase 2 has room around it. The search starts
+        from the lowest-variance answer known and stops as soon as its bound puts that answer under the cap.
         """
+        variance_before = next(c.variance for c in candidates if c.source == "no-op")
+        heuristic = min((c.variance for c in candidates if c.source != "no-op"), default=math.inf)
+        certifying = self.variance_gap * (variance_before - heuristic) / (1 - self.variance_gap)
         model = _balance_model(problem, pairs, integral, self.threads, self.seed)
         n = model.n_active
         model.add_squares(_tangent_points(math.sqrt(variance_before) / 8, math.sqrt(n * variance_before)))
         model.milp.objective(model.t, np.full(n, 1.0 / n))
         model.milp.h.setOptionValue("mip_heuristic_effort", 0.0)  # only the bound and the optimum matter here
+        known = sorted((c for c in candidates if c.source != "no-op"), key=lambda c: c.variance)
+        start = next((x for c in known if (x := model.encode(problem.state, c.action)) is not None), None)
         target, closed, rounds = None, False, 0
         while (remaining := deadline - time.perf_counter()) > 0.01:
             rounds += 1
             precision = 0.1 * (self._variance_cap(lower, variance_before, heuristic) - lower)
-            run = model.milp.run(remaining, rel_gap=1e-9, abs_gap=precision / 2)
+            run = model.milp.run(remaining, start, rel_gap=1e-9, abs_gap=max(precision / 2, certifying))
             report.timed_out |= run.status == "time_limit"
             lower = max(lower, run.bound)
             if run.x is None or run.status != "optimal":
                 break
             target = model.deviations(run.x)
-            closed = float(np.mean(target ** 2)) - lower <= precision
+            closed = (float(np.mean(target ** 2)) - lower <= precision
+                      or heuristic <= self._variance_cap(lower, variance_before, heuristic))
             if closed or not model.add_tangents(target):  # no new cut: the model cannot get tighter here
                 break
+            if start is not None:
+                start = np.r_[start, np.zeros(model.milp.n - start.size)]
         report.add(f"phase 1 (variance bound, {int(integral.sum())} of {pairs.count} pairs binary, {rounds} "
                    f"rounds): bound {lower:.3e}" + ("" if closed else " (not closed)"))
         return lower, target

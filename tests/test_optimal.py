@@ -7,9 +7,17 @@ import pytest
 
 from gnn_policy.base import Problem, score
 from gnn_policy.baselines import OFM, Pairwise, RandomScaleIn, SizeGreedy
-from gnn_policy.optimal import Optimal, improvement_gap
+from gnn_policy.optimal import (
+    Optimal,
+    _balance_split,
+    _pairs,
+    _pairs_under_cap,
+    _utilisation_after,
+    improvement_gap,
+)
 from trace_replay import scenarios
 from trace_replay.flows import read_flows
+from twin.cost import load_variance
 from twin.migration import IndexedAction, apply
 from twin.params import Thresholds
 from twin.scenario import ScenarioKind
@@ -91,6 +99,7 @@ TINY_SCALE_IN = [
 TINY_LB = [
     cluster([[20, 15, 10, 3], [10], [30, 20], [12]]),
     cluster([[25, 14, 6], [5], [9, 8, 7]]),
+    cluster([[80, 6, 5, 4], [10, 3], [12], [8]]),  # an elephant above the balanced load: binary in phase 1
 ]
 
 
@@ -125,6 +134,31 @@ def test_load_balance_is_lexicographic_within_the_variance_gap(state):
     assert outcome.valid and decision.proven_optimal and decision.optimal_gap == 0.0
     assert outcome.breakdown.variance_after <= cap + 1e-12
     assert outcome.breakdown.migration <= cheapest_minimum + 1e-6
+
+
+@pytest.mark.parametrize("state", TINY_LB, ids=lambda s: f"{s.n_flows}flows")
+def test_pairs_dropped_under_a_cap_are_used_by_no_answer_within_it(state):
+    problem = Problem.of(state, TH).as_scenario(LB)
+    hot, cold = _balance_split(state)
+    pairs = _pairs(problem, np.flatnonzero(np.isin(state.assignment, hot)), cold)
+    every = [IndexedAction(pairs.flow[list(c)], pairs.dst[list(c)])
+             for size in range(4) for c in itertools.combinations(range(pairs.count), size)
+             if len(set(pairs.flow[list(c)].tolist())) == size]
+    for action in every:
+        variance = load_variance(_utilisation_after(state, action), state.active)
+        kept = _pairs_under_cap(state, pairs, variance)
+        assert set(zip(action.flows.tolist(), action.dst.tolist())) <= set(zip(kept.flow.tolist(), kept.dst.tolist()))
+
+
+def test_an_elephant_is_never_spread_over_destinations_it_would_overload():
+    state = cluster([[80, 6, 5, 4], [10, 3], [12], [8]])
+    problem = Problem.of(state, TH).as_scenario(LB)
+    hot, cold = _balance_split(state)
+    pairs = _pairs(problem, np.flatnonzero(np.isin(state.assignment, hot)), cold)
+    # utilisations 0.95, 0.13, 0.12, 0.08 (mean 0.32): the 0.8 elephant lands at least 0.56 above the mean, more
+    # than an answer of variance 0.05 allows any instance (sqrt(3 · 0.05) = 0.39)
+    kept = _pairs_under_cap(state, pairs, 0.05)
+    assert 0 not in kept.flow and kept.count == pairs.count - cold.size
 
 
 # --- infeasible states, limits, bad input -----------------------------------------------------
