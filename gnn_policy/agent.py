@@ -39,7 +39,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from torch_geometric.data import Batch, Data
+from torch_geometric.data import Data
 
 from gnn_policy import checkpoint
 from gnn_policy.base import Decision, Outcome, Policy, Problem, score
@@ -138,15 +138,17 @@ def context(thresholds: Sequence[Thresholds]) -> torch.Tensor:
     return torch.tensor([[t.high, t.low] for t in thresholds], dtype=torch.float32)
 
 
-def collate(graphs: Sequence[Data]) -> Batch:
-    """`Batch.from_data_list` reduced to the attributes of `twin.graph.to_pyg` graphs: PyG's generic
-    collation takes about 0.7 ms, a seventh of a decision's 5 ms budget at N = 40."""
-    sizes = [graph.num_nodes for graph in graphs]
-    starts = np.cumsum([0, *sizes])
-    return Batch(x=torch.cat([g.x for g in graphs]), edge_attr=torch.cat([g.edge_attr for g in graphs]),
-                 edge_index=torch.cat([g.edge_index + int(s) for g, s in zip(graphs, starts)], dim=1),
-                 u=torch.cat([g.u for g in graphs]), batch=torch.from_numpy(np.repeat(np.arange(len(graphs)), sizes)),
-                 ptr=torch.from_numpy(starts))
+def collate(graphs: Sequence[Data]) -> Data:
+    """The graphs as one for the network, `batch` giving each node's graph: `Batch.from_data_list` reduced to
+    the attributes of `twin.graph.to_pyg` graphs (PyG's generic collation takes about 0.7 ms, a seventh of a
+    decision's 5 ms budget at N = 40); a single graph is passed through."""
+    if len(graphs) == 1:
+        return graphs[0]
+    sizes = [graph.x.size(0) for graph in graphs]
+    starts = np.cumsum([0, *sizes[:-1]]).tolist()
+    return Data(x=torch.cat([g.x for g in graphs]), edge_attr=torch.cat([g.edge_attr for g in graphs]),
+                edge_index=torch.cat([g.edge_index + s for g, s in zip(graphs, starts)], dim=1),
+                u=torch.cat([g.u for g in graphs]), batch=torch.from_numpy(np.repeat(np.arange(len(graphs)), sizes)))
 
 
 @dataclass(frozen=True)
@@ -177,43 +179,75 @@ class Sample:
 def act(net: GNPolicyNet, graph_views: Sequence[GraphView], thresholds: Sequence[Thresholds], *,
         greedy: bool = False, generator: torch.Generator | None = None,
         given: Sequence[Choice] | None = None) -> list[Sample]:
-    """Run the network once on all views (one PyG batch) and draw, take the mode of, or (`given`, for
-    imitation) score each action."""
-    batch = collate([view.graph for view in graph_views])
-    logits = net(batch, context(thresholds))
+    """Run the network once on all views (`collate`) and draw, take the mode of, or (`given`, for imitation)
+    score each action."""
+    graphs = [view.graph for view in graph_views]
+    logits = net(collate(graphs), context(thresholds))
     edge_log_p = torch.log_softmax(logits.edge, dim=1)
+    edge_p = torch.softmax(logits.edge, dim=1)
     if given is not None:
         chosen = torch.cat([choice.levels for choice in given])
     elif greedy:
-        chosen = edge_log_p.argmax(dim=1)
+        chosen = logits.edge.argmax(dim=1)
     else:
-        chosen = torch.multinomial(edge_log_p.exp(), 1, generator=generator).squeeze(1)
+        chosen = torch.multinomial(edge_p, 1, generator=generator).squeeze(1)
     if given is not None:
         targets = torch.cat([torch.nn.functional.one_hot(c.levels, edge_log_p.size(1)).float() if c.weights is None
                              else c.weights for c in given])
         edge_term = (targets * edge_log_p).sum(dim=1)
     else:
         edge_term = edge_log_p.gather(1, chosen[:, None]).squeeze(1)
-    edge_graph = batch.batch[batch.edge_index[0]]
-    n_graphs = len(graph_views)
+    n_graphs = len(graphs)
+    edges_per_graph = [graph.edge_index.size(1) for graph in graphs]
+    edge_graph = torch.from_numpy(np.repeat(np.arange(n_graphs), edges_per_graph))
     log_prob = torch.zeros(n_graphs).index_add(0, edge_graph, edge_term)
-    entropy_per_edge = -(edge_log_p.exp() * edge_log_p).sum(dim=1)
-    edges_per_graph = torch.bincount(edge_graph, minlength=n_graphs).clamp(min=1)
-    entropy = torch.zeros(n_graphs).index_add(0, edge_graph, entropy_per_edge) / edges_per_graph
+    entropy_per_edge = -(edge_p * edge_log_p).sum(dim=1)
+    entropy = (torch.zeros(n_graphs).index_add(0, edge_graph, entropy_per_edge)
+               / torch.tensor(edges_per_graph).clamp(min=1))
 
-    grid = torch.tensor(net.config.levels, dtype=torch.float64)
-    drawn, mean = grid[chosen].numpy(), (edge_log_p.detach().double().exp() @ grid).numpy()
+    drawn, mean = _fractions(net, chosen, edge_p)
     samples = []
-    edge_start = np.cumsum([0] + [view.graph.num_edges for view in graph_views])
-    for g, view in enumerate(graph_views):
-        node_logits = logits.node[int(batch.ptr[g]):int(batch.ptr[g + 1])]
-        destinations, drain_log_p = _drains(view, node_logits, greedy, generator,
+    for g, (view, (nodes, edges)) in enumerate(zip(graph_views, _slices(graphs))):
+        destinations, drain_log_p = _drains(view, logits.node[nodes], greedy, generator,
                                             None if given is None else given[g].destinations)
-        edges = slice(int(edge_start[g]), int(edge_start[g + 1]))
-        samples.append(Sample(Choice(chosen[edges], destinations), request_of(view, drawn[edges], destinations),
-                              _netted(request_of(view, mean[edges], destinations)), log_prob[g] + drain_log_p,
-                              entropy[g]))
+        samples.append(Sample(Choice(chosen[edges], destinations),
+                              *_requests(view, drawn[edges], mean[edges], destinations),
+                              log_prob[g] + drain_log_p, entropy[g]))
     return samples
+
+
+def propose(net: GNPolicyNet, graph_views: Sequence[GraphView],
+            thresholds: Sequence[Thresholds]) -> list[tuple[LoadRequest, LoadRequest]]:
+    """The requests of `act(greedy=True)` (most likely levels, netted mean levels) for each view, without the
+    log-probabilities and entropies that only training needs: what `DeepMigration` compares."""
+    graphs = [view.graph for view in graph_views]
+    logits = net(collate(graphs), context(thresholds))
+    drawn, mean = _fractions(net, logits.edge.argmax(dim=1), torch.softmax(logits.edge, dim=1))
+    proposals = []
+    for view, (nodes, edges) in zip(graph_views, _slices(graphs)):
+        destinations, _ = _drains(view, logits.node[nodes], True, None, None)
+        proposals.append(_requests(view, drawn[edges], mean[edges], destinations))
+    return proposals
+
+
+def _fractions(net: GNPolicyNet, chosen: torch.Tensor, edge_p: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per edge: the fraction of the chosen level and the mean fraction under the level distribution."""
+    grid = np.asarray(net.config.levels)
+    return grid[chosen.numpy()], edge_p.detach().numpy().astype(np.float64) @ grid
+
+
+def _slices(graphs: Sequence[Data]) -> list[tuple[slice, slice]]:
+    """The nodes and the edges of each graph in the collated graph."""
+    node_start = np.cumsum([0, *(graph.x.size(0) for graph in graphs)]).tolist()
+    edge_start = np.cumsum([0, *(graph.edge_index.size(1) for graph in graphs)]).tolist()
+    return [(slice(node_start[g], node_start[g + 1]), slice(edge_start[g], edge_start[g + 1]))
+            for g in range(len(graphs))]
+
+
+def _requests(view: GraphView, drawn: np.ndarray, mean: np.ndarray,
+              destinations: Sequence[int]) -> tuple[LoadRequest, LoadRequest]:
+    """`Sample.request` from the drawn fractions and `Sample.mean_request` from the mean ones."""
+    return request_of(view, drawn, destinations), _netted(request_of(view, mean, destinations))
 
 
 def request_of(view: GraphView, fractions: np.ndarray, destinations: Sequence[int]) -> LoadRequest:
@@ -369,12 +403,12 @@ class DeepMigration(Policy):
         kind = problem.scenario.kind
         graph_views = views(problem)
         with torch.inference_mode():
-            samples = act(self.net, graph_views, [problem.thresholds] * len(graph_views), greedy=True)
+            proposals = propose(self.net, graph_views, [problem.thresholds] * len(graph_views))
         candidates = [score(problem, Decision(translate(problem.state, request, problem.params,
                                                         problem.thresholds.high),
                                               reason=f"deepmigration: {v.label} graph, {how}"))
-                      for v, s in zip(graph_views, samples)
-                      for request, how in ((s.request, "most likely levels"), (s.mean_request, "mean levels"))]
+                      for v, requests in zip(graph_views, proposals)
+                      for request, how in zip(requests, ("most likely levels", "mean levels"))]
         best = min((c for c in candidates if c.valid), key=lambda c: objective(kind, c.breakdown))
         if not self.guard:
             return best.decision

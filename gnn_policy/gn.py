@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch_geometric.data import Batch, Data
+from torch_geometric.data import Data
 from torch_geometric.nn import MetaLayer
 from torch_geometric.utils import scatter
 
@@ -145,9 +145,10 @@ class GNPolicyNet(nn.Module):
             self.edge_head[-1].bias.zero_()
             self.edge_head[-1].bias[0] = config.stay_bias
 
-    def forward(self, graph: Data | Batch, context: torch.Tensor) -> PolicyLogits:
-        """`graph` from `twin.graph.to_pyg` (or a `Batch` of them); `context` [graphs, 2] holds Th_high, Th_low."""
-        node_graph = graph.batch if isinstance(graph, Batch) else graph.x.new_zeros(graph.num_nodes, dtype=torch.long)
+    def forward(self, graph: Data, context: torch.Tensor) -> PolicyLogits:
+        """`graph` from `twin.graph.to_pyg`, or several collated into one (`batch` gives each node's graph);
+        `context` [graphs, 2] holds Th_high, Th_low."""
+        node_graph = graph.batch if graph.batch is not None else graph.x.new_zeros(graph.x.size(0), dtype=torch.long)
         x = torch.tanh(self.encode_node(graph.x))
         edge = torch.tanh(self.encode_edge(graph.edge_attr))
         u = torch.tanh(self.encode_global(torch.cat([graph.u, context], dim=1)))

@@ -18,6 +18,7 @@ A drain that cannot place every flow is undone, so an instance is never stopped 
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -48,60 +49,113 @@ def translate(state: ClusterState, request: LoadRequest, params: CostParams = Co
     n = state.n_instances
     if np.shape(request.amounts) != (n, n):
         raise ValueError(f"amounts have shape {np.shape(request.amounts)}, expected {(n, n)} for this state")
+    if not np.all(np.isfinite(request.amounts)):
+        raise ValueError("amounts must be finite")
     plan = Plan(state)
     draining = np.zeros(n, dtype=bool)
     draining[[v for v, _ in request.drains]] = True
     for v, d in request.drains:
         _drain(plan, v, d, draining)
     amounts = np.where(np.eye(n, dtype=bool) | draining[None, :], 0.0, np.asarray(request.amounts, dtype=float))
-    intake = amounts.sum(axis=0)
-    for s in np.argsort(-amounts.sum(axis=1), kind="stable").tolist():
-        if amounts[s].sum() > 0.0:
-            _shed(plan, s, amounts[s], intake, params, ceiling)
+    totals = amounts.sum(axis=1)
+    senders = [s for s in np.argsort(-totals, kind="stable").tolist() if totals[s] > 0.0]
+    if not senders:
+        return plan.action()
+    # each sender's unmoved flows in the order it offers them: eq. (2) cost per packet/s moved, priced at the
+    # receiver it is asked to feed most (the first largest entry of its row), then flow index
+    is_sender = np.zeros(n, dtype=bool)
+    is_sender[senders] = True
+    offered = np.flatnonzero(is_sender[state.assignment] & ~plan.moved)
+    owner = state.assignment[offered]
+    rate = state.rate[offered]
+    per_load = np.divide(cost.flow_migration_cost(state, offered, np.argmax(amounts, axis=1)[owner], params), rate,
+                         out=np.full(offered.size, np.inf), where=rate > 0)
+    order = np.lexsort((per_load, owner))
+    flows, rates = offered[order].tolist(), rate[order].tolist()
+    bounds = np.searchsorted(owner[order], np.arange(n + 1)).tolist()
+    shedding = _Shedding(plan, amounts, ceiling)
+    for s in senders:
+        offer = slice(bounds[s], bounds[s + 1])
+        shedding.shed(s, flows[offer], rates[offer], np.flatnonzero(amounts[s] > 0.0).tolist(), float(totals[s]))
     return plan.action()
 
 
-def _shed(plan: Plan, s: int, wanted: np.ndarray, intake: np.ndarray, params: CostParams, ceiling: float) -> None:
-    """Move flows of `s` while each brings their total closer to Σ wanted, cheapest per packet/s first (priced
-    at the receiver asked for most), each to one of its receivers that the flow brings closer to its total
-    `intake` still asked for from all senders (else the one most short of it), below `ceiling` and within its
-    buffer. Totals per sender and per receiver, rather than per edge, let many small requests (a spread-out
-    mean action) still move whole flows to where they were asked for."""
-    state = plan.state
-    flows = plan.movable_flows(s)
-    receivers = np.flatnonzero(wanted > 0.0)
-    if flows.size == 0:
-        return
-    rate = state.rate[flows]
-    main = np.full(flows.size, receivers[np.argmax(wanted[receivers])])
-    per_load = np.divide(cost.flow_migration_cost(state, flows, main, params), rate,
-                         out=np.full(flows.size, np.inf), where=rate > 0)
-    packets = plan.buffer_packets(np.repeat(flows, receivers.size), np.tile(receivers, flows.size)).reshape(
-        flows.size, receivers.size)
-    # what each receiver can still take below the ceiling and in its buffer, kept up to date as flows move
-    room = ceiling * state.capacity[receivers] - plan.load[receivers]
-    buffer_room = state.buffer[receivers] - state.queue[receivers] - plan.incoming[receivers]
-    asked = intake[receivers]
-    remaining = wanted.sum()
-    for k in np.lexsort((flows, per_load)).tolist():
-        if remaining <= 0.0:
+class _Shedding:
+    """The senders' moves of `translate`, on Python floats and lists: numpy's per-call overhead on a few
+    receivers would cost more than the arithmetic."""
+
+    def __init__(self, plan: Plan, amounts: np.ndarray, ceiling: float):
+        state = plan.state
+        self.plan = plan
+        self.intake = amounts.sum(axis=0).tolist()
+        """What each instance is still asked to take in, from all senders."""
+        self.load_limit = (ceiling * state.capacity).tolist()
+        self.buffer_free = (state.buffer - state.queue).tolist()
+
+    def shed(self, s: int, flows: list[int], rates: list[float], receivers: list[int], total: float) -> None:
+        """Move `flows` of `s`, in their order, while each brings their total closer to `total` (what `s` is
+        asked to send), each to the one of `receivers` that `_receiver` picks. Totals per sender and per
+        receiver, rather than per edge, let many small requests (a spread-out mean action) still move whole
+        flows to where they were asked for."""
+        plan, intake = self.plan, self.intake
+        load, incoming, from_s = plan.load.tolist(), plan.incoming.tolist(), plan.state.migration_ms[s].tolist()
+        # what each receiver can still take below the ceiling and in its buffer, kept up to date as flows move
+        room = [self.load_limit[r] - load[r] for r in receivers]
+        buffer_room = [self.buffer_free[r] - incoming[r] for r in receivers]
+        latency = [from_s[r] for r in receivers]
+        asked = [intake[r] for r in receivers]
+
+        def rank(j: int) -> tuple[float, int]:
+            return -asked[j], j
+
+        ranking = sorted(range(len(receivers)), key=rank)
+        most_room = max(room)
+        remaining = total
+        for f, rate in zip(flows, rates):
+            if remaining <= 0.0:
+                break
+            # a flow that would not bring the total closer, or that exceeds every receiver's room, stays
+            if rate <= 0.0 or rate >= 2.0 * remaining or rate >= most_room:
+                continue
+            j = _receiver(rate, latency, room, buffer_room, asked, ranking)
+            if j < 0:
+                continue
+            r = receivers[j]
+            if not plan.active[r]:
+                plan.start(r)
+            packets = cost.packets_buffered_during_move(rate, latency[j])
+            plan.move(f, r, packets)
+            room[j] -= rate
+            buffer_room[j] -= packets
+            asked[j] -= rate
+            intake[r] -= rate
+            remaining -= rate
+            most_room = max(room)
+            ranking.remove(j)
+            bisect.insort(ranking, j, key=rank)
+
+
+def _receiver(rate: float, latency: list[float], room: list[float], buffer_room: list[float], asked: list[float],
+              ranking: list[int]) -> int:
+    """Position of the receiver a flow of `rate` goes to, −1 if it fits none (below the ceiling, and within the
+    buffer for the packets it buffers while moving). Among those it fits, it minimises the preference
+    `(0 if rate < 2·asked else 1e18) − asked`, ties to the lowest position: the receiver asked for most among
+    those that the flow brings closer to their request, else the one most short of it.
+
+    `ranking` lists the positions by asked, most first, so the walk mostly stops at the first receiver that
+    fits; only in the second case does it go on, as the floats 1e18 − asked of close shortfalls round alike
+    and the lowest position among them wins."""
+    fitting = (j for j in ranking
+               if rate < room[j] and cost.packets_buffered_during_move(rate, latency[j]) <= buffer_room[j])
+    best = next(fitting, -1)
+    if best < 0 or rate < 2.0 * asked[best]:
+        return best
+    preference = 1e18 - asked[best]
+    for j in fitting:
+        if 1e18 - asked[j] != preference:
             break
-        if rate[k] <= 0.0 or rate[k] >= 2.0 * remaining:
-            continue
-        fits = (rate[k] < room) & (packets[k] <= buffer_room)
-        if not fits.any():
-            continue
-        preference = np.where(rate[k] < 2.0 * asked, 0.0, 1e18) - asked  # closer to its request, then most short
-        j = int(np.argmin(np.where(fits, preference, np.inf)))
-        r = int(receivers[j])
-        if not plan.active[r]:
-            plan.start(r)
-        plan.move(int(flows[k]), r, float(packets[k, j]))
-        room[j] -= rate[k]
-        buffer_room[j] -= packets[k, j]
-        asked[j] -= rate[k]
-        intake[r] -= rate[k]
-        remaining -= rate[k]
+        best = min(best, j)
+    return best
 
 
 def _drain(plan: Plan, v: int, preferred: int, draining: np.ndarray) -> None:
@@ -116,14 +170,22 @@ def _drain(plan: Plan, v: int, preferred: int, draining: np.ndarray) -> None:
     balanced = plan.load[plan.active].sum() / state.capacity[homes].sum()
     checkpoint = plan.checkpoint()
     flows = plan.movable_flows(v)
-    for f in flows[np.lexsort((flows, -state.rate[flows]))].tolist():
-        homes = np.flatnonzero(plan.active & ~draining)
-        first = (homes == preferred) & (plan.utilisation_after(homes, state.rate[f]) <= balanced)
-        homes = homes[np.lexsort((homes, plan.utilisation[homes], ~first))]
-        packets = plan.buffer_packets(np.full(homes.size, f), homes)
-        fits = np.flatnonzero(plan.buffer_fits(homes, packets))
-        if fits.size == 0:
+    flows = flows[np.lexsort((flows, -state.rate[flows]))]
+    # only moves happen while v drains, so the homes and their constants stay; `preferred` may not be one
+    capacity, queue, buffer = state.capacity[homes], state.queue[homes], state.buffer[homes]
+    latency = state.migration_ms[v, homes]
+    drawn = np.flatnonzero(homes == preferred)
+    for f, rate in zip(flows.tolist(), state.rate[flows].tolist()):
+        load = plan.load[homes]
+        packets = cost.packets_buffered_during_move(rate, latency)
+        fits = queue + plan.incoming[homes] + packets <= buffer
+        if drawn.size and fits[drawn[0]] and (load[drawn[0]] + rate) / capacity[drawn[0]] <= balanced:
+            k = int(drawn[0])
+        elif fits.any():
+            fitting = np.flatnonzero(fits)
+            k = int(fitting[np.argmin(load[fitting] / capacity[fitting])])
+        else:
             plan.rollback(checkpoint)
             return
-        plan.move(f, int(homes[fits[0]]), float(packets[fits[0]]))
+        plan.move(f, int(homes[k]), float(packets[k]))
     plan.stop(v)

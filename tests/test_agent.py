@@ -16,6 +16,7 @@ from gnn_policy.agent import (
     drain_counts,
     objective,
     proportional,
+    propose,
     scale_in_view,
     scale_out_view,
     views,
@@ -102,6 +103,19 @@ def test_proportional_plan_keeps_net_loads_and_only_sends_from_net_senders():
     net = amounts.sum(axis=1) - amounts.sum(axis=0)
     np.testing.assert_allclose(plan.sum(axis=1) - plan.sum(axis=0), net)
     assert (plan[net <= 0] == 0).all() and (plan[:, net >= 0] == 0).all()
+
+
+def test_proposals_are_the_requests_of_the_greedy_samples(net):
+    problem = Problem.of(cluster([[5], [3], [200, 100], [150], [250]]), THRESHOLDS)  # scale-in: drains too
+    graph_views = views(problem)
+    thresholds = [THRESHOLDS] * len(graph_views)
+    samples = act(net, graph_views, thresholds, greedy=True)
+    proposals = propose(net, graph_views, thresholds)
+    assert len(proposals) == len(samples) > 1
+    for (request, mean_request), sample in zip(proposals, samples):
+        for mine, theirs in ((request, sample.request), (mean_request, sample.mean_request)):
+            np.testing.assert_array_equal(mine.amounts, theirs.amounts)
+            assert mine.drains == theirs.drains
 
 
 def test_greedy_mode_is_deterministic(net):

@@ -83,3 +83,37 @@ def test_config_round_trips_through_a_plain_dict():
     assert NetConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown network config keys \\['width'\\]"):
         NetConfig.from_dict({**config.to_dict(), "width": 3})
+
+
+def concatenated_logits(net: GNPolicyNet, graph, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network as section V.B writes it, for one graph: every per-edge layer on its concatenated input and
+    every ρ a plain mean of the two-layer net."""
+    sender, receiver = graph.edge_index
+    edges, nodes = graph.edge_index.size(1), graph.x.size(0)
+    block = net.block
+
+    def rho(mlp, members):
+        return mlp.second(torch.relu(mlp.first(members))).mean(dim=0)
+
+    x = torch.tanh(net.encode_node(graph.x))
+    edge = torch.tanh(net.encode_edge(graph.edge_attr))
+    u = torch.tanh(net.encode_global(torch.cat([graph.u, context], dim=1)))
+    for _ in range(net.config.steps):
+        edge = block.edge_model.cell(torch.cat([x[receiver], x[sender], u.expand(edges, -1)], dim=1), edge)
+        incoming = torch.stack([rho(block.node_model.edges_to_node, edge[receiver == k]) for k in range(nodes)])
+        x = block.node_model.cell(torch.cat([incoming, u.expand(nodes, -1)], dim=1), x)
+        pooled = torch.cat([rho(block.global_model.edges_to_global, edge), rho(block.global_model.nodes_to_global, x)])
+        u = block.global_model.cell(pooled[None, :], u)
+    edge_logits = net.edge_head(torch.cat([edge, x[sender], x[receiver], u.expand(edges, -1)], dim=1))
+    return edge_logits, net.node_head(torch.cat([x, u.expand(nodes, -1)], dim=1)).squeeze(1)
+
+
+def test_forward_is_the_concatenated_input_network(net):
+    state = cluster([[30, 20, 10], [80, 5], [40], [], [15, 15, 15, 15]])
+    state = state.with_changes(migration_ms=state.migration_ms * np.linspace(0.5, 1.5, 25).reshape(5, 5))
+    graph = to_pyg(state)
+    with torch.no_grad():
+        out = net(graph, CONTEXT)
+        edge, node = concatenated_logits(net, graph, CONTEXT)
+    torch.testing.assert_close(out.edge, edge, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.node, node, atol=1e-5, rtol=1e-5)

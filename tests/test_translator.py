@@ -1,12 +1,14 @@
 """The policy translator: loads on edges become flows, never breaking constraints (4)-(5)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gnn_policy.translator import LoadRequest, translate
+from gnn_policy.translator import LoadRequest, _receiver, translate
 from tests.strategies import cluster_states
 from twin.migration import apply
 from twin.state import ClusterState, FiveTuple, Flow, Instance
@@ -89,6 +91,29 @@ def test_amounts_of_the_wrong_shape_are_rejected():
     state = cluster([[10], [10]])
     with pytest.raises(ValueError, match="expected \\(2, 2\\)"):
         translate(state, LoadRequest(np.zeros((3, 3))))
+
+
+def test_amounts_that_are_not_finite_are_rejected():
+    state = cluster([[10], [10]])
+    with pytest.raises(ValueError, match="finite"):
+        translate(state, LoadRequest(amounts(state, {(0, 1): np.nan})))
+
+
+# few distinct values, so that ties and shortfalls 1e18 − asked that round alike are frequent
+_amounts = st.sampled_from([-50.0, 0.0, 10.0, 30.0, 60.0, 100.0, 1000.0, 1030.0, 1100.0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), rate=st.sampled_from([5.0, 20.0, 50.0, 100.0]))
+def test_receiver_minimises_the_preference_with_ties_to_the_lowest_position(data, rate):
+    n = data.draw(st.integers(1, 6))
+    room, buffer_room, asked = (data.draw(st.lists(_amounts, min_size=n, max_size=n)) for _ in range(3))
+    latency = data.draw(st.lists(st.sampled_from([1.0, 42.15, 200.0]), min_size=n, max_size=n))
+    preference = [(0.0 if rate < 2.0 * asked[j] else 1e18) - asked[j] if rate < room[j]
+                  and rate * latency[j] / 1000.0 <= buffer_room[j] else math.inf for j in range(n)]
+    expected = int(np.argmin(preference)) if min(preference) < math.inf else -1
+    ranking = sorted(range(n), key=lambda j: (-asked[j], j))
+    assert _receiver(rate, latency, room, buffer_room, asked, ranking) == expected
 
 
 @st.composite

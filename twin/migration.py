@@ -170,7 +170,7 @@ def _check(state: ClusterState, action: IndexedAction) -> tuple[np.ndarray, np.n
 
     occupancy = cost.buffer_occupancy(state, flows, dst)
     overflow = occupancy > state.buffer + 1e-9
-    overflow &= np.isin(np.arange(state.n_instances), dst)
+    overflow &= np.bincount(dst, minlength=state.n_instances) > 0
     if np.any(overflow):
         k = int(np.argmax(overflow))
         raise InvalidAction(
