@@ -799,9 +799,11 @@ class Optimal(Policy):
             if run.x is None or run.status != "optimal":
                 break
             target = model.deviations(run.x)
-            closed = (float(np.mean(target ** 2)) - lower <= precision
-                      or heuristic <= self._variance_cap(lower, variance_before, heuristic))
-            if closed or not model.add_tangents(target):  # no new cut: the model cannot get tighter here
+            refined = float(np.mean(target ** 2)) - lower <= precision
+            closed = refined or heuristic <= self._variance_cap(lower, variance_before, heuristic)
+            # a refined target gives phase 2's box room; with binaries each round is a search, so a bound that
+            # certifies the heuristic answer is enough
+            if refined or (closed and integral.any()) or not model.add_tangents(target):
                 break
             if start is not None:
                 start = np.r_[start, np.zeros(model.milp.n - start.size)]
