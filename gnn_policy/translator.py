@@ -117,7 +117,7 @@ class _Shedding:
             # a flow that would not bring the total closer, or that exceeds every receiver's room, stays
             if rate <= 0.0 or rate >= 2.0 * remaining or rate >= most_room:
                 continue
-            j = _receiver(rate, latency, room, buffer_room, asked, ranking)
+            j = _receiver(rate, latency, room, buffer_room, ranking)
             if j < 0:
                 continue
             r = receivers[j]
@@ -135,27 +135,14 @@ class _Shedding:
             bisect.insort(ranking, j, key=rank)
 
 
-def _receiver(rate: float, latency: list[float], room: list[float], buffer_room: list[float], asked: list[float],
+def _receiver(rate: float, latency: list[float], room: list[float], buffer_room: list[float],
               ranking: list[int]) -> int:
-    """Position of the receiver a flow of `rate` goes to, −1 if it fits none (below the ceiling, and within the
-    buffer for the packets it buffers while moving). Among those it fits, it minimises the preference
-    `(0 if rate < 2·asked else 1e18) − asked`, ties to the lowest position: the receiver asked for most among
-    those that the flow brings closer to their request, else the one most short of it.
-
-    `ranking` lists the positions by asked, most first, so the walk mostly stops at the first receiver that
-    fits; only in the second case does it go on, as the floats 1e18 − asked of close shortfalls round alike
-    and the lowest position among them wins."""
-    fitting = (j for j in ranking
-               if rate < room[j] and cost.packets_buffered_during_move(rate, latency[j]) <= buffer_room[j])
-    best = next(fitting, -1)
-    if best < 0 or rate < 2.0 * asked[best]:
-        return best
-    preference = 1e18 - asked[best]
-    for j in fitting:
-        if 1e18 - asked[j] != preference:
-            break
-        best = min(best, j)
-    return best
+    """Position of the receiver a flow of `rate` goes to: the one asked for most (first in `ranking`, ties to the
+    lowest position) among those it fits, below the ceiling and within the buffer for the packets it buffers
+    while moving; −1 if it fits none. Asked for most means brought closer to its request where the flow can
+    be, and otherwise the one most short of it."""
+    return next((j for j in ranking
+                 if rate < room[j] and cost.packets_buffered_during_move(rate, latency[j]) <= buffer_room[j]), -1)
 
 
 def _drain(plan: Plan, v: int, preferred: int, draining: np.ndarray) -> None:
