@@ -4,8 +4,8 @@ The GNN speaks in loads (packets/s from instance i to instance j, and "empty ins
 scale-in graph); the cluster needs flows. For each sender, largest total request first, the
 translator takes its flows in order of eq. (2) cost per packet/s moved (so flows that keep their
 SLA at the destination and large flows come first: fewer moves for the same load), keeps a flow
-only while it brings the sender's moved load closer to its total request, and sends it to one of
-the sender's receivers, the one whose total requested intake it matches best. Totals rather than
+only while it brings the sender's moved load closer to its total request, and sends it to the
+receiver still asked for most (by all senders together) among those it fits. Totals rather than
 single edges, so that many small edge requests still move whole flows. Every move goes through
 the baselines' `Plan` bookkeeping, so:
 
