@@ -1,6 +1,6 @@
 """Solve time, proven optimality and certified gap of `Optimal` on the paper's set-ups (docs/optimal.md).
 
-    .venv/bin/python benchmarks/bench_optimal.py [--seeds 3] [--time-limit 10] [--quick]
+    .venv/bin/python benchmarks/bench_optimal.py [--seeds 3] [--time-limit 10] [--quick] [--only TEXT] [--reasons]
 
 Each row is one built set-up: scale-out (10 instances, 4/6/8 overloaded, Th_high 0.55/0.6),
 scale-in (50 instances, 5/10/15 underloaded, Th_low 0.1/0.15), load balancing (N = 10..40) and the
@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="fewer settings, for a smoke run")
     parser.add_argument("--only", default="", help="run the set-ups whose name contains this text (e.g. 'timing')")
+    parser.add_argument("--reasons", action="store_true",
+                        help="print Optimal's reason under each row (phases, bounds, where the answer came from)")
     args = parser.parse_args()
     table = read_flows(SAMPLE)
     print(f"{'set-up':28} {'seed':>4} {'N':>3} {'flows':>5} {'time s':>7} {'proven':>6} {'gap':>8} "
@@ -78,6 +80,8 @@ def main() -> None:
         print(f"{name:28} {setup.seed:>4} {setup.state.n_instances:>3} {setup.state.n_flows:>5} {seconds:>7.2f} "
               f"{decision.proven_optimal!s:>6} {decision.optimal_gap:>8.3%} {std_gap:>8} {value:>12.5g} "
               f"{best:>14.5g} {migration:>9}", flush=True)
+        if args.reasons:
+            print("    " + decision.reason.replace("; ", "\n    "), flush=True)
     print("\nper set-up: median time, proven share, worst gap")
     for name in dict.fromkeys(r[0] for r in rows):
         mine = [r for r in rows if r[0] == name]

@@ -732,14 +732,14 @@ class Optimal(Policy):
         do_nothing = next(c for c in candidates if c.source == "no-op")
         heuristic = min((c.variance for c in candidates if c.source != "no-op"), default=math.inf)
         share = state.rate[pairs.flow] / state.capacity[pairs.src]
-        balanced = float(state.load_pps[state.active].sum() / state.capacity[state.active].sum())
+        balanced = problem.scenario.cluster_utilisation
         lower = 0.0
         # phase 1 on the LP relaxation first; while no known answer reaches the cap, again with more flows binary:
         # first the elephants that alone fill a balanced instance, then every flow of `integral_share` or more
         for threshold in sorted({math.inf, max(balanced, self.integral_share), self.integral_share}, reverse=True):
             phase1_deadline = time.perf_counter() + 0.6 * (deadline - time.perf_counter())
-            lower, target = self._variance_bound(problem, pairs, share >= threshold, candidates, phase1_deadline,
-                                                 report, lower)
+            lower, target = self._variance_bound(problem, pairs, share >= threshold, do_nothing.variance, heuristic,
+                                                 candidates, phase1_deadline, report, lower)
             cap = self._variance_cap(lower, do_nothing.variance, heuristic)
             box_deadline = time.perf_counter() + 0.5 * (deadline - time.perf_counter())
             self._box_answer(problem, _pairs_under_cap(state, pairs, cap), target, cap, candidates, box_deadline,
@@ -769,18 +769,18 @@ class Optimal(Policy):
         above a heuristic's (so that Optimal's var_ori / var_lb is at least every heuristic's)."""
         return min(lower + self.variance_gap * (variance_before - lower), heuristic)
 
-    def _variance_bound(self, problem: Problem, pairs: _Pairs, integral: np.ndarray, candidates: list[_Candidate],
-                        deadline: float, report: _Report, lower: float) -> tuple[float, np.ndarray | None]:
+    def _variance_bound(self, problem: Problem, pairs: _Pairs, integral: np.ndarray, variance_before: float,
+                        heuristic: float, candidates: list[_Candidate], deadline: float, report: _Report,
+                        lower: float) -> tuple[float, np.ndarray | None]:
         """Phase 1: a lower bound of the restricted minimum variance (at least `lower`), and the deviations
         u_j − mean(u) of the relaxation's answer (the target of phase 2; None when none was found in time).
 
         Pairs outside `integral` may move fractionally. The tangent-cut optimum of this relaxation bounds the
         variance from below; tangents at the answer's deviations are added until its true variance is within a
         tenth of the distance from the bound to the cap, so that phase 2 has room around it. The search starts
-        from the lowest-variance answer known and stops as soon as its bound puts that answer under the cap.
+        from the lowest-variance answer known; with binaries it stops as soon as its bound puts the best heuristic
+        answer under the cap.
         """
-        variance_before = next(c.variance for c in candidates if c.source == "no-op")
-        heuristic = min((c.variance for c in candidates if c.source != "no-op"), default=math.inf)
         certifying = self.variance_gap * (variance_before - heuristic) / (1 - self.variance_gap)
         model = _balance_model(problem, pairs, integral, self.threads, self.seed)
         n = model.n_active
@@ -805,8 +805,6 @@ class Optimal(Policy):
             # certifies the heuristic answer is enough
             if refined or (closed and integral.any()) or not model.add_tangents(target):
                 break
-            if start is not None:
-                start = np.r_[start, np.zeros(model.milp.n - start.size)]
         report.add(f"phase 1 (variance bound, {int(integral.sum())} of {pairs.count} pairs binary, {rounds} "
                    f"rounds): bound {lower:.3e}" + ("" if closed else " (not closed)"))
         return lower, target

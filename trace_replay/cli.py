@@ -10,6 +10,7 @@ from pathlib import Path
 
 from trace_replay.flows import read_flows
 from trace_replay.pcap import PcapError
+from twin.arguments import positive_float
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     info.add_argument(
         "--idle-timeout",
-        type=_positive_seconds,
+        type=positive_float,
         metavar="S",
         help="split a flow at gaps longer than S seconds (default: never)",
     )
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="write a synthetic enterprise-like header-only trace")
     generate.add_argument("--out", type=Path, required=True, metavar="PCAP")
-    generate.add_argument("--seconds", type=_positive_seconds, required=True, metavar="S")
+    generate.add_argument("--seconds", type=positive_float, required=True, metavar="S")
     generate.add_argument("--seed", type=int, required=True, metavar="K")
     generate.set_defaults(command=_generate)
 
@@ -57,16 +58,6 @@ def _parser() -> argparse.ArgumentParser:
     scenarios.add_argument("--json", action="store_true", help="print one JSON object per set-up")
     scenarios.set_defaults(command=_scenarios)
     return parser
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
 
 
 def _info(args: argparse.Namespace) -> int:

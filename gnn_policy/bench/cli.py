@@ -1,7 +1,8 @@
 """`dm-bench`: the DeepMigration paper's experiments (Figs. 4-7) for any set of policies, on any trace.
 
-Only the standard library is imported at module level: the thread count of numpy's BLAS is fixed
-through the environment, which works only before numpy is first imported (docs/benchmark.md).
+Only the standard library (and `twin.arguments`, which needs nothing else) is imported at module level:
+the thread count of numpy's BLAS is fixed through the environment, which works only before numpy is
+first imported (docs/benchmark.md).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import platform
 import sys
 import time
 from pathlib import Path
+
+from twin.arguments import positive_float, positive_int
 
 EXPERIMENT_CHOICES = ("scale-out", "scale-in", "lb", "time", "all")
 DEFAULT_POLICIES = "ofm,size-greedy,pairwise,random,optimal"
@@ -45,44 +48,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--policies", default=DEFAULT_POLICIES, metavar="NAMES",
                         help=f"comma-separated policy names (default: {DEFAULT_POLICIES})")
     parser.add_argument("--seed", type=int, default=0, metavar="K", help="first seed (default 0)")
-    parser.add_argument("--seeds", type=_positive_int, metavar="S",
+    parser.add_argument("--seeds", type=positive_int, metavar="S",
                         help=f"seeds K..K+S-1 per point (default {FULL_SEEDS}, --quick {QUICK_SEEDS})")
     parser.add_argument("--quick", action="store_true",
                         help="fewer settings and seeds, a shorter Optimal time limit: the CI run (< 2 min)")
     parser.add_argument("--json", type=Path, metavar="OUT",
                         help="write the records and the run's set-up here")
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write one PNG per experiment here")
-    parser.add_argument("--threads", type=_positive_int, default=2, metavar="T",
+    parser.add_argument("--threads", type=positive_int, default=2, metavar="T",
                         help="torch and BLAS threads during the run (default 2)")
-    parser.add_argument("--optimal-time-limit", type=_positive_float, metavar="S",
+    parser.add_argument("--optimal-time-limit", type=positive_float, metavar="S",
                         help=f"Optimal's time limit per decision (default {FULL_OPTIMAL_LIMIT_S:g} s, "
                              f"--quick {QUICK_OPTIMAL_LIMIT_S:g} s)")
     parser.add_argument("--checkpoint", metavar="PATH", help="weights of the deepmigration policy")
-    parser.add_argument("--repeats", type=_positive_int, default=5, metavar="R",
+    parser.add_argument("--repeats", type=positive_int, default=5, metavar="R",
                         help="most timed decide calls per record; the median is reported (default 5)")
-    parser.add_argument("--time-budget", type=_positive_float, default=1.0, metavar="S",
+    parser.add_argument("--time-budget", type=positive_float, default=1.0, metavar="S",
                         help="no further repetition once a record's calls took this long (default 1 s)")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
-    return value
 
 
 def _bench(args: argparse.Namespace, argv: list[str]) -> int:
