@@ -86,7 +86,7 @@ class EdgeUpdate(nn.Module):
 
     def forward(self, sender: torch.Tensor, receiver: torch.Tensor, edge: torch.Tensor, u: torch.Tensor,
                 edge_graph: torch.Tensor) -> torch.Tensor:
-        return self.cell(torch.cat([receiver, sender, u[edge_graph]], dim=1), edge)
+        return self.cell(torch.cat([receiver, sender, _per_member(u, edge_graph)], dim=1), edge)
 
 
 class NodeUpdate(nn.Module):
@@ -100,7 +100,7 @@ class NodeUpdate(nn.Module):
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge: torch.Tensor, u: torch.Tensor,
                 node_graph: torch.Tensor) -> torch.Tensor:
         incoming = self.edges_to_node(edge, edge_index[1], x.size(0))
-        return self.cell(torch.cat([incoming, u[node_graph]], dim=1), x)
+        return self.cell(torch.cat([incoming, _per_member(u, node_graph)], dim=1), x)
 
 
 class GlobalUpdate(nn.Module):
@@ -115,7 +115,7 @@ class GlobalUpdate(nn.Module):
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge: torch.Tensor, u: torch.Tensor,
                 node_graph: torch.Tensor) -> torch.Tensor:
         n_graphs = u.size(0)
-        edges = self.edges_to_global(edge, node_graph[edge_index[0]], n_graphs)
+        edges = self.edges_to_global(edge, node_graph.index_select(0, edge_index[0]), n_graphs)
         nodes = self.nodes_to_global(x, node_graph, n_graphs)
         return self.cell(torch.cat([edges, nodes], dim=1), u)
 
@@ -154,7 +154,24 @@ class GNPolicyNet(nn.Module):
         u = torch.tanh(self.encode_global(torch.cat([graph.u, context], dim=1)))
         for _ in range(self.config.steps):
             x, edge, u = self.block(x, graph.edge_index, edge, u, node_graph)
-        sender, receiver = graph.edge_index
-        edge_logits = self.edge_head(torch.cat([edge, x[sender], x[receiver], u[node_graph[sender]]], dim=1))
-        node_logits = self.node_head(torch.cat([x, u[node_graph]], dim=1)).squeeze(1)
-        return PolicyLogits(edge_logits, node_logits)
+        node_logits = self.node_head(torch.cat([x, _per_member(u, node_graph)], dim=1)).squeeze(1)
+        return PolicyLogits(self._edge_logits(x, graph.edge_index, edge, u, node_graph), node_logits)
+
+    def _edge_logits(self, x: torch.Tensor, edge_index: torch.Tensor, edge: torch.Tensor, u: torch.Tensor,
+                     node_graph: torch.Tensor) -> torch.Tensor:
+        """The edge head on [e_k, v_sk, v_rk, u]. Its first layer is linear, so its sender, receiver and global
+        parts are applied to the V nodes and the globals before they are gathered onto the E edges (E = V·(V − 1)
+        for a full cluster): the same function as on the concatenation, with a quarter of the per-edge work."""
+        first, rest = self.edge_head[0], self.edge_head[1:]
+        on_edge, on_sender, on_receiver, on_global = first.weight.split(edge.size(1), dim=1)
+        sender, receiver = edge_index
+        hidden = (torch.addmm(first.bias, edge, on_edge.t())
+                  + (x @ on_sender.t()).index_select(0, sender)
+                  + (x @ on_receiver.t()).index_select(0, receiver)
+                  + _per_member(u @ on_global.t(), node_graph.index_select(0, sender)))
+        return rest(hidden)
+
+
+def _per_member(values: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """values[group]: each member's row of its group (a broadcast view when there is a single group)."""
+    return values.expand(group.size(0), -1) if values.size(0) == 1 else values.index_select(0, group)

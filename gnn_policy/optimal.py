@@ -580,16 +580,23 @@ def _balance_model(problem: Problem, pairs: _Pairs, integral: np.ndarray, thread
     return _BalanceModel(milp, binary, y, mu, d, active, pair_index, relaxed_index)
 
 
-def _box_half_width(target: np.ndarray, cap: float) -> float:
-    """The largest w with (1/N)·Σ (|a_j| + w)² <= cap: every d in the box |d_j − a_j| <= w has variance <= cap.
+def _trust_region(target: np.ndarray, cap: float) -> tuple[float, float]:
+    """A half-width w and a budget b such that every d with |d_j − a_j| <= w and 2·Σ a_j·d_j <= b has
+    (1/N)·Σ d_j² <= cap (a = target): Σ d² = 2·Σ a·d − Σ a² + Σ (d − a)² <= b − Σ a² + N·w².
 
-    NaN when the target itself lies above the cap.
+    w is the larger of the plain box's half-width (the largest with (1/N)·Σ (|a_j| + w)² <= cap, where the
+    linear row is implied) and √((cap − mean a²)/2), which leaves half of the slack to the linear row: an
+    elephant's large |a_j| would otherwise shrink the plain box for every instance. The budget is ∞ where the
+    plain box wins (the row is implied then). NaN when the target itself lies above the cap.
     """
+    n = target.size
     s1 = float(np.abs(target).mean())
     s2 = float((target ** 2).mean())
     if s2 >= cap:
-        return math.nan
-    return -s1 + math.sqrt(s1 * s1 - s2 + cap)
+        return math.nan, math.nan
+    plain = -s1 + math.sqrt(s1 * s1 - s2 + cap)
+    width = math.sqrt((cap - s2) / 2)
+    return (plain, math.inf) if plain >= width else (width, n * (cap + s2 - width * width))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -731,20 +738,23 @@ class Optimal(Policy):
             return self._nothing_movable(problem, candidates, movable.size, report)
         do_nothing = next(c for c in candidates if c.source == "no-op")
         heuristic = min((c.variance for c in candidates if c.source != "no-op"), default=math.inf)
+        if math.isfinite(heuristic) and (useful := _pairs_under_cap(state, pairs, heuristic)).count:
+            pairs = useful  # the bound is then min(bound, heuristic): still valid (_variance_bound)
         share = state.rate[pairs.flow] / state.capacity[pairs.src]
         balanced = problem.scenario.cluster_utilisation
         lower = 0.0
         # phase 1 on the LP relaxation first; while no known answer reaches the cap, again with more flows binary:
         # first the elephants that alone fill a balanced instance, then every flow of `integral_share` or more
-        for threshold in sorted({math.inf, max(balanced, self.integral_share), self.integral_share}, reverse=True):
+        passes = [share >= threshold for threshold in (math.inf, max(balanced, self.integral_share),
+                                                       self.integral_share)]
+        for integral in [p for i, p in enumerate(passes) if i == 0 or p.sum() > passes[i - 1].sum()]:
             phase1_deadline = time.perf_counter() + 0.6 * (deadline - time.perf_counter())
-            lower, target = self._variance_bound(problem, pairs, share >= threshold, do_nothing.variance, heuristic,
+            lower, target = self._variance_bound(problem, pairs, integral, do_nothing.variance, heuristic,
                                                  candidates, phase1_deadline, report, lower)
             cap = self._variance_cap(lower, do_nothing.variance, heuristic)
             box_deadline = time.perf_counter() + 0.5 * (deadline - time.perf_counter())
-            self._box_answer(problem, _pairs_under_cap(state, pairs, cap), target, cap, candidates, box_deadline,
-                             report)
-            if any(c.variance <= cap for c in candidates):
+            if self._box_answer(problem, _pairs_under_cap(state, pairs, cap), target, cap, candidates,
+                                box_deadline, report):
                 break
         cost_bound = self._cost_bound(problem, _pairs_under_cap(state, pairs, cap), target, cap, candidates,
                                       deadline, report)
@@ -779,26 +789,30 @@ class Optimal(Policy):
         variance from below; tangents at the answer's deviations are added until its true variance is within a
         tenth of the distance from the bound to the cap, so that phase 2 has room around it. The search starts
         from the lowest-variance answer known; with binaries it stops as soon as its bound puts the best heuristic
-        answer under the cap.
+        answer under the cap and its incumbent, as a target, lies in the lower half of the room below the cap.
         """
+        began = time.perf_counter()
         certifying = self.variance_gap * (variance_before - heuristic) / (1 - self.variance_gap)
         model = _balance_model(problem, pairs, integral, self.threads, self.seed)
         n = model.n_active
         model.add_squares(_tangent_points(math.sqrt(variance_before) / 8, math.sqrt(n * variance_before)))
         model.milp.objective(model.t, np.full(n, 1.0 / n))
-        model.milp.h.setOptionValue("mip_heuristic_effort", 0.0)  # only the bound and the optimum matter here
         known = sorted((c for c in candidates if c.source != "no-op"), key=lambda c: c.variance)
         start = next((x for c in known if (x := model.encode(problem.state, c.action)) is not None), None)
         target, closed, rounds = None, False, 0
         while (remaining := deadline - time.perf_counter()) > 0.01:
             rounds += 1
-            precision = 0.1 * (self._variance_cap(lower, variance_before, heuristic) - lower)
-            run = model.milp.run(remaining, start, rel_gap=1e-9, abs_gap=max(precision / 2, certifying))
+            room = self._variance_cap(lower, variance_before, heuristic) - lower
+            precision = 0.1 * room
+            run = model.milp.run(remaining, start, rel_gap=1e-9, abs_gap=max(precision / 2, min(certifying, room / 2)))
             report.timed_out |= run.status == "time_limit"
-            lower = max(lower, run.bound)
-            if run.x is None or run.status != "optimal":
+            # answers above the heuristic's variance may have used pairs the caller dropped, hence the min
+            lower = max(lower, min(run.bound, heuristic))
+            if run.x is None:
                 break
-            target = model.deviations(run.x)
+            target = model.deviations(run.x)  # a stopped search's incumbent still gives phase 2 a target
+            if run.status != "optimal":
+                break
             refined = float(np.mean(target ** 2)) - lower <= precision
             closed = refined or heuristic <= self._variance_cap(lower, variance_before, heuristic)
             # a refined target gives phase 2's box room; with binaries each round is a search, so a bound that
@@ -806,29 +820,34 @@ class Optimal(Policy):
             if refined or (closed and integral.any()) or not model.add_tangents(target):
                 break
         report.add(f"phase 1 (variance bound, {int(integral.sum())} of {pairs.count} pairs binary, {rounds} "
-                   f"rounds): bound {lower:.3e}" + ("" if closed else " (not closed)"))
+                   f"rounds, {time.perf_counter() - began:.2f} s): bound {lower:.3e}" + ("" if closed else " (not closed)"))
         return lower, target
 
     def _box_answer(self, problem: Problem, pairs: _Pairs, target: np.ndarray | None, cap: float,
-                    candidates: list[_Candidate], deadline: float, report: _Report) -> str:
-        """Phase 2, answers: min eq. (3) with the deviations in a box around phase 1's target that lies wholly under
-        the cap, so every answer of this model is feasible. Returns HiGHS's status ("skipped" without a box)."""
+                    candidates: list[_Candidate], deadline: float, report: _Report) -> bool:
+        """Phase 2, answers: min eq. (3) with the deviations in a trust region around phase 1's target that
+        lies wholly under the cap (`_trust_region`), so every answer of this model is feasible. Returns whether
+        it found one."""
         state = problem.state
-        width = _box_half_width(target, cap) if target is not None else math.nan
+        width, budget = _trust_region(target, cap) if target is not None else (math.nan, math.nan)
         if not math.isfinite(width):
-            return "skipped"
+            report.add("phase 2 box skipped: " + ("no target" if target is None else
+                                                 f"the target's variance {np.mean(target ** 2):.3e} is above the cap"))
+            return False
         inner = _balance_model(problem, pairs, np.ones(pairs.count, dtype=bool), self.threads, self.seed)
         inner.milp.h.changeColsBounds(inner.n_active, inner.d.astype(np.int32), target - width, target + width)
+        if math.isfinite(budget):
+            inner.milp.rows([(inner.d, 2.0 * target, -_INF, budget)])
         inner.milp.objective(inner.y, pairs.cost)
         inside = [(c, x) for c in candidates if (x := inner.encode(state, c.action)) is not None
-                  and np.all(np.abs(x[inner.d] - target) <= width)]
+                  and np.all(np.abs(x[inner.d] - target) <= width) and 2.0 * target @ x[inner.d] <= budget]
         start = min(inside, key=lambda cx: cx[0].migration)[1] if inside else None
         run = inner.milp.run(deadline - time.perf_counter(), start)
         report.timed_out |= run.status == "time_limit"
         if run.x is not None:
             candidates.append(_checked(problem, inner.decode(run.x), "milp box"))
         report.add(f"phase 2 box (half-width {width:.2e}): {run.status} in {run.seconds:.2f} s")
-        return run.status
+        return run.x is not None
 
     def _cost_bound(self, problem: Problem, pairs: _Pairs, target: np.ndarray | None, cap: float,
                     candidates: list[_Candidate], deadline: float, report: _Report) -> float:

@@ -4,6 +4,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gnn_policy.base import Problem, score
 from gnn_policy.baselines import OFM, Pairwise, RandomScaleIn, SizeGreedy
@@ -12,6 +14,7 @@ from gnn_policy.optimal import (
     _balance_split,
     _pairs,
     _pairs_under_cap,
+    _trust_region,
     _utilisation_after,
     improvement_gap,
 )
@@ -180,6 +183,22 @@ def test_constructor_rejects_a_non_positive_time_limit_or_a_variance_gap_outside
         Optimal(time_limit_s=0)
     with pytest.raises(ValueError, match="variance gap"):
         Optimal(variance_gap=0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-1.0, 1.0), min_size=2, max_size=12), st.floats(1e-6, 1.0), st.integers(0, 2**32 - 1))
+def test_every_point_of_the_trust_region_is_under_the_cap(values, cap, seed):
+    target = np.array(values) - np.mean(values)
+    cap = cap + float(np.mean(target ** 2))  # a target under the cap
+    width, budget = _trust_region(target, cap)
+    assert width > 0
+    rng = np.random.default_rng(seed)
+    for corner in (rng.choice([-1.0, 1.0], size=(50, target.size)), rng.uniform(-1.0, 1.0, (50, target.size))):
+        d = target + width * corner
+        inside = 2.0 * d @ target <= budget
+        assert np.all(np.mean(d[inside] ** 2, axis=1) <= cap * (1 + 1e-9))
+    if (square := float(np.mean(target ** 2))) > 0:
+        assert np.isnan(_trust_region(target, 0.5 * square)[0])  # a target above the cap has no region
 
 
 def test_improvement_gap_is_the_uncertified_share_of_the_best_improvement():
