@@ -6,7 +6,8 @@
 
 Timing: load balancing on `build_timing(n_instances=40, seed=0)` (40 flows per instance, as Fig. 7),
 `torch.set_num_threads(--threads)`, p50 and p90 of `decide` over `--repeats` calls, for the raw
-policy (the double GNN's action comparison only) and with the guard (plus the cheap baselines).
+policy (the double GNN's action comparison only), with the guard (plus the cheap baselines), and the
+raw policy's network forward pass alone.
 
 Quality: every set-up of Figs. 4-6 (`trace_replay.scenarios.paper_setups`) for seeds 0..S-1, the
 raw and the guarded policy, OFM and Optimal, each called on the set-up's scenario as dm-bench calls
@@ -23,7 +24,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from gnn_policy.agent import DeepMigration
+from gnn_policy.agent import DeepMigration, collate, context, views
 from gnn_policy.base import Problem, score
 from gnn_policy.registry import make_policy
 from trace_replay.flows import read_flows
@@ -32,14 +33,24 @@ from trace_replay.scenarios import build_timing, paper_setups
 from twin.scenario import ScenarioKind
 
 
-def decision_times_ms(policy, problem: Problem, repeats: int) -> np.ndarray:
-    policy.decide(problem)  # warm-up: first-call allocations are not what a running controller pays
+def call_times_ms(call, repeats: int) -> np.ndarray:
+    call()  # warm-up: first-call allocations are not what a running controller pays
     times = []
     for _ in range(repeats):
         begin = time.perf_counter()
-        policy.decide(problem)
+        call()
         times.append(time.perf_counter() - begin)
     return np.array(times) * 1000.0
+
+
+def network_only(policy: DeepMigration, problem: Problem):
+    """One forward pass of the raw policy's network on the problem's graph: its share of a decision."""
+    graph, thresholds = collate([view.graph for view in views(problem)]), context([problem.thresholds])
+
+    def forward():
+        with torch.inference_mode():
+            policy.net(graph, thresholds)
+    return forward
 
 
 def metric(problem: Problem, decision) -> float:
@@ -72,8 +83,9 @@ def main() -> None:
         f"decision time, load balancing, N = 40, {setup.state.n_flows} flows, {args.threads} threads, "
         f"{args.repeats} calls:"
     )
-    for label, policy in (("raw", raw), ("guarded", guarded)):
-        times = decision_times_ms(policy, problem, args.repeats)
+    for label, call in (("raw", lambda: raw.decide(problem)), ("guarded", lambda: guarded.decide(problem)),
+                        ("network", network_only(raw, problem))):
+        times = call_times_ms(call, args.repeats)
         print(f"  {label:8s} p50 {np.percentile(times, 50):6.2f} ms   p90 {np.percentile(times, 90):6.2f} ms")
     if args.skip_quality:
         return
