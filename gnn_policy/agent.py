@@ -118,11 +118,12 @@ def scale_in_view(problem: Problem, count: int | None = None) -> GraphView | Non
     """The `count` (default: all the load judgment lets go) least loaded underloaded instances removed with
     their flows; None when none can go."""
     state = problem.state
-    counts = drain_counts(problem)
-    if not counts:
-        return None
-    wanted = counts[-1] if count is None else count
-    drained = problem.scenario.underloaded[:wanted]
+    if count is None:
+        counts = drain_counts(problem)
+        if not counts:
+            return None
+        count = counts[-1]
+    drained = problem.scenario.underloaded[:count]
     keep = ~np.isin(state.assignment, drained)
     active = state.active.copy()
     active[list(drained)] = False
@@ -130,7 +131,7 @@ def scale_in_view(problem: Problem, count: int | None = None) -> GraphView | Non
         active=active, flow_ids=tuple(np.asarray(state.flow_ids, dtype=object)[keep].tolist()),
         five_tuple=state.five_tuple[keep], rate=state.rate[keep], byte_rate=state.byte_rate[keep],
         sla_ms=state.sla_ms[keep], assignment=state.assignment[keep])
-    return GraphView(state, to_pyg(remaining), drained=drained, label=f"scale-in {wanted}")
+    return GraphView(state, to_pyg(remaining), drained=drained, label=f"scale-in {count}")
 
 
 def context(thresholds: Sequence[Thresholds]) -> torch.Tensor:

@@ -752,12 +752,11 @@ class Optimal(Policy):
             lower, target = self._variance_bound(problem, pairs, integral, do_nothing.variance, heuristic,
                                                  candidates, phase1_deadline, report, lower)
             cap = self._variance_cap(lower, do_nothing.variance, heuristic)
+            under_cap = _pairs_under_cap(state, pairs, cap)
             box_deadline = time.perf_counter() + 0.5 * (deadline - time.perf_counter())
-            if self._box_answer(problem, _pairs_under_cap(state, pairs, cap), target, cap, candidates,
-                                box_deadline, report):
+            if self._box_answer(problem, under_cap, target, cap, candidates, box_deadline, report):
                 break
-        cost_bound = self._cost_bound(problem, _pairs_under_cap(state, pairs, cap), target, cap, candidates,
-                                      deadline, report)
+        cost_bound = self._cost_bound(problem, under_cap, target, cap, candidates, deadline, report)
 
         under = [c for c in candidates if c.variance <= cap]
         if not under:  # phase 1 did not close: no known answer is within the tolerance of the bound

@@ -158,19 +158,17 @@ def _drain(plan: Plan, v: int, preferred: int, draining: np.ndarray) -> None:
     checkpoint = plan.checkpoint()
     flows = plan.movable_flows(v)
     flows = flows[np.lexsort((flows, -state.rate[flows]))]
-    # only moves happen while v drains, so the homes and their constants stay; `preferred` may not be one
-    capacity, queue, buffer = state.capacity[homes], state.queue[homes], state.buffer[homes]
+    # only moves happen while v drains, so the homes stay; `preferred` may not be one
     latency = state.migration_ms[v, homes]
     drawn = np.flatnonzero(homes == preferred)
     for f, rate in zip(flows.tolist(), state.rate[flows].tolist()):
-        load = plan.load[homes]
         packets = cost.packets_buffered_during_move(rate, latency)
-        fits = queue + plan.incoming[homes] + packets <= buffer
-        if drawn.size and fits[drawn[0]] and (load[drawn[0]] + rate) / capacity[drawn[0]] <= balanced:
+        fits = plan.buffer_fits(homes, packets)
+        if drawn.size and fits[drawn[0]] and plan.utilisation_after(preferred, rate) <= balanced:
             k = int(drawn[0])
         elif fits.any():
             fitting = np.flatnonzero(fits)
-            k = int(fitting[np.argmin(load[fitting] / capacity[fitting])])
+            k = int(fitting[np.argmin(plan.utilisation[homes[fitting]])])
         else:
             plan.rollback(checkpoint)
             return
