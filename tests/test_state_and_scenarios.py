@@ -45,6 +45,31 @@ def test_invalid_states_are_rejected_with_the_reason(build, message):
         build()
 
 
+@pytest.mark.parametrize("changes,message", [
+    (lambda s: {"assignment": np.array([0, 5])}, "outside the cluster"),
+    (lambda s: {"active": np.array([True, False])}, "stopped instance 'nf1'"),
+    (lambda s: {"rate": np.array([1.0, np.nan])}, "rate must be finite"),
+    (lambda s: {"capacity": np.array([1.0, 0.0])}, "'nf1' has a non-positive capacity"),
+    (lambda s: {"flow_ids": ("f0", "f0")}, "flow id 'f0' appears more"),
+    (lambda s: {"rate": np.ones(3)}, r"rate has shape \(3,\)"),
+    (lambda s: {"load": np.ones(2)}, r"no field\(s\) \['load'\]"),
+])
+def test_a_derived_state_checks_what_it_replaces(changes, message):
+    state = cluster([0.5, 0.2])
+    with pytest.raises((StateError, TypeError), match=message):
+        state.with_changes(**changes(state))
+
+
+def test_a_derived_state_recomputes_what_derives_from_the_flows():
+    state = cluster([0.5, 0.2])
+    assert state.utilisation.tolist() == [0.5, 0.2]
+    moved = state.with_changes(assignment=np.array([1, 1]))
+    assert moved.utilisation.tolist() == [0.0, 0.7]
+    assert moved.flows_per_instance.tolist() == [0, 2] and state.flows_per_instance.tolist() == [1, 1]
+    with pytest.raises(ValueError):
+        moved.assignment[0] = 0
+
+
 def test_state_arrays_are_read_only():
     state = cluster([0.5, 0.2])
     with pytest.raises(ValueError):

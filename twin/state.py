@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import NamedTuple
 
@@ -94,6 +94,14 @@ class ClusterState:
     time_s: float = field(default=0.0)
 
     def __post_init__(self) -> None:
+        self._validate(changed=None)
+
+    def _validate(self, changed: frozenset[str] | None) -> None:
+        """Check the state; `changed` names the fields replaced in a copy of a checked state (None: all), so a
+        derived state re-checks only those (shapes and the flow-instance cross-check always run)."""
+        def fresh(*names: str) -> bool:
+            return changed is None or not changed.isdisjoint(names)
+
         n, m = len(self.instance_ids), len(self.flow_ids)
         for name, array, shape in (
             ("capacity", self.capacity, (n,)), ("buffer", self.buffer, (n,)), ("queue", self.queue, (n,)),
@@ -106,17 +114,19 @@ class ClusterState:
                 raise StateError(f"{name} has shape {np.shape(array)}, expected {shape}")
             if isinstance(array, np.ndarray):
                 array.flags.writeable = False
-        _require_unique("instance", self.instance_ids)
-        _require_unique("flow", self.flow_ids)
-        if np.any(self.capacity <= 0):
+        if fresh("instance_ids"):
+            _require_unique("instance", self.instance_ids)
+        if fresh("flow_ids"):
+            _require_unique("flow", self.flow_ids)
+        if fresh("capacity") and np.any(self.capacity <= 0):
             bad = self.instance_ids[int(np.argmax(self.capacity <= 0))]
             raise StateError(f"instance {bad!r} has a non-positive capacity")
         for name, array in (("buffer", self.buffer), ("queue", self.queue), ("rate", self.rate),
                             ("sla_ms", self.sla_ms), ("migration_ms", self.migration_ms)):
-            if np.any(array < 0) or not np.all(np.isfinite(array)):
+            if fresh(name) and (np.any(array < 0) or not np.all(np.isfinite(array))):
                 raise StateError(f"{name} must be finite and >= 0")
         if m:
-            if self.assignment.min() < 0 or self.assignment.max() >= n:
+            if fresh("assignment") and (self.assignment.min() < 0 or self.assignment.max() >= n):
                 raise StateError("a flow is assigned to an instance index outside the cluster")
             stopped = ~self.active[self.assignment]
             if np.any(stopped):
@@ -155,8 +165,17 @@ class ClusterState:
         )
 
     def with_changes(self, **changes) -> ClusterState:
-        """A copy with some arrays replaced (validated like any new state)."""
-        return replace(self, **changes)
+        """A copy with some fields replaced. It is validated like any new state, except that fields taken over
+        from this (already checked) state are not re-checked: scoring an action rebuilds the state of 1,600
+        flows once per candidate, and their ids need no second uniqueness check."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"ClusterState has no field(s) {sorted(unknown)}")
+        copy = object.__new__(ClusterState)
+        for f in fields(self):
+            object.__setattr__(copy, f.name, changes.get(f.name, getattr(self, f.name)))
+        copy._validate(changed=frozenset(changes))
+        return copy
 
     # --- sizes and lookups ----------------------------------------------------------------
     @property
