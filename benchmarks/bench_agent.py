@@ -6,8 +6,9 @@
 
 Timing: load balancing on `build_timing(n_instances=40, seed=0)` (40 flows per instance, as Fig. 7),
 `torch.set_num_threads(--threads)`, p50 and p90 of `decide` over `--repeats` calls, for the raw
-policy (the double GNN's action comparison only), with the guard (plus the cheap baselines), and the
-raw policy's network forward pass alone.
+policy (the double GNN's action comparison only) and with the guard (plus the cheap baselines); then
+the p50 of each stage of a raw decision on its own (graph views, network forward, decoding into
+requests, translating and scoring every candidate) and of the guard's extra work.
 
 Quality: every set-up of Figs. 4-6 (`trace_replay.scenarios.paper_setups`) for seeds 0..S-1, the
 raw and the guarded policy, OFM and Optimal, each called on the set-up's scenario as dm-bench calls
@@ -24,9 +25,10 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from gnn_policy.agent import DeepMigration, collate, context, views
-from gnn_policy.base import Problem, score
+from gnn_policy.agent import DeepMigration, collate, context, propose, views
+from gnn_policy.base import Decision, Problem, score
 from gnn_policy.registry import make_policy
+from gnn_policy.translator import translate
 from trace_replay.flows import read_flows
 from trace_replay.generate import sample_path
 from trace_replay.scenarios import build_timing, paper_setups
@@ -43,14 +45,31 @@ def call_times_ms(call, repeats: int) -> np.ndarray:
     return np.array(times) * 1000.0
 
 
-def network_only(policy: DeepMigration, problem: Problem):
-    """One forward pass of the raw policy's network on the problem's graph: its share of a decision."""
-    graph, thresholds = collate([view.graph for view in views(problem)]), context([problem.thresholds])
+def stages(policy: DeepMigration, problem: Problem) -> dict:
+    """Each stage of `DeepMigration._decide` as a call of its own, on the same inputs the decision uses."""
+    graph_views = views(problem)
+    graph, thresholds = collate([view.graph for view in graph_views]), context([problem.thresholds])
+    with torch.inference_mode():
+        requests = [r for pair in propose(policy.net, graph_views, [problem.thresholds] * len(graph_views))
+                    for r in pair]
+    actions = [translate(problem.state, r, problem.params, problem.thresholds.high) for r in requests]
 
     def forward():
         with torch.inference_mode():
             policy.net(graph, thresholds)
-    return forward
+
+    def network_and_decoding():
+        with torch.inference_mode():
+            propose(policy.net, graph_views, [problem.thresholds] * len(graph_views))
+    return {
+        "graph views": lambda: views(problem),
+        "network": forward,
+        "network + decoding": network_and_decoding,
+        f"translate x{len(requests)}": lambda: [translate(problem.state, r, problem.params, problem.thresholds.high)
+                                                for r in requests],
+        f"score x{len(actions)}": lambda: [score(problem, Decision(a)) for a in actions],
+        "guard (baselines + score)": lambda: policy._best_baseline(problem),
+    }
 
 
 def metric(problem: Problem, decision) -> float:
@@ -83,10 +102,12 @@ def main() -> None:
         f"decision time, load balancing, N = 40, {setup.state.n_flows} flows, {args.threads} threads, "
         f"{args.repeats} calls:"
     )
-    for label, call in (("raw", lambda: raw.decide(problem)), ("guarded", lambda: guarded.decide(problem)),
-                        ("network", network_only(raw, problem))):
+    for label, call in (("raw", lambda: raw.decide(problem)), ("guarded", lambda: guarded.decide(problem))):
         times = call_times_ms(call, args.repeats)
         print(f"  {label:8s} p50 {np.percentile(times, 50):6.2f} ms   p90 {np.percentile(times, 90):6.2f} ms")
+    print("stages of a decision, each timed alone (p50):")
+    for label, call in stages(raw, problem).items():
+        print(f"  {label:26s} {np.percentile(call_times_ms(call, args.repeats), 50):6.2f} ms")
     if args.skip_quality:
         return
 

@@ -13,7 +13,7 @@ r (level 0 moves nothing). A per-edge categorical over a few fixed fractions was
 
 The node values of the output graph are the resulting load distribution, load_j − out_j + in_j.
 On the scale-in graph (one or more underloaded instances removed) the removed instances' load
-must land somewhere: each removed instance, least loaded first, draws its destination from a
+must land somewhere: each removed instance, in removal order, draws its destination from a
 categorical over the remaining nodes (softmax of the node logits, destinations already drawn
 masked out), so the whole action keeps an exact log-probability. Deterministic mode proposes two
 actions per graph, the most likely level per edge and the mean level per edge (netted, see
@@ -23,7 +23,7 @@ likely destinations.
 **The double GNN.** The load judgment (`twin.scenario.instances_needed`) says how many instances
 must be active. For scale-out the modified graph adds that many standby instances (at least one),
 each the standby nearest the next most loaded instance; for scale-in, graphs remove shares of the
-underloaded instances that can go (`DRAIN_SHARES`), least loaded first. The GNN runs on all graphs
+underloaded instances that can go (`DRAIN_SHARES`), cheapest to empty first (`drain_order`). The GNN runs on all graphs
 in one batch, and the action comparison keeps the best action under the scenario's figure of merit
 (`objective`). A guard then compares with the cheap baselines on the same state and returns the
 best baseline's action if it is better; `guard_fired` counts how often.
@@ -47,6 +47,7 @@ from gnn_policy.baselines import OFM, RandomScaleIn, SizeGreedy
 from gnn_policy.baselines._plan import Plan
 from gnn_policy.gn import GNPolicyNet
 from gnn_policy.translator import LoadRequest, translate
+from twin import cost
 from twin.graph import to_pyg
 from twin.migration import CostBreakdown, IndexedAction
 from twin.params import Thresholds
@@ -73,7 +74,7 @@ class GraphView:
 
 
 DRAIN_SHARES = (0.25, 0.5, 0.75, 1.0)
-"""Scale-in graphs remove these shares of the instances the load judgment lets go (least loaded first). The
+"""Scale-in graphs remove these shares of the instances the load judgment lets go (`drain_order`). The
 action comparison keeps the best: draining an instance whose flows cost more to move than the C_R it saves
 does not pay, and how many do depends on the state."""
 
@@ -114,8 +115,26 @@ def drain_counts(problem: Problem) -> list[int]:
     return sorted({max(1, round(wanted * share)) for share in DRAIN_SHARES}) if wanted >= 1 else []
 
 
+def drain_order(problem: Problem) -> tuple[int, ...]:
+    """The underloaded instances, cheapest to empty first: eq. (2) summed over each one's flows, each priced at
+    the least loaded other active instance (moving a flow costs about the same anywhere; how many flows an
+    instance holds is what differs), ties to the less loaded."""
+    state = problem.state
+    underloaded = np.asarray(problem.scenario.underloaded, dtype=np.int64)
+    if underloaded.size == 0:
+        return ()
+    keep = np.flatnonzero(state.active & ~np.isin(np.arange(state.n_instances), underloaded))
+    if keep.size == 0:
+        return tuple(underloaded.tolist())
+    home = int(keep[np.argmin(state.utilisation[keep])])
+    flows = np.flatnonzero(np.isin(state.assignment, underloaded))
+    prices = cost.flow_migration_cost(state, flows, np.full(flows.size, home), problem.params)
+    to_empty = np.bincount(state.assignment[flows], weights=prices, minlength=state.n_instances)[underloaded]
+    return tuple(underloaded[np.lexsort((state.utilisation[underloaded], to_empty))].tolist())
+
+
 def scale_in_view(problem: Problem, count: int | None = None) -> GraphView | None:
-    """The `count` (default: all the load judgment lets go) least loaded underloaded instances removed with
+    """The first `count` (default: all the load judgment lets go) underloaded instances of `drain_order` removed with
     their flows; None when none can go."""
     state = problem.state
     if count is None:
@@ -123,7 +142,7 @@ def scale_in_view(problem: Problem, count: int | None = None) -> GraphView | Non
         if not counts:
             return None
         count = counts[-1]
-    drained = problem.scenario.underloaded[:count]
+    drained = drain_order(problem)[:count]
     keep = ~np.isin(state.assignment, drained)
     active = state.active.copy()
     active[list(drained)] = False

@@ -6,8 +6,11 @@ translator takes its flows in order of eq. (2) cost per packet/s moved (so flows
 SLA at the destination and large flows come first: fewer moves for the same load), keeps a flow
 only while it brings the sender's moved load closer to its total request, and sends it to the
 receiver still asked for most (by all senders together) among those it fits. Totals rather than
-single edges, so that many small edge requests still move whole flows. Every move goes through
-the baselines' `Plan` bookkeeping, so:
+single edges, so that many small edge requests still move whole flows. A sender that sheds flows
+and is still at or above `ceiling` (Th_high) after its request also sheds the smallest flow that
+clears it: the levels are coarse, and a hot spot left a few tenths of a point above Th_high pays
+the ω penalty, which costs more than one more migration. Every move goes through the baselines'
+`Plan` bookkeeping, so:
 
 * constraint (4): a flow moves at most once, never to its own instance, only to an active or
   freshly started instance; an instance is stopped only once all its flows have left;
@@ -110,16 +113,9 @@ class _Shedding:
 
         ranking = sorted(range(len(receivers)), key=rank)
         most_room = max(room)
-        remaining = total
-        for f, rate in zip(flows, rates):
-            if remaining <= 0.0:
-                break
-            # a flow that would not bring the total closer, or that exceeds every receiver's room, stays
-            if rate <= 0.0 or rate >= 2.0 * remaining or rate >= most_room:
-                continue
-            j = _receiver(rate, latency, room, buffer_room, ranking)
-            if j < 0:
-                continue
+
+        def move(f: int, rate: float, j: int) -> None:
+            nonlocal most_room
             r = receivers[j]
             if not plan.active[r]:
                 plan.start(r)
@@ -129,10 +125,37 @@ class _Shedding:
             buffer_room[j] -= packets
             asked[j] -= rate
             intake[r] -= rate
-            remaining -= rate
             most_room = max(room)
             ranking.remove(j)
             bisect.insort(ranking, j, key=rank)
+
+        remaining = total
+        shed_any = False
+        for f, rate in zip(flows, rates):
+            if remaining <= 0.0:
+                break
+            # a flow that would not bring the total closer, or that exceeds every receiver's room, stays
+            if rate <= 0.0 or rate >= 2.0 * remaining or rate >= most_room:
+                continue
+            j = _receiver(rate, latency, room, buffer_room, ranking)
+            if j >= 0:
+                move(f, rate, j)
+                remaining -= rate
+                shed_any = True
+        # A sender that sheds flows is not left at or above the ceiling by its request's rounding (the levels are
+        # coarse, and ω charges every point above Th_high): while it is, the smallest flow that clears it goes,
+        # or else the largest one that fits a receiver.
+        excess = float(plan.load[s]) - self.load_limit[s]
+        while shed_any and excess >= 0.0:
+            left = sorted((rate, f) for f, rate in zip(flows, rates) if not plan.moved[f] and 0.0 < rate < most_room)
+            clearing = [flow for flow in left if flow[0] > excess]
+            for rate, f in clearing + left[::-1]:
+                if (j := _receiver(rate, latency, room, buffer_room, ranking)) >= 0:
+                    move(f, rate, j)
+                    excess -= rate
+                    break
+            else:
+                break
 
 
 def _receiver(rate: float, latency: list[float], room: list[float], buffer_room: list[float],

@@ -14,6 +14,7 @@ from gnn_policy.agent import (
     GraphView,
     act,
     drain_counts,
+    drain_order,
     objective,
     proportional,
     propose,
@@ -95,6 +96,15 @@ def test_scale_in_graphs_drain_shares_of_what_the_load_judgment_lets_go():
     assert drain_counts(problem) == [2, 4, 6, 8]
     assert [v.label for v in views(problem)] == ["current", "scale-in 2", "scale-in 4", "scale-in 6", "scale-in 8"]
     assert views(problem)[1].drained == problem.scenario.underloaded[:2]
+
+
+def test_scale_in_graphs_drain_the_instances_cheapest_to_empty_first():
+    # nf0 is the least loaded but holds six flows; nf1 holds one: emptying nf1 costs a sixth of emptying nf0
+    state = cluster([[10, 10, 10, 10, 10, 10], [80], [400], [450]])
+    problem = Problem.of(state, Thresholds(high=0.6, low=0.1))
+    assert problem.scenario.underloaded == (0, 1)
+    assert drain_order(problem) == (1, 0)
+    assert scale_in_view(problem, 1).drained == (1,)
 
 
 def test_proportional_plan_keeps_net_loads_and_only_sends_from_net_senders():

@@ -79,6 +79,21 @@ def test_ceiling_keeps_destinations_below_it():
     assert moved_rate(state, capped) == pytest.approx(50.0)  # a second flow would put nf1 at 60 %
 
 
+def test_a_sender_that_sheds_is_not_left_at_the_ceiling():
+    # nf0 at 63.7 %: the 20 pps flow realises the 20 pps asked for exactly but leaves nf0 at 61.7 %; the smallest
+    # flow that clears 60 % (40 pps: the 12 and 5 pps flows do not, the 560 pps one is larger) goes too
+    state = cluster([[560, 40, 20, 12, 5], []])
+    action = translate(state, LoadRequest(amounts(state, {(0, 1): 20.0})), ceiling=0.6)
+    assert sorted(state.rate[action.flows].tolist()) == [20.0, 40.0]
+    assert apply(state, action)[0].utilisation[0] < 0.6
+
+
+def test_a_sender_asked_for_less_than_a_flow_stays_where_it_is():
+    state = cluster([[500, 130], []])
+    action = translate(state, LoadRequest(amounts(state, {(0, 1): 1e-9})), ceiling=0.6)
+    assert action.flows.size == 0
+
+
 def test_drain_that_cannot_place_every_flow_is_undone():
     state = cluster([[100, 100], [10]], buffer=5.0)  # the second 100 pps flow no longer fits nf1's buffer
     action = translate(state, LoadRequest(amounts(state, {}), drains=((0, 1),)))
@@ -133,7 +148,7 @@ def requests(draw, state: ClusterState) -> LoadRequest:
 @given(data=st.data(), state=cluster_states(max_instances=6, max_flows=30, roomy_buffers=False))
 def test_translated_actions_never_violate_constraints_4_and_5(data, state):
     request = data.draw(requests(state))
-    action = translate(state, request)
+    action = translate(state, request, ceiling=data.draw(st.sampled_from([np.inf, 0.6, 0.3])))
     after, _ = apply(state, action)  # raises InvalidAction on any violation of (4), (5) or the other checks
     assert np.unique(action.flows).size == action.flows.size
     assert not np.any(state.assignment[action.flows] == action.dst)
