@@ -35,8 +35,14 @@ from trace_replay.scenarios import build_timing, paper_setups
 from twin.scenario import ScenarioKind
 
 
+WARM_UP_CALLS = 5
+"""Calls before timing: a running controller decides again and again, so first-call allocations and cold
+caches are not what it pays."""
+
+
 def call_times_ms(call, repeats: int) -> np.ndarray:
-    call()  # warm-up: first-call allocations are not what a running controller pays
+    for _ in range(WARM_UP_CALLS):
+        call()
     times = []
     for _ in range(repeats):
         begin = time.perf_counter()
