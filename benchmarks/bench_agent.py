@@ -6,9 +6,10 @@
 
 Timing: load balancing on `build_timing(n_instances=40, seed=0)` (40 flows per instance, as Fig. 7),
 `torch.set_num_threads(--threads)`, p50 and p90 of `decide` over `--repeats` calls, for the raw
-policy (the double GNN's action comparison only) and with the guard (plus the cheap baselines); then
-the p50 of each stage of a raw decision on its own (graph views, network forward, decoding into
-requests, translating and scoring every candidate) and of the guard's extra work.
+policy (the double GNN's action comparison only) and with the guard (plus the cheap baselines), taking
+turns in ten rounds, so that a shared machine's slow spells hit both alike. Then the p50 of each stage
+of a raw decision on its own (graph views, network forward, decoding into requests, translating and
+scoring every candidate) and of the guard's extra work.
 
 Quality: every set-up of Figs. 4-6 (`trace_replay.scenarios.paper_setups`) for seeds 0..S-1, the
 raw and the guarded policy, OFM and Optimal, each called on the set-up's scenario as dm-bench calls
@@ -34,14 +35,13 @@ from trace_replay.generate import sample_path
 from trace_replay.scenarios import build_timing, paper_setups
 from twin.scenario import ScenarioKind
 
-
 WARM_UP_CALLS = 5
 """Calls before timing: a running controller decides again and again, so first-call allocations and cold
 caches are not what it pays."""
 
 
-def call_times_ms(call, repeats: int) -> np.ndarray:
-    for _ in range(WARM_UP_CALLS):
+def call_times_ms(call, repeats: int, warm_up: int = WARM_UP_CALLS) -> np.ndarray:
+    for _ in range(warm_up):
         call()
     times = []
     for _ in range(repeats):
@@ -49,6 +49,17 @@ def call_times_ms(call, repeats: int) -> np.ndarray:
         call()
         times.append(time.perf_counter() - begin)
     return np.array(times) * 1000.0
+
+
+def interleaved_times_ms(calls: dict, repeats: int, rounds: int = 10) -> dict[str, np.ndarray]:
+    """`repeats` timed calls of each of `calls`, in `rounds` rounds that take turns."""
+    for call in calls.values():
+        call_times_ms(call, 0)
+    times: dict[str, list] = {label: [] for label in calls}
+    for _ in range(rounds):
+        for label, call in calls.items():
+            times[label].extend(call_times_ms(call, max(1, repeats // rounds), warm_up=0))
+    return {label: np.array(values) for label, values in times.items()}
 
 
 def stages(policy: DeepMigration, problem: Problem) -> dict:
@@ -108,8 +119,9 @@ def main() -> None:
         f"decision time, load balancing, N = 40, {setup.state.n_flows} flows, {args.threads} threads, "
         f"{args.repeats} calls:"
     )
-    for label, call in (("raw", lambda: raw.decide(problem)), ("guarded", lambda: guarded.decide(problem))):
-        times = call_times_ms(call, args.repeats)
+    timed = interleaved_times_ms({"raw": lambda: raw.decide(problem), "guarded": lambda: guarded.decide(problem)},
+                                 args.repeats)
+    for label, times in timed.items():
         print(f"  {label:8s} p50 {np.percentile(times, 50):6.2f} ms   p90 {np.percentile(times, 90):6.2f} ms")
     print("stages of a decision, each timed alone (p50):")
     for label, call in stages(raw, problem).items():
@@ -138,13 +150,14 @@ def main() -> None:
         f"\nquality on the paper's set-ups, seeds 0..{args.seeds - 1} (mean; cost, or var_ori/var_lb for lb):"
     )
     print("| experiment | threshold | setting | " + " | ".join(names) + " | "
-          + " | ".join(f"raw / {ref}" for ref in others) + " |")
-    print("|---" * (len(names) + len(others) + 3) + "|")
+          + " | ".join(f"{mine} / {ref}" for mine in ("raw", "guarded") for ref in others) + " |")
+    print("|---" * (len(names) + 2 * len(others) + 3) + "|")
     for (experiment, threshold, setting), values in points.items():
         means = {name: float(np.mean(values[name])) for name in names}
         print(f"| {experiment} | {'' if threshold is None else f'{threshold:.0%}'} | {setting} | "
               + " | ".join(f"{means[name]:.4g}" for name in names)
-              + " | " + " | ".join(f"{means['raw'] / means[ref]:.3f}" for ref in others) + " |")
+              + " | " + " | ".join(f"{means[mine] / means[ref]:.3f}" for mine in ("raw", "guarded") for ref in others)
+              + " |")
     print(
         "\nguard fired (guarded policy): "
         + ", ".join(f"{experiment} {n}/{total}" for experiment, (n, total) in fired.items())
