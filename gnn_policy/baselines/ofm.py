@@ -135,23 +135,25 @@ class OFM(Policy):
                     picks.append(f)
                     remaining -= state.rate[f]
 
-        # Step 2: the largest pick onto the lightest light instance where it fits.
+        # Step 2: the largest pick onto the lightest light instance where it fits. What does not depend on the
+        # moves so far (the SLA test, the packets each pick buffers at each light instance) is computed once.
         picks_arr = np.array(picks, dtype=np.int64)
+        picks_arr = picks_arr[np.lexsort((picks_arr, -state.rate[picks_arr]))]
+        pair_flows, pair_light = np.repeat(picks_arr, light.size), np.tile(light, picks_arr.size)
+        sla_ok = (state.migration_ms[state.assignment[pair_flows], pair_light]
+                  <= state.sla_ms[pair_flows] - state.processing_ms[pair_light]).reshape(-1, light.size)
+        packets = plan.buffer_packets(pair_flows, pair_light).reshape(-1, light.size)
+        need = plan.ofm_need(pair_flows, pair_light).reshape(-1, light.size)
         blocked = 0
-        for f in picks_arr[np.lexsort((picks_arr, -state.rate[picks_arr]))].tolist():
-            s, r = int(state.assignment[f]), float(state.rate[f])
-            ok = state.migration_ms[s, light] <= state.sla_ms[f] - state.processing_ms[light]
-            ok &= plan.utilisation_after(light, r) <= average
-            flow_rep = np.full(light.size, f)
-            packets = plan.buffer_packets(flow_rep, light)
-            need = plan.ofm_need(flow_rep, light)
-            ok &= plan.ofm_fits(light, need) & plan.buffer_fits(light, packets)
+        for i, (f, r) in enumerate(zip(picks_arr.tolist(), state.rate[picks_arr].tolist())):
+            ok = sla_ok[i] & (plan.utilisation_after(light, r) <= average)
+            ok &= plan.ofm_fits(light, need[i]) & plan.buffer_fits(light, packets[i])
             if not ok.any():
                 blocked += 1
                 continue
             candidates = np.flatnonzero(ok)
             k = int(candidates[np.lexsort((light[candidates], plan.utilisation[light[candidates]]))[0]])
-            plan.move(f, int(light[k]), float(packets[k]), float(need[k]))
+            plan.move(f, int(light[k]), float(packets[i, k]), float(need[i, k]))
         if plan.n_moves == 0:
             return Decision.infeasible(
                 f"ofm lb: no flow can move from a heavy to a light instance ({n_unsafe} flows on heavy instances fail "
