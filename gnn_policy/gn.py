@@ -10,7 +10,9 @@ One GN block (`torch_geometric.nn.MetaLayer`) is made of six small functions, as
   averaged. Averages, not sums, keep every message on one scale for any number of instances, so
   the same weights serve N = 10 or N = 50. The mean commutes with the second (affine) layer, so
   it is applied after the mean: the same function, with the per-edge work halved (N = 40 has
-  1560 edges and 40 nodes, and the edges are what a decision pays for).
+  1560 edges and 40 nodes, and the edges are what a decision pays for). Aggregations are PyG
+  `scatter` means; a single graph (no `batch`) has one group for the global aggregations, whose
+  mean is taken directly.
 
 `GNPolicyNet` encodes the graph of `twin.graph.to_pyg` (plus the scenario thresholds, which the
 graph does not carry), runs the block `steps` times and decodes two heads: per-edge logits over
@@ -73,8 +75,12 @@ class MeanOfTwoLayer(nn.Module):
         self.first = nn.Linear(hidden, hidden)
         self.second = nn.Linear(hidden, hidden)
 
-    def forward(self, members: torch.Tensor, index: torch.Tensor, groups: int) -> torch.Tensor:
-        return self.second(scatter(torch.relu(self.first(members)), index, dim=0, dim_size=groups, reduce="mean"))
+    def forward(self, members: torch.Tensor, index: torch.Tensor | None, groups: int) -> torch.Tensor:
+        """`index` None: every member belongs to the one group (a single graph), whose mean needs no scatter."""
+        hidden = torch.relu(self.first(members))
+        mean = (hidden.mean(dim=0, keepdim=True) if index is None
+                else scatter(hidden, index, dim=0, dim_size=groups, reduce="mean"))
+        return self.second(mean)
 
 
 class EdgeUpdate(nn.Module):
@@ -85,8 +91,8 @@ class EdgeUpdate(nn.Module):
         self.cell = nn.RNNCell(3 * hidden, hidden)
 
     def forward(self, sender: torch.Tensor, receiver: torch.Tensor, edge: torch.Tensor, u: torch.Tensor,
-                edge_graph: torch.Tensor) -> torch.Tensor:
-        return self.cell(torch.cat([receiver, sender, _per_member(u, edge_graph)], dim=1), edge)
+                edge_graph: torch.Tensor | None) -> torch.Tensor:
+        return self.cell(torch.cat([receiver, sender, _per_member(u, edge_graph, edge.size(0))], dim=1), edge)
 
 
 class NodeUpdate(nn.Module):
@@ -98,9 +104,9 @@ class NodeUpdate(nn.Module):
         self.cell = nn.RNNCell(2 * hidden, hidden)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge: torch.Tensor, u: torch.Tensor,
-                node_graph: torch.Tensor) -> torch.Tensor:
+                node_graph: torch.Tensor | None) -> torch.Tensor:
         incoming = self.edges_to_node(edge, edge_index[1], x.size(0))
-        return self.cell(torch.cat([incoming, _per_member(u, node_graph)], dim=1), x)
+        return self.cell(torch.cat([incoming, _per_member(u, node_graph, x.size(0))], dim=1), x)
 
 
 class GlobalUpdate(nn.Module):
@@ -113,9 +119,10 @@ class GlobalUpdate(nn.Module):
         self.cell = nn.RNNCell(2 * hidden, hidden)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge: torch.Tensor, u: torch.Tensor,
-                node_graph: torch.Tensor) -> torch.Tensor:
+                node_graph: torch.Tensor | None) -> torch.Tensor:
         n_graphs = u.size(0)
-        edges = self.edges_to_global(edge, node_graph.index_select(0, edge_index[0]), n_graphs)
+        edge_graph = None if node_graph is None else node_graph.index_select(0, edge_index[0])
+        edges = self.edges_to_global(edge, edge_graph, n_graphs)
         nodes = self.nodes_to_global(x, node_graph, n_graphs)
         return self.cell(torch.cat([edges, nodes], dim=1), u)
 
@@ -148,17 +155,17 @@ class GNPolicyNet(nn.Module):
     def forward(self, graph: Data, context: torch.Tensor) -> PolicyLogits:
         """`graph` from `twin.graph.to_pyg`, or several collated into one (`batch` gives each node's graph);
         `context` [graphs, 2] holds Th_high, Th_low."""
-        node_graph = graph.batch if graph.batch is not None else graph.x.new_zeros(graph.x.size(0), dtype=torch.long)
+        node_graph = graph.batch  # None for a single graph
         x = torch.tanh(self.encode_node(graph.x))
         edge = torch.tanh(self.encode_edge(graph.edge_attr))
         u = torch.tanh(self.encode_global(torch.cat([graph.u, context], dim=1)))
         for _ in range(self.config.steps):
             x, edge, u = self.block(x, graph.edge_index, edge, u, node_graph)
-        node_logits = self.node_head(torch.cat([x, _per_member(u, node_graph)], dim=1)).squeeze(1)
+        node_logits = self.node_head(torch.cat([x, _per_member(u, node_graph, x.size(0))], dim=1)).squeeze(1)
         return PolicyLogits(self._edge_logits(x, graph.edge_index, edge, u, node_graph), node_logits)
 
     def _edge_logits(self, x: torch.Tensor, edge_index: torch.Tensor, edge: torch.Tensor, u: torch.Tensor,
-                     node_graph: torch.Tensor) -> torch.Tensor:
+                     node_graph: torch.Tensor | None) -> torch.Tensor:
         """The edge head on [e_k, v_sk, v_rk, u]. Its first layer is linear, so its sender, receiver and global
         parts are applied to the V nodes and the globals before they are gathered onto the E edges (E = V·(V − 1)
         for a full cluster): the same function as on the concatenation, with a quarter of the per-edge work."""
@@ -168,10 +175,12 @@ class GNPolicyNet(nn.Module):
         hidden = (torch.addmm(first.bias, edge, on_edge.t())
                   + (x @ on_sender.t()).index_select(0, sender)
                   + (x @ on_receiver.t()).index_select(0, receiver)
-                  + _per_member(u @ on_global.t(), node_graph.index_select(0, sender)))
+                  + _per_member(u @ on_global.t(), None if node_graph is None else node_graph.index_select(0, sender),
+                                sender.size(0)))
         return rest(hidden)
 
 
-def _per_member(values: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    """values[group]: each member's row of its group (a broadcast view when there is a single group)."""
-    return values.expand(group.size(0), -1) if values.size(0) == 1 else values.index_select(0, group)
+def _per_member(values: torch.Tensor, group: torch.Tensor | None, size: int) -> torch.Tensor:
+    """values[group]: each of `size` members' row of its group; a broadcast view of the single row when there is
+    one group (`group` None for a single graph)."""
+    return values.expand(size, -1) if group is None or values.size(0) == 1 else values.index_select(0, group)
