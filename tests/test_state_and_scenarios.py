@@ -53,6 +53,9 @@ def test_invalid_states_are_rejected_with_the_reason(build, message):
     (lambda s: {"flow_ids": ("f0", "f0")}, "flow id 'f0' appears more"),
     (lambda s: {"rate": np.ones(3)}, r"rate has shape \(3,\)"),
     (lambda s: {"load": np.ones(2)}, r"no field\(s\) \['load'\]"),
+    (lambda s: {"instance_ids": ("nf0",), "capacity": s.capacity[:1], "buffer": s.buffer[:1], "queue": s.queue[:1],
+                "active": s.active[:1], "processing_ms": s.processing_ms[:1], "migration_ms": s.migration_ms[:1, :1]},
+     "outside the cluster"),
 ])
 def test_a_derived_state_checks_what_it_replaces(changes, message):
     state = cluster([0.5, 0.2])

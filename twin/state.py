@@ -126,7 +126,7 @@ class ClusterState:
             if fresh(name) and (np.any(array < 0) or not np.all(np.isfinite(array))):
                 raise StateError(f"{name} must be finite and >= 0")
         if m:
-            if fresh("assignment") and (self.assignment.min() < 0 or self.assignment.max() >= n):
+            if fresh("assignment", "instance_ids") and (self.assignment.min() < 0 or self.assignment.max() >= n):
                 raise StateError("a flow is assigned to an instance index outside the cluster")
             stopped = ~self.active[self.assignment]
             if np.any(stopped):
