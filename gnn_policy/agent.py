@@ -86,7 +86,8 @@ def views(problem: Problem) -> list[GraphView]:
     if kind is ScenarioKind.SCALE_OUT:
         modified = [scale_out_view(problem)]
     elif kind is ScenarioKind.SCALE_IN:
-        modified = [scale_in_view(problem, count) for count in drain_counts(problem)]
+        order = drain_order(problem)
+        modified = [scale_in_view(problem, count, order) for count in drain_counts(problem)]
     else:
         modified = []
     return [current, *(view for view in modified if view is not None)]
@@ -133,16 +134,17 @@ def drain_order(problem: Problem) -> tuple[int, ...]:
     return tuple(underloaded[np.lexsort((state.utilisation[underloaded], to_empty))].tolist())
 
 
-def scale_in_view(problem: Problem, count: int | None = None) -> GraphView | None:
-    """The first `count` (default: all the load judgment lets go) underloaded instances of `drain_order` removed with
-    their flows; None when none can go."""
+def scale_in_view(problem: Problem, count: int | None = None, order: tuple[int, ...] | None = None) -> GraphView | None:
+    """The first `count` (default: all the load judgment lets go) underloaded instances of `order` (default:
+    `drain_order`, which `views` computes once for all its graphs) removed with their flows; None when none can
+    go."""
     state = problem.state
     if count is None:
         counts = drain_counts(problem)
         if not counts:
             return None
         count = counts[-1]
-    drained = drain_order(problem)[:count]
+    drained = (drain_order(problem) if order is None else order)[:count]
     keep = ~np.isin(state.assignment, drained)
     active = state.active.copy()
     active[list(drained)] = False

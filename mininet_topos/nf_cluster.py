@@ -28,9 +28,6 @@ from pathlib import Path
 
 from mininet.topo import Topo
 
-from mininet_topos.nf_channel import check_socket_path
-from mininet_topos.testbed import log_tail, mininet_network, stop_process, switch_name
-
 SOURCE_PORT, SINK_PORT, FIRST_NF_PORT = 1, 2, 3
 DESCRIPTION_FILE = "cluster.json"
 DESCRIPTION_ENV = "DEEPMIGRATION_CLUSTER"
@@ -131,6 +128,8 @@ class RunningCluster:
     def start_process(self, host: str, args: list[str], log_name: str) -> subprocess.Popen:
         """Run `python args...` (the project's interpreter) in `host`'s namespace, logging to the
         workdir, until the cluster goes down (SIGTERM, then SIGKILL)."""
+        from mininet_topos.testbed import stop_process
+
         with open(self.workdir / log_name, "wb") as log:
             process = self.net.get(host).popen(
                 [sys.executable, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
@@ -198,6 +197,8 @@ class RunningCluster:
 
 
 def _wait_until(ready, timeout: float, process: subprocess.Popen, log: Path, what: str) -> None:
+    from mininet_topos.testbed import log_tail
+
     deadline = time.monotonic() + timeout
     while not ready():
         if process.poll() is not None or time.monotonic() >= deadline:
@@ -228,6 +229,8 @@ def nf_cluster(
     description, sockets, sink counts and the processes' logs.
     """
     # Imported here rather than at the top: they need the project's environment (see module doc).
+    from mininet_topos.nf_channel import check_socket_path
+    from mininet_topos.testbed import mininet_network, switch_name
 
     with ExitStack() as stack:
         if workdir is None:
