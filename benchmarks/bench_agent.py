@@ -26,10 +26,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from gnn_policy.agent import DeepMigration, collate, context, propose, views
+from gnn_policy.agent import DeepMigration, collate, context, propose, realise, views
 from gnn_policy.base import Decision, Problem, score
 from gnn_policy.registry import make_policy
-from gnn_policy.translator import translate
 from trace_replay.flows import read_flows
 from trace_replay.generate import sample_path
 from trace_replay.scenarios import build_timing, paper_setups
@@ -69,7 +68,7 @@ def stages(policy: DeepMigration, problem: Problem) -> dict:
     with torch.inference_mode():
         requests = [r for pair in propose(policy.net, graph_views, [problem.thresholds] * len(graph_views))
                     for r in pair]
-    actions = [translate(problem.state, r, problem.params, problem.thresholds.high) for r in requests]
+    actions = [realise(problem, r) for r in requests]
 
     def forward():
         with torch.inference_mode():
@@ -82,8 +81,7 @@ def stages(policy: DeepMigration, problem: Problem) -> dict:
         "graph views": lambda: views(problem),
         "network": forward,
         "network + decoding": network_and_decoding,
-        f"translate x{len(requests)}": lambda: [translate(problem.state, r, problem.params, problem.thresholds.high)
-                                                for r in requests],
+        f"translate x{len(requests)}": lambda: [realise(problem, r) for r in requests],
         f"score x{len(actions)}": lambda: [score(problem, Decision(a)) for a in actions],
         "guard (baselines + score)": lambda: policy._best_baseline(problem),
     }

@@ -319,6 +319,14 @@ def _drains(view: GraphView, node_logits: torch.Tensor, greedy: bool, generator:
     return tuple(destinations), log_p
 
 
+def realise(problem: Problem, request: LoadRequest) -> IndexedAction:
+    """`translate` as every decision, imitation target and training step uses it: no destination pushed to
+    Th_high, and in load balancing no instance moved across the balanced utilisation."""
+    scenario = problem.scenario
+    balanced = scenario.cluster_utilisation if scenario.kind is ScenarioKind.LOAD_BALANCE else None
+    return translate(problem.state, request, problem.params, problem.thresholds.high, balanced)
+
+
 def imitation_choice(problem: Problem, action: IndexedAction, levels: Sequence[float]) -> tuple[GraphView, Choice]:
     """A teacher's flow-level `action` in the policy's action space (`_choice_of`) on the view whose mean action
     realises it best."""
@@ -328,7 +336,7 @@ def imitation_choice(problem: Problem, action: IndexedAction, levels: Sequence[f
         choice = _choice_of(view, action, levels)
         mean = (choice.weights.double() @ torch.tensor(levels, dtype=torch.float64)).numpy()
         request = _netted(request_of(view, mean, choice.destinations))
-        outcome = score(problem, Decision(translate(problem.state, request, problem.params, problem.thresholds.high)))
+        outcome = score(problem, Decision(realise(problem, request)))
         if outcome.valid and (best is None or objective(kind, outcome.breakdown) < best[0]):
             best = (objective(kind, outcome.breakdown), view, choice)
     if best is None:
@@ -426,8 +434,7 @@ class DeepMigration(Policy):
         graph_views = views(problem)
         with torch.inference_mode():
             proposals = propose(self.net, graph_views, [problem.thresholds] * len(graph_views))
-        candidates = [score(problem, Decision(translate(problem.state, request, problem.params,
-                                                        problem.thresholds.high),
+        candidates = [score(problem, Decision(realise(problem, request),
                                               reason=f"deepmigration: {v.label} graph, {how}"))
                       for v, requests in zip(graph_views, proposals)
                       for request, how in zip(requests, ("most likely levels", "mean levels"))]

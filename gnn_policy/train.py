@@ -36,10 +36,9 @@ import torch
 from tqdm import tqdm
 
 from gnn_policy import checkpoint
-from gnn_policy.agent import Choice, GraphView, act, imitation_choice, reward, views
+from gnn_policy.agent import Choice, GraphView, act, imitation_choice, realise, reward, views
 from gnn_policy.base import Problem
 from gnn_policy.gn import GNPolicyNet, NetConfig
-from gnn_policy.translator import translate
 from trace_replay import scenarios
 from trace_replay.flows import FlowTable, read_flows
 from twin import cost
@@ -213,8 +212,7 @@ def run_episodes(net: GNPolicyNet, starts: Sequence[Start], config: TrainConfig,
         problems = [Problem.of(state, thresholds, params) for state in twin.states()]
         chosen = [_pick(views(problem), rng) for problem in problems]
         samples = act(net, chosen, [thresholds] * len(chosen), greedy=False, generator=generator)
-        actions = [translate(view.state, sample.request, params, thresholds.high)
-                   for view, sample in zip(chosen, samples)]
+        actions = [realise(problem, sample.request) for problem, sample in zip(problems, samples)]
         variance_before = _variances(twin)
         result = twin.step(*twin.action_tensors(actions))
         variance_after = _variances(twin)

@@ -4,13 +4,21 @@ The GNN speaks in loads (packets/s from instance i to instance j, and "empty ins
 scale-in graph); the cluster needs flows. For each sender, largest total request first, the
 translator takes its flows in order of eq. (2) cost per packet/s moved (so flows that keep their
 SLA at the destination and large flows come first: fewer moves for the same load), keeps a flow
-only while it brings the sender's moved load closer to its total request, and sends it to the
-receiver still asked for most (by all senders together) among those it fits. Totals rather than
-single edges, so that many small edge requests still move whole flows. A sender that sheds flows
-and is still at or above `ceiling` (Th_high) after its request also sheds the smallest flow that
-clears it: the levels are coarse, and a hot spot left a few tenths of a point above Th_high pays
-the ω penalty, which costs more than one more migration. Every move goes through the baselines'
-`Plan` bookkeeping, so:
+while it brings the sender's moved load closer to its total request, and sends it to a receiver by
+best fit: the one it fills most tightly among those whose remaining request (by all senders
+together) it does not exceed, else the one asked for most. Totals rather than single edges, so that
+many small edge requests still move whole flows. A sender that sheds flows and is still at or
+above `ceiling` (Th_high) after its request also sheds the smallest flow that clears it: the levels
+are coarse, and a hot spot left a few tenths of a point above Th_high pays the ω penalty, which
+costs more than one more migration.
+
+Load balancing (`balanced`, the balanced utilisation) aims at the balanced load itself, so there
+the translator is exact and never moves an instance across it: a sender is asked for at most its
+surplus above it and keeps flows only while its total stays within the request, then adds the one
+flow that brings it closest; a receiver takes a flow only if that leaves it closer to the balanced
+load than before (the rule OFM and Pairwise follow too).
+
+Every move goes through the baselines' `Plan` bookkeeping, so:
 
 * constraint (4): a flow moves at most once, never to its own instance, only to an active or
   freshly started instance; an instance is stopped only once all its flows have left;
@@ -45,10 +53,11 @@ class LoadRequest:
 
 
 def translate(state: ClusterState, request: LoadRequest, params: CostParams = CostParams(),
-              ceiling: float = math.inf) -> IndexedAction:
+              ceiling: float = math.inf, balanced: float | None = None) -> IndexedAction:
     """The flow-level action that realises `request` as closely as constraints (4)-(5) allow, never pushing a
     destination of an edge to `ceiling` utilisation or above (the agent passes Th_high: the levels are coarse,
-    and an edge that overshoots must not turn its destination into a new hot spot)."""
+    and an edge that overshoots must not turn its destination into a new hot spot) and, given the `balanced`
+    utilisation of a load balancing, never moving an instance across it."""
     n = state.n_instances
     if np.shape(request.amounts) != (n, n):
         raise ValueError(f"amounts have shape {np.shape(request.amounts)}, expected {(n, n)} for this state")
@@ -61,6 +70,11 @@ def translate(state: ClusterState, request: LoadRequest, params: CostParams = Co
         _drain(plan, v, d, draining)
     amounts = np.where(np.eye(n, dtype=bool) | draining[None, :], 0.0, np.asarray(request.amounts, dtype=float))
     totals = amounts.sum(axis=1)
+    above_balance = None
+    if balanced is not None:
+        above_balance = plan.load - balanced * state.capacity
+        amounts *= np.divide(np.clip(above_balance, 0.0, totals), totals, out=np.zeros(n), where=totals > 0.0)[:, None]
+        totals = amounts.sum(axis=1)
     senders = [s for s in np.argsort(-totals, kind="stable").tolist() if totals[s] > 0.0]
     if not senders:
         return plan.action()
@@ -76,7 +90,7 @@ def translate(state: ClusterState, request: LoadRequest, params: CostParams = Co
     order = np.lexsort((per_load, owner))
     flows, rates = offered[order].tolist(), rate[order].tolist()
     bounds = np.searchsorted(owner[order], np.arange(n + 1)).tolist()
-    shedding = _Shedding(plan, amounts, ceiling)
+    shedding = _Shedding(plan, amounts, ceiling, above_balance)
     for s in senders:
         offer = slice(bounds[s], bounds[s + 1])
         shedding.shed(s, flows[offer], rates[offer], np.flatnonzero(amounts[s] > 0.0).tolist(), float(totals[s]))
@@ -87,35 +101,45 @@ class _Shedding:
     """The senders' moves of `translate`, on Python floats and lists: numpy's per-call overhead on a few
     receivers would cost more than the arithmetic."""
 
-    def __init__(self, plan: Plan, amounts: np.ndarray, ceiling: float):
+    def __init__(self, plan: Plan, amounts: np.ndarray, ceiling: float, above_balance: np.ndarray | None):
         state = plan.state
         self.plan = plan
+        self.exact = above_balance is not None
         self.intake = amounts.sum(axis=0).tolist()
         """What each instance is still asked to take in, from all senders."""
         self.load_limit = (ceiling * state.capacity).tolist()
         self.buffer_free = (state.buffer - state.queue).tolist()
+        self.above_balance = above_balance.tolist() if self.exact else None
+        """Load balancing: packets/s each instance is above the balanced load (negative below it); no move may
+        leave an instance further from it than it was."""
 
     def shed(self, s: int, flows: list[int], rates: list[float], receivers: list[int], total: float) -> None:
-        """Move `flows` of `s`, in their order, while each brings their total closer to `total` (what `s` is
-        asked to send), each to the one of `receivers` that `_receiver` picks. Totals per sender and per
-        receiver, rather than per edge, let many small requests (a spread-out mean action) still move whole
-        flows to where they were asked for."""
-        plan, intake = self.plan, self.intake
+        """Move `flows` of `s`, in their order, towards `total` (what `s` is asked to send), each to the one of
+        `receivers` that `_receiver` picks. Totals per sender and per receiver, rather than per edge, let many
+        small requests (a spread-out mean action) still move whole flows to where they were asked for.
+
+        Scaling keeps a flow while it brings the moved total closer to `total`: the request's aim is to bring the
+        sender under Th_high, and a move costs about the same whatever its rate, so a flow that overshoots by
+        less than what is left is welcome. Load balancing (`exact`) aims at the balanced load itself: a flow is
+        kept only while the total stays within `total`, then the one flow that brings it closest, if any."""
+        plan, intake, above, exact = self.plan, self.intake, self.above_balance, self.exact
         load, incoming, from_s = plan.load.tolist(), plan.incoming.tolist(), plan.state.migration_ms[s].tolist()
-        # what each receiver can still take below the ceiling and in its buffer, kept up to date as flows move
+        # what each receiver can still take below the ceiling, in its buffer and towards the balanced load, and
+        # what it is still asked for, kept up to date as flows move
         room = [self.load_limit[r] - load[r] for r in receivers]
         buffer_room = [self.buffer_free[r] - incoming[r] for r in receivers]
+        short = [-above[r] for r in receivers] if exact else [math.inf] * len(receivers)
         latency = [from_s[r] for r in receivers]
         asked = [intake[r] for r in receivers]
+        ranking = sorted(range(len(receivers)), key=lambda j: (asked[j], j))
+        # no flow this large fits any receiver (a quick test before `_receiver`'s search)
+        largest = min(max(room), 2.0 * max(short))
 
-        def rank(j: int) -> tuple[float, int]:
-            return -asked[j], j
-
-        ranking = sorted(range(len(receivers)), key=rank)
-        most_room = max(room)
+        def receiver(rate: float) -> int:
+            return _receiver(rate, latency, room, buffer_room, short, asked, ranking)
 
         def move(f: int, rate: float, j: int) -> None:
-            nonlocal most_room
+            nonlocal largest
             r = receivers[j]
             if not plan.active[r]:
                 plan.start(r)
@@ -123,34 +147,48 @@ class _Shedding:
             plan.move(f, r, packets)
             room[j] -= rate
             buffer_room[j] -= packets
+            short[j] -= rate
+            if exact:
+                above[r] += rate
+                above[s] -= rate
+            ranking.remove(j)
             asked[j] -= rate
             intake[r] -= rate
-            most_room = max(room)
-            ranking.remove(j)
-            bisect.insort(ranking, j, key=rank)
+            bisect.insort(ranking, j, key=lambda k: (asked[k], k))
+            largest = min(max(room), 2.0 * max(short))
 
         remaining = total
         shed_any = False
         for f, rate in zip(flows, rates):
             if remaining <= 0.0:
                 break
-            # a flow that would not bring the total closer, or that exceeds every receiver's room, stays
-            if rate <= 0.0 or rate >= 2.0 * remaining or rate >= most_room:
+            # a flow that would not bring the total closer (exact: that would pass it), or that exceeds every
+            # receiver's room, stays
+            too_large = rate > remaining if exact else rate >= 2.0 * remaining
+            if rate <= 0.0 or too_large or rate >= largest:
                 continue
-            j = _receiver(rate, latency, room, buffer_room, ranking)
-            if j >= 0:
+            if (j := receiver(rate)) >= 0:
                 move(f, rate, j)
                 remaining -= rate
                 shed_any = True
+        if exact and remaining > 0.0:
+            closing = sorted((abs(remaining - rate), rate, f) for f, rate in zip(flows, rates)
+                             if not plan.moved[f] and 0.0 < rate < min(2.0 * remaining, largest))
+            for _, rate, f in closing:
+                if (j := receiver(rate)) >= 0:
+                    move(f, rate, j)
+                    break
         # A sender that sheds flows is not left at or above the ceiling by its request's rounding (the levels are
         # coarse, and ω charges every point above Th_high): while it is, the smallest flow that clears it goes,
-        # or else the largest one that fits a receiver.
+        # or else the largest one that fits a receiver, each only if it leaves the sender closer to the balanced
+        # load.
         excess = float(plan.load[s]) - self.load_limit[s]
         while shed_any and excess >= 0.0:
-            left = sorted((rate, f) for f, rate in zip(flows, rates) if not plan.moved[f] and 0.0 < rate < most_room)
+            limit = min(largest, 2.0 * above[s]) if exact else largest
+            left = sorted((rate, f) for f, rate in zip(flows, rates) if not plan.moved[f] and 0.0 < rate < limit)
             clearing = [flow for flow in left if flow[0] > excess]
             for rate, f in clearing + left[::-1]:
-                if (j := _receiver(rate, latency, room, buffer_room, ranking)) >= 0:
+                if (j := receiver(rate)) >= 0:
                     move(f, rate, j)
                     excess -= rate
                     break
@@ -158,14 +196,24 @@ class _Shedding:
                 break
 
 
-def _receiver(rate: float, latency: list[float], room: list[float], buffer_room: list[float],
-              ranking: list[int]) -> int:
-    """Position of the receiver a flow of `rate` goes to: the one asked for most (first in `ranking`, ties to the
-    lowest position) among those it fits, below the ceiling and within the buffer for the packets it buffers
-    while moving; −1 if it fits none. Asked for most means brought closer to its request where the flow can
-    be, and otherwise the one most short of it."""
-    return next((j for j in ranking
-                 if rate < room[j] and cost.packets_buffered_during_move(rate, latency[j]) <= buffer_room[j]), -1)
+def _receiver(rate: float, latency: list[float], room: list[float], buffer_room: list[float], short: list[float],
+              asked: list[float], ranking: list[int]) -> int:
+    """Position of the receiver a flow of `rate` goes to, among those it fits (below the ceiling: `room`; within
+    the buffer for the packets it buffers while moving; left closer to the balanced load than before: rate <
+    2·`short`): best fit, the one with the least intake still asked of it (`asked`; `ranking` orders the
+    positions by it) that is at least `rate`, so that the flow meets a request without passing it and large
+    flows go where they fit; if there is none, the one asked for most, which the flow brings closest. Ties to
+    the lowest position; −1 if it fits none."""
+
+    def fits(j: int) -> bool:
+        return (rate < room[j] and rate < 2.0 * short[j]
+                and cost.packets_buffered_during_move(rate, latency[j]) <= buffer_room[j])
+
+    split = bisect.bisect_left(ranking, (rate, -1), key=lambda j: (asked[j], j))
+    within = next((j for j in ranking[split:] if fits(j)), -1)
+    if within >= 0:
+        return within
+    return min((j for j in ranking[:split] if fits(j)), key=lambda j: (-asked[j], j), default=-1)
 
 
 def _drain(plan: Plan, v: int, preferred: int, draining: np.ndarray) -> None:

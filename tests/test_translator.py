@@ -118,17 +118,47 @@ _amounts = st.sampled_from([-50.0, 0.0, 10.0, 30.0, 60.0, 100.0, 1000.0, 1030.0,
 
 @settings(max_examples=300, deadline=None)
 @given(data=st.data(), rate=st.sampled_from([5.0, 20.0, 50.0, 100.0]))
-def test_receiver_is_the_most_asked_for_that_fits_with_ties_to_the_lowest_position(data, rate):
-    """The preference of section IV: a receiver the flow brings closer to its request (rate < 2·asked) first, the
-    most asked for among those, else the one most short of its request; both are the most asked-for that fits."""
+def test_receiver_is_the_best_fit_among_those_it_fits_with_ties_to_the_lowest_position(data, rate):
+    """Best fit: among the receivers a flow fits, the least asked-for one whose request it does not pass; if it
+    passes every request, the most asked-for one. Fitting means below the ceiling, within the buffer, and left
+    closer to the balanced load than before (rate < 2·short)."""
     n = data.draw(st.integers(1, 6))
-    room, buffer_room, asked = (data.draw(st.lists(_amounts, min_size=n, max_size=n)) for _ in range(3))
+    room, buffer_room, short, asked = (data.draw(st.lists(_amounts, min_size=n, max_size=n)) for _ in range(4))
     latency = data.draw(st.lists(st.sampled_from([1.0, 42.15, 200.0]), min_size=n, max_size=n))
-    fits = [rate < room[j] and rate * latency[j] / 1000.0 <= buffer_room[j] for j in range(n)]
-    preference = [((0 if rate < 2.0 * asked[j] else 1), -asked[j], j) for j in range(n) if fits[j]]
-    expected = min(preference)[2] if preference else -1
-    ranking = sorted(range(n), key=lambda j: (-asked[j], j))
-    assert _receiver(rate, latency, room, buffer_room, ranking) == expected
+    fits = [rate < room[j] and rate < 2.0 * short[j] and rate * latency[j] / 1000.0 <= buffer_room[j]
+            for j in range(n)]
+    within = [(asked[j], j) for j in range(n) if fits[j] and asked[j] >= rate]
+    beyond = [(-asked[j], j) for j in range(n) if fits[j] and asked[j] < rate]
+    expected = min(within)[1] if within else min(beyond)[1] if beyond else -1
+    ranking = sorted(range(n), key=lambda j: (asked[j], j))
+    assert _receiver(rate, latency, room, buffer_room, short, asked, ranking) == expected
+
+
+def test_receivers_are_filled_by_best_fit():
+    # a 30 pps flow fills nf2's 30 exactly rather than going to nf1, which is asked for more
+    state = cluster([[30], [], []])
+    action = translate(state, LoadRequest(amounts(state, {(0, 1): 100.0, (0, 2): 30.0})))
+    assert action.dst.tolist() == [2]
+
+
+def balanced_utilisation(state: ClusterState) -> float:
+    return float(state.load_pps[state.active].sum() / state.capacity[state.active].sum())
+
+
+def test_load_balancing_realises_the_request_exactly_and_never_crosses_the_balanced_load():
+    # balanced load 150 pps each: nf0 is 50 above, nf1 50 below. The 85 and the 60 would pass the request, 40 + 10
+    # meet it
+    state = cluster([[85, 60, 40, 10, 5], [50, 50], [150]])
+    balanced = balanced_utilisation(state)
+    assert balanced * 1000.0 == pytest.approx(150.0)
+    action = translate(state, LoadRequest(amounts(state, {(0, 1): 50.0})), balanced=balanced)
+    assert sorted(state.rate[action.flows].tolist()) == [10.0, 40.0]
+    # asking for more is cut at the surplus, and nf2, already balanced, takes nothing
+    action = translate(state, LoadRequest(amounts(state, {(0, 1): 500.0, (0, 2): 500.0})), balanced=balanced)
+    assert sorted(state.rate[action.flows].tolist()) == [10.0, 40.0]
+    # scaling (no balanced load) takes the 85 at once: it brings the total closer to the request
+    action = translate(state, LoadRequest(amounts(state, {(0, 1): 50.0})))
+    assert state.rate[action.flows].tolist() == [85.0]
 
 
 @st.composite
@@ -148,8 +178,13 @@ def requests(draw, state: ClusterState) -> LoadRequest:
 @given(data=st.data(), state=cluster_states(max_instances=6, max_flows=30, roomy_buffers=False))
 def test_translated_actions_never_violate_constraints_4_and_5(data, state):
     request = data.draw(requests(state))
-    action = translate(state, request, ceiling=data.draw(st.sampled_from([np.inf, 0.6, 0.3])))
+    balancing = data.draw(st.booleans()) and not request.drains
+    balanced = balanced_utilisation(state) if balancing else None
+    action = translate(state, request, ceiling=data.draw(st.sampled_from([np.inf, 0.6, 0.3])), balanced=balanced)
     after, _ = apply(state, action)  # raises InvalidAction on any violation of (4), (5) or the other checks
+    if balancing:  # no instance ends further from the balanced load than it started
+        distance = np.abs(state.load_pps - balanced * state.capacity)
+        assert np.all(np.abs(after.load_pps - balanced * state.capacity) <= distance + 1e-9)
     assert np.unique(action.flows).size == action.flows.size
     assert not np.any(state.assignment[action.flows] == action.dst)
     drained = {v for v, _ in request.drains}
