@@ -14,7 +14,10 @@ scoring every candidate) and of the guard's extra work.
 Quality: every set-up of Figs. 4-6 (`trace_replay.scenarios.paper_setups`) for seeds 0..S-1, the
 raw and the guarded policy, OFM and Optimal, each called on the set-up's scenario as dm-bench calls
 it; per point the mean metric over the seeds (total cost, or var_ori / var_lb for load balancing)
-and how often the guard fired. Training never sees these seeds (it uses seeds ≥ 1000).
+and how often the guard fired. Training never sees these seeds (it uses seeds ≥ 1000). For load
+balancing also "exact request": what the translator makes of a request that asks every instance for
+exactly its surplus above the balanced load (`exact_balance`), the most any load request can get, and
+"asked / surplus": how much of the imbalance the raw policy's mean-level request asks to move.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from gnn_policy.agent import DeepMigration, collate, context, propose, realise, views
+from gnn_policy.agent import DeepMigration, collate, context, propose, realise, spread, views
 from gnn_policy.base import Decision, Problem, score
 from gnn_policy.registry import make_policy
+from gnn_policy.translator import LoadRequest
 from trace_replay.flows import read_flows
 from trace_replay.generate import sample_path
 from trace_replay.scenarios import build_timing, paper_setups
@@ -87,6 +91,25 @@ def stages(policy: DeepMigration, problem: Problem) -> dict:
     }
 
 
+def exact_balance(problem: Problem) -> Decision:
+    """The translation of a request asking each active instance for its whole surplus above the balanced load,
+    spread over the instances below it in proportion to their deficits: a perfect network's load balancing."""
+    state = problem.state
+    surplus = np.where(state.active, state.load_pps - problem.scenario.cluster_utilisation * state.capacity, 0.0)
+    return Decision(realise(problem, LoadRequest(spread(surplus))))
+
+
+def asked_share(policy: DeepMigration, problem: Problem) -> float:
+    """Load balancing: the net load the policy's mean-level request sends, over the total surplus above the
+    balanced load (1: it asks for exactly the imbalance; the translator cuts any sender's excess)."""
+    state = problem.state
+    with torch.inference_mode():
+        (_, mean), = propose(policy.net, views(problem), [problem.thresholds])
+    net_load = mean.amounts.sum(axis=1) - mean.amounts.sum(axis=0)
+    surplus = np.where(state.active, state.load_pps - problem.scenario.cluster_utilisation * state.capacity, 0.0)
+    return float(np.maximum(net_load, 0.0).sum() / np.maximum(surplus, 0.0).sum())
+
+
 def metric(problem: Problem, decision) -> float:
     """dm-bench's metric: var_ori / var_lb for load balancing, the total cost otherwise (NaN if unusable)."""
     outcome = score(problem, decision)
@@ -143,7 +166,10 @@ def main() -> None:
             fired[s.experiment][1] += 1
             for name, policy in others.items():
                 values[name].append(metric(problem, policy.decide(problem)))
-    names = ["raw", "guarded", *others]
+            if problem.scenario.kind is ScenarioKind.LOAD_BALANCE:
+                values["exact request"].append(metric(problem, exact_balance(problem)))
+                values["asked / surplus"].append(asked_share(raw, problem))
+    names = ["raw", "guarded", *others, "exact request", "asked / surplus"]
     print(
         f"\nquality on the paper's set-ups, seeds 0..{args.seeds - 1} (mean; cost, or var_ori/var_lb for lb):"
     )
@@ -151,7 +177,7 @@ def main() -> None:
           + " | ".join(f"{mine} / {ref}" for mine in ("raw", "guarded") for ref in others) + " |")
     print("|---" * (len(names) + 2 * len(others) + 3) + "|")
     for (experiment, threshold, setting), values in points.items():
-        means = {name: float(np.mean(values[name])) for name in names}
+        means = {name: float(np.mean(values[name])) if values[name] else float("nan") for name in names}
         print(f"| {experiment} | {'' if threshold is None else f'{threshold:.0%}'} | {setting} | "
               + " | ".join(f"{means[name]:.4g}" for name in names)
               + " | " + " | ".join(f"{means[mine] / means[ref]:.3f}" for mine in ("raw", "guarded") for ref in others)

@@ -291,7 +291,12 @@ def proportional(amounts: np.ndarray) -> np.ndarray:
     """The plan with the same net load per instance as `amounts` [N, N], every net sender's surplus spread over
     the net receivers in proportion to their intake: canonical (what alike receivers get does not depend on
     how a teacher paired them) and without the small back-and-forth loads a mean action has on every edge."""
-    net_load = amounts.sum(axis=1) - amounts.sum(axis=0)
+    return spread(amounts.sum(axis=1) - amounts.sum(axis=0))
+
+
+def spread(net_load: np.ndarray) -> np.ndarray:
+    """[N, N] loads that send each instance's positive `net_load` to those with a negative one, in proportion
+    to what these take."""
     out, into = np.maximum(net_load, 0.0), np.maximum(-net_load, 0.0)
     return np.outer(out, into) / max(into.sum(), 1e-12)
 
