@@ -177,6 +177,7 @@ class _Shedding:
             for _, rate, f in closing:
                 if (j := receiver(rate)) >= 0:
                     move(f, rate, j)
+                    shed_any = True
                     break
         # A sender that sheds flows is not left at or above the ceiling by its request's rounding (the levels are
         # coarse, and ω charges every point above Th_high): while it is, the smallest flow that clears it goes,
