@@ -91,23 +91,25 @@ def stages(policy: DeepMigration, problem: Problem) -> dict:
     }
 
 
+def surplus(problem: Problem) -> np.ndarray:
+    """Packets/s each active instance is above the balanced load (negative below it; 0 for standby ones)."""
+    state = problem.state
+    return np.where(state.active, state.load_pps - problem.scenario.cluster_utilisation * state.capacity, 0.0)
+
+
 def exact_balance(problem: Problem) -> Decision:
     """The translation of a request asking each active instance for its whole surplus above the balanced load,
     spread over the instances below it in proportion to their deficits: a perfect network's load balancing."""
-    state = problem.state
-    surplus = np.where(state.active, state.load_pps - problem.scenario.cluster_utilisation * state.capacity, 0.0)
-    return Decision(realise(problem, LoadRequest(spread(surplus))))
+    return Decision(realise(problem, LoadRequest(spread(surplus(problem)))))
 
 
 def asked_share(policy: DeepMigration, problem: Problem) -> float:
     """Load balancing: the net load the policy's mean-level request sends, over the total surplus above the
     balanced load (1: it asks for exactly the imbalance; the translator cuts any sender's excess)."""
-    state = problem.state
     with torch.inference_mode():
         (_, mean), = propose(policy.net, views(problem), [problem.thresholds])
     net_load = mean.amounts.sum(axis=1) - mean.amounts.sum(axis=0)
-    surplus = np.where(state.active, state.load_pps - problem.scenario.cluster_utilisation * state.capacity, 0.0)
-    return float(np.maximum(net_load, 0.0).sum() / np.maximum(surplus, 0.0).sum())
+    return float(np.maximum(net_load, 0.0).sum() / np.maximum(surplus(problem), 0.0).sum())
 
 
 def metric(problem: Problem, decision) -> float:

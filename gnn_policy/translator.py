@@ -131,7 +131,11 @@ class _Shedding:
         short = [-above[r] for r in receivers] if exact else [math.inf] * len(receivers)
         latency = [from_s[r] for r in receivers]
         asked = [intake[r] for r in receivers]
-        ranking = sorted(range(len(receivers)), key=lambda j: (asked[j], j))
+
+        def by_asked(j: int) -> tuple[float, int]:
+            return asked[j], j
+
+        ranking = sorted(range(len(receivers)), key=by_asked)
         # no flow this large fits any receiver (a quick test before `_receiver`'s search)
         largest = min(max(room), 2.0 * max(short))
 
@@ -154,7 +158,7 @@ class _Shedding:
             ranking.remove(j)
             asked[j] -= rate
             intake[r] -= rate
-            bisect.insort(ranking, j, key=lambda k: (asked[k], k))
+            bisect.insort(ranking, j, key=by_asked)
             largest = min(max(room), 2.0 * max(short))
 
         remaining = total
