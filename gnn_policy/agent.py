@@ -46,7 +46,7 @@ from gnn_policy.base import Decision, Outcome, Policy, Problem, score
 from gnn_policy.baselines import OFM, RandomScaleIn, SizeGreedy
 from gnn_policy.baselines._plan import Plan
 from gnn_policy.gn import GNPolicyNet
-from gnn_policy.translator import LoadRequest, translate
+from gnn_policy.translator import LoadRequest, spread, translate
 from twin import cost
 from twin.graph import to_pyg
 from twin.migration import CostBreakdown, IndexedAction
@@ -294,13 +294,6 @@ def proportional(amounts: np.ndarray) -> np.ndarray:
     return spread(amounts.sum(axis=1) - amounts.sum(axis=0))
 
 
-def spread(net_load: np.ndarray) -> np.ndarray:
-    """[N, N] loads that send each instance's positive `net_load` to those with a negative one, in proportion
-    to what these take."""
-    out, into = np.maximum(net_load, 0.0), np.maximum(-net_load, 0.0)
-    return np.outer(out, into) / max(into.sum(), 1e-12)
-
-
 def _drains(view: GraphView, node_logits: torch.Tensor, greedy: bool, generator: torch.Generator | None,
             given: tuple[int, ...] | None) -> tuple[tuple[int, ...], torch.Tensor]:
     """Destination nodes of the removed instances, drawn without replacement while nodes remain."""
@@ -326,7 +319,8 @@ def _drains(view: GraphView, node_logits: torch.Tensor, greedy: bool, generator:
 
 def realise(problem: Problem, request: LoadRequest) -> IndexedAction:
     """`translate` as every decision, imitation target and training step uses it: no destination pushed to
-    Th_high, and in load balancing no instance moved across the balanced utilisation."""
+    Th_high, and in load balancing the request's routes carrying the whole imbalance, no instance left further
+    from the balanced utilisation than it started."""
     scenario = problem.scenario
     balanced = scenario.cluster_utilisation if scenario.kind is ScenarioKind.LOAD_BALANCE else None
     return translate(problem.state, request, problem.params, problem.thresholds.high, balanced)

@@ -23,12 +23,18 @@ def _baseline(name: str) -> Callable[..., Policy]:
     return make
 
 
-def _optimal(seed: int = 0, time_limit_s: float = 10.0, **_: object) -> Policy:
+def _optimal(seed: int = 0, time_limit_s: float = 10.0, checkpoint: str | None = None, with_agent: bool = True,
+             **_: object) -> Policy:
+    """Optimal warm-started from every baseline and, `with_agent`, from DeepMigration (the `checkpoint`
+    policy), so that the yardstick is never worse than any policy it is compared with. The trainer's teacher
+    leaves the agent out: a policy must not learn from its own answers."""
     from gnn_policy.baselines import OFM, Pairwise, RandomScaleIn, SizeGreedy
     from gnn_policy.optimal import Optimal
 
-    return Optimal(warm_start=(OFM(), SizeGreedy(), Pairwise(), RandomScaleIn(seed=seed)),
-                   time_limit_s=time_limit_s, seed=seed)
+    warm_start: list[Policy] = [OFM(), SizeGreedy(), Pairwise(), RandomScaleIn(seed=seed)]
+    if with_agent:
+        warm_start.append(_deepmigration(seed=seed, checkpoint=checkpoint))
+    return Optimal(warm_start=warm_start, time_limit_s=time_limit_s, seed=seed)
 
 
 def _deepmigration(seed: int = 0, checkpoint: str | None = None, **_: object) -> Policy:

@@ -123,7 +123,7 @@ def teacher_actions(pool: Sequence[Start], time_limit_s: float, cache: Path | No
         stored = torch.load(cache, weights_only=True)
         if stored.get("key") == key:
             return [IndexedAction(*(t.numpy() for t in action)) for action in stored["actions"]]
-    teacher = make_policy("optimal", seed=0, time_limit_s=time_limit_s)
+    teacher = make_policy("optimal", seed=0, time_limit_s=time_limit_s, with_agent=False)
     actions = [teacher.decide(Problem.of(start.state, start.thresholds)).action
                for start in tqdm(pool, disable=not progress, desc="teacher", unit="state")]
     if cache is not None:

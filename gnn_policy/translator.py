@@ -12,11 +12,14 @@ above `ceiling` (Th_high) after its request also sheds the smallest flow that cl
 are coarse, and a hot spot left a few tenths of a point above Th_high pays the ω penalty, which
 costs more than one more migration.
 
-Load balancing (`balanced`, the balanced utilisation) aims at the balanced load itself, so there
-the translator is exact and never moves an instance across it: a sender is asked for at most its
-surplus above it and keeps flows only while its total stays within the request, then adds the one
-flow that brings it closest; a receiver takes a flow only if that leaves it closer to the balanced
-load than before (the rule OFM and Pairwise follow too).
+Load balancing (`balanced`, the balanced utilisation) aims at the balanced load itself, and
+minimising the variance first fixes every instance's net load, so there the request gives the
+routes and the balance the amounts (`fit_to_balance`: each sender sends its surplus, each receiver
+is asked for its deficit), and the translator is exact: a sender keeps flows only while its total
+stays within its surplus, then adds the one flow that brings it closest; a receiver takes a flow
+only if that leaves it closer to the balanced load than before (the rule OFM and Pairwise follow
+too); and `_settle` finishes with one-flow exchanges between the instances furthest from it. No
+instance ends further from the balanced load than it started.
 
 Every move goes through the baselines' `Plan` bookkeeping, so:
 
@@ -57,7 +60,8 @@ def translate(state: ClusterState, request: LoadRequest, params: CostParams = Co
     """The flow-level action that realises `request` as closely as constraints (4)-(5) allow, never pushing a
     destination of an edge to `ceiling` utilisation or above (the agent passes Th_high: the levels are coarse,
     and an edge that overshoots must not turn its destination into a new hot spot) and, given the `balanced`
-    utilisation of a load balancing, never moving an instance across it."""
+    utilisation of a load balancing, taking only the request's routes from it and leaving no instance further
+    from the balanced load than it started."""
     n = state.n_instances
     if np.shape(request.amounts) != (n, n):
         raise ValueError(f"amounts have shape {np.shape(request.amounts)}, expected {(n, n)} for this state")
@@ -69,12 +73,13 @@ def translate(state: ClusterState, request: LoadRequest, params: CostParams = Co
     for v, d in request.drains:
         _drain(plan, v, d, draining)
     amounts = np.where(np.eye(n, dtype=bool) | draining[None, :], 0.0, np.asarray(request.amounts, dtype=float))
-    totals = amounts.sum(axis=1)
     above_balance = None
+    intake = amounts.sum(axis=0)
     if balanced is not None:
-        above_balance = plan.load - balanced * state.capacity
-        amounts *= np.divide(np.clip(above_balance, 0.0, totals), totals, out=np.zeros(n), where=totals > 0.0)[:, None]
-        totals = amounts.sum(axis=1)
+        above_balance = np.where(plan.active, plan.load - balanced * state.capacity, 0.0)
+        amounts = fit_to_balance(amounts, above_balance)
+        intake = np.maximum(-above_balance, 0.0)
+    totals = amounts.sum(axis=1)
     senders = [s for s in np.argsort(-totals, kind="stable").tolist() if totals[s] > 0.0]
     if not senders:
         return plan.action()
@@ -90,22 +95,117 @@ def translate(state: ClusterState, request: LoadRequest, params: CostParams = Co
     order = np.lexsort((per_load, owner))
     flows, rates = offered[order].tolist(), rate[order].tolist()
     bounds = np.searchsorted(owner[order], np.arange(n + 1)).tolist()
-    shedding = _Shedding(plan, amounts, ceiling, above_balance)
+    shedding = _Shedding(plan, intake, ceiling, above_balance)
     for s in senders:
         offer = slice(bounds[s], bounds[s + 1])
         shedding.shed(s, flows[offer], rates[offer], np.flatnonzero(amounts[s] > 0.0).tolist(), float(totals[s]))
+    if balanced is not None:
+        _settle(plan, balanced, ceiling)
     return plan.action()
+
+
+def spread(net_load: np.ndarray) -> np.ndarray:
+    """[N, N] loads that send each instance's positive `net_load` to those with a negative one, in proportion
+    to what these take."""
+    out, into = np.maximum(net_load, 0.0), np.maximum(-net_load, 0.0)
+    return np.outer(out, into) / max(into.sum(), 1e-12)
+
+
+def fit_to_balance(amounts: np.ndarray, above_balance: np.ndarray) -> np.ndarray:
+    """Load balancing: the request's routes, each sender's row scaled to its surplus. Minimising the variance
+    first fixes what every instance must send (its surplus above the balanced load) or take (its deficit, which
+    `translate` asks of it), so the request only says by which routes: its loads from instances above the
+    balance to instances below it, in its proportions. An instance the request leaves out is routed like
+    `spread`, in proportion to the others' imbalances."""
+    out, into = np.maximum(above_balance, 0.0), np.maximum(-above_balance, 0.0)
+    fitted = np.where((out > 0.0)[:, None] & (into > 0.0)[None, :], amounts, 0.0)
+    if not into.any():
+        return fitted
+    default = spread(above_balance)
+    unrouted_senders, unrouted_receivers = fitted.sum(axis=1) <= 0.0, fitted.sum(axis=0) <= 0.0
+    fitted[unrouted_senders] = default[unrouted_senders]
+    fitted[:, unrouted_receivers] = default[:, unrouted_receivers]
+    sent = fitted.sum(axis=1)
+    fitted *= np.divide(out, sent, out=np.zeros_like(out), where=sent > 0.0)[:, None]
+    return fitted
+
+
+SETTLE_PAIRS = 3
+"""`_settle` looks for a move between each of this many instances furthest above the balanced load and each of
+this many furthest below it."""
+
+
+def _settle(plan: Plan, balanced: float, ceiling: float) -> None:
+    """Load balancing's finish: whole flows leave each instance near, not at, its surplus. While one flow from
+    an instance above the balanced utilisation to one below it lowers the variance (its sum of squared
+    deviations), the flow that lowers it most among the `SETTLE_PAIRS` × `SETTLE_PAIRS` furthest pairs moves,
+    each only if both instances end closer to the balanced load (as in `_Shedding`) and constraints (4)-(5) and
+    the ceiling hold. At most one move per instance: a finish, not a balancer of its own (the request, fitted to
+    the balance by `fit_to_balance`, does the bulk). On Python floats and lists, as `_Shedding`."""
+    state = plan.state
+    n = state.n_instances
+    capacity, active = state.capacity.tolist(), plan.active.tolist()
+    weight = [c ** -2.0 for c in capacity]
+    deviation = [load - balanced * c if on else 0.0 for load, c, on in zip(plan.load.tolist(), capacity, active)]
+    room = [ceiling * c - load for c, load in zip(capacity, plan.load.tolist())]
+    buffer_free = (state.buffer - state.queue - plan.incoming).tolist()
+    offers: dict[int, tuple[list[float], list[int]]] = {}
+
+    def offer(i: int) -> tuple[list[float], list[int]]:
+        """The unmoved flows of i by rate (kept up to date as they move)."""
+        if i not in offers:
+            flows = plan.movable_flows(i)
+            flows = flows[np.argsort(state.rate[flows], kind="stable")]
+            offers[i] = (state.rate[flows].tolist(), flows.tolist())
+        return offers[i]
+
+    for _ in range(n):
+        order = sorted(range(n), key=deviation.__getitem__)
+        above = [i for i in reversed(order[-SETTLE_PAIRS:]) if deviation[i] > 0.0]
+        below = [k for k in order[:SETTLE_PAIRS] if deviation[k] < 0.0]
+        best_gain, best = 0.0, None
+        for i in above:
+            rates, _ = offer(i)
+            d_i, w_i = deviation[i], weight[i]
+            latency = state.migration_ms[i].tolist()
+            for k in below:
+                d_k, w_k = deviation[k], weight[k]
+                fitting = bisect.bisect_left(rates, min(2.0 * d_i, -2.0 * d_k, room[k]))
+                if latency[k] > 0.0:
+                    fitting = min(fitting, bisect.bisect_right(rates, buffer_free[k] * 1000.0 / latency[k]))
+                nearest = bisect.bisect_left(rates, (d_i * w_i - d_k * w_k) / (w_i + w_k), hi=fitting)
+                for j in (nearest - 1, nearest):
+                    if 0 <= j < fitting and rates[j] > 0.0:
+                        x = rates[j]
+                        gain = w_i * (d_i * d_i - (d_i - x) ** 2) + w_k * (d_k * d_k - (d_k + x) ** 2)
+                        if gain > best_gain:
+                            best_gain, best = gain, (i, j, k)
+        if best is None:
+            return
+        i, j, k = best
+        rates, flows = offers[i]
+        rate = rates[j]
+        packets = cost.packets_buffered_during_move(rate, float(state.migration_ms[i, k]))
+        if packets > buffer_free[k]:
+            return
+        plan.move(flows[j], k, packets)
+        del rates[j], flows[j]
+        deviation[i] -= rate
+        deviation[k] += rate
+        room[i] += rate
+        room[k] -= rate
+        buffer_free[k] -= packets
 
 
 class _Shedding:
     """The senders' moves of `translate`, on Python floats and lists: numpy's per-call overhead on a few
     receivers would cost more than the arithmetic."""
 
-    def __init__(self, plan: Plan, amounts: np.ndarray, ceiling: float, above_balance: np.ndarray | None):
+    def __init__(self, plan: Plan, intake: np.ndarray, ceiling: float, above_balance: np.ndarray | None):
         state = plan.state
         self.plan = plan
         self.exact = above_balance is not None
-        self.intake = amounts.sum(axis=0).tolist()
+        self.intake = intake.tolist()
         """What each instance is still asked to take in, from all senders."""
         self.load_limit = (ceiling * state.capacity).tolist()
         self.buffer_free = (state.buffer - state.queue).tolist()

@@ -169,3 +169,20 @@ def test_registry_loads_a_checkpoint(tmp_path, net):
     assert isinstance(policy, DeepMigration) and policy.name == "deepmigration"
     problem = Problem.of(cluster([[400, 300], [100], [50]]), THRESHOLDS)
     assert score(problem, policy.decide(problem)).valid
+
+
+def test_optimal_is_warm_started_from_the_agent_except_as_the_trainers_teacher(tmp_path, net):
+    """The yardstick is never less balanced (or dearer) than the policy it measures; the teacher of
+    `gnn_policy.train` must not learn from the policy's own answers."""
+    from gnn_policy import checkpoint
+
+    path = tmp_path / "dm.pt"
+    checkpoint.save(path, net)
+    optimal = make_policy("optimal", checkpoint=str(path), time_limit_s=2.0)
+    assert "deepmigration" in {policy.name for policy in optimal.warm_start}
+    teacher = make_policy("optimal", time_limit_s=2.0, with_agent=False)
+    assert "deepmigration" not in {policy.name for policy in teacher.warm_start}
+    problem = Problem.of(cluster([[50, 30, 20, 7, 3], [10], [40, 5]]), THRESHOLDS).as_scenario(
+        ScenarioKind.LOAD_BALANCE)
+    agent = score(problem, make_policy("deepmigration", checkpoint=str(path)).decide(problem))
+    assert score(problem, optimal.decide(problem)).breakdown.variance_after <= agent.breakdown.variance_after + 1e-12

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gnn_policy.translator import LoadRequest, _receiver, translate
+from gnn_policy.translator import LoadRequest, _receiver, fit_to_balance, spread, translate
 from tests.strategies import cluster_states
 from twin.migration import apply
 from twin.state import ClusterState, FiveTuple, Flow, Instance
@@ -159,6 +159,44 @@ def test_load_balancing_realises_the_request_exactly_and_never_crosses_the_balan
     # scaling (no balanced load) takes the 85 at once: it brings the total closer to the request
     action = translate(state, LoadRequest(amounts(state, {(0, 1): 50.0})))
     assert state.rate[action.flows].tolist() == [85.0]
+
+
+def test_load_balancing_settles_what_whole_flows_leave():
+    # balanced load 10 each. nf0 sheds its 10: the 6 overshoots nf1's deficit of 5 by 1 and the 4 leaves nf2 1
+    # short; no flow of nf0 fixes that, but nf1's own 1 pps flow to nf2 does
+    state = cluster([[6, 4, 10], [1, 4], [1, 4]])
+    for entries in ({(0, 1): 5.0, (0, 2): 5.0}, {}):  # a request without routes is routed like `spread`
+        action = translate(state, LoadRequest(amounts(state, entries)), balanced=balanced_utilisation(state))
+        assert apply(state, action)[0].load_pps.tolist() == [10.0, 10.0, 10.0]
+        assert sorted(zip(state.assignment[action.flows].tolist(), state.rate[action.flows].tolist())) == [
+            (0, 4.0), (0, 6.0), (1, 1.0)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), n=st.integers(2, 7))
+def test_fitting_to_the_balance_keeps_the_routes_and_sends_every_surplus(data, n):
+    """Every sender sends exactly its surplus, only to instances below the balance, never by a route the request
+    leaves out between instances it routes, and in the request's proportions when it routes every receiver; an
+    instance the request leaves out is routed like `spread`."""
+    above = np.array(data.draw(st.lists(st.integers(-100, 100), min_size=n, max_size=n)), dtype=float)
+    above -= above.mean()
+    values = np.array(data.draw(st.lists(st.sampled_from([0.0, 0.01, 1.0, 7.5, 50.0]), min_size=n * n,
+                                         max_size=n * n))).reshape(n, n)
+    hot, cold = above > 0.0, above < 0.0
+    fitted = fit_to_balance(values, above)
+    assert np.all(fitted >= 0.0) and not fitted[~hot].any() and not fitted[:, ~cold].any()
+    if not cold.any():
+        return
+    np.testing.assert_allclose(fitted.sum(axis=1)[hot], above[hot], rtol=1e-9)
+    routes = values[np.ix_(hot, cold)] > 0.0
+    between_routed = np.outer(routes.any(axis=1), routes.any(axis=0))
+    assert not fitted[np.ix_(hot, cold)][between_routed & ~routes].any()
+    if routes.any(axis=0).all():  # every receiver routed: routed senders keep the request's proportions
+        routed = routes.any(axis=1)
+        requested = values[np.ix_(hot, cold)][routed]
+        np.testing.assert_allclose(fitted[np.ix_(hot, cold)][routed] / above[hot][routed][:, None],
+                                   requested / requested.sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(fit_to_balance(np.zeros((n, n)), above), spread(above), atol=1e-9)
 
 
 @st.composite
