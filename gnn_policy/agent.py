@@ -46,7 +46,7 @@ from gnn_policy.base import Decision, Outcome, Policy, Problem, score
 from gnn_policy.baselines import OFM, RandomScaleIn, SizeGreedy
 from gnn_policy.baselines._plan import Plan
 from gnn_policy.gn import GNPolicyNet
-from gnn_policy.translator import LoadRequest, spread, translate
+from gnn_policy.translator import LoadRequest, prune, spread, translate
 from twin import cost
 from twin.graph import to_pyg
 from twin.migration import CostBreakdown, IndexedAction
@@ -319,11 +319,13 @@ def _drains(view: GraphView, node_logits: torch.Tensor, greedy: bool, generator:
 
 def realise(problem: Problem, request: LoadRequest) -> IndexedAction:
     """`translate` as every decision, imitation target and training step uses it: no destination pushed to
-    Th_high, and in load balancing the request's routes carrying the whole imbalance, no instance left further
-    from the balanced utilisation than it started."""
+    Th_high; in load balancing the request's routes carrying the whole imbalance, no instance left further from
+    the balanced utilisation than it started; in scaling only moves that pay for themselves (`prune`)."""
     scenario = problem.scenario
-    balanced = scenario.cluster_utilisation if scenario.kind is ScenarioKind.LOAD_BALANCE else None
-    return translate(problem.state, request, problem.params, problem.thresholds.high, balanced)
+    if scenario.kind is ScenarioKind.LOAD_BALANCE:
+        return translate(problem.state, request, problem.params, problem.thresholds.high, scenario.cluster_utilisation)
+    action = translate(problem.state, request, problem.params, problem.thresholds.high)
+    return prune(problem.state, action, problem.params, problem.thresholds)
 
 
 def imitation_choice(problem: Problem, action: IndexedAction, levels: Sequence[float]) -> tuple[GraphView, Choice]:

@@ -41,7 +41,7 @@ import numpy as np
 from gnn_policy.baselines._plan import Plan
 from twin import cost
 from twin.migration import IndexedAction
-from twin.params import CostParams
+from twin.params import CostParams, Thresholds
 from twin.state import ClusterState
 
 
@@ -102,6 +102,56 @@ def translate(state: ClusterState, request: LoadRequest, params: CostParams = Co
     if balanced is not None:
         _settle(plan, balanced, ceiling)
     return plan.action()
+
+
+def prune(state: ClusterState, action: IndexedAction, params: CostParams, thresholds: Thresholds) -> IndexedAction:
+    """Scaling's finish: every migration pays for itself. While dropping one move lowers the action's total
+    cost (eq. (2) summed over the moves, C_R and the ω penalties, `twin.cost`), the move whose drop lowers it
+    most is dropped, unless that puts its source back at Th_high or above; a started instance that loses its
+    last arrival is not started. The levels are coarse and a
+    network asks a hot sender for somewhat more than its excess over Th_high, so a request's last flows often
+    cost more than the penalty they save. A drained instance's moves stay (it must be emptied to stop); dropping
+    a move only frees buffer, so (4)-(5) keep holding."""
+    n = state.n_instances
+    flows, dst = action.flows, action.dst
+    src = state.assignment[flows]
+    optional = ~np.isin(src, action.stop)
+    if not optional.any():
+        return action
+    rate, capacity = state.rate[flows], state.capacity
+    move_cost = cost.flow_migration_cost(state, flows, dst, params)
+    load = state.load_pps + np.bincount(dst, rate, n) - np.bincount(src, rate, n)
+    active = state.active.copy()
+    active[action.start] = True
+    active[action.stop] = False
+    started = np.zeros(n, dtype=bool)
+    started[action.start] = True
+    arrivals = np.bincount(dst, minlength=n)
+    kept = np.ones(flows.size, dtype=bool)
+    while (candidates := np.flatnonzero(kept & optional)).size:
+        rows, s, k = np.arange(candidates.size), src[candidates], dst[candidates]
+        utilisation = np.tile(load / capacity, (candidates.size, 1))
+        utilisation[rows, s] += rate[candidates] / capacity[s]
+        utilisation[rows, k] -= rate[candidates] / capacity[k]
+        unstarted = started[k] & (arrivals[k] == 1)
+        still_active = np.tile(active, (candidates.size, 1))
+        still_active[rows[unstarted], k[unstarted]] = False
+        change = (cost.threshold_penalties(utilisation, still_active, thresholds, params)
+                  - cost.threshold_penalty(load / capacity, active, thresholds, params)
+                  - move_cost[candidates] - cost.resource_cost(unstarted, params))
+        # nor back to Th_high: at Th_high exactly ω charges nothing, but the instance is overloaded again
+        change[(utilisation[rows, s] >= thresholds.high) & (load[s] / capacity[s] < thresholds.high)] = np.inf
+        best = int(np.argmin(change))
+        if not change[best] < -1e-9:
+            break
+        m = candidates[best]
+        kept[m] = False
+        load[src[m]] += rate[m]
+        load[dst[m]] -= rate[m]
+        arrivals[dst[m]] -= 1
+        if unstarted[best]:
+            active[dst[m]] = started[dst[m]] = False
+    return IndexedAction(flows[kept], dst[kept], action.start[started[action.start]], action.stop)
 
 
 def spread(net_load: np.ndarray) -> np.ndarray:

@@ -6,9 +6,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gnn_policy.translator import LoadRequest, _receiver, fit_to_balance, spread, translate
+from gnn_policy.translator import LoadRequest, _receiver, fit_to_balance, prune, spread, translate
 from tests.strategies import cluster_states
 from twin.migration import apply
+from twin.params import CostParams, Thresholds
 from twin.state import ClusterState, FiveTuple, Flow, Instance
 
 
@@ -199,6 +200,22 @@ def test_fitting_to_the_balance_keeps_the_routes_and_sends_every_surplus(data, n
     np.testing.assert_allclose(fit_to_balance(np.zeros((n, n)), above), spread(above), atol=1e-9)
 
 
+def test_pruning_drops_the_moves_that_do_not_pay_for_themselves():
+    # nf0 at 64 % is asked for 140 pps: the 100 and the 40 go. Without the 40 nf0 is still under Th_high (54 %),
+    # so that move only costs; without the 100 it would be back at 60 %
+    state = cluster([[500, 100, 40], [300]])
+    action = translate(state, LoadRequest(amounts(state, {(0, 1): 140.0})), ceiling=0.6)
+    assert sorted(state.rate[action.flows].tolist()) == [40.0, 100.0]
+    pruned = prune(state, action, CostParams(), Thresholds(high=0.6, low=0.1))
+    assert state.rate[pruned.flows].tolist() == [100.0]
+    # a standby instance that would receive only an unneeded flow is not started
+    state = cluster([[500, 100, 40], [300]], standby=1)
+    action = translate(state, LoadRequest(amounts(state, {(0, 1): 100.0, (0, 2): 40.0})), ceiling=0.6)
+    assert action.start.tolist() == [2]
+    pruned = prune(state, action, CostParams(), Thresholds(high=0.6, low=0.1))
+    assert pruned.start.size == 0 and pruned.dst.tolist() == [1]
+
+
 @st.composite
 def requests(draw, state: ClusterState) -> LoadRequest:
     n = state.n_instances
@@ -229,3 +246,19 @@ def test_translated_actions_never_violate_constraints_4_and_5(data, state):
     assert not drained & set(action.dst.tolist())
     assert set(action.stop.tolist()) <= drained
     assert after.n_flows == state.n_flows
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), state=cluster_states(max_instances=6, max_flows=30, roomy_buffers=False))
+def test_pruning_never_raises_the_cost_and_keeps_drains_and_constraints(data, state):
+    request = data.draw(requests(state))
+    thresholds = Thresholds(high=data.draw(st.sampled_from([0.3, 0.6, 0.9])), low=0.1)
+    action = translate(state, request, ceiling=thresholds.high)
+    pruned = prune(state, action, CostParams(), thresholds)
+    after, breakdown = apply(state, pruned, CostParams(), thresholds)  # raises on any violation of (4), (5)
+    assert breakdown.total <= apply(state, action, CostParams(), thresholds)[1].total + 1e-6
+    assert pruned.stop.tolist() == action.stop.tolist()
+    kept = set(zip(pruned.flows.tolist(), pruned.dst.tolist()))
+    assert kept <= set(zip(action.flows.tolist(), action.dst.tolist()))
+    drained = np.isin(state.assignment[action.flows], action.stop)
+    assert set(zip(action.flows[drained].tolist(), action.dst[drained].tolist())) <= kept
