@@ -282,10 +282,7 @@ class _Shedding:
         latency = [from_s[r] for r in receivers]
         asked = [intake[r] for r in receivers]
 
-        def by_asked(j: int) -> tuple[float, int]:
-            return asked[j], j
-
-        ranking = sorted(range(len(receivers)), key=by_asked)
+        ranking = sorted((asked[j], j) for j in range(len(receivers)))
         # no flow this large fits any receiver (a quick test before `_receiver`'s search)
         largest = min(max(room), 2.0 * max(short))
 
@@ -305,10 +302,10 @@ class _Shedding:
             if exact:
                 above[r] += rate
                 above[s] -= rate
-            ranking.remove(j)
+            del ranking[bisect.bisect_left(ranking, (asked[j], j))]
             asked[j] -= rate
             intake[r] -= rate
-            bisect.insort(ranking, j, key=by_asked)
+            bisect.insort(ranking, (asked[j], j))
             largest = min(max(room), 2.0 * max(short))
 
         remaining = total
@@ -352,11 +349,11 @@ class _Shedding:
 
 
 def _receiver(rate: float, latency: list[float], room: list[float], buffer_room: list[float], short: list[float],
-              asked: list[float], ranking: list[int]) -> int:
+              asked: list[float], ranking: list[tuple[float, int]]) -> int:
     """Position of the receiver a flow of `rate` goes to, among those it fits (below the ceiling: `room`; within
     the buffer for the packets it buffers while moving; left closer to the balanced load than before: rate <
-    2·`short`): best fit, the one with the least intake still asked of it (`asked`; `ranking` orders the
-    positions by it) that is at least `rate`, so that the flow meets a request without passing it and large
+    2·`short`): best fit, the one with the least intake still asked of it (`asked`; `ranking` holds the sorted
+    (asked, position) pairs) that is at least `rate`, so that the flow meets a request without passing it and large
     flows go where they fit; if there is none, the one asked for most, which the flow brings closest. Ties to
     the lowest position; −1 if it fits none."""
 
@@ -364,11 +361,11 @@ def _receiver(rate: float, latency: list[float], room: list[float], buffer_room:
         return (rate < room[j] and rate < 2.0 * short[j]
                 and cost.packets_buffered_during_move(rate, latency[j]) <= buffer_room[j])
 
-    split = bisect.bisect_left(ranking, (rate, -1), key=lambda j: (asked[j], j))
-    within = next((j for j in ranking[split:] if fits(j)), -1)
+    split = bisect.bisect_left(ranking, (rate, -1))
+    within = next((j for _, j in ranking[split:] if fits(j)), -1)
     if within >= 0:
         return within
-    return min((j for j in ranking[:split] if fits(j)), key=lambda j: (-asked[j], j), default=-1)
+    return min((j for _, j in ranking[:split] if fits(j)), key=lambda j: (-asked[j], j), default=-1)
 
 
 def _drain(plan: Plan, v: int, preferred: int, draining: np.ndarray) -> None:
