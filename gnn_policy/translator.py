@@ -175,9 +175,8 @@ def fit_to_balance(amounts: np.ndarray, above_balance: np.ndarray) -> np.ndarray
     unrouted_senders, unrouted_receivers = fitted.sum(axis=1) <= 0.0, fitted.sum(axis=0) <= 0.0
     fitted[unrouted_senders] = default[unrouted_senders]
     fitted[:, unrouted_receivers] = default[:, unrouted_receivers]
-    sent = fitted.sum(axis=1)
-    fitted *= np.divide(out, sent, out=np.zeros_like(out), where=sent > 0.0)[:, None]
-    return fitted
+    sent = fitted.sum(axis=1, keepdims=True)
+    return np.divide(fitted, sent, out=np.zeros_like(fitted), where=sent > 0.0) * out[:, None]
 
 
 SETTLE_PAIRS = 3

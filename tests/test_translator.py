@@ -181,7 +181,7 @@ def test_fitting_to_the_balance_keeps_the_routes_and_sends_every_surplus(data, n
     instance the request leaves out is routed like `spread`."""
     above = np.array(data.draw(st.lists(st.integers(-100, 100), min_size=n, max_size=n)), dtype=float)
     above -= above.mean()
-    values = np.array(data.draw(st.lists(st.sampled_from([0.0, 0.01, 1.0, 7.5, 50.0]), min_size=n * n,
+    values = np.array(data.draw(st.lists(st.sampled_from([0.0, 5e-324, 0.01, 1.0, 7.5, 50.0]), min_size=n * n,
                                          max_size=n * n))).reshape(n, n)
     hot, cold = above > 0.0, above < 0.0
     fitted = fit_to_balance(values, above)
