@@ -108,10 +108,10 @@ def prune(state: ClusterState, action: IndexedAction, params: CostParams, thresh
     """Scaling's finish: every migration pays for itself. While dropping one move lowers the action's total
     cost (eq. (2) summed over the moves, C_R and the ω penalties, `twin.cost`), the move whose drop lowers it
     most is dropped, unless that puts its source back at Th_high or above; a started instance that loses its
-    last arrival is not started. The levels are coarse and a
-    network asks a hot sender for somewhat more than its excess over Th_high, so a request's last flows often
-    cost more than the penalty they save. A drained instance's moves stay (it must be emptied to stop); dropping
-    a move only frees buffer, so (4)-(5) keep holding."""
+    last arrival is not started. The levels are coarse and a network asks a hot sender for somewhat more than
+    its excess over Th_high, so a request's last flows often cost more than the penalty they save. A drained
+    instance's moves stay (it must be emptied to stop); dropping a move only frees buffer, so (4)-(5) keep
+    holding."""
     n = state.n_instances
     flows, dst = action.flows, action.dst
     src = state.assignment[flows]
@@ -189,8 +189,8 @@ def _settle(plan: Plan, balanced: float, ceiling: float) -> None:
     an instance above the balanced utilisation to one below it lowers the variance (its sum of squared
     deviations), the flow that lowers it most among the `SETTLE_PAIRS` × `SETTLE_PAIRS` furthest pairs moves,
     each only if both instances end closer to the balanced load (as in `_Shedding`) and constraints (4)-(5) and
-    the ceiling hold. At most one move per instance: a finish, not a balancer of its own (the request, fitted to
-    the balance by `fit_to_balance`, does the bulk). On Python floats and lists, as `_Shedding`."""
+    the ceiling hold. At most N moves in all: a finish, not a balancer of its own (the request, fitted to the
+    balance by `fit_to_balance`, does the bulk). On Python floats and lists, as `_Shedding`."""
     state = plan.state
     n = state.n_instances
     capacity, active = state.capacity.tolist(), plan.active.tolist()
