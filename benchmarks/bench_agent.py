@@ -32,7 +32,7 @@ import torch
 from gnn_policy.agent import DeepMigration, collate, context, propose, realise, views
 from gnn_policy.base import Decision, Problem, score
 from gnn_policy.registry import make_policy
-from gnn_policy.translator import LoadRequest, spread
+from gnn_policy.translator import LoadRequest, spread, surplus_above
 from trace_replay.flows import read_flows
 from trace_replay.generate import sample_path
 from trace_replay.scenarios import build_timing, paper_setups
@@ -96,7 +96,7 @@ def spread_balance(problem: Problem) -> Decision:
     spread over the instances below it in proportion to their deficits (`fit_to_balance` routes an instance
     the request leaves out this way)."""
     state = problem.state
-    surplus = np.where(state.active, state.load_pps - problem.scenario.cluster_utilisation * state.capacity, 0.0)
+    surplus = surplus_above(state.load_pps, state.capacity, state.active, problem.scenario.cluster_utilisation)
     return Decision(realise(problem, LoadRequest(spread(surplus))))
 
 

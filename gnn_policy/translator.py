@@ -76,7 +76,7 @@ def translate(state: ClusterState, request: LoadRequest, params: CostParams = Co
     above_balance = None
     intake = amounts.sum(axis=0)
     if balanced is not None:
-        above_balance = np.where(plan.active, plan.load - balanced * state.capacity, 0.0)
+        above_balance = surplus_above(plan.load, state.capacity, plan.active, balanced)
         amounts = fit_to_balance(amounts, above_balance)
         intake = np.maximum(-above_balance, 0.0)
     totals = amounts.sum(axis=1)
@@ -154,6 +154,11 @@ def prune(state: ClusterState, action: IndexedAction, params: CostParams, thresh
     return IndexedAction(flows[kept], dst[kept], action.start[started[action.start]], action.stop)
 
 
+def surplus_above(load: np.ndarray, capacity: np.ndarray, active: np.ndarray, balanced: float) -> np.ndarray:
+    """Packets/s each active instance is above the `balanced` utilisation (negative below it; 0 for the others)."""
+    return np.where(active, load - balanced * capacity, 0.0)
+
+
 def spread(net_load: np.ndarray) -> np.ndarray:
     """[N, N] loads that send each instance's positive `net_load` to those with a negative one, in proportion
     to what these take."""
@@ -193,9 +198,9 @@ def _settle(plan: Plan, balanced: float, ceiling: float) -> None:
     balance by `fit_to_balance`, does the bulk). On Python floats and lists, as `_Shedding`."""
     state = plan.state
     n = state.n_instances
-    capacity, active = state.capacity.tolist(), plan.active.tolist()
+    capacity = state.capacity.tolist()
     weight = [c ** -2.0 for c in capacity]
-    deviation = [load - balanced * c if on else 0.0 for load, c, on in zip(plan.load.tolist(), capacity, active)]
+    deviation = surplus_above(plan.load, state.capacity, plan.active, balanced).tolist()
     room = [ceiling * c - load for c, load in zip(capacity, plan.load.tolist())]
     buffer_free = (state.buffer - state.queue - plan.incoming).tolist()
     offers: dict[int, tuple[list[float], list[int]]] = {}
