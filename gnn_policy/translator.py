@@ -99,6 +99,7 @@ def translate(state: ClusterState, request: LoadRequest, params: CostParams = Co
     for s in senders:
         offer = slice(bounds[s], bounds[s + 1])
         shedding.shed(s, flows[offer], rates[offer], np.flatnonzero(amounts[s] > 0.0).tolist(), float(totals[s]))
+    shedding.commit()
     if balanced is not None:
         _settle(plan, balanced, ceiling)
     return plan.action()
@@ -195,7 +196,8 @@ def _settle(plan: Plan, balanced: float, ceiling: float) -> None:
     deviations), the flow that lowers it most among the `SETTLE_PAIRS` × `SETTLE_PAIRS` furthest pairs moves,
     each only if both instances end closer to the balanced load (as in `_Shedding`) and constraints (4)-(5) and
     the ceiling hold. At most N moves in all: a finish, not a balancer of its own (the request, fitted to the
-    balance by `fit_to_balance`, does the bulk). On Python floats and lists, as `_Shedding`."""
+    balance by `fit_to_balance`, does the bulk). Chosen on Python floats and lists and handed to the plan at the end,
+    as in `_Shedding`."""
     state = plan.state
     n = state.n_instances
     capacity = state.capacity.tolist()
@@ -203,15 +205,32 @@ def _settle(plan: Plan, balanced: float, ceiling: float) -> None:
     deviation = surplus_above(plan.load, state.capacity, plan.active, balanced).tolist()
     room = [ceiling * c - load for c, load in zip(capacity, plan.load.tolist())]
     buffer_free = (state.buffer - state.queue - plan.incoming).tolist()
+    latencies = state.migration_ms.tolist()
     offers: dict[int, tuple[list[float], list[int]]] = {}
+    """The unmoved flows of each instance looked at, by rate (kept up to date as they move)."""
+    moves: tuple[list[int], list[int], list[float]] = ([], [], [])
+    pair_moves: dict[tuple[int, int], tuple[float, int]] = {}
+    """(gain, position in i's offer) of the best flow from i to k, while neither has changed since."""
 
-    def offer(i: int) -> tuple[list[float], list[int]]:
-        """The unmoved flows of i by rate (kept up to date as they move)."""
+    def best_flow(i: int, k: int) -> tuple[float, int]:
         if i not in offers:
             flows = plan.movable_flows(i)
             flows = flows[np.argsort(state.rate[flows], kind="stable")]
             offers[i] = (state.rate[flows].tolist(), flows.tolist())
-        return offers[i]
+        rates = offers[i][0]
+        d_i, w_i, d_k, w_k, latency = deviation[i], weight[i], deviation[k], weight[k], latencies[i][k]
+        fitting = bisect.bisect_left(rates, min(2.0 * d_i, -2.0 * d_k, room[k]))
+        if latency > 0.0:
+            fitting = min(fitting, bisect.bisect_right(rates, buffer_free[k] * 1000.0 / latency))
+        nearest = bisect.bisect_left(rates, (d_i * w_i - d_k * w_k) / (w_i + w_k), hi=fitting)
+        best_gain, best = 0.0, -1
+        for j in (nearest - 1, nearest):
+            if 0 <= j < fitting and rates[j] > 0.0:
+                x = rates[j]
+                gain = w_i * (d_i * d_i - (d_i - x) ** 2) + w_k * (d_k * d_k - (d_k + x) ** 2)
+                if gain > best_gain:
+                    best_gain, best = gain, j
+        return best_gain, best
 
     for _ in range(n):
         order = sorted(range(n), key=deviation.__getitem__)
@@ -219,41 +238,36 @@ def _settle(plan: Plan, balanced: float, ceiling: float) -> None:
         below = [k for k in order[:SETTLE_PAIRS] if deviation[k] < 0.0]
         best_gain, best = 0.0, None
         for i in above:
-            rates, _ = offer(i)
-            d_i, w_i = deviation[i], weight[i]
-            latency = state.migration_ms[i].tolist()
             for k in below:
-                d_k, w_k = deviation[k], weight[k]
-                fitting = bisect.bisect_left(rates, min(2.0 * d_i, -2.0 * d_k, room[k]))
-                if latency[k] > 0.0:
-                    fitting = min(fitting, bisect.bisect_right(rates, buffer_free[k] * 1000.0 / latency[k]))
-                nearest = bisect.bisect_left(rates, (d_i * w_i - d_k * w_k) / (w_i + w_k), hi=fitting)
-                for j in (nearest - 1, nearest):
-                    if 0 <= j < fitting and rates[j] > 0.0:
-                        x = rates[j]
-                        gain = w_i * (d_i * d_i - (d_i - x) ** 2) + w_k * (d_k * d_k - (d_k + x) ** 2)
-                        if gain > best_gain:
-                            best_gain, best = gain, (i, j, k)
+                if (i, k) not in pair_moves:
+                    pair_moves[i, k] = best_flow(i, k)
+                gain, j = pair_moves[i, k]
+                if gain > best_gain:
+                    best_gain, best = gain, (i, j, k)
         if best is None:
-            return
+            break
         i, j, k = best
         rates, flows = offers[i]
         rate = rates[j]
-        packets = cost.packets_buffered_during_move(rate, float(state.migration_ms[i, k]))
+        packets = cost.packets_buffered_during_move(rate, latencies[i][k])
         if packets > buffer_free[k]:
-            return
-        plan.move(flows[j], k, packets)
+            break
+        for values, value in zip(moves, (flows[j], k, packets)):
+            values.append(value)
         del rates[j], flows[j]
         deviation[i] -= rate
         deviation[k] += rate
         room[i] += rate
         room[k] -= rate
         buffer_free[k] -= packets
+        pair_moves = {pair: move for pair, move in pair_moves.items() if i not in pair and k not in pair}
+    plan.move_all(*moves)
 
 
 class _Shedding:
-    """The senders' moves of `translate`, on Python floats and lists: numpy's per-call overhead on a few
-    receivers would cost more than the arithmetic."""
+    """The senders' moves of `translate`, chosen on Python floats and lists of its own and handed to the plan at
+    the end (`commit`): numpy's per-call overhead on single flows and a few receivers would cost more than the
+    choices."""
 
     def __init__(self, plan: Plan, intake: np.ndarray, ceiling: float, above_balance: np.ndarray | None):
         state = plan.state
@@ -261,11 +275,17 @@ class _Shedding:
         self.exact = above_balance is not None
         self.intake = intake.tolist()
         """What each instance is still asked to take in, from all senders."""
+        self.load = plan.load.tolist()
         self.load_limit = (ceiling * state.capacity).tolist()
-        self.buffer_free = (state.buffer - state.queue).tolist()
+        self.buffer_free = (state.buffer - state.queue - plan.incoming).tolist()
         self.above_balance = above_balance.tolist() if self.exact else None
         """Load balancing: packets/s each instance is above the balanced load (negative below it); no move may
         leave an instance further from it than it was."""
+        self.moves: tuple[list[int], list[int], list[float]] = ([], [], [])
+        """Flows, destinations and buffered packets of the moves so far, for `commit`."""
+
+    def commit(self) -> None:
+        self.plan.move_all(*self.moves)
 
     def shed(self, s: int, flows: list[int], rates: list[float], receivers: list[int], total: float) -> None:
         """Move `flows` of `s`, in their order, towards `total` (what `s` is asked to send), each to the one of
@@ -276,30 +296,43 @@ class _Shedding:
         sender under Th_high, and a move costs about the same whatever its rate, so a flow that overshoots by
         less than what is left is welcome. Load balancing (`exact`) aims at the balanced load itself: a flow is
         kept only while the total stays within `total`, then the one flow that brings it closest, if any."""
-        plan, intake, above, exact = self.plan, self.intake, self.above_balance, self.exact
-        load, incoming, from_s = plan.load.tolist(), plan.incoming.tolist(), plan.state.migration_ms[s].tolist()
+        plan, intake, above, exact, load, buffer_free = (
+            self.plan, self.intake, self.above_balance, self.exact, self.load, self.buffer_free)
+        from_s = plan.state.migration_ms[s].tolist()
+        moved_flows, moved_dst, moved_packets = self.moves
+        moved: set[int] = set()
         # what each receiver can still take below the ceiling, in its buffer and towards the balanced load, and
         # what it is still asked for, kept up to date as flows move
         room = [self.load_limit[r] - load[r] for r in receivers]
-        buffer_room = [self.buffer_free[r] - incoming[r] for r in receivers]
+        buffer_room = [buffer_free[r] for r in receivers]
         short = [-above[r] for r in receivers] if exact else [math.inf] * len(receivers)
         latency = [from_s[r] for r in receivers]
         asked = [intake[r] for r in receivers]
 
         ranking = sorted((asked[j], j) for j in range(len(receivers)))
-        # no flow this large fits any receiver (a quick test before `_receiver`'s search)
+        # no flow this large fits any receiver: a quick test before `_receiver`'s search, tightened to every rate
+        # that fitted none (moves only shrink what receivers can take, and a larger flow fits no better)
         largest = min(max(room), 2.0 * max(short))
 
         def receiver(rate: float) -> int:
-            return _receiver(rate, latency, room, buffer_room, short, asked, ranking)
+            nonlocal largest
+            j = _receiver(rate, latency, room, buffer_room, short, asked, ranking)
+            if j < 0:
+                largest = min(largest, rate)
+            return j
 
         def move(f: int, rate: float, j: int) -> None:
-            nonlocal largest
             r = receivers[j]
             if not plan.active[r]:
                 plan.start(r)
             packets = cost.packets_buffered_during_move(rate, latency[j])
-            plan.move(f, r, packets)
+            moved.add(f)
+            moved_flows.append(f)
+            moved_dst.append(r)
+            moved_packets.append(packets)
+            load[s] -= rate
+            load[r] += rate
+            buffer_free[r] -= packets
             room[j] -= rate
             buffer_room[j] -= packets
             short[j] -= rate
@@ -310,7 +343,6 @@ class _Shedding:
             asked[j] -= rate
             intake[r] -= rate
             bisect.insort(ranking, (asked[j], j))
-            largest = min(max(room), 2.0 * max(short))
 
         remaining = total
         shed_any = False
@@ -328,7 +360,7 @@ class _Shedding:
                 shed_any = True
         if exact and remaining > 0.0:
             closing = sorted((abs(remaining - rate), rate, f) for f, rate in zip(flows, rates)
-                             if not plan.moved[f] and 0.0 < rate < min(2.0 * remaining, largest))
+                             if f not in moved and 0.0 < rate < min(2.0 * remaining, largest))
             for _, rate, f in closing:
                 if (j := receiver(rate)) >= 0:
                     move(f, rate, j)
@@ -338,10 +370,10 @@ class _Shedding:
         # coarse, and ω charges every point above Th_high): while it is, the smallest flow that clears it goes,
         # or else the largest one that fits a receiver, each only if it leaves the sender closer to the balanced
         # load.
-        excess = float(plan.load[s]) - self.load_limit[s]
+        excess = load[s] - self.load_limit[s]
         while shed_any and excess >= 0.0:
             limit = min(largest, 2.0 * above[s]) if exact else largest
-            left = sorted((rate, f) for f, rate in zip(flows, rates) if not plan.moved[f] and 0.0 < rate < limit)
+            left = sorted((rate, f) for f, rate in zip(flows, rates) if f not in moved and 0.0 < rate < limit)
             clearing = [flow for flow in left if flow[0] > excess]
             for rate, f in clearing + left[::-1]:
                 if (j := receiver(rate)) >= 0:
@@ -366,9 +398,9 @@ def _receiver(rate: float, latency: list[float], room: list[float], buffer_room:
                 and cost.packets_buffered_during_move(rate, latency[j]) <= buffer_room[j])
 
     split = bisect.bisect_left(ranking, (rate, -1))
-    within = next((j for _, j in ranking[split:] if fits(j)), -1)
-    if within >= 0:
-        return within
+    for position in range(split, len(ranking)):
+        if fits(j := ranking[position][1]):
+            return j
     return min((j for _, j in ranking[:split] if fits(j)), key=lambda j: (-asked[j], j), default=-1)
 
 

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from gnn_policy.base import Problem, score
 from gnn_policy.baselines import BASELINES, OFM, Pairwise, RandomScaleIn, SizeGreedy
+from gnn_policy.baselines._plan import Plan
 from tests.strategies import cluster_states
 from twin import cost
 from twin.migration import apply
@@ -50,6 +51,30 @@ def after_state(problem, decision) -> ClusterState:
 def gap(state) -> float:
     u = state.utilisation[state.active]
     return float(u.max() - u.min()) if u.size else 0.0
+
+
+# --- plan bookkeeping -------------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(state=cluster_states(standby=False), data=st.data())
+def test_plan_move_all_books_as_moves_one_by_one(state, data):
+    """The translator chooses moves on lists of its own and books them at once: the plan must end the same."""
+    moves = []
+    for f in data.draw(st.lists(st.integers(0, max(state.n_flows - 1, 0)), unique=True, max_size=state.n_flows)):
+        others = np.flatnonzero(state.active & (np.arange(state.n_instances) != state.assignment[f]))
+        if others.size:
+            moves.append((f, int(others[data.draw(st.integers(0, others.size - 1))]), data.draw(st.floats(0.0, 50.0))))
+    one_by_one, at_once = Plan(state), Plan(state)
+    for f, d, packets in moves:
+        one_by_one.move(f, d, packets)
+    at_once.move_all(*(list(values) for values in zip(*moves)) if moves else ([], [], []))
+    for attribute in ("load", "incoming", "count", "moved", "received"):
+        np.testing.assert_allclose(getattr(at_once, attribute), getattr(one_by_one, attribute), atol=1e-6)
+    assert at_once.action().flows.tolist() == one_by_one.action().flows.tolist()
+    assert at_once.action().dst.tolist() == one_by_one.action().dst.tolist()
+    if moves:
+        with pytest.raises(AssertionError):
+            at_once.move_all([moves[0][0]], [moves[0][1]], [0.0])
 
 
 # --- registry ---------------------------------------------------------------------------------

@@ -91,6 +91,24 @@ class Plan:
         self._flows.append(int(flow))
         self._dst.append(int(dst))
 
+    def move_all(self, flows: list[int], dst: list[int], packets: list[float]) -> None:
+        """`move` for many flows at once, with the same checks: for a caller that chose its moves on bookkeeping
+        of its own (the translator), where a numpy update per flow would cost more than the choice."""
+        if not flows:
+            return
+        flow_array, dst_array = np.array(flows, dtype=np.int64), np.array(dst, dtype=np.int64)
+        src = self.state.assignment[flow_array]
+        assert (np.unique(flow_array).size == flow_array.size and not self.moved[flow_array].any()
+                and (src != dst_array).all() and self.active[dst_array].all()), (flows, dst)
+        n, rate = self.state.n_instances, self.state.rate[flow_array]
+        self.load += np.bincount(dst_array, rate, n) - np.bincount(src, rate, n)
+        self.count += np.bincount(dst_array, minlength=n) - np.bincount(src, minlength=n)
+        self.incoming += np.bincount(dst_array, np.asarray(packets, dtype=float), n)
+        self.moved[flow_array] = True
+        self.received[dst_array] = True
+        self._flows.extend(flows)
+        self._dst.extend(dst)
+
     def start(self, instance: int) -> None:
         assert not self.active[instance], instance
         self.active[instance] = True
