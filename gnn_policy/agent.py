@@ -46,7 +46,7 @@ from gnn_policy.base import Decision, Outcome, Policy, Problem, score
 from gnn_policy.baselines import OFM, RandomScaleIn, SizeGreedy
 from gnn_policy.baselines._plan import Plan
 from gnn_policy.gn import GNPolicyNet
-from gnn_policy.translator import LoadRequest, prune, spread, translate
+from gnn_policy.translator import LoadRequest, refine, spread, translate
 from twin import cost
 from twin.graph import to_pyg
 from twin.migration import CostBreakdown, IndexedAction
@@ -325,7 +325,7 @@ def realise(problem: Problem, request: LoadRequest) -> IndexedAction:
     if scenario.kind is ScenarioKind.LOAD_BALANCE:
         return translate(problem.state, request, problem.params, problem.thresholds.high, scenario.cluster_utilisation)
     action = translate(problem.state, request, problem.params, problem.thresholds.high)
-    return prune(problem.state, action, problem.params, problem.thresholds)
+    return refine(problem.state, action, problem.params, problem.thresholds)
 
 
 def imitation_choice(problem: Problem, action: IndexedAction, levels: Sequence[float]) -> tuple[GraphView, Choice]:

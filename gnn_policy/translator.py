@@ -105,23 +105,39 @@ def translate(state: ClusterState, request: LoadRequest, params: CostParams = Co
     return plan.action()
 
 
-def prune(state: ClusterState, action: IndexedAction, params: CostParams, thresholds: Thresholds) -> IndexedAction:
-    """Scaling's finish: every migration pays for itself. While dropping one move lowers the action's total
-    cost (eq. (2) summed over the moves, C_R and the ω penalties, `twin.cost`), the move whose drop lowers it
-    most is dropped, unless that puts its source back at Th_high or above; a started instance that loses its
-    last arrival is not started. The levels are coarse and a network asks a hot sender for somewhat more than
-    its excess over Th_high, so a request's last flows often cost more than the penalty they save. A drained
-    instance's moves stay (it must be emptied to stop); dropping a move only frees buffer, so (4)-(5) keep
-    holding."""
+def refine(state: ClusterState, action: IndexedAction, params: CostParams, thresholds: Thresholds) -> IndexedAction:
+    """Scaling's finish: a local search on the action's total cost (eq. (2) summed over the moves, C_R and the
+    ω penalties, `twin.cost`). While one change lowers it, the change that lowers it most is made, among
+
+    * dropping a move: the levels are coarse and a network asks a hot sender for somewhat more than its excess
+      over Th_high, so a request's last flows often cost more than the penalty they save; a started instance
+      that loses its last arrival is not started;
+    * sending a moved flow to another active instance: the translator fills receivers as the request asks, not
+      by what a move costs at each (its latency, the destination's processing and queue, eq. (1));
+    * moving another flow of the same source to the same destination instead: one that keeps its SLA, or whose
+      rate leaves less penalty.
+
+    No change puts a source back at Th_high or above (at Th_high exactly ω charges nothing, but the instance is
+    overloaded again) or a destination at Th_high or above or past its buffer (constraint (5)), so (4)-(5) keep
+    holding. A drained instance's moves stay as they are: it must be emptied to stop."""
     n = state.n_instances
-    flows, dst = action.flows, action.dst
+    flows, dst = action.flows.copy(), action.dst.copy()
     src = state.assignment[flows]
-    optional = ~np.isin(src, action.stop)
-    if not optional.any():
-        return action
-    rate, capacity = state.rate[flows], state.capacity
+    drained = np.isin(src, action.stop)
+    capacity, high = state.capacity, thresholds.high
+    # eq. (2) cost and constraint (5) packets of every flow of a source to every instance: the state's queues
+    # fix them, so the search only looks them up
+    candidates = np.flatnonzero(np.isin(state.assignment, src[~drained]))
+    row_of = np.full(state.n_flows, -1)
+    row_of[candidates] = np.arange(candidates.size)
+    every_pair = (np.repeat(candidates, n), np.tile(np.arange(n), candidates.size))
+    cost_to = cost.flow_migration_cost(state, *every_pair, params).reshape(-1, n)
+    packets_to = cost.migrated_buffer_packets(state, *every_pair).reshape(-1, n)
+    rate = state.rate[flows]
     move_cost = cost.flow_migration_cost(state, flows, dst, params)
+    packets = cost.migrated_buffer_packets(state, flows, dst)
     load = state.load_pps + np.bincount(dst, rate, n) - np.bincount(src, rate, n)
+    buffer_free = state.buffer - state.queue - np.bincount(dst, packets, n)
     active = state.active.copy()
     active[action.start] = True
     active[action.stop] = False
@@ -129,30 +145,118 @@ def prune(state: ClusterState, action: IndexedAction, params: CostParams, thresh
     started[action.start] = True
     arrivals = np.bincount(dst, minlength=n)
     kept = np.ones(flows.size, dtype=bool)
-    while (candidates := np.flatnonzero(kept & optional)).size:
-        rows, s, k = np.arange(candidates.size), src[candidates], dst[candidates]
-        utilisation = np.tile(load / capacity, (candidates.size, 1))
-        utilisation[rows, s] += rate[candidates] / capacity[s]
-        utilisation[rows, k] -= rate[candidates] / capacity[k]
-        unstarted = started[k] & (arrivals[k] == 1)
-        still_active = np.tile(active, (candidates.size, 1))
-        still_active[rows[unstarted], k[unstarted]] = False
-        change = (cost.threshold_penalties(utilisation, still_active, thresholds, params)
-                  - cost.threshold_penalty(load / capacity, active, thresholds, params)
-                  - move_cost[candidates] - cost.resource_cost(unstarted, params))
-        # nor back to Th_high: at Th_high exactly ω charges nothing, but the instance is overloaded again
-        change[(utilisation[rows, s] >= thresholds.high) & (load[s] / capacity[s] < thresholds.high)] = np.inf
-        best = int(np.argmin(change))
-        if not change[best] < -1e-9:
+    moved = np.zeros(state.n_flows, dtype=bool)
+    moved[flows] = True
+
+    def change_at(instances: np.ndarray, rates: np.ndarray, losing_an_arrival: bool = False) -> np.ndarray:
+        """Change of the ω penalty of `instances` when `rates` more land on them, less C_R for a started
+        instance that loses its last arrival (it is not started)."""
+        unstarted = started[instances] & (arrivals[instances] == 1) & losing_an_arrival
+        after = cost.threshold_penalties(((load[instances] + rates) / capacity[instances])[..., None],
+                                         (active[instances] & ~unstarted)[..., None], thresholds, params)
+        return after - now[instances] - cost.resource_cost(unstarted, params)
+
+    def overloads(instances: np.ndarray, rates: np.ndarray) -> np.ndarray:
+        """Whether `rates` more put each of `instances` at Th_high or above, from below it."""
+        return (((load[instances] + rates) / capacity[instances] >= high)
+                & (load[instances] / capacity[instances] < high))
+
+    def take_off(i: int) -> None:
+        load[src[i]] += rate[i]
+        load[dst[i]] -= rate[i]
+        buffer_free[dst[i]] += packets[i]
+        arrivals[dst[i]] -= 1
+        moved[flows[i]] = False
+
+    def put_on(i: int, flow: int, k: int) -> None:
+        flows[i], dst[i], rate[i] = flow, k, state.rate[flow]
+        move_cost[i], packets[i] = cost_to[row_of[flow], k], packets_to[row_of[flow], k]
+        load[src[i]] -= rate[i]
+        load[k] += rate[i]
+        buffer_free[k] -= packets[i]
+        arrivals[k] += 1
+        moved[flow] = True
+
+    while (m := np.flatnonzero(kept & ~drained)).size:
+        now = cost.threshold_penalties((load / capacity)[:, None], active[:, None], thresholds, params)
+        s, d, r = src[m], dst[m], rate[m]
+        drop = change_at(s, r) + change_at(d, -r, True) - move_cost[m]
+        drop[overloads(s, r)] = np.inf
+        # [moves, instances]: the flow of each move sent to each instance instead
+        k = np.broadcast_to(np.arange(n), (m.size, n))
+        r_k = np.broadcast_to(r[:, None], k.shape)
+        redirect = (cost_to[row_of[flows[m]]] - move_cost[m][:, None] + change_at(k, r_k)
+                    + change_at(d, -r, True)[:, None])
+        redirect[~active[k] | (k == s[:, None]) | (k == d[:, None]) | ((load[k] + r_k) / capacity[k] >= high)
+                 | (packets_to[row_of[flows[m]]] > buffer_free[k])] = np.inf
+        # (move, flow) pairs: an unmoved flow of the same source sent to the same destination instead
+        e, g = np.nonzero((state.assignment[candidates][None, :] == s[:, None]) & ~moved[candidates])
+        g = candidates[g]
+        shift = state.rate[g] - r[e]
+        g_cost, g_packets = cost_to[row_of[g], d[e]], packets_to[row_of[g], d[e]]
+        exchange = g_cost - move_cost[m][e] + change_at(s[e], -shift) + change_at(d[e], shift)
+        exchange[overloads(s[e], -shift) | (shift > 0.0) & ((load[d[e]] + shift) / capacity[d[e]] >= high)
+                 | (g_packets - packets[m][e] > buffer_free[d[e]])] = np.inf
+        # (move, exchange) pairs of one source: the move dropped and the exchange made, two moves become one
+        a, b = np.nonzero((s[:, None] == s[None, :]) & ~np.eye(m.size, dtype=bool))
+        options = np.bincount(e, minlength=m.size)
+        a, q = np.repeat(a, options[b]), _ranges(np.searchsorted(e, b), options[b])
+        b = e[q]
+        same = d[a] == d[b]
+        into_b = shift[q] - np.where(same, r[a], 0.0)
+        merge = (g_cost[q] - move_cost[m][a] - move_cost[m][b] + change_at(s[b], r[a] - shift[q])
+                 + np.where(same, 0.0, change_at(d[a], -r[a], True)) + change_at(d[b], into_b))
+        merge[overloads(s[b], r[a] - shift[q]) | (into_b > 0.0) & ((load[d[b]] + into_b) / capacity[d[b]] >= high)
+              | (g_packets[q] - packets[m][b] - np.where(same, packets[m][a], 0.0) > buffer_free[d[b]])] = np.inf
+
+        # every change that lowers the cost, best first, each made unless it touches an instance that an earlier
+        # one of this round touched: changes on disjoint instances do not alter each other's gains
+        to = redirect.argmin(axis=1)
+        gains = np.concatenate([drop, redirect[np.arange(m.size), to], exchange, merge])
+        order = np.argsort(gains, kind="stable")
+        order = order[gains[order] < -1e-9]
+        if not order.size:
             break
-        m = candidates[best]
-        kept[m] = False
-        load[src[m]] += rate[m]
-        load[dst[m]] -= rate[m]
-        arrivals[dst[m]] -= 1
-        if unstarted[best]:
-            active[dst[m]] = started[dst[m]] = False
+        kinds = np.repeat(np.arange(4), [m.size, m.size, exchange.size, merge.size])[order]
+        indices = order - np.array([0, m.size, 2 * m.size, 2 * m.size + exchange.size])[kinds]
+        touched: set[int] = set()
+        for kind, x in zip(kinds.tolist(), indices.tolist()):
+            if kind == 0:
+                i = int(m[x])
+                instances = {src[i], dst[i]}
+            elif kind == 1:
+                i = int(m[x])
+                instances = {dst[i], to[x]}
+            elif kind == 2:
+                i = int(m[e[x]])
+                instances = {src[i], dst[i]}
+            else:
+                i, j = int(m[a[x]]), int(m[b[x]])
+                instances = {src[j], dst[i], dst[j]}
+            if not touched.isdisjoint(instances):
+                continue
+            touched |= instances
+            left = dst[i]
+            take_off(i)
+            if kind == 0:
+                kept[i] = False
+            elif kind == 1:
+                put_on(i, int(flows[i]), int(to[x]))
+            elif kind == 2:
+                put_on(i, int(g[x]), int(left))
+            else:
+                kept[i] = False
+                take_off(j)
+                put_on(j, int(g[q[x]]), int(dst[j]))
+            if started[left] and arrivals[left] == 0:
+                active[left] = started[left] = False
     return IndexedAction(flows[kept], dst[kept], action.start[started[action.start]], action.stop)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenated index ranges [start, start + length) of each pair."""
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - ends + lengths, lengths) + np.arange(ends[-1] if ends.size else 0)
 
 
 def surplus_above(load: np.ndarray, capacity: np.ndarray, active: np.ndarray, balanced: float) -> np.ndarray:
