@@ -23,8 +23,8 @@ likely destinations.
 **The double GNN.** The load judgment (`twin.scenario.instances_needed`) says how many instances
 must be active. For scale-out the modified graph adds that many standby instances (at least one),
 each the standby nearest the next most loaded instance; for scale-in, graphs remove shares of the
-underloaded instances that can go (`DRAIN_SHARES`), cheapest to empty first (`drain_order`). The GNN runs on all graphs
-in one batch, and the action comparison keeps the best action under the scenario's figure of merit
+underloaded instances that can go (`DRAIN_SHARES`) and the counts the drain prices favour (`drain_counts`), cheapest
+to empty first (`drain_order`). The GNN runs on all graphs in one batch, and the action comparison keeps the best action under the scenario's figure of merit
 (`objective`). A guard then compares with the cheap baselines on the same state and returns the
 best baseline's action if it is better; `guard_fired` counts how often.
 
@@ -74,9 +74,10 @@ class GraphView:
 
 
 DRAIN_SHARES = (0.25, 0.5, 0.75, 1.0)
-"""Scale-in graphs remove these shares of the instances the load judgment lets go (`drain_order`). The
-action comparison keeps the best: draining an instance whose flows cost more to move than the C_R it saves
-does not pay, and how many do depends on the state."""
+"""Scale-in graphs remove these shares of the instances the load judgment lets go (`drain_order`), and the
+counts around the one that the drain prices say pays most (`drain_counts`). The action comparison keeps the
+best: draining an instance whose flows cost more to move than the C_R it saves does not pay, and how many do
+depends on the state."""
 
 
 def views(problem: Problem) -> list[GraphView]:
@@ -86,8 +87,8 @@ def views(problem: Problem) -> list[GraphView]:
     if kind is ScenarioKind.SCALE_OUT:
         modified = [scale_out_view(problem)]
     elif kind is ScenarioKind.SCALE_IN:
-        order = drain_order(problem)
-        modified = [scale_in_view(problem, count, order) for count in drain_counts(problem)]
+        order, prices = drain_prices(problem)
+        modified = [scale_in_view(problem, count, order) for count in drain_counts(problem, prices)]
     else:
         modified = []
     return [current, *(view for view in modified if view is not None)]
@@ -109,29 +110,45 @@ def scale_out_view(problem: Problem) -> GraphView | None:
     return GraphView(state, to_pyg(state.with_changes(active=plan.active)), label="scale-out")
 
 
-def drain_counts(problem: Problem) -> list[int]:
-    """How many instances each scale-in graph removes: `DRAIN_SHARES` of those the load judgment lets go."""
+def drain_counts(problem: Problem, prices: np.ndarray | None = None) -> list[int]:
+    """How many instances each scale-in graph removes: `DRAIN_SHARES` of those the load judgment lets go, and
+    the count whose drains, in `drain_order`, the `prices` (`drain_prices`, default: computed here) say save
+    most (C_R each, less the price of emptying it), with its two neighbours: the fixed shares alone miss the
+    count that pays best (3 of 5, say), and the prices are estimates."""
     n_active = int(problem.state.active.sum())
     wanted = min(max(1, n_active - problem.scenario.instances_needed), len(problem.scenario.underloaded), n_active - 1)
-    return sorted({max(1, round(wanted * share)) for share in DRAIN_SHARES}) if wanted >= 1 else []
+    if wanted < 1:
+        return []
+    if prices is None:
+        _, prices = drain_prices(problem)
+    savings = np.cumsum(problem.params.resource_cost - prices[:wanted])
+    best = int(np.argmax(savings)) + 1
+    counts = {max(1, round(wanted * share)) for share in DRAIN_SHARES} | {best - 1, best, best + 1}
+    return sorted(count for count in counts if 1 <= count <= wanted)
 
 
 def drain_order(problem: Problem) -> tuple[int, ...]:
-    """The underloaded instances, cheapest to empty first: eq. (2) summed over each one's flows, each priced at
-    the least loaded other active instance (moving a flow costs about the same anywhere; how many flows an
-    instance holds is what differs), ties to the less loaded."""
-    state = problem.state
+    """The underloaded instances, cheapest to empty first (`drain_prices`)."""
+    return drain_prices(problem)[0]
+
+
+def drain_prices(problem: Problem) -> tuple[tuple[int, ...], np.ndarray]:
+    """The underloaded instances cheapest to empty first, ties to the less loaded, and the price of emptying
+    each: eq. (2) summed over its flows, each priced at the least loaded other active instance (moving a flow
+    costs about the same anywhere; how many flows an instance holds is what differs)."""
+    state, params = problem.state, problem.params
     underloaded = np.asarray(problem.scenario.underloaded, dtype=np.int64)
     if underloaded.size == 0:
-        return ()
+        return (), np.zeros(0)
     keep = np.flatnonzero(state.active & ~np.isin(np.arange(state.n_instances), underloaded))
     if keep.size == 0:
-        return tuple(underloaded.tolist())
+        return tuple(underloaded.tolist()), np.zeros(underloaded.size)
     home = int(keep[np.argmin(state.utilisation[keep])])
     flows = np.flatnonzero(np.isin(state.assignment, underloaded))
-    prices = cost.flow_migration_cost(state, flows, np.full(flows.size, home), problem.params)
+    prices = cost.flow_migration_cost(state, flows, np.full(flows.size, home), params)
     to_empty = np.bincount(state.assignment[flows], weights=prices, minlength=state.n_instances)[underloaded]
-    return tuple(underloaded[np.lexsort((state.utilisation[underloaded], to_empty))].tolist())
+    order = np.lexsort((state.utilisation[underloaded], to_empty))
+    return tuple(underloaded[order].tolist()), to_empty[order]
 
 
 def scale_in_view(problem: Problem, count: int | None = None, order: tuple[int, ...] | None = None) -> GraphView | None:

@@ -15,6 +15,7 @@ from gnn_policy.agent import (
     act,
     drain_counts,
     drain_order,
+    drain_prices,
     objective,
     proportional,
     propose,
@@ -91,11 +92,24 @@ def test_modified_graphs_of_the_double_gnn():
 
 
 def test_scale_in_graphs_drain_shares_of_what_the_load_judgment_lets_go():
-    state = cluster([[5], [3], [4], [6], [2], [8], [7], [9], [300], [250]])  # 8 cold instances
+    state = cluster([[5], [3], [4], [6], [2], [8], [7], [9], [300], [250]])  # 8 cold instances, one flow each
     problem = Problem.of(state, THRESHOLDS)
-    assert drain_counts(problem) == [2, 4, 6, 8]
-    assert [v.label for v in views(problem)] == ["current", "scale-in 2", "scale-in 4", "scale-in 6", "scale-in 8"]
-    assert views(problem)[1].drained == problem.scenario.underloaded[:2]
+    # every drain of one flow saves C_R for about one migration: draining all 8 pays best, 7 is its neighbour
+    assert drain_counts(problem) == [2, 4, 6, 7, 8]
+    assert [v.label for v in views(problem)] == ["current", *(f"scale-in {k}" for k in (2, 4, 6, 7, 8))]
+    assert views(problem)[1].drained == drain_order(problem)[:2]
+
+
+def test_scale_in_graphs_include_the_count_the_drain_prices_favour():
+    # five cold instances of 1, 1, 4, 13 and 14 flows: at about 90 ms-equivalents a move, emptying the last two
+    # costs more than the C_R = 1000 their stop saves, so 3 drains pay best, a count no share of 5 gives
+    flows = [[5], [6], [2, 2, 2, 2], [1] * 13, [1] * 14]
+    state = cluster([*flows, [300], [250], [280]])
+    problem = Problem.of(state, THRESHOLDS)
+    assert len(problem.scenario.underloaded) == 5
+    _, prices = drain_prices(problem)
+    assert (prices[:3] < 1000.0).all() and (prices[3:] > 1000.0).all()
+    assert 3 in drain_counts(problem)
 
 
 def test_scale_in_graphs_drain_the_instances_cheapest_to_empty_first():
