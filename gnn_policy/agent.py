@@ -337,7 +337,7 @@ def _drains(view: GraphView, node_logits: torch.Tensor, greedy: bool, generator:
 def realise(problem: Problem, request: LoadRequest) -> IndexedAction:
     """`translate` as every decision, imitation target and training step uses it: no destination pushed to
     Th_high; in load balancing the request's routes carrying the whole imbalance, no instance left further from
-    the balanced utilisation than it started; in scaling only moves that pay for themselves (`prune`)."""
+    the balanced utilisation than it started; in scaling the cheapest action `refine`'s local search reaches."""
     scenario = problem.scenario
     if scenario.kind is ScenarioKind.LOAD_BALANCE:
         return translate(problem.state, request, problem.params, problem.thresholds.high, scenario.cluster_utilisation)

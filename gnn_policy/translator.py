@@ -29,6 +29,9 @@ Every move goes through the baselines' `Plan` bookkeeping, so:
   of its queue and of what earlier moves put there (`twin.cost.migrated_buffer_packets`).
 
 A drain that cannot place every flow is undone, so an instance is never stopped half-full.
+
+Scaling's actions are then refined (`refine`): a local search on the action's total cost that drops,
+redirects, exchanges and merges moves, under the same constraints.
 """
 from __future__ import annotations
 

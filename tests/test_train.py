@@ -40,7 +40,7 @@ def test_short_training_improves_reward_on_a_fixed_small_case():
     history = train(net, [Start(state, Thresholds(high=0.6))], config, optimizer=optimizer, progress=False)
     first = sum(h["reward"] for h in history[:10]) / 10
     last = sum(h["reward"] for h in history[-10:]) / 10
-    # the translator prunes moves that do not pay, so even untrained actions are often cheap: training must cut
+    # the translator refines away moves that do not pay, so even untrained actions are often cheap: training must cut
     # what is left by four fifths and end within half a unit (two migrations cost about 0.2)
     assert last > first / 5 and last > -0.5, (first, last)
 

@@ -200,20 +200,20 @@ def test_fitting_to_the_balance_keeps_the_routes_and_sends_every_surplus(data, n
     np.testing.assert_allclose(fit_to_balance(np.zeros((n, n)), above), spread(above), atol=1e-9)
 
 
-def test_pruning_drops_the_moves_that_do_not_pay_for_themselves():
+def test_refining_drops_the_moves_that_do_not_pay_for_themselves():
     # nf0 at 64 % is asked for 140 pps: the 100 and the 40 go. Without the 40 nf0 is still under Th_high (54 %),
     # so that move only costs; without the 100 it would be back at 60 %
     state = cluster([[500, 100, 40], [300]])
     action = translate(state, LoadRequest(amounts(state, {(0, 1): 140.0})), ceiling=0.6)
     assert sorted(state.rate[action.flows].tolist()) == [40.0, 100.0]
-    pruned = refine(state, action, CostParams(), Thresholds(high=0.6, low=0.1))
-    assert state.rate[pruned.flows].tolist() == [100.0]
+    refined = refine(state, action, CostParams(), Thresholds(high=0.6, low=0.1))
+    assert state.rate[refined.flows].tolist() == [100.0]
     # a standby instance that would receive only an unneeded flow is not started
     state = cluster([[500, 100, 40], [300]], standby=1)
     action = translate(state, LoadRequest(amounts(state, {(0, 1): 100.0, (0, 2): 40.0})), ceiling=0.6)
     assert action.start.tolist() == [2]
-    pruned = refine(state, action, CostParams(), Thresholds(high=0.6, low=0.1))
-    assert pruned.start.size == 0 and pruned.dst.tolist() == [1]
+    refined = refine(state, action, CostParams(), Thresholds(high=0.6, low=0.1))
+    assert refined.start.size == 0 and refined.dst.tolist() == [1]
 
 
 def test_refining_sends_a_flow_where_its_move_costs_less():
