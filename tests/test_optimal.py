@@ -248,3 +248,13 @@ def test_time_limit_is_respected_and_reported(table):
     assert elapsed < 2.5, elapsed  # model building after the deadline is the only overrun
     assert decision.feasible and score(problem, decision).valid
     assert decision.reason.startswith("time limit 1 s reached") and decision.proven_optimal is False
+
+
+def test_a_warm_start_does_not_stop_the_proof_short(table):
+    # From OFM's answer on this set-up HiGHS 1.16 reports "optimal" at once with its bound far below the start
+    # (and that bound as the objective): the solve is run again without the start, which proves the optimum
+    setup = scenarios.build_scale_in(table, underloaded=5, th_low=0.1, seed=0)
+    problem = Problem.of(setup.state, setup.thresholds).as_scenario(setup.expected_kind)
+    decision = Optimal(warm_start=(OFM(),), time_limit_s=10).decide(problem)
+    assert decision.proven_optimal and decision.optimal_gap == 0.0, decision.reason
+    assert score(problem, decision).breakdown.total < score(problem, OFM().decide(problem)).breakdown.total
