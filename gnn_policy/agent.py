@@ -23,10 +23,11 @@ likely destinations.
 **The double GNN.** The load judgment (`twin.scenario.instances_needed`) says how many instances
 must be active. For scale-out the modified graph adds that many standby instances (at least one),
 each the standby nearest the next most loaded instance; for scale-in, graphs remove shares of the
-underloaded instances that can go (`DRAIN_SHARES`) and the counts the drain prices favour (`drain_counts`), cheapest
-to empty first (`drain_order`). The GNN runs on all graphs in one batch, and the action comparison keeps the best action under the scenario's figure of merit
-(`objective`). A guard then compares with the cheap baselines on the same state and returns the
-best baseline's action if it is better; `guard_fired` counts how often.
+underloaded instances that can go (`DRAIN_SHARES`) and the counts the drain prices favour
+(`drain_counts`), cheapest to empty first (`drain_order`). The GNN runs on all graphs in one batch, and
+the action comparison keeps the best action under the scenario's figure of merit (`objective`). A guard
+then compares with the cheap baselines on the same state and returns the best baseline's action if it is
+better; `guard_fired` counts how often.
 
 **Imitation.** `imitation_choice` turns a teacher's flow-level action into this action space, for
 the warm start of `gnn_policy.train`.

@@ -110,7 +110,9 @@ def translate(state: ClusterState, request: LoadRequest, params: CostParams = Co
 
 def refine(state: ClusterState, action: IndexedAction, params: CostParams, thresholds: Thresholds) -> IndexedAction:
     """Scaling's finish: a local search on the action's total cost (eq. (2) summed over the moves, C_R and the
-    ω penalties, `twin.cost`). While one change lowers it, the change that lowers it most is made, among
+    ω penalties, `twin.cost`). Each round prices every single change of four kinds and makes those that lower
+    the cost, best first, skipping any that touches an instance a better one of the round touched (changes on
+    disjoint instances keep each other's gains exact), until no change lowers it:
 
     * dropping a move: the levels are coarse and a network asks a hot sender for somewhat more than its excess
       over Th_high, so a request's last flows often cost more than the penalty they save; a started instance
@@ -118,7 +120,9 @@ def refine(state: ClusterState, action: IndexedAction, params: CostParams, thres
     * sending a moved flow to another active instance: the translator fills receivers as the request asks, not
       by what a move costs at each (its latency, the destination's processing and queue, eq. (1));
     * moving another flow of the same source to the same destination instead: one that keeps its SLA, or whose
-      rate leaves less penalty.
+      rate leaves less penalty;
+    * merging two moves of one source: one dropped, the other exchanged for a larger flow, where neither a
+      drop nor an exchange alone pays.
 
     No change puts a source back at Th_high or above (at Th_high exactly ω charges nothing, but the instance is
     overloaded again) or a destination at Th_high or above or past its buffer (constraint (5)), so (4)-(5) keep
