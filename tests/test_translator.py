@@ -286,7 +286,8 @@ def test_refining_never_raises_the_cost_and_keeps_drains_and_constraints(data, s
     assert refined.stop.tolist() == action.stop.tolist()
     assert set(refined.start.tolist()) <= set(action.start.tolist())
     drained = np.isin(state.assignment[action.flows], action.stop)
-    assert set(action.flows[drained].tolist()) <= set(refined.flows.tolist())
+    kept = set(zip(refined.flows.tolist(), refined.dst.tolist()))
+    assert set(zip(action.flows[drained].tolist(), action.dst[drained].tolist())) <= kept  # drains stay as they are
     # no instance the translated action left below Th_high is put at or above it
     translated, final = apply(state, action, CostParams(), thresholds)[0], apply(state, refined, CostParams(), thresholds)[0]
     assert not np.any(final.active & (final.utilisation >= thresholds.high)
