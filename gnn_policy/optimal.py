@@ -113,6 +113,11 @@ class _Run:
     saved: list[np.ndarray] = field(default_factory=list)
 
 
+PROOF_SLACK = 10.0
+"""A run that ends "optimal" with its answer more than this many times its gap tolerances above its bound was
+not proven (`_Milp.run`); the slack keeps HiGHS's own rounding of the gap from triggering a second solve."""
+
+
 class _Milp:
     def __init__(self, threads: int, seed: int):
         self.settings = {"output_flag": False, "threads": int(threads), "random_seed": int(seed), "mip_rel_gap": 1e-6}
@@ -122,6 +127,8 @@ class _Milp:
         self.n = 0
         self.offset = 0.0
         self.n_integer = 0
+        self.costs = np.zeros(0)
+        """The objective coefficient of every column, as set in HiGHS (a run prices its answer with them)."""
 
     def add(self, count: int, lower=0.0, upper=1.0, cost=0.0, integer: bool = False) -> np.ndarray:
         if count == 0:
@@ -133,6 +140,7 @@ class _Milp:
         costs = np.broadcast_to(np.asarray(cost, dtype=float), (count,)).copy()
         if np.any(costs != 0):
             self.h.changeColsCost(count, cols.astype(np.int32), costs)
+        self.costs = np.r_[self.costs, costs]
         self.n += count
         if integer:
             self.set_integer(cols)
@@ -170,6 +178,7 @@ class _Milp:
         full = np.zeros(self.n)
         full[cols] = costs
         self.h.changeColsCost(self.n, np.arange(self.n, dtype=np.int32), full)
+        self.costs = full
 
     def run(self, seconds: float, start: np.ndarray | None = None, *, rel_gap: float = 1e-6,
             abs_gap: float = 1e-6, save: bool = False) -> _Run:
@@ -189,7 +198,7 @@ class _Milp:
             solution.value_valid = True
             h.setSolution(solution)
         first = self._solve(seconds, save)
-        unproven = first.objective - first.bound > max(abs_gap, rel_gap * abs(first.objective)) * 10.0
+        unproven = first.objective - first.bound > PROOF_SLACK * max(abs_gap, rel_gap * abs(first.objective))
         if start is None or first.status != "optimal" or not unproven:
             return first
         fresh = highspy.Highs()
@@ -222,7 +231,7 @@ class _Milp:
         if save:
             saved = [np.asarray(s.col_value, dtype=float) for s in h.getSavedMipSolutions()]
         # the solution's own objective: after a warm start HiGHS can report another one in its info
-        objective = float(np.dot(h.getLp().col_cost_, x)) if x is not None else math.inf
+        objective = float(self.costs @ x) if x is not None else math.inf
         return _Run(name, x, objective + self.offset, bound + self.offset if math.isfinite(bound) else -math.inf,
                     seconds_used, saved)
 

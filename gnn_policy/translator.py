@@ -154,6 +154,8 @@ def refine(state: ClusterState, action: IndexedAction, params: CostParams, thres
     kept = np.ones(flows.size, dtype=bool)
     moved = np.zeros(state.n_flows, dtype=bool)
     moved[flows] = True
+    now = np.zeros(n)
+    """The ω penalty of each instance at the start of the round (`change_at` prices changes against it)."""
 
     def change_at(instances: np.ndarray, rates: np.ndarray, losing_an_arrival: bool = False) -> np.ndarray:
         """Change of the ω penalty of `instances` when `rates` more land on them, less C_R for a started
@@ -185,7 +187,7 @@ def refine(state: ClusterState, action: IndexedAction, params: CostParams, thres
         moved[flow] = True
 
     while (m := np.flatnonzero(kept & ~drained)).size:
-        now = cost.threshold_penalties((load / capacity)[:, None], active[:, None], thresholds, params)
+        now[:] = cost.threshold_penalties((load / capacity)[:, None], active[:, None], thresholds, params)
         s, d, r = src[m], dst[m], rate[m]
         drop = change_at(s, r) + change_at(d, -r, True) - move_cost[m]
         drop[overloads(s, r)] = np.inf
@@ -332,7 +334,7 @@ def _settle(plan: Plan, balanced: float, ceiling: float) -> None:
         d_i, w_i, d_k, w_k, latency = deviation[i], weight[i], deviation[k], weight[k], latencies[i][k]
         fitting = bisect.bisect_left(rates, min(2.0 * d_i, -2.0 * d_k, room[k]))
         if latency > 0.0:
-            fitting = min(fitting, bisect.bisect_right(rates, buffer_free[k] * 1000.0 / latency))
+            fitting = min(fitting, bisect.bisect_right(rates, cost.largest_rate_buffered(buffer_free[k], latency)))
         nearest = bisect.bisect_left(rates, (d_i * w_i - d_k * w_k) / (w_i + w_k), hi=fitting)
         best_gain, best = 0.0, -1
         for j in (nearest - 1, nearest):

@@ -171,3 +171,9 @@ def test_buffer_constraint_is_inclusive_at_the_limit():
     tighter = [base[0], Instance("nf1", 1000.0, 16.6, queue_packets=4.0)]
     with pytest.raises(InvalidAction, match="constraint 5"):
         apply(ClusterState.from_objects(tighter, flows), Action((Migration("f0", "nf0", "nf1"),)))
+
+
+@given(free=st.floats(0.0, 1e6), la_ij=st.floats(0.01, 1e4))
+def test_largest_rate_buffered_inverts_the_packets_buffered_during_a_move(free, la_ij):
+    rate = cost.largest_rate_buffered(free, la_ij)
+    assert cost.packets_buffered_during_move(rate, la_ij) == pytest.approx(free, rel=1e-12, abs=1e-9)

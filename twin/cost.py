@@ -76,6 +76,11 @@ def packets_buffered_during_move(rate_pps, la_ij):
     return rate_pps * la_ij / 1000.0
 
 
+def largest_rate_buffered(free_packets, la_ij):
+    """The rate whose `packets_buffered_during_move` over `la_ij` (> 0) fills `free_packets` exactly."""
+    return free_packets * 1000.0 / la_ij
+
+
 def resource_cost(delta_instances, params: CostParams):
     """C_R = R·ΔN: starting instances costs, stopping them earns."""
     return params.resource_cost * delta_instances
