@@ -29,6 +29,7 @@ from typing import ClassVar
 import highspy
 import numpy as np
 
+from gnn_policy import highs_worker
 from gnn_policy.base import Decision, Policy, Problem, score
 from twin import cost
 from twin.migration import IndexedAction
@@ -105,12 +106,18 @@ def _indexed(flows, dst, start=(), stop=()) -> IndexedAction:
 @dataclass
 class _Run:
     status: str
-    """'optimal', 'time_limit', 'infeasible' or another HiGHS model status in lower case."""
+    """'optimal', 'time_limit', 'infeasible', another HiGHS model status in lower case, or 'killed' (HiGHS overran
+    its time limit and its worker process was stopped, `gnn_policy.highs_worker`)."""
     x: np.ndarray | None
     objective: float
     bound: float
     seconds: float
     saved: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the solve ended at the time limit rather than with a proof."""
+        return self.status in ("time_limit", "killed")
 
 
 PROOF_SLACK = 10.0
@@ -119,16 +126,19 @@ not proven (`_Milp.run`); the slack keeps HiGHS's own rounding of the gap from t
 
 
 class _Milp:
+    """A MILP built in numpy batches and solved by HiGHS in the worker process (`gnn_policy.highs_worker`), which
+    is killed when a solve overruns its time limit. The model is the log of its highspy calls."""
+
     def __init__(self, threads: int, seed: int):
         self.settings = {"output_flag": False, "threads": int(threads), "random_seed": int(seed), "mip_rel_gap": 1e-6}
-        self.h = highspy.Highs()
-        for option, value in self.settings.items():
-            self.h.setOptionValue(option, value)
+        self.log: list[tuple[str, tuple]] = []
+        self.key = highs_worker.new_key()
         self.n = 0
         self.offset = 0.0
         self.n_integer = 0
         self.costs = np.zeros(0)
         """The objective coefficient of every column, as set in HiGHS (a run prices its answer with them)."""
+        highs_worker.solver_process.start()
 
     def add(self, count: int, lower=0.0, upper=1.0, cost=0.0, integer: bool = False) -> np.ndarray:
         if count == 0:
@@ -136,10 +146,10 @@ class _Milp:
         lower = np.broadcast_to(np.asarray(lower, dtype=float), (count,)).copy()
         upper = np.broadcast_to(np.asarray(upper, dtype=float), (count,)).copy()
         cols = np.arange(self.n, self.n + count, dtype=np.int64)
-        self.h.addVars(count, lower, upper)
+        self.log.append(("addVars", (count, lower, upper)))
         costs = np.broadcast_to(np.asarray(cost, dtype=float), (count,)).copy()
         if np.any(costs != 0):
-            self.h.changeColsCost(count, cols.astype(np.int32), costs)
+            self.log.append(("changeColsCost", (count, cols.astype(np.int32), costs)))
         self.costs = np.r_[self.costs, costs]
         self.n += count
         if integer:
@@ -148,9 +158,14 @@ class _Milp:
 
     def set_integer(self, cols: np.ndarray) -> None:
         if cols.size:
-            self.h.changeColsIntegrality(cols.size, cols.astype(np.int32),
-                                         np.full(cols.size, highspy.HighsVarType.kInteger))
+            self.log.append(("changeColsIntegrality", (cols.size, cols.astype(np.int32),
+                                                       np.full(cols.size, highspy.HighsVarType.kInteger))))
             self.n_integer += cols.size
+
+    def bounds(self, cols: np.ndarray, lower, upper) -> None:
+        self.log.append(("changeColsBounds", (cols.size, cols.astype(np.int32),
+                                              np.broadcast_to(np.asarray(lower, dtype=float), cols.shape).copy(),
+                                              np.broadcast_to(np.asarray(upper, dtype=float), cols.shape).copy())))
 
     def rows(self, rows: list[tuple[np.ndarray, np.ndarray, float, float]]) -> None:
         """Add rows lo <= Σ val·x[idx] <= hi."""
@@ -163,21 +178,21 @@ class _Milp:
         value = np.concatenate([np.asarray(r[1], dtype=float) for r in rows])
         lower = np.array([r[2] for r in rows], dtype=float)
         upper = np.array([r[3] for r in rows], dtype=float)
-        self.h.addRows(len(rows), lower, upper, index.size, starts, index, value)
+        self.log.append(("addRows", (len(rows), lower, upper, index.size, starts, index, value)))
 
     def csr_rows(self, starts: np.ndarray, index: np.ndarray, value: np.ndarray, lower, upper) -> None:
         count = starts.size
         if count == 0:
             return
-        self.h.addRows(count, np.broadcast_to(np.asarray(lower, dtype=float), (count,)).copy(),
-                       np.broadcast_to(np.asarray(upper, dtype=float), (count,)).copy(), index.size,
-                       starts.astype(np.int32), index.astype(np.int32), value.astype(float))
+        self.log.append(("addRows", (count, np.broadcast_to(np.asarray(lower, dtype=float), (count,)).copy(),
+                                     np.broadcast_to(np.asarray(upper, dtype=float), (count,)).copy(), index.size,
+                                     starts.astype(np.int32), index.astype(np.int32), value.astype(float))))
 
     def objective(self, cols: np.ndarray, costs: np.ndarray) -> None:
         """Replace the objective coefficients of every column (zero where not named)."""
         full = np.zeros(self.n)
         full[cols] = costs
-        self.h.changeColsCost(self.n, np.arange(self.n, dtype=np.int32), full)
+        self.log.append(("changeColsCost", (self.n, np.arange(self.n, dtype=np.int32), full)))
         self.costs = full
 
     def run(self, seconds: float, start: np.ndarray | None = None, *, rel_gap: float = 1e-6,
@@ -186,54 +201,35 @@ class _Milp:
         optimal while its bound lies far below the start's objective (it returns the start, and reports the
         bound as the objective): such a run is solved again by a fresh solver without the start in the time left,
         and the better answer is kept with the higher bound."""
-        h = self.h
         began = time.perf_counter()
         self.settings.update(mip_rel_gap=float(rel_gap), mip_abs_gap=float(abs_gap),
                              mip_improving_solution_save=bool(save))
-        for option in ("mip_rel_gap", "mip_abs_gap", "mip_improving_solution_save"):
-            h.setOptionValue(option, self.settings[option])
-        if start is not None:
-            solution = highspy.HighsSolution()
-            solution.col_value = np.asarray(start, dtype=float).tolist()
-            solution.value_valid = True
-            h.setSolution(solution)
-        first = self._solve(seconds, save)
+        first = self._solve(seconds, start, save)
         unproven = first.objective - first.bound > PROOF_SLACK * max(abs_gap, rel_gap * abs(first.objective))
         if start is None or first.status != "optimal" or not unproven:
             return first
-        fresh = highspy.Highs()
-        fresh.passModel(h.getModel())
-        for option, value in self.settings.items():
-            fresh.setOptionValue(option, value)
-        self.h = fresh
-        second = self._solve(seconds - (time.perf_counter() - began), save)
+        self.key = highs_worker.new_key()
+        second = self._solve(seconds - (time.perf_counter() - began), None, save)
         better = second if second.x is not None and second.objective <= first.objective else first
         return _Run(better.status, better.x, better.objective, max(first.bound, second.bound),
                     first.seconds + second.seconds, first.saved + second.saved)
 
-    def _solve(self, seconds: float, save: bool) -> _Run:
-        h = self.h
-        h.setOptionValue("time_limit", float(max(seconds, 0.01)))
+    def _solve(self, seconds: float, start: np.ndarray | None, save: bool) -> _Run:
+        seconds = float(max(seconds, 0.01))
         began = time.perf_counter()
-        h.run()
-        seconds_used = time.perf_counter() - began
-        status = h.getModelStatus()
-        info = h.getInfo()
-        name = {highspy.HighsModelStatus.kOptimal: "optimal", highspy.HighsModelStatus.kTimeLimit: "time_limit",
-                highspy.HighsModelStatus.kInfeasible: "infeasible"}.get(status, str(status).split(".")[-1].lower())
-        x = None
-        if info.primal_solution_status == 2:  # feasible
-            x = np.asarray(h.getSolution().col_value, dtype=float)
-        bound = info.mip_dual_bound if self.n_integer else info.objective_function_value
-        if name == "optimal" and x is not None and not math.isfinite(bound):
-            bound = info.objective_function_value
-        saved = []
-        if save:
-            saved = [np.asarray(s.col_value, dtype=float) for s in h.getSavedMipSolutions()]
+        report = highs_worker.solver_process.solve(self.key, self.log, {**self.settings, "time_limit": seconds},
+                                                   start, seconds, save)
+        if report is None:  # killed: the worker and every model it held are gone
+            self.key = highs_worker.new_key()
+            return _Run("killed", None, math.inf, -math.inf, time.perf_counter() - began)
+        x = report["x"]
+        bound = report["mip_dual_bound"] if self.n_integer else report["objective"]
+        if report["status"] == "optimal" and x is not None and not math.isfinite(bound):
+            bound = report["objective"]
         # the solution's own objective: after a warm start HiGHS can report another one in its info
         objective = float(self.costs @ x) if x is not None else math.inf
-        return _Run(name, x, objective + self.offset, bound + self.offset if math.isfinite(bound) else -math.inf,
-                    seconds_used, saved)
+        return _Run(report["status"], x, objective + self.offset, bound + self.offset if math.isfinite(bound) else -math.inf,
+                    time.perf_counter() - began, report["saved"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -732,7 +728,7 @@ class Optimal(Policy):
         run = model.milp.run(deadline - time.perf_counter(), start)
         report.add(f"HiGHS: {pairs.count} move pairs, {model.standby.size} standby, {model.stoppable.size} "
                    f"stoppable, {run.status} in {run.seconds:.2f} s")
-        report.timed_out |= run.status == "time_limit"
+        report.timed_out |= run.stopped
         if run.x is not None:
             candidates.append(_checked(problem, model.decode(run.x), "milp"))
         best = min(candidates, key=lambda c: c.key(False))
@@ -835,7 +831,7 @@ class Optimal(Policy):
             room = self._variance_cap(lower, variance_before, heuristic) - lower
             precision = 0.1 * room
             run = model.milp.run(remaining, start, rel_gap=1e-9, abs_gap=max(precision / 2, min(certifying, room / 2)))
-            report.timed_out |= run.status == "time_limit"
+            report.timed_out |= run.stopped
             # answers above the heuristic's variance may have used pairs the caller dropped, hence the min
             lower = max(lower, min(run.bound, heuristic))
             if run.x is None:
@@ -865,7 +861,7 @@ class Optimal(Policy):
                                                  f"the target's variance {np.mean(target ** 2):.3e} is above the cap"))
             return False
         inner = _balance_model(problem, pairs, np.ones(pairs.count, dtype=bool), self.threads, self.seed)
-        inner.milp.h.changeColsBounds(inner.n_active, inner.d.astype(np.int32), target - width, target + width)
+        inner.milp.bounds(inner.d, target - width, target + width)
         if math.isfinite(budget):
             inner.milp.rows([(inner.d, 2.0 * target, -_INF, budget)])
         inner.milp.objective(inner.y, pairs.cost)
@@ -873,7 +869,7 @@ class Optimal(Policy):
                   and np.all(np.abs(x[inner.d] - target) <= width) and 2.0 * target @ x[inner.d] <= budget]
         start = min(inside, key=lambda cx: cx[0].migration)[1] if inside else None
         run = inner.milp.run(deadline - time.perf_counter(), start)
-        report.timed_out |= run.status == "time_limit"
+        report.timed_out |= run.stopped
         if run.x is not None:
             candidates.append(_checked(problem, inner.decode(run.x), "milp box"))
         report.add(f"phase 2 box (half-width {width:.2e}): {run.status} in {run.seconds:.2f} s")
@@ -898,7 +894,7 @@ class Optimal(Policy):
         under = [(c, x) for c in candidates if c.variance <= cap and (x := outer.encode(state, c.action)) is not None]
         start = min(under, key=lambda cx: cx[0].migration)[1] if under else None
         run = outer.milp.run(deadline - time.perf_counter(), start, save=True)
-        report.timed_out |= run.status == "time_limit"
+        report.timed_out |= run.stopped
         for x in run.saved + ([run.x] if run.x is not None else []):
             action = outer.decode(x)
             if cost.load_variance(_utilisation_after(state, action), state.active) <= cap:

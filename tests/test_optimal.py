@@ -1,5 +1,8 @@
 """The exact policy (docs/optimal.md): never worse than a baseline, valid, equal to brute force on tiny states."""
+import contextlib
 import itertools
+import os
+import signal
 import time
 
 import numpy as np
@@ -7,11 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gnn_policy import highs_worker
 from gnn_policy.base import Problem, score
 from gnn_policy.baselines import OFM, Pairwise, RandomScaleIn, SizeGreedy
 from gnn_policy.optimal import (
     Optimal,
     _balance_split,
+    _Milp,
     _pairs,
     _pairs_under_cap,
     _trust_region,
@@ -258,3 +263,41 @@ def test_a_warm_start_does_not_stop_the_proof_short(table):
     decision = Optimal(warm_start=(OFM(),), time_limit_s=10).decide(problem)
     assert decision.proven_optimal and decision.optimal_gap == 0.0, decision.reason
     assert score(problem, decision).breakdown.total < score(problem, OFM().decide(problem)).breakdown.total
+
+
+# --- the hard deadline: a solve that ignores HiGHS's time limit is stopped (gnn_policy.highs_worker) ----------
+
+@pytest.fixture
+def frozen_worker(monkeypatch):
+    """The HiGHS worker stopped with SIGSTOP, as if HiGHS looped without checking its time limit."""
+    monkeypatch.setattr(highs_worker, "HARD_GRACE_S", 0.5)
+    highs_worker.solver_process.start()
+    frozen = highs_worker.solver_process.pid
+    os.kill(frozen, signal.SIGSTOP)
+    yield frozen
+    with contextlib.suppress(ProcessLookupError):  # never leave a stopped process behind a failed test
+        os.kill(frozen, signal.SIGKILL)
+
+
+def test_a_solve_that_overruns_its_limit_is_killed_and_the_next_one_runs(frozen_worker):
+    milp = _Milp(threads=1, seed=0)
+    x = milp.add(2, upper=5.0, cost=-1.0, integer=True)
+    milp.rows([(x, np.array([1.0, 2.0]), -np.inf, 7.0)])
+    began = time.perf_counter()
+    stuck = milp.run(0.2)
+    assert time.perf_counter() - began < 0.2 + 0.5 + 1.0
+    assert stuck.status == "killed" and stuck.stopped and stuck.x is None and stuck.bound == -np.inf
+    with pytest.raises(ProcessLookupError):
+        os.kill(frozen_worker, 0)
+    again = milp.run(5.0)  # a new worker rebuilds the model from its log
+    assert highs_worker.solver_process.pid != frozen_worker
+    assert again.status == "optimal" and again.objective == pytest.approx(-6.0)  # x = (5, 1)
+
+
+def test_optimal_returns_its_best_warm_start_when_the_solver_is_killed(table, frozen_worker):
+    setup = scenarios.build_scale_out(table, overloaded=4, th_high=0.6, seed=0)
+    problem = Problem.of(setup.state, setup.thresholds).as_scenario(setup.expected_kind)
+    decision = Optimal(warm_start=baselines(), time_limit_s=1.0).decide(problem)
+    best = min(score(problem, p.decide(problem)).breakdown.total for p in baselines())
+    assert decision.reason.startswith("time limit 1 s reached") and "killed" in decision.reason, decision.reason
+    assert decision.proven_optimal is False and score(problem, decision).breakdown.total <= best + 1e-9
