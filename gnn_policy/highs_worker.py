@@ -123,7 +123,8 @@ class SolverProcess:
             self._stop()
         ours, theirs = socket.socketpair()
         self._process = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(theirs.fileno())],
-                                         pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+                                         pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL)  # highspy's banner; errors go to stderr
         theirs.close()
         self._channel = ours
         self._owner = os.getpid()

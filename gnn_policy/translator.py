@@ -108,6 +108,12 @@ def translate(state: ClusterState, request: LoadRequest, params: CostParams = Co
     return plan.action()
 
 
+REFINE_MIN_GAIN = 1.0
+"""What a change must save (ms-equivalents, a thousandth of C_R) for `refine` to make it: a round makes at most
+one change per instance, and a drained instance's flows sent between alike destinations save hundredths each,
+a round apiece."""
+
+
 def refine(state: ClusterState, action: IndexedAction, params: CostParams, thresholds: Thresholds) -> IndexedAction:
     """Scaling's finish: a local search on the action's total cost (eq. (2) summed over the moves, C_R and the
     ω penalties, `twin.cost`). Each round prices every single change of four kinds and makes those that lower
@@ -126,7 +132,8 @@ def refine(state: ClusterState, action: IndexedAction, params: CostParams, thres
 
     No change puts a source back at Th_high or above (at Th_high exactly ω charges nothing, but the instance is
     overloaded again) or a destination at Th_high or above or past its buffer (constraint (5)), so (4)-(5) keep
-    holding. A drained instance's moves stay as they are: it must be emptied to stop."""
+    holding. A drained instance's moves are only redirected (it must be emptied to stop): to a cheaper
+    destination, or to an instance left below Th_low, whose ω penalty each packet/s lowers."""
     n = state.n_instances
     flows, dst = action.flows.copy(), action.dst.copy()
     src = state.assignment[flows]
@@ -134,7 +141,7 @@ def refine(state: ClusterState, action: IndexedAction, params: CostParams, thres
     capacity, high = state.capacity, thresholds.high
     # eq. (2) cost and constraint (5) packets of every flow of a source to every instance: the state's queues
     # fix them, so the search only looks them up
-    candidates = np.flatnonzero(np.isin(state.assignment, src[~drained]))
+    candidates = np.flatnonzero(np.isin(state.assignment, src))
     row_of = np.full(state.n_flows, -1)
     row_of[candidates] = np.arange(candidates.size)
     every_pair = (np.repeat(candidates, n), np.tile(np.arange(n), candidates.size))
@@ -186,18 +193,21 @@ def refine(state: ClusterState, action: IndexedAction, params: CostParams, thres
         arrivals[k] += 1
         moved[flow] = True
 
-    while (m := np.flatnonzero(kept & ~drained)).size:
+    while (every := np.flatnonzero(kept)).size:
         now[:] = cost.threshold_penalties((load / capacity)[:, None], active[:, None], thresholds, params)
+        # [moves, instances]: the flow of each move, drained ones too, sent to each instance instead
+        s, d, r = src[every], dst[every], rate[every]
+        k = np.broadcast_to(np.arange(n), (every.size, n))
+        r_k = np.broadcast_to(r[:, None], k.shape)
+        redirect = (cost_to[row_of[flows[every]]] - move_cost[every][:, None] + change_at(k, r_k)
+                    + change_at(d, -r, True)[:, None])
+        redirect[~active[k] | (k == s[:, None]) | (k == d[:, None]) | ((load[k] + r_k) / capacity[k] >= high)
+                 | (packets_to[row_of[flows[every]]] > buffer_free[k])] = np.inf
+        # the other changes keep every flow of a drained instance moving
+        m = every[~drained[every]]
         s, d, r = src[m], dst[m], rate[m]
         drop = change_at(s, r) + change_at(d, -r, True) - move_cost[m]
         drop[overloads(s, r)] = np.inf
-        # [moves, instances]: the flow of each move sent to each instance instead
-        k = np.broadcast_to(np.arange(n), (m.size, n))
-        r_k = np.broadcast_to(r[:, None], k.shape)
-        redirect = (cost_to[row_of[flows[m]]] - move_cost[m][:, None] + change_at(k, r_k)
-                    + change_at(d, -r, True)[:, None])
-        redirect[~active[k] | (k == s[:, None]) | (k == d[:, None]) | ((load[k] + r_k) / capacity[k] >= high)
-                 | (packets_to[row_of[flows[m]]] > buffer_free[k])] = np.inf
         # (move, flow) pairs: an unmoved flow of the same source sent to the same destination instead
         e, g = np.nonzero((state.assignment[candidates][None, :] == s[:, None]) & ~moved[candidates])
         g = candidates[g]
@@ -221,20 +231,21 @@ def refine(state: ClusterState, action: IndexedAction, params: CostParams, thres
         # every change that lowers the cost, best first, each made unless it touches an instance that an earlier
         # one of this round touched: changes on disjoint instances do not alter each other's gains
         to = redirect.argmin(axis=1)
-        gains = np.concatenate([drop, redirect[np.arange(m.size), to], exchange, merge])
+        gains = np.concatenate([drop, redirect[np.arange(every.size), to], exchange, merge])
         order = np.argsort(gains, kind="stable")
-        order = order[gains[order] < -1e-9]
+        order = order[gains[order] < -REFINE_MIN_GAIN]
         if not order.size:
             break
-        kinds = np.repeat(np.arange(4), [m.size, m.size, exchange.size, merge.size])[order]
-        indices = order - np.array([0, m.size, 2 * m.size, 2 * m.size + exchange.size])[kinds]
+        sizes = np.array([m.size, every.size, exchange.size, merge.size])
+        kinds = np.repeat(np.arange(4), sizes)[order]
+        indices = order - np.r_[0, np.cumsum(sizes)[:-1]][kinds]
         touched: set[int] = set()
         for kind, x in zip(kinds.tolist(), indices.tolist()):
             if kind == 0:
                 i = int(m[x])
                 instances = {src[i], dst[i]}
             elif kind == 1:
-                i = int(m[x])
+                i = int(every[x])
                 instances = {dst[i], to[x]}
             elif kind == 2:
                 i = int(m[e[x]])
