@@ -88,8 +88,8 @@ def views(problem: Problem) -> list[GraphView]:
     if kind is ScenarioKind.SCALE_OUT:
         modified = [scale_out_view(problem)]
     elif kind is ScenarioKind.SCALE_IN:
-        order, prices = drain_prices(problem)
-        modified = [scale_in_view(problem, count, order) for count in drain_counts(problem, prices)]
+        drain = drain_prices(problem)
+        modified = [scale_in_view(problem, count, drain[0]) for count in drain_counts(problem, drain)]
     else:
         modified = []
     return [current, *(view for view in modified if view is not None)]
@@ -111,21 +111,36 @@ def scale_out_view(problem: Problem) -> GraphView | None:
     return GraphView(state, to_pyg(state.with_changes(active=plan.active)), label="scale-out")
 
 
-def drain_counts(problem: Problem, prices: np.ndarray | None = None) -> list[int]:
+def drain_counts(problem: Problem, drain: tuple[tuple[int, ...], np.ndarray] | None = None) -> list[int]:
     """How many instances each scale-in graph removes: `DRAIN_SHARES` of those the load judgment lets go, and
-    the count whose drains, in `drain_order`, the `prices` (`drain_prices`, default: computed here) say save
-    most (C_R each, less the price of emptying it), with its two neighbours: the fixed shares alone miss the
-    count that pays best (3 of 5, say), and the prices are estimates."""
+    the count of drains in `drain_order` with the lowest `drain_estimate`, with its two neighbours: the fixed
+    shares alone miss the count that pays best (3 of 5, say), and the estimate is rough. `drain` is
+    `drain_prices(problem)`, computed here when not given."""
     n_active = int(problem.state.active.sum())
     wanted = min(max(1, n_active - problem.scenario.instances_needed), len(problem.scenario.underloaded), n_active - 1)
     if wanted < 1:
         return []
-    if prices is None:
-        _, prices = drain_prices(problem)
-    savings = np.cumsum(problem.params.resource_cost - prices[:wanted])
-    best = int(np.argmax(savings)) + 1
+    order, prices = drain if drain is not None else drain_prices(problem)
+    best = int(np.argmin(drain_estimate(problem, order, prices)[:wanted])) + 1
     counts = {max(1, round(wanted * share)) for share in DRAIN_SHARES} | {best - 1, best, best + 1}
     return sorted(count for count in counts if 1 <= count <= wanted)
+
+
+def drain_estimate(problem: Problem, order: Sequence[int], prices: np.ndarray) -> np.ndarray:
+    """Estimated change of the total cost when the first c underloaded instances of `order` are drained, for
+    c = 1, 2, ...: their `prices` less C_R each, and the change of the ω penalty below Th_low. A drained
+    instance's penalty goes with it; the drained load fills the shortfall below Th_low of the underloaded
+    instances that stay, which lowers their penalty by ω per unit of utilisation (Optimal puts drained flows
+    there). Utilisation is counted at the underloaded instances' mean capacity."""
+    state, params = problem.state, problem.params
+    order = np.asarray(order, dtype=np.int64)
+    capacity = float(state.capacity[order].mean())
+    shortfall = np.maximum(problem.thresholds.low * state.capacity[order] - state.load_pps[order], 0.0)
+    staying = np.r_[np.cumsum(shortfall[::-1])[::-1][1:], 0.0]
+    """Shortfall (packets/s) of the underloaded instances after the first c of `order`."""
+    left = np.maximum(staying - np.cumsum(state.load_pps[order]), 0.0)
+    penalty_change = params.omega * (left - shortfall.sum()) / capacity
+    return np.cumsum(prices) - params.resource_cost * np.arange(1, order.size + 1) + penalty_change
 
 
 def drain_order(problem: Problem) -> tuple[int, ...]:

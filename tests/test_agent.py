@@ -14,6 +14,7 @@ from gnn_policy.agent import (
     GraphView,
     act,
     drain_counts,
+    drain_estimate,
     drain_order,
     drain_prices,
     objective,
@@ -25,6 +26,7 @@ from gnn_policy.agent import (
 )
 from gnn_policy.base import Problem, score
 from gnn_policy.gn import GNPolicyNet, NetConfig
+from gnn_policy.optimal import Optimal
 from gnn_policy.registry import make_policy
 from tests.strategies import cluster_states
 from tests.test_translator import cluster
@@ -100,16 +102,21 @@ def test_scale_in_graphs_drain_shares_of_what_the_load_judgment_lets_go():
     assert views(problem)[1].drained == drain_order(problem)[:2]
 
 
-def test_scale_in_graphs_include_the_count_the_drain_prices_favour():
-    # five cold instances of 1, 1, 4, 13 and 14 flows: at about 90 ms-equivalents a move, emptying the last two
-    # costs more than the C_R = 1000 their stop saves, so 3 drains pay best, a count no share of 5 gives
-    flows = [[5], [6], [2, 2, 2, 2], [1] * 13, [1] * 14]
+def test_scale_in_graphs_include_the_count_the_drain_estimate_favours():
+    # five cold instances: three of 20 flows at 3 %, and two of 95 flows of 1 pps at 9.5 %, just under Th_low.
+    # Emptying any of them costs more than the C_R its stop saves, but the first three also end an ω penalty of
+    # 7 points of utilisation each, and their 90 pps lift the other two to Th_low; emptying one of those two
+    # costs far more than its C_R and penalty. So 3 drains pay best, a count no share of 5 gives
+    flows = [[1.5] * 20, [1.5] * 20, [1.5] * 20, [1] * 95, [1] * 95]
     state = cluster([*flows, [300], [250], [280]])
     problem = Problem.of(state, THRESHOLDS)
     assert len(problem.scenario.underloaded) == 5
-    _, prices = drain_prices(problem)
-    assert (prices[:3] < 1000.0).all() and (prices[3:] > 1000.0).all()
+    order, prices = drain_prices(problem)
+    assert order[:3] == (0, 1, 2) and (prices > 1000.0).all()
+    assert int(np.argmin(drain_estimate(problem, order, prices))) == 2
     assert 3 in drain_counts(problem)
+    decision = Optimal(time_limit_s=10).decide(problem.as_scenario(ScenarioKind.SCALE_IN))
+    assert sorted(decision.action.stop.tolist()) == [0, 1, 2], decision.reason
 
 
 def test_scale_in_graphs_drain_the_instances_cheapest_to_empty_first():
