@@ -318,8 +318,10 @@ def _settle(plan: Plan, balanced: float, ceiling: float) -> None:
     """Load balancing's finish: whole flows leave each instance near, not at, its surplus. While one flow from
     an instance above the balanced utilisation to one below it lowers the variance (its sum of squared
     deviations), the flow that lowers it most among the `SETTLE_PAIRS` × `SETTLE_PAIRS` furthest pairs moves,
-    each only if both instances end closer to the balanced load (as in `_Shedding`) and constraints (4)-(5) and
-    the ceiling hold. At most N moves in all: a finish, not a balancer of its own (the request, fitted to the
+    each only if neither instance ends further from the balanced load than it started and constraints (4)-(5)
+    and the ceiling hold. Not "closer than now": a small instance a little above the balanced load may have
+    only flows that would put a large one as far above it as the small one was, which in utilisation (what the
+    variance counts) is a fraction of it. At most N moves in all: a finish, not a balancer of its own (the request, fitted to the
     balance by `fit_to_balance`, does the bulk). Chosen on Python floats and lists and handed to the plan at the end,
     as in `_Shedding`."""
     state = plan.state
@@ -327,6 +329,8 @@ def _settle(plan: Plan, balanced: float, ceiling: float) -> None:
     capacity = state.capacity.tolist()
     weight = [c ** -2.0 for c in capacity]
     deviation = surplus_above(plan.load, state.capacity, plan.active, balanced).tolist()
+    reach = np.abs(surplus_above(state.load_pps, state.capacity, plan.active, balanced)).tolist()
+    """How far from the balanced load each instance started: where it may end, on either side."""
     room = [ceiling * c - load for c, load in zip(capacity, plan.load.tolist())]
     buffer_free = (state.buffer - state.queue - plan.incoming).tolist()
     latencies = state.migration_ms.tolist()
@@ -343,7 +347,7 @@ def _settle(plan: Plan, balanced: float, ceiling: float) -> None:
             offers[i] = (state.rate[flows].tolist(), flows.tolist())
         rates = offers[i][0]
         d_i, w_i, d_k, w_k, latency = deviation[i], weight[i], deviation[k], weight[k], latencies[i][k]
-        fitting = bisect.bisect_left(rates, min(2.0 * d_i, -2.0 * d_k, room[k]))
+        fitting = bisect.bisect_left(rates, min(d_i + reach[i], reach[k] - d_k, room[k]))
         if latency > 0.0:
             fitting = min(fitting, bisect.bisect_right(rates, cost.largest_rate_buffered(buffer_free[k], latency)))
         nearest = bisect.bisect_left(rates, (d_i * w_i - d_k * w_k) / (w_i + w_k), hi=fitting)
