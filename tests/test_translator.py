@@ -6,7 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gnn_policy.translator import LoadRequest, _receiver, fit_to_balance, refine, spread, translate
+from gnn_policy.baselines._plan import Plan
+from gnn_policy.translator import LoadRequest, _receiver, _settle, fit_to_balance, refine, spread, translate
 from tests.strategies import cluster_states
 from twin.migration import IndexedAction, apply
 from twin.params import CostParams, Thresholds
@@ -171,6 +172,21 @@ def test_load_balancing_settles_what_whole_flows_leave():
         assert apply(state, action)[0].load_pps.tolist() == [10.0, 10.0, 10.0]
         assert sorted(zip(state.assignment[action.flows].tolist(), state.rate[action.flows].tolist())) == [
             (0, 4.0), (0, 6.0), (1, 1.0)]
+
+
+def test_settling_may_put_an_instance_past_the_balance_but_not_further_than_it_started():
+    # balanced utilisation 0.4. nf0 (250 pps) is 0.65 pps above its 100; its only small flow, 0.9, puts nf1
+    # (1000 pps), which the plan has brought from 5.3 to 0.3 below its 400, 0.6 above it: further than now, not
+    # than at the start, and in utilisation a sixteenth of nf0's excess. The variance drops, so the flow moves
+    state = ClusterState.from_objects(
+        [Instance("nf0", 250.0, 1000.0), Instance("nf1", 1000.0, 1000.0), Instance("nf2", 1000.0, 1000.0)],
+        [Flow(f"f{k}", FiveTuple("10.0.0.1", "10.0.0.2", 1000 + k, 80, 6), rate, 110.0, home)
+         for k, (rate, home) in enumerate([(99.75, "nf0"), (0.9, "nf0"), (394.7, "nf1"), (400.0, "nf2"), (5.0, "nf2")])])
+    plan = Plan(state)
+    plan.move(4, 1, 0.0)
+    _settle(plan, balanced=0.4, ceiling=0.9)
+    action = plan.action()
+    assert sorted(zip(action.flows.tolist(), action.dst.tolist())) == [(1, 1), (4, 1)]
 
 
 @settings(max_examples=200, deadline=None)
