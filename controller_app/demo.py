@@ -235,7 +235,8 @@ def summarise(decisions: list[dict], outcomes: dict, nf_reports: dict[str, dict]
         "decisions_executed": sum(bool(d["executed"]) for d in decisions),
         "scenarios": {kind: sum(d["scenario"] == kind for d in decisions) for kind in ("scale_out", "scale_in", "lb")},
         "migrations": len(done),
-        "migrations_failed": len(runs) - len(done),
+        "migrations_not_done": {outcome: sum(m["outcome"] == outcome for m in runs)
+                                for outcome in ("skipped", "rolled_back", "rollback_failed")},
         "instances_started": sum(len(d["started"]) for d in decisions),
         "instances_stopped": sum(len(d["stopped"]) for d in decisions),
         "flows": len(outcomes["flows"]),
