@@ -89,9 +89,9 @@ class SolverProcess:
         with self._lock:
             self._ensure_started()
             synced = self._synced.get(key, 0)
-            reply = self._request(("solve", key, synced, log[synced:], options, start, save), seconds + HARD_GRACE_S)
+            reply = self._request((key, synced, log[synced:], options, start, save), seconds + HARD_GRACE_S)
             if reply is not None and reply[0] == "resync":  # the worker dropped this model: send all of it
-                reply = self._request(("solve", key, 0, log, options, start, save), seconds + HARD_GRACE_S)
+                reply = self._request((key, 0, log, options, start, save), seconds + HARD_GRACE_S)
             if reply is None:
                 return None
             kind, payload = reply
@@ -170,9 +170,7 @@ def _run(h, options: dict, start, save: bool) -> dict:
         solution.col_value = np.asarray(start, dtype=float).tolist()
         solution.value_valid = True
         h.setSolution(solution)
-    began = time.perf_counter()
     h.run()
-    seconds = time.perf_counter() - began
     info = h.getInfo()
     feasible = info.primal_solution_status == 2
     status = h.getModelStatus()
@@ -184,7 +182,6 @@ def _run(h, options: dict, start, save: bool) -> dict:
         "objective": info.objective_function_value,
         "mip_dual_bound": info.mip_dual_bound,
         "saved": [np.asarray(s.col_value, dtype=float) for s in h.getSavedMipSolutions()] if save else [],
-        "seconds": seconds,
     }
 
 
@@ -197,7 +194,7 @@ def serve(fd: int) -> None:
     _send(channel, "ready")
     while True:
         try:
-            _, key, first, calls, options, start, save = _receive(channel)
+            key, first, calls, options, start, save = _receive(channel)
         except (EOFError, OSError):
             return
         h, applied = models.pop(key, (None, 0))

@@ -267,6 +267,18 @@ def test_a_warm_start_does_not_stop_the_proof_short(table):
 
 # --- the hard deadline: a solve that ignores HiGHS's time limit is stopped (gnn_policy.highs_worker) ----------
 
+def test_a_model_the_worker_dropped_is_sent_again_whole():
+    models = []
+    for k in range(highs_worker.KEPT_MODELS + 1):
+        milp = _Milp(threads=1, seed=0)
+        x = milp.add(1, upper=k + 1.0, cost=-1.0, integer=True)
+        assert milp.run(5.0).objective == pytest.approx(-(k + 1.0))
+        models.append((milp, x))
+    first, x = models[0]  # the worker has kept only the later ones; the parent sends it the new row alone first
+    first.rows([(x, np.array([1.0]), -np.inf, 0.5)])
+    assert first.run(5.0).objective == pytest.approx(0.0)
+
+
 @pytest.fixture
 def frozen_worker(monkeypatch):
     """The HiGHS worker stopped with SIGSTOP, as if HiGHS looped without checking its time limit."""
