@@ -23,8 +23,8 @@ likely destinations.
 **The double GNN.** The load judgment (`twin.scenario.instances_needed`) says how many instances
 must be active. For scale-out the modified graph adds that many standby instances (at least one),
 each the standby nearest the next most loaded instance; for scale-in, graphs remove shares of the
-underloaded instances that can go (`DRAIN_SHARES`) and the counts the drain prices favour
-(`drain_counts`), cheapest to empty first (`drain_order`). The GNN runs on all graphs in one batch, and
+underloaded instances that can go (`DRAIN_SHARES`) and the counts around the one `drain_estimate`
+favours (`drain_counts`), cheapest to empty first (`drain_order`). The GNN runs on all graphs in one batch, and
 the action comparison keeps the best action under the scenario's figure of merit (`objective`). A guard
 then compares with the cheap baselines on the same state and returns the best baseline's action if it is
 better; `guard_fired` counts how often.
@@ -76,9 +76,9 @@ class GraphView:
 
 DRAIN_SHARES = (0.25, 0.5, 0.75, 1.0)
 """Scale-in graphs remove these shares of the instances the load judgment lets go (`drain_order`), and the
-counts around the one that the drain prices say pays most (`drain_counts`). The action comparison keeps the
-best: draining an instance whose flows cost more to move than the C_R it saves does not pay, and how many do
-depends on the state."""
+counts around the one that `drain_estimate` says pays most (`drain_counts`). The action comparison keeps the
+best: draining an instance whose flows cost more to move than the C_R and ω penalty it saves does not pay,
+and how many do depends on the state."""
 
 
 def views(problem: Problem) -> list[GraphView]:
@@ -128,19 +128,21 @@ def drain_counts(problem: Problem, drain: tuple[tuple[int, ...], np.ndarray] | N
 
 def drain_estimate(problem: Problem, order: Sequence[int], prices: np.ndarray) -> np.ndarray:
     """Estimated change of the total cost when the first c underloaded instances of `order` are drained, for
-    c = 1, 2, ...: their `prices` less C_R each, and the change of the ω penalty below Th_low. A drained
-    instance's penalty goes with it; the drained load fills the shortfall below Th_low of the underloaded
-    instances that stay, which lowers their penalty by ω per unit of utilisation (Optimal puts drained flows
-    there). Utilisation is counted at the underloaded instances' mean capacity."""
-    state, params = problem.state, problem.params
+    c = 1, 2, ...: their `prices` less C_R each, and the change of the ω penalty of the underloaded instances.
+    A drained instance's penalty goes with it; the drained load fills the shortfall below Th_low of those that
+    stay (Optimal puts drained flows there), and what is still short is charged as one instance of their mean
+    capacity."""
+    state, params, thresholds = problem.state, problem.params, problem.thresholds
     order = np.asarray(order, dtype=np.int64)
     capacity = float(state.capacity[order].mean())
-    shortfall = np.maximum(problem.thresholds.low * state.capacity[order] - state.load_pps[order], 0.0)
+    shortfall = np.maximum(thresholds.low * state.capacity[order] - state.load_pps[order], 0.0)
     staying = np.r_[np.cumsum(shortfall[::-1])[::-1][1:], 0.0]
     """Shortfall (packets/s) of the underloaded instances after the first c of `order`."""
     left = np.maximum(staying - np.cumsum(state.load_pps[order]), 0.0)
-    penalty_change = params.omega * (left - shortfall.sum()) / capacity
-    return np.cumsum(prices) - params.resource_cost * np.arange(1, order.size + 1) + penalty_change
+    after = cost.threshold_penalties((thresholds.low - left / capacity)[:, None], np.ones((order.size, 1), dtype=bool),
+                                     thresholds, params)
+    before = cost.threshold_penalty(state.utilisation[order], np.ones(order.size, dtype=bool), thresholds, params)
+    return np.cumsum(prices) - params.resource_cost * np.arange(1, order.size + 1) + after - before
 
 
 def drain_order(problem: Problem) -> tuple[int, ...]:

@@ -144,6 +144,8 @@ def refine(state: ClusterState, action: IndexedAction, params: CostParams, thres
     candidates = np.flatnonzero(np.isin(state.assignment, src))
     row_of = np.full(state.n_flows, -1)
     row_of[candidates] = np.arange(candidates.size)
+    exchangeable = candidates[~np.isin(state.assignment[candidates], action.stop)]
+    """The flows another move may be exchanged for: a drained instance's flows all move already."""
     every_pair = (np.repeat(candidates, n), np.tile(np.arange(n), candidates.size))
     cost_to = cost.flow_migration_cost(state, *every_pair, params).reshape(-1, n)
     packets_to = cost.migrated_buffer_packets(state, *every_pair).reshape(-1, n)
@@ -209,8 +211,8 @@ def refine(state: ClusterState, action: IndexedAction, params: CostParams, thres
         drop = change_at(s, r) + change_at(d, -r, True) - move_cost[m]
         drop[overloads(s, r)] = np.inf
         # (move, flow) pairs: an unmoved flow of the same source sent to the same destination instead
-        e, g = np.nonzero((state.assignment[candidates][None, :] == s[:, None]) & ~moved[candidates])
-        g = candidates[g]
+        e, g = np.nonzero((state.assignment[exchangeable][None, :] == s[:, None]) & ~moved[exchangeable])
+        g = exchangeable[g]
         shift = state.rate[g] - r[e]
         g_cost, g_packets = cost_to[row_of[g], d[e]], packets_to[row_of[g], d[e]]
         exchange = g_cost - move_cost[m][e] + change_at(s[e], -shift) + change_at(d[e], shift)
@@ -320,10 +322,10 @@ def _settle(plan: Plan, balanced: float, ceiling: float) -> None:
     deviations), the flow that lowers it most among the `SETTLE_PAIRS` × `SETTLE_PAIRS` furthest pairs moves,
     each only if neither instance ends further from the balanced load than it started and constraints (4)-(5)
     and the ceiling hold. Not "closer than now": a small instance a little above the balanced load may have
-    only flows that would put a large one as far above it as the small one was, which in utilisation (what the
-    variance counts) is a fraction of it. At most N moves in all: a finish, not a balancer of its own (the request, fitted to the
-    balance by `fit_to_balance`, does the bulk). Chosen on Python floats and lists and handed to the plan at the end,
-    as in `_Shedding`."""
+    only flows that would put a large one as far above it as the small one was, which in utilisation (what
+    the variance counts) is a fraction of it. At most N moves in all: a finish, not a balancer of its own (the
+    request, fitted to the balance by `fit_to_balance`, does the bulk). Chosen on Python floats and lists and
+    handed to the plan at the end, as in `_Shedding`."""
     state = plan.state
     n = state.n_instances
     capacity = state.capacity.tolist()
