@@ -45,8 +45,8 @@ from torch_geometric.data import Data
 from gnn_policy import checkpoint
 from gnn_policy.base import Decision, Outcome, Policy, Problem, score
 from gnn_policy.baselines import OFM, RandomScaleIn, SizeGreedy
-from gnn_policy.baselines._plan import Plan
 from gnn_policy.gn import GNPolicyNet
+from gnn_policy.plan import Plan
 from gnn_policy.translator import LoadRequest, refine, spread, translate
 from twin import cost
 from twin.graph import to_pyg

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gnn_policy.baselines._plan import Plan
+from gnn_policy.plan import Plan
 from twin import cost
 from twin.migration import IndexedAction
 from twin.params import CostParams, Thresholds

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from gnn_policy.base import Problem, score
 from gnn_policy.baselines import BASELINES, OFM, Pairwise, RandomScaleIn, SizeGreedy
-from gnn_policy.baselines._plan import Plan
+from gnn_policy.plan import Plan
 from tests.strategies import cluster_states
 from twin import cost
 from twin.migration import apply

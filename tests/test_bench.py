@@ -224,3 +224,21 @@ def test_optimal_is_never_beaten_on_any_quick_case(quick_run):
             else:
                 slack = TOLERANCE * max(1.0, abs(other["cost"]))
                 assert optimal["cost"] <= other["cost"] + slack, (case, name)
+
+
+def test_dump_actions_writes_one_comparable_line_per_record(tmp_path):
+    dump = tmp_path / "actions.jsonl"
+    with mock.patch("sys.stdout"):
+        status = run_cli(["--experiment", "lb", "--quick", "--seeds", "1", "--policies", "ofm,pairwise",
+                          "--dump-actions", dump])
+    lines = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert status == 0 and len(lines) == 4  # N = 10 and 40, two policies
+    for line in lines:
+        assert set(line) == set(cli.DUMPED_KEYS) and "decision_ms" not in line
+        assert len(line["action"]["flows"]) == len(line["action"]["dst"]) > 0
+        assert line["action"]["flows"] == sorted(line["action"]["flows"])
+
+
+def test_unwritable_action_dump_fails_before_the_run(capsys, tmp_path):
+    status = run_cli(["--dump-actions", tmp_path / "no" / "dir.jsonl", "--policies", "ofm", "--quick"])
+    assert_clean_error(capsys, status, "--dump-actions", "does not exist")

@@ -7,7 +7,7 @@ import torch
 from torch_geometric.data import Batch
 
 from gnn_policy.gn import GNPolicyNet, NetConfig
-from tests.test_translator import cluster
+from tests.helpers import cluster
 from twin.graph import to_pyg
 from twin.state import ClusterState
 

@@ -6,21 +6,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gnn_policy.baselines._plan import Plan
+from gnn_policy.plan import Plan
 from gnn_policy.translator import LoadRequest, _receiver, _settle, fit_to_balance, refine, spread, translate
+from tests.helpers import cluster
 from tests.strategies import cluster_states
 from twin.migration import IndexedAction, apply
 from twin.params import CostParams, Thresholds
 from twin.state import ClusterState, FiveTuple, Flow, Instance
-
-
-def cluster(rates_per_instance: list[list[float]], *, capacity: float = 1000.0, buffer: float = 1000.0,
-            sla_ms: float = 110.0, standby: int = 0) -> ClusterState:
-    instances = [Instance(f"nf{k}", capacity, buffer) for k in range(len(rates_per_instance))]
-    instances += [Instance(f"nf{len(instances) + k}", capacity, buffer, active=False) for k in range(standby)]
-    flows = [Flow(f"f{k}.{i}", FiveTuple("10.0.0.1", "10.0.0.2", 1000 * k + i, 80, 6), rate, sla_ms, f"nf{k}")
-             for k, rates in enumerate(rates_per_instance) for i, rate in enumerate(rates)]
-    return ClusterState.from_objects(instances, flows)
 
 
 def amounts(state: ClusterState, entries: dict[tuple[int, int], float]) -> np.ndarray:

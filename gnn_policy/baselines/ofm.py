@@ -17,7 +17,7 @@ import networkx as nx
 import numpy as np
 
 from gnn_policy.base import Decision, Policy, Problem
-from gnn_policy.baselines._plan import Plan, names
+from gnn_policy.plan import Plan, names
 from twin import cost
 from twin.migration import IndexedAction
 from twin.scenario import ScenarioKind

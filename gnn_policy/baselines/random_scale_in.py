@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from gnn_policy.base import Decision, Policy, Problem
-from gnn_policy.baselines._plan import Plan
+from gnn_policy.plan import Plan
 from twin.migration import IndexedAction
 from twin.scenario import ScenarioKind
 

@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="fewer settings and seeds, a shorter Optimal time limit: the CI run (< 2 min)")
     parser.add_argument("--json", type=Path, metavar="OUT",
                         help="write the records and the run's set-up here")
+    parser.add_argument("--dump-actions", type=Path, metavar="FILE",
+                        help="write every record's action, one JSON line each, to compare runs for equality")
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write one PNG per experiment here")
     parser.add_argument("--threads", type=positive_int, default=2, metavar="T",
                         help="torch and BLAS threads during the run (default 2)")
@@ -126,7 +128,11 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
                 "experiments": list(chosen), "policies": names, "seeds": seeds, "quick": args.quick,
                 "threads": args.threads, "optimal_time_limit_s": limit, "repeats": args.repeats,
                 "time_budget_s": args.time_budget, "wall_s": round(wall_s, 1), "machine": _machine()}
-        args.json.write_text(json.dumps({"meta": meta, "records": records}, indent=1, allow_nan=False) + "\n")
+        table_records = [{k: v for k, v in record.items() if k != "action"} for record in records]
+        args.json.write_text(json.dumps({"meta": meta, "records": table_records}, indent=1, allow_nan=False)
+                             + "\n")
+    if args.dump_actions:
+        args.dump_actions.write_text("".join(json.dumps(_action_line(r), sort_keys=True) + "\n" for r in records))
     if args.plots:
         from gnn_policy.bench.plots import write_plots
 
@@ -135,12 +141,22 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+DUMPED_KEYS = ("experiment", "scenario", "threshold", "setting", "seed", "policy", "valid", "feasible",
+               "proven_optimal", "action")
+
+
+def _action_line(record: dict) -> dict:
+    """What a decision did, without its timing: equal lines mean the same decision."""
+    return {key: record[key] for key in DUMPED_KEYS}
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
     """Fail before a long run, not after it, when an output cannot be written."""
-    if args.json and not args.json.parent.is_dir():
-        raise BenchError(f"--json: directory {args.json.parent} does not exist")
-    if args.json and args.json.is_dir():
-        raise BenchError(f"--json: {args.json} is a directory")
+    for option, path in (("--json", args.json), ("--dump-actions", args.dump_actions)):
+        if path and not path.parent.is_dir():
+            raise BenchError(f"{option}: directory {path.parent} does not exist")
+        if path and path.is_dir():
+            raise BenchError(f"{option}: {path} is a directory")
     if args.plots:
         try:
             args.plots.mkdir(parents=True, exist_ok=True)

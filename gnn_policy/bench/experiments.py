@@ -14,9 +14,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from gnn_policy.base import Decision, Policy, Problem, score
 from trace_replay import scenarios
 from trace_replay.flows import FlowTable
+from twin.migration import IndexedAction
 from twin.params import Thresholds
 from twin.scenario import ScenarioKind
 
@@ -176,7 +179,15 @@ def measure(case: Case, kind: ScenarioKind, policy_name: str, prototype: Policy,
         "variance_after": breakdown.variance_after if scored else None,
         "var_ratio": _finite(breakdown.variance_ratio) if scored else None,
         "optimal_gap": decision.optimal_gap, "proven_optimal": decision.proven_optimal,
+        "action": action_record(decision.action),
     }
+
+
+def action_record(action: IndexedAction) -> dict[str, list[int]]:
+    """The action in plain lists, as `dm-bench --dump-actions` writes it (moves sorted by flow)."""
+    order = np.argsort(action.flows, kind="stable")
+    return {"flows": action.flows[order].tolist(), "dst": action.dst[order].tolist(),
+            "start": sorted(action.start.tolist()), "stop": sorted(action.stop.tolist())}
 
 
 def _defining_threshold(thresholds: Thresholds, kind: ScenarioKind) -> float | None:
@@ -190,7 +201,7 @@ def _failed(error: str, durations: list[float]) -> dict:
                              "var_ratio", "optimal_gap", "proven_optimal"))
     return {"valid": False, "feasible": False, "reason": "", "error": error,
             "decision_ms": 1000.0 * statistics.median(durations) if durations else None,
-            "repeats": len(durations), "moves": 0, "started": 0, "stopped": 0, **nothing}
+            "repeats": len(durations), "moves": 0, "started": 0, "stopped": 0, "action": None, **nothing}
 
 
 def _finite(value: float) -> float | None:

@@ -1,4 +1,4 @@
-"""Bookkeeping shared by the baselines: a tentative action built move by move over a read-only state.
+"""A tentative action built move by move over a read-only state: the bookkeeping of baselines and translator.
 
 A `Plan` tracks what the action under construction does to the cluster: the load of every
 instance, the packets that migrated flows add to each destination buffer (constraint (5), from

@@ -1,0 +1,14 @@
+"""Small hand-built states shared by the tests of the translator, the network, the agent and training."""
+from __future__ import annotations
+
+from twin.state import ClusterState, FiveTuple, Flow, Instance
+
+
+def cluster(rates_per_instance: list[list[float]], *, capacity: float = 1000.0, buffer: float = 1000.0,
+            sla_ms: float = 110.0, standby: int = 0) -> ClusterState:
+    """Instance k holds flows of the given rates (packets/s); `standby` inactive instances follow."""
+    instances = [Instance(f"nf{k}", capacity, buffer) for k in range(len(rates_per_instance))]
+    instances += [Instance(f"nf{len(instances) + k}", capacity, buffer, active=False) for k in range(standby)]
+    flows = [Flow(f"f{k}.{i}", FiveTuple("10.0.0.1", "10.0.0.2", 1000 * k + i, 80, 6), rate, sla_ms, f"nf{k}")
+             for k, rates in enumerate(rates_per_instance) for i, rate in enumerate(rates)]
+    return ClusterState.from_objects(instances, flows)
