@@ -8,9 +8,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from trace_replay.cli_types import positive_float
 from trace_replay.flows import read_flows
 from trace_replay.pcap import PcapError
-from twin.arguments import positive_float
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """`dm-bench`: the DeepMigration paper's experiments (Figs. 4-7) for any set of policies, on any trace.
 
-Only the standard library (and `twin.arguments`, which needs nothing else) is imported at module level:
-the thread count of numpy's BLAS is fixed through the environment, which works only before numpy is
+Only the standard library (and `trace_replay.cli_types`, which needs nothing else) is imported at module
+level: the thread count of numpy's BLAS is fixed through the environment, which works only before numpy is
 first imported (docs/benchmark.md).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from twin.arguments import positive_float, positive_int
+from trace_replay.cli_types import positive_float, positive_int
 
 EXPERIMENT_CHOICES = ("scale-out", "scale-in", "lb", "time", "all")
 DEFAULT_POLICIES = "ofm,size-greedy,pairwise,random,optimal"
