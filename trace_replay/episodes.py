@@ -123,20 +123,7 @@ def build_episodes(
     instances are equal, sized so that the `n_instances` active ones run on average at a target
     utilisation drawn from `target_utilisation`; `n_standby` more wait stopped.
     """
-    _require(n_episodes >= 1, f"n_episodes must be at least 1, got {n_episodes}")
-    _require(n_steps >= 2, f"n_steps must be at least 2, got {n_steps}")
-    _require(
-        n_instances >= 1 and n_standby >= 0,
-        f"need n_instances >= 1 and n_standby >= 0, got {n_instances} and {n_standby}",
-    )
-    _require(max_flows >= 1, f"max_flows must be at least 1, got {max_flows}")
-    _require(
-        bin_s > 0 and time_scale > 0, f"bin_s and time_scale must be positive, got {bin_s} and {time_scale}"
-    )
-    low, high = target_utilisation
-    _require(
-        0 < low <= high, f"target_utilisation must be an interval within (0, inf), got {target_utilisation}"
-    )
+    _check_shape(n_episodes, n_steps, n_instances, n_standby, max_flows, bin_s, time_scale, target_utilisation)
     table = read_flows(pcap) if table is None else table
     records = table.records
     _require(len(records) > 0, f"trace {table.source} holds no flows")
@@ -152,30 +139,16 @@ def build_episodes(
     selected = [_select_flows(records, start, start + window_s, max_flows, rng) for start in start_s]
     counts = _count_packets(pcap, records, selected, start_s, bin_s, n_steps, max_flows)
     rate = counts / (bin_s * time_scale)
+    arrival, departure = _live_steps(records, selected, start_s, bin_s, n_steps, max_flows)
 
-    arrival = np.full((n_episodes, max_flows), n_steps, dtype=np.int64)
-    departure = np.full((n_episodes, max_flows), n_steps, dtype=np.int64)
-    for b, flows in enumerate(selected):
-        arrival[b, : flows.size] = _bin_of(records["first_ts"][flows], start_s[b], bin_s, n_steps)
-        departure[b, : flows.size] = _bin_of(records["last_ts"][flows], start_s[b], bin_s, n_steps) + 1
-
-    n_total = n_instances + n_standby
-    target = rng.uniform(low, high, n_episodes)
+    target = rng.uniform(*target_utilisation, n_episodes)
     heavy = _heavy_flows(rate, arrival, departure, n_instances, target, sizing.max_flow_share)
     rate[np.broadcast_to(heavy[:, None, :], rate.shape)] = 0.0
     arrival[heavy], departure[heavy] = n_steps, n_steps
-    capacity = _capacity(rate, n_instances, target)
+    five_tuple, byte_rate, flow_ids = _slot_flows(table, selected, heavy, max_flows)
 
-    pool = FlowPool.from_table(table)
-    five_tuple = np.zeros((n_episodes, max_flows), dtype=FIVE_TUPLE_DTYPE)
-    byte_rate = np.zeros((n_episodes, max_flows))
-    flow_ids = np.full((n_episodes, max_flows), "", dtype=object)
-    for b, flows in enumerate(selected):
-        kept = ~heavy[b, : flows.size]
-        five_tuple[b, : flows.size][kept] = pool.five_tuple[flows][kept]
-        byte_rate[b, : flows.size][kept] = pool.byte_rate[flows][kept]
-        flow_ids[b, : flows.size][kept] = [f"f{k}" for k in flows[kept].tolist()]
-    capacity_per_instance = np.repeat(capacity[:, None], n_total, axis=1)
+    n_total = n_instances + n_standby
+    capacity = np.repeat(_capacity(rate, n_instances, target)[:, None], n_total, axis=1)
     return EpisodeBatch(
         rate=rate.astype(np.float32),
         arrival=arrival,
@@ -184,12 +157,39 @@ def build_episodes(
         byte_rate=byte_rate,
         five_tuple=five_tuple,
         flow_ids=flow_ids,
-        capacity=capacity_per_instance,
-        buffer=capacity_per_instance * sizing.buffer_ms / 1000.0,
+        capacity=capacity,
+        buffer=capacity * sizing.buffer_ms / 1000.0,
         initially_active=np.broadcast_to(np.arange(n_total) < n_instances, (n_episodes, n_total)).copy(),
         start_s=start_s,
         step_s=bin_s * time_scale,
         source=table.source,
+    )
+
+
+def _check_shape(
+    n_episodes: int,
+    n_steps: int,
+    n_instances: int,
+    n_standby: int,
+    max_flows: int,
+    bin_s: float,
+    time_scale: float,
+    target_utilisation: tuple[float, float],
+) -> None:
+    """Refuse, naming the argument, an episode shape `build_episodes` cannot fill."""
+    _require(n_episodes >= 1, f"n_episodes must be at least 1, got {n_episodes}")
+    _require(n_steps >= 2, f"n_steps must be at least 2, got {n_steps}")
+    _require(
+        n_instances >= 1 and n_standby >= 0,
+        f"need n_instances >= 1 and n_standby >= 0, got {n_instances} and {n_standby}",
+    )
+    _require(max_flows >= 1, f"max_flows must be at least 1, got {max_flows}")
+    _require(
+        bin_s > 0 and time_scale > 0, f"bin_s and time_scale must be positive, got {bin_s} and {time_scale}"
+    )
+    low, high = target_utilisation
+    _require(
+        0 < low <= high, f"target_utilisation must be an interval within (0, inf), got {target_utilisation}"
     )
 
 
@@ -211,6 +211,39 @@ def _select_flows(
 def _bin_of(ts: np.ndarray, start: float, bin_s: float, n_steps: int) -> np.ndarray:
     """Step whose bin holds each timestamp, clipped to the window."""
     return np.clip(np.floor((ts - start) / bin_s), 0, n_steps - 1).astype(np.int64)
+
+
+def _live_steps(
+    records: np.ndarray,
+    selected: list[np.ndarray],
+    start_s: np.ndarray,
+    bin_s: float,
+    n_steps: int,
+    max_flows: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """[B, F] arrival and departure step of each slot's flow (both T for an empty slot)."""
+    arrival = np.full((len(selected), max_flows), n_steps, dtype=np.int64)
+    departure = np.full((len(selected), max_flows), n_steps, dtype=np.int64)
+    for b, flows in enumerate(selected):
+        arrival[b, : flows.size] = _bin_of(records["first_ts"][flows], start_s[b], bin_s, n_steps)
+        departure[b, : flows.size] = _bin_of(records["last_ts"][flows], start_s[b], bin_s, n_steps) + 1
+    return arrival, departure
+
+
+def _slot_flows(
+    table: FlowTable, selected: list[np.ndarray], heavy: np.ndarray, max_flows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[B, F] five-tuple, byte rate and id of each slot's flow; empty for empty slots and heavy flows."""
+    pool = FlowPool.from_table(table)
+    five_tuple = np.zeros((len(selected), max_flows), dtype=FIVE_TUPLE_DTYPE)
+    byte_rate = np.zeros((len(selected), max_flows))
+    flow_ids = np.full((len(selected), max_flows), "", dtype=object)
+    for b, flows in enumerate(selected):
+        kept = ~heavy[b, : flows.size]
+        five_tuple[b, : flows.size][kept] = pool.five_tuple[flows][kept]
+        byte_rate[b, : flows.size][kept] = pool.byte_rate[flows][kept]
+        flow_ids[b, : flows.size][kept] = [f"f{k}" for k in flows[kept].tolist()]
+    return five_tuple, byte_rate, flow_ids
 
 
 def _count_packets(
