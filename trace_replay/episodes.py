@@ -123,7 +123,9 @@ def build_episodes(
     instances are equal, sized so that the `n_instances` active ones run on average at a target
     utilisation drawn from `target_utilisation`; `n_standby` more wait stopped.
     """
-    _check_shape(n_episodes, n_steps, n_instances, n_standby, max_flows, bin_s, time_scale, target_utilisation)
+    _check_shape(
+        n_episodes, n_steps, n_instances, n_standby, max_flows, bin_s, time_scale, target_utilisation
+    )
     table = read_flows(pcap) if table is None else table
     records = table.records
     _require(len(records) > 0, f"trace {table.source} holds no flows")
