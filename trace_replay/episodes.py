@@ -138,16 +138,21 @@ def build_episodes(
         f"trace {table.source} lasts {last - first:.1f} s, shorter than an episode of {n_steps} x {bin_s} s",
     )
     start_s = rng.uniform(first, last - window_s, n_episodes)
-    selected = [_select_flows(records, start, start + window_s, max_flows, rng) for start in start_s]
-    counts = _count_packets(pcap, records, selected, start_s, bin_s, n_steps, max_flows)
-    rate = counts / (bin_s * time_scale)
-    arrival, departure = _live_steps(records, selected, start_s, bin_s, n_steps, max_flows)
+    windows = _Windows(
+        start_s=start_s,
+        flows=[_select_flows(records, start, start + window_s, max_flows, rng) for start in start_s],
+        bin_s=bin_s,
+        n_steps=n_steps,
+        max_flows=max_flows,
+    )
+    rate = _count_packets(pcap, records, windows) / (bin_s * time_scale)
+    arrival, departure = _live_steps(records, windows)
 
     target = rng.uniform(*target_utilisation, n_episodes)
     heavy = _heavy_flows(rate, arrival, departure, n_instances, target, sizing.max_flow_share)
     rate[np.broadcast_to(heavy[:, None, :], rate.shape)] = 0.0
     arrival[heavy], departure[heavy] = n_steps, n_steps
-    five_tuple, byte_rate, flow_ids = _slot_flows(table, selected, heavy, max_flows)
+    five_tuple, byte_rate, flow_ids = _slot_flows(table, windows, heavy)
 
     n_total = n_instances + n_standby
     capacity = np.repeat(_capacity(rate, n_instances, target)[:, None], n_total, axis=1)
@@ -166,6 +171,19 @@ def build_episodes(
         step_s=bin_s * time_scale,
         source=table.source,
     )
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """The episodes' windows in the trace and the flows each one replays, one slot per flow."""
+
+    start_s: np.ndarray
+    """[B] trace timestamp at which each window opens."""
+    flows: list[np.ndarray]
+    """Per episode, the table indices of its flows in slot order (at most `max_flows`)."""
+    bin_s: float
+    n_steps: int
+    max_flows: int
 
 
 def _check_shape(
@@ -215,32 +233,28 @@ def _bin_of(ts: np.ndarray, start: float, bin_s: float, n_steps: int) -> np.ndar
     return np.clip(np.floor((ts - start) / bin_s), 0, n_steps - 1).astype(np.int64)
 
 
-def _live_steps(
-    records: np.ndarray,
-    selected: list[np.ndarray],
-    start_s: np.ndarray,
-    bin_s: float,
-    n_steps: int,
-    max_flows: int,
-) -> tuple[np.ndarray, np.ndarray]:
+def _live_steps(records: np.ndarray, windows: _Windows) -> tuple[np.ndarray, np.ndarray]:
     """[B, F] arrival and departure step of each slot's flow (both T for an empty slot)."""
-    arrival = np.full((len(selected), max_flows), n_steps, dtype=np.int64)
-    departure = np.full((len(selected), max_flows), n_steps, dtype=np.int64)
-    for b, flows in enumerate(selected):
-        arrival[b, : flows.size] = _bin_of(records["first_ts"][flows], start_s[b], bin_s, n_steps)
-        departure[b, : flows.size] = _bin_of(records["last_ts"][flows], start_s[b], bin_s, n_steps) + 1
+    n_steps, bin_s = windows.n_steps, windows.bin_s
+    arrival = np.full((len(windows.flows), windows.max_flows), n_steps, dtype=np.int64)
+    departure = np.full((len(windows.flows), windows.max_flows), n_steps, dtype=np.int64)
+    for b, flows in enumerate(windows.flows):
+        start = windows.start_s[b]
+        arrival[b, : flows.size] = _bin_of(records["first_ts"][flows], start, bin_s, n_steps)
+        departure[b, : flows.size] = _bin_of(records["last_ts"][flows], start, bin_s, n_steps) + 1
     return arrival, departure
 
 
 def _slot_flows(
-    table: FlowTable, selected: list[np.ndarray], heavy: np.ndarray, max_flows: int
+    table: FlowTable, windows: _Windows, heavy: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """[B, F] five-tuple, byte rate and id of each slot's flow; empty for empty slots and heavy flows."""
     pool = FlowPool.from_table(table)
-    five_tuple = np.zeros((len(selected), max_flows), dtype=FIVE_TUPLE_DTYPE)
-    byte_rate = np.zeros((len(selected), max_flows))
-    flow_ids = np.full((len(selected), max_flows), "", dtype=object)
-    for b, flows in enumerate(selected):
+    shape = (len(windows.flows), windows.max_flows)
+    five_tuple = np.zeros(shape, dtype=FIVE_TUPLE_DTYPE)
+    byte_rate = np.zeros(shape)
+    flow_ids = np.full(shape, "", dtype=object)
+    for b, flows in enumerate(windows.flows):
         kept = ~heavy[b, : flows.size]
         five_tuple[b, : flows.size][kept] = pool.five_tuple[flows][kept]
         byte_rate[b, : flows.size][kept] = pool.byte_rate[flows][kept]
@@ -248,16 +262,10 @@ def _slot_flows(
     return five_tuple, byte_rate, flow_ids
 
 
-def _count_packets(
-    pcap: str | os.PathLike,
-    records: np.ndarray,
-    selected: list[np.ndarray],
-    start_s: np.ndarray,
-    bin_s: float,
-    n_steps: int,
-    max_flows: int,
-) -> np.ndarray:
+def _count_packets(pcap: str | os.PathLike, records: np.ndarray, windows: _Windows) -> np.ndarray:
     """[B, T, F] packets of each episode's flows per bin, in one streaming pass over the trace."""
+    selected, start_s, bin_s = windows.flows, windows.start_s, windows.bin_s
+    n_steps, max_flows = windows.n_steps, windows.max_flows
     wanted = np.unique(np.concatenate(selected))
     key_lo, key_hi = flow_keys(records[wanted])
     if np.unique(np.stack([key_lo, key_hi]), axis=1).shape[1] != wanted.size:

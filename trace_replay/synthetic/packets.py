@@ -143,8 +143,7 @@ def draw_blocks(rng: np.random.Generator, flows: Flows, paths: Paths, table: Cla
     largest_datagram = np.minimum(col["datagram_bytes"], IP_MTU - IP_HEADER - col["l4_header"])
     segment = np.where(kind == _KIND_TCP_DATA, MSS, largest_datagram[flow].astype(np.int64))
     return Blocks(flow=flow, kind=kind, from_server=from_server, payload=payload, gap_us=gap,
-                   round=block_round, segment=segment, pacing_us=col["pacing_s"][flow] * 1e6)
-
+                  round=block_round, segment=segment, pacing_us=col["pacing_s"][flow] * 1e6)
 
 
 def lay_out(rng: np.random.Generator, blocks: Blocks, paths: Paths, start_us: np.ndarray) -> Timeline:
@@ -203,7 +202,7 @@ def lay_out(rng: np.random.Generator, blocks: Blocks, paths: Paths, start_us: np
     gap[group_starts(packets_per_flow)[packets_per_flow > 0]] = 0
     ts = start_us[flow] + exclusive_cumsum_by_group(gap, packets_per_flow) + gap
     return Timeline(flow=flow, from_server=from_server, flags=flags, payload=payload,
-                     round=blocks.round[block], ts=ts, packets_per_flow=packets_per_flow)
+                    round=blocks.round[block], ts=ts, packets_per_flow=packets_per_flow)
 
 
 def assemble(rng: np.random.Generator, flows: Flows, timeline: Timeline, addresses: np.ndarray,
