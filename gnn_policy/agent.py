@@ -46,10 +46,10 @@ from gnn_policy import checkpoint
 from gnn_policy.base import Decision, Outcome, Policy, Problem, score
 from gnn_policy.baselines import OFM, RandomScaleIn, SizeGreedy
 from gnn_policy.gn import GNPolicyNet
+from gnn_policy.graph import to_pyg
 from gnn_policy.plan import Plan
 from gnn_policy.translator import LoadRequest, refine, spread, translate
 from twin import cost
-from twin.graph import to_pyg
 from twin.migration import CostBreakdown, IndexedAction
 from twin.params import Thresholds
 from twin.scenario import ScenarioKind
@@ -68,7 +68,7 @@ class GraphView:
     state: ClusterState
     """The real state; requests and actions are in its indices."""
     graph: Data
-    """`twin.graph.to_pyg` of the (possibly modified) state; `graph.instance_index` maps nodes to instances."""
+    """`gnn_policy.graph.to_pyg` of the (possibly modified) state; `graph.instance_index` maps nodes to instances."""
     drained: tuple[int, ...] = ()
     """Instances removed from the graph (scale-in): each must be emptied and stopped."""
     label: str = "current"
@@ -197,7 +197,7 @@ def context(thresholds: Sequence[Thresholds]) -> torch.Tensor:
 
 def collate(graphs: Sequence[Data]) -> Data:
     """The graphs as one for the network, `batch` giving each node's graph: `Batch.from_data_list` reduced to
-    the attributes of `twin.graph.to_pyg` graphs (PyG's generic collation takes about 0.7 ms, a seventh of a
+    the attributes of `gnn_policy.graph.to_pyg` graphs (PyG's generic collation takes about 0.7 ms, a seventh of a
     decision's 5 ms budget at N = 40); a single graph is passed through."""
     if len(graphs) == 1:
         return graphs[0]

@@ -26,11 +26,11 @@ from gnn_policy.agent import (
 )
 from gnn_policy.base import Problem, score
 from gnn_policy.gn import GNPolicyNet, NetConfig
+from gnn_policy.graph import to_pyg
 from gnn_policy.optimal import Optimal
 from gnn_policy.registry import make_policy
 from tests.helpers import cluster
 from tests.strategies import cluster_states
-from twin.graph import to_pyg
 from twin.params import Thresholds
 from twin.scenario import ScenarioKind
 

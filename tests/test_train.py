@@ -11,9 +11,9 @@ from gnn_policy.base import Problem, score
 from gnn_policy.baselines import SizeGreedy
 from gnn_policy.checkpoint import CheckpointError
 from gnn_policy.gn import GNPolicyNet, NetConfig
+from gnn_policy.graph import to_pyg
 from gnn_policy.train import Example, Start, TrainConfig, imitate, main, reinforce_loss, train
 from tests.helpers import cluster
-from twin.graph import to_pyg
 from twin.migration import IndexedAction
 from twin.params import Thresholds
 
