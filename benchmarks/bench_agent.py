@@ -31,9 +31,10 @@ import torch
 
 from gnn_policy.actions import propose, realise
 from gnn_policy.agent import DeepMigration
+from gnn_policy.balancing import spread, surplus_above
 from gnn_policy.base import Decision, Problem, score
 from gnn_policy.registry import make_policy
-from gnn_policy.translator import LoadRequest, spread, surplus_above
+from gnn_policy.translator import LoadRequest
 from gnn_policy.views import collate, context, views
 from trace_replay.flows import read_flows
 from trace_replay.generate import sample_path

@@ -30,9 +30,11 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from gnn_policy.balancing import spread
 from gnn_policy.base import Problem
 from gnn_policy.gn import GNPolicyNet
-from gnn_policy.translator import LoadRequest, refine, spread, translate
+from gnn_policy.refinement import refine
+from gnn_policy.translator import LoadRequest, translate
 from gnn_policy.views import GraphView, collate, context
 from twin.migration import CostBreakdown, IndexedAction
 from twin.params import Thresholds
