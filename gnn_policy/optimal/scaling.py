@@ -9,17 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from gnn_policy.base import Decision, Problem
+from gnn_policy.optimal import moves
 from gnn_policy.optimal.answers import Candidate, Report, checked, improvement_gap, nothing_movable
 from gnn_policy.optimal.milp import EMPTY, INF, Milp, group_rows
-from gnn_policy.optimal.moves import (
-    Pairs,
-    allowed_pairs,
-    assignment_rows,
-    buffer_rows,
-    indexed,
-    move_columns,
-    utilisation_terms,
-)
 from twin import cost
 from twin.migration import IndexedAction
 from twin.scenario import ScenarioKind
@@ -29,7 +21,7 @@ from twin.state import ClusterState
 @dataclass
 class ScaleModel:
     milp: Milp
-    pairs: Pairs
+    pairs: moves.Pairs
     y: np.ndarray
     standby: np.ndarray
     s: np.ndarray
@@ -42,12 +34,12 @@ class ScaleModel:
 
     def decode(self, x: np.ndarray) -> IndexedAction:
         moved = x[self.y] > 0.5
-        return indexed(self.pairs.flow[moved], self.pairs.dst[moved], self.standby[x[self.s] > 0.5],
+        return moves.indexed(self.pairs.flow[moved], self.pairs.dst[moved], self.standby[x[self.s] > 0.5],
                         self.stoppable[x[self.z] > 0.5])
 
     def encode(self, problem: Problem, action: IndexedAction) -> np.ndarray | None:
         """The column vector of an action, or None when the action lies outside the restricted problem."""
-        x = move_columns(self.pair_index, self.milp.n, action)
+        x = moves.move_columns(self.pair_index, self.milp.n, action)
         if x is None:
             return None
         for instances, members, cols in ((action.start, self.standby, self.s), (action.stop, self.stoppable, self.z)):
@@ -80,7 +72,7 @@ def identical_groups(state: ClusterState, instances: np.ndarray, sources: np.nda
     return [np.array(g) for g in groups.values() if len(g) > 1]
 
 
-def scale_model(problem: Problem, pairs: Pairs, movable: np.ndarray, threads: int, seed: int) -> ScaleModel:
+def scale_model(problem: Problem, pairs: moves.Pairs, movable: np.ndarray, threads: int, seed: int) -> ScaleModel:
     state, params, th = problem.state, problem.params, problem.thresholds
     n = state.n_instances
     standby = np.unique(pairs.dst[~state.active[pairs.dst]])
@@ -101,7 +93,7 @@ def scale_model(problem: Problem, pairs: Pairs, movable: np.ndarray, threads: in
     untouched_active[touched] = False
     milp.offset = cost.threshold_penalty(state.utilisation, untouched_active, th, params)
 
-    assignment_rows(milp, pairs, y)
+    moves.assignment_rows(milp, pairs, y)
     rows = []
     # moves only to active or started instances: y_fk <= s_k
     s_of = {k: c for k, c in zip(standby.tolist(), s.tolist())}
@@ -125,10 +117,10 @@ def scale_model(problem: Problem, pairs: Pairs, movable: np.ndarray, threads: in
         if k in z_of:
             rows.append((np.array([col, z_of[k]]), np.array([1.0, 1.0]), -INF, 1.0))
     milp.rows(rows)
-    buffer_rows(milp, state, pairs.dst, pairs.size, y)
+    moves.buffer_rows(milp, state, pairs.dst, pairs.size, y)
 
     # threshold penalties on the utilisation after the action
-    inst, cols, coef = utilisation_terms(state, pairs.src, pairs.dst, state.rate[pairs.flow], y)
+    inst, cols, coef = moves.utilisation_terms(state, pairs.src, pairs.dst, state.rate[pairs.flow], y)
     position = np.full(n, -1)
     position[touched] = np.arange(touched.size)
     starts, index, value, keys = group_rows(position[inst], cols, coef)
@@ -160,7 +152,7 @@ def solve_scaling(problem: Problem, candidates: list[Candidate], deadline: float
     sources = np.asarray(scenario.overloaded if out else scenario.underloaded, dtype=np.int64)
     movable = np.flatnonzero(np.isin(state.assignment, sources))
     excluded = sources if out else np.flatnonzero(~state.active)
-    pairs = allowed_pairs(problem, movable, np.setdiff1d(np.arange(state.n_instances), excluded))
+    pairs = moves.allowed_pairs(problem, movable, np.setdiff1d(np.arange(state.n_instances), excluded))
     if pairs.count == 0:
         return nothing_movable(problem, candidates, movable.size, report)
     model = scale_model(problem, pairs, movable, threads, seed)
