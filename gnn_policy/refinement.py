@@ -127,7 +127,7 @@ class _LocalSearch:
     def round(self) -> bool:
         """Make every priced change that lowers the cost, best first, each unless it touches an instance that an
         earlier one of this round touched (changes on disjoint instances do not alter each other's gains);
-        whether any lowered it."""
+        whether it made any."""
         every = np.flatnonzero(self.kept)
         if not every.size:
             return False
@@ -142,8 +142,10 @@ class _LocalSearch:
         sizes = np.array([options.gains[kind].size for kind in Change])
         kinds = np.repeat(np.arange(len(Change)), sizes)[order]
         indices = order - np.r_[0, np.cumsum(sizes)[:-1]][kinds]
+        changes = list(Change)
         touched: set[int] = set()
-        for kind, x in zip([list(Change)[k] for k in kinds.tolist()], indices.tolist()):
+        for k, x in zip(kinds.tolist(), indices.tolist()):
+            kind = changes[k]
             i, instances = self._affected(kind, x, options)
             if not touched.isdisjoint(instances):
                 continue
