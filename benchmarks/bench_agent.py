@@ -29,10 +29,13 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from gnn_policy.agent import DeepMigration, collate, context, propose, realise, views
+from gnn_policy.actions import propose, realise
+from gnn_policy.agent import DeepMigration
+from gnn_policy.balancing import spread, surplus_above
 from gnn_policy.base import Decision, Problem, score
 from gnn_policy.registry import make_policy
-from gnn_policy.translator import LoadRequest, spread, surplus_above
+from gnn_policy.translator import LoadRequest
+from gnn_policy.views import collate, context, views
 from trace_replay.flows import read_flows
 from trace_replay.generate import sample_path
 from trace_replay.scenarios import build_timing, paper_setups
@@ -87,7 +90,7 @@ def stages(policy: DeepMigration, problem: Problem) -> dict:
         "network + decoding": network_and_decoding,
         f"translate x{len(requests)}": lambda: [realise(problem, r) for r in requests],
         f"score x{len(actions)}": lambda: [score(problem, Decision(a)) for a in actions],
-        "guard (baselines + score)": lambda: policy._best_baseline(problem),
+        "guard (baselines + score)": lambda: policy.best_baseline(problem),
     }
 
 

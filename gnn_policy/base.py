@@ -70,18 +70,22 @@ class Policy(abc.ABC):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Scored:
+    """A decision as the shared cost model scores it (`score`)."""
+
     decision: Decision
     valid: bool
     """Constraints (4)-(5) and every other check of `twin.migration.apply` hold."""
     breakdown: CostBreakdown | None
+    """The cost breakdown of a valid decision; None for an invalid one."""
     error: str = ""
+    """Why `apply` rejected an invalid decision."""
 
 
-def score(problem: Problem, decision: Decision) -> Outcome:
+def score(problem: Problem, decision: Decision) -> Scored:
     """Apply a decision through the shared cost model; an invalid one is reported, never raised."""
     try:
         _, breakdown = apply(problem.state, decision.action, problem.params, problem.thresholds)
     except InvalidAction as error:
-        return Outcome(decision, False, None, str(error))
-    return Outcome(decision, True, breakdown)
+        return Scored(decision, False, None, str(error))
+    return Scored(decision, True, breakdown)

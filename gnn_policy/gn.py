@@ -14,7 +14,7 @@ One GN block (`torch_geometric.nn.MetaLayer`) is made of six small functions, as
   `scatter` means; a single graph (no `batch`) has one group for the global aggregations, whose
   mean is taken directly.
 
-`GNPolicyNet` encodes the graph of `twin.graph.to_pyg` (plus the scenario thresholds, which the
+`GNPolicyNet` encodes the graph of `gnn_policy.graph.to_pyg` (plus the scenario thresholds, which the
 graph does not carry), runs the block `steps` times and decodes two heads: per-edge logits over
 the migration levels (`gnn_policy.agent` turns them into the stochastic policy) and per-node
 logits that rank instances as destinations for a drained instance's load (scale-in).
@@ -29,7 +29,7 @@ from torch_geometric.data import Data
 from torch_geometric.nn import MetaLayer
 from torch_geometric.utils import scatter
 
-from twin.graph import EDGE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES
+from gnn_policy.graph import EDGE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES
 
 CONTEXT_FEATURES = ("th_high", "th_low")
 """Inputs the graph does not carry: the thresholds of the problem, appended to the global attribute."""
@@ -153,7 +153,7 @@ class GNPolicyNet(nn.Module):
             self.edge_head[-1].bias[0] = config.stay_bias
 
     def forward(self, graph: Data, context: torch.Tensor) -> PolicyLogits:
-        """`graph` from `twin.graph.to_pyg`, or several collated into one (`batch` gives each node's graph);
+        """`graph` from `gnn_policy.graph.to_pyg`, or several collated into one (`batch` gives each node's graph);
         `context` [graphs, 2] holds Th_high, Th_low."""
         node_graph = graph.batch  # None for a single graph
         x = torch.tanh(self.encode_node(graph.x))

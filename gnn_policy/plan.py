@@ -19,12 +19,12 @@ from twin.state import ClusterState
 class Plan:
     def __init__(self, state: ClusterState):
         self.state = state
+        # Offered load (packets/s) of each instance after the moves so far.
         self.load = np.array(state.load_pps, dtype=float)
-        """Offered load (packets/s) of each instance after the moves so far."""
+        # Packets buffered at each destination by the flows moved onto it (constraint (5)).
         self.incoming = np.zeros(state.n_instances)
-        """Packets buffered at each destination by the flows moved onto it (constraint (5))."""
+        # OFM only: buffer its safety test reserves at each destination (see `ofm_need`).
         self.reserved = np.zeros(state.n_instances)
-        """OFM only: buffer its safety test reserves at each destination (see `ofm_need`)."""
         self.active = state.active.copy()
         self.count = state.flows_per_instance.copy()
         self.moved = np.zeros(state.n_flows, dtype=bool)

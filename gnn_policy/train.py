@@ -3,7 +3,7 @@
 Phase 1, imitation (a departure from the paper, docs/agent.md says why): the teacher (`Optimal`
 with a short time limit, warm-started from every baseline, so never worse than the best of them)
 decides each training state once (cached on disk); its flow-level action is converted to the
-policy's own action space (`agent.imitation_choice`: a migration level per edge, a destination
+policy's own action space (`imitation.imitation_choice`: a migration level per edge, a destination
 per drained instance) and the network maximises the log-probability of that choice.
 
 Phase 2, Algorithm 1, one iteration top to bottom:
@@ -36,9 +36,11 @@ import torch
 from tqdm import tqdm
 
 from gnn_policy import checkpoint
-from gnn_policy.agent import Choice, GraphView, act, imitation_choice, realise, reward, views
+from gnn_policy.actions import Choice, act, realise
 from gnn_policy.base import Problem
 from gnn_policy.gn import GNPolicyNet, NetConfig
+from gnn_policy.imitation import imitation_choice
+from gnn_policy.views import GraphView, views
 from trace_replay import scenarios
 from trace_replay.flows import FlowTable, read_flows
 from twin import cost
@@ -50,6 +52,20 @@ from twin.state import ClusterState
 
 TRAIN_SEED_BASE = 1000
 """Seeds of training states start here; evaluation (dm-bench) uses seeds 0..9."""
+LB_VARIANCE_WEIGHT = 10.0
+"""Reward of load balancing per unit of var_after/var_before, against costs in seconds of latency."""
+COST_UNIT = 1000.0
+"""Costs are divided by this in rewards (1000 ms-equivalents = one instance's C_R) to keep gradients O(1)."""
+
+
+def training_reward(kind: ScenarioKind, total: float, variance_before: float, variance_after: float) -> float:
+    """The training reward: the paper's −total cost (section V.C, `CostBreakdown.reward`) in `COST_UNIT`s, plus
+    for load balancing a term for the variance left, var_after / var_before, since a balancing that moves
+    nothing costs nothing."""
+    value = -total / COST_UNIT
+    if kind is ScenarioKind.LOAD_BALANCE and variance_before > 0:
+        value -= LB_VARIANCE_WEIGHT * variance_after / variance_before
+    return value
 
 
 @dataclass(frozen=True)
@@ -220,7 +236,7 @@ def run_episodes(net: GNPolicyNet, starts: Sequence[Start], config: TrainConfig,
         for b, problem in enumerate(problems):
             kind = problem.scenario.kind
             total = float(-result.reward[b])  # the twin charges a rejected action its invalid penalty
-            step_rewards.append(reward(kind, total, variance_before[b], variance_after[b]))
+            step_rewards.append(training_reward(kind, total, variance_before[b], variance_after[b]))
             if t == 0:
                 first_costs.setdefault(kind.value, []).append(total)
         log_probs.append(torch.stack([s.log_prob for s in samples]))

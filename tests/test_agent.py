@@ -9,28 +9,25 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gnn_policy.agent import (
-    DeepMigration,
+from gnn_policy.actions import act, objective, proportional, propose
+from gnn_policy.agent import DeepMigration
+from gnn_policy.base import Problem, score
+from gnn_policy.gn import GNPolicyNet, NetConfig
+from gnn_policy.graph import to_pyg
+from gnn_policy.optimal import Optimal
+from gnn_policy.registry import make_policy
+from gnn_policy.views import (
     GraphView,
-    act,
     drain_counts,
     drain_estimate,
     drain_order,
     drain_prices,
-    objective,
-    proportional,
-    propose,
     scale_in_view,
     scale_out_view,
     views,
 )
-from gnn_policy.base import Problem, score
-from gnn_policy.gn import GNPolicyNet, NetConfig
-from gnn_policy.optimal import Optimal
-from gnn_policy.registry import make_policy
 from tests.helpers import cluster
 from tests.strategies import cluster_states
-from twin.graph import to_pyg
 from twin.params import Thresholds
 from twin.scenario import ScenarioKind
 
@@ -166,7 +163,7 @@ def test_decisions_are_always_valid_and_the_guard_never_loses_to_a_baseline(net,
     outcome = score(problem, agent.decide(problem))
     assert outcome.valid, outcome.error
     if guard and problem.scenario.kind is not ScenarioKind.NONE:
-        best = DeepMigration(net)._best_baseline(problem)  # fresh: the same random-baseline draws as `agent`
+        best = DeepMigration(net).best_baseline(problem)  # fresh: the same random-baseline draws as `agent`
         if best is not None:
             assert objective(problem.scenario.kind, outcome.breakdown) <= objective(problem.scenario.kind,
                                                                                    best.breakdown)

@@ -7,8 +7,8 @@ import torch
 from torch_geometric.data import Batch
 
 from gnn_policy.gn import GNPolicyNet, NetConfig
+from gnn_policy.graph import to_pyg
 from tests.helpers import cluster
-from twin.graph import to_pyg
 from twin.state import ClusterState
 
 CONTEXT = torch.tensor([[0.6, 0.1]])

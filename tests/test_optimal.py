@@ -10,19 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gnn_policy import highs_worker
 from gnn_policy.base import Problem, score
 from gnn_policy.baselines import OFM, Pairwise, RandomScaleIn, SizeGreedy
-from gnn_policy.optimal import (
-    Optimal,
-    _balance_split,
-    _Milp,
-    _pairs,
-    _pairs_under_cap,
-    _trust_region,
-    _utilisation_after,
-    improvement_gap,
-)
+from gnn_policy.optimal import Optimal, highs_worker, improvement_gap
+from gnn_policy.optimal.balancing import balance_split, pairs_under_cap, trust_region, utilisation_after
+from gnn_policy.optimal.milp import Milp
+from gnn_policy.optimal.moves import allowed_pairs
 from trace_replay import scenarios
 from trace_replay.flows import read_flows
 from twin.cost import load_variance
@@ -147,25 +140,25 @@ def test_load_balance_is_lexicographic_within_the_variance_gap(state):
 @pytest.mark.parametrize("state", TINY_LB, ids=lambda s: f"{s.n_flows}flows")
 def test_pairs_dropped_under_a_cap_are_used_by_no_answer_within_it(state):
     problem = Problem.of(state, TH).as_scenario(LB)
-    hot, cold = _balance_split(state)
-    pairs = _pairs(problem, np.flatnonzero(np.isin(state.assignment, hot)), cold)
+    hot, cold = balance_split(state)
+    pairs = allowed_pairs(problem, np.flatnonzero(np.isin(state.assignment, hot)), cold)
     every = [IndexedAction(pairs.flow[list(c)], pairs.dst[list(c)])
              for size in range(4) for c in itertools.combinations(range(pairs.count), size)
              if len(set(pairs.flow[list(c)].tolist())) == size]
     for action in every:
-        variance = load_variance(_utilisation_after(state, action), state.active)
-        kept = _pairs_under_cap(state, pairs, variance)
+        variance = load_variance(utilisation_after(state, action), state.active)
+        kept = pairs_under_cap(state, pairs, variance)
         assert set(zip(action.flows.tolist(), action.dst.tolist())) <= set(zip(kept.flow.tolist(), kept.dst.tolist()))
 
 
 def test_an_elephant_is_never_spread_over_destinations_it_would_overload():
     state = cluster([[80, 6, 5, 4], [10, 3], [12], [8]])
     problem = Problem.of(state, TH).as_scenario(LB)
-    hot, cold = _balance_split(state)
-    pairs = _pairs(problem, np.flatnonzero(np.isin(state.assignment, hot)), cold)
+    hot, cold = balance_split(state)
+    pairs = allowed_pairs(problem, np.flatnonzero(np.isin(state.assignment, hot)), cold)
     # utilisations 0.95, 0.13, 0.12, 0.08 (mean 0.32): the 0.8 elephant lands at least 0.56 above the mean, more
     # than an answer of variance 0.05 allows any instance (sqrt(3 · 0.05) = 0.39)
-    kept = _pairs_under_cap(state, pairs, 0.05)
+    kept = pairs_under_cap(state, pairs, 0.05)
     assert 0 not in kept.flow and kept.count == pairs.count - cold.size
 
 
@@ -195,7 +188,7 @@ def test_constructor_rejects_a_non_positive_time_limit_or_a_variance_gap_outside
 def test_every_point_of_the_trust_region_is_under_the_cap(values, cap, seed):
     target = np.array(values) - np.mean(values)
     cap = cap + float(np.mean(target ** 2))  # a target under the cap
-    width, budget = _trust_region(target, cap)
+    width, budget = trust_region(target, cap)
     assert width > 0
     rng = np.random.default_rng(seed)
     for corner in (rng.choice([-1.0, 1.0], size=(50, target.size)), rng.uniform(-1.0, 1.0, (50, target.size))):
@@ -203,7 +196,7 @@ def test_every_point_of_the_trust_region_is_under_the_cap(values, cap, seed):
         inside = 2.0 * d @ target <= budget
         assert np.all(np.mean(d[inside] ** 2, axis=1) <= cap * (1 + 1e-9))
     if (square := float(np.mean(target ** 2))) > 0:
-        assert np.isnan(_trust_region(target, 0.5 * square)[0])  # a target above the cap has no region
+        assert np.isnan(trust_region(target, 0.5 * square)[0])  # a target above the cap has no region
 
 
 def test_improvement_gap_is_the_uncertified_share_of_the_best_improvement():
@@ -265,12 +258,12 @@ def test_a_warm_start_does_not_stop_the_proof_short(table):
     assert score(problem, decision).breakdown.total < score(problem, OFM().decide(problem)).breakdown.total
 
 
-# --- the hard deadline: a solve that ignores HiGHS's time limit is stopped (gnn_policy.highs_worker) ----------
+# --- the hard deadline: a solve that ignores HiGHS's time limit is stopped (gnn_policy.optimal.highs_worker) ---
 
 def test_a_model_the_worker_dropped_is_sent_again_whole():
     models = []
     for k in range(highs_worker.KEPT_MODELS + 1):
-        milp = _Milp(threads=1, seed=0)
+        milp = Milp(threads=1, seed=0)
         x = milp.add(1, upper=k + 1.0, cost=-1.0, integer=True)
         assert milp.run(5.0).objective == pytest.approx(-(k + 1.0))
         models.append((milp, x))
@@ -292,7 +285,7 @@ def frozen_worker(monkeypatch):
 
 
 def test_a_solve_that_overruns_its_limit_is_killed_and_the_next_one_runs(frozen_worker):
-    milp = _Milp(threads=1, seed=0)
+    milp = Milp(threads=1, seed=0)
     x = milp.add(2, upper=5.0, cost=-1.0, integer=True)
     milp.rows([(x, np.array([1.0, 2.0]), -np.inf, 7.0)])
     began = time.perf_counter()

@@ -6,14 +6,16 @@ import pytest
 import torch
 
 from gnn_policy import checkpoint
-from gnn_policy.agent import DeepMigration, act, imitation_choice
+from gnn_policy.actions import act
+from gnn_policy.agent import DeepMigration
 from gnn_policy.base import Problem, score
 from gnn_policy.baselines import SizeGreedy
 from gnn_policy.checkpoint import CheckpointError
 from gnn_policy.gn import GNPolicyNet, NetConfig
+from gnn_policy.graph import to_pyg
+from gnn_policy.imitation import imitation_choice
 from gnn_policy.train import Example, Start, TrainConfig, imitate, main, reinforce_loss, train
 from tests.helpers import cluster
-from twin.graph import to_pyg
 from twin.migration import IndexedAction
 from twin.params import Thresholds
 

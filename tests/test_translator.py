@@ -6,8 +6,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gnn_policy.balancing import fit_to_balance, settle, spread
 from gnn_policy.plan import Plan
-from gnn_policy.translator import LoadRequest, _receiver, _settle, fit_to_balance, refine, spread, translate
+from gnn_policy.refinement import refine
+from gnn_policy.translator import LoadRequest, _receiver, translate
 from tests.helpers import cluster
 from tests.strategies import cluster_states
 from twin.migration import IndexedAction, apply
@@ -176,7 +178,7 @@ def test_settling_may_put_an_instance_past_the_balance_but_not_further_than_it_s
          for k, (rate, home) in enumerate([(99.75, "nf0"), (0.9, "nf0"), (394.7, "nf1"), (400.0, "nf2"), (5.0, "nf2")])])
     plan = Plan(state)
     plan.move(4, 1, 0.0)
-    _settle(plan, balanced=0.4, ceiling=0.9)
+    settle(plan, balanced=0.4, ceiling=0.9)
     action = plan.action()
     assert sorted(zip(action.flows.tolist(), action.dst.tolist())) == [(1, 1), (4, 1)]
 

@@ -1,9 +1,9 @@
-"""The cluster state as a graph: nodes are instances, directed edges carry migration latency.
+"""The policy's view of the cluster state as a graph: nodes are instances, directed edges carry migration latency.
 
 This is the GN-block input of section V.B (V: instance status, E: la_ij, u: overall load).
 Features are scale-free (utilisations, fractions, latencies in units of 100 ms) so one set of
-weights serves any cluster size. The policy and the controller both call these functions;
-neither builds its own graph.
+weights serves any cluster size. The network, the agent and training all build their graphs here;
+`to_networkx` gives the same graph for inspection.
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ milliseconds of the limit, so only a solve that ignores it gets here."""
 STARTUP_LIMIT_S = 60.0
 """Seconds a new worker may take to import numpy and highspy and report ready."""
 KEPT_MODELS = 4
-"""Models the worker keeps for later solves (each caller's `_Milp` is one)."""
+"""Models the worker keeps for later solves (each caller's `Milp` is one)."""
 
 _keys = itertools.count()
 _HEADER = struct.Struct("!Q")
@@ -74,8 +74,8 @@ class SolverProcess:
         self._process: subprocess.Popen | None = None
         self._channel: socket.socket | None = None
         self._owner = -1
+        # Calls of each model's log the current worker has applied.
         self._synced: dict[int, int] = {}
-        """Calls of each model's log the current worker has applied."""
 
     def start(self) -> None:
         """Start the worker if none runs for this process (a forked child starts its own)."""
