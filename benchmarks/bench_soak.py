@@ -40,6 +40,7 @@ from controller_app import demo
 from mininet_topos.nf_cluster import ClusterSpec
 from trace_replay.generate import sample_path
 from trace_replay.live import flow_outcomes, load_schedule
+from twin.flow import FlowKey
 
 ADDITIVE = (
     "decisions",
@@ -182,7 +183,7 @@ def soak_round(args: argparse.Namespace, start_s: float, wanted: int, bar: tqdm)
         [m["duration_ms"] for d in decisions for m in d["migrations"] if m["outcome"] == "done"],
         [d["decision_ms"] for d in decisions if d["origin"] == "policy"],
         {
-            demo.flow_id(f["key"]): {**f, "migrated": demo.flow_id(f["key"]) in migrated}
+            FlowKey.of(*f["key"]).id: {**f, "migrated": FlowKey.of(*f["key"]).id in migrated}
             for f in outcomes["flows"].values()
         },
         cpu_s,

@@ -33,16 +33,16 @@ from controller_app.config import (
     register_ryu_options,
     ryu_paths,
 )
-from controller_app.core import Controller, SwitchError, reverse
-from trace_replay.live import CONTROLLER_PATH_DSCP
-from twin.state import FiveTuple
+from controller_app.core import Controller, SwitchError
+from mininet_topos.frames import CONTROLLER_PATH_DSCP, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP
+from twin.flow import FiveTuple
 
 LOG = logging.getLogger(__name__)
 
 FLOW_COOKIE = 0xD3E9
 """Marks the per-flow steering rules, so stats requests and flow-removed messages concern only them."""
 FLOW_PRIORITY, NF_TO_SINK_PRIORITY, TABLE_MISS_PRIORITY = 100, 10, 0
-IP_PORT_FIELDS = {6: ("tcp_src", "tcp_dst"), 17: ("udp_src", "udp_dst")}
+IP_PORT_FIELDS = {IPPROTO_TCP: ("tcp_src", "tcp_dst"), IPPROTO_UDP: ("udp_src", "udp_dst")}
 UNCONFIRMED_KEPT = 4096
 
 register_ryu_options()
@@ -83,7 +83,7 @@ class OpenFlowSwitch:
         parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
         bundle, flags = next(self._bundle_ids) & 0xFFFFFFFF, ofp.ONF_BF_ATOMIC
         messages = [parser.ONFBundleCtrlMsg(self.datapath, bundle, ofp.ONF_BCT_OPEN_REQUEST, flags, [])]
-        for direction in (five_tuple, reverse(five_tuple)):
+        for direction in (five_tuple, five_tuple.reverse()):
             mod = self._flow_mod(FLOW_PRIORITY, self.match(direction), [parser.OFPActionOutput(nf.host.port)],
                                  cookie=FLOW_COOKIE, idle_timeout=self._idle_timeout_s,
                                  flags=ofp.OFPFF_SEND_FLOW_REM)
@@ -138,7 +138,7 @@ class OpenFlowSwitch:
 
     def match(self, direction: FiveTuple):
         ports = IP_PORT_FIELDS.get(direction.proto)
-        fields = {"in_port": self._source_port, "eth_type": 0x0800, "ip_proto": direction.proto,
+        fields = {"in_port": self._source_port, "eth_type": ETH_P_IP, "ip_proto": direction.proto,
                   "ipv4_src": direction.src_ip, "ipv4_dst": direction.dst_ip}
         if ports:
             fields |= {ports[0]: direction.src_port, ports[1]: direction.dst_port}

@@ -29,7 +29,7 @@ import numpy as np
 from controller_app.config import ClusterDescription, ConfigError, ControllerConfig, Mode, NFDescription
 from gnn_policy.base import Policy, Problem
 from gnn_policy.registry import make_policy
-from trace_replay.live import canonical_key
+from twin.flow import FlowKey
 from twin.migration import Action, CostBreakdown, InvalidAction, Migration, apply
 from twin.params import CostParams
 from twin.scenario import ScenarioKind, detect
@@ -43,18 +43,16 @@ RESTEER_AFTER_S = 1.0
 # --- flow keys ---------------------------------------------------------------------------------
 def canonical(five_tuple: FiveTuple) -> FiveTuple:
     """The direction-free form of a 5-tuple, oriented as trace_replay keys flows (and the NFs report them)."""
-    return FiveTuple(*canonical_key(*five_tuple))
+    return FlowKey.of(*five_tuple).a_to_b
 
 
 def reverse(five_tuple: FiveTuple) -> FiveTuple:
-    return FiveTuple(five_tuple.dst_ip, five_tuple.src_ip, five_tuple.dst_port, five_tuple.src_port,
-                     five_tuple.proto)
+    return five_tuple.reverse()
 
 
 def flow_key(five_tuple: FiveTuple) -> str:
-    """The flow id shared by the controller, the NF reports and the state: `ip:port-ip:port/proto`."""
-    c = canonical(five_tuple)
-    return f"{c.src_ip}:{c.src_port}-{c.dst_ip}:{c.dst_port}/{c.proto}"
+    """The flow id shared by the controller, the NF reports and the state (twin.flow.FlowKey.id)."""
+    return FlowKey.of(*five_tuple).id
 
 
 # --- the two interfaces the core drives --------------------------------------------------------

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from twin.flow import FlowKey
+
 DEFAULT_POLICY = "deepmigration"
 """The policy dm-demo runs unless --policy says otherwise (any name of gnn_policy.registry): the
 shipped checkpoint, gnn_policy/data/deepmigration.pt."""
@@ -206,12 +208,6 @@ def enlarge_packet_in_queue(switch: str) -> None:
 
 
 # --- the summary ---------------------------------------------------------------------------------
-def flow_id(key: list) -> str:
-    """The controller's flow id of a sent/sink log key [ip_a, ip_b, port_a, port_b, proto]."""
-    ip_a, ip_b, port_a, port_b, proto = key
-    return f"{ip_a}:{port_a}-{ip_b}:{port_b}/{proto}"
-
-
 def _percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 3) if values else None
 
@@ -227,7 +223,7 @@ def summarise(decisions: list[dict], outcomes: dict, nf_reports: dict[str, dict]
     runs = [m for d in decisions for m in d["migrations"]]
     done = [m for m in runs if m["outcome"] == "done"]
     migrated = {m["flow"] for m in done}
-    on_migrated = [f for f in outcomes["flows"].values() if flow_id(f["key"]) in migrated]
+    on_migrated = [f for f in outcomes["flows"].values() if FlowKey.of(*f["key"]).id in migrated]
     dropped = sum(r.get("dropped", 0) for r in nf_reports.values())
     socket_dropped = sum(r.get("socket_dropped", 0) for r in nf_reports.values()) + sink_socket_dropped
     return {

@@ -9,7 +9,6 @@ connection stays usable.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
-from trace_replay.live import FlowKey, canonical_key
+from twin.flow import FlowIdError, FlowKey
 
 _MAX_UNIX_PATH = 107  # sun_path holds 108 bytes including the terminating NUL
 log = logging.getLogger(__name__)
@@ -34,19 +33,13 @@ class RequestError(ValueError):
 
 
 def parse_key(value) -> FlowKey:
-    """The canonical FlowKey of a JSON key [ip, ip, port, port, proto], given in either direction."""
+    """The FlowKey of a JSON key [ip, ip, port, port, proto], given in either direction."""
     if not isinstance(value, list) or len(value) != 5:
         raise RequestError(f"a flow key is a list [ip_a, ip_b, port_a, port_b, proto], not {value!r}")
-    ip_a, ip_b, port_a, port_b, proto = value
-    for ip in (ip_a, ip_b):
-        try:
-            ipaddress.IPv4Address(ip)
-        except ValueError:
-            raise RequestError(f"flow key {value!r}: {ip!r} is not an IPv4 address") from None
-    for name, number, top in (("port", port_a, 65535), ("port", port_b, 65535), ("protocol", proto, 255)):
-        if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= top:
-            raise RequestError(f"flow key {value!r}: {name} {number!r} is not an integer in 0..{top}")
-    return canonical_key(ip_a, ip_b, port_a, port_b, proto)
+    try:
+        return FlowKey.of(*value)
+    except FlowIdError as exc:
+        raise RequestError(f"flow key {value!r}: {exc}") from None
 
 
 def check_socket_path(path: str | os.PathLike) -> str:

@@ -27,15 +27,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from mininet_topos.frames import parse_frame
+from mininet_topos.lifecycle import stop_on_sigterm
 from mininet_topos.nf_channel import ChannelServer, RequestError, parse_key
-from trace_replay.live import (
-    PACKET_OUTGOING,
-    FlowKey,
-    open_packet_socket,
-    parse_frame,
-    socket_drops,
-    stop_on_sigterm,
-)
+from mininet_topos.packet_socket import PACKET_OUTGOING, open_packet_socket, socket_drops
+from twin.flow import FlowKey
 
 log = logging.getLogger("nf_instance")
 

@@ -1,11 +1,12 @@
-"""Hypothesis strategies for cluster states and actions, shared by the property tests."""
+"""Hypothesis strategies for cluster states, actions and packet headers, shared by the property tests."""
 from __future__ import annotations
 
 import numpy as np
 from hypothesis import strategies as st
 
+from twin.flow import FIVE_TUPLE_DTYPE, FiveTuple
 from twin.migration import IndexedAction
-from twin.state import FIVE_TUPLE_DTYPE, ClusterState
+from twin.state import ClusterState
 
 rates = st.floats(min_value=0.5, max_value=500.0, allow_nan=False)
 
@@ -50,3 +51,20 @@ def moves(draw, state: ClusterState) -> IndexedAction:
         others = active[active != state.assignment[f]]
         dst.append(int(others[draw(st.integers(0, others.size - 1))]))
     return IndexedAction(flows, np.array(dst, dtype=np.int64))
+
+
+ports = st.integers(0, 0xFFFF)
+protocols = st.integers(0, 0xFF)
+
+
+@st.composite
+def five_tuples(draw, version: int | None = None) -> FiveTuple:
+    """Header fields of one packet, IPv4 or IPv6 (`version` fixes which); endpoints often shared, so
+    that ties in the canonical order (same address, or same address and port) are drawn too."""
+    version = version or draw(st.sampled_from((4, 6)))
+    addresses = st.ip_addresses(v=version).map(str)
+    src_ip = draw(addresses)
+    dst_ip = draw(st.one_of(st.just(src_ip), addresses))
+    src_port = draw(ports)
+    dst_port = draw(st.one_of(st.just(src_port), ports))
+    return FiveTuple(src_ip, dst_ip, src_port, dst_port, draw(protocols))

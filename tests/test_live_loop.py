@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from controller_app.demo import flow_id, live_loop
+from controller_app.demo import live_loop
 from mininet_topos.nf_cluster import ClusterSpec
 from tests import pcap_builder
 from trace_replay.live import flow_outcomes
+from twin.flow import FlowKey
 
 pytestmark = [
     pytest.mark.network,
@@ -62,7 +63,7 @@ def executed(loop, scenario: str) -> list[dict]:
 def assert_migrations_clean(loop, outcomes: dict, decisions: list[dict]) -> set[str]:
     moved = {m["flow"] for d in decisions for m in d["migrations"] if m["outcome"] == "done"}
     assert moved, [d["migrations"] for d in decisions]
-    per_flow = {flow_id(f["key"]): f for f in outcomes["flows"].values()}
+    per_flow = {FlowKey.of(*f["key"]).id: f for f in outcomes["flows"].values()}
     for flow in moved:
         assert (per_flow[flow]["lost"], per_flow[flow]["reordered"]) == (0, 0), per_flow[flow]
     assert sum(c.report()["dropped"] for c in loop.cluster.clients.values()) == 0

@@ -6,6 +6,7 @@ table of live flows, through a vectorised hash index, so no Python code runs per
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trace_replay.pcap import L3_IPV4, L3_IPV4_MALFORMED, L3_IPV6, L3_NON_IP, PcapHeader, PcapReader
+from twin.flow import FlowKey
 
 FLOW_DTYPE = np.dtype(
     [
@@ -299,10 +301,21 @@ def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
 
 def flow_keys(packets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Direction-free flow keys as two uint64 halves: (lower endpoint << 8 | protocol, higher
-    endpoint), an endpoint being address << 16 | port."""
+    endpoint), an endpoint being address << 16 | port: the orientation of twin.flow.FlowKey, vectorised
+    for the reader (flow_identities decodes them)."""
     source = packets["src_ip"].astype(np.uint64) << 16 | packets["src_port"]
     destination = packets["dst_ip"].astype(np.uint64) << 16 | packets["dst_port"]
     return np.minimum(source, destination) << 8 | packets["proto"], np.maximum(source, destination)
+
+
+def flow_identities(key_lo: np.ndarray, key_hi: np.ndarray) -> list[FlowKey]:
+    """The FlowKey of each flow_keys pair: its lower endpoint is the key's endpoint a."""
+    ip_a, port_a, proto = key_lo >> 24, (key_lo >> 8) & 0xFFFF, key_lo & 0xFF
+    ip_b, port_b = key_hi >> 16, key_hi & 0xFFFF
+    return [
+        FlowKey(str(ipaddress.IPv4Address(int(a))), str(ipaddress.IPv4Address(int(b))), int(pa), int(pb), int(p))
+        for a, b, pa, pb, p in zip(ip_a, ip_b, port_a, port_b, proto)
+    ]
 
 
 def _mix(key_lo: np.ndarray, key_hi: np.ndarray) -> np.ndarray:

@@ -16,253 +16,29 @@ Both use AF_PACKET sockets, so they need CAP_NET_RAW (root, as in Mininet hosts)
 from __future__ import annotations
 
 import argparse
-import functools
-import ipaddress
-import json
 import os
 import signal
 import socket
-import struct
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from trace_replay.flows import flow_keys
+from mininet_topos.frames import CONTROLLER_PATH_DSCP, build_frame, parse_frame
+from mininet_topos.lifecycle import stop_on_sigterm, write_json_atomically
+from mininet_topos.packet_socket import PACKET_OUTGOING, interface_mac, open_packet_socket, socket_drops
+from trace_replay.flows import flow_identities, flow_keys
 from trace_replay.pcap import PACKET_DTYPE, PcapReader
-
-FlowKey = tuple[str, str, int, int, int]
-"""(ip_a, ip_b, port_a, port_b, proto) with endpoint a before b in trace_replay's canonical order."""
-
-STAMP_MAGIC = b"DMrp"
-REPLAY_DST_MAC = bytes.fromhex("02dd00000001")
-"""Destination MAC of every replayed frame: locally administered and no host's, so the NF and sink
-hosts' kernels ignore the frames (their AF_PACKET sockets still see them) and the switch's rules,
-not MAC learning, decide where they go."""
+from twin.flow import FlowKey
 
 DEFAULT_MAX_PPS = 2000.0
 """Peak replay rate the testbed is sized for on two cores (docs/testbed.md)."""
-CONTROLLER_PATH_DSCP = 8
-"""DSCP the controller writes into a packet it forwards itself (a packet-out: the flow's first packets,
-before its rules are in), so the sink can tell set-up reordering from reordering by a migration."""
 DEFAULT_LINE_RATE_PPS = 4000.0
 """Packets leave the source no faster than this, as through an access link: a trace burst (the
 sample holds NFS bursts of hundreds of packets within a few ms) is spread out behind it, in order.
 Unpaced, a new flow's burst would reach the switch before the controller could install its rules."""
-
-ETH_P_ALL, ETH_P_IP = 0x0003, 0x0800
-IPPROTO_TCP, IPPROTO_UDP = 6, 17
-PACKET_OUTGOING = 4
-_SOL_PACKET, _PACKET_ADD_MEMBERSHIP, _PACKET_MR_PROMISC, _PACKET_STATISTICS = 263, 1, 1, 6
-_SO_RCVBUFFORCE = 33
-
-RECEIVE_BUFFER_BYTES = 32 << 20
-"""Kernel queue of a packet socket. The default (about 200 kB, some 100 frames) overflows on a trace's
-bursts whenever the reading process waits for a core, which would lose packets outside the design."""
-
-_ETHERNET = struct.Struct("!6s6sH")
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")
-_TCP = struct.Struct("!HHIIBBHHH")
-_UDP = struct.Struct("!HHHH")
-_PORTS = struct.Struct("!HH")
-_STAMP = struct.Struct("!4sII")
-_MIN_FRAME, _MAX_FRAME = 60, 1514  # Ethernet without FCS
-_ETHERNET_LEN, _IPV4_LEN = _ETHERNET.size, _IPV4.size
-
-
-# ---------------------------------------------------------------------------------------------
-# Flow keys and frames
-
-
-def canonical_keys(
-    src_ip: np.ndarray, dst_ip: np.ndarray, src_port: np.ndarray, dst_port: np.ndarray, proto: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Direction-free keys (ip_a, ip_b, port_a, port_b, proto) of packets given by host-order integer
-    fields, ordered exactly as trace_replay.flows groups flows."""
-    packets = np.zeros(len(src_ip), PACKET_DTYPE)
-    packets["src_ip"], packets["dst_ip"] = src_ip, dst_ip
-    packets["src_port"], packets["dst_port"], packets["proto"] = src_port, dst_port, proto
-    low, high = flow_keys(packets)  # (endpoint_a << 8 | proto, endpoint_b); endpoint = ip << 16 | port
-    return low >> 24, high >> 16, (low >> 8) & 0xFFFF, high & 0xFFFF, low & 0xFF
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def canonical_key(src_ip: str, dst_ip: str, src_port: int, dst_port: int, proto: int) -> FlowKey:
-    """The canonical key of one packet's flow, whichever direction the packet goes."""
-    ip_a, ip_b, port_a, port_b, protocol = (
-        int(column[0])
-        for column in canonical_keys(
-            np.array([int(ipaddress.IPv4Address(src_ip))]),
-            np.array([int(ipaddress.IPv4Address(dst_ip))]),
-            np.array([src_port]),
-            np.array([dst_port]),
-            np.array([proto]),
-        )
-    )
-    return str(ipaddress.IPv4Address(ip_a)), str(ipaddress.IPv4Address(ip_b)), port_a, port_b, protocol
-
-
-@dataclass(frozen=True)
-class ParsedFrame:
-    """The fields of an IPv4 Ethernet frame that the NFs and the sink work on."""
-
-    src_ip: bytes
-    dst_ip: bytes
-    src_port: int
-    dst_port: int
-    proto: int
-    payload_offset: int  # where the transport payload (and a replay stamp) starts
-    dscp: int = 0
-
-    @property
-    def key(self) -> FlowKey:
-        return canonical_key(
-            socket.inet_ntoa(self.src_ip),
-            socket.inet_ntoa(self.dst_ip),
-            self.src_port,
-            self.dst_port,
-            self.proto,
-        )
-
-    def stamp(self, frame: bytes) -> tuple[int, int] | None:
-        """(flow id, sequence number) of a replayed frame, None for any other frame."""
-        if len(frame) < self.payload_offset + _STAMP.size:
-            return None
-        magic, flow_id, sequence = _STAMP.unpack_from(frame, self.payload_offset)
-        return (flow_id, sequence) if magic == STAMP_MAGIC else None
-
-
-def parse_frame(frame: bytes) -> ParsedFrame | None:
-    """Parse an untagged Ethernet frame carrying IPv4; None for anything else or a truncated frame."""
-    if len(frame) < _ETHERNET_LEN + _IPV4_LEN or _ETHERNET.unpack_from(frame)[2] != ETH_P_IP:
-        return None
-    version_ihl, tos, _length, _ident, fragment, _ttl, proto, _checksum, src, dst = _IPV4.unpack_from(
-        frame, _ETHERNET_LEN
-    )
-    header_len = (version_ihl & 0x0F) * 4
-    if version_ihl >> 4 != 4 or header_len < _IPV4_LEN:
-        return None
-    transport = _ETHERNET_LEN + header_len
-    src_port = dst_port = 0
-    payload = transport
-    first_fragment = fragment & 0x1FFF == 0
-    if proto in (IPPROTO_TCP, IPPROTO_UDP) and first_fragment and len(frame) >= transport + _PORTS.size:
-        src_port, dst_port = _PORTS.unpack_from(frame, transport)
-        if proto == IPPROTO_UDP:
-            payload += _UDP.size
-        elif len(frame) >= transport + _TCP.size:
-            payload += (frame[transport + 12] >> 4) * 4
-    return ParsedFrame(src, dst, src_port, dst_port, proto, payload, tos >> 2)
-
-
-def build_frame(
-    src_mac: bytes,
-    src_ip: int,
-    dst_ip: int,
-    src_port: int,
-    dst_port: int,
-    proto: int,
-    wire_len: int,
-    flow_id: int,
-    sequence: int,
-) -> bytes:
-    """A replayed frame: Ethernet, IPv4 (with checksum), a TCP or UDP header for those protocols,
-    the stamp, and zero padding up to the trace packet's length (within Ethernet's limits)."""
-    if proto == IPPROTO_TCP:
-        transport = _TCP.pack(src_port, dst_port, sequence, 0, 5 << 4, 0x10, 65535, 0, 0)
-    elif proto == IPPROTO_UDP:
-        transport = _UDP.pack(src_port, dst_port, _UDP.size + _STAMP.size, 0)
-    else:
-        transport = b""
-    stamp = _STAMP.pack(STAMP_MAGIC, flow_id, sequence)
-    headers_len = _ETHERNET_LEN + _IPV4_LEN + len(transport) + len(stamp)
-    padding = bytes(max(min(wire_len, _MAX_FRAME), _MIN_FRAME, headers_len) - headers_len)
-    ip_total = _IPV4_LEN + len(transport) + len(stamp) + len(padding)
-    fields = [
-        0x45,
-        0,
-        ip_total,
-        sequence & 0xFFFF,
-        0x4000,
-        64,
-        proto,
-        0,
-        src_ip.to_bytes(4, "big"),
-        dst_ip.to_bytes(4, "big"),
-    ]
-    fields[7] = _ipv4_checksum(_IPV4.pack(*fields))
-    return b"".join(
-        (_ETHERNET.pack(REPLAY_DST_MAC, src_mac, ETH_P_IP), _IPV4.pack(*fields), transport, stamp, padding)
-    )
-
-
-def _ipv4_checksum(header: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-# ---------------------------------------------------------------------------------------------
-# Packet sockets
-
-
-def open_packet_socket(interface: str, *, promiscuous: bool, timeout: float | None = None) -> socket.socket:
-    """An AF_PACKET socket bound to `interface` that sees every frame on it (and sends raw frames).
-    Promiscuous mode is a membership of this socket, so the kernel drops it when the socket closes."""
-    try:
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    except PermissionError as exc:
-        raise PermissionError(f"opening a packet socket on {interface} needs CAP_NET_RAW (root)") from exc
-    try:
-        sock.bind((interface, 0))
-        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECEIVE_BUFFER_BYTES)
-        if promiscuous:
-            index = socket.if_nametoindex(interface)
-            membership = struct.pack("iHH8s", index, _PACKET_MR_PROMISC, 0, b"")
-            sock.setsockopt(_SOL_PACKET, _PACKET_ADD_MEMBERSHIP, membership)
-        sock.settimeout(timeout)
-    except OSError as exc:
-        sock.close()
-        raise OSError(f"cannot open a packet socket on interface {interface!r}: {exc}") from exc
-    return sock
-
-
-def socket_drops(sock: socket.socket) -> int:
-    """Frames the kernel dropped on `sock` because its queue was full, since the previous call
-    (reading PACKET_STATISTICS resets the kernel's counters)."""
-    _, drops = struct.unpack("II", sock.getsockopt(_SOL_PACKET, _PACKET_STATISTICS, 8))
-    return drops
-
-
-def interface_mac(interface: str) -> bytes:
-    return bytes.fromhex(Path(f"/sys/class/net/{interface}/address").read_text().strip().replace(":", ""))
-
-
-@contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit for the block, so `finally` clauses (the final logs) run."""
-
-    def leave(_signum, _frame):
-        raise SystemExit(0)
-
-    previous = signal.signal(signal.SIGTERM, leave)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def write_json_atomically(path: str | os.PathLike, document: dict) -> None:
-    """Write via a temporary file and a rename, so a concurrent reader never sees half a file."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(document, indent=1))
-    partial.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,14 +133,7 @@ def load_schedule(
     schedule["flow"] = flow_ids[flow_of_packet]
     for field in ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "wire_len"):
         schedule[field] = packets[field]
-    firsts = schedule[np.sort(first_index)]
-    keys = canonical_keys(
-        firsts["src_ip"], firsts["dst_ip"], firsts["src_port"], firsts["dst_port"], firsts["proto"]
-    )
-    flows = [
-        (str(ipaddress.IPv4Address(int(a))), str(ipaddress.IPv4Address(int(b))), int(pa), int(pb), int(p))
-        for a, b, pa, pb, p in zip(*keys)
-    ]
+    flows = flow_identities(*flow_keys(schedule[np.sort(first_index)]))
     result = ReplaySchedule(schedule, flows)
     if (peak := result.peak_pps()) > max_pps:
         raise ValueError(
@@ -457,7 +226,7 @@ class SinkCounters:
         if counters is None:
             counters = self._flows[flow_id] = [parsed.key, 0, 0, 0, -1, 0, -1]
         key = counters[0]
-        highest = 4 if (socket.inet_ntoa(parsed.src_ip), parsed.src_port) == (key[0], key[2]) else 6
+        highest = 4 if (socket.inet_ntoa(parsed.src_ip), parsed.src_port) == (key.ip_a, key.port_a) else 6
         counters[1] += 1
         counters[3] += len(frame)
         if sequence < counters[highest]:

@@ -1,1 +1,2 @@
-"""The digital twin: the one cluster state and cost model of the project."""
+"""The digital twin: the one cluster state (its flows named by `twin.flow.FlowKey`) and cost model of the
+project."""

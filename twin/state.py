@@ -7,40 +7,18 @@ state (see `twin.migration`).
 """
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from functools import cached_property
-from typing import NamedTuple
 
 import numpy as np
 
+from twin.flow import FIVE_TUPLE_DTYPE, FiveTuple
 from twin.params import CostParams
-
-FIVE_TUPLE_DTYPE = np.dtype([("src_ip", "<u4"), ("dst_ip", "<u4"), ("src_port", "<u2"),
-                             ("dst_port", "<u2"), ("proto", "u1")])
 
 
 class StateError(ValueError):
     """A cluster state that violates the model (bad shapes, unknown ids, flows on stopped instances)."""
-
-
-class FiveTuple(NamedTuple):
-    src_ip: str
-    dst_ip: str
-    src_port: int
-    dst_port: int
-    proto: int
-
-    @classmethod
-    def from_record(cls, record) -> FiveTuple:
-        return cls(str(ipaddress.IPv4Address(int(record["src_ip"]))),
-                   str(ipaddress.IPv4Address(int(record["dst_ip"]))),
-                   int(record["src_port"]), int(record["dst_port"]), int(record["proto"]))
-
-    def to_record(self) -> tuple[int, int, int, int, int]:
-        return (int(ipaddress.IPv4Address(self.src_ip)), int(ipaddress.IPv4Address(self.dst_ip)),
-                self.src_port, self.dst_port, self.proto)
 
 
 @dataclass(frozen=True)

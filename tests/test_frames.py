@@ -1,0 +1,84 @@
+"""mininet_topos.frames, checked against dpkt: the frames the sender builds are the packets dpkt reads,
+and parse_frame reads what dpkt builds."""
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import dpkt
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mininet_topos.frames import (
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    REPLAY_DST_MAC,
+    STAMP_MAGIC,
+    build_frame,
+    parse_frame,
+)
+from tests.strategies import five_tuples
+from twin.flow import FiveTuple, FlowKey
+
+MAC = bytes.fromhex("020000000001")
+protocols = st.sampled_from((IPPROTO_TCP, IPPROTO_UDP, dpkt.ip.IP_PROTO_ICMP, dpkt.ip.IP_PROTO_GRE))
+packets = st.builds(lambda packet, proto: packet._replace(proto=proto), five_tuples(version=4), protocols)
+
+
+def built(packet: FiveTuple, wire_len: int, flow_id: int, sequence: int) -> bytes:
+    src, dst = (int(ipaddress.IPv4Address(ip)) for ip in packet[:2])
+    return build_frame(MAC, src, dst, packet.src_port, packet.dst_port, packet.proto, wire_len, flow_id, sequence)
+
+
+@given(packets, st.integers(0, 2000), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+def test_built_frames_are_valid_packets_with_the_trace_fields_and_the_stamp(packet, wire_len, flow_id, sequence):
+    frame = built(packet, wire_len, flow_id, sequence)
+    ethernet = dpkt.ethernet.Ethernet(frame)
+    ip = ethernet.data
+    assert (ethernet.dst, ethernet.src, ethernet.type) == (REPLAY_DST_MAC, MAC, dpkt.ethernet.ETH_TYPE_IP)
+    headers_len = 14 + 20 + {IPPROTO_TCP: 20, IPPROTO_UDP: 8}.get(packet.proto, 0) + 12  # ... + stamp
+    assert len(frame) == max(min(wire_len, 1514), 60, headers_len)  # padded to the trace's length
+    assert ip.len == len(frame) - 14 and ip.df and ip.ttl == 64 and ip.tos == 0
+    checked = dpkt.ip.IP(bytes(ip))
+    checked.sum = 0
+    assert dpkt.ip.IP(bytes(checked)).sum == ip.sum, "IPv4 header checksum"
+    assert (ipaddress.IPv4Address(ip.src), ipaddress.IPv4Address(ip.dst), ip.p) == (
+        ipaddress.IPv4Address(packet.src_ip), ipaddress.IPv4Address(packet.dst_ip), packet.proto)
+    payload = bytes(ip.data)
+    if packet.proto in (IPPROTO_TCP, IPPROTO_UDP):
+        transport = ip.data
+        assert (transport.sport, transport.dport) == (packet.src_port, packet.dst_port)
+        payload = bytes(transport.data)
+    assert struct.unpack_from("!4sII", payload) == (STAMP_MAGIC, flow_id, sequence)
+
+
+@given(packets, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+def test_parse_reads_back_what_build_wrote(packet, flow_id, sequence):
+    frame = built(packet, 100, flow_id, sequence)
+    parsed = parse_frame(frame)
+    has_ports = packet.proto in (IPPROTO_TCP, IPPROTO_UDP)
+    ports = packet[2:4] if has_ports else (0, 0)
+    assert parsed.key == FlowKey.of(*packet[:2], *ports, packet.proto)
+    assert parsed.stamp(frame) == (flow_id, sequence) and parsed.dscp == 0
+
+
+@given(five_tuples(version=4), st.sampled_from((IPPROTO_TCP, IPPROTO_UDP)), st.integers(0, 63),
+       st.integers(0, 10), st.binary(max_size=40))
+def test_parse_reads_dpkt_frames_with_options_and_any_dscp(packet, proto, dscp, option_words, payload):
+    layer = (dpkt.tcp.TCP if proto == IPPROTO_TCP else dpkt.udp.UDP)(
+        sport=packet.src_port, dport=packet.dst_port, data=payload)
+    ip = dpkt.ip.IP(src=ipaddress.IPv4Address(packet.src_ip).packed, dst=ipaddress.IPv4Address(packet.dst_ip).packed,
+                    p=proto, tos=dscp << 2, hl=5 + option_words, opts=b"\x01" * 4 * option_words, data=layer)
+    frame = bytes(dpkt.ethernet.Ethernet(src=MAC, dst=REPLAY_DST_MAC, type=dpkt.ethernet.ETH_TYPE_IP, data=ip))
+    parsed = parse_frame(frame)
+    assert (parsed.src_port, parsed.dst_port, parsed.proto, parsed.dscp) == (*packet[2:4], proto, dscp)
+    assert frame[parsed.payload_offset:] == payload
+    assert parsed.stamp(frame) is None or payload[:4] == STAMP_MAGIC
+
+
+def test_later_fragments_and_other_frames_carry_no_ports_or_are_ignored():
+    ip = dpkt.ip.IP(src=bytes(4), dst=bytes(4), p=IPPROTO_UDP, offset=40, data=bytes(16))
+    frame = bytes(dpkt.ethernet.Ethernet(src=MAC, dst=MAC, type=dpkt.ethernet.ETH_TYPE_IP, data=ip))
+    assert (parse_frame(frame).src_port, parse_frame(frame).dst_port) == (0, 0)
+    assert parse_frame(bytes(14) + b"\x86\xdd" + bytes(60)) is None
+    assert parse_frame(frame[:30]) is None
