@@ -33,7 +33,8 @@ from controller_app.config import (
     register_ryu_options,
     ryu_paths,
 )
-from controller_app.core import Controller, SwitchError, reverse
+from controller_app.core import Controller
+from controller_app.steering import SwitchError, reverse
 from trace_replay.live import CONTROLLER_PATH_DSCP
 from twin.state import FiveTuple
 
