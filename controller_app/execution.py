@@ -200,23 +200,28 @@ class Executor:
         """Start the action's instances, move its flows, then stop the instances it left empty."""
         record.executed = True
         for instance in record.action.start:
-            try:
-                self.nfs[instance].channel.activate()
-                self.nfs[instance].active = True
+            if error := self._set_active(instance, True):
+                record.error = error
+            else:
                 record.started.append(instance)
-            except Exception as error:  # noqa: BLE001 - an NF or switch failure of any kind must not stop the loop
-                record.error = f"could not activate {instance}: {error}"
         record.migrations.extend(self._migrate(switch, record.action.migrations))
         for instance in record.action.stop:
             if self.flows.on(instance):
                 record.error = f"{instance} still holds flows after the moves: not stopped"
-                continue
-            try:
-                self.nfs[instance].channel.deactivate()
-                self.nfs[instance].active = False
+            elif error := self._set_active(instance, False):
+                record.error = error
+            else:
                 record.stopped.append(instance)
-            except Exception as error:  # noqa: BLE001 - an NF or switch failure of any kind must not stop the loop
-                record.error = f"could not deactivate {instance}: {error}"
+
+    def _set_active(self, instance: str, active: bool) -> str:
+        """Activate or deactivate an NF: '' when it did, else what went wrong."""
+        nf = self.nfs[instance]
+        try:
+            (nf.channel.activate if active else nf.channel.deactivate)()
+        except Exception as error:  # noqa: BLE001 - an NF or switch failure of any kind must not stop the loop
+            return f"could not {'activate' if active else 'deactivate'} {instance}: {error}"
+        nf.active = active
+        return ""
 
     def _migrate(self, switch: Switch, moves: tuple[Migration, ...]) -> list[MigrationRun]:
         """The runs of `moves`, in their order; a move whose flow or instances changed since the
