@@ -33,7 +33,8 @@ from controller_app.config import (
     register_ryu_options,
     ryu_paths,
 )
-from controller_app.core import Controller, SwitchError
+from controller_app.core import Controller
+from controller_app.steering import SwitchError
 from mininet_topos.frames import CONTROLLER_PATH_DSCP, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP
 from twin.flow import FiveTuple
 

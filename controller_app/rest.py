@@ -14,7 +14,15 @@ import logging
 from ryu.app.wsgi import ControllerBase, Response, WSGIApplication, route
 
 from controller_app.config import ConfigError
-from controller_app.core import DECISIONS_KEPT, ActionRejected, Controller, action_view
+from controller_app.core import DECISIONS_KEPT, Controller
+from controller_app.views import (
+    ActionRejected,
+    action_view,
+    decisions_view,
+    flows_view,
+    instances_view,
+    state_view,
+)
 
 LOG = logging.getLogger(__name__)
 LOCALHOST = "127.0.0.1"
@@ -76,17 +84,17 @@ class DeepMigrationRest(ControllerBase):
     @route("dm_state", PREFIX + "/state", methods=["GET"])
     @_answers_json
     def get_state(self, req, **_):
-        return json_response(self.core.state_view())
+        return json_response(state_view(self.core))
 
     @route("dm_instances", PREFIX + "/instances", methods=["GET"])
     @_answers_json
     def get_instances(self, req, **_):
-        return json_response(self.core.instances_view())
+        return json_response(instances_view(self.core))
 
     @route("dm_flows", PREFIX + "/flows", methods=["GET"])
     @_answers_json
     def get_flows(self, req, **_):
-        return json_response(self.core.flows_view())
+        return json_response(flows_view(self.core))
 
     @route("dm_decisions", PREFIX + "/decisions", methods=["GET"])
     @_answers_json
@@ -98,7 +106,7 @@ class DeepMigrationRest(ControllerBase):
             raise ApiError(400, f"limit must be an integer, not {raw!r}", "limit") from None
         if not 1 <= limit <= DECISIONS_KEPT:
             raise ApiError(400, f"limit must be between 1 and {DECISIONS_KEPT}", "limit")
-        return json_response(self.core.decisions_view(limit))
+        return json_response(decisions_view(self.core, limit))
 
     @route("dm_config", PREFIX + "/config", methods=["GET"])
     @_answers_json

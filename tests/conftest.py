@@ -13,3 +13,11 @@ def ovs() -> None:
     from mininet_topos.testbed import ensure_ovs_running  # imports Mininet, so only when needed
 
     ensure_ovs_running()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    """A switch-less controller over a fake switch and fake NFs (tests/controller_rig.py)."""
+    from tests.controller_rig import make_rig  # imports the controller, so only when needed
+
+    return make_rig(tmp_path)

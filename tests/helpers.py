@@ -1,7 +1,8 @@
 """Small hand-built states shared by the tests of the translator, the network, the agent and training."""
 from __future__ import annotations
 
-from twin.state import ClusterState, FiveTuple, Flow, Instance
+from twin.flow import FiveTuple
+from twin.state import ClusterState, Flow, Instance
 
 
 def cluster(rates_per_instance: list[list[float]], *, capacity: float = 1000.0, buffer: float = 1000.0,

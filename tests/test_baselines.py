@@ -11,10 +11,11 @@ from gnn_policy.baselines import BASELINES, OFM, Pairwise, RandomScaleIn, SizeGr
 from gnn_policy.plan import Plan
 from tests.strategies import cluster_states
 from twin import cost
+from twin.flow import FiveTuple
 from twin.migration import apply
 from twin.params import CostParams, Thresholds
 from twin.scenario import ScenarioKind
-from twin.state import ClusterState, FiveTuple, Flow, Instance
+from twin.state import ClusterState, Flow, Instance
 
 TUPLE = FiveTuple("10.1.0.1", "10.2.0.1", 40000, 80, 6)
 TH = Thresholds(high=0.6, low=0.1)

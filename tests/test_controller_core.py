@@ -6,153 +6,29 @@ import json
 import pytest
 
 from controller_app.config import ClusterDescription, ConfigError, ControllerConfig, Mode
-from controller_app.core import (
-    ActionRejected,
-    Controller,
-    Outcome,
-    Step,
-    SwitchError,
-    canonical,
-    flow_key,
-    reverse,
+from controller_app.core import Controller
+from controller_app.execution import MigrationOutcome, Step
+from controller_app.steering import canonical, flow_key
+from controller_app.views import ActionRejected, flows_view, instances_view
+from tests.controller_rig import (
+    SOURCE_PORT,
+    Clock,
+    FakeNF,
+    FakeSwitch,
+    cluster_dict,
+    overload_nf1,
+    run_period,
+    tuple_n,
 )
+from twin.flow import FiveTuple
+from twin.migration import apply
 from twin.scenario import ScenarioKind
-from twin.state import FiveTuple
-
-SOURCE_PORT = 1
-
-
-def cluster_dict(active=("nf1", "nf2"), standby=("nf3",), capacity=100.0) -> dict:
-    hosts = [{"name": "src", "role": "source", "port": SOURCE_PORT, "mac": "00:00:00:00:00:01"},
-             {"name": "sink", "role": "sink", "port": 2, "mac": "00:00:00:00:00:02"}]
-    for k, name in enumerate((*active, *standby)):
-        hosts.append({"name": name, "role": "nf", "port": 3 + k, "mac": f"00:00:00:00:01:{k:02x}",
-                      "instance": name, "capacity_pps": capacity, "buffer_packets": 1000,
-                      "processing_ms": 5.0, "active": name in active, "control_socket": f"/tmp/{name}.sock"})
-    return {"dpid": 1, "hosts": hosts}
-
-
-class FakeNF:
-    """Records every call; `fail_on` makes one method raise, `dead` makes every call raise."""
-
-    def __init__(self, desc, calls: list, clock):
-        self.desc, self.calls, self.clock = desc, calls, clock
-        self.active = desc.active
-        self.queue = 0.0
-        self.state: dict[str, dict] = {}
-        self.fail_on: str | None = None
-        self.dead = False
-        self.flows_with_state: list[FiveTuple] = []
-
-    def _call(self, name, *args):
-        self.calls.append((self.desc.instance, name, *args))
-        if self.dead:
-            raise ConnectionError(f"{self.desc.instance} socket closed")
-        if name == self.fail_on:
-            raise RuntimeError(f"{name} refused")
-
-    def report(self):
-        self._call("report")
-        return {"instance": self.desc.instance, "time": 0.0, "capacity_pps": self.desc.capacity_pps,
-                "buffer_packets": self.desc.buffer_packets, "queue_packets": self.queue, "received": 0,
-                "processed": 0, "dropped": 0, "active": self.active,
-                "flows": [{"key": list(canonical(t))} for t in self.flows_with_state]}
-
-    def hold(self, key):
-        self._call("hold", flow_key(key))
-
-    def export(self, key, quiet_ms):
-        self._call("export", flow_key(key))
-        self.clock.now += 0.05  # draining the flow's queue takes 50 ms
-        return self.state.pop(flow_key(key), {"packets": 7})
-
-    def import_(self, key, state):
-        self._call("import", flow_key(key))
-        self.state[flow_key(key)] = state
-
-    def release(self, key):
-        self._call("release", flow_key(key))
-
-    def activate(self):
-        self._call("activate")
-        self.active = True
-
-    def deactivate(self):
-        self._call("deactivate")
-        self.active = False
-
-
-class FakeSwitch:
-    def __init__(self, calls: list):
-        self.calls = calls
-        self.rules: dict[FiveTuple, str] = {}
-        self.base_installed = False
-        self.fail_barrier = False
-
-    def install_base_rules(self, cluster):
-        self.base_installed = True
-
-    def steer(self, five_tuple, nf):
-        self.calls.append(("switch", "steer", flow_key(five_tuple), nf.instance))
-        self.rules[five_tuple] = nf.instance
-
-    def barrier(self, timeout_s):
-        self.calls.append(("switch", "barrier"))
-        if self.fail_barrier:
-            raise SwitchError("barrier timed out")
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def rig(tmp_path):
-    calls: list = []
-    nfs: dict[str, FakeNF] = {}
-    clock = Clock()
-
-    def channel(desc, timeout):
-        nfs[desc.instance] = FakeNF(desc, calls, clock)
-        return nfs[desc.instance]
-
-    config = ControllerConfig(transition_log=str(tmp_path / "transitions.jsonl"), policy="ofm")
-    controller = Controller(ClusterDescription.from_dict(cluster_dict()), config, channel, clock=clock)
-    switch = FakeSwitch(calls)
-    controller.on_switch_connected(switch)
-    controller.poll_instances()
-
-    class Rig:
-        pass
-
-    r = Rig()
-    r.controller, r.switch, r.nfs, r.calls, r.clock, r.log = controller, switch, nfs, calls, clock, tmp_path / "transitions.jsonl"
-    return r
-
-
-def tuple_n(n: int) -> FiveTuple:
-    return FiveTuple("10.0.0.1", "10.0.1.1", 10000 + n, 80, 6)
-
-
-def run_period(rig, rates: dict[FiveTuple, float]) -> object:
-    """Feed one period of switch counters growing at `rates` (pps, forward direction) and tick."""
-    rig.clock.now += 1.0
-    counters = getattr(rig, "counters", {})
-    for t, rate in rates.items():
-        counters[t] = counters.get(t, 0) + rate
-    rig.counters = counters
-    rig.controller.on_flow_stats([(t, int(p), int(p) * 100) for t, p in counters.items()], rig.clock.now)
-    return rig.controller.tick()
 
 
 def test_flow_key_is_direction_free_and_reuses_trace_ordering():
     t = FiveTuple("10.0.0.9", "10.0.0.1", 80, 40000, 6)
-    assert flow_key(t) == flow_key(reverse(t)) == "10.0.0.1:40000-10.0.0.9:80/6"
-    assert canonical(t) == canonical(reverse(t)) == reverse(t)
+    assert flow_key(t) == flow_key(t.reverse()) == "10.0.0.1:40000-10.0.0.9:80/6"
+    assert canonical(t) == canonical(t.reverse()) == t.reverse()
 
 
 def test_new_flows_go_to_least_utilised_instance_both_directions(rig):
@@ -160,7 +36,7 @@ def test_new_flows_go_to_least_utilised_instance_both_directions(rig):
     first = c.on_new_flow(SOURCE_PORT, tuple_n(1))
     second = c.on_new_flow(SOURCE_PORT, tuple_n(2))
     assert {first.instance, second.instance} == {"nf1", "nf2"}  # the standby nf3 gets nothing
-    again = c.on_new_flow(SOURCE_PORT, reverse(tuple_n(1)))  # the reply direction: same flow, same NF
+    again = c.on_new_flow(SOURCE_PORT, tuple_n(1).reverse())  # the reply direction: same flow, same NF
     assert again.instance == first.instance and len(c.flows) == 2
     assert c.on_new_flow(3, tuple_n(5)) is None  # only traffic from the source port is steered
     assert rig.switch.rules[canonical(tuple_n(1))] == first.instance
@@ -178,26 +54,13 @@ def test_counters_become_rates_and_state(rig):
     assert state.utilisation[state.assignment[f]] == pytest.approx(0.4)
 
 
-def overload_nf1(rig) -> list[FiveTuple]:
-    flows = [tuple_n(n) for n in range(6)]
-    for t in flows:
-        rig.controller.on_new_flow(SOURCE_PORT, t)
-    for t in flows:  # pin every flow to nf1, as an unlucky initial placement would
-        rig.controller.flows.get(flow_key(t)).instance = "nf1"
-        rig.controller.on_new_flow(SOURCE_PORT, t)  # a known flow's packet-in reinstalls its rules
-    rig.controller.config = rig.controller.config.updated({"mode": "dry-run"})
-    run_period(rig, {t: 0 for t in flows})
-    rig.controller.config = rig.controller.config.updated({"mode": "auto"})
-    return flows
-
-
 def test_scale_out_moves_flows_loss_free_and_logs_the_transition(rig):
     c = rig.controller
     flows = overload_nf1(rig)
     rig.calls.clear()
     record = run_period(rig, {t: 12 for t in flows})  # nf1 at 72 % > Th_high 60 %
     assert record.scenario == ScenarioKind.SCALE_OUT.value and record.executed
-    assert record.migrations and all(m.outcome is Outcome.DONE for m in record.migrations)
+    assert record.migrations and all(m.outcome is MigrationOutcome.DONE for m in record.migrations)
     assert record.predicted["total"] > 0 and record.measured is not None
     move = record.migrations[0]
     assert move.completed == list(Step)
@@ -214,8 +77,8 @@ def test_scale_out_moves_flows_loss_free_and_logs_the_transition(rig):
                         (m.dst, "import"), (m.dst, "release")]
     for m in record.migrations:
         assert rig.switch.rules[c.flows.get(m.flow).five_tuple] == m.dst == c.flows.get(m.flow).instance
-    # Each export drains for 50 ms; a move lasts from the batch's start to its own release, which
-    # comes after every export of the batch.
+    # Each export drains for 50 ms; a move lasts from its own hold to its own release, which comes
+    # after every export of the batch (the holds take no time here).
     assert [m.duration_ms for m in record.migrations] == pytest.approx(
         [50.0 * len(record.migrations)] * len(record.migrations))
     latency = c.latency.matrix(c.state.instance_ids)  # the measured durations replaced OpenNF's 42.15 ms
@@ -229,6 +92,32 @@ def test_scale_out_moves_flows_loss_free_and_logs_the_transition(rig):
     assert executed["action"]["migrations"] and executed["reward"] == record.predicted["reward"]
     after = {i["id"]: i for i in executed["next_state"]["instances"]}
     assert after["nf1"]["utilisation"] < 0.6
+
+
+def test_measured_cost_times_each_move_and_the_whole_batch(rig):
+    c = rig.controller
+    flows = overload_nf1(rig)
+    c.reconfigure({"mode": "manual"})
+    rig.nfs["nf2"].hold_s = 0.01  # each hold at nf2 takes 10 ms: the second move starts 10 ms after the first
+    c.submit({"migrations": [{"flow": flow_key(t), "src": "nf1", "dst": "nf2"} for t in flows[:2]]})
+    record = run_period(rig, {t: 12 for t in flows})
+    first, second = record.migrations
+    assert first.outcome is second.outcome is MigrationOutcome.DONE
+    # Both release after both exports (50 ms each), 120 ms after the first hold began.
+    assert (first.duration_ms, second.duration_ms) == pytest.approx((120.0, 110.0))
+    measured = record.measured
+    assert measured["migration_wall_ms"] == pytest.approx(120.0)  # the counterpart of the predicted time
+    assert measured["migration_busy_ms"] == pytest.approx(230.0)
+    assert "migration_time_ms" not in measured and "migration_time_ms" in record.predicted
+    # la_ij of the pair is the mean of its two moves, in the measured cost as in the latency estimate.
+    state = c.state
+    pair = state.instance_index["nf1"], state.instance_index["nf2"]
+    assert c.latency.matrix(state.instance_ids)[pair] == pytest.approx(115.0)
+    latency = state.migration_ms.copy()
+    latency[pair] = 115.0
+    _, expected = apply(state.with_changes(migration_ms=latency), record.action, c.params, c.config.thresholds)
+    assert measured["migration"] == pytest.approx(expected.migration)
+    assert measured["total"] == pytest.approx(expected.total)
 
 
 def test_dry_run_decides_but_moves_nothing(rig):
@@ -256,7 +145,7 @@ def test_manual_mode_runs_only_posted_actions(rig):
     assert malformed.value.status == 400
     c.submit({"migrations": [{"flow": key, "src": "nf1", "dst": "nf2"}]})
     record = run_period(rig, {t: 12 for t in flows})
-    assert record.origin == "manual" and record.migrations[0].outcome is Outcome.DONE
+    assert record.origin == "manual" and record.migrations[0].outcome is MigrationOutcome.DONE
     assert rig.switch.rules[canonical(flows[0])] == "nf2"
 
 
@@ -271,7 +160,7 @@ def test_failed_migration_rolls_back_and_loop_survives(rig, failing, state_retur
     rig.calls.clear()
     record = run_period(rig, {t: 12 for t in flows})
     run = record.migrations[0]
-    assert run.outcome is Outcome.ROLLED_BACK and failing in run.error
+    assert run.outcome is MigrationOutcome.ROLLED_BACK and failing in run.error
     assert rig.switch.rules[canonical(flows[0])] == "nf1" == c.flows.get(key).instance
     assert ("nf2", "release", key) in rig.calls
     assert (("nf1", "import", key) in rig.calls) is state_returned
@@ -285,7 +174,7 @@ def test_barrier_failure_rolls_back(rig):
     rig.controller.submit({"migrations": [{"flow": flow_key(flows[0]), "src": "nf1", "dst": "nf2"}]})
     rig.switch.fail_barrier = True
     record = run_period(rig, {t: 12 for t in flows})
-    assert record.migrations[0].outcome is Outcome.ROLLBACK_FAILED  # the rollback's own barrier fails too
+    assert record.migrations[0].outcome is MigrationOutcome.ROLLBACK_FAILED  # the rollback's own barrier fails too
     assert rig.switch.rules[canonical(flows[0])] == "nf1"
 
 
@@ -300,7 +189,7 @@ def test_crashed_nf_flows_are_resteered_in_the_same_period(rig):
     run_period(rig, {t: 5 for t in flows})
     assert all(rig.switch.rules[canonical(t)] != "nf1" for t in flows)
     assert "nf1" not in c.state.instance_ids and c.state.n_flows == len(flows)
-    view = {i["id"]: i for i in c.instances_view()}
+    view = {i["id"]: i for i in instances_view(c)}
     assert not view["nf1"]["alive"] and "socket closed" in view["nf1"]["error"]
     rig.nfs["nf1"].dead = False
     run_period(rig, {t: 5 for t in flows})
@@ -323,7 +212,7 @@ def test_flow_forgotten_once_both_rules_expire(rig):
     c.on_new_flow(SOURCE_PORT, tuple_n(1))
     c.on_rule_expired(tuple_n(1))
     assert len(c.flows) == 1
-    c.on_rule_expired(reverse(tuple_n(1)))
+    c.on_rule_expired(tuple_n(1).reverse())
     assert len(c.flows) == 0
 
 
@@ -373,9 +262,9 @@ def test_no_flow_is_steered_to_an_instance_that_has_not_answered_yet(tmp_path):
 def test_a_flow_whose_rules_idled_out_returns_to_the_instance_holding_its_state(rig):
     c = rig.controller
     first = c.on_new_flow(SOURCE_PORT, tuple_n(1))
-    for direction in (tuple_n(1), reverse(tuple_n(1))):
+    for direction in (tuple_n(1), tuple_n(1).reverse()):
         c.on_rule_expired(direction)
-    assert not c.flows_view()
+    assert not flows_view(c)
     for _ in range(3):  # other flows now make the first flow's instance the more loaded one
         c.on_new_flow(SOURCE_PORT, tuple_n(10 + _))
     rig.nfs[first.instance].flows_with_state = [tuple_n(1)]

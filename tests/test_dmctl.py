@@ -9,11 +9,12 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from controller_app import dmctl
-from tests.test_controller_core import overload_nf1, rig, run_period  # noqa: F401 - rig is a fixture
+from controller_app.views import decisions_view, state_view
+from tests.controller_rig import overload_nf1, run_period
 
 
 @pytest.fixture
-def api(rig):  # noqa: F811
+def api(rig):
     flows = overload_nf1(rig)
     run_period(rig, {t: 12 for t in flows})  # a scale-out decision, executed
     run_period(rig, {t: 12 for t in flows})  # the state after it
@@ -22,9 +23,9 @@ def api(rig):  # noqa: F811
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             url = urlparse(self.path)
-            views = {"/deepmigration/v1/state": core.state_view,
-                     "/deepmigration/v1/decisions": lambda: core.decisions_view(
-                         int(parse_qs(url.query).get("limit", ["20"])[0]))}
+            views = {"/deepmigration/v1/state": lambda: state_view(core),
+                     "/deepmigration/v1/decisions": lambda: decisions_view(
+                         core, int(parse_qs(url.query).get("limit", ["20"])[0]))}
             body, status = (json.dumps(views[url.path]()), 200) if url.path in views else ('{"error": "no"}', 404)
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

@@ -19,10 +19,11 @@ from gnn_policy.optimal.moves import allowed_pairs
 from trace_replay import scenarios
 from trace_replay.flows import read_flows
 from twin.cost import load_variance
+from twin.flow import FiveTuple
 from twin.migration import IndexedAction, apply
 from twin.params import Thresholds
 from twin.scenario import ScenarioKind
-from twin.state import ClusterState, FiveTuple, Flow, Instance
+from twin.state import ClusterState, Flow, Instance
 
 TUPLE = FiveTuple("10.1.0.1", "10.2.0.1", 40000, 80, 6)
 TH = Thresholds(high=0.6, low=0.1)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mininet_topos.testbed import LOCALHOST, free_tcp_port, ryu_controller
-from tests.test_controller_core import cluster_dict
+from tests.controller_rig import cluster_dict
 
 SPEC = Path(__file__).resolve().parents[1] / "docs" / "openapi.yaml"
 TOKEN = "test-token"

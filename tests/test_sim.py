@@ -8,11 +8,12 @@ from hypothesis import strategies as st
 
 from tests.strategies import cluster_states, moves
 from twin import cost
+from twin.flow import FiveTuple
 from twin.migration import IndexedAction, InvalidAction, apply
 from twin.params import CostParams, Thresholds
 from twin.scenario import detect
 from twin.sim import DEFAULT_INVALID_PENALTY, BatchedTwin, InvalidReason
-from twin.state import ClusterState, FiveTuple, Flow, Instance
+from twin.state import ClusterState, Flow, Instance
 
 TUPLE = FiveTuple("10.1.0.1", "10.2.0.1", 40000, 80, 6)
 

@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
+from twin.flow import FiveTuple
 from twin.params import Thresholds
 from twin.scenario import ScenarioKind, detect, instances_needed
-from twin.state import ClusterState, FiveTuple, Flow, Instance, StateError
+from twin.state import ClusterState, Flow, Instance, StateError
 
 TUPLE = FiveTuple("10.1.0.1", "10.2.0.1", 40000, 80, 6)
 

@@ -12,9 +12,10 @@ from gnn_policy.refinement import refine
 from gnn_policy.translator import LoadRequest, _receiver, translate
 from tests.helpers import cluster
 from tests.strategies import cluster_states
+from twin.flow import FiveTuple
 from twin.migration import IndexedAction, apply
 from twin.params import CostParams, Thresholds
-from twin.state import ClusterState, FiveTuple, Flow, Instance
+from twin.state import ClusterState, Flow, Instance
 
 
 def amounts(state: ClusterState, entries: dict[tuple[int, int], float]) -> np.ndarray:

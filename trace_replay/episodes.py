@@ -22,8 +22,8 @@ import numpy as np
 from trace_replay.flows import FlowTable, PairIndex, flow_keys, read_flows
 from trace_replay.pcap import iter_packet_batches
 from trace_replay.scenarios import FlowPool, Sizing
+from twin.flow import FIVE_TUPLE_DTYPE
 from twin.params import CostParams
-from twin.state import FIVE_TUPLE_DTYPE
 
 
 @dataclass(frozen=True, eq=False)

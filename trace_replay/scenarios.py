@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from trace_replay.flows import FlowTable
+from twin.flow import FIVE_TUPLE_DTYPE
 from twin.params import CostParams, Thresholds
 from twin.scenario import ScenarioKind, detect
-from twin.state import FIVE_TUPLE_DTYPE, ClusterState, uniform_migration_latency
+from twin.state import ClusterState, uniform_migration_latency
 
 FILL_TOLERANCE = 0.01
 """An instance is full once its utilisation is within this distance of its target."""

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from twin import cost
+from twin.flow import FIVE_TUPLE_DTYPE
 from twin.migration import IndexedAction
 from twin.params import CostParams, Thresholds
 from twin.scenario import ScenarioKind, detect
-from twin.state import FIVE_TUPLE_DTYPE, ClusterState
+from twin.state import ClusterState
 
 if TYPE_CHECKING:
     from trace_replay.episodes import EpisodeBatch

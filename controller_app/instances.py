@@ -1,0 +1,48 @@
+"""The NF instances as the controller knows them: their control channel and what they last reported."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from controller_app.config import NFDescription
+from twin.flow import FiveTuple
+
+
+class NFChannel(Protocol):
+    """The NF control channel (mininet_topos.nf_channel.NFClient); keys are canonical 5-tuples; failures raise."""
+
+    def report(self) -> dict: ...
+    def hold(self, key: FiveTuple) -> Any: ...
+    def export(self, key: FiveTuple, quiet_ms: float) -> Any: ...
+    def import_(self, key: FiveTuple, state: Any) -> Any: ...
+    def release(self, key: FiveTuple) -> Any: ...
+    def activate(self) -> Any: ...
+    def deactivate(self) -> Any: ...
+
+
+@dataclass
+class NFRuntime:
+    desc: NFDescription
+    channel: NFChannel
+    active: bool
+    alive: bool = False
+    """Whether the NF answered its last report; none is until its first answer, so no flow is steered
+    to an instance whose process has not come up yet."""
+    last_report: dict | None = None
+    last_error: str = ""
+    flows_with_state: set[str] = field(default_factory=set)
+    """Flow ids of the per-flow state the NF reported last."""
+
+    @property
+    def id(self) -> str:
+        return self.desc.instance
+
+    @property
+    def usable(self) -> bool:
+        return self.alive and self.active
+
+    @property
+    def capacity_pps(self) -> float:
+        """The capacity the NF reports, or the cluster description's until it has reported one."""
+        reported = (self.last_report or {}).get("capacity_pps")
+        return float(reported) if reported else self.desc.capacity_pps

@@ -1,0 +1,159 @@
+"""A switch-less controller rig shared by the controller's tests: a fake switch, fake NF channels and a
+clock the tests move by hand. The `rig` fixture (tests/conftest.py) is `make_rig` on a fresh directory."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from controller_app.config import ClusterDescription, ControllerConfig
+from controller_app.core import Controller
+from controller_app.steering import SwitchError, canonical, flow_key
+from twin.flow import FiveTuple
+
+SOURCE_PORT = 1
+
+
+def cluster_dict(active=("nf1", "nf2"), standby=("nf3",), capacity=100.0) -> dict:
+    hosts = [{"name": "src", "role": "source", "port": SOURCE_PORT, "mac": "00:00:00:00:00:01"},
+             {"name": "sink", "role": "sink", "port": 2, "mac": "00:00:00:00:00:02"}]
+    for k, name in enumerate((*active, *standby)):
+        hosts.append({"name": name, "role": "nf", "port": 3 + k, "mac": f"00:00:00:00:01:{k:02x}",
+                      "instance": name, "capacity_pps": capacity, "buffer_packets": 1000,
+                      "processing_ms": 5.0, "active": name in active, "control_socket": f"/tmp/{name}.sock"})
+    return {"dpid": 1, "hosts": hosts}
+
+
+class FakeNF:
+    """Records every call; `fail_on` makes one method raise, `dead` makes every call raise.
+    A hold takes `hold_s` seconds of the clock (none unless set); an export takes 50 ms."""
+
+    def __init__(self, desc, calls: list, clock):
+        self.desc, self.calls, self.clock = desc, calls, clock
+        self.active = desc.active
+        self.queue = 0.0
+        self.state: dict[str, dict] = {}
+        self.fail_on: str | None = None
+        self.dead = False
+        self.flows_with_state: list[FiveTuple] = []
+        self.hold_s = 0.0
+
+    def _call(self, name, *args):
+        self.calls.append((self.desc.instance, name, *args))
+        if self.dead:
+            raise ConnectionError(f"{self.desc.instance} socket closed")
+        if name == self.fail_on:
+            raise RuntimeError(f"{name} refused")
+
+    def report(self):
+        self._call("report")
+        return {"instance": self.desc.instance, "time": 0.0, "capacity_pps": self.desc.capacity_pps,
+                "buffer_packets": self.desc.buffer_packets, "queue_packets": self.queue, "received": 0,
+                "processed": 0, "dropped": 0, "active": self.active,
+                "flows": [{"key": list(canonical(t))} for t in self.flows_with_state]}
+
+    def hold(self, key):
+        self._call("hold", flow_key(key))
+        self.clock.now += self.hold_s
+
+    def export(self, key, quiet_ms):
+        self._call("export", flow_key(key))
+        self.clock.now += 0.05  # draining the flow's queue takes 50 ms
+        return self.state.pop(flow_key(key), {"packets": 7})
+
+    def import_(self, key, state):
+        self._call("import", flow_key(key))
+        self.state[flow_key(key)] = state
+
+    def release(self, key):
+        self._call("release", flow_key(key))
+
+    def activate(self):
+        self._call("activate")
+        self.active = True
+
+    def deactivate(self):
+        self._call("deactivate")
+        self.active = False
+
+
+class FakeSwitch:
+    def __init__(self, calls: list):
+        self.calls = calls
+        self.rules: dict[FiveTuple, str] = {}
+        self.base_installed = False
+        self.fail_barrier = False
+
+    def install_base_rules(self, cluster):
+        self.base_installed = True
+
+    def steer(self, five_tuple, nf):
+        self.calls.append(("switch", "steer", flow_key(five_tuple), nf.instance))
+        self.rules[five_tuple] = nf.instance
+
+    def barrier(self, timeout_s):
+        self.calls.append(("switch", "barrier"))
+        if self.fail_barrier:
+            raise SwitchError("barrier timed out")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+class Rig:
+    """The controller under test and its fakes: `controller`, `switch`, `nfs` (by instance), `calls`
+    (every NF and switch call in order), `clock`, `log` (the transition log's path)."""
+
+    def __init__(self, controller: Controller, switch: FakeSwitch, nfs: dict[str, FakeNF], calls: list,
+                 clock: Clock, log: Path):
+        self.controller, self.switch, self.nfs, self.calls, self.clock, self.log = \
+            controller, switch, nfs, calls, clock, log
+
+
+def make_rig(directory: Path) -> Rig:
+    """A controller (policy OFM) on the cluster of `cluster_dict()`, its switch connected, its NFs polled."""
+    calls: list = []
+    nfs: dict[str, FakeNF] = {}
+    clock = Clock()
+
+    def channel(desc, timeout):
+        nfs[desc.instance] = FakeNF(desc, calls, clock)
+        return nfs[desc.instance]
+
+    config = ControllerConfig(transition_log=str(directory / "transitions.jsonl"), policy="ofm")
+    controller = Controller(ClusterDescription.from_dict(cluster_dict()), config, channel, clock=clock)
+    switch = FakeSwitch(calls)
+    controller.on_switch_connected(switch)
+    controller.poll_instances()
+    return Rig(controller, switch, nfs, calls, clock, directory / "transitions.jsonl")
+
+
+def tuple_n(n: int) -> FiveTuple:
+    return FiveTuple("10.0.0.1", "10.0.1.1", 10000 + n, 80, 6)
+
+
+def run_period(rig, rates: dict[FiveTuple, float]) -> object:
+    """Feed one period of switch counters growing at `rates` (pps, forward direction) and tick."""
+    rig.clock.now += 1.0
+    counters = getattr(rig, "counters", {})
+    for t, rate in rates.items():
+        counters[t] = counters.get(t, 0) + rate
+    rig.counters = counters
+    rig.controller.on_flow_stats([(t, int(p), int(p) * 100) for t, p in counters.items()], rig.clock.now)
+    return rig.controller.tick()
+
+
+def overload_nf1(rig) -> list[FiveTuple]:
+    flows = [tuple_n(n) for n in range(6)]
+    for t in flows:
+        rig.controller.on_new_flow(SOURCE_PORT, t)
+    for t in flows:  # pin every flow to nf1, as an unlucky initial placement would
+        rig.controller.flows.get(flow_key(t)).instance = "nf1"
+        rig.controller.on_new_flow(SOURCE_PORT, t)  # a known flow's packet-in reinstalls its rules
+    rig.controller.config = rig.controller.config.updated({"mode": "dry-run"})
+    run_period(rig, {t: 0 for t in flows})
+    rig.controller.config = rig.controller.config.updated({"mode": "auto"})
+    return flows
