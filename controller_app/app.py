@@ -59,8 +59,8 @@ class OpenFlowSwitch:
         self._idle_timeout_s = idle_timeout_s
         self._barriers: dict[int, hub.Event] = {}
         self._bundle_ids = itertools.count(1)
+        # xid -> what it was, for the messages a barrier vouches for (bundles); an error reply names one
         self._unconfirmed: dict[int, str] = {}
-        """xid -> what it was, for the messages a barrier vouches for (bundles); an error reply names one."""
         self._errors: list[str] = []
 
     def install_base_rules(self, cluster: ClusterDescription) -> None:

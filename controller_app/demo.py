@@ -69,6 +69,8 @@ class RestClient:
 
     def call(self, path: str, method: str = "GET", body: object | bytes | None = None,
              token: str | None | bool = True, timeout: float = 10.0) -> tuple[int, object]:
+        """One request; `body` is sent as JSON unless it is bytes already. `token`: True sends the write
+        token, False or None none, a string that one instead; `timeout` in s. Error statuses are returned too."""
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
@@ -87,6 +89,7 @@ class RestClient:
         return body
 
     def write(self, path: str, method: str, body: object) -> object:
+        """`method` (PUT, POST) `body` to `path` with the write token; the JSON answer, or RuntimeError on >= 300."""
         status, answer = self.call(path, method, body)
         if status >= 300:
             raise RuntimeError(f"{method} {path}: {status} {answer}")
@@ -259,6 +262,8 @@ def summarise(decisions: list[dict], outcomes: dict, nf_reports: dict[str, dict]
 
 
 def progress_line(elapsed: float, state: dict, loop: LiveLoop) -> str:
+    """One line of progress: `elapsed` s since the replay started, `state` a GET /state body, and the
+    decisions and done migrations `loop` has polled so far."""
     decisions = loop.decisions.values()
     moves = sum(m["outcome"] == "done" for d in decisions for m in d["migrations"])
     load = " ".join(f"{i['id']}{'' if i['active'] else '-'}{'' if i['alive'] else '!'}:{i['utilisation']:.2f}"
@@ -269,6 +274,8 @@ def progress_line(elapsed: float, state: dict, loop: LiveLoop) -> str:
 
 # --- the command ---------------------------------------------------------------------------------
 def run_demo(args: argparse.Namespace, out=print) -> dict:
+    """Replay `args.trace` (the `dm-demo` flags) through a fresh live loop, passing `out` a progress line
+    every period; returns the run's summary (`summarise`, plus the settings and the REST base URL)."""
     from mininet_topos.nf_cluster import ClusterSpec
     from trace_replay.live import flow_outcomes, load_schedule
 

@@ -22,6 +22,8 @@ class ApiUnavailable(RuntimeError):
 
 
 def fetch(base_url: str, path: str) -> object:
+    """GET `path` (e.g. "/state") of the API at `base_url` (without the /deepmigration/v1 prefix); the
+    decoded JSON, or ApiUnavailable on an HTTP error or an unreachable controller."""
     url = base_url.rstrip("/") + PREFIX + path
     try:
         with urllib.request.urlopen(url, timeout=5) as response:

@@ -42,6 +42,7 @@ class ApiError(Exception):
 
 
 def json_response(body, status: int = 200, headers: dict | None = None) -> Response:
+    """A webob Response with `body` (any JSON-serialisable value) as UTF-8 JSON, plus extra `headers`."""
     response = Response(status=status, content_type="application/json", charset="utf-8",
                         body=json.dumps(body).encode())
     response.headers.update(headers or {})

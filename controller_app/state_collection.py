@@ -48,6 +48,7 @@ class MigrationLatency:
         self._kept = kept
 
     def record(self, src: str, dst: str, duration_ms: float) -> None:
+        """One done move from instance id `src` to `dst` that took `duration_ms` ms."""
         self._measured.setdefault((src, dst), deque(maxlen=self._kept)).append(duration_ms)
 
     def matrix(self, instance_ids: tuple[str, ...]) -> np.ndarray:

@@ -94,6 +94,8 @@ class FlowRegistry:
         return self._flows.get(key)
 
     def add(self, five_tuple: FiveTuple, instance: str, now: float) -> SteeredFlow:
+        """Register a flow (either direction) as served by instance id `instance`, first seen at `now`
+        (controller clock, s), with a freshly drawn SLA; replaces any entry of the same flow."""
         c = canonical(five_tuple)
         flow = SteeredFlow(flow_key(c), c, instance, self._draw_sla(), now)
         self._flows[flow.key] = flow

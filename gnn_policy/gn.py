@@ -92,6 +92,9 @@ class EdgeUpdate(nn.Module):
 
     def forward(self, sender: torch.Tensor, receiver: torch.Tensor, edge: torch.Tensor, u: torch.Tensor,
                 edge_graph: torch.Tensor | None) -> torch.Tensor:
+        """`sender`, `receiver` [E, hidden]: the states of each edge's nodes edge_index[0] and edge_index[1];
+        `edge` [E, hidden]; `u` [G, hidden]; `edge_graph` [E]: each edge's graph (None: a single graph).
+        Returns the new edge states [E, hidden]."""
         return self.cell(torch.cat([receiver, sender, _per_member(u, edge_graph, edge.size(0))], dim=1), edge)
 
 
@@ -105,6 +108,9 @@ class NodeUpdate(nn.Module):
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge: torch.Tensor, u: torch.Tensor,
                 node_graph: torch.Tensor | None) -> torch.Tensor:
+        """`x` [N, hidden] node states; `edge_index` [2, E] (sender, receiver); `edge` [E, hidden] the updated
+        edge states, averaged per receiver; `u` [G, hidden]; `node_graph` [N]: each node's graph (None: a
+        single graph). Returns the new node states [N, hidden]."""
         incoming = self.edges_to_node(edge, edge_index[1], x.size(0))
         return self.cell(torch.cat([incoming, _per_member(u, node_graph, x.size(0))], dim=1), x)
 
@@ -120,6 +126,9 @@ class GlobalUpdate(nn.Module):
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge: torch.Tensor, u: torch.Tensor,
                 node_graph: torch.Tensor | None) -> torch.Tensor:
+        """`x` [N, hidden] and `edge` [E, hidden]: the updated node and edge states, averaged per graph (an edge
+        is in its sender's graph); `edge_index` [2, E]; `u` [G, hidden]; `node_graph` [N] (None: a single
+        graph). Returns the new global states [G, hidden]."""
         n_graphs = u.size(0)
         edge_graph = None if node_graph is None else node_graph.index_select(0, edge_index[0])
         edges = self.edges_to_global(edge, edge_graph, n_graphs)

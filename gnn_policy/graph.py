@@ -27,6 +27,8 @@ def graph_nodes(state: ClusterState, include_standby: bool = False) -> np.ndarra
 
 
 def node_features(state: ClusterState, nodes: np.ndarray) -> np.ndarray:
+    """[len(nodes), len(NODE_FEATURES)]: the NODE_FEATURES of the instances at state indices `nodes`, in
+    that order; capacity is relative to the mean active capacity, delays are in LATENCY_UNIT_MS."""
     capacity = state.capacity[nodes]
     mean_capacity = state.capacity[state.active].mean() if state.active.any() else capacity.mean()
     return np.stack([

@@ -77,6 +77,8 @@ class Plan:
 
     # --- changes ----------------------------------------------------------------------------
     def move(self, flow: int, dst: int, packets: float, ofm_need: float = 0.0) -> None:
+        """Move flow index `flow` from its input-state instance to active instance index `dst`, adding `packets`
+        (its size_f, `buffer_packets`) to what `dst` buffers and `ofm_need` (OFM only) to what it reserves."""
         src = int(self.state.assignment[flow])
         assert not self.moved[flow] and src != dst and self.active[dst], (flow, src, dst)
         rate = self.state.rate[flow]
@@ -145,4 +147,5 @@ class Plan:
 
 
 def names(state: ClusterState, instances) -> str:
+    """The ids of the instance indices `instances`, comma-separated, for messages."""
     return ", ".join(state.instance_ids[int(k)] for k in instances)

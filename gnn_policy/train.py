@@ -170,6 +170,8 @@ class Example:
 
 def imitation_examples(pool: Sequence[Start], actions: Sequence[IndexedAction], levels: Sequence[float],
                        params: CostParams = CostParams()) -> list[Example]:
+    """The teacher's `actions` (one per start of `pool`, in order) as choices over the migration `levels`;
+    starts whose state has no scenario give no example."""
     examples = []
     for start, action in zip(pool, actions):
         problem = Problem.of(start.state, start.thresholds, params)
@@ -208,11 +210,13 @@ def imitate(net: GNPolicyNet, examples: Sequence[Example], config: TrainConfig, 
 
 # --- phase 2: REINFORCE (Algorithm 1) ---------------------------------------------------------------
 def learning_rate(config: TrainConfig, iteration: int) -> float:
+    """Adam's learning rate at `iteration` (0-based): linear from lr_start at the first to lr_end at the last."""
     progress = iteration / max(config.iterations - 1, 1)
     return config.lr_start + (config.lr_end - config.lr_start) * min(progress, 1.0)
 
 
 def episode_length(config: TrainConfig, iteration: int) -> int:
+    """Steps per episode at `iteration`: initial_length + ε·iteration, rounded down, at most max_length."""
     return min(config.max_length, int(config.initial_length + config.length_growth * iteration))
 
 

@@ -42,6 +42,8 @@ class NFClusterTopo(Topo):
     """Hosts src (port 1), sink (port 2) and nf1..nf<active+standby> (ports 3...) on one switch."""
 
     def build(self, active: int = 2, standby: int = 1, switch: str = "s1") -> None:
+        """Called by Topo with the constructor's arguments (or `--topo nfcluster,3,1`'s): `active` + `standby` NF
+        hosts on switch `switch` (`describe` marks the first `active` active); ValueError on impossible sizes."""
         active, standby = int(active), int(standby)
         if active < 1 or standby < 0 or active + standby > 250:
             raise ValueError(

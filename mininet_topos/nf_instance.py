@@ -126,8 +126,7 @@ class NetworkFunction:
         self._last_arrival: dict[FlowKey, float] = {}  # monotonic seconds
         self._flows: dict[FlowKey, FlowState] = {}
         self.received = self.processed = self.dropped = self.forwarded = self.ignored = 0
-        self.socket_dropped = 0
-        """Frames the kernel dropped before this process read them (its socket queue was full)."""
+        self.socket_dropped = 0  # frames the kernel dropped before this process read them (queue full)
         self._ops: dict[str, Callable[[dict], dict]] = {
             "report": lambda request: self.report(),
             "hold": lambda request: self.hold(parse_key(request.get("key"))),

@@ -94,6 +94,8 @@ class Case:
 
 
 def iter_cases(table: FlowTable, experiment: str, seeds: Sequence[int], quick: bool) -> Iterator[Case]:
+    """The cases of `experiment` (one of EXPERIMENTS) drawn from `table`: every threshold, setting and
+    seed of its grid (QUICK_GRIDS when `quick`, else FULL_GRIDS); set-ups are built on first use."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
     grid = (QUICK_GRIDS if quick else FULL_GRIDS)[experiment]
@@ -104,6 +106,7 @@ def iter_cases(table: FlowTable, experiment: str, seeds: Sequence[int], quick: b
 
 
 def count_cases(experiment: str, n_seeds: int, quick: bool) -> int:
+    """How many cases `iter_cases` yields for `experiment` with `n_seeds` seeds, without building any."""
     grid = (QUICK_GRIDS if quick else FULL_GRIDS)[experiment]
     return len(grid.thresholds) * len(grid.settings) * n_seeds
 

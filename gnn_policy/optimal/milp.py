@@ -58,6 +58,8 @@ class Milp:
         highs_worker.solver_process.start()
 
     def add(self, count: int, lower=0.0, upper=1.0, cost=0.0, integer: bool = False) -> np.ndarray:
+        """`count` new columns, integer ones if `integer`, with bounds `lower`, `upper` and objective coefficient
+        `cost` (each a scalar or a [count] array); returns their indices, [count] int64."""
         if count == 0:
             return EMPTY
         lower = np.broadcast_to(np.asarray(lower, dtype=float), (count,)).copy()
@@ -80,6 +82,7 @@ class Milp:
             self.n_integer += cols.size
 
     def bounds(self, cols: np.ndarray, lower, upper) -> None:
+        """Set the bounds of columns `cols` to `lower`, `upper` (scalars or arrays shaped like `cols`)."""
         self.log.append(("changeColsBounds", (cols.size, cols.astype(np.int32),
                                               np.broadcast_to(np.asarray(lower, dtype=float), cols.shape).copy(),
                                               np.broadcast_to(np.asarray(upper, dtype=float), cols.shape).copy())))
@@ -98,6 +101,8 @@ class Milp:
         self.log.append(("addRows", (len(rows), lower, upper, index.size, starts, index, value)))
 
     def csr_rows(self, starts: np.ndarray, index: np.ndarray, value: np.ndarray, lower, upper) -> None:
+        """Add rows lower <= Σ value·x[index] <= upper in CSR form: row r's entries start at `starts[r]` of the
+        flat `index` (columns) and `value`; `lower`, `upper` are scalars or [len(starts)] arrays."""
         count = starts.size
         if count == 0:
             return

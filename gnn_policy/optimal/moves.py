@@ -18,6 +18,8 @@ BUFFER_MARGIN = 1e-6
 
 
 def indexed(flows, dst, start=(), stop=()) -> IndexedAction:
+    """The IndexedAction moving flow indices `flows` to instance indices `dst` (paired, sorted by flow) and
+    starting and stopping the instance indices `start`, `stop` (sorted)."""
     flows = np.asarray(flows, dtype=np.int64)
     dst = np.asarray(dst, dtype=np.int64)
     order = np.argsort(flows, kind="stable")

@@ -73,6 +73,8 @@ def identical_groups(state: ClusterState, instances: np.ndarray, sources: np.nda
 
 
 def scale_model(problem: Problem, pairs: moves.Pairs, movable: np.ndarray, threads: int, seed: int) -> ScaleModel:
+    """The unsolved MILP over the moves `pairs`: it may start the standby instances they reach and stop active
+    ones holding only flows of `movable` (flow indices); `threads` and `seed` go to HiGHS."""
     state, params, th = problem.state, problem.params, problem.thresholds
     n = state.n_instances
     standby = np.unique(pairs.dst[~state.active[pairs.dst]])

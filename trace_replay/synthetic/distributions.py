@@ -21,16 +21,19 @@ def discrete_lomax_mean(scale: float, alpha: float, cap: int) -> float:
 
 
 def pareto(rng: np.random.Generator, scale: np.ndarray, alpha: float, cap: float) -> np.ndarray:
+    """One draw per element of `scale` (the minimum): P(X > x) = (x/scale)^-alpha, capped at `cap`, same units."""
     return np.minimum(scale * (1.0 - rng.random(len(scale))) ** (-1.0 / alpha), cap)
 
 
 def bounded_pareto(rng: np.random.Generator, low: np.ndarray, alpha: np.ndarray, high: float) -> np.ndarray:
+    """One draw per element of `low`: a Pareto of shape `alpha` (elementwise) truncated to [low, high]."""
     u = rng.random(len(low))
     return low * (1.0 - u * (1.0 - (low / high) ** alpha)) ** (-1.0 / alpha)
 
 
 def lognormal(rng: np.random.Generator, median: np.ndarray | float, sigma: np.ndarray | float,
               size: int) -> np.ndarray:
+    """`size` draws with this median and `sigma` the standard deviation of their log (scalars or [size] arrays)."""
     return median * np.exp(sigma * rng.standard_normal(size))
 
 
@@ -41,6 +44,7 @@ def normalised_cdf(weights: np.ndarray) -> np.ndarray:
 
 
 def zipf_cdf(n: int, exponent: float) -> np.ndarray:
+    """[n] cumulative shares, for `pick`, of ranks 1..n weighted rank^-exponent (rank 1 the most likely)."""
     return normalised_cdf(np.arange(1, n + 1, dtype=np.float64) ** -exponent)
 
 

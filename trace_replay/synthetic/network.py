@@ -61,9 +61,11 @@ class Network:
             self.server_cdf[index, :size] = zipf_cdf(size, _SERVER_ZIPF)
 
     def internal_clients(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """`size` host indices (into `addresses`) of internal hosts, drawn Zipf-popular, repeats allowed."""
         return pick(rng, self.internal_cdf, size)
 
     def external_hosts(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """`size` host indices (into `addresses`) of external peers, drawn Zipf-popular, repeats allowed."""
         return self.internal_hosts + pick(rng, self.external_cdf, size)
 
 

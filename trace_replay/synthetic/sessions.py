@@ -70,6 +70,7 @@ class RateModulation:
         self._high = int(rng.random() < high_share)
 
     def rates(self, rng: np.random.Generator, slots: int) -> np.ndarray:
+        """[slots] multipliers of the session rate, one per SLOT_US slot, continuing the chain from the last call."""
         rates = np.empty(slots)
         for slot, draw in enumerate(rng.random(slots)):
             if draw < self._leave[self._high]:
