@@ -10,16 +10,11 @@ from typing import BinaryIO
 
 import numpy as np
 
+from trace_replay.synthetic import wire
 from trace_replay.synthetic.network import is_internal
 from trace_replay.synthetic.wire import (
     ETHERNET_HEADER,
     IP_HEADER,
-    PROTO_ESP,
-    PROTO_GRE,
-    PROTO_ICMP,
-    PROTO_IGMP,
-    PROTO_TCP,
-    PROTO_UDP,
     SNAPLEN,
     SYN,
     TCP_HEADER,
@@ -91,14 +86,14 @@ def _encode(packets: np.ndarray) -> bytes:
     count = len(packets)
     proto = packets["proto"]
     ip_len = packets["ip_len"].astype(np.int64)
-    wire = frame_length(ip_len)
-    caplen = np.minimum(wire, SNAPLEN)
+    on_wire = frame_length(ip_len)
+    caplen = np.minimum(on_wire, SNAPLEN)
 
     head = np.zeros(count, dtype=_HEAD_DTYPE)
     head["sec"] = TRACE_EPOCH + packets["ts"] // 1_000_000
     head["usec"] = packets["ts"] % 1_000_000
     head["caplen"] = caplen
-    head["wirelen"] = wire
+    head["wirelen"] = on_wire
     for end in ("src", "dst"):
         internal = is_internal(packets[end])
         head[f"{end}_oui"] = np.where(internal, 0x0200, _ROUTER_OUI)
@@ -107,8 +102,8 @@ def _encode(packets: np.ndarray) -> bytes:
     head["vhl"] = 0x45
     head["len"] = ip_len
     head["id"] = packets["ip_id"]
-    head["frag"] = np.where(proto == PROTO_TCP, 0x4000, 0)  # don't fragment
-    head["ttl"] = np.where(proto == PROTO_IGMP, 1, _host_ttl(packets["src"]))
+    head["frag"] = np.where(proto == wire.PROTO_TCP, 0x4000, 0)  # don't fragment
+    head["ttl"] = np.where(proto == wire.PROTO_IGMP, 1, _host_ttl(packets["src"]))
     head["proto"] = proto
     head["src"] = packets["src"]
     head["dst"] = packets["dst"]
@@ -183,8 +178,8 @@ def _encode_igmp(packets: np.ndarray, head: np.ndarray) -> np.ndarray:
     return igmp
 
 
-_L4_ENCODERS = {PROTO_TCP: _encode_tcp, PROTO_UDP: _encode_udp, PROTO_ICMP: _encode_icmp,
-                PROTO_ESP: _encode_esp, PROTO_GRE: _encode_gre, PROTO_IGMP: _encode_igmp}
+_L4_ENCODERS = {wire.PROTO_TCP: _encode_tcp, wire.PROTO_UDP: _encode_udp, wire.PROTO_ICMP: _encode_icmp,
+                wire.PROTO_ESP: _encode_esp, wire.PROTO_GRE: _encode_gre, wire.PROTO_IGMP: _encode_igmp}
 
 
 class PcapWriter:
