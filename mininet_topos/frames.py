@@ -2,8 +2,10 @@
 controller agree on, and the build and parse of replayed Ethernet/IPv4 frames.
 
 A replayed frame carries the trace packet's addresses, ports and protocol, and a stamp (magic, flow
-id, sequence number) at the start of its transport payload, so the sink can count each flow's
-arrivals. Build and parse run once per packet in the sender, the NFs and the sink, so they work on
+id, sequence number, send time) at the start of its transport payload, so the sink can count each
+flow's arrivals and measure each packet's one-way delay. The send time is CLOCK_REALTIME in
+nanoseconds (`time.time_ns()`): the sender and the sink run on one machine, and network namespaces
+share its clock. Build and parse run once per packet in the sender, the NFs and the sink, so they work on
 `struct` layouts, one per header, rather than a general packet library.
 """
 
@@ -31,7 +33,7 @@ _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _TCP = struct.Struct("!HHIIBBHHH")
 _UDP = struct.Struct("!HHHH")
 _PORTS = struct.Struct("!HH")  # the source and destination ports that open both TCP and UDP headers
-_STAMP = struct.Struct("!4sII")
+_STAMP = struct.Struct("!4sIIQ")  # magic, flow id, sequence, send time (ns)
 _MIN_FRAME, _MAX_FRAME = 60, 1514  # Ethernet without FCS
 _ETHERNET_LEN, _IPV4_LEN = _ETHERNET.size, _IPV4.size
 
@@ -52,12 +54,12 @@ class ParsedFrame:
     def key(self) -> FlowKey:
         return FlowKey.of(self.src_ip, self.dst_ip, self.src_port, self.dst_port, self.proto)
 
-    def stamp(self, frame: bytes) -> tuple[int, int] | None:
-        """(flow id, sequence number) of a replayed frame, None for any other frame."""
+    def stamp(self, frame: bytes) -> tuple[int, int, int] | None:
+        """(flow id, sequence number, send time in ns) of a replayed frame, None for any other frame."""
         if len(frame) < self.payload_offset + _STAMP.size:
             return None
-        magic, flow_id, sequence = _STAMP.unpack_from(frame, self.payload_offset)
-        return (flow_id, sequence) if magic == STAMP_MAGIC else None
+        magic, flow_id, sequence, sent_ns = _STAMP.unpack_from(frame, self.payload_offset)
+        return (flow_id, sequence, sent_ns) if magic == STAMP_MAGIC else None
 
 
 def parse_frame(frame: bytes) -> ParsedFrame | None:
@@ -93,17 +95,19 @@ def build_frame(
     wire_len: int,
     flow_id: int,
     sequence: int,
+    sent_ns: int,
 ) -> bytes:
     """A replayed frame: Ethernet, IPv4 (with checksum), a TCP or UDP header for those protocols,
     the stamp, and zero padding up to the trace packet's length (within Ethernet's limits).
-    Addresses are host-order integers, as the trace reader gives them."""
+    Addresses are host-order integers, as the trace reader gives them; `sent_ns` is the send time
+    (`time.time_ns()`)."""
     if proto == IPPROTO_TCP:
         transport = _TCP.pack(src_port, dst_port, sequence, 0, 5 << 4, 0x10, 65535, 0, 0)
     elif proto == IPPROTO_UDP:
         transport = _UDP.pack(src_port, dst_port, _UDP.size + _STAMP.size, 0)
     else:
         transport = b""
-    stamp = _STAMP.pack(STAMP_MAGIC, flow_id, sequence)
+    stamp = _STAMP.pack(STAMP_MAGIC, flow_id, sequence, sent_ns)
     headers_len = _ETHERNET_LEN + _IPV4_LEN + len(transport) + len(stamp)
     padding = bytes(max(min(wire_len, _MAX_FRAME), _MIN_FRAME, headers_len) - headers_len)
     ip_total = _IPV4_LEN + len(transport) + len(stamp) + len(padding)

@@ -25,18 +25,23 @@ protocols = st.sampled_from((IPPROTO_TCP, IPPROTO_UDP, dpkt.ip.IP_PROTO_ICMP, dp
 packets = st.builds(lambda packet, proto: packet._replace(proto=proto), five_tuples(version=4), protocols)
 
 
-def built(packet: FiveTuple, wire_len: int, flow_id: int, sequence: int) -> bytes:
+def built(packet: FiveTuple, wire_len: int, flow_id: int, sequence: int, sent_ns: int = 0) -> bytes:
     src, dst = (int(ipaddress.IPv4Address(ip)) for ip in packet[:2])
-    return build_frame(MAC, src, dst, packet.src_port, packet.dst_port, packet.proto, wire_len, flow_id, sequence)
+    return build_frame(MAC, src, dst, packet.src_port, packet.dst_port, packet.proto, wire_len, flow_id, sequence,
+                       sent_ns)
 
 
-@given(packets, st.integers(0, 2000), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
-def test_built_frames_are_valid_packets_with_the_trace_fields_and_the_stamp(packet, wire_len, flow_id, sequence):
-    frame = built(packet, wire_len, flow_id, sequence)
+send_times = st.integers(0, 2**64 - 1)
+
+
+@given(packets, st.integers(0, 2000), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), send_times)
+def test_built_frames_are_valid_packets_with_the_trace_fields_and_the_stamp(packet, wire_len, flow_id, sequence,
+                                                                            sent_ns):
+    frame = built(packet, wire_len, flow_id, sequence, sent_ns)
     ethernet = dpkt.ethernet.Ethernet(frame)
     ip = ethernet.data
     assert (ethernet.dst, ethernet.src, ethernet.type) == (REPLAY_DST_MAC, MAC, dpkt.ethernet.ETH_TYPE_IP)
-    headers_len = 14 + 20 + {IPPROTO_TCP: 20, IPPROTO_UDP: 8}.get(packet.proto, 0) + 12  # ... + stamp
+    headers_len = 14 + 20 + {IPPROTO_TCP: 20, IPPROTO_UDP: 8}.get(packet.proto, 0) + 20  # ... + stamp
     assert len(frame) == max(min(wire_len, 1514), 60, headers_len)  # padded to the trace's length
     assert ip.len == len(frame) - 14 and ip.df and ip.ttl == 64 and ip.tos == 0
     checked = dpkt.ip.IP(bytes(ip))
@@ -49,17 +54,17 @@ def test_built_frames_are_valid_packets_with_the_trace_fields_and_the_stamp(pack
         transport = ip.data
         assert (transport.sport, transport.dport) == (packet.src_port, packet.dst_port)
         payload = bytes(transport.data)
-    assert struct.unpack_from("!4sII", payload) == (STAMP_MAGIC, flow_id, sequence)
+    assert struct.unpack_from("!4sIIQ", payload) == (STAMP_MAGIC, flow_id, sequence, sent_ns)
 
 
-@given(packets, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
-def test_parse_reads_back_what_build_wrote(packet, flow_id, sequence):
-    frame = built(packet, 100, flow_id, sequence)
+@given(packets, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), send_times)
+def test_parse_reads_back_what_build_wrote(packet, flow_id, sequence, sent_ns):
+    frame = built(packet, 100, flow_id, sequence, sent_ns)
     parsed = parse_frame(frame)
     has_ports = packet.proto in (IPPROTO_TCP, IPPROTO_UDP)
     ports = packet[2:4] if has_ports else (0, 0)
     assert parsed.key == FlowKey.of(*packet[:2], *ports, packet.proto)
-    assert parsed.stamp(frame) == (flow_id, sequence) and parsed.dscp == 0
+    assert parsed.stamp(frame) == (flow_id, sequence, sent_ns) and parsed.dscp == 0
 
 
 @given(five_tuples(version=4), st.sampled_from((IPPROTO_TCP, IPPROTO_UDP)), st.integers(0, 63),

@@ -35,6 +35,7 @@ def frame(src: str, dst: str, sport: int, dport: int, proto: int, sequence: int,
         100,
         flow_id,
         sequence,
+        0,
     )
 
 
@@ -310,7 +311,7 @@ def test_sink_counts_reordering_per_direction_and_tells_controller_forwarded_fra
 
     def frame(sequence: int, forward: bool, via_controller: bool = False) -> bytes:
         ends = (a, b, 1000, 80) if forward else (b, a, 80, 1000)
-        data = bytearray(build_frame(b"\x02" * 6, ends[0], ends[1], ends[2], ends[3], 6, 100, 7, sequence))
+        data = bytearray(build_frame(b"\x02" * 6, ends[0], ends[1], ends[2], ends[3], 6, 100, 7, sequence, 0))
         if via_controller:
             data[15] = CONTROLLER_PATH_DSCP << 2  # the IPv4 ToS byte, as the controller's packet-out sets it
         return bytes(data)
@@ -319,6 +320,30 @@ def test_sink_counts_reordering_per_direction_and_tells_controller_forwarded_fra
     # The reverse frame 1 arriving after forward frame 2 is no reordering: directions are ordered apart.
     for data in (frame(0, True), frame(2, True), frame(1, False), frame(3, False),
                  frame(1, True, via_controller=True), frame(2, False)):
-        sink.count(data)
+        sink.count(data, 0)
     counts = sink.snapshot()
     assert (counts["received"], counts["reordered"], counts["reordered_at_setup"]) == (6, 2, 1)
+
+
+def test_sink_averages_each_flows_one_way_delays_per_second_of_arrival():
+    a, b = int(ipaddress.IPv4Address("10.1.0.1")), int(ipaddress.IPv4Address("10.2.0.2"))
+    second = 1_700_000_000 * 10**9  # bins are whole seconds of arrival time (CLOCK_REALTIME, ns)
+    ms = 10**6
+
+    def stamped(flow_id: int, sequence: int, sent_ns: int, forward: bool = True) -> bytes:
+        ends = (a, b, 1000 + flow_id, 80) if forward else (b, a, 80, 1000 + flow_id)
+        return build_frame(b"\x02" * 6, *ends, 17, 100, flow_id, sequence, sent_ns)
+
+    sink = SinkCounters()
+    # flow 0: 2 ms and 4 ms (the reply) in the first second, 30 ms in the next; flow 1: 7 ms, a second later.
+    arrivals = [(stamped(0, 0, second + 100 * ms), second + 102 * ms),
+                (stamped(0, 1, second + 500 * ms, forward=False), second + 504 * ms),
+                (stamped(0, 2, second + 990 * ms), second + 1020 * ms),
+                (stamped(1, 0, second + 2000 * ms), second + 2007 * ms)]
+    for data, arrived_ns in arrivals:
+        sink.count(data, arrived_ns)
+    flows = sink.snapshot()["flows"]
+    start = second / 1e9
+    assert flows["0"]["delay_bins"] == [[start, 2, 3.0], [start + 1, 1, 30.0]]
+    assert flows["1"]["delay_bins"] == [[start + 2, 1, 7.0]]
+    assert flows["0"]["reordered"] == 0  # the reply is ordered apart from the forward direction

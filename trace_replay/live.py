@@ -1,11 +1,12 @@
 """Live trace replay on the testbed: a sender that replays a pcap's flows as raw Ethernet frames, and
-a sink that counts what arrives, per flow.
+a sink that counts what arrives, per flow, and measures each packet's one-way delay.
 
 The sender rebuilds every IPv4 packet of the trace with the trace's addresses, ports and protocol
 (both directions of each connection, in trace order), paces it on the trace clock divided by
-`speed`, and stamps its payload with (magic, flow id, sequence number). The sink recognises the
-stamp, so per-flow loss is the sender's count minus the sink's, and an arrival whose sequence
-number is below one already seen for its flow is a reordering.
+`speed`, and stamps its payload with (magic, flow id, sequence number, send time). The sink
+recognises the stamp, so per-flow loss is the sender's count minus the sink's, an arrival whose
+sequence number is below one already seen for its flow is a reordering, and arrival minus send time
+is the packet's one-way delay (sender and sink share the machine's clock).
 
     python -m trace_replay.live send TRACE.pcap.gz --interface src-eth0 --out sent.json --speed 2
     python -m trace_replay.live sink --interface sink-eth0 --out received.json
@@ -182,6 +183,7 @@ def replay(schedule: ReplaySchedule, interface: str, sent_log: str | os.PathLike
                     int(row["wire_len"]),
                     flow,
                     int(sent[flow]),
+                    time.time_ns(),
                 )
             )
             sent[flow] += 1
@@ -203,30 +205,43 @@ def replay(schedule: ReplaySchedule, interface: str, sent_log: str | os.PathLike
 # The sink
 
 
+DELAY_BIN_NS = 1_000_000_000
+"""The sink averages each flow's one-way delays over bins of this much arrival time: the controller's
+period (1 s), so a bin's mean is what an SLA per period judges."""
+
+
 class SinkCounters:
-    """Per-flow arrival counters of replayed frames. A frame is reordered when a later frame of its flow
-    *in the same direction* arrived first: order is a per-direction property (TCP's), and the two
-    directions take different rules, so a switch may interleave them differently than the trace.
-    A reordered frame counts as set-up reordering when the controller forwarded it itself."""
+    """Per-flow arrival counters and one-way delays of replayed frames.
+
+    A frame is reordered when a later frame of its flow *in the same direction* arrived first: order is
+    a per-direction property (TCP's), and the two directions take different rules, so a switch may
+    interleave them differently than the trace. A reordered frame counts as set-up reordering when the
+    controller forwarded it itself. A frame's delay is its arrival time minus the send time in its
+    stamp (one clock: sender and sink share the machine); the sink keeps, per flow and per
+    DELAY_BIN_NS of arrival time, the packet count and the delay sum (the bins' means in `snapshot`).
+    """
 
     def __init__(self):
         # flow id -> [key, received, reordered, bytes, highest sequence a->b, reordered at set-up,
-        #             highest sequence b->a]
+        #             highest sequence b->a, (a's address, a's port) as parsed, current bin,
+        #             its packets, its delay sum (ns), [closed bins (bin, packets, delay sum)]]
         self._flows: dict[int, list] = {}
         self.ignored = 0  # frames without a replay stamp
 
-    def count(self, frame: bytes) -> None:
+    def count(self, frame: bytes, arrived_ns: int) -> None:
+        """Count one frame that arrived at `arrived_ns` (`time.time_ns()`)."""
         parsed = parse_frame(frame)
         stamp = parsed.stamp(frame) if parsed else None
         if stamp is None:
             self.ignored += 1
             return
-        flow_id, sequence = stamp
+        flow_id, sequence, sent_ns = stamp
         counters = self._flows.get(flow_id)
         if counters is None:
-            counters = self._flows[flow_id] = [parsed.key, 0, 0, 0, -1, 0, -1]
-        key = counters[0]
-        highest = 4 if (socket.inet_ntoa(parsed.src_ip), parsed.src_port) == (key.ip_a, key.port_a) else 6
+            key = parsed.key
+            side_a = (socket.inet_aton(key.ip_a), key.port_a)
+            counters = self._flows[flow_id] = [key, 0, 0, 0, -1, 0, -1, side_a, -1, 0, 0, []]
+        highest = 4 if (parsed.src_ip, parsed.src_port) == counters[7] else 6
         counters[1] += 1
         counters[3] += len(frame)
         if sequence < counters[highest]:
@@ -234,12 +249,19 @@ class SinkCounters:
             counters[5] += parsed.dscp == CONTROLLER_PATH_DSCP
         else:
             counters[highest] = sequence
+        delay_bin = arrived_ns // DELAY_BIN_NS
+        if delay_bin != counters[8]:
+            if counters[9]:
+                counters[11].append((counters[8], counters[9], counters[10]))
+            counters[8], counters[9], counters[10] = delay_bin, 0, 0
+        counters[9] += 1
+        counters[10] += arrived_ns - sent_ns
 
     def snapshot(self) -> dict:
         flows = {
-            str(flow): {"key": list(key), "received": received, "reordered": reordered,
-                        "reordered_at_setup": at_setup, "bytes": size}
-            for flow, (key, received, reordered, size, _, at_setup, _) in sorted(self._flows.items())
+            str(flow): {"key": list(c[0]), "received": c[1], "reordered": c[2], "reordered_at_setup": c[5],
+                        "bytes": c[3], "delay_bins": _delay_bins(c[11] + [(c[8], c[9], c[10])])}
+            for flow, c in sorted(self._flows.items())
         }
         return {
             "time": time.time(),
@@ -247,8 +269,15 @@ class SinkCounters:
             "reordered": sum(flow["reordered"] for flow in flows.values()),
             "reordered_at_setup": sum(flow["reordered_at_setup"] for flow in flows.values()),
             "ignored": self.ignored,
+            "delay_bin_s": DELAY_BIN_NS / 1e9,
             "flows": flows,
         }
+
+
+def _delay_bins(bins: list[tuple[int, int, int]]) -> list[list]:
+    """[bin start (s since the epoch), packets, mean one-way delay (ms)] of each bin with packets."""
+    return [[start * DELAY_BIN_NS / 1e9, packets, round(total / packets / 1e6, 3)]
+            for start, packets, total in bins if packets]
 
 
 def run_sink(interface: str, out: str | os.PathLike) -> None:
@@ -282,7 +311,7 @@ def run_sink(interface: str, out: str | os.PathLike) -> None:
                 except TimeoutError:
                     frame, address = None, None
                 if frame is not None and address[2] != PACKET_OUTGOING:
-                    counters.count(frame)
+                    counters.count(frame, time.time_ns())
                 if dump_requested:
                     dump()
     except KeyboardInterrupt:
@@ -293,10 +322,12 @@ def run_sink(interface: str, out: str | os.PathLike) -> None:
 
 
 def flow_outcomes(sent_log: dict, sink_log: dict) -> dict:
-    """Per-flow and total sent, received, lost (sent - received) and reordered packets."""
+    """Per-flow and total sent, received, lost (sent - received) and reordered packets, and each flow's
+    delay bins (the sink's [bin start s, packets, mean delay ms])."""
     flows = {}
+    nothing = {"received": 0, "reordered": 0, "reordered_at_setup": 0, "delay_bins": []}
     for flow, entry in sent_log["flows"].items():
-        arrived = sink_log["flows"].get(flow, {"received": 0, "reordered": 0, "reordered_at_setup": 0})
+        arrived = sink_log["flows"].get(flow, nothing)
         flows[flow] = {
             "key": entry["key"],
             "sent": entry["sent"],
@@ -304,6 +335,7 @@ def flow_outcomes(sent_log: dict, sink_log: dict) -> dict:
             "lost": entry["sent"] - arrived["received"],
             "reordered": arrived["reordered"],
             "reordered_at_setup": arrived["reordered_at_setup"],
+            "delay_bins": arrived["delay_bins"],
         }
     unexpected = sorted(set(sink_log["flows"]) - set(sent_log["flows"]), key=int)
     if unexpected:
