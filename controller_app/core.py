@@ -33,6 +33,7 @@ from controller_app.costs import cost_view, measured_cost
 from controller_app.decisions import DecisionRecord
 from controller_app.execution import Executor
 from controller_app.instances import NFChannel, NFRuntime
+from controller_app.metrics import ControllerMetrics
 from controller_app.state_collection import MigrationLatency, StateCollector
 from controller_app.steering import FlowRegistry, Steering, Switch
 from controller_app.transitions import TransitionLog, transition
@@ -80,6 +81,7 @@ class Controller:
         self.state: ClusterState | None = None
         self._manual: deque[Action] = deque()
         self._next_decision_id = 1
+        self.metrics = ControllerMetrics(self, clock)
 
     # --- configuration ----------------------------------------------------------------------
     def reconfigure(self, patch: Any) -> ControllerConfig:
@@ -157,6 +159,7 @@ class Controller:
             if record.predicted is not None and (record.origin == "manual" or self.config.mode is Mode.AUTO):
                 self._execute(state, record)
             self.decisions.append(record)
+            self.metrics.record(record)
         self.transitions.hold(transition(self._wall(), state, scenario.kind, self.config, record))
         return record
 

@@ -2,7 +2,9 @@
 
 Reads are open; writes (PUT /config, POST /migrations) need `Authorization: Bearer <token>`
 with the token of the controller config. Every answer, errors included, is JSON: a bad request
-gets a 4xx naming the problem and the controller carries on.
+gets a 4xx naming the problem and the controller carries on. The one exception is the Prometheus
+exposition (controller_app.metrics), in the text format at /metrics (Prometheus's default scrape path)
+and at /deepmigration/v1/metrics (where the API's spec documents it).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from ryu.app.wsgi import ControllerBase, Response, WSGIApplication, route
 
 from controller_app.config import ConfigError
 from controller_app.core import DECISIONS_KEPT, Controller
+from controller_app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from controller_app.views import (
     ActionRejected,
     action_view,
@@ -31,8 +34,9 @@ MAX_BODY_BYTES = 1 << 20
 DEFAULT_DECISIONS = 20
 CORE = "core"
 
+METRICS = "/metrics"
 ALLOWED = {"/state": "GET", "/instances": "GET", "/flows": "GET", "/decisions": "GET",
-           "/config": "GET, PUT", "/migrations": "POST"}
+           "/config": "GET, PUT", "/migrations": "POST", METRICS: "GET"}
 
 
 class ApiError(Exception):
@@ -127,9 +131,20 @@ class DeepMigrationRest(ControllerBase):
         action = self.core.submit(_json_body(req))
         return json_response({"queued": action_view(action)}, 202)
 
+    @route("dm_metrics", METRICS, methods=["GET"])
+    @_answers_json
+    def get_metrics(self, req, **_):
+        response = Response(status=200, body=self.core.metrics.text())
+        response.headers["Content-Type"] = METRICS_CONTENT_TYPE
+        return response
+
+    @route("dm_metrics_api", PREFIX + METRICS, methods=["GET"])
+    def get_metrics_in_api(self, req, **_):
+        return self.get_metrics(req)
+
     @_answers_json
     def method_not_allowed(self, req, **_):
-        allowed = ALLOWED[req.path_info[len(PREFIX):]]
+        allowed = ALLOWED[req.path_info.removeprefix(PREFIX)]
         raise ApiError(405, f"{req.method} is not allowed here; use {allowed}", headers={"Allow": allowed})
 
     def _authorise(self, req) -> None:
@@ -156,3 +171,5 @@ def register(wsgi: WSGIApplication, core: Controller) -> None:
     for path in ALLOWED:
         wsgi.mapper.connect(f"dm_not_allowed{path}", PREFIX + path, controller=DeepMigrationRest,
                             action="method_not_allowed")
+    wsgi.mapper.connect("dm_not_allowed_root_metrics", METRICS, controller=DeepMigrationRest,
+                        action="method_not_allowed")

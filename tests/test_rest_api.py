@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from mininet_topos.testbed import LOCALHOST, free_tcp_port, ryu_controller
 from tests.controller_rig import cluster_dict
@@ -102,6 +103,22 @@ def test_reads_and_an_authorised_config_change(api):
     status, config, _ = call(base + "/config", "PUT", b'{"thresholds": {"high": 0.7}, "mode": "dry-run"}')
     assert status == 200 and config["thresholds"]["high"] == 0.7 and config["mode"] == "dry-run"
     assert "token" not in call(base + "/config")[1]
+
+
+def test_metrics_in_the_prometheus_text_format_at_the_root_and_under_the_api(api):
+    base, _ = api
+    root = base.removesuffix("/deepmigration/v1")
+    for url in (root + "/metrics", base + "/metrics"):
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+            families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+        decisions = families["deepmigration_decisions"]  # the parser names a counter without _total
+        assert decisions.type == "counter" and all(s.value == 0 for s in decisions.samples)
+        active = {s.labels["instance"]: s.value for s in families["deepmigration_instance_active"].samples}
+        assert active == {"nf1": 1.0, "nf2": 1.0, "nf3": 0.0}
+    status, answer, headers = call(root + "/metrics", "POST", b"{}")
+    assert (status, headers["Allow"]) == (405, "GET") and "POST is not allowed" in answer["error"]
 
 
 @pytest.mark.network
