@@ -4,7 +4,8 @@ Starts Open vSwitch (userspace datapath), the controller under `ryu-manager cont
 Mininet NF cluster (source, sink, N active and K standby NF instances) and the replay of a trace
 window; prints the REST address and one line per period while it runs; then prints and writes a
 summary (decisions, migrations, scenarios, packets sent / lost / reordered, decision and migration
-latencies). Everything it started is torn down on the way out, also on Ctrl-C, SIGTERM or an error.
+latencies, and the closed loop's figures: SLA flow-seconds from the sink's per-packet delays,
+instance-seconds, flows migrated twice, reversals, as twin.loop_metrics defines them). Everything it started is torn down on the way out, also on Ctrl-C, SIGTERM or an error.
 
     sudo .venv/bin/dm-demo --duration 60 --json summary.json
 
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from twin.flow import FlowKey
+from twin.loop_metrics import flows_migrated_twice, instance_seconds, reversals, sla_violation_flow_seconds
 
 DEFAULT_POLICY = "deepmigration"
 """The policy dm-demo runs unless --policy says otherwise (any name of gnn_policy.registry): the
@@ -107,6 +109,10 @@ class LiveLoop:
     workdir: Path
     transition_log: Path
     decisions: dict[int, dict] = field(default_factory=dict)
+    sla_ms: dict[str, float] = field(default_factory=dict)
+    """Each flow's SLA (LA^f) as the controller drew it, by flow id, from every `poll_state`."""
+    active: list[tuple[float, int]] = field(default_factory=list)
+    """(time.monotonic(), active instances) at every `poll_state`."""
 
     def poll_decisions(self) -> list[dict]:
         """Fetch the latest decisions; returns the new ones (all are kept in `decisions` by id)."""
@@ -114,6 +120,14 @@ class LiveLoop:
         for decision in new:
             self.decisions[decision["id"]] = decision
         return sorted(new, key=lambda d: d["id"])
+
+    def poll_state(self) -> dict:
+        """GET /state, returned; also keeps the active instance count and, from GET /flows, every flow's
+        SLA (a flow stays in /flows for its rules' idle timeout, longer than a period, so none is missed)."""
+        state = self.api.get("/state")
+        self.active.append((time.monotonic(), sum(i["active"] for i in state["instances"])))
+        self.sla_ms.update((flow["id"], flow["sla_ms"]) for flow in self.api.get("/flows"))
+        return state
 
     def wait_for(self, condition: Callable[[], object], timeout: float, what: str, every: float = 0.2):
         """Poll `condition` until it returns something truthy (returned); TimeoutError naming `what`."""
@@ -219,10 +233,13 @@ NF_COUNTERS = ("received", "processed", "forwarded", "dropped", "socket_dropped"
 
 
 def summarise(decisions: list[dict], outcomes: dict, nf_reports: dict[str, dict],
-              sink_socket_dropped: int) -> dict:
+              sink_socket_dropped: int, *, sla_ms: dict[str, float] | None = None,
+              instance_s: float | None = None) -> dict:
     """The run's figures from the controller's decisions, the sender/sink outcome and the NF reports;
     packets lost are split into NF drops (a full buffer, by design), packets the kernel dropped on a
-    full packet-socket queue (the machine, not the design) and the rest."""
+    full packet-socket queue (the machine, not the design) and the rest. `sla_ms` (flow id -> SLA) and
+    `instance_s` come from the periodic state reads (`LiveLoop.poll_state`); without them the SLA
+    figures and `instance_s` are None."""
     runs = [m for d in decisions for m in d["migrations"]]
     done = [m for m in runs if m["outcome"] == "done"]
     migrated = {m["flow"] for m in done}
@@ -258,7 +275,33 @@ def summarise(decisions: list[dict], outcomes: dict, nf_reports: dict[str, dict]
         "decision_ms_p99": _percentile([d["decision_ms"] for d in decisions if d["origin"] == "policy"], 99),
         "migration_ms_p50": _percentile([m["duration_ms"] for m in done], 50),
         "migration_ms_p99": _percentile([m["duration_ms"] for m in done], 99),
+        **delay_figures(outcomes, sla_ms),
+        "instance_s": None if instance_s is None else round(instance_s, 3),
+        "flows_migrated_twice": flows_migrated_twice((d["time"], m["flow"]) for d in decisions
+                                                     for m in d["migrations"] if m["outcome"] == "done"),
+        "reversals": reversals((d["time"], len(d["started"]), len(d["stopped"])) for d in decisions
+                               if d["started"] or d["stopped"]),
     }
+
+
+def delay_figures(outcomes: dict, sla_ms: dict[str, float] | None) -> dict:
+    """From the sink's per-flow delay bins (`outcomes`, trace_replay.live.flow_outcomes): the packets' mean
+    one-way delay, the 99th percentile of the flow-seconds' mean delays and, with each flow's SLA,
+    `sla_violation_flow_s` (flow-seconds whose mean delay exceeds the flow's SLA; every flow) and
+    `flows_without_sla` (flows the controller never listed: not judged)."""
+    bins = [(FlowKey.of(*flow["key"]).id, packets, mean_ms)
+            for flow in outcomes["flows"].values() for _, packets, mean_ms in flow.get("delay_bins", [])]
+    packets = sum(count for _, count, _ in bins)
+    figures = {"packet_delay_ms_mean": round(sum(c * ms for _, c, ms in bins) / packets, 3) if packets else None,
+               "flow_s_delay_ms_p99": _percentile([ms for _, _, ms in bins], 99),
+               "sla_violation_flow_s": None, "flows_without_sla": None}
+    if sla_ms is not None:
+        judged = [(ms, sla_ms[flow]) for flow, _, ms in bins if flow in sla_ms]
+        figures["sla_violation_flow_s"] = sla_violation_flow_seconds(
+            [ms for ms, _ in judged], [sla for _, sla in judged], outcomes.get("delay_bin_s", 1.0))
+        figures["flows_without_sla"] = len({FlowKey.of(*f["key"]).id for f in outcomes["flows"].values()}
+                                           - set(sla_ms))
+    return figures
 
 
 def progress_line(elapsed: float, state: dict, loop: LiveLoop) -> str:
@@ -297,6 +340,7 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
                                            duration=args.duration * args.speed,
                                            **({"max_flows": args.max_flows} if args.max_flows else {}))
         started = time.monotonic()
+        loop.poll_state()
         auto = False
         while replay.poll() is None:
             if not auto and time.monotonic() - started >= WARM_UP_PERIODS * args.period:
@@ -305,18 +349,20 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
             time.sleep(max(args.period - (time.monotonic() - started) % args.period, 0.05))
             loop.check_controller()
             loop.poll_decisions()
-            out(progress_line(time.monotonic() - started, loop.api.get("/state"), loop))
+            out(progress_line(time.monotonic() - started, loop.poll_state(), loop))
         if replay.returncode != 0:
             raise RuntimeError(f"the replay failed (exit {replay.returncode}); see {workdir}/replay.log")
         loop.drain()
         loop.poll_decisions()
+        loop.poll_state()
         reports = {name: client.report() for name, client in loop.cluster.clients.items() if not _dead(client)}
         sink = loop.cluster.sink_counts()
         outcomes = flow_outcomes(json.loads(sent_log.read_text()), sink)
         summary = {"policy": args.policy, "duration_s": round(time.monotonic() - started, 1),
                    "instances": args.instances, "standby": args.standby, "capacity_pps": args.capacity,
                    **summarise(sorted(loop.decisions.values(), key=lambda d: d["id"]), outcomes, reports,
-                                sink["socket_dropped"]),
+                               sink["socket_dropped"], sla_ms=loop.sla_ms,
+                               instance_s=instance_seconds(loop.active, end_s=loop.active[-1][0])),
                    "rest": loop.api.base}
     return summary
 

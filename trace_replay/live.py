@@ -344,7 +344,7 @@ def flow_outcomes(sent_log: dict, sink_log: dict) -> dict:
         name: sum(flow[name] for flow in flows.values())
         for name in ("sent", "received", "lost", "reordered", "reordered_at_setup")
     }
-    return {**totals, "flows": flows}
+    return {**totals, "delay_bin_s": sink_log.get("delay_bin_s", DELAY_BIN_NS / 1e9), "flows": flows}
 
 
 # ---------------------------------------------------------------------------------------------
