@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -72,11 +72,13 @@ def run_closed_loop(
     *,
     thresholds: Thresholds | None = None,
     params: CostParams | None = None,
+    on_period: Callable[[], None] = lambda: None,
 ) -> list[list[Period]]:
     """Drive every episode of `twin` to its horizon: `policies[b]` (and `stabilizers[b]`) decide episode b.
 
     Give each episode its own fresh policy and stabilizer: both may keep state across periods.
-    `thresholds` and `params` default to the twin's. Returns the periods of each episode.
+    `thresholds` and `params` default to the twin's; `on_period` is told when each period is done.
+    Returns the periods of each episode.
     """
     thresholds = twin.thresholds if thresholds is None else thresholds
     params = twin.params if params is None else params
@@ -94,6 +96,7 @@ def run_closed_loop(
         for b, periods in enumerate(_step(twin, [d[0] for d in decided], slots, thresholds, params, now_s)):
             runs[b].append(Period(**periods, decision_ms=decided[b][1]))
         period += 1
+        on_period()
     return runs
 
 
