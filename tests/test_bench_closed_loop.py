@@ -67,7 +67,7 @@ def test_stabilizer_off_is_the_plain_loop(tmp_path):
 
 @pytest.mark.parametrize("argv,fragment", [
     (["--experiment", "scale-in", "--speed", "2"], "--speed applies to --experiment closed-loop only"),
-    ([*SMALL, "--periods", "400"], "shorter than an episode"),
+    ([*SMALL, "--policies", "ofm", "--periods", "400"], "shorter than an episode"),
     ([*SMALL, "--policies", "nope"], "unknown policy 'nope'"),
     ([*SMALL, "--standby", "-1"], "must be at least 0"),
     ([*SMALL, "--speed", "0"], "must be a positive number"),
