@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from trace_replay.cli_types import positive_float, positive_int
+from trace_replay.cli_types import non_negative_int, positive_float, positive_int
 
 EXPERIMENT_CHOICES = ("scale-out", "scale-in", "lb", "time", "all", "closed-loop")
 DEFAULT_POLICIES = "ofm,size-greedy,pairwise,random,optimal"
@@ -87,16 +87,6 @@ def _parser() -> argparse.ArgumentParser:
                       help="run each policy with the stabilizer, without it (today's loop) or both "
                            f"(default {LOOP_OPTIONS['stabilizer']})")
     return parser
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0: {text!r}")
-    return value
 
 
 def _bench(args: argparse.Namespace, argv: list[str]) -> int:
