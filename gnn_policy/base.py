@@ -23,6 +23,9 @@ class Problem:
     scenario: Scenario
     thresholds: Thresholds
     params: CostParams = CostParams()
+    budget_queue: float = 0.0
+    """Q(t), the migration-budget deficit of `gnn_policy.stabilizer` (0 without one): a policy may spend
+    fewer migrations when it is large."""
 
     @classmethod
     def of(cls, state: ClusterState, thresholds: Thresholds, params: CostParams = CostParams()) -> Problem:

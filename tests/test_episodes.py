@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.pcap_builder import Frame, ethernet, udp, write_pcap
 from trace_replay.episodes import build_episodes
 from trace_replay.flows import read_flows
 from trace_replay.generate import sample_path
@@ -147,11 +148,64 @@ def test_seeded(table):
     assert torch.equal(*rewards)
 
 
-def test_time_scale_speeds_the_replay_up(table):
+def test_speed_packs_more_trace_into_each_step(table):
+    """At speed 2 a step of 0.05 s replays the same 0.1 trace seconds as a 0.1 s step at speed 1."""
     normal = build_episodes(PCAP, table=table, seed=5, **SHAPE)
-    fast = build_episodes(PCAP, table=table, seed=5, time_scale=0.5, **SHAPE)
+    fast = build_episodes(PCAP, table=table, seed=5, speed=2.0, **{**SHAPE, "bin_s": 0.05})
     assert fast.step_s == pytest.approx(normal.step_s / 2)
     assert np.allclose(fast.rate, 2 * normal.rate)
+    assert np.array_equal(fast.start_s, normal.start_s)
+
+
+def test_speed_compresses_a_window_into_fewer_steps(table):
+    """A 1 s step at speed 5 holds the packets of 5 trace seconds."""
+    slow = build_episodes(PCAP, table=table, seed=2, n_episodes=2, n_steps=50, n_instances=4, bin_s=1.0,
+                          max_flows=20_000)
+    fast = build_episodes(PCAP, table=table, seed=2, n_episodes=2, n_steps=10, n_instances=4, bin_s=1.0,
+                          max_flows=20_000, speed=5.0)
+    assert fast.step_s == 1.0 and fast.rate.sum() > 3 * slow.rate[:, :10].sum()
+
+
+@pytest.mark.parametrize("bin_s", [1.0, 0.1])
+@pytest.mark.parametrize("n_instances", [1, 6, 20])
+def test_no_episode_degenerates_at_any_bin_or_cluster_size(table, bin_s, n_instances):
+    """The set-up of the issue (1 s bins, 400 flows) used to leave every episode without a flow."""
+    batch = build_episodes(PCAP, table=table, seed=0, n_episodes=4, n_steps=120, n_instances=n_instances,
+                           n_standby=4, bin_s=bin_s, max_flows=400)
+    kept = (batch.flow_ids != "").sum(axis=1)
+    assert (kept >= 0.5 * 400 * 0.9).all()
+    assert (batch.rate.sum(axis=(1, 2)) > 0).all()
+    live_steps = np.maximum(batch.departure - np.minimum(batch.arrival, batch.departure), 1)
+    largest = (batch.rate.sum(axis=1) / live_steps).max(axis=1)
+    assert np.allclose(batch.capacity.min(axis=1), batch.capacity.max(axis=1))
+    assert (batch.capacity[:, 0] >= largest / Sizing().max_flow_share - 1e-6).all()
+    utilisation = batch.rate.sum(axis=2).mean(axis=1) / (n_instances * batch.capacity[:, 0])
+    assert (utilisation <= 0.5 + 1e-6).all() and (utilisation > 0.01).all()
+
+
+def _burst_trace(path, starts):
+    """One UDP flow per start time: 10 packets within 10 ms."""
+    frames = [Frame(start + k * 0.001, ethernet(udp("10.0.0.1", 10_000 + n, "10.0.0.2", 53, 40)))
+              for n, start in enumerate(starts) for k in range(10)]
+    return write_pcap(path, frames)
+
+
+def test_a_window_whose_every_flow_is_heavy_keeps_half_of_them(tmp_path):
+    """One short burst per second: each flow alone exceeds 10 % of an instance sized on the mean load."""
+    pcap = _burst_trace(tmp_path / "bursts.pcap", [float(s) for s in range(40)])
+    batch = build_episodes(pcap, seed=0, n_episodes=3, n_steps=20, n_instances=2, bin_s=1.0, max_flows=100)
+    for b in range(batch.n_episodes):
+        in_window = int(((np.arange(40) >= np.floor(batch.start_s[b])) &
+                         (np.arange(40) < batch.start_s[b] + 20)).sum())
+        kept = int((batch.flow_ids[b] != "").sum())
+        assert kept >= in_window // 2 and kept > 0
+        assert batch.capacity[b, 0] == pytest.approx(10.0 / Sizing().max_flow_share)
+
+
+def test_a_window_without_flows_is_refused_naming_it(tmp_path):
+    pcap = _burst_trace(tmp_path / "gap.pcap", [0.0, 100.0])
+    with pytest.raises(ValueError, match=r"episode 0 \(trace window .* s\) holds no flow"):
+        build_episodes(pcap, seed=0, n_episodes=1, n_steps=10, n_instances=2, bin_s=1.0)
 
 
 @pytest.mark.parametrize(
@@ -160,7 +214,8 @@ def test_time_scale_speeds_the_replay_up(table):
         ({"n_steps": 10_000, "bin_s": 1.0}, "shorter than an episode"),
         ({"n_steps": 1}, "n_steps must be at least 2"),
         ({"n_episodes": 0}, "n_episodes must be at least 1"),
-        ({"bin_s": 0.0}, "bin_s and time_scale must be positive"),
+        ({"bin_s": 0.0}, "bin_s and speed must be positive"),
+        ({"speed": -1.0}, "bin_s and speed must be positive"),
         ({"target_utilisation": (0.5, 0.2)}, "target_utilisation"),
     ],
 )

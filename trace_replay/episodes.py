@@ -9,7 +9,9 @@ the trace, which is what makes overload, underload and imbalance come and go ove
 Flows come from the trace's `FlowTable`; the per-bin packet counts from one streaming pass over
 the packets, so memory is the episode arrays (B·T·F rates, stored as float32) plus one packet batch.
 Instances are sized per episode so that the active ones run at a seeded target utilisation on
-average, with buffers and the heavy-flow rule of the scenario builders' `Sizing`.
+average, with buffers and the heavy-flow rule of the scenario builders' `Sizing`, bounded so that it
+never empties a window (docs/twin.md, "Trace-driven episodes"). A window with nothing to replay is
+refused with a `ValueError` naming it.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class EpisodeBatch:
     start_s: np.ndarray
     """[B] trace timestamp at which each episode's window opens."""
     step_s: float
-    """Simulated seconds per step: the bin width times the time scale."""
+    """Simulated seconds per step (`bin_s`); each step replays `bin_s · speed` trace seconds."""
     source: str
 
     def __post_init__(self) -> None:
@@ -110,52 +112,56 @@ def build_episodes(
     n_standby: int = 0,
     max_flows: int = 400,
     bin_s: float = 0.1,
-    time_scale: float = 1.0,
+    speed: float = 1.0,
     target_utilisation: tuple[float, float] = (0.25, 0.5),
     sizing: Sizing = Sizing(),
     params: CostParams = CostParams(),
 ) -> EpisodeBatch:
-    """Cut `n_episodes` seeded windows of `n_steps` bins of `bin_s` trace seconds out of a trace.
+    """Cut `n_episodes` seeded windows of `n_steps` steps of `bin_s` simulated seconds out of a trace.
 
     `table` is the trace's flow table if already read (it must be built without an idle timeout,
-    so that a 5-tuple names one flow). `time_scale` is simulated seconds per trace second: 0.5
-    replays the trace twice as fast (rates double, steps last half as long). Each episode's
-    instances are equal, sized so that the `n_instances` active ones run on average at a target
-    utilisation drawn from `target_utilisation`; `n_standby` more wait stopped.
+    so that a 5-tuple names one flow). `speed` is trace seconds per simulated second, as
+    `dm-demo --speed`: each step replays `bin_s · speed` trace seconds, so 5 packs five times the
+    trace into each step (rates ×5). Each episode's instances are equal, sized so that the
+    `n_instances` active ones run on average at a target utilisation drawn from
+    `target_utilisation`; `n_standby` more wait stopped. Raises ValueError naming the episode and its
+    window when a window holds no flow or no packet.
     """
-    _check_shape(
-        n_episodes, n_steps, n_instances, n_standby, max_flows, bin_s, time_scale, target_utilisation
-    )
+    _check_shape(n_episodes, n_steps, n_instances, n_standby, max_flows, bin_s, speed, target_utilisation)
     table = read_flows(pcap) if table is None else table
     records = table.records
     _require(len(records) > 0, f"trace {table.source} holds no flows")
     rng = np.random.default_rng(seed)
 
-    window_s = n_steps * bin_s
+    trace_bin_s = bin_s * speed
+    window_s = n_steps * trace_bin_s
     first, last = float(records["first_ts"].min()), float(records["last_ts"].max())
     _require(
         last - first >= window_s,
-        f"trace {table.source} lasts {last - first:.1f} s, shorter than an episode of {n_steps} x {bin_s} s",
+        f"trace {table.source} lasts {last - first:.1f} s, shorter than an episode of {n_steps} x {bin_s} s"
+        f" at speed {speed:g} ({window_s:g} trace seconds)",
     )
     start_s = rng.uniform(first, last - window_s, n_episodes)
     windows = _Windows(
         start_s=start_s,
         flows=[_select_flows(records, start, start + window_s, max_flows, rng) for start in start_s],
-        bin_s=bin_s,
+        bin_s=trace_bin_s,
         n_steps=n_steps,
         max_flows=max_flows,
     )
-    rate = _count_packets(pcap, records, windows) / (bin_s * time_scale)
+    rate = _count_packets(pcap, records, windows) / bin_s
+    _require_traffic(rate, windows)
     arrival, departure = _live_steps(records, windows)
 
     target = rng.uniform(*target_utilisation, n_episodes)
-    heavy = _heavy_flows(rate, arrival, departure, n_instances, target, sizing.max_flow_share)
+    heavy = _heavy_flows(rate, arrival, departure, n_instances, target, sizing.max_flow_share, windows)
     rate[np.broadcast_to(heavy[:, None, :], rate.shape)] = 0.0
     arrival[heavy], departure[heavy] = n_steps, n_steps
     five_tuple, byte_rate, flow_ids = _slot_flows(table, windows, heavy)
 
     n_total = n_instances + n_standby
-    capacity = np.repeat(_capacity(rate, n_instances, target)[:, None], n_total, axis=1)
+    per_instance = _fitting_capacity(rate, arrival, departure, n_instances, target, sizing.max_flow_share)
+    capacity = np.repeat(per_instance[:, None], n_total, axis=1)
     return EpisodeBatch(
         rate=rate.astype(np.float32),
         arrival=arrival,
@@ -168,7 +174,7 @@ def build_episodes(
         buffer=capacity * sizing.buffer_ms / 1000.0,
         initially_active=np.broadcast_to(np.arange(n_total) < n_instances, (n_episodes, n_total)).copy(),
         start_s=start_s,
-        step_s=bin_s * time_scale,
+        step_s=bin_s,
         source=table.source,
     )
 
@@ -182,6 +188,7 @@ class _Windows:
     flows: list[np.ndarray]
     """Per episode, the table indices of its flows in slot order (at most `max_flows`)."""
     bin_s: float
+    """Trace seconds per step."""
     n_steps: int
     max_flows: int
 
@@ -193,7 +200,7 @@ def _check_shape(
     n_standby: int,
     max_flows: int,
     bin_s: float,
-    time_scale: float,
+    speed: float,
     target_utilisation: tuple[float, float],
 ) -> None:
     """Refuse, naming the argument, an episode shape `build_episodes` cannot fill."""
@@ -205,7 +212,7 @@ def _check_shape(
     )
     _require(max_flows >= 1, f"max_flows must be at least 1, got {max_flows}")
     _require(
-        bin_s > 0 and time_scale > 0, f"bin_s and time_scale must be positive, got {bin_s} and {time_scale}"
+        bin_s > 0 and speed > 0, f"bin_s and speed must be positive, got {bin_s} and {speed}"
     )
     low, high = target_utilisation
     _require(
@@ -291,6 +298,24 @@ def _count_packets(pcap: str | os.PathLike, records: np.ndarray, windows: _Windo
     return counts.reshape(n_episodes, n_steps, max_flows)
 
 
+MAX_HEAVY_SHARE = 0.5
+"""The heavy-flow rule leaves out at most this share of the flows that send packets in a window."""
+
+
+def _require_traffic(rate: np.ndarray, windows: _Windows) -> None:
+    """Refuse a window with nothing to replay, naming the episode and where its window lies."""
+    for b, flows in enumerate(windows.flows):
+        start, end = windows.start_s[b], windows.start_s[b] + windows.n_steps * windows.bin_s
+        where = f"episode {b} (trace window {start:.3f}-{end:.3f} s)"
+        _require(flows.size > 0, f"{where} holds no flow; choose another seed or a longer window")
+        _require(rate[b].any(), f"{where}: its {flows.size} flows send no packet inside it")
+
+
+def _mean_rate_while_live(rate: np.ndarray, arrival: np.ndarray, departure: np.ndarray) -> np.ndarray:
+    """[B, F] each slot's mean rate over the steps its flow is live."""
+    return rate.sum(axis=1) / np.maximum(departure - np.minimum(arrival, departure), 1)
+
+
 def _heavy_flows(
     rate: np.ndarray,
     arrival: np.ndarray,
@@ -298,23 +323,48 @@ def _heavy_flows(
     n_active: int,
     target: np.ndarray,
     max_flow_share: float,
+    windows: _Windows,
 ) -> np.ndarray:
     """[B, F] flows whose mean rate while live exceeds `max_flow_share` of an instance (the builders' rule).
 
     Leaving flows out shrinks the instances sized on the rest, so the rule is reapplied until no kept
-    flow is heavy.
+    flow is heavy, but it leaves out at most MAX_HEAVY_SHARE of the window's flows that send packets in
+    it, the heaviest first: in a sparse or bursty window every flow can look heavy and the cascade would
+    empty it.
     """
-    mean_rate = rate.sum(axis=1) / np.maximum(departure - np.minimum(arrival, departure), 1)
+    mean_rate = _mean_rate_while_live(rate, arrival, departure)
     heavy = np.zeros(mean_rate.shape, dtype=bool)
-    while True:
-        kept_rate = np.where(heavy[:, None, :], 0.0, rate)
-        newly_heavy = ~heavy & (mean_rate > max_flow_share * _capacity(kept_rate, n_active, target)[:, None])
-        if not newly_heavy.any():
-            return heavy
-        heavy |= newly_heavy
+    for b, flows in enumerate(windows.flows):
+        limit = int(MAX_HEAVY_SHARE * np.count_nonzero(mean_rate[b]))
+        by_rate = np.argsort(-mean_rate[b, : flows.size], kind="stable")
+        while True:
+            kept_rate = np.where(heavy[b], 0.0, rate[b])[None]
+            share = max_flow_share * _capacity(kept_rate, n_active, target[b : b + 1])[0]
+            newly = ~heavy[b] & (mean_rate[b] > share)
+            if not newly.any():
+                break
+            room = limit - int(heavy[b].sum())
+            if int(newly.sum()) > room:
+                heavy[b, [k for k in by_rate if newly[k]][:room]] = True
+                break
+            heavy[b] |= newly
+    return heavy
 
 
 def _capacity(rate: np.ndarray, n_active: int, target: np.ndarray) -> np.ndarray:
     """[B] capacity of one instance such that the active ones average `target` utilisation."""
-    mean_load = rate.sum(axis=2).mean(axis=1)
-    return np.maximum(mean_load, np.finfo(float).tiny) / (n_active * target)
+    return rate.sum(axis=2).mean(axis=1) / (n_active * target)
+
+
+def _fitting_capacity(
+    rate: np.ndarray,
+    arrival: np.ndarray,
+    departure: np.ndarray,
+    n_active: int,
+    target: np.ndarray,
+    max_flow_share: float,
+) -> np.ndarray:
+    """[B] the target-utilisation capacity of the kept flows, raised where needed so that the largest
+    kept flow is at most `max_flow_share` of an instance (then the episode runs below its target)."""
+    largest = _mean_rate_while_live(rate, arrival, departure).max(axis=1)
+    return np.maximum(_capacity(rate, n_active, target), largest / max_flow_share)

@@ -327,24 +327,30 @@ class BatchedTwin:
 
     def states(self, episodes: Sequence[int] | None = None) -> list[ClusterState]:
         """`state(b)` for each of `episodes` (all by default), converting each tensor to numpy once."""
-        arrays = {
-            name: getattr(self, name).cpu().numpy()
-            for name in (
-                "capacity",
-                "buffer",
-                "queue",
-                "active",
-                "processing_ms",
-                "migration_ms",
-                "flow_rate",
-                "byte_rate",
-                "flow_sla_ms",
-                "assignment",
-                "flow_live",
-                "start_time_s",
-            )
-        }
+        arrays = self._arrays()
         return [self._export(arrays, b) for b in (range(self.n_episodes) if episodes is None else episodes)]
+
+    def observed_states(self) -> tuple[list[ClusterState], list[np.ndarray]]:
+        """What the controller measures at the start of this step, and the slot of each state's flows.
+
+        The flows live in both the previous step and this one, at the rates of the previous step;
+        queues and assignment as they are now (docs/twin.md, "The closed loop"). Nothing is measured
+        before the first step. A twin without a trace (`from_states`) observes its exact state.
+        """
+        arrays = self._arrays()
+        if self._trace is not None:
+            trace, t = self._trace, self.time_step
+            seen = self.flow_live & (trace.arrival <= t - 1) & (t - 1 < trace.departure)
+            before = trace.rate[:, max(t - 1, 0), :].to(self.flow_rate.dtype)
+            arrays["flow_live"] = seen.cpu().numpy()
+            arrays["flow_rate"] = torch.where(seen, before, 0.0).cpu().numpy()
+        states = [self._export(arrays, b) for b in range(self.n_episodes)]
+        return states, [np.flatnonzero(arrays["flow_live"][b]) for b in range(self.n_episodes)]
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        names = ("capacity", "buffer", "queue", "active", "processing_ms", "migration_ms", "flow_rate",
+                 "byte_rate", "flow_sla_ms", "assignment", "flow_live", "start_time_s")
+        return {name: getattr(self, name).cpu().numpy() for name in names}
 
     def _export(self, arrays: dict[str, np.ndarray], b: int) -> ClusterState:
         n = len(self.instance_ids[b])
@@ -377,17 +383,19 @@ class BatchedTwin:
         return [detect(state, self.thresholds).kind for state in self.states()]
 
     def action_tensors(
-        self, actions: Sequence[IndexedAction]
+        self, actions: Sequence[IndexedAction], slots: Sequence[np.ndarray] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(dst, start, stop) for `step` from one IndexedAction per episode, indexed like `state(b)`."""
+        """(dst, start, stop) for `step` from one IndexedAction per episode, indexed like `state(b)`
+        or, given `slots` (as `observed_states` returns them), like the states those slots describe."""
         if len(actions) != self.n_episodes:
             raise ValueError(f"{len(actions)} actions for {self.n_episodes} episodes")
         dst = self.assignment.clone()
         start = torch.zeros_like(self.active)
         stop = torch.zeros_like(self.active)
         for b, action in enumerate(actions):
-            slots = torch.as_tensor(self.flow_slots(b)[action.flows], dtype=torch.long)
-            dst[b, slots] = torch.as_tensor(action.dst, dtype=torch.long, device=dst.device)
+            of_b = self.flow_slots(b) if slots is None else slots[b]
+            moved = torch.as_tensor(of_b[action.flows], dtype=torch.long)
+            dst[b, moved] = torch.as_tensor(action.dst, dtype=torch.long, device=dst.device)
             start[b, torch.as_tensor(action.start, dtype=torch.long)] = True
             stop[b, torch.as_tensor(action.stop, dtype=torch.long)] = True
         return dst, start, stop
@@ -536,14 +544,24 @@ class BatchedTwin:
         self.assignment = torch.where(live, self.assignment, -1)
         self.assignment = torch.where(arriving, self._steer(arriving), self.assignment)
 
-    def _steer(self, arriving: torch.Tensor) -> torch.Tensor:
+    def steer_away(self, flows: torch.Tensor, stop: torch.Tensor) -> None:
+        """Deal `flows` [B, F] that sit on an instance `stop` [B, N] stops onto the instances that stay
+        active, by the default steering rule: a flow that arrived after the decision never met the
+        instances it stops (the closed loop's order, docs/twin.md)."""
+        stranded = flows & self.flow_live & stop.gather(1, self.assignment.clamp(min=0))
+        staying = self.active & ~stop
+        self.assignment = torch.where(stranded, self._steer(stranded, staying), self.assignment)
+
+    def _steer(self, arriving: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         """Default steering of new flows: dealt round-robin over the active instances, least utilised first.
 
         The controller does not know a new flow's rate when its first packet arrives, so it spreads
-        the step's arrivals over the active instances in increasing order of their current utilisation.
+        the step's arrivals over the active instances (`self.active` unless given) in increasing
+        order of their current utilisation.
         """
-        utilisation = torch.where(self.active, self.utilisation, torch.inf)
+        active = self.active if active is None else active
+        utilisation = torch.where(active, self.utilisation, torch.inf)
         by_utilisation = torch.argsort(utilisation, dim=1, stable=True)
-        n_active = self.active.sum(-1, keepdim=True).clamp(min=1)
+        n_active = active.sum(-1, keepdim=True).clamp(min=1)
         rank = torch.cumsum(arriving.long(), dim=1) - 1
         return by_utilisation.gather(1, rank.clamp(min=0) % n_active)

@@ -1,4 +1,4 @@
-"""`dm-bench`: the DeepMigration paper's experiments (Figs. 4-7) for any set of policies, on any trace.
+"""`dm-bench`: the DeepMigration paper's experiments (Figs. 4-7) and the closed loop, for any policies and trace.
 
 Only the standard library (and `trace_replay.cli_types`, which needs nothing else) is imported at module
 level: the thread count of numpy's BLAS is fixed through the environment, which works only before numpy is
@@ -14,10 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-from trace_replay.cli_types import positive_float, positive_int
+from trace_replay.cli_types import non_negative_int, positive_float, positive_int
 
-EXPERIMENT_CHOICES = ("scale-out", "scale-in", "lb", "time", "all")
+EXPERIMENT_CHOICES = ("scale-out", "scale-in", "lb", "time", "all", "closed-loop")
 DEFAULT_POLICIES = "ofm,size-greedy,pairwise,random,optimal"
+LOOP_POLICIES = "ofm,size-greedy,deepmigration,pairwise,random"
+LOOP_OPTIMAL_LIMIT_S = 1.0
+LOOP_OPTIONS = {"speed": 1.0, "episodes": 8, "periods": 120, "instances": 6, "standby": 4, "stabilizer": "both"}
+"""The closed loop's options and their defaults (None on the command line means 'not given')."""
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                     "NUMEXPR_NUM_THREADS")
 FULL_SEEDS, QUICK_SEEDS = 5, 2
@@ -42,11 +46,12 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dm-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", choices=EXPERIMENT_CHOICES, default="all",
-                        help="which figure to regenerate (default: all)")
+                        help="which figure to regenerate, or closed-loop (default: all, the paper's four)")
     parser.add_argument("--trace", type=Path, metavar="PCAP",
                         help="pcap or pcap.gz trace (default: the shipped sample lbnl_sample.pcap.gz)")
-    parser.add_argument("--policies", default=DEFAULT_POLICIES, metavar="NAMES",
-                        help=f"comma-separated policy names (default: {DEFAULT_POLICIES})")
+    parser.add_argument("--policies", metavar="NAMES",
+                        help=f"comma-separated policy names (default: {DEFAULT_POLICIES}; closed-loop: "
+                             f"{LOOP_POLICIES})")
     parser.add_argument("--seed", type=int, default=0, metavar="K", help="first seed (default 0)")
     parser.add_argument("--seeds", type=positive_int, metavar="S",
                         help=f"seeds K..K+S-1 per point (default {FULL_SEEDS}, --quick {QUICK_SEEDS})")
@@ -61,12 +66,26 @@ def _parser() -> argparse.ArgumentParser:
                         help="torch and BLAS threads during the run (default 2)")
     parser.add_argument("--optimal-time-limit", type=positive_float, metavar="S",
                         help=f"Optimal's time limit per decision (default {FULL_OPTIMAL_LIMIT_S:g} s, "
-                             f"--quick {QUICK_OPTIMAL_LIMIT_S:g} s)")
+                             f"--quick {QUICK_OPTIMAL_LIMIT_S:g} s, closed-loop {LOOP_OPTIMAL_LIMIT_S:g} s)")
     parser.add_argument("--checkpoint", metavar="PATH", help="weights of the deepmigration policy")
     parser.add_argument("--repeats", type=positive_int, default=5, metavar="R",
                         help="most timed decide calls per record; the median is reported (default 5)")
     parser.add_argument("--time-budget", type=positive_float, default=1.0, metavar="S",
                         help="no further repetition once a record's calls took this long (default 1 s)")
+    loop = parser.add_argument_group("closed-loop", "options of --experiment closed-loop only")
+    loop.add_argument("--speed", type=positive_float, metavar="X",
+                      help=f"trace seconds per simulated second, as dm-demo --speed (default {LOOP_OPTIONS['speed']:g})")
+    loop.add_argument("--episodes", type=positive_int, metavar="E",
+                      help=f"trace windows every policy drives (default {LOOP_OPTIONS['episodes']})")
+    loop.add_argument("--periods", type=positive_int, metavar="P",
+                      help=f"controller periods (1 s) per episode (default {LOOP_OPTIONS['periods']})")
+    loop.add_argument("--instances", type=positive_int, metavar="N",
+                      help=f"initially active instances (default {LOOP_OPTIONS['instances']})")
+    loop.add_argument("--standby", type=non_negative_int, metavar="K",
+                      help=f"stopped instances ready to start (default {LOOP_OPTIONS['standby']})")
+    loop.add_argument("--stabilizer", choices=("on", "off", "both"),
+                      help="run each policy with the stabilizer, without it (today's loop) or both "
+                           f"(default {LOOP_OPTIONS['stabilizer']})")
     return parser
 
 
@@ -74,37 +93,22 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     from tqdm import tqdm
 
     from gnn_policy.bench import experiments
-    from gnn_policy.registry import UnknownPolicy, make_policy
-    from trace_replay.flows import read_flows
     from trace_replay.generate import sample_path
-    from trace_replay.pcap import PcapError
 
-    names = list(dict.fromkeys(name.strip() for name in args.policies.split(",") if name.strip()))
-    if not names:
-        raise BenchError("--policies names no policy")
+    names = _policy_names(args)
+    if args.experiment == "closed-loop":
+        return _bench_loop(args, argv, names)
+    given = [f"--{name}" for name in LOOP_OPTIONS if getattr(args, name) is not None]
+    if given:
+        raise BenchError(f"{given[0]} applies to --experiment closed-loop only")
     chosen = experiments.EXPERIMENTS if args.experiment == "all" else (args.experiment,)
     seeds = list(range(args.seed, args.seed + (args.seeds or (QUICK_SEEDS if args.quick else FULL_SEEDS))))
     limit = args.optimal_time_limit or (QUICK_OPTIMAL_LIMIT_S if args.quick else FULL_OPTIMAL_LIMIT_S)
     _check_outputs(args)
 
-    prototypes = {}
-    for name in names:
-        try:
-            prototypes[name] = {
-                seed: make_policy(name, seed=seed, time_limit_s=limit, checkpoint=args.checkpoint)
-                for seed in seeds}
-        except UnknownPolicy as error:
-            raise BenchError(str(error)) from None
-        except Exception as error:  # noqa: BLE001  any failure to build is reported naming the policy
-            raise BenchError(f"policy {name!r} cannot be built: {type(error).__name__}: {error}") from None
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(args.threads)
-
+    prototypes = {name: {seed: _policy(name, seed, limit, args) for seed in seeds} for name in names}
     trace = args.trace or sample_path()
-    try:
-        table = read_flows(trace)
-    except (PcapError, OSError) as error:
-        raise BenchError(f"cannot read trace {trace}: {error}") from None
+    table = _read_trace(trace)
 
     total = sum(experiments.count_cases(e, len(seeds), args.quick) for e in chosen) * len(names)
     began = time.perf_counter()
@@ -137,6 +141,81 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
         from gnn_policy.bench.plots import write_plots
 
         for path in write_plots(points, args.plots):
+            print(f"wrote {path}")
+    return 0
+
+
+def _policy_names(args: argparse.Namespace) -> list[str]:
+    default = LOOP_POLICIES if args.experiment == "closed-loop" else DEFAULT_POLICIES
+    text = default if args.policies is None else args.policies
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise BenchError("--policies names no policy")
+    return names
+
+
+def _policy(name: str, seed: int, limit: float, args: argparse.Namespace):
+    """A policy built by name, or a BenchError naming it; torch (once imported) runs on --threads threads."""
+    from gnn_policy.registry import UnknownPolicy, make_policy
+
+    try:
+        policy = make_policy(name, seed=seed, time_limit_s=limit, checkpoint=args.checkpoint)
+    except UnknownPolicy as error:
+        raise BenchError(str(error)) from None
+    except Exception as error:  # noqa: BLE001  any failure to build is reported naming the policy
+        raise BenchError(f"policy {name!r} cannot be built: {type(error).__name__}: {error}") from None
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(args.threads)
+    return policy
+
+
+def _read_trace(trace: Path):
+    from trace_replay.flows import read_flows
+    from trace_replay.pcap import PcapError
+
+    try:
+        return read_flows(trace)
+    except (PcapError, OSError) as error:
+        raise BenchError(f"cannot read trace {trace}: {error}") from None
+
+
+def _bench_loop(args: argparse.Namespace, argv: list[str], names: list[str]) -> int:
+    """The closed-loop experiment: build the episodes, run every policy and setting, report."""
+    from tqdm import tqdm
+
+    from gnn_policy.bench import loop
+    from trace_replay.generate import sample_path
+
+    options = {name: LOOP_OPTIONS[name] if getattr(args, name) is None else getattr(args, name)
+               for name in LOOP_OPTIONS}
+    setup = loop.LoopSetup(**{k: v for k, v in options.items() if k != "stabilizer"}, seed=args.seed)
+    _check_outputs(args)
+    limit = args.optimal_time_limit or LOOP_OPTIMAL_LIMIT_S
+    prototypes = {name: _policy(name, args.seed, limit, args) for name in names}
+    trace = args.trace or sample_path()
+    try:
+        batch = loop.build(trace, _read_trace(trace), setup)
+    except ValueError as error:
+        raise BenchError(f"cannot build the closed-loop episodes from {trace}: {error}") from None
+    settings = loop.STABILIZER_SETTINGS[options["stabilizer"]]
+    began = time.perf_counter()
+    with tqdm(total=len(names) * len(settings) * setup.periods, unit="period", file=sys.stderr,
+              disable=None) as bar:
+        runs = loop.run(batch, prototypes, settings, on_period=bar.update)
+    wall_s = time.perf_counter() - began
+    print(loop.format_table(runs))
+    records = [record for run in runs for record in run.records]
+    print(f"\n{len(records)} records in {wall_s:.1f} s")
+    if args.json:
+        meta = {"command": ["dm-bench", *argv], "trace": str(trace), "experiment": loop.EXPERIMENT,
+                "policies": names, **options, "seed": args.seed, "period_s": loop.PERIOD_S,
+                "max_flows": loop.MAX_FLOWS, "threads": args.threads, "optimal_time_limit_s": limit,
+                "wall_s": round(wall_s, 1), "machine": _machine()}
+        args.json.write_text(json.dumps({"meta": meta, "records": records}, indent=1, allow_nan=False) + "\n")
+    if args.plots:
+        from gnn_policy.bench.plots import write_loop_plots
+
+        for path in write_loop_plots(runs, args.plots):
             print(f"wrote {path}")
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -15,6 +16,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from gnn_policy.bench.experiments import Point
+
+if TYPE_CHECKING:
+    from gnn_policy.bench.loop import Run
 
 COLOURS = {"ofm": "tab:blue", "size-greedy": "tab:orange", "pairwise": "tab:green", "random": "tab:purple",
            "optimal": "tab:red", "deepmigration": "tab:brown"}
@@ -102,3 +106,33 @@ def _lines(points: Sequence[Point]):
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     figure.tight_layout()
     return figure
+
+
+def write_loop_plots(runs: Sequence[Run], directory: Path) -> list[Path]:
+    """`closed_loop_<policy>.png`: the first episode over time under each stabilizer setting: the
+    utilisation band (min-max over the active instances), the active instances, the migrations per period."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for policy in dict.fromkeys(run.policy for run in runs):
+        figure, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+        for run, colour in zip((r for r in runs if r.policy == policy), ("tab:red", "tab:blue"), strict=False):
+            periods = run.periods[0]
+            label = "stabilizer off" if run.stabilizer is None else "stabilizer on"
+            time_s = [p.time_s for p in periods]
+            axes[0].fill_between(time_s, [p.utilisation_min for p in periods],
+                                 [p.utilisation_max for p in periods], step="post", alpha=0.35, color=colour,
+                                 label=label)
+            axes[1].step(time_s, [p.active for p in periods], where="post", color=colour, label=label)
+            axes[2].step(time_s, [len(p.migrated) for p in periods], where="post", color=colour, label=label)
+        for ax, ylabel in zip(axes, ("utilisation (min-max)", "active instances", "migrations"), strict=True):
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        axes[0].set_title(f"closed loop: {policy}, episode 0")
+        axes[2].set_xlabel("loop time (s)")
+        figure.tight_layout()
+        path = directory / f"closed_loop_{policy.replace('-', '_')}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path)
+    return written

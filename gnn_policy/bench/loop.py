@@ -1,0 +1,105 @@
+"""`dm-bench --experiment closed-loop`: every policy, with and without the stabilizer, drives the same
+trace-driven episodes period by period (`gnn_policy.closed_loop`); one record per (policy, stabilizer,
+episode). docs/benchmark.md ("Closed loop") lists the defaults, the fields and the evaluation split.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gnn_policy.base import Policy
+from gnn_policy.closed_loop import Period, episode_metrics, run_closed_loop
+from gnn_policy.stabilizer import Stabilizer, StabilizerConfig
+from trace_replay.episodes import EpisodeBatch, build_episodes
+from trace_replay.flows import FlowTable
+from twin.params import CostParams, Thresholds
+from twin.sim import BatchedTwin
+
+EXPERIMENT = "closed-loop"
+PERIOD_S = 1.0
+"""One step of the twin is one controller period (the controller's default `period_s`)."""
+MAX_FLOWS = 4000
+"""Flow slots per episode: a seeded sample of the window's flows when it holds more (docs/benchmark.md)."""
+METRICS = ("total_cost", "invalid_actions", "sla_violation_flow_s", "packets_dropped", "instance_s", "migrations",
+           "flows_migrated_twice", "reversals", "decision_ms_p50")
+STABILIZER_SETTINGS = {"off": (None,), "on": (StabilizerConfig(),), "both": (None, StabilizerConfig())}
+"""What `--stabilizer` runs: None is today's loop (the policy on the measured state)."""
+
+
+@dataclass(frozen=True)
+class LoopSetup:
+    """The episodes every policy drives: E windows of P periods of one trace."""
+
+    episodes: int = 8
+    periods: int = 120
+    instances: int = 6
+    standby: int = 4
+    speed: float = 1.0
+    seed: int = 0
+
+
+def build(trace: str | Path, table: FlowTable, setup: LoopSetup) -> EpisodeBatch:
+    """The episodes of `setup`: P periods need P + 1 bins (the last one only ends the horizon)."""
+    return build_episodes(trace, table=table, n_episodes=setup.episodes, n_steps=setup.periods + 1,
+                          n_instances=setup.instances, n_standby=setup.standby, seed=setup.seed,
+                          max_flows=MAX_FLOWS, bin_s=PERIOD_S, speed=setup.speed)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (policy, stabilizer) over every episode: the records and each episode's periods (for the plots)."""
+
+    policy: str
+    stabilizer: dict | None
+    records: list[dict]
+    periods: list[list[Period]]
+
+
+def run(batch: EpisodeBatch, prototypes: Mapping[str, Policy], settings: Sequence[StabilizerConfig | None], *,
+        thresholds: Thresholds = Thresholds(), params: CostParams = CostParams(),
+        on_period: Callable[[], None] = lambda: None) -> list[Run]:
+    """Every policy under every stabilizer setting on the same episodes; each episode gets a fresh copy of
+    the policy and a fresh stabilizer."""
+    runs = []
+    for name, prototype in prototypes.items():
+        for config in settings:
+            twin = BatchedTwin.from_episodes(batch, params, thresholds)
+            policies = [copy.deepcopy(prototype) for _ in range(batch.n_episodes)]
+            stabilizers = [None if config is None else Stabilizer(config, thresholds, params)
+                           for _ in range(batch.n_episodes)]
+            periods = run_closed_loop(twin, policies, stabilizers, on_period=on_period)
+            setting = None if config is None else config.to_dict()
+            records = [{"experiment": EXPERIMENT, "policy": name, "stabilizer": setting, "episode": b,
+                        "window_start_s": float(batch.start_s[b]), **episode_metrics(mine, batch.step_s)}
+                       for b, mine in enumerate(periods)]
+            runs.append(Run(name, setting, records, periods))
+    return runs
+
+
+def format_table(runs: Sequence[Run]) -> str:
+    """Each metric's mean ± spread (sample standard deviation) over the episodes, one row per run."""
+    header = ("policy", "stabilizer", "episodes", *METRICS)
+    rows = [header]
+    for one in runs:
+        cells = [one.policy, "off" if one.stabilizer is None else "on", str(len(one.records))]
+        for metric in METRICS:
+            values = [r[metric] for r in one.records if r[metric] is not None]
+            cells.append(_mean_spread(values))
+        rows.append(tuple(cells))
+    widths = [max(len(row[k]) for row in rows) for k in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
+                     for row in rows)
+
+
+def _mean_spread(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{_number(statistics.fmean(values))} ± {_number(spread)}"
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"

@@ -1,0 +1,388 @@
+"""Stability that any policy gets: one component between the state collection and the policy.
+
+The controller and the twin's closed loop both call `Stabilizer.decide` once per period with the
+measured state (rates over the last period, queues and assignment now). It
+
+1. **estimates the load** over a window (`estimator`: an EWMA of time constant `horizon_s`, or the
+   mean over the last `horizon_s`) per flow, instead of acting on one period's counters; a flow new
+   this period counts at its measured rate;
+2. detects the need on the estimated state with a **dead band** (`tolerance`, in utilisation) around
+   Th_high and Th_low, and acts on it only once it **held for its window** (`scale_out_window_s`,
+   `scale_in_window_s`, `balance_window_s`: the Kubernetes HPA's stabilization windows);
+3. asks the policy, then **caps the migrations** of one period (`max_migrations`), trimming the
+   action so that it stays valid under `twin.migration.apply`;
+4. keeps the long-term **migration budget** with the Lyapunov deficit queue of paper 003 (eq. 12-13):
+   Q(t+1) = max(Q(t) + C(t) − B, 0), C(t) the period's migration cost (eq. (2) over the moves, from
+   `apply`'s breakdown) and B `budget_per_period`. Among "do nothing" and the trimmed action cut to
+   fewer moves, it executes the one that minimises v·(C_R + ω penalties after it) + Q(t)·C.
+
+docs/controller.md ("Stabilizer") gives every setting's default and why.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from gnn_policy.base import Decision, Policy, Problem
+from twin.cost import load_variance
+from twin.migration import CostBreakdown, IndexedAction, InvalidAction, apply
+from twin.params import CostParams, Thresholds
+from twin.scenario import ScenarioKind, detect, instances_needed
+from twin.state import ClusterState
+
+SNAPSHOT_VERSION = 1
+ESTIMATORS = ("ewma", "mean", "last")
+
+
+class StabilizerError(ValueError):
+    """A stabilizer setting or snapshot that cannot be used; `field` names the setting at fault."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class StabilizerConfig:
+    """The stabilizer's settings; `StabilizerConfig()` is on with the testbed's values (docs/controller.md)."""
+
+    enabled: bool = True
+    """Off: `decide` passes the policy's decision on the measured state through untouched."""
+    estimator: str = "ewma"
+    """'ewma', 'mean' (sliding mean over `horizon_s`) or 'last' (one period's measurement)."""
+    horizon_s: float = 5.0
+    """The EWMA's time constant, or the sliding mean's window."""
+    tolerance: float = 0.05
+    """Dead band (utilisation): scale out at Th_high + tolerance; scale in only from Th_low − tolerance and when
+    the load fits on fewer instances at Th_high − tolerance."""
+    scale_out_window_s: float = 0.0
+    """How long a scale-out need must hold before acting (0: at once)."""
+    scale_in_window_s: float = 10.0
+    """How long a scale-in need must hold before acting."""
+    balance_window_s: float = 5.0
+    """How long a load-balancing need must hold before acting."""
+    max_migrations: int | None = 40
+    """Most moves executed in one period (None: no cap)."""
+    budget_per_period: float | None = 100.0
+    """B of the deficit queue, in eq. (2)'s cost units per period (None: no long-term budget)."""
+    v: float = 100.0
+    """The weight of the period's other cost (C_R + ω) against Q(t)·C(t) (paper 003's v)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise StabilizerError("enabled must be true or false", "enabled")
+        if self.estimator not in ESTIMATORS:
+            raise StabilizerError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {self.estimator!r}",
+                                  "estimator")
+        for name in ("horizon_s", "tolerance", "scale_out_window_s", "scale_in_window_s", "balance_window_s", "v"):
+            _require_number(name, getattr(self, name))
+        if self.tolerance >= 1.0:
+            raise StabilizerError("tolerance must be below 1 (a utilisation)", "tolerance")
+        if self.max_migrations is not None and (not isinstance(self.max_migrations, int)
+                                                or isinstance(self.max_migrations, bool) or self.max_migrations < 1):
+            raise StabilizerError("max_migrations must be an integer >= 1, or null for no cap", "max_migrations")
+        if self.budget_per_period is not None:
+            _require_number("budget_per_period", self.budget_per_period)
+
+    @classmethod
+    def off(cls) -> StabilizerConfig:
+        """Enabled, but every mechanism neutral: the policy's decision on the measured state, unchanged."""
+        return cls(estimator="last", tolerance=0.0, scale_out_window_s=0.0, scale_in_window_s=0.0,
+                   balance_window_s=0.0, max_migrations=None, budget_per_period=None)
+
+    @property
+    def passes_through(self) -> bool:
+        return not self.enabled or self == replace(StabilizerConfig.off(), horizon_s=self.horizon_s, v=self.v)
+
+    def window_s(self, kind: ScenarioKind) -> float:
+        return {ScenarioKind.SCALE_OUT: self.scale_out_window_s, ScenarioKind.SCALE_IN: self.scale_in_window_s,
+                ScenarioKind.LOAD_BALANCE: self.balance_window_s}.get(kind, 0.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def updated(self, changes: Any) -> StabilizerConfig:
+        """This config with `changes` (a JSON object of some fields) applied and checked."""
+        if not isinstance(changes, dict):
+            raise StabilizerError("the stabilizer settings must be a JSON object")
+        unknown = sorted(set(changes) - set(self.__dataclass_fields__))
+        if unknown:
+            raise StabilizerError(f"unknown stabilizer setting {unknown[0]!r}", unknown[0])
+        return replace(self, **changes)
+
+
+def _require_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise StabilizerError(f"{name} must be a finite number >= 0", name)
+
+
+@dataclass(frozen=True)
+class StabilizedDecision:
+    decision: Decision
+    """The action to execute (may be empty)."""
+    scenario: ScenarioKind
+    """The scenario acted on (NONE when held back)."""
+    note: str
+    """Why held back or trimmed ('' when passed through)."""
+    budget_queue: float = 0.0
+    """Q after this period's charge."""
+
+
+# --- load estimation ------------------------------------------------------------------------------
+class RateEstimator:
+    """Per-flow rate estimates by flow id; flows that left the state are forgotten."""
+
+    def __init__(self, kind: str, horizon_s: float):
+        self.kind, self.horizon_s = kind, horizon_s
+        self.ewma: dict[str, float] = {}
+        self.samples: dict[str, list[list[float]]] = {}
+        """mean: per flow, [rate, period_s, age_s] of the samples inside the horizon."""
+
+    def update(self, flow_ids: tuple[str, ...], rates: np.ndarray, period_s: float) -> np.ndarray:
+        if self.kind == "ewma":
+            alpha = 1.0 - math.exp(-period_s / self.horizon_s) if self.horizon_s > 0 else 1.0
+            old = self.ewma
+            self.ewma = {f: (r if f not in old else old[f] + alpha * (r - old[f]))
+                         for f, r in zip(flow_ids, rates.tolist())}
+            return np.array([self.ewma[f] for f in flow_ids], dtype=float)
+        if self.kind == "mean":
+            self.samples = {f: [[r, period_s, 0.0]] + [[x, w, age + period_s] for x, w, age in self.samples.get(f, ())
+                                                         if age + period_s < self.horizon_s]
+                            for f, r in zip(flow_ids, rates.tolist())}
+            return np.array([sum(x * w for x, w, _ in s) / sum(w for _, w, _ in s)
+                             for s in (self.samples[f] for f in flow_ids)], dtype=float)
+        return np.asarray(rates, dtype=float)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "ewma": self.ewma, "samples": self.samples}
+
+    @classmethod
+    def from_json(cls, data: dict, kind: str, horizon_s: float) -> RateEstimator:
+        """The estimates of a snapshot; dropped when the snapshot used another estimator."""
+        estimator = cls(kind, horizon_s)
+        if data["kind"] == kind:
+            estimator.ewma = {str(f): float(r) for f, r in data["ewma"].items()}
+            estimator.samples = {str(f): [[float(x) for x in s] for s in samples]
+                                 for f, samples in data["samples"].items()}
+        return estimator
+
+
+# --- trimming to a cap ----------------------------------------------------------------------------
+def trim(state: ClusterState, action: IndexedAction, cap: int) -> IndexedAction:
+    """At most `cap` moves of `action`, valid under `apply` when `action` is.
+
+    A stopped instance is kept only with its whole drain (smallest drains first); the remaining room
+    goes to the other moves that do most: from the hottest instances first, the largest rates first.
+    A started instance that receives no kept move is dropped.
+    """
+    if action.flows.size <= cap:
+        return action
+    src = state.assignment[action.flows]
+    keep = np.zeros(action.flows.size, dtype=bool)
+    room = cap
+    stops = []
+    for k in sorted(action.stop.tolist(), key=lambda k: int((src == k).sum())):
+        drain = src == k
+        if drain.sum() <= room:
+            stops.append(k)
+            keep |= drain
+            room -= int(drain.sum())
+    others = np.flatnonzero(~np.isin(src, action.stop))
+    order = np.lexsort((-state.rate[action.flows[others]], -state.utilisation[src[others]]))
+    keep[others[order[:room]]] = True
+    dst = action.dst[keep]
+    return IndexedAction(action.flows[keep], dst, action.start[np.isin(action.start, dst)],
+                         np.array(stops, dtype=np.int64))
+
+
+@dataclass(frozen=True, eq=False)
+class Candidate:
+    action: IndexedAction
+    breakdown: CostBreakdown
+
+    @property
+    def other_cost(self) -> float:
+        """C_R plus the ω penalties after the action: what the budget trades migrations against."""
+        return self.breakdown.resource + self.breakdown.threshold_penalty
+
+
+def candidates(state: ClusterState, action: IndexedAction, cap: int | None, cut: bool, params: CostParams,
+               thresholds: Thresholds) -> list[Candidate]:
+    """The valid actions to choose from, largest first: `action` trimmed to `cap`, then (`cut`) halved
+    down to one move, then doing nothing."""
+    sizes = [min(action.flows.size, cap) if cap is not None else action.flows.size]
+    while cut and sizes[-1] > 1:
+        sizes.append(sizes[-1] // 2)
+    actions = [trim(state, action, size) for size in sizes] + [IndexedAction()]
+    out: list[Candidate] = []
+    for candidate in actions:
+        try:
+            out.append(Candidate(candidate, apply(state, candidate, params, thresholds)[1]))
+        except InvalidAction:
+            continue
+    return out
+
+
+# --- the component --------------------------------------------------------------------------------
+class Stabilizer:
+    """Estimation, dead band, windows, cap and budget between the measured state and any policy."""
+
+    def __init__(self, config: StabilizerConfig, thresholds: Thresholds, params: CostParams = CostParams()):
+        self.config, self.thresholds, self.params = config, thresholds, params
+        self.estimator = RateEstimator(config.estimator, config.horizon_s)
+        self._q = 0.0
+        self.need = ScenarioKind.NONE
+        """The need the estimated state shows (after the dead band), whether or not its window is over."""
+        self.held_s = 0.0
+        """How long `need` has held, over consecutive periods."""
+        self.last_note = ""
+        self.time_s: float | None = None
+        self.estimated: ClusterState | None = None
+
+    @property
+    def budget_queue(self) -> float:
+        """Q(t): how far the executed migrations ran over the budget, in cost units (0 when within it)."""
+        return self._q
+
+    # --- one period ---------------------------------------------------------------------------
+    def observe(self, state: ClusterState, now_s: float, period_s: float) -> ClusterState:
+        """Take in one period's measurement without deciding (e.g. manual mode): estimates, the need and its
+        window go on, and Q is charged no migration. Returns the estimated state."""
+        estimated = self._estimate(state, now_s, period_s)
+        self._charge(0.0)
+        return estimated
+
+    def decide(self, state: ClusterState, policy: Policy, now_s: float, period_s: float) -> StabilizedDecision:
+        """This period's action for `state` (what was measured), through `policy`; Q is charged its cost."""
+        if not self.config.enabled:
+            problem = Problem.of(state, self.thresholds, self.params)
+            return StabilizedDecision(policy.decide(problem), problem.scenario.kind, "")
+        estimated = self._estimate(state, now_s, period_s)
+        result, cost = self._act(estimated, policy)
+        self._charge(cost)
+        self.last_note = result.note
+        if not _empty(result.decision.action):
+            self.held_s = 0.0  # after an action, a need must hold anew for its window
+        return replace(result, budget_queue=self._q)
+
+    def _act(self, estimated: ClusterState, policy: Policy) -> tuple[StabilizedDecision, float]:
+        """The period's decision and its migration cost C(t), before Q is charged."""
+        window = self.config.window_s(self.need)
+        if self.need is not ScenarioKind.NONE and self.held_s < window - 1e-9:
+            return _held(f"{self.need.value} held {self.held_s:g} s of its {window:g} s window"), 0.0
+        scenario = replace(detect(estimated, self.thresholds), kind=self.need)
+        decision = policy.decide(Problem(estimated, scenario, self.thresholds, self.params, self._q))
+        if not decision.feasible or self.config.passes_through or _empty(decision.action):
+            return StabilizedDecision(decision, self.need, ""), 0.0
+        return self._choose(estimated, decision)
+
+    def _estimate(self, state: ClusterState, now_s: float, period_s: float) -> ClusterState:
+        rates = self.estimator.update(state.flow_ids, state.rate, period_s)
+        self.estimated = state.with_changes(rate=rates)
+        need = self._need(self.estimated)
+        if need is ScenarioKind.NONE:
+            self.held_s = 0.0
+        else:
+            self.held_s = self.held_s + period_s if need is self.need else period_s
+        self.need, self.time_s = need, now_s
+        return self.estimated
+
+    def _need(self, state: ClusterState) -> ScenarioKind:
+        """The scenario with the dead band: overload beyond Th_high + tolerance; an underload below
+        Th_low − tolerance that fewer instances can carry at Th_high − tolerance; a variance over Th_var."""
+        t, tolerance = self.thresholds, self.config.tolerance
+        active = state.active_indices
+        u = state.utilisation[active]
+        if np.any(u >= t.high + tolerance):
+            return ScenarioKind.SCALE_OUT
+        if active.size < 2:
+            return ScenarioKind.NONE
+        below_band = Thresholds(high=max(t.high - tolerance, 1e-6), low=0.0, var=t.var)
+        if np.any(u <= t.low - tolerance) and instances_needed(state, below_band) < active.size:
+            return ScenarioKind.SCALE_IN
+        if load_variance(state.utilisation, state.active) >= t.var:
+            return ScenarioKind.LOAD_BALANCE
+        return ScenarioKind.NONE
+
+    def _choose(self, estimated: ClusterState, decision: Decision) -> tuple[StabilizedDecision, float]:
+        """The cap and the budget: the valid candidate minimising v·(C_R + ω) + Q·C, the largest on a tie."""
+        budget = self.config.budget_per_period is not None
+        options = candidates(estimated, decision.action, self.config.max_migrations, budget, self.params,
+                             self.thresholds)
+        asked = int(decision.action.flows.size)
+        doing = [c for c in options if not _empty(c.action)]
+        if not doing:
+            return _held("the action cannot be trimmed to a valid one: nothing done"), 0.0
+        best = min(options, key=lambda c: self.config.v * c.other_cost + self._q * c.breakdown.migration) \
+            if budget else doing[0]
+        moves = int(best.action.flows.size)
+        if _empty(best.action):
+            return _held(f"budget: doing nothing beats {asked} moves at Q={self._q:.1f}"), 0.0
+        note = "" if best.action is decision.action else \
+            f"{moves} of {asked} moves (cap {self.config.max_migrations}, Q={self._q:.1f})"
+        return StabilizedDecision(replace(decision, action=best.action), self.need, note), best.breakdown.migration
+
+    def _charge(self, migration_cost: float) -> None:
+        """Eq. (12): Q(t+1) = max(Q(t) + C(t) − B, 0)."""
+        if self.config.budget_per_period is not None:
+            self._q = max(self._q + migration_cost - self.config.budget_per_period, 0.0)
+
+    # --- persistence --------------------------------------------------------------------------
+    def view(self) -> dict:
+        """What the REST state shows: Q, the need and its window, the last note, the estimated load."""
+        est = self.estimated
+        return {"enabled": self.config.enabled, "budget_queue": self._q, "need": self.need.value,
+                "held_s": self.held_s, "window_s": self.config.window_s(self.need), "last_note": self.last_note,
+                "estimated_load_pps": {} if est is None else dict(zip(est.instance_ids, est.load_pps.tolist())),
+                "flows_estimated": len(est.flow_ids) if est is not None else 0}
+
+    def snapshot(self) -> dict:
+        return {"version": SNAPSHOT_VERSION, "time_s": self.time_s, "budget_queue": self._q,
+                "need": self.need.value, "held_s": self.held_s, "last_note": self.last_note,
+                "estimator": self.estimator.to_json()}
+
+    @classmethod
+    def restore(cls, snapshot: dict, config: StabilizerConfig, thresholds: Thresholds,
+                params: CostParams = CostParams()) -> Stabilizer:
+        """A stabilizer that goes on from `snapshot` under `config` (estimates of another estimator are
+        dropped); StabilizerError naming what is wrong with a bad or other-version snapshot."""
+        if not isinstance(snapshot, dict):
+            raise StabilizerError("a stabilizer snapshot must be a JSON object")
+        if snapshot.get("version") != SNAPSHOT_VERSION:
+            raise StabilizerError(f"stabilizer snapshot version {snapshot.get('version')!r}; this code reads "
+                                  f"version {SNAPSHOT_VERSION}")
+        stabilizer = cls(config, thresholds, params)
+        try:
+            stabilizer._q = _non_negative(snapshot["budget_queue"])
+            stabilizer.need = ScenarioKind(snapshot["need"])
+            stabilizer.held_s = _non_negative(snapshot["held_s"])
+            stabilizer.last_note = str(snapshot["last_note"])
+            stabilizer.time_s = None if snapshot["time_s"] is None else float(snapshot["time_s"])
+            stabilizer.estimator = RateEstimator.from_json(snapshot["estimator"], config.estimator, config.horizon_s)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise StabilizerError(f"bad stabilizer snapshot: {type(error).__name__} {error}") from None
+        return stabilizer
+
+    def reconfigured(self, config: StabilizerConfig, thresholds: Thresholds) -> Stabilizer:
+        """The same state under new settings (a run-time config change)."""
+        return self.restore(self.snapshot(), config, thresholds, self.params)
+
+
+def _empty(action: IndexedAction) -> bool:
+    return not (action.flows.size or action.start.size or action.stop.size)
+
+
+def _held(note: str) -> StabilizedDecision:
+    """Doing nothing, and why."""
+    return StabilizedDecision(Decision(IndexedAction(), reason=note), ScenarioKind.NONE, note)
+
+
+def _non_negative(value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{value!r} is not a finite number >= 0")
+    return number
+

@@ -1,0 +1,82 @@
+"""`dm-bench --experiment closed-loop` (issue 17): records, table, plots and clean errors."""
+import json
+import os
+from unittest import mock
+
+import pytest
+
+from gnn_policy.bench import cli
+from gnn_policy.stabilizer import StabilizerConfig
+
+METRICS = {"total_cost", "invalid_actions", "sla_violation_flow_s", "packets_dropped", "instance_s", "migrations",
+           "flows_migrated_twice", "reversals", "decision_ms_p50"}
+SMALL = ["--experiment", "closed-loop", "--episodes", "2", "--periods", "15", "--instances", "3", "--standby", "2"]
+
+
+def run_cli(argv):
+    with mock.patch.dict(os.environ):
+        return cli.main([str(arg) for arg in argv])
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("loop")
+    with mock.patch("sys.stdout") as stdout:
+        status = run_cli([*SMALL, "--policies", "ofm,random", "--json", out / "loop.json", "--plots", out])
+    printed = "".join(call.args[0] for call in stdout.write.call_args_list)
+    return status, json.loads((out / "loop.json").read_text()), out, printed
+
+
+def test_one_record_per_policy_setting_and_episode(small_run):
+    status, report, _, _ = small_run
+    assert status == 0
+    records = report["records"]
+    keys = {(r["policy"], r["stabilizer"] is None, r["episode"]) for r in records}
+    assert keys == {(p, off, e) for p in ("ofm", "random") for off in (True, False) for e in (0, 1)}
+    for record in records:
+        assert record["experiment"] == "closed-loop" and record["periods"] == 15
+        assert METRICS <= set(record) and record["invalid_actions"] == 0
+    assert all(r["stabilizer"] in (None, StabilizerConfig().to_dict()) for r in records)
+    meta = report["meta"]
+    assert (meta["speed"], meta["episodes"], meta["periods"], meta["stabilizer"]) == (1.0, 2, 15, "both")
+
+
+def test_every_policy_drives_the_same_episodes(small_run):
+    records = small_run[1]["records"]
+    starts = {(r["policy"], r["stabilizer"] is None): [x["window_start_s"] for x in records
+                                                       if (x["policy"], x["stabilizer"] is None)
+                                                       == (r["policy"], r["stabilizer"] is None)]
+              for r in records}
+    assert len({tuple(v) for v in starts.values()}) == 1
+
+
+def test_table_and_one_png_per_policy(small_run):
+    _, _, out, printed = small_run
+    for column in ("policy", "stabilizer", *sorted(METRICS)):
+        assert column in printed
+    assert "±" in printed and "8 records" in printed
+    assert sorted(p.name for p in out.glob("*.png")) == ["closed_loop_ofm.png", "closed_loop_random.png"]
+
+
+def test_stabilizer_off_is_the_plain_loop(tmp_path):
+    with mock.patch("sys.stdout"):
+        assert run_cli([*SMALL, "--policies", "size-greedy", "--stabilizer", "off", "--json", tmp_path / "o.json"]) == 0
+    records = json.loads((tmp_path / "o.json").read_text())["records"]
+    assert len(records) == 2 and all(r["stabilizer"] is None for r in records)
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--experiment", "scale-in", "--speed", "2"], "--speed applies to --experiment closed-loop only"),
+    ([*SMALL, "--policies", "ofm", "--periods", "400"], "shorter than an episode"),
+    ([*SMALL, "--policies", "nope"], "unknown policy 'nope'"),
+    ([*SMALL, "--standby", "-1"], "must be at least 0"),
+    ([*SMALL, "--speed", "0"], "must be a positive number"),
+    ([*SMALL, "--stabilizer", "maybe"], "invalid choice"),
+])
+def test_bad_options_give_one_line_and_status_2(capsys, argv, fragment):
+    try:
+        status = run_cli(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        status = exit_.code
+    err = capsys.readouterr().err
+    assert status == 2 and fragment in err and "Traceback" not in err
