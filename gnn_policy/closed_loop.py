@@ -13,13 +13,14 @@ Each period t of `BatchedTwin.from_episodes` (one step = one controller period):
    doing nothing: the period is charged the ω penalties of the cluster left as it was, never the twin's
    flat invalid penalty.
 
-docs/twin.md ("The closed loop") defines every metric; the small functions below compute them.
+docs/twin.md ("The closed loop") defines every metric; `twin.loop_metrics` holds the definitions that the
+live testbed's summary shares (reversals, flows migrated twice).
 """
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ import torch
 
 from gnn_policy.base import Decision, Policy, Problem
 from twin import cost
+from twin.loop_metrics import flows_migrated_twice, reversals
 from twin.migration import IndexedAction
 from twin.params import CostParams, Thresholds
 from twin.scenario import ScenarioKind
@@ -36,12 +38,6 @@ from twin.state import ClusterState
 
 if TYPE_CHECKING:
     from gnn_policy.stabilizer import Stabilizer
-
-REMIGRATION_WINDOW_S = 10.0
-"""A flow moved again within this many seconds of loop time after a move counts in `flows_migrated_twice`."""
-REVERSAL_WINDOW_S = 30.0
-"""A scale action opposite to one taken within this many seconds of loop time is a reversal."""
-
 
 @dataclass(frozen=True)
 class Period:
@@ -53,8 +49,9 @@ class Period:
     invalid: bool
     migrated: tuple[str, ...]
     """Ids of the flows moved."""
-    instance_change: int
-    """Instances started minus instances stopped."""
+    started: int
+    stopped: int
+    """Instances the executed action started and stopped (0 for a rejected action)."""
     active: int
     utilisation_min: float
     utilisation_max: float
@@ -144,11 +141,12 @@ def _step(twin: BatchedTwin, actions: Sequence[IndexedAction], slots: Sequence[n
     utilisation = load / twin.capacity
     low = torch.where(active, utilisation, torch.inf).amin(-1)
     high = torch.where(active, utilisation, -torch.inf).amax(-1)
-    change = torch.where(result.invalid, 0, start.sum(-1) - stop.sum(-1))
+    started = torch.where(result.invalid, 0, start.sum(-1))
+    stopped = torch.where(result.invalid, 0, stop.sum(-1))
     return [{
         "time_s": now_s, "cost": float(charged[b]), "invalid": bool(result.invalid[b]),
         "migrated": tuple(twin.flow_ids[b, torch.nonzero(moved[b]).flatten().cpu().numpy()].tolist()),
-        "instance_change": int(change[b]), "active": int(active[b].sum()),
+        "started": int(started[b]), "stopped": int(stopped[b]), "active": int(active[b].sum()),
         "utilisation_min": float(low[b]) if active[b].any() else 0.0,
         "utilisation_max": float(high[b]) if active[b].any() else 0.0,
         "sla_violating_flows": int(violating[b]), "drops": float(result.drops[b]),
@@ -177,34 +175,6 @@ def sla_violations(rate, assignment, hold_ms, processing_ms, queue_start, queue_
     return ((assignment >= 0) & (rate > 0) & (slack < 0)).sum(-1)
 
 
-def flows_migrated_twice(moves: Iterable[tuple[float, Iterable[str]]],
-                         window_s: float = REMIGRATION_WINDOW_S) -> int:
-    """Flows (not moves) moved again within `window_s` of an earlier move; `moves` is (time, flow ids)."""
-    last_move: dict[str, float] = {}
-    again: set[str] = set()
-    for when, flows in moves:
-        for flow in flows:
-            if flow in last_move and when - last_move[flow] <= window_s:
-                again.add(flow)
-            last_move[flow] = when
-    return len(again)
-
-
-def reversals(changes: Iterable[tuple[float, int]], window_s: float = REVERSAL_WINDOW_S) -> int:
-    """Periods whose scale action (net instances started, > 0 out, < 0 in) is opposite to one taken within
-    the preceding `window_s`: out-in-out counts 2. `changes` is (time, net change) per period, in order."""
-    last: dict[bool, float] = {}
-    count = 0
-    for when, change in changes:
-        if change == 0:
-            continue
-        out, opposite = change > 0, change < 0
-        if opposite in last and when - last[opposite] <= window_s:
-            count += 1
-        last[out] = when
-    return count
-
-
 def episode_metrics(periods: Sequence[Period], period_s: float) -> dict:
     """The closed-loop record's metrics of one episode (docs/twin.md, "The closed loop")."""
     times = [p.decision_ms for p in periods if p.decision_ms is not None]
@@ -216,7 +186,7 @@ def episode_metrics(periods: Sequence[Period], period_s: float) -> dict:
         "packets_dropped": sum(p.drops for p in periods),
         "instance_s": period_s * sum(p.active for p in periods),
         "migrations": sum(len(p.migrated) for p in periods),
-        "flows_migrated_twice": flows_migrated_twice((p.time_s, p.migrated) for p in periods),
-        "reversals": reversals((p.time_s, p.instance_change) for p in periods),
+        "flows_migrated_twice": flows_migrated_twice((p.time_s, flow) for p in periods for flow in p.migrated),
+        "reversals": reversals((p.time_s, p.started, p.stopped) for p in periods),
         "decision_ms_p50": statistics.median(times) if times else None,
     }

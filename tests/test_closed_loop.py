@@ -7,8 +7,6 @@ import torch
 from gnn_policy.base import Decision, Policy, Problem
 from gnn_policy.closed_loop import (
     episode_metrics,
-    flows_migrated_twice,
-    reversals,
     run_closed_loop,
     sla_violations,
 )
@@ -58,20 +56,6 @@ class Recorder(Idle):
 
 
 # --- the metrics' small functions ---------------------------------------------------------------
-
-def test_reversals_count_opposite_scale_actions_within_the_window():
-    assert reversals([(0.0, 1), (5.0, -1), (10.0, 1)]) == 2  # out-in-out
-    assert reversals([(0.0, 1), (1.0, 0), (31.0, -1)]) == 0  # beyond 30 s
-    assert reversals([(0.0, -1), (2.0, -2), (20.0, 1), (25.0, 1)]) == 2  # both ins follow the outs
-    assert reversals([(0.0, 1), (3.0, 2), (4.0, 0)]) == 0  # the same direction never reverses
-    assert reversals([(0.0, 1), (10.0, -1)], window_s=5.0) == 0
-
-
-def test_flows_migrated_twice_counts_flows_not_moves():
-    moves = [(0.0, ["a", "b"]), (5.0, ["a"]), (7.0, ["a"]), (20.0, ["b"]), (25.0, ["b", "c"]), (40.0, ["c"])]
-    assert flows_migrated_twice(moves) == 2  # a (0 → 5 → 7) once, b (20 → 25); c 15 s apart
-    assert flows_migrated_twice(moves, window_s=1.0) == 0
-
 
 def test_sla_violations_use_the_mean_queue_and_the_hold_time():
     """Instance 0: queue 0 → 40 packets at 1000 pkt/s (20 ms mean); instance 1 empty; la_p 50 ms."""

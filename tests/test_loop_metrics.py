@@ -92,3 +92,18 @@ def test_sla_flow_seconds_count_periods_over_the_flows_sla_and_skip_periods_with
     assert sla_violation_flow_seconds(delay, sla) == 1.0 + 1.0
     assert sla_violation_flow_seconds(delay, sla, period_s=0.1) == pytest.approx(0.2)
     assert sla_violation_flow_seconds([], []) == 0.0
+
+
+def test_reversals_over_the_twin_loops_period_sequences():
+    assert reversals([(0.0, 1, 0), (5.0, 0, 1), (10.0, 1, 0)]) == 2  # out-in-out
+    assert reversals([(0.0, 1, 0), (1.0, 0, 0), (31.0, 0, 1)]) == 0  # beyond 30 s
+    assert reversals([(0.0, 0, 1), (2.0, 0, 2), (20.0, 1, 0), (25.0, 1, 0)]) == 2  # both outs follow the ins
+    assert reversals([(0.0, 1, 0), (3.0, 2, 0), (4.0, 0, 0)]) == 0  # the same direction never reverses
+    assert reversals([(0.0, 1, 0), (10.0, 0, 1)], window_s=5.0) == 0
+
+
+def test_flows_migrated_twice_counts_flows_not_moves_over_periods():
+    periods = [(0.0, ["a", "b"]), (5.0, ["a"]), (7.0, ["a"]), (20.0, ["b"]), (25.0, ["b", "c"]), (40.0, ["c"])]
+    moves = [(t, flow) for t, flows in periods for flow in flows]
+    assert flows_migrated_twice(moves) == 2  # a (0 → 5 → 7) once, b (20 → 25); c 15 s apart
+    assert flows_migrated_twice(moves, window_s=1.0) == 0
