@@ -188,12 +188,14 @@ class DeepMigrationApp(app_manager.RyuApp):
         self._loop = hub.spawn(self._run_periods)
 
     def _run_periods(self) -> None:
-        """Every period: ask for statistics, let the replies arrive, then run one decision period."""
+        """Every period: ask for statistics, let the replies arrive, then run one decision period. A period
+        changed at run time counts from the current period's start at once (the wait is re-read every 0.1 s)."""
         while True:
-            deadline = time.monotonic() + self.core.config.period_s
+            started = time.monotonic()
             if self.switch is not None:
                 self.switch.request_stats()
-            hub.sleep(max(deadline - time.monotonic(), 0.0))
+            while (left := started + self.core.config.period_s - time.monotonic()) > 0:
+                hub.sleep(min(left, 0.1))
             try:
                 self.core.tick()
             except Exception:  # the loop must outlive any bug in one period

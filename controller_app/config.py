@@ -5,8 +5,8 @@ Two inputs, both JSON files:
 * the **cluster description**, written by whoever builds the network (`mininet_topos`): the
   switch's dpid and, per host, its role, switch port and MAC, plus each NF's capacity, buffer,
   processing latency, initial activity and control socket;
-* the **controller config**: thresholds, period, policy, mode, the REST write token and the
-  transition log. Everything except the token and the log path can be changed at run time over
+* the **controller config**: thresholds, period, policy, mode, the stabilizer's settings, the REST
+  write token and the transition log. Everything except the token and the log path can be changed at run time over
   REST; `ControllerConfig.updated` is the one place such a change is validated.
 
 Paths come from Ryu options (`--deepmigration-cluster`, `--deepmigration-config`, available
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gnn_policy.registry import POLICY_NAMES
+from gnn_policy.stabilizer import StabilizerConfig, StabilizerError
 from twin.params import Thresholds
 
 OPTION_GROUP = "deepmigration"
@@ -149,8 +150,11 @@ class ControllerConfig:
     """Idle timeout of the per-flow rules; a flow is forgotten once both its rules expired."""
     nf_timeout_s: float = 2.0
     barrier_timeout_s: float = 2.0
+    stabilizer: StabilizerConfig = StabilizerConfig(enabled=False)
+    """`gnn_policy.stabilizer` between the state and the policy; off unless the config turns it on (dm-demo
+    does), so that a config written before it keeps its behaviour."""
 
-    RUNTIME_FIELDS = ("thresholds", "period_s", "policy", "mode")
+    RUNTIME_FIELDS = ("thresholds", "period_s", "policy", "mode", "stabilizer")
     """What PUT /config may change."""
 
     def __post_init__(self) -> None:
@@ -200,7 +204,8 @@ class ControllerConfig:
     def public(self) -> dict:
         """The JSON view served by GET /config (never the token)."""
         return {"thresholds": asdict(self.thresholds), "period_s": self.period_s, "policy": self.policy,
-                "mode": self.mode.value, "policies": list(POLICY_NAMES), "modes": [m.value for m in Mode]}
+                "mode": self.mode.value, "policies": list(POLICY_NAMES), "modes": [m.value for m in Mode],
+                "stabilizer": self.stabilizer.to_dict()}
 
 
 def _coerce(name: str, value: Any, current: ControllerConfig) -> Any:
@@ -217,6 +222,11 @@ def _coerce(name: str, value: Any, current: ControllerConfig) -> Any:
             return replace(current.thresholds, **{k: float(v) for k, v in value.items()})
         except ValueError as error:
             raise ConfigError(str(error), name) from None
+    if name == "stabilizer":
+        try:
+            return current.stabilizer.updated(value)
+        except StabilizerError as error:
+            raise ConfigError(f"stabilizer: {error}", f"stabilizer.{error.field}" if error.field else name) from None
     if name == "mode":
         try:
             return Mode(value)

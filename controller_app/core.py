@@ -13,7 +13,8 @@ the controller needs) and `instances.NFChannel` (the NF instance's control socke
 - `costs`: the predicted and the measured cost; `views`: the REST views; `transitions`: the log.
 
 One period (`Controller.tick`): collect the NF reports, turn the latest flow counters into
-rates, build the shared `ClusterState`, detect the scenario, ask the configured policy, then,
+rates, build the shared `ClusterState`, detect the scenario, ask the configured policy (through
+`gnn_policy.stabilizer` when the config turns it on: estimated rates, windows, cap, budget), then,
 depending on the mode, execute the action (auto), only log it (dry-run) or wait for an
 operator (manual). Each period appends one transition line to the log; its `next_state` is the
 state observed one period later.
@@ -34,12 +35,14 @@ from controller_app.decisions import DecisionRecord
 from controller_app.execution import Executor
 from controller_app.instances import NFChannel, NFRuntime
 from controller_app.metrics import ControllerMetrics
+from controller_app.stabilization import load_stabilizer, save_stabilizer, stabilizer_path
 from controller_app.state_collection import MigrationLatency, StateCollector
 from controller_app.steering import FlowRegistry, Steering, Switch
 from controller_app.transitions import TransitionLog, transition
 from controller_app.views import ActionRejected, parse_action
 from gnn_policy.base import Policy, Problem
 from gnn_policy.registry import make_policy
+from gnn_policy.stabilizer import Stabilizer
 from twin.flow import FiveTuple
 from twin.migration import Action, InvalidAction, apply
 from twin.params import CostParams
@@ -77,6 +80,8 @@ class Controller:
         self.collection = StateCollector(self.nfs, self.flows, self.latency, params, clock, self.steering.mark_dead)
         self.executor = Executor(self.nfs, self.flows, self.latency, lambda: self.config, clock)
         self.transitions = TransitionLog(config.transition_log)
+        self.stabilizer: Stabilizer = load_stabilizer(stabilizer_path(config.transition_log), config.stabilizer,
+                                                      config.thresholds, params)
         self.decisions: deque[DecisionRecord] = deque(maxlen=DECISIONS_KEPT)
         self.state: ClusterState | None = None
         self._manual: deque[Action] = deque()
@@ -152,8 +157,13 @@ class Controller:
 
         record = None
         if self._manual:
+            self._observe(state, now)
             record = self._record(state, scenario.kind, "manual", self._manual.popleft(), 0.0, True, "")
-        elif self.config.mode is not Mode.MANUAL and scenario.kind is not ScenarioKind.NONE:
+        elif self.config.mode is Mode.MANUAL:
+            self._observe(state, now)
+        elif self.config.stabilizer.enabled:
+            record = self._decide_stabilized(state, now)
+        elif scenario.kind is not ScenarioKind.NONE:
             record = self._decide(state)
         if record is not None:
             if record.predicted is not None and (record.origin == "manual" or self.config.mode is Mode.AUTO):
@@ -161,7 +171,41 @@ class Controller:
             self.decisions.append(record)
             self.metrics.record(record)
         self.transitions.hold(transition(self._wall(), state, scenario.kind, self.config, record))
+        if self.config.stabilizer.enabled:
+            save_stabilizer(stabilizer_path(self.config.transition_log), self.stabilizer)
         return record
+
+    def _sync_stabilizer(self) -> bool:
+        """Bring the stabilizer to the config's settings (changed at run time between periods, so never while it
+        decides in another thread); whether it is on."""
+        stabilizer, config = self.stabilizer, self.config
+        if stabilizer.config != config.stabilizer or stabilizer.thresholds != config.thresholds:
+            self.stabilizer = stabilizer.reconfigured(config.stabilizer, config.thresholds)
+        return config.stabilizer.enabled
+
+    def _observe(self, state: ClusterState, now: float) -> None:
+        """A period without a policy decision: the stabilizer's estimates and windows go on."""
+        if self._sync_stabilizer():
+            self.stabilizer.observe(state, now, self.config.period_s)
+
+    def _decide_stabilized(self, state: ClusterState, now: float) -> DecisionRecord | None:
+        """The policy's decision through the stabilizer; None when it holds back (or nothing is needed)."""
+        self._sync_stabilizer()
+        started = time.perf_counter()
+        try:
+            result = self._offload(self.stabilizer.decide, state, self._policy, now, self.config.period_s)
+        except Exception as error:  # a policy bug must not stop the controller
+            LOG.exception("policy %s failed", self.config.policy)
+            return self._record(state, self.stabilizer.need, "policy", Action(),
+                                (time.perf_counter() - started) * 1000.0, False, f"policy error: {error}")
+        decision_ms = (time.perf_counter() - started) * 1000.0
+        if result.scenario is ScenarioKind.NONE:
+            return None
+        decision = result.decision
+        action = decision.action.to_action(state) if decision.feasible else Action()
+        reason = "; ".join(filter(None, (decision.reason, result.note and f"stabilizer: {result.note}")))
+        return self._record(self.stabilizer.estimated, result.scenario, "policy", action, decision_ms,
+                            decision.feasible, reason)
 
     def _decide(self, state: ClusterState) -> DecisionRecord:
         problem = Problem.of(state, self.config.thresholds, self.params)

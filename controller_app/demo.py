@@ -329,7 +329,8 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
     spec = ClusterSpec(active=args.instances, standby=args.standby, capacity_pps=args.capacity,
                        buffer_packets=args.buffer, processing_ms=args.processing_ms)
     config = {"policy": args.policy, "period_s": args.period, "quiet_ms": args.quiet_ms, "mode": "manual",
-              "rule_idle_timeout_s": DEFAULT_RULE_IDLE_S, "nf_timeout_s": DEFAULT_NF_TIMEOUT_S}
+              "rule_idle_timeout_s": DEFAULT_RULE_IDLE_S, "nf_timeout_s": DEFAULT_NF_TIMEOUT_S,
+              "stabilizer": {"enabled": args.stabilizer == "on"}}
     with ExitStack() as stack:
         workdir = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="dm-demo-"))
         loop = stack.enter_context(live_loop(spec, config=config, workdir=workdir))
@@ -358,7 +359,8 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
         reports = {name: client.report() for name, client in loop.cluster.clients.items() if not _dead(client)}
         sink = loop.cluster.sink_counts()
         outcomes = flow_outcomes(json.loads(sent_log.read_text()), sink)
-        summary = {"policy": args.policy, "duration_s": round(time.monotonic() - started, 1),
+        summary = {"policy": args.policy, "stabilizer": loop.api.get("/config")["stabilizer"],
+                   "duration_s": round(time.monotonic() - started, 1),
                    "instances": args.instances, "standby": args.standby, "capacity_pps": args.capacity,
                    **summarise(sorted(loop.decisions.values(), key=lambda d: d["id"]), outcomes, reports,
                                sink["socket_dropped"], sla_ms=loop.sla_ms,
@@ -388,6 +390,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--period", type=float, default=1.0, help="controller period T, seconds (default 1)")
     parser.add_argument("--quiet-ms", type=int, default=DEFAULT_QUIET_MS,
                         help=f"source-NF quiet time before export, ms (default {DEFAULT_QUIET_MS})")
+    parser.add_argument("--stabilizer", choices=("on", "off"), default="on",
+                        help="gnn_policy.stabilizer between the state and the policy, with the settings of "
+                             "docs/controller.md (default on)")
     parser.add_argument("--workdir", type=Path, help="keep logs, cluster description and transitions here")
     return parser
 

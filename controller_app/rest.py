@@ -1,6 +1,6 @@
 """The REST API under /deepmigration/v1/ on Ryu's WSGI server (documented in docs/openapi.yaml).
 
-Reads are open; writes (PUT /config, POST /migrations) need `Authorization: Bearer <token>`
+Reads are open; writes (PUT or PATCH /config, POST /migrations) need `Authorization: Bearer <token>`
 with the token of the controller config. Every answer, errors included, is JSON: a bad request
 gets a 4xx naming the problem and the controller carries on. The one exception is the Prometheus
 exposition (controller_app.metrics), in the text format at /metrics (Prometheus's default scrape path)
@@ -36,7 +36,7 @@ CORE = "core"
 
 METRICS = "/metrics"
 ALLOWED = {"/state": "GET", "/instances": "GET", "/flows": "GET", "/decisions": "GET",
-           "/config": "GET, PUT", "/migrations": "POST", METRICS: "GET"}
+           "/config": "GET, PUT, PATCH", "/migrations": "POST", METRICS: "GET"}
 
 
 class ApiError(Exception):
@@ -118,9 +118,10 @@ class DeepMigrationRest(ControllerBase):
     def get_config(self, req, **_):
         return json_response(self.core.config.public())
 
-    @route("dm_config", PREFIX + "/config", methods=["PUT"])
+    @route("dm_config", PREFIX + "/config", methods=["PUT", "PATCH"])
     @_answers_json
     def put_config(self, req, **_):
+        """PUT and PATCH alike change only the fields the body names (thresholds and stabilizer partially)."""
         self._authorise(req)
         return json_response(self.core.reconfigure(_json_body(req)).public())
 

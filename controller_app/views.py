@@ -69,6 +69,7 @@ def state_view(controller: Controller) -> dict:
         "flows": len(controller.flows),
         "links": {str(port): rates for port, rates in sorted(controller.port_rates.items())},
         "pending_manual_actions": controller.pending_manual_actions,
+        "stabilizer": controller.stabilizer.view(),
     }
 
 

@@ -12,8 +12,8 @@ measured state (rates over the last period, queues and assignment now). It
 3. asks the policy, then **caps the migrations** of one period (`max_migrations`), trimming the
    action so that it stays valid under `twin.migration.apply`;
 4. keeps the long-term **migration budget** with the Lyapunov deficit queue of paper 003 (eq. 12-13):
-   Q(t+1) = max(Q(t) + C(t) − B, 0), C(t) the period's migration cost (eq. (2) over the moves, from
-   `apply`'s breakdown) and B `budget_per_period`. Among "do nothing" and the trimmed action cut to
+   Q(t+1) = max(Q(t) + C(t) − B, 0), C(t) the period's migration cost (eq. (2) over the moves, without
+   the source queue's relief: `migration_charge`) and B `budget_per_period`. Among "do nothing" and the trimmed action cut to
    fewer moves, it executes the one that minimises v·(C_R + ω penalties after it) + Q(t)·C.
 
 docs/controller.md ("Stabilizer") gives every setting's default and why.
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from gnn_policy.base import Decision, Policy, Problem
+from twin import cost
 from twin.cost import load_variance
 from twin.migration import CostBreakdown, IndexedAction, InvalidAction, apply
 from twin.params import CostParams, Thresholds
@@ -64,11 +65,11 @@ class StabilizerConfig:
     """How long a scale-in need must hold before acting."""
     balance_window_s: float = 5.0
     """How long a load-balancing need must hold before acting."""
-    max_migrations: int | None = 40
+    max_migrations: int | None = 32
     """Most moves executed in one period (None: no cap)."""
     budget_per_period: float | None = 100.0
     """B of the deficit queue, in eq. (2)'s cost units per period (None: no long-term budget)."""
-    v: float = 100.0
+    v: float = 10.0
     """The weight of the period's other cost (C_R + ω) against Q(t)·C(t) (paper 003's v)."""
 
     def __post_init__(self) -> None:
@@ -198,10 +199,24 @@ def trim(state: ClusterState, action: IndexedAction, cap: int) -> IndexedAction:
                          np.array(stops, dtype=np.int64))
 
 
+def migration_charge(state: ClusterState, action: IndexedAction, params: CostParams) -> float:
+    """C(t) of the deficit queue: eq. (2) summed over the moved flows, with the queue each flow leaves behind
+    not counted as a gain. Eq. (2) itself (`CostBreakdown.migration`) subtracts the source's queueing delay, so
+    a move off a congested instance costs less than nothing and a budget charged with it would shrink with
+    every move off an overload; what a move always costs is its flow's arrival at the destination."""
+    flows, dst = action.flows, action.dst
+    costs = cost.moved_flow_cost(cost.migration_latency_ms(state, flows, dst), state.processing_ms[dst],
+                                 cost.queueing_delay_ms(state.queue[dst], state.capacity[dst]), 0.0,
+                                 state.sla_ms[flows], params)
+    return float(np.sum(costs))
+
+
 @dataclass(frozen=True, eq=False)
 class Candidate:
     action: IndexedAction
     breakdown: CostBreakdown
+    charge: float
+    """C(t) if this candidate is executed (`migration_charge`)."""
 
     @property
     def other_cost(self) -> float:
@@ -220,7 +235,8 @@ def candidates(state: ClusterState, action: IndexedAction, cap: int | None, cut:
     out: list[Candidate] = []
     for candidate in actions:
         try:
-            out.append(Candidate(candidate, apply(state, candidate, params, thresholds)[1]))
+            out.append(Candidate(candidate, apply(state, candidate, params, thresholds)[1],
+                                 migration_charge(state, candidate, params)))
         except InvalidAction:
             continue
     return out
@@ -316,14 +332,14 @@ class Stabilizer:
         doing = [c for c in options if not _empty(c.action)]
         if not doing:
             return _held("the action cannot be trimmed to a valid one: nothing done"), 0.0
-        best = min(options, key=lambda c: self.config.v * c.other_cost + self._q * c.breakdown.migration) \
+        best = min(options, key=lambda c: self.config.v * c.other_cost + self._q * c.charge) \
             if budget else doing[0]
         moves = int(best.action.flows.size)
         if _empty(best.action):
             return _held(f"budget: doing nothing beats {asked} moves at Q={self._q:.1f}"), 0.0
         note = "" if best.action is decision.action else \
             f"{moves} of {asked} moves (cap {self.config.max_migrations}, Q={self._q:.1f})"
-        return StabilizedDecision(replace(decision, action=best.action), self.need, note), best.breakdown.migration
+        return StabilizedDecision(replace(decision, action=best.action), self.need, note), best.charge
 
     def _charge(self, migration_cost: float) -> None:
         """Eq. (12): Q(t+1) = max(Q(t) + C(t) − B, 0)."""

@@ -113,8 +113,9 @@ class Rig:
             controller, switch, nfs, calls, clock, log
 
 
-def make_rig(directory: Path) -> Rig:
-    """A controller (policy OFM) on the cluster of `cluster_dict()`, its switch connected, its NFs polled."""
+def make_rig(directory: Path, **config) -> Rig:
+    """A controller (policy OFM, unless `config` changes it or other fields) on the cluster of `cluster_dict()`,
+    its switch connected, its NFs polled."""
     calls: list = []
     nfs: dict[str, FakeNF] = {}
     clock = Clock()
@@ -123,7 +124,8 @@ def make_rig(directory: Path) -> Rig:
         nfs[desc.instance] = FakeNF(desc, calls, clock)
         return nfs[desc.instance]
 
-    config = ControllerConfig(transition_log=str(directory / "transitions.jsonl"), policy="ofm")
+    config = ControllerConfig.from_dict({"transition_log": str(directory / "transitions.jsonl"), "policy": "ofm",
+                                         **config})
     controller = Controller(ClusterDescription.from_dict(cluster_dict()), config, channel, clock=clock)
     switch = FakeSwitch(calls)
     controller.on_switch_connected(switch)

@@ -30,18 +30,28 @@ pytestmark = [
 SETUP_GAP_S = 0.3
 
 
-def crafted_trace(path: Path, rates_pps: list[float], seconds: float) -> Path:
-    """UDP flows at the given rates (both directions alternating), each after a lone first packet."""
+def crafted_trace(path: Path, rates_pps: list[float], seconds: float, flap: tuple[float, float] | None = None) -> Path:
+    """UDP flows at the given rates (both directions alternating), each after a lone first packet; with
+    `flap` = (low rate, half-period s), every other half-period each flow sends at the low rate instead."""
     frames = []
     for n, rate in enumerate(rates_pps):
         client, server = ("10.7.0.1", 3000 + n), ("192.168.7.7", 53)
         start = n * 0.01
         times = [start] + [start + SETUP_GAP_S + k / rate for k in range(int(seconds * rate))]
+        if flap is not None:
+            low, half = flap
+            times = [start] + flapped(times[1:], rate, low, half, start + SETUP_GAP_S)
         for k, ts in enumerate(times):
             a, b = (client, server) if k % 2 == 0 else (server, client)
             frames.append(pcap_builder.Frame(ts, pcap_builder.ethernet(pcap_builder.udp(*a, *b, 200))))
     frames.sort(key=lambda frame: frame.ts)
     return pcap_builder.write_pcap(path, frames, snaplen=1600)
+
+
+def flapped(times: list[float], rate: float, low: float, half: float, origin: float) -> list[float]:
+    """Packet times at `rate` thinned to `low` in every odd half-period after `origin`."""
+    keep_every = max(round(rate / low), 1)
+    return [ts for k, ts in enumerate(times) if int((ts - origin) // half) % 2 == 0 or k % keep_every == 0]
 
 
 def config(**thresholds) -> dict:
@@ -182,3 +192,25 @@ def test_survives_switch_reconnect_nf_crash_and_bad_rest_input(tmp_path):
         assert loop.cluster.sink_counts()["received"] > received  # traffic flows on the survivors
         assert replay.wait(timeout=40) == 0
         loop.check_controller()
+
+
+def test_a_flapping_load_makes_no_reversal_with_the_stabilizer(tmp_path):
+    # Four flows jump between 70 and 3 packets/s every 2 s: two NFs of 200 packets/s swing between 70 %
+    # (over Th_high, a scale-out without the stabilizer) and 3 % (a scale-in). The estimated load, about
+    # 37 %, needs neither; the load that is steady (the mean) is what the stabilizer acts on.
+    spec = ClusterSpec(active=2, standby=1, capacity_pps=200, buffer_packets=400, processing_ms=5)
+    trace = crafted_trace(tmp_path / "trace.pcap", [70.0] * 4, 20, flap=(3.0, 2.0))
+    cfg = {**config(high=0.6, low=0.1), "stabilizer": {"enabled": True}}
+    with live_loop(spec, config=cfg, workdir=tmp_path / "live") as loop:
+        sent_log = tmp_path / "sent.json"
+        replay = loop.cluster.start_replay(trace, sent_log)
+        loop.wait_for(lambda: len(loop.api.get("/flows")) == 4, 5, "every flow steered")
+        time.sleep(2 * loop.api.get("/config")["period_s"])
+        loop.api.write("/config", "PUT", {"mode": "auto"})
+        outcomes = finish(loop, replay, sent_log)
+        scale = [d for d in sorted(loop.decisions.values(), key=lambda d: d["id"])
+                 if d["executed"] and (d["started"] or d["stopped"])]
+        assert len(scale) <= 1, scale  # at most one scale action: nothing to reverse
+        state = loop.api.get("/state")["stabilizer"]
+        assert state["enabled"] and state["flows_estimated"] >= 0 and state["budget_queue"] >= 0
+        assert outcomes["lost"] == 0

@@ -17,6 +17,7 @@ from gnn_policy.stabilizer import (
     Stabilizer,
     StabilizerConfig,
     StabilizerError,
+    migration_charge,
     trim,
 )
 from tests.helpers import cluster
@@ -250,9 +251,15 @@ def test_bad_settings_name_the_field(changes, field):
     assert error.value.field == field
 
 
-def test_the_budget_costs_come_from_the_cost_model():
+def test_the_budget_is_charged_eq_2_without_the_escaped_queue():
     state = cluster([[700.0, 10.0], [100.0]])
     _, breakdown = apply(state, move(1, 1), CostParams(), THRESHOLDS)
+    assert migration_charge(state, move(1, 1), CostParams()) == pytest.approx(breakdown.migration)  # no queue
     stabilizer = Stabilizer(StabilizerConfig.off().updated({"budget_per_period": 0.0}), THRESHOLDS)
     stabilizer.decide(state, Scripted([move(1, 1)]), 0.0, 1.0)
     assert stabilizer.budget_queue == pytest.approx(breakdown.migration)
+    # A flow leaving a 0.5 s queue: eq. (2) is a gain, the move still costs its arrival at nf1.
+    congested = state.with_changes(queue=np.array([500.0, 0.0]))
+    _, relieved = apply(congested, move(1, 1), CostParams(), THRESHOLDS)
+    assert relieved.migration < 0 < migration_charge(congested, move(1, 1), CostParams()) == \
+        pytest.approx(breakdown.migration)
