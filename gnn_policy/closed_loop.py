@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -47,6 +48,8 @@ class Period:
     """Loop time at the start of the period: period index × period length."""
     cost: float
     invalid: bool
+    invalid_reason: str | None
+    """Why the twin rejected the action (`twin.sim.InvalidReason`'s name, e.g. 'BUFFER_OVERFLOW'); None when valid."""
     migrated: tuple[str, ...]
     """Ids of the flows moved."""
     started: int
@@ -143,8 +146,10 @@ def _step(twin: BatchedTwin, actions: Sequence[IndexedAction], slots: Sequence[n
     high = torch.where(active, utilisation, -torch.inf).amax(-1)
     started = torch.where(result.invalid, 0, start.sum(-1))
     stopped = torch.where(result.invalid, 0, stop.sum(-1))
+    reasons = result.reasons()
     return [{
         "time_s": now_s, "cost": float(charged[b]), "invalid": bool(result.invalid[b]),
+        "invalid_reason": reasons[b].name if result.invalid[b] else None,
         "migrated": tuple(twin.flow_ids[b, torch.nonzero(moved[b]).flatten().cpu().numpy()].tolist()),
         "started": int(started[b]), "stopped": int(stopped[b]), "active": int(active[b].sum()),
         "utilisation_min": float(low[b]) if active[b].any() else 0.0,
@@ -182,6 +187,7 @@ def episode_metrics(periods: Sequence[Period], period_s: float) -> dict:
         "periods": len(periods),
         "total_cost": sum(p.cost for p in periods),
         "invalid_actions": sum(p.invalid for p in periods),
+        "invalid_reasons": dict(sorted(Counter(p.invalid_reason for p in periods if p.invalid).items())),
         "sla_violation_flow_s": period_s * sum(p.sla_violating_flows for p in periods),
         "packets_dropped": sum(p.drops for p in periods),
         "instance_s": period_s * sum(p.active for p in periods),

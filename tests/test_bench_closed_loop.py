@@ -67,6 +67,14 @@ def test_stabilizer_off_is_the_plain_loop(tmp_path):
 
 @pytest.mark.parametrize("argv,fragment", [
     (["--experiment", "scale-in", "--speed", "2"], "--speed applies to --experiment closed-loop only"),
+    (["--experiment", "scale-in", "--stabilizer-config", "{}"],
+     "--stabilizer-config applies to --experiment closed-loop only"),
+    ([*SMALL, "--stabilizer-config", "{tolerance: 1"], "--stabilizer-config is not JSON"),
+    ([*SMALL, "--stabilizer-config", "[1]"], "must be a JSON object"),
+    ([*SMALL, "--stabilizer-config", '{"windows": 3}'], "unknown stabilizer setting 'windows'"),
+    ([*SMALL, "--stabilizer-config", '{"tolerance": -0.1}'], "tolerance must be a finite number >= 0"),
+    ([*SMALL, "--stabilizer-config", '{"max_migrations": 0}'], "max_migrations must be an integer >= 1"),
+    ([*SMALL, "--stabilizer", "off", "--stabilizer-config", "{}"], "needs --stabilizer on or both"),
     ([*SMALL, "--policies", "ofm", "--periods", "400"], "shorter than an episode"),
     ([*SMALL, "--policies", "nope"], "unknown policy 'nope'"),
     ([*SMALL, "--standby", "-1"], "must be at least 0"),
@@ -80,3 +88,22 @@ def test_bad_options_give_one_line_and_status_2(capsys, argv, fragment):
         status = exit_.code
     err = capsys.readouterr().err
     assert status == 2 and fragment in err and "Traceback" not in err
+
+
+def test_bad_stabilizer_config_fails_before_any_work(capsys, tmp_path):
+    with mock.patch("gnn_policy.bench.loop.build") as build:
+        status = run_cli([*SMALL, "--stabilizer-config", '{"v": "ten"}', "--json", tmp_path / "x.json"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "v must be a finite number" in err
+    assert not build.called and not (tmp_path / "x.json").exists()
+
+
+def test_stabilizer_config_goes_into_the_records(tmp_path):
+    changes = {"scale_in_window_s": 20, "max_migrations": None, "estimator": "mean"}
+    with mock.patch("sys.stdout"):
+        assert run_cli([*SMALL, "--policies", "ofm", "--stabilizer-config", json.dumps(changes),
+                        "--json", tmp_path / "c.json"]) == 0
+    records = json.loads((tmp_path / "c.json").read_text())["records"]
+    on = [r["stabilizer"] for r in records if r["stabilizer"] is not None]
+    assert len(on) == 2 and all(s == {**StabilizerConfig().to_dict(), **changes} for s in on)
+    assert all(r["invalid_reasons"] == {} for r in records)

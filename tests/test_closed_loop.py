@@ -89,6 +89,8 @@ def test_a_rejected_action_counts_as_doing_nothing(batch):
     for mine, reference in zip(rejected, idle, strict=True):
         metrics, expected = episode_metrics(mine, batch.step_s), episode_metrics(reference, batch.step_s)
         assert metrics["invalid_actions"] == len(mine) - 1
+        assert metrics["invalid_reasons"] == {"START_ACTIVE": len(mine) - 1}
+        assert [p.invalid_reason for p in mine] == [None] + ["START_ACTIVE"] * (len(mine) - 1)
         assert metrics["total_cost"] == pytest.approx(expected["total_cost"])
         assert [p.cost for p in mine] == pytest.approx([p.cost for p in reference])
         assert metrics["migrations"] == 0 and metrics["instance_s"] == expected["instance_s"]

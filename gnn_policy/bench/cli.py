@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--stabilizer", choices=("on", "off", "both"),
                       help="run each policy with the stabilizer, without it (today's loop) or both "
                            f"(default {LOOP_OPTIONS['stabilizer']})")
+    loop.add_argument("--stabilizer-config", metavar="JSON",
+                      help="the stabilizer's settings: a JSON object of StabilizerConfig fields over its defaults, "
+                           "e.g. '{\"scale_in_window_s\": 20, \"max_migrations\": 16}' (default: the defaults)")
     return parser
 
 
@@ -98,7 +101,8 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     names = _policy_names(args)
     if args.experiment == "closed-loop":
         return _bench_loop(args, argv, names)
-    given = [f"--{name}" for name in LOOP_OPTIONS if getattr(args, name) is not None]
+    given = [f"--{name.replace('_', '-')}" for name in (*LOOP_OPTIONS, "stabilizer_config")
+             if getattr(args, name) is not None]
     if given:
         raise BenchError(f"{given[0]} applies to --experiment closed-loop only")
     chosen = experiments.EXPERIMENTS if args.experiment == "all" else (args.experiment,)
@@ -189,6 +193,7 @@ def _bench_loop(args: argparse.Namespace, argv: list[str], names: list[str]) -> 
     options = {name: LOOP_OPTIONS[name] if getattr(args, name) is None else getattr(args, name)
                for name in LOOP_OPTIONS}
     setup = loop.LoopSetup(**{k: v for k, v in options.items() if k != "stabilizer"}, seed=args.seed)
+    settings = loop.stabilizer_settings(options["stabilizer"], _stabilizer_config(args))
     _check_outputs(args)
     limit = args.optimal_time_limit or LOOP_OPTIMAL_LIMIT_S
     prototypes = {name: _policy(name, args.seed, limit, args) for name in names}
@@ -197,7 +202,6 @@ def _bench_loop(args: argparse.Namespace, argv: list[str], names: list[str]) -> 
         batch = loop.build(trace, _read_trace(trace), setup)
     except ValueError as error:
         raise BenchError(f"cannot build the closed-loop episodes from {trace}: {error}") from None
-    settings = loop.STABILIZER_SETTINGS[options["stabilizer"]]
     began = time.perf_counter()
     with tqdm(total=len(names) * len(settings) * setup.periods, unit="period", file=sys.stderr,
               disable=None) as bar:
@@ -218,6 +222,24 @@ def _bench_loop(args: argparse.Namespace, argv: list[str], names: list[str]) -> 
         for path in write_loop_plots(runs, args.plots):
             print(f"wrote {path}")
     return 0
+
+
+def _stabilizer_config(args: argparse.Namespace):
+    """`--stabilizer-config` over `StabilizerConfig()`, or a BenchError naming what is wrong with it."""
+    from gnn_policy.stabilizer import StabilizerConfig, StabilizerError
+
+    if args.stabilizer_config is None:
+        return StabilizerConfig()
+    if args.stabilizer == "off":
+        raise BenchError("--stabilizer-config needs --stabilizer on or both")
+    try:
+        changes = json.loads(args.stabilizer_config)
+    except json.JSONDecodeError as error:
+        raise BenchError(f"--stabilizer-config is not JSON: {error}") from None
+    try:
+        return StabilizerConfig().updated(changes)
+    except StabilizerError as error:
+        raise BenchError(f"--stabilizer-config: {error}") from None
 
 
 DUMPED_KEYS = ("experiment", "scenario", "threshold", "setting", "seed", "policy", "valid", "feasible",

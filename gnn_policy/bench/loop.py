@@ -25,8 +25,14 @@ MAX_FLOWS = 4000
 """Flow slots per episode: a seeded sample of the window's flows when it holds more (docs/benchmark.md)."""
 METRICS = ("total_cost", "invalid_actions", "sla_violation_flow_s", "packets_dropped", "instance_s", "migrations",
            "flows_migrated_twice", "reversals", "decision_ms_p50")
-STABILIZER_SETTINGS = {"off": (None,), "on": (StabilizerConfig(),), "both": (None, StabilizerConfig())}
-"""What `--stabilizer` runs: None is today's loop (the policy on the measured state)."""
+STABILIZER_CHOICES = ("on", "off", "both")
+
+
+def stabilizer_settings(which: str,
+                        config: StabilizerConfig = StabilizerConfig()) -> tuple[StabilizerConfig | None, ...]:
+    """What `--stabilizer` runs: None is today's loop (the policy on the measured state), `config` the
+    stabilizer's settings (`--stabilizer-config` over `StabilizerConfig()`)."""
+    return {"off": (None,), "on": (config,), "both": (None, config)}[which]
 
 
 @dataclass(frozen=True)
