@@ -69,7 +69,7 @@ class StabilizerConfig:
     """Most moves executed in one period (None: no cap)."""
     budget_per_period: float | None = 100.0
     """B of the deficit queue, in eq. (2)'s cost units per period (None: no long-term budget)."""
-    v: float = 10.0
+    v: float = 1.0
     """The weight of the period's other cost (C_R + ω) against Q(t)·C(t) (paper 003's v)."""
 
     def __post_init__(self) -> None:

@@ -52,10 +52,10 @@ def move(flow: int, dst: int) -> IndexedAction:
 
 
 def test_the_virtual_queue_follows_eq_12_by_hand():
-    # nf0 at 71 % is overloaded; moving its 10 packets/s flow to nf1 lowers ω by 1,000 (v·1,000 >> Q·C).
+    # nf0 at 71 % is overloaded; moving its 10 packets/s flow to nf1 lowers ω by 1,000 (v = 10: v·1,000 >> Q·C).
     state = cluster([[700.0, 10.0], [100.0]])
     policy = Scripted([move(1, 1)] * 3)
-    stabilizer = Stabilizer(StabilizerConfig.off().updated({"budget_per_period": 50.0}), THRESHOLDS)
+    stabilizer = Stabilizer(StabilizerConfig.off().updated({"budget_per_period": 50.0, "v": 10.0}), THRESHOLDS)
     # C(t) of one move, eq. (2) within the SLA: β·(la_ij + la_p_dst + la_q_dst − la_q_src), queues empty.
     c = 39.2 + 2.95 + 50.0
     expected_q, q = [], 0.0
