@@ -48,7 +48,8 @@ class StabilizerError(ValueError):
 
 @dataclass(frozen=True)
 class StabilizerConfig:
-    """The stabilizer's settings; `StabilizerConfig()` is on with the testbed's values (docs/controller.md)."""
+    """The stabilizer's settings; `StabilizerConfig()` is on with the values tuned on the twin's validation
+    windows and measured on the testbed (docs/controller.md, docs/benchmark.md "Tuning the stabilizer")."""
 
     enabled: bool = True
     """Off: `decide` passes the policy's decision on the measured state through untouched."""
