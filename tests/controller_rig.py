@@ -2,6 +2,7 @@
 clock the tests move by hand. The `rig` fixture (tests/conftest.py) is `make_rig` on a fresh directory."""
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 from controller_app.config import ClusterDescription, ControllerConfig
@@ -76,14 +77,39 @@ class FakeNF:
 
 
 class FakeSwitch:
+    """Rules per canonical flow; the default steering as weights per instance, which `landing` applies
+    as OVS's select group does: a direction-free hash of the flow onto the weights. Weight changes go to
+    `default_changes` as (how many calls came before, weights), not to `calls`."""
+
     def __init__(self, calls: list):
         self.calls = calls
         self.rules: dict[FiveTuple, str] = {}
+        self.weights: dict[str, int] = {}
+        self.default_changes: list[tuple[int, dict[str, int]]] = []
         self.base_installed = False
         self.fail_barrier = False
 
-    def install_base_rules(self, cluster):
+    def reset(self, cluster, weights, flows):
+        self.calls.append(("switch", "reset", len(flows)))
         self.base_installed = True
+        self.weights = {nf.instance: weight for nf, weight in weights}
+        self.rules = {canonical(t): nf.instance for t, nf in flows}
+
+    def set_default_steering(self, weights):
+        self.weights = {nf.instance: weight for nf, weight in weights}
+        self.default_changes.append((len(self.calls), dict(self.weights)))
+
+    def landing(self, five_tuple) -> str | None:
+        """Where a new flow's first packet goes; its rules for both directions are installed there."""
+        if not self.weights:
+            return None
+        point = zlib.crc32(flow_key(five_tuple).encode()) % sum(self.weights.values())
+        for instance, weight in sorted(self.weights.items()):
+            if point < weight:
+                self.rules[canonical(five_tuple)] = instance
+                return instance
+            point -= weight
+        raise AssertionError("unreachable")
 
     def steer(self, five_tuple, nf):
         self.calls.append(("switch", "steer", flow_key(five_tuple), nf.instance))
@@ -131,6 +157,20 @@ def make_rig(directory: Path) -> Rig:
     return Rig(controller, switch, nfs, calls, clock, directory / "transitions.jsonl")
 
 
+def new_flow(rig, five_tuple: FiveTuple) -> str | None:
+    """A new flow's first packet: the default steering places it, the controller hears of it."""
+    instance = rig.switch.landing(five_tuple)
+    if instance is not None:
+        rig.controller.on_flow_landed(five_tuple, instance)
+    return instance
+
+
+def land(rig, five_tuple: FiveTuple, instance: str) -> None:
+    """A new flow that the default steering placed on `instance`."""
+    rig.switch.rules[canonical(five_tuple)] = instance
+    rig.controller.on_flow_landed(five_tuple, instance)
+
+
 def tuple_n(n: int) -> FiveTuple:
     return FiveTuple("10.0.0.1", "10.0.1.1", 10000 + n, 80, 6)
 
@@ -148,11 +188,8 @@ def run_period(rig, rates: dict[FiveTuple, float]) -> object:
 
 def overload_nf1(rig) -> list[FiveTuple]:
     flows = [tuple_n(n) for n in range(6)]
-    for t in flows:
-        rig.controller.on_new_flow(SOURCE_PORT, t)
-    for t in flows:  # pin every flow to nf1, as an unlucky initial placement would
-        rig.controller.flows.get(flow_key(t)).instance = "nf1"
-        rig.controller.on_new_flow(SOURCE_PORT, t)  # a known flow's packet-in reinstalls its rules
+    for t in flows:  # every flow lands on nf1, as an unlucky hash would place them
+        land(rig, t, "nf1")
     rig.controller.config = rig.controller.config.updated({"mode": "dry-run"})
     run_period(rig, {t: 0 for t in flows})
     rig.controller.config = rig.controller.config.updated({"mode": "auto"})
