@@ -21,7 +21,7 @@ from ryu.controller import ofp_event
 from ryu.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from ryu.lib import hub
 from ryu.lib.packet import ethernet, ipv4, packet, tcp, udp
-from ryu.ofproto import ofproto_v1_3
+from ryu.ofproto import nicira_ext, ofproto_v1_3
 
 from controller_app import rest
 from controller_app.config import (
@@ -44,12 +44,16 @@ FLOW_COOKIE = 0xD3E9
 """Marks the per-flow steering rules, so stats requests and flow-removed messages concern only them."""
 FLOW_PRIORITY, NF_TO_SINK_PRIORITY, TABLE_MISS_PRIORITY = 100, 10, 0
 DEFAULT_PORTS_PRIORITY, DEFAULT_IP_PRIORITY = 2, 1
-"""The default steering's rules on the source port: TCP and UDP, then any other IPv4 protocol."""
+"""The default steering's rules: IPv4 from the source port; in the landing table TCP and UDP, then the rest."""
 IP_PORT_FIELDS = {IPPROTO_TCP: ("tcp_src", "tcp_dst"), IPPROTO_UDP: ("udp_src", "udp_dst")}
-DEFAULT_GROUPS = {IPPROTO_TCP: 1, IPPROTO_UDP: 2, None: 3}
-"""Select group of the default steering per protocol (None: any other IPv4 protocol)."""
+DEFAULT_GROUP, LANDING_TABLE = 1, 1
+"""The default steering's select group, and the table where a new flow's packet lands after it."""
+LANDING_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP, None)
+"""The landing table's rules: TCP, UDP, any other IPv4 protocol (None)."""
 LANDING_COPY_BYTES = 128
 """How much of a new flow's packet the controller gets: its headers."""
+LANDING_MARK = bytes.fromhex("02ddfe00")
+"""The first four bytes of a landing copy's destination MAC; the last two are the NF's switch port."""
 UNCONFIRMED_KEPT = 4096
 NX_LEARN_F_SEND_FLOW_REM = 1
 """OVS's learn flag: the learned rules send flow-removed messages, as `steer`'s do."""
@@ -79,23 +83,21 @@ class OpenFlowSwitch:
         mods = [parser.OFPFlowMod(self.datapath, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
                                   out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY),
                 parser.OFPGroupMod(self.datapath, command=ofp.OFPGC_DELETE, group_id=ofp.OFPG_ALL),
-                *self._group_mods(ofp.OFPGC_ADD, weights),
+                self._group_mod(ofp.OFPGC_ADD, weights),
                 self._flow_mod(TABLE_MISS_PRIORITY, parser.OFPMatch(),
-                               [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])]
+                               [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)]),
+                self._flow_mod(DEFAULT_IP_PRIORITY, parser.OFPMatch(in_port=self._source_port, eth_type=ETH_P_IP),
+                               [parser.OFPActionGroup(DEFAULT_GROUP)])]
         mods += [self._flow_mod(NF_TO_SINK_PRIORITY, parser.OFPMatch(in_port=nf.host.port),
                                 [parser.OFPActionOutput(cluster.sink.port)]) for nf in cluster.nfs]
-        for proto, group in DEFAULT_GROUPS.items():
-            fields = {"in_port": self._source_port, "eth_type": ETH_P_IP} | ({"ip_proto": proto} if proto else {})
-            mods.append(self._flow_mod(DEFAULT_PORTS_PRIORITY if proto else DEFAULT_IP_PRIORITY,
-                                       parser.OFPMatch(**fields), [parser.OFPActionGroup(group)]))
+        mods += [self._landing_rule(proto) for proto in LANDING_PROTOCOLS]
         for five_tuple, nf in flows:
             mods += self._steering_mods(five_tuple, nf)
         self._bundle(mods, f"reset with {len(flows)} flows")
 
     def set_default_steering(self, weights: list[tuple[NFDescription, int]]) -> None:
-        for mod in self._group_mods(self.datapath.ofproto.OFPGC_MODIFY, weights):
-            if not self.datapath.send_msg(mod):
-                raise SwitchError("switch disconnected")
+        if not self.datapath.send_msg(self._group_mod(self.datapath.ofproto.OFPGC_MODIFY, weights)):
+            raise SwitchError("switch disconnected")
 
     def steer(self, five_tuple: FiveTuple, nf: NFDescription) -> None:
         """Both directions' rules in one atomic ONF bundle (OpenFlow 1.3 extension, supported by OVS).
@@ -129,21 +131,29 @@ class OpenFlowSwitch:
             if not self.datapath.send_msg(message):
                 raise SwitchError("switch disconnected")
 
-    def _group_mods(self, command: int, weights: list[tuple[NFDescription, int]]) -> list:
-        """The default steering's select groups. Each bucket sends the packet to its NF, installs the
-        flow's rules for both directions to that NF (OVS's learn action, so the next packet already
-        takes them, whatever the controller does) and sends the controller the packet's headers with
-        the NF's MAC as destination. OVS picks a bucket by a symmetric hash of the 5-tuple."""
+    def _group_mod(self, command: int, weights: list[tuple[NFDescription, int]]):
+        """The default steering's select group: OVS picks a bucket by a symmetric hash of the 5-tuple; a
+        bucket names its NF's port in reg0 and goes on in the landing table. (A bucket is an action set,
+        which keeps one output and drops a learn action, hence the second table.)"""
         parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
-        mods = []
-        for proto, group in DEFAULT_GROUPS.items():
-            buckets = [parser.OFPBucket(weight=weight, actions=[
-                parser.NXActionRegLoad2(dst="reg0", value=nf.host.port),
-                self._learn(proto, reverse=False), self._learn(proto, reverse=True),
-                parser.OFPActionOutput(nf.host.port), parser.OFPActionSetField(eth_dst=nf.host.mac),
-                parser.OFPActionOutput(ofp.OFPP_CONTROLLER, LANDING_COPY_BYTES)]) for nf, weight in weights]
-            mods.append(parser.OFPGroupMod(self.datapath, command, ofp.OFPGT_SELECT, group, buckets))
-        return mods
+        buckets = [parser.OFPBucket(weight=weight, actions=[
+            parser.NXActionRegLoad2(dst="reg0", value=nf.host.port),
+            parser.NXActionResubmitTable(table_id=LANDING_TABLE)]) for nf, weight in weights]
+        return parser.OFPGroupMod(self.datapath, command, ofp.OFPGT_SELECT, DEFAULT_GROUP, buckets)
+
+    def _landing_rule(self, proto: int | None):
+        """A new flow's packet, its NF port in reg0: install the flow's rules for both directions to that
+        port (OVS's learn action, so that the next packet already takes them, whatever the controller
+        does), send the packet there, then send the controller its headers marked with the port."""
+        parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
+        fields = {"eth_type": ETH_P_IP} | ({"ip_proto": proto} if proto else {})
+        actions = [self._learn(proto, reverse=False), self._learn(proto, reverse=True),
+                   parser.NXActionOutputReg(ofs_nbits=nicira_ext.ofs_nbits(0, 15), src="reg0", max_len=0),
+                   parser.NXActionRegLoad2(dst="eth_dst", value=":".join(f"{b:02x}" for b in LANDING_MARK + bytes(2))),
+                   parser.NXActionRegMove(src_field="reg0", dst_field="eth_dst", n_bits=16),
+                   parser.OFPActionOutput(ofp.OFPP_CONTROLLER, LANDING_COPY_BYTES)]
+        return self._flow_mod(DEFAULT_PORTS_PRIORITY if proto else DEFAULT_IP_PRIORITY, parser.OFPMatch(**fields),
+                              actions, table_id=LANDING_TABLE)
 
     def _learn(self, proto: int | None, reverse: bool):
         """The learn action installing one direction's rule (the packet's own, or the reverse one),
@@ -240,7 +250,7 @@ class DeepMigrationApp(app_manager.RyuApp):
         if config_path is None:
             LOG.warning("no controller config: REST writes need 'Authorization: Bearer %s'", config.token)
         self.switch: OpenFlowSwitch | None = None
-        self._instance_by_mac = {nf.host.mac: nf.instance for nf in self.core.cluster.nfs}
+        self._instance_by_port = {nf.host.port: nf.instance for nf in self.core.cluster.nfs}
         self._flow_stats: list = []
         self._loop = hub.spawn(self._run_periods)
 
@@ -273,14 +283,15 @@ class DeepMigrationApp(app_manager.RyuApp):
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def packet_in_handler(self, ev):
-        """A default-steering copy: the new flow's headers, with the instance it landed on as destination
-        MAC. Anything else (table misses: non-IPv4 frames, frames from other ports) is dropped."""
+        """A default-steering copy: the new flow's headers, with the port of the instance it landed on in
+        the destination MAC (`LANDING_MARK`). Anything else (table misses: non-IPv4 frames, frames from other ports) is dropped."""
         msg = ev.msg
         if self.switch is None or msg.datapath is not self.switch.datapath:
             return
         pkt = packet.Packet(msg.data)
         eth, ip = pkt.get_protocol(ethernet.ethernet), pkt.get_protocol(ipv4.ipv4)
-        instance = self._instance_by_mac.get(eth.dst) if eth is not None else None
+        mark = bytes.fromhex(eth.dst.replace(":", "")) if eth is not None else b""
+        instance = self._instance_by_port.get(int.from_bytes(mark[4:], "big")) if mark[:4] == LANDING_MARK else None
         if ip is None or instance is None or msg.match["in_port"] != self.core.cluster.source.port:
             return
         l4 = pkt.get_protocol(tcp.tcp) or pkt.get_protocol(udp.udp)
