@@ -23,8 +23,6 @@ from controller_app.instances import NFRuntime
 from twin.flow import FiveTuple, FlowKey
 
 LOG = logging.getLogger(__name__)
-WEIGHT_SCALE = 100
-"""The default steering's weights sum to about this (the switch hashes a new flow onto them)."""
 
 
 # --- flow keys ---------------------------------------------------------------------------------
@@ -162,17 +160,15 @@ class Steering:
 
     # --- default steering ------------------------------------------------------------------
     def default_weights(self, exclude: Iterable[str] = ()) -> dict[str, int]:
-        """Weight per usable instance (those in `exclude` left out): its share of the cluster's spare
-        capacity, the expected load counting flows without a measured rate at the mean rate. Full
-        instances get none, unless every one is full: then all share alike."""
+        """Where new flows land now: the usable instances (those in `exclude` left out) with the least
+        expected utilisation, flows without a measured rate counted at the mean rate; equal weights
+        for a tie. Refreshed after every landing, this places each new flow on the least utilised
+        instance, as a controller choosing per flow would, but in the switch."""
         load, excluded = self.flows.expected_load(), set(exclude)
-        usable = [nf for nf in self.nfs.values() if nf.usable and nf.id not in excluded]
-        spare = {nf.id: max(nf.capacity_pps - load.get(nf.id, 0.0), 0.0) for nf in usable}
-        total = sum(spare.values())
-        if total <= 0:
-            return {instance: 1 for instance in spare}
-        weights = {instance: round(WEIGHT_SCALE * room / total) for instance, room in spare.items()}
-        return {instance: weight for instance, weight in weights.items() if weight > 0}
+        utilisation = {nf.id: load.get(nf.id, 0.0) / nf.capacity_pps
+                       for nf in self.nfs.values() if nf.usable and nf.id not in excluded}
+        least = min(utilisation.values(), default=0.0)
+        return {instance: 1 for instance, u in utilisation.items() if u <= least}
 
     def refresh_default_steering(self, exclude: Iterable[str] = ()) -> None:
         """Send the switch the current weights if they changed. Safe at any time: a new flow's rules are
@@ -225,6 +221,7 @@ class Steering:
             self._merges[key] = holder
         if not self.nfs[instance].usable:
             self._resteer(flow)
+        self.refresh_default_steering()
 
     def on_rule_expired(self, five_tuple: FiveTuple) -> None:
         """One direction's rule idled out; the flow is forgotten when both have. While the flow still

@@ -100,7 +100,10 @@ class FakeSwitch:
         self.default_changes.append((len(self.calls), dict(self.weights)))
 
     def landing(self, five_tuple) -> str | None:
-        """Where a new flow's first packet goes; its rules for both directions are installed there."""
+        """Where a flow's packet goes: along its rules if it has them, else where the default steering
+        sends it, installing its rules for both directions there."""
+        if canonical(five_tuple) in self.rules:
+            return self.rules[canonical(five_tuple)]
         if not self.weights:
             return None
         point = zlib.crc32(flow_key(five_tuple).encode()) % sum(self.weights.values())

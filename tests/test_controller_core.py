@@ -34,7 +34,7 @@ def test_flow_key_is_direction_free_and_reuses_trace_ordering():
 
 def test_new_flows_land_where_the_default_steering_sends_them_both_directions(rig):
     c = rig.controller
-    assert rig.switch.weights == {"nf1": 50, "nf2": 50}  # the standby nf3 gets nothing
+    assert rig.switch.weights == {"nf1": 1, "nf2": 1}  # the standby nf3 gets nothing
     placed = {new_flow(rig, tuple_n(n)) for n in range(8)}
     assert placed == {"nf1", "nf2"}
     first = c.flows.get(flow_key(tuple_n(1))).instance

@@ -11,15 +11,14 @@ def steers(rig) -> list[tuple]:
     return [call for call in rig.calls if call[:2] == ("switch", "steer")]
 
 
-def test_weights_are_shares_of_the_spare_capacity_and_full_instances_get_none(rig):
+def test_new_flows_go_to_the_least_utilised_instance_and_the_choice_follows_every_landing(rig):
     rig.controller.config = rig.controller.config.updated({"mode": "dry-run"})  # nothing moves
-    flows = [tuple_n(n) for n in range(3)]
-    for t in flows:
-        land(rig, t, "nf1")
-    run_period(rig, {t: 20 for t in flows})  # nf1 carries 60 of its 100 packets/s, nf2 nothing
-    assert rig.switch.weights == {"nf1": 29, "nf2": 71}  # 40 and 100 packets/s to spare
-    run_period(rig, {t: 40 for t in flows})  # nf1 over capacity
-    assert rig.switch.weights == {"nf2": 100}
+    assert rig.switch.weights == {"nf1": 1, "nf2": 1}  # a tie: both, alike
+    placed = [new_flow(rig, tuple_n(n)) for n in range(4)]
+    assert sorted(placed) == ["nf1", "nf1", "nf2", "nf2"]  # each landing moves the choice on
+    run_period(rig, {tuple_n(0): 30, tuple_n(1): 1, tuple_n(2): 1, tuple_n(3): 1})
+    busy = rig.controller.flows.get(flow_key(tuple_n(0))).instance
+    assert set(rig.switch.weights) == {"nf1", "nf2"} - {busy}
 
 
 def test_the_switch_hears_of_new_weights_only_when_they_change(rig):
@@ -35,7 +34,7 @@ def test_a_dead_instance_takes_no_new_flow_and_its_flows_move_at_once(rig):
     land(rig, tuple_n(1), "nf1")
     rig.nfs["nf1"].dead = True
     run_period(rig, {tuple_n(1): 5})
-    at, weights = rig.switch.default_changes[-1]
+    at, weights = next(change for change in rig.switch.default_changes if "nf1" not in change[1])
     assert set(weights) == {"nf2"}
     first_steer = rig.calls.index(("switch", "steer", flow_key(tuple_n(1)), "nf2"))
     assert at <= first_steer  # no new flow lands on nf1 once its flows are re-steered
@@ -46,6 +45,7 @@ def test_an_instance_is_out_of_the_default_steering_before_it_is_drained_and_sto
     land(rig, tuple_n(1), "nf1")
     land(rig, tuple_n(2), "nf2")
     rig.calls.clear()
+    rig.switch.default_changes.clear()
     record = run_period(rig, {tuple_n(1): 2, tuple_n(2): 2})  # 2 % each, under Th_low: one instance is enough
     assert record.scenario == ScenarioKind.SCALE_IN.value and record.stopped
     [stopped] = record.stopped
