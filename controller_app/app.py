@@ -46,8 +46,8 @@ FLOW_PRIORITY, NF_TO_SINK_PRIORITY, TABLE_MISS_PRIORITY = 100, 10, 0
 DEFAULT_PORTS_PRIORITY, DEFAULT_IP_PRIORITY = 2, 1
 """The default steering's rules: IPv4 from the source port; in the landing table TCP and UDP, then the rest."""
 IP_PORT_FIELDS = {IPPROTO_TCP: ("tcp_src", "tcp_dst"), IPPROTO_UDP: ("udp_src", "udp_dst")}
-DEFAULT_GROUP, LANDING_TABLE = 1, 1
-"""The default steering's select group, and the table where a new flow's packet lands after it."""
+LANDING_TABLE = 1
+"""Where a new flow's packet goes on once the default steering put its NF's port in reg0."""
 LANDING_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP, None)
 """The landing table's rules: TCP, UDP, any other IPv4 protocol (None)."""
 LANDING_COPY_BYTES = 128
@@ -75,19 +75,16 @@ class OpenFlowSwitch:
         self._unconfirmed: dict[int, str] = {}
         self._errors: list[str] = []
 
-    def reset(self, cluster: ClusterDescription, weights: list[tuple[NFDescription, int]],
+    def reset(self, cluster: ClusterDescription, target: NFDescription | None,
               flows: list[tuple[FiveTuple, NFDescription]]) -> None:
-        """One atomic bundle: wipe rules and groups, then the table-miss rule, every NF port to the sink,
+        """One atomic bundle: wipe the rules, then the table-miss rule, every NF port to the sink,
         the default steering and both directions' rules of every flow in `flows`."""
         parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
         mods = [parser.OFPFlowMod(self.datapath, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
                                   out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY),
-                parser.OFPGroupMod(self.datapath, command=ofp.OFPGC_DELETE, group_id=ofp.OFPG_ALL),
-                self._group_mod(ofp.OFPGC_ADD, weights),
                 self._flow_mod(TABLE_MISS_PRIORITY, parser.OFPMatch(),
                                [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)]),
-                self._flow_mod(DEFAULT_IP_PRIORITY, parser.OFPMatch(in_port=self._source_port, eth_type=ETH_P_IP),
-                               [parser.OFPActionGroup(DEFAULT_GROUP)])]
+                self._default_rule(target)]
         mods += [self._flow_mod(NF_TO_SINK_PRIORITY, parser.OFPMatch(in_port=nf.host.port),
                                 [parser.OFPActionOutput(cluster.sink.port)]) for nf in cluster.nfs]
         mods += [self._landing_rule(proto) for proto in LANDING_PROTOCOLS]
@@ -95,8 +92,9 @@ class OpenFlowSwitch:
             mods += self._steering_mods(five_tuple, nf)
         self._bundle(mods, f"reset with {len(flows)} flows")
 
-    def set_default_steering(self, weights: list[tuple[NFDescription, int]]) -> None:
-        if not self.datapath.send_msg(self._group_mod(self.datapath.ofproto.OFPGC_MODIFY, weights)):
+    def set_default_steering(self, target: NFDescription | None) -> None:
+        """Overwrite the default rule (one flow mod, applied atomically)."""
+        if not self.datapath.send_msg(self._default_rule(target)):
             raise SwitchError("switch disconnected")
 
     def steer(self, five_tuple: FiveTuple, nf: NFDescription) -> None:
@@ -131,15 +129,17 @@ class OpenFlowSwitch:
             if not self.datapath.send_msg(message):
                 raise SwitchError("switch disconnected")
 
-    def _group_mod(self, command: int, weights: list[tuple[NFDescription, int]]):
-        """The default steering's select group: OVS picks a bucket by a symmetric hash of the 5-tuple; a
-        bucket names its NF's port in reg0 and goes on in the landing table. (A bucket is an action set,
-        which keeps one output and drops a learn action, hence the second table.)"""
-        parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
-        buckets = [parser.OFPBucket(weight=weight, actions=[
-            parser.NXActionRegLoad2(dst="reg0", value=nf.host.port),
-            parser.NXActionResubmitTable(table_id=LANDING_TABLE)]) for nf, weight in weights]
-        return parser.OFPGroupMod(self.datapath, command, ofp.OFPGT_SELECT, DEFAULT_GROUP, buckets)
+    def _default_rule(self, target: NFDescription | None):
+        """IPv4 from the source that no flow's rule matched: name `target`'s port in reg0 and go on in the
+        landing table (nothing: drop). A plain rule rather than a select group on purpose: OVS runs a
+        select group as a hash and a recirculation whose frozen remainder (the group) is thawed by later
+        upcalls without looking at table 0 again, so a packet that follows the flow's first one while
+        the group changes could pick another bucket and re-learn the flow's rules elsewhere."""
+        parser = self.datapath.ofproto_parser
+        actions = [parser.NXActionRegLoad2(dst="reg0", value=target.host.port),
+                   parser.NXActionResubmitTable(table_id=LANDING_TABLE)] if target is not None else []
+        return self._flow_mod(DEFAULT_IP_PRIORITY, parser.OFPMatch(in_port=self._source_port, eth_type=ETH_P_IP),
+                              actions)
 
     def _landing_rule(self, proto: int | None):
         """A new flow's packet, its NF port in reg0: install the flow's rules for both directions to that

@@ -1,9 +1,8 @@
 """Flow steering: which instance serves each flow, and the switch rules that send it there.
 
-New flows never wait for the controller: the switch's **default steering** (one weighted choice
-per new flow, weights favouring the instances with the most spare capacity, refreshed every
-period) sends a flow's first packet to an instance and installs the flow's exact rules for both
-directions there and then; the controller hears of it from a copy of that packet (`on_flow_landed`)
+New flows never wait for the controller: the switch's **default steering** (the least utilised
+instance, refreshed after every landing and every period) sends a flow's first packet to an
+instance and installs the flow's exact rules for both directions there and then; the controller hears of it from a copy of that packet (`on_flow_landed`)
 and registers the flow where it landed. A returning flow's old state is merged into the instance it
 landed on; the flows of a dead instance go to the live ones at once. The switch is driven through
 the `Switch` protocol, which the Ryu app implements with OpenFlow and tests with a fake.
@@ -42,17 +41,15 @@ class SwitchError(RuntimeError):
 
 
 class Switch(Protocol):
-    def reset(self, cluster: ClusterDescription, weights: list[tuple[NFDescription, int]],
+    def reset(self, cluster: ClusterDescription, target: NFDescription | None,
               flows: list[tuple[FiveTuple, NFDescription]]) -> None:
         """In one atomic step: wipe the switch's rules, install the base rules (table-miss to the
-        controller, every NF port to the sink), the default steering with `weights` and the rules of
-        `flows`."""
+        controller, every NF port to the sink), the default steering to `target` and the rules of `flows`."""
 
-    def set_default_steering(self, weights: list[tuple[NFDescription, int]]) -> None:
-        """Where the switch sends new flows from now on: each to one of `weights`' instances (chosen
-        by a hash of the flow, both directions alike, in proportion to the weights), installing the
-        flow's rules to it and sending the controller a copy of the first packet marked with the
-        instance. An empty list drops new flows."""
+    def set_default_steering(self, target: NFDescription | None) -> None:
+        """Where the switch sends new flows from now on: to `target`, installing the flow's rules for both
+        directions to it with the first packet and sending the controller a copy of that packet marked
+        with the instance. None drops new flows."""
 
     def steer(self, five_tuple: FiveTuple, nf: NFDescription) -> None:
         """Add or overwrite the rules sending both directions of a (canonical) flow to `nf`, atomically:
@@ -139,8 +136,8 @@ class Steering:
         self.flows = flows
         self._clock = clock
         self.switch: Switch | None = None
-        self._weights: dict[str, int] = {}
-        """The default steering's weights as last sent to the switch."""
+        self._target: str | None = None
+        """The default steering's instance as last sent to the switch."""
         self._merges: dict[str, str] = {}
         """Flow id -> the instance still holding its older state, for flows that landed elsewhere."""
         self._idle_timeout_s = 0.0
@@ -149,8 +146,9 @@ class Steering:
         """A (re)connected switch gets, atomically, the base rules, the default steering and the rule of
         every flow we still steer."""
         self.switch = switch
-        self._weights = self.default_weights()
-        switch.reset(self.cluster, self._described(self._weights),
+        target = self._least_utilised()
+        self._target = target.id if target else None
+        switch.reset(self.cluster, target.desc if target else None,
                      [(flow.five_tuple, self.nfs[flow.instance].desc) for flow in self.flows])
         LOG.info("switch %016x connected: reinstalled %d flows", self.cluster.dpid, len(self.flows))
 
@@ -159,29 +157,19 @@ class Steering:
         LOG.warning("switch %016x disconnected", self.cluster.dpid)
 
     # --- default steering ------------------------------------------------------------------
-    def default_weights(self, exclude: Iterable[str] = ()) -> dict[str, int]:
-        """Where new flows land now: the usable instances (those in `exclude` left out) with the least
-        expected utilisation, flows without a measured rate counted at the mean rate; equal weights
-        for a tie. Refreshed after every landing, this places each new flow on the least utilised
-        instance, as a controller choosing per flow would, but in the switch."""
-        load, excluded = self.flows.expected_load(), set(exclude)
-        utilisation = {nf.id: load.get(nf.id, 0.0) / nf.capacity_pps
-                       for nf in self.nfs.values() if nf.usable and nf.id not in excluded}
-        least = min(utilisation.values(), default=0.0)
-        return {instance: 1 for instance, u in utilisation.items() if u <= least}
-
     def refresh_default_steering(self, exclude: Iterable[str] = ()) -> None:
-        """Send the switch the current weights if they changed. Safe at any time: a new flow's rules are
-        installed by the switch with its first packet, so no flow is ever between two choices."""
-        weights = self.default_weights(exclude)
-        if self.switch is None or weights == self._weights:
+        """Point the default steering at the least utilised usable instance (those in `exclude` left
+        out) if it changed. Safe at any time: a new flow's rules are installed by the switch with its
+        first packet, so no flow is ever between two choices."""
+        target = self._least_utilised(exclude)
+        if self.switch is None or (target.id if target else None) == self._target:
             return
         try:
-            self.switch.set_default_steering(self._described(weights))
+            self.switch.set_default_steering(target.desc if target else None)
         except SwitchError as error:
             LOG.warning("could not refresh the default steering: %s", error)
             return
-        self._weights = weights
+        self._target = target.id if target else None
 
     def exclude_from_new_flows(self, instances: Iterable[str], barrier_timeout_s: float) -> None:
         """Before instances are stopped: no new flow lands on them once this returns (the barrier makes
@@ -194,9 +182,6 @@ class Steering:
             self.switch.barrier(barrier_timeout_s)
         except SwitchError as error:
             LOG.warning("no barrier after excluding %s from new flows: %s", instances, error)
-
-    def _described(self, weights: dict[str, int]) -> list[tuple[NFDescription, int]]:
-        return [(self.nfs[instance].desc, weight) for instance, weight in sorted(weights.items())]
 
     # --- switch events ---------------------------------------------------------------------
     def on_flow_landed(self, five_tuple: FiveTuple, instance: str) -> None:
@@ -240,7 +225,7 @@ class Steering:
     # --- the period ------------------------------------------------------------------------
     def on_period(self, quiet_ms: float, idle_timeout_s: float) -> None:
         """Once per period, after the rates are updated: note which flows carry traffic, refresh the
-        default steering's weights and merge the older state of flows that landed away from it."""
+        default steering and merge the older state of flows that landed away from it."""
         now = self._clock()
         self._idle_timeout_s = idle_timeout_s
         for flow in self.flows:
@@ -293,9 +278,11 @@ class Steering:
             except SwitchError as error:
                 LOG.warning("could not re-steer %s: %s", flow.key, error)
 
-    def _least_utilised(self) -> NFRuntime | None:
-        load = self.flows.expected_load()
-        usable = [nf for nf in self.nfs.values() if nf.usable]
+    def _least_utilised(self, exclude: Iterable[str] = ()) -> NFRuntime | None:
+        """The usable instance (not in `exclude`) with the least expected utilisation, flows without a
+        measured rate counted at the mean rate."""
+        load, excluded = self.flows.expected_load(), set(exclude)
+        usable = [nf for nf in self.nfs.values() if nf.usable and nf.id not in excluded]
         if not usable:
             return None
         return min(usable, key=lambda nf: (load.get(nf.id, 0.0) / nf.capacity_pps, nf.id))

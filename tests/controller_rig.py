@@ -2,7 +2,6 @@
 clock the tests move by hand. The `rig` fixture (tests/conftest.py) is `make_rig` on a fresh directory."""
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 from controller_app.config import ClusterDescription, ControllerConfig
@@ -77,42 +76,33 @@ class FakeNF:
 
 
 class FakeSwitch:
-    """Rules per canonical flow; the default steering as weights per instance, which `landing` applies
-    as OVS's select group does: a direction-free hash of the flow onto the weights. Weight changes go to
-    `default_changes` as (how many calls came before, weights), not to `calls`."""
+    """Rules per canonical flow and the default steering's instance, which `landing` applies. Changes
+    of the default go to `default_changes` as (how many calls came before, instance), not to `calls`."""
 
     def __init__(self, calls: list):
         self.calls = calls
         self.rules: dict[FiveTuple, str] = {}
-        self.weights: dict[str, int] = {}
-        self.default_changes: list[tuple[int, dict[str, int]]] = []
+        self.default: str | None = None
+        self.default_changes: list[tuple[int, str | None]] = []
         self.base_installed = False
         self.fail_barrier = False
 
-    def reset(self, cluster, weights, flows):
+    def reset(self, cluster, target, flows):
         self.calls.append(("switch", "reset", len(flows)))
         self.base_installed = True
-        self.weights = {nf.instance: weight for nf, weight in weights}
+        self.default = target.instance if target else None
         self.rules = {canonical(t): nf.instance for t, nf in flows}
 
-    def set_default_steering(self, weights):
-        self.weights = {nf.instance: weight for nf, weight in weights}
-        self.default_changes.append((len(self.calls), dict(self.weights)))
+    def set_default_steering(self, target):
+        self.default = target.instance if target else None
+        self.default_changes.append((len(self.calls), self.default))
 
     def landing(self, five_tuple) -> str | None:
-        """Where a flow's packet goes: along its rules if it has them, else where the default steering
-        sends it, installing its rules for both directions there."""
-        if canonical(five_tuple) in self.rules:
-            return self.rules[canonical(five_tuple)]
-        if not self.weights:
-            return None
-        point = zlib.crc32(flow_key(five_tuple).encode()) % sum(self.weights.values())
-        for instance, weight in sorted(self.weights.items()):
-            if point < weight:
-                self.rules[canonical(five_tuple)] = instance
-                return instance
-            point -= weight
-        raise AssertionError("unreachable")
+        """Where a flow's packet goes: along its rules if it has them, else to the default steering's
+        instance, installing its rules for both directions there."""
+        if canonical(five_tuple) not in self.rules and self.default is not None:
+            self.rules[canonical(five_tuple)] = self.default
+        return self.rules.get(canonical(five_tuple))
 
     def steer(self, five_tuple, nf):
         self.calls.append(("switch", "steer", flow_key(five_tuple), nf.instance))

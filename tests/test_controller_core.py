@@ -34,9 +34,8 @@ def test_flow_key_is_direction_free_and_reuses_trace_ordering():
 
 def test_new_flows_land_where_the_default_steering_sends_them_both_directions(rig):
     c = rig.controller
-    assert rig.switch.weights == {"nf1": 1, "nf2": 1}  # the standby nf3 gets nothing
-    placed = {new_flow(rig, tuple_n(n)) for n in range(8)}
-    assert placed == {"nf1", "nf2"}
+    placed = [new_flow(rig, tuple_n(n)) for n in range(8)]
+    assert placed == ["nf1", "nf2"] * 4  # least utilised first; the standby nf3 gets nothing
     first = c.flows.get(flow_key(tuple_n(1))).instance
     again = new_flow(rig, tuple_n(1).reverse())  # the reply direction: same flow, same NF
     assert again == first and len(c.flows) == 8
@@ -206,7 +205,7 @@ def test_reconnected_switch_gets_every_rule_back(rig):
     fresh = FakeSwitch([])
     c.on_switch_connected(fresh)
     assert fresh.base_installed and set(fresh.rules) == {canonical(tuple_n(n)) for n in range(3)}
-    assert fresh.rules == rig.switch.rules and fresh.weights == rig.switch.weights
+    assert fresh.rules == rig.switch.rules and fresh.default == rig.switch.default
 
 
 def test_flow_forgotten_once_both_rules_expire(rig):
@@ -271,7 +270,7 @@ def test_a_returning_flow_that_lands_elsewhere_gets_its_old_state_merged_in(rig)
     rig.nfs["nf1"].flows_with_state = [tuple_n(1)]
     rig.nfs["nf1"].state[flow_key(tuple_n(1))] = {"packets": 9}
     c.poll_instances()
-    land(rig, tuple_n(1), "nf2")  # the weights changed meanwhile: it comes back to nf2
+    land(rig, tuple_n(1), "nf2")  # nf2 the least utilised meanwhile: it comes back there
     assert c.flows.get(flow_key(tuple_n(1))).instance == "nf2"
     run_period(rig, {})
     merge = [call for call in rig.calls if call[0] in ("nf1", "nf2") and call[1] in ("export", "import")]

@@ -13,15 +13,14 @@ def steers(rig) -> list[tuple]:
 
 def test_new_flows_go_to_the_least_utilised_instance_and_the_choice_follows_every_landing(rig):
     rig.controller.config = rig.controller.config.updated({"mode": "dry-run"})  # nothing moves
-    assert rig.switch.weights == {"nf1": 1, "nf2": 1}  # a tie: both, alike
+    assert rig.switch.default == "nf1"  # a tie: the first; the standby nf3 takes none
     placed = [new_flow(rig, tuple_n(n)) for n in range(4)]
-    assert sorted(placed) == ["nf1", "nf1", "nf2", "nf2"]  # each landing moves the choice on
+    assert placed == ["nf1", "nf2", "nf1", "nf2"]  # each landing moves the choice on
     run_period(rig, {tuple_n(0): 30, tuple_n(1): 1, tuple_n(2): 1, tuple_n(3): 1})
-    busy = rig.controller.flows.get(flow_key(tuple_n(0))).instance
-    assert set(rig.switch.weights) == {"nf1", "nf2"} - {busy}
+    assert rig.switch.default == "nf2"  # nf1 carries the busy flow
 
 
-def test_the_switch_hears_of_new_weights_only_when_they_change(rig):
+def test_the_switch_hears_of_the_default_only_when_it_changes(rig):
     land(rig, tuple_n(1), "nf1")
     run_period(rig, {tuple_n(1): 10})
     changes = len(rig.switch.default_changes)
@@ -34,8 +33,8 @@ def test_a_dead_instance_takes_no_new_flow_and_its_flows_move_at_once(rig):
     land(rig, tuple_n(1), "nf1")
     rig.nfs["nf1"].dead = True
     run_period(rig, {tuple_n(1): 5})
-    at, weights = next(change for change in rig.switch.default_changes if "nf1" not in change[1])
-    assert set(weights) == {"nf2"}
+    at, target = next(change for change in rig.switch.default_changes if change[1] != "nf1")
+    assert target == "nf2"
     first_steer = rig.calls.index(("switch", "steer", flow_key(tuple_n(1)), "nf2"))
     assert at <= first_steer  # no new flow lands on nf1 once its flows are re-steered
     assert rig.switch.rules[canonical(tuple_n(1))] == "nf2"
@@ -49,7 +48,7 @@ def test_an_instance_is_out_of_the_default_steering_before_it_is_drained_and_sto
     record = run_period(rig, {tuple_n(1): 2, tuple_n(2): 2})  # 2 % each, under Th_low: one instance is enough
     assert record.scenario == ScenarioKind.SCALE_IN.value and record.stopped
     [stopped] = record.stopped
-    excluded = [at for at, weights in rig.switch.default_changes if stopped not in weights]
+    excluded = [at for at, target in rig.switch.default_changes if target != stopped]
     first_hold = next(k for k, call in enumerate(rig.calls) if call[1] == "hold")
     assert excluded and excluded[0] <= first_hold
     assert rig.calls[excluded[0]] == ("switch", "barrier")  # landings before the change are known first
@@ -63,7 +62,7 @@ def test_a_flow_that_lands_on_a_stopping_instance_keeps_it_up(rig):
     def barrier(timeout_s):  # a copy the switch sent before the weights changed arrives meanwhile
         if not rig.controller.flows.get(flow_key(tuple_n(3))):
             for instance in ("nf1", "nf2"):
-                if instance not in rig.switch.weights:
+                if instance != rig.switch.default:
                     land(rig, tuple_n(3), instance)
         real_barrier(timeout_s)
 
