@@ -20,8 +20,8 @@ from ryu.base import app_manager
 from ryu.controller import ofp_event
 from ryu.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from ryu.lib import hub
-from ryu.lib.packet import ipv4, packet, tcp, udp
-from ryu.ofproto import ofproto_v1_3
+from ryu.lib.packet import ethernet, ipv4, packet, tcp, udp
+from ryu.ofproto import nicira_ext, ofproto_v1_3
 
 from controller_app import rest
 from controller_app.config import (
@@ -35,7 +35,7 @@ from controller_app.config import (
 )
 from controller_app.core import Controller
 from controller_app.steering import SwitchError
-from mininet_topos.frames import CONTROLLER_PATH_DSCP, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP
+from mininet_topos.frames import ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP
 from twin.flow import FiveTuple
 
 LOG = logging.getLogger(__name__)
@@ -43,8 +43,20 @@ LOG = logging.getLogger(__name__)
 FLOW_COOKIE = 0xD3E9
 """Marks the per-flow steering rules, so stats requests and flow-removed messages concern only them."""
 FLOW_PRIORITY, NF_TO_SINK_PRIORITY, TABLE_MISS_PRIORITY = 100, 10, 0
+DEFAULT_PORTS_PRIORITY, DEFAULT_IP_PRIORITY = 2, 1
+"""The default steering's rules: IPv4 from the source port; in the landing table TCP and UDP, then the rest."""
 IP_PORT_FIELDS = {IPPROTO_TCP: ("tcp_src", "tcp_dst"), IPPROTO_UDP: ("udp_src", "udp_dst")}
+LANDING_TABLE = 1
+"""Where a new flow's packet goes on once the default steering put its NF's port in reg0."""
+LANDING_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP, None)
+"""The landing table's rules: TCP, UDP, any other IPv4 protocol (None)."""
+LANDING_COPY_BYTES = 128
+"""How much of a new flow's packet the controller gets: its headers."""
+LANDING_MARK = bytes.fromhex("02ddfe00")
+"""The first four bytes of a landing copy's destination MAC; the last two are the NF's switch port."""
 UNCONFIRMED_KEPT = 4096
+NX_LEARN_F_SEND_FLOW_REM = 1
+"""OVS's learn flag: the learned rules send flow-removed messages, as `steer`'s do."""
 
 register_ryu_options()
 cfg.CONF.set_default("wsapi_host", rest.LOCALHOST)
@@ -63,15 +75,27 @@ class OpenFlowSwitch:
         self._unconfirmed: dict[int, str] = {}
         self._errors: list[str] = []
 
-    def install_base_rules(self, cluster: ClusterDescription) -> None:
+    def reset(self, cluster: ClusterDescription, target: NFDescription | None,
+              flows: list[tuple[FiveTuple, NFDescription]]) -> None:
+        """One atomic bundle: wipe the rules, then the table-miss rule, every NF port to the sink,
+        the default steering and both directions' rules of every flow in `flows`."""
         parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
-        self.datapath.send_msg(parser.OFPFlowMod(self.datapath, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
-                                                 out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY))
-        self._add(TABLE_MISS_PRIORITY, parser.OFPMatch(),
-                  [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])
-        for nf in cluster.nfs:
-            self._add(NF_TO_SINK_PRIORITY, parser.OFPMatch(in_port=nf.host.port),
-                      [parser.OFPActionOutput(cluster.sink.port)])
+        mods = [parser.OFPFlowMod(self.datapath, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
+                                  out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY),
+                self._flow_mod(TABLE_MISS_PRIORITY, parser.OFPMatch(),
+                               [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)]),
+                self._default_rule(target)]
+        mods += [self._flow_mod(NF_TO_SINK_PRIORITY, parser.OFPMatch(in_port=nf.host.port),
+                                [parser.OFPActionOutput(cluster.sink.port)]) for nf in cluster.nfs]
+        mods += [self._landing_rule(proto) for proto in LANDING_PROTOCOLS]
+        for five_tuple, nf in flows:
+            mods += self._steering_mods(five_tuple, nf)
+        self._bundle(mods, f"reset with {len(flows)} flows")
+
+    def set_default_steering(self, target: NFDescription | None) -> None:
+        """Overwrite the default rule (one flow mod, applied atomically)."""
+        if not self.datapath.send_msg(self._default_rule(target)):
+            raise SwitchError("switch disconnected")
 
     def steer(self, five_tuple: FiveTuple, nf: NFDescription) -> None:
         """Both directions' rules in one atomic ONF bundle (OpenFlow 1.3 extension, supported by OVS).
@@ -81,22 +105,74 @@ class OpenFlowSwitch:
         one, and the old one forwards packets that come after some the new one is holding.
         The bundle's outcome is known at the next `barrier`: an error reply for it makes that fail.
         """
+        self._bundle(self._steering_mods(five_tuple, nf), f"steering {five_tuple} to {nf.instance}")
+
+    def _steering_mods(self, five_tuple: FiveTuple, nf: NFDescription) -> list:
+        ofp = self.datapath.ofproto
+        return [self._flow_mod(FLOW_PRIORITY, self.match(direction),
+                               [self.datapath.ofproto_parser.OFPActionOutput(nf.host.port)],
+                               cookie=FLOW_COOKIE, idle_timeout=self._idle_timeout_s, flags=ofp.OFPFF_SEND_FLOW_REM)
+                for direction in (five_tuple, five_tuple.reverse())]
+
+    def _bundle(self, mods: list, what: str) -> None:
+        """Send `mods` as one atomic ONF bundle; an error reply for it makes the next `barrier` fail."""
         parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
         bundle, flags = next(self._bundle_ids) & 0xFFFFFFFF, ofp.ONF_BF_ATOMIC
-        messages = [parser.ONFBundleCtrlMsg(self.datapath, bundle, ofp.ONF_BCT_OPEN_REQUEST, flags, [])]
-        for direction in (five_tuple, five_tuple.reverse()):
-            mod = self._flow_mod(FLOW_PRIORITY, self.match(direction), [parser.OFPActionOutput(nf.host.port)],
-                                 cookie=FLOW_COOKIE, idle_timeout=self._idle_timeout_s,
-                                 flags=ofp.OFPFF_SEND_FLOW_REM)
-            messages.append(parser.ONFBundleAddMsg(self.datapath, bundle, flags, mod, []))
-        messages.append(parser.ONFBundleCtrlMsg(self.datapath, bundle, ofp.ONF_BCT_COMMIT_REQUEST, flags, []))
+        messages = [parser.ONFBundleCtrlMsg(self.datapath, bundle, ofp.ONF_BCT_OPEN_REQUEST, flags, []),
+                    *(parser.ONFBundleAddMsg(self.datapath, bundle, flags, mod, []) for mod in mods),
+                    parser.ONFBundleCtrlMsg(self.datapath, bundle, ofp.ONF_BCT_COMMIT_REQUEST, flags, [])]
         for message in messages:
             self.datapath.set_xid(message)
-            self._unconfirmed[message.xid] = f"bundle {bundle} steering {five_tuple} to {nf.instance}"
+            self._unconfirmed[message.xid] = f"bundle {bundle} {what}"
             if len(self._unconfirmed) > UNCONFIRMED_KEPT:  # steering outside migrations meets no barrier
                 del self._unconfirmed[next(iter(self._unconfirmed))]
             if not self.datapath.send_msg(message):
                 raise SwitchError("switch disconnected")
+
+    def _default_rule(self, target: NFDescription | None):
+        """IPv4 from the source that no flow's rule matched: name `target`'s port in reg0 and go on in the
+        landing table (nothing: drop). A plain rule rather than a select group on purpose: OVS runs a
+        select group as a hash and a recirculation whose frozen remainder (the group) is thawed by later
+        upcalls without looking at table 0 again, so a packet that follows the flow's first one while
+        the group changes could pick another bucket and re-learn the flow's rules elsewhere."""
+        parser = self.datapath.ofproto_parser
+        actions = [parser.NXActionRegLoad2(dst="reg0", value=target.host.port),
+                   parser.NXActionResubmitTable(table_id=LANDING_TABLE)] if target is not None else []
+        return self._flow_mod(DEFAULT_IP_PRIORITY, parser.OFPMatch(in_port=self._source_port, eth_type=ETH_P_IP),
+                              actions)
+
+    def _landing_rule(self, proto: int | None):
+        """A new flow's packet, its NF port in reg0: install the flow's rules for both directions to that
+        port (OVS's learn action, so that the next packet already takes them, whatever the controller
+        does), send the packet there, then send the controller its headers marked with the port."""
+        parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
+        fields = {"eth_type": ETH_P_IP} | ({"ip_proto": proto} if proto else {})
+        actions = [self._learn(proto, reverse=False), self._learn(proto, reverse=True),
+                   parser.NXActionOutputReg(ofs_nbits=nicira_ext.ofs_nbits(0, 15), src="reg0", max_len=0),
+                   parser.NXActionRegLoad2(dst="eth_dst", value=":".join(f"{b:02x}" for b in LANDING_MARK + bytes(2))),
+                   parser.NXActionRegMove(src_field="reg0", dst_field="eth_dst", n_bits=16),
+                   parser.OFPActionOutput(ofp.OFPP_CONTROLLER, LANDING_COPY_BYTES)]
+        return self._flow_mod(DEFAULT_PORTS_PRIORITY if proto else DEFAULT_IP_PRIORITY, parser.OFPMatch(**fields),
+                              actions, table_id=LANDING_TABLE)
+
+    def _learn(self, proto: int | None, reverse: bool):
+        """The learn action installing one direction's rule (the packet's own, or the reverse one),
+        with the same match, priority, cookie, idle timeout and flags as `steer`'s, output to reg0."""
+        parser = self.datapath.ofproto_parser
+        pairs = [("ipv4_src_nxm", "ipv4_dst_nxm", 32)]
+        if proto in IP_PORT_FIELDS:
+            src, dst = IP_PORT_FIELDS[proto]
+            pairs.append((f"{src}_nxm", f"{dst}_nxm", 16))
+        specs = [parser.NXFlowSpecMatch(src=ETH_P_IP, dst=("eth_type_nxm", 0), n_bits=16),
+                 parser.NXFlowSpecMatch(src=self._source_port, dst=("in_port_nxm", 0), n_bits=16),
+                 parser.NXFlowSpecMatch(src=proto if proto else ("ip_proto_nxm", 0), dst=("ip_proto_nxm", 0),
+                                        n_bits=8)]
+        for a, b, bits in pairs:
+            specs += [parser.NXFlowSpecMatch(src=(b if reverse else a, 0), dst=(a, 0), n_bits=bits),
+                      parser.NXFlowSpecMatch(src=(a if reverse else b, 0), dst=(b, 0), n_bits=bits)]
+        specs.append(parser.NXFlowSpecOutput(src=("reg0", 0), n_bits=16))
+        return parser.NXActionLearn(table_id=0, specs=specs, idle_timeout=self._idle_timeout_s,
+                                    priority=FLOW_PRIORITY, cookie=FLOW_COOKIE, flags=NX_LEARN_F_SEND_FLOW_REM)
 
     def barrier(self, timeout_s: float) -> None:
         """Wait until the switch applied every earlier message; raise if it did not, or if it
@@ -124,13 +200,6 @@ class OpenFlowSwitch:
         if what is not None:
             self._errors.append(f"{what}: {error}")
 
-    def packet_out(self, in_port: int, out_port: int, data: bytes) -> None:
-        """Forward a packet that missed the flow's rules, tagged (DSCP) as having taken the controller's path."""
-        parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
-        actions = [parser.OFPActionSetField(ip_dscp=CONTROLLER_PATH_DSCP), parser.OFPActionOutput(out_port)]
-        self.datapath.send_msg(parser.OFPPacketOut(self.datapath, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_port,
-                                                   actions=actions, data=data))
-
     def request_stats(self) -> None:
         parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
         self.datapath.send_msg(parser.OFPFlowStatsRequest(self.datapath, cookie=FLOW_COOKIE,
@@ -144,9 +213,6 @@ class OpenFlowSwitch:
         if ports:
             fields |= {ports[0]: direction.src_port, ports[1]: direction.dst_port}
         return self.datapath.ofproto_parser.OFPMatch(**fields)
-
-    def _add(self, priority: int, match, actions, **options) -> None:
-        self.datapath.send_msg(self._flow_mod(priority, match, actions, **options))
 
     def _flow_mod(self, priority: int, match, actions, **options):
         parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
@@ -184,6 +250,7 @@ class DeepMigrationApp(app_manager.RyuApp):
         if config_path is None:
             LOG.warning("no controller config: REST writes need 'Authorization: Bearer %s'", config.token)
         self.switch: OpenFlowSwitch | None = None
+        self._instance_by_port = {nf.host.port: nf.instance for nf in self.core.cluster.nfs}
         self._flow_stats: list = []
         self._loop = hub.spawn(self._run_periods)
 
@@ -218,19 +285,20 @@ class DeepMigrationApp(app_manager.RyuApp):
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def packet_in_handler(self, ev):
+        """A default-steering copy: the new flow's headers, with the port of the instance it landed on in
+        the destination MAC (`LANDING_MARK`). Anything else (table misses: non-IPv4 frames, frames from other ports) is dropped."""
         msg = ev.msg
         if self.switch is None or msg.datapath is not self.switch.datapath:
             return
         pkt = packet.Packet(msg.data)
-        ip = pkt.get_protocol(ipv4.ipv4)
-        if ip is None:
+        eth, ip = pkt.get_protocol(ethernet.ethernet), pkt.get_protocol(ipv4.ipv4)
+        mark = bytes.fromhex(eth.dst.replace(":", "")) if eth is not None else b""
+        instance = self._instance_by_port.get(int.from_bytes(mark[4:], "big")) if mark[:4] == LANDING_MARK else None
+        if ip is None or instance is None or msg.match["in_port"] != self.core.cluster.source.port:
             return
         l4 = pkt.get_protocol(tcp.tcp) or pkt.get_protocol(udp.udp)
-        five_tuple = FiveTuple(ip.src, ip.dst, l4.src_port if l4 else 0, l4.dst_port if l4 else 0, ip.proto)
-        in_port = msg.match["in_port"]
-        nf = self.core.on_new_flow(in_port, five_tuple)
-        if nf is not None:
-            self.switch.packet_out(in_port, nf.host.port, msg.data)
+        self.core.on_flow_landed(
+            FiveTuple(ip.src, ip.dst, l4.src_port if l4 else 0, l4.dst_port if l4 else 0, ip.proto), instance)
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def flow_stats_reply_handler(self, ev):

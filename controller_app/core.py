@@ -111,9 +111,9 @@ class Controller:
     def on_switch_disconnected(self) -> None:
         self.steering.disconnect()
 
-    def on_new_flow(self, in_port: int, five_tuple: FiveTuple) -> NFDescription | None:
-        """Steer a table-miss packet from the source: the NF it goes to, or None to drop it."""
-        return self.steering.on_new_flow(in_port, five_tuple)
+    def on_flow_landed(self, five_tuple: FiveTuple, instance: str) -> None:
+        """The switch's default steering placed a new flow on `instance` (a marked copy of its packet)."""
+        self.steering.on_flow_landed(five_tuple, instance)
 
     def on_rule_expired(self, five_tuple: FiveTuple) -> None:
         self.steering.on_rule_expired(five_tuple)
@@ -133,7 +133,9 @@ class Controller:
                 self.steering.mark_dead(nf, f"switch port {port} down")
 
     def poll_instances(self) -> None:
+        """Ask the NFs for their reports outside a period; new flows may land on the ones that answer."""
         self.collection.poll_instances()
+        self.steering.refresh_default_steering()
 
     @property
     def port_rates(self) -> dict[int, dict]:
@@ -150,6 +152,7 @@ class Controller:
         now = self._clock()
         self.collection.poll_instances()
         self.collection.update_rates()
+        self.steering.on_period(self.config.quiet_ms, self.config.rule_idle_timeout_s)
         state = self.collection.build_state(now)
         self.state = state
         self.transitions.complete(state)
@@ -242,6 +245,7 @@ class Controller:
             record.error = "switch not connected: nothing executed"
             return
         started = time.perf_counter()
+        self.steering.exclude_from_new_flows(record.action.stop, self.config.barrier_timeout_s)
         self.executor.execute(switch, record)
         record.execution_ms = (time.perf_counter() - started) * 1000.0
         record.measured = measured_cost(state, record, self.params, self.config.thresholds)

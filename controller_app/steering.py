@@ -1,14 +1,17 @@
 """Flow steering: which instance serves each flow, and the switch rules that send it there.
 
-New flows go to the least utilised usable instance (or back to the one holding their state); the
-flows of a dead instance go to the live ones at once. The switch is driven through the `Switch`
-protocol, which the Ryu app implements with OpenFlow flow mods and tests with a fake.
+New flows never wait for the controller: the switch's **default steering** (the least utilised
+instance, refreshed after every landing and every period) sends a flow's first packet to an
+instance and installs the flow's exact rules for both directions there and then; the controller hears of it from a copy of that packet (`on_flow_landed`)
+and registers the flow where it landed. A returning flow's old state is merged into the instance it
+landed on; the flows of a dead instance go to the live ones at once. The switch is driven through
+the `Switch` protocol, which the Ryu app implements with OpenFlow and tests with a fake.
 """
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,7 +22,6 @@ from controller_app.instances import NFRuntime
 from twin.flow import FiveTuple, FlowKey
 
 LOG = logging.getLogger(__name__)
-RESTEER_AFTER_S = 1.0
 
 
 # --- flow keys ---------------------------------------------------------------------------------
@@ -39,8 +41,15 @@ class SwitchError(RuntimeError):
 
 
 class Switch(Protocol):
-    def install_base_rules(self, cluster: ClusterDescription) -> None:
-        """Table-miss to the controller and every NF port to the sink."""
+    def reset(self, cluster: ClusterDescription, target: NFDescription | None,
+              flows: list[tuple[FiveTuple, NFDescription]]) -> None:
+        """In one atomic step: wipe the switch's rules, install the base rules (table-miss to the
+        controller, every NF port to the sink), the default steering to `target` and the rules of `flows`."""
+
+    def set_default_steering(self, target: NFDescription | None) -> None:
+        """Where the switch sends new flows from now on: to `target`, installing the flow's rules for both
+        directions to it with the first packet and sending the controller a copy of that packet marked
+        with the instance. None drops new flows."""
 
     def steer(self, five_tuple: FiveTuple, nf: NFDescription) -> None:
         """Add or overwrite the rules sending both directions of a (canonical) flow to `nf`, atomically:
@@ -67,9 +76,8 @@ class SteeredFlow:
     """None until two counter samples exist."""
     byte_rate: float = 0.0
     rules_expired: set[str] = field(default_factory=set)
-    steered_to: str | None = None
-    """The instance the last packet-in steered the flow to, and when."""
-    steered_at: float = -math.inf
+    last_active: float = -math.inf
+    """When a period last measured the flow's rate above zero (controller clock)."""
 
     def view(self) -> dict:
         return {"id": self.key, "five_tuple": self.five_tuple._asdict(), "instance": self.instance,
@@ -128,83 +136,153 @@ class Steering:
         self.flows = flows
         self._clock = clock
         self.switch: Switch | None = None
+        self._target: str | None = None
+        """The default steering's instance as last sent to the switch."""
+        self._merges: dict[str, str] = {}
+        """Flow id -> the instance still holding its older state, for flows that landed elsewhere."""
+        self._idle_timeout_s = 0.0
 
     def connect(self, switch: Switch) -> None:
-        """A (re)connected switch gets the base rules and the rule of every flow we still steer."""
+        """A (re)connected switch gets, atomically, the base rules, the default steering and the rule of
+        every flow we still steer."""
         self.switch = switch
-        switch.install_base_rules(self.cluster)
-        for flow in self.flows:
-            switch.steer(flow.five_tuple, self.nfs[flow.instance].desc)
+        target = self._least_utilised()
+        self._target = target.id if target else None
+        switch.reset(self.cluster, target.desc if target else None,
+                     [(flow.five_tuple, self.nfs[flow.instance].desc) for flow in self.flows])
         LOG.info("switch %016x connected: reinstalled %d flows", self.cluster.dpid, len(self.flows))
 
     def disconnect(self) -> None:
         self.switch = None
         LOG.warning("switch %016x disconnected", self.cluster.dpid)
 
-    def on_new_flow(self, in_port: int, five_tuple: FiveTuple) -> NFDescription | None:
-        """Steer a table-miss packet from the source: the NF it goes to, or None to drop it."""
-        if in_port != self.cluster.source.port or self.switch is None:
-            return None
+    # --- default steering ------------------------------------------------------------------
+    def refresh_default_steering(self, exclude: Iterable[str] = ()) -> None:
+        """Point the default steering at the least utilised usable instance (those in `exclude` left
+        out) if it changed. Safe at any time: a new flow's rules are installed by the switch with its
+        first packet, so no flow is ever between two choices."""
+        target = self._least_utilised(exclude)
+        if self.switch is None or (target.id if target else None) == self._target:
+            return
+        try:
+            self.switch.set_default_steering(target.desc if target else None)
+        except SwitchError as error:
+            LOG.warning("could not refresh the default steering: %s", error)
+            return
+        self._target = target.id if target else None
+
+    def exclude_from_new_flows(self, instances: Iterable[str], barrier_timeout_s: float) -> None:
+        """Before instances are stopped: no new flow lands on them once this returns (the barrier makes
+        the landings the switch made before the change known first, so such a flow keeps its instance up)."""
+        instances = list(instances)
+        if not instances or self.switch is None:
+            return
+        self.refresh_default_steering(exclude=instances)
+        try:
+            self.switch.barrier(barrier_timeout_s)
+        except SwitchError as error:
+            LOG.warning("no barrier after excluding %s from new flows: %s", instances, error)
+
+    # --- switch events ---------------------------------------------------------------------
+    def on_flow_landed(self, five_tuple: FiveTuple, instance: str) -> None:
+        """The default steering sent a flow's packet (either direction) to instance id `instance` and
+        installed the flow's rules to it: the flow is served there from now on. A flow whose older state
+        another instance holds (it came back after its rules idled out) gets that state merged in at
+        the next period; one that landed on an instance that is no longer usable is re-steered."""
         key = flow_key(five_tuple)
         flow = self.flows.get(key)
-        now = self._clock()
-        # A known flow's packet-in mostly missed rules installed a moment ago (a burst's first packets):
-        # it is only forwarded. The rules are sent again if they expired, point elsewhere, or should
-        # have been in place for a while.
-        steer = flow is None or bool(flow.rules_expired) or flow.steered_to != flow.instance or \
-            now - flow.steered_at > RESTEER_AFTER_S
-        if flow is None or not self.nfs[flow.instance].usable:
-            target = self._state_holder(key) or self._least_utilised()
-            if target is None:
-                return None
-            if flow is None:
-                flow = self.flows.add(five_tuple, target.id, now)
-            else:
-                flow.instance = target.id
-            steer = True
-        nf = self.nfs[flow.instance].desc
-        if steer:
-            flow.rules_expired.clear()
-            flow.steered_to, flow.steered_at = flow.instance, now
-            self.switch.steer(flow.five_tuple, nf)
-        return nf
+        if flow is not None and flow.instance == instance and not flow.rules_expired:
+            return  # a further copy of a packet that came before the switch's rules were in
+        if instance not in self.nfs:
+            LOG.warning("flow %s landed on unknown instance %s", key, instance)
+            return
+        if flow is None:
+            flow = self.flows.add(five_tuple, instance, self._clock())
+        flow.instance = instance
+        flow.rules_expired.clear()
+        holder = next((nf.id for nf in self.nfs.values()
+                       if nf.alive and nf.id != instance and key in nf.flows_with_state), None)
+        if holder is not None:
+            self._merges[key] = holder
+        if not self.nfs[instance].usable:
+            self._resteer(flow)
+        self.refresh_default_steering()
 
     def on_rule_expired(self, five_tuple: FiveTuple) -> None:
-        """One direction's rule idled out; the flow is forgotten when both have."""
+        """One direction's rule idled out; the flow is forgotten when both have. While the flow still
+        carries traffic the expired rule comes back at once, to the same instance: otherwise that
+        direction's next packet would land anew, possibly elsewhere, taking the other direction along."""
         flow = self.flows.get(flow_key(five_tuple))
         if flow is None:
             return
         flow.rules_expired.add("forward" if five_tuple == flow.five_tuple else "reverse")
         if len(flow.rules_expired) == 2:
             self.flows.forget(flow.key)
+        elif self.switch is not None and self._clock() - flow.last_active < self._idle_timeout_s:
+            flow.rules_expired.clear()
+            self.switch.steer(flow.five_tuple, self.nfs[flow.instance].desc)
+
+    # --- the period ------------------------------------------------------------------------
+    def on_period(self, quiet_ms: float, idle_timeout_s: float) -> None:
+        """Once per period, after the rates are updated: note which flows carry traffic, refresh the
+        default steering and merge the older state of flows that landed away from it."""
+        now = self._clock()
+        self._idle_timeout_s = idle_timeout_s
+        for flow in self.flows:
+            if (flow.rate_pps or 0.0) > 0.0:
+                flow.last_active = now
+        self.refresh_default_steering()
+        merges, self._merges = self._merges, {}
+        for key, holder in merges.items():
+            flow = self.flows.get(key)
+            if flow is not None and flow.instance != holder and self.nfs[holder].alive:
+                self._merge_state(flow, self.nfs[holder], self.nfs[flow.instance], quiet_ms)
+
+    def _merge_state(self, flow: SteeredFlow, holder: NFRuntime, serving: NFRuntime, quiet_ms: float) -> None:
+        """Move the state `holder` kept of a flow that idled out there into the instance now serving it.
+        No packet of the flow reaches `holder` any more, so its export only waits `quiet_ms`."""
+        try:
+            state = holder.channel.export(flow.five_tuple, quiet_ms)
+        except Exception as error:  # noqa: BLE001 - an NF failure of any kind must not stop the loop
+            LOG.warning("could not export the old state of %s from %s: %s", flow.key, holder.id, error)
+            return
+        try:
+            serving.channel.import_(flow.five_tuple, state)
+        except Exception as error:  # noqa: BLE001 - an NF failure of any kind must not stop the loop
+            LOG.warning("could not merge the old state of %s into %s (%s): kept at %s", flow.key, serving.id,
+                        error, holder.id)
+            try:
+                holder.channel.import_(flow.five_tuple, state)
+            except Exception as again:  # noqa: BLE001
+                LOG.error("state of %s lost: %s", flow.key, again)
 
     def mark_dead(self, nf: NFRuntime, why: str) -> None:
-        """Its flows go to the live instances at once; their NF state died with the instance."""
+        """No new flow lands on it any more and its flows go to the live instances at once; their NF
+        state died with the instance."""
         nf.alive, nf.last_error = False, why
         LOG.warning("NF %s is dead (%s): re-steering %d flows", nf.id, why, len(self.flows.on(nf.id)))
+        self.refresh_default_steering()
         for flow in self.flows.on(nf.id):
-            target = self._least_utilised() or self._activate_standby()
-            if target is None:
-                LOG.error("no live NF instance left for flow %s", flow.key)
-                continue
-            flow.instance = target.id
-            if self.switch is not None:
-                try:
-                    self.switch.steer(flow.five_tuple, target.desc)
-                except SwitchError as error:
-                    LOG.warning("could not re-steer %s: %s", flow.key, error)
+            self._resteer(flow)
 
-    def _state_holder(self, key: str) -> NFRuntime | None:
-        """The usable instance whose last report holds the flow's state: a flow that comes back after
-        its rules idled out returns there, behind its own packets still queued in that instance."""
-        for nf in self.nfs.values():
-            if nf.usable and key in nf.flows_with_state:
-                return nf
-        return None
+    def _resteer(self, flow: SteeredFlow) -> None:
+        """Send a flow whose instance can no longer serve it to the least utilised usable one."""
+        target = self._least_utilised() or self._activate_standby()
+        if target is None:
+            LOG.error("no live NF instance left for flow %s", flow.key)
+            return
+        flow.instance = target.id
+        if self.switch is not None:
+            try:
+                self.switch.steer(flow.five_tuple, target.desc)
+            except SwitchError as error:
+                LOG.warning("could not re-steer %s: %s", flow.key, error)
 
-    def _least_utilised(self) -> NFRuntime | None:
-        load = self.flows.expected_load()
-        usable = [nf for nf in self.nfs.values() if nf.usable]
+    def _least_utilised(self, exclude: Iterable[str] = ()) -> NFRuntime | None:
+        """The usable instance (not in `exclude`) with the least expected utilisation, flows without a
+        measured rate counted at the mean rate."""
+        load, excluded = self.flows.expected_load(), set(exclude)
+        usable = [nf for nf in self.nfs.values() if nf.usable and nf.id not in excluded]
         if not usable:
             return None
         return min(usable, key=lambda nf: (load.get(nf.id, 0.0) / nf.capacity_pps, nf.id))

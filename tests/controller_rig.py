@@ -76,14 +76,33 @@ class FakeNF:
 
 
 class FakeSwitch:
+    """Rules per canonical flow and the default steering's instance, which `landing` applies. Changes
+    of the default go to `default_changes` as (how many calls came before, instance), not to `calls`."""
+
     def __init__(self, calls: list):
         self.calls = calls
         self.rules: dict[FiveTuple, str] = {}
+        self.default: str | None = None
+        self.default_changes: list[tuple[int, str | None]] = []
         self.base_installed = False
         self.fail_barrier = False
 
-    def install_base_rules(self, cluster):
+    def reset(self, cluster, target, flows):
+        self.calls.append(("switch", "reset", len(flows)))
         self.base_installed = True
+        self.default = target.instance if target else None
+        self.rules = {canonical(t): nf.instance for t, nf in flows}
+
+    def set_default_steering(self, target):
+        self.default = target.instance if target else None
+        self.default_changes.append((len(self.calls), self.default))
+
+    def landing(self, five_tuple) -> str | None:
+        """Where a flow's packet goes: along its rules if it has them, else to the default steering's
+        instance, installing its rules for both directions there."""
+        if canonical(five_tuple) not in self.rules and self.default is not None:
+            self.rules[canonical(five_tuple)] = self.default
+        return self.rules.get(canonical(five_tuple))
 
     def steer(self, five_tuple, nf):
         self.calls.append(("switch", "steer", flow_key(five_tuple), nf.instance))
@@ -133,6 +152,20 @@ def make_rig(directory: Path, **config) -> Rig:
     return Rig(controller, switch, nfs, calls, clock, directory / "transitions.jsonl")
 
 
+def new_flow(rig, five_tuple: FiveTuple) -> str | None:
+    """A new flow's first packet: the default steering places it, the controller hears of it."""
+    instance = rig.switch.landing(five_tuple)
+    if instance is not None:
+        rig.controller.on_flow_landed(five_tuple, instance)
+    return instance
+
+
+def land(rig, five_tuple: FiveTuple, instance: str) -> None:
+    """A new flow that the default steering placed on `instance`."""
+    rig.switch.rules[canonical(five_tuple)] = instance
+    rig.controller.on_flow_landed(five_tuple, instance)
+
+
 def tuple_n(n: int) -> FiveTuple:
     return FiveTuple("10.0.0.1", "10.0.1.1", 10000 + n, 80, 6)
 
@@ -150,11 +183,8 @@ def run_period(rig, rates: dict[FiveTuple, float]) -> object:
 
 def overload_nf1(rig) -> list[FiveTuple]:
     flows = [tuple_n(n) for n in range(6)]
-    for t in flows:
-        rig.controller.on_new_flow(SOURCE_PORT, t)
-    for t in flows:  # pin every flow to nf1, as an unlucky initial placement would
-        rig.controller.flows.get(flow_key(t)).instance = "nf1"
-        rig.controller.on_new_flow(SOURCE_PORT, t)  # a known flow's packet-in reinstalls its rules
+    for t in flows:  # every flow lands on nf1, as an unlucky hash would place them
+        land(rig, t, "nf1")
     rig.controller.config = rig.controller.config.updated({"mode": "dry-run"})
     run_period(rig, {t: 0 for t in flows})
     rig.controller.config = rig.controller.config.updated({"mode": "auto"})

@@ -11,11 +11,12 @@ from controller_app.execution import MigrationOutcome, Step
 from controller_app.steering import canonical, flow_key
 from controller_app.views import ActionRejected, flows_view, instances_view
 from tests.controller_rig import (
-    SOURCE_PORT,
     Clock,
     FakeNF,
     FakeSwitch,
     cluster_dict,
+    land,
+    new_flow,
     overload_nf1,
     run_period,
     tuple_n,
@@ -31,20 +32,20 @@ def test_flow_key_is_direction_free_and_reuses_trace_ordering():
     assert canonical(t) == canonical(t.reverse()) == t.reverse()
 
 
-def test_new_flows_go_to_least_utilised_instance_both_directions(rig):
+def test_new_flows_land_where_the_default_steering_sends_them_both_directions(rig):
     c = rig.controller
-    first = c.on_new_flow(SOURCE_PORT, tuple_n(1))
-    second = c.on_new_flow(SOURCE_PORT, tuple_n(2))
-    assert {first.instance, second.instance} == {"nf1", "nf2"}  # the standby nf3 gets nothing
-    again = c.on_new_flow(SOURCE_PORT, tuple_n(1).reverse())  # the reply direction: same flow, same NF
-    assert again.instance == first.instance and len(c.flows) == 2
-    assert c.on_new_flow(3, tuple_n(5)) is None  # only traffic from the source port is steered
-    assert rig.switch.rules[canonical(tuple_n(1))] == first.instance
+    placed = [new_flow(rig, tuple_n(n)) for n in range(8)]
+    assert placed == ["nf1", "nf2"] * 4  # least utilised first; the standby nf3 gets nothing
+    first = c.flows.get(flow_key(tuple_n(1))).instance
+    again = new_flow(rig, tuple_n(1).reverse())  # the reply direction: same flow, same NF
+    assert again == first and len(c.flows) == 8
+    assert rig.switch.rules[canonical(tuple_n(1))] == first
+    assert not [call for call in rig.calls if call[:2] == ("switch", "steer")]  # the switch installed the rules
 
 
 def test_counters_become_rates_and_state(rig):
     c = rig.controller
-    c.on_new_flow(SOURCE_PORT, tuple_n(1))
+    land(rig, tuple_n(1), "nf1")
     run_period(rig, {tuple_n(1): 30})
     run_period(rig, {tuple_n(1): 40})
     state = c.state
@@ -182,7 +183,7 @@ def test_crashed_nf_flows_are_resteered_in_the_same_period(rig):
     c = rig.controller
     flows = [tuple_n(n) for n in range(4)]
     for t in flows:
-        c.on_new_flow(SOURCE_PORT, t)
+        new_flow(rig, t)
     on_nf1 = [t for t in flows if c.flows.get(flow_key(t)).instance == "nf1"]
     assert on_nf1
     rig.nfs["nf1"].dead = True
@@ -199,17 +200,17 @@ def test_crashed_nf_flows_are_resteered_in_the_same_period(rig):
 def test_reconnected_switch_gets_every_rule_back(rig):
     c = rig.controller
     for n in range(3):
-        c.on_new_flow(SOURCE_PORT, tuple_n(n))
+        new_flow(rig, tuple_n(n))
     c.on_switch_disconnected()
-    assert c.on_new_flow(SOURCE_PORT, tuple_n(9)) is None
     fresh = FakeSwitch([])
     c.on_switch_connected(fresh)
     assert fresh.base_installed and set(fresh.rules) == {canonical(tuple_n(n)) for n in range(3)}
+    assert fresh.rules == rig.switch.rules and fresh.default == rig.switch.default
 
 
 def test_flow_forgotten_once_both_rules_expire(rig):
     c = rig.controller
-    c.on_new_flow(SOURCE_PORT, tuple_n(1))
+    new_flow(rig, tuple_n(1))
     c.on_rule_expired(tuple_n(1))
     assert len(c.flows) == 1
     c.on_rule_expired(tuple_n(1).reverse())
@@ -253,20 +254,26 @@ def test_no_flow_is_steered_to_an_instance_that_has_not_answered_yet(tmp_path):
 
     controller = Controller(ClusterDescription.from_dict(cluster_dict()),
                             ControllerConfig(transition_log=str(tmp_path / "t.jsonl")), channel, clock=Clock())
-    controller.on_switch_connected(FakeSwitch([]))
-    assert controller.on_new_flow(SOURCE_PORT, tuple_n(1)) is None
+    switch = FakeSwitch([])
+    controller.on_switch_connected(switch)
+    assert switch.landing(tuple_n(1)) is None  # new flows are dropped: no instance to take them
     controller.poll_instances()
-    assert controller.on_new_flow(SOURCE_PORT, tuple_n(1)).instance in {"nf1", "nf2"}
+    assert switch.landing(tuple_n(1)) in {"nf1", "nf2"}
 
 
-def test_a_flow_whose_rules_idled_out_returns_to_the_instance_holding_its_state(rig):
+def test_a_returning_flow_that_lands_elsewhere_gets_its_old_state_merged_in(rig):
     c = rig.controller
-    first = c.on_new_flow(SOURCE_PORT, tuple_n(1))
+    land(rig, tuple_n(1), "nf1")
     for direction in (tuple_n(1), tuple_n(1).reverse()):
         c.on_rule_expired(direction)
     assert not flows_view(c)
-    for _ in range(3):  # other flows now make the first flow's instance the more loaded one
-        c.on_new_flow(SOURCE_PORT, tuple_n(10 + _))
-    rig.nfs[first.instance].flows_with_state = [tuple_n(1)]
+    rig.nfs["nf1"].flows_with_state = [tuple_n(1)]
+    rig.nfs["nf1"].state[flow_key(tuple_n(1))] = {"packets": 9}
     c.poll_instances()
-    assert c.on_new_flow(SOURCE_PORT, tuple_n(1)).instance == first.instance
+    land(rig, tuple_n(1), "nf2")  # nf2 the least utilised meanwhile: it comes back there
+    assert c.flows.get(flow_key(tuple_n(1))).instance == "nf2"
+    run_period(rig, {})
+    merge = [call for call in rig.calls if call[0] in ("nf1", "nf2") and call[1] in ("export", "import")]
+    assert merge == [("nf1", "export", flow_key(tuple_n(1))), ("nf2", "import", flow_key(tuple_n(1)))]
+    assert rig.nfs["nf2"].state[flow_key(tuple_n(1))] == {"packets": 9}
+    assert rig.switch.rules[canonical(tuple_n(1))] == "nf2"  # its packets never changed path

@@ -10,7 +10,7 @@ import pytest
 from controller_app.config import ConfigError, ControllerConfig
 from controller_app.stabilization import stabilizer_path
 from controller_app.views import state_view
-from tests.controller_rig import SOURCE_PORT, make_rig, run_period, tuple_n
+from tests.controller_rig import make_rig, new_flow, run_period, tuple_n
 
 ON = {"enabled": True}
 
@@ -19,7 +19,7 @@ def flapping(rig, periods: int, high: float = 40.0, low: float = 2.0) -> list:
     """Six flows whose rate jumps between `high` and `low` packets/s every period; the executed decisions."""
     flows = [tuple_n(n) for n in range(6)]
     for t in flows:
-        rig.controller.on_new_flow(SOURCE_PORT, t)
+        new_flow(rig, t)
     records = [run_period(rig, {t: (high if k % 2 else low) for t in flows}) for k in range(periods)]
     return [r for r in records if r is not None and r.executed]
 
@@ -43,7 +43,7 @@ def test_a_lasting_overload_still_scales_out_at_once_and_a_lasting_underload_sca
     rig = make_rig(tmp_path, stabilizer={**ON, "scale_in_window_s": 3.0, "estimator": "last"})
     flows = [tuple_n(n) for n in range(6)]
     for t in flows:
-        rig.controller.on_new_flow(SOURCE_PORT, t)
+        new_flow(rig, t)
     run_period(rig, {t: 0 for t in flows})
     out = run_period(rig, {t: 30 for t in flows})  # 90 % on each active instance
     assert out.scenario == "scale_out" and out.executed and out.started == ["nf3"]
@@ -56,7 +56,7 @@ def test_a_lasting_overload_still_scales_out_at_once_and_a_lasting_underload_sca
 
 def test_the_state_view_shows_q_and_the_window(tmp_path):
     rig = make_rig(tmp_path, stabilizer=ON)
-    rig.controller.on_new_flow(SOURCE_PORT, tuple_n(1))
+    new_flow(rig, tuple_n(1))
     run_period(rig, {tuple_n(1): 5})
     view = state_view(rig.controller)["stabilizer"]
     assert view["enabled"] and view["budget_queue"] == 0.0 and view["flows_estimated"] == 1
@@ -85,7 +85,7 @@ def test_settings_change_at_run_time_and_keep_the_stabilizers_state(rig):
     c.reconfigure({"stabilizer": {"enabled": True, "budget_per_period": 0.0, "estimator": "last"}})
     flows = [tuple_n(n) for n in range(6)]
     for t in flows:
-        c.on_new_flow(SOURCE_PORT, t)
+        new_flow(rig, t)
     run_period(rig, {t: 0 for t in flows})
     run_period(rig, {t: 30 for t in flows})  # a scale-out: its migrations are charged to Q
     q = c.stabilizer.budget_queue
@@ -101,7 +101,7 @@ def test_the_stabilizer_survives_a_restart_and_its_window_goes_on(tmp_path):
     first = make_rig(tmp_path, stabilizer=settings)
     flows = [tuple_n(n) for n in range(4)]
     for t in flows:
-        first.controller.on_new_flow(SOURCE_PORT, t)
+        new_flow(first, t)
     for _ in range(3):
         assert run_period(first, {t: 1 for t in flows}) is None  # scale-in need held 3 s of 4
     saved = json.loads(stabilizer_path(first.log).read_text())
@@ -110,7 +110,7 @@ def test_the_stabilizer_survives_a_restart_and_its_window_goes_on(tmp_path):
     second = make_rig(tmp_path, stabilizer=settings)  # the same transition log: the same state file
     assert second.controller.stabilizer.snapshot() == first.controller.stabilizer.snapshot()
     for t in flows:
-        second.controller.on_new_flow(SOURCE_PORT, t)
+        new_flow(second, t)
     record = run_period(second, {t: 1 for t in flows})
     assert record is not None and record.scenario == "scale_in"  # the window was not restarted
 

@@ -1,0 +1,107 @@
+"""The default steering that places new flows without the controller (controller_app.steering), against
+the fake switch: its weights, when they change, and how the controller follows where flows land."""
+from __future__ import annotations
+
+from controller_app.steering import canonical, flow_key
+from tests.controller_rig import land, new_flow, run_period, tuple_n
+from twin.scenario import ScenarioKind
+
+
+def steers(rig) -> list[tuple]:
+    return [call for call in rig.calls if call[:2] == ("switch", "steer")]
+
+
+def test_new_flows_go_to_the_least_utilised_instance_and_the_choice_follows_every_landing(rig):
+    rig.controller.config = rig.controller.config.updated({"mode": "dry-run"})  # nothing moves
+    assert rig.switch.default == "nf1"  # a tie: the first; the standby nf3 takes none
+    placed = [new_flow(rig, tuple_n(n)) for n in range(4)]
+    assert placed == ["nf1", "nf2", "nf1", "nf2"]  # each landing moves the choice on
+    run_period(rig, {tuple_n(0): 30, tuple_n(1): 1, tuple_n(2): 1, tuple_n(3): 1})
+    assert rig.switch.default == "nf2"  # nf1 carries the busy flow
+
+
+def test_the_switch_hears_of_the_default_only_when_it_changes(rig):
+    land(rig, tuple_n(1), "nf1")
+    run_period(rig, {tuple_n(1): 10})
+    changes = len(rig.switch.default_changes)
+    run_period(rig, {tuple_n(1): 10})
+    run_period(rig, {tuple_n(1): 10})
+    assert len(rig.switch.default_changes) == changes
+
+
+def test_a_dead_instance_takes_no_new_flow_and_its_flows_move_at_once(rig):
+    land(rig, tuple_n(1), "nf1")
+    rig.nfs["nf1"].dead = True
+    run_period(rig, {tuple_n(1): 5})
+    at, target = next(change for change in rig.switch.default_changes if change[1] != "nf1")
+    assert target == "nf2"
+    first_steer = rig.calls.index(("switch", "steer", flow_key(tuple_n(1)), "nf2"))
+    assert at <= first_steer  # no new flow lands on nf1 once its flows are re-steered
+    assert rig.switch.rules[canonical(tuple_n(1))] == "nf2"
+
+
+def test_an_instance_is_out_of_the_default_steering_before_it_is_drained_and_stopped(rig):
+    land(rig, tuple_n(1), "nf1")
+    land(rig, tuple_n(2), "nf2")
+    rig.calls.clear()
+    rig.switch.default_changes.clear()
+    record = run_period(rig, {tuple_n(1): 2, tuple_n(2): 2})  # 2 % each, under Th_low: one instance is enough
+    assert record.scenario == ScenarioKind.SCALE_IN.value and record.stopped
+    [stopped] = record.stopped
+    excluded = [at for at, target in rig.switch.default_changes if target != stopped]
+    first_hold = next(k for k, call in enumerate(rig.calls) if call[1] == "hold")
+    assert excluded and excluded[0] <= first_hold
+    assert rig.calls[excluded[0]] == ("switch", "barrier")  # landings before the change are known first
+
+
+def test_a_flow_that_lands_on_a_stopping_instance_keeps_it_up(rig):
+    land(rig, tuple_n(1), "nf1")
+    land(rig, tuple_n(2), "nf2")
+    real_barrier = rig.switch.barrier
+
+    def barrier(timeout_s):  # a copy the switch sent before the weights changed arrives meanwhile
+        if not rig.controller.flows.get(flow_key(tuple_n(3))):
+            for instance in ("nf1", "nf2"):
+                if instance != rig.switch.default:
+                    land(rig, tuple_n(3), instance)
+        real_barrier(timeout_s)
+
+    rig.switch.barrier = barrier
+    record = run_period(rig, {tuple_n(1): 2, tuple_n(2): 2})
+    assert record.scenario == ScenarioKind.SCALE_IN.value
+    assert not record.stopped and "still holds flows" in record.error
+    late = rig.controller.flows.get(flow_key(tuple_n(3)))
+    assert rig.nfs[late.instance].active
+
+
+def test_further_copies_of_a_placed_flow_change_nothing(rig):
+    instance = new_flow(rig, tuple_n(1))
+    for _ in range(3):
+        rig.controller.on_flow_landed(tuple_n(1).reverse(), instance)
+    assert len(rig.controller.flows) == 1 and not steers(rig)
+
+
+def test_a_flow_landing_on_an_instance_that_cannot_serve_it_is_resteered(rig):
+    rig.nfs["nf3"].flows_with_state = []
+    land(rig, tuple_n(1), "nf3")  # the standby: the copy was on its way when it was stopped
+    flow = rig.controller.flows.get(flow_key(tuple_n(1)))
+    assert flow.instance in {"nf1", "nf2"}
+    assert steers(rig) == [("switch", "steer", flow.key, flow.instance)]
+
+
+def test_an_expired_direction_of_a_flow_in_use_comes_back_to_the_same_instance(rig):
+    land(rig, tuple_n(1), "nf1")
+    run_period(rig, {tuple_n(1): 5})  # the flow carries traffic (one direction only)
+    rig.controller.on_rule_expired(tuple_n(1).reverse())
+    assert steers(rig) == [("switch", "steer", flow_key(tuple_n(1)), "nf1")]
+    assert not rig.controller.flows.get(flow_key(tuple_n(1))).rules_expired
+
+
+def test_an_idle_flow_expires_direction_by_direction_and_is_forgotten(rig):
+    land(rig, tuple_n(1), "nf1")
+    run_period(rig, {tuple_n(1): 5})
+    for _ in range(12):  # idle for longer than the rules' idle timeout (10 s)
+        run_period(rig, {tuple_n(1): 0})
+    rig.controller.on_rule_expired(tuple_n(1))
+    rig.controller.on_rule_expired(tuple_n(1).reverse())
+    assert not steers(rig) and len(rig.controller.flows) == 0
