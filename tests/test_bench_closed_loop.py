@@ -5,7 +5,7 @@ from unittest import mock
 
 import pytest
 
-from gnn_policy.bench import cli
+from gnn_policy.bench import cli, goal
 from gnn_policy.stabilizer import StabilizerConfig
 
 METRICS = {"total_cost", "invalid_actions", "sla_violation_flow_s", "packets_dropped", "instance_s", "migrations",
@@ -107,3 +107,31 @@ def test_stabilizer_config_goes_into_the_records(tmp_path):
     on = [r["stabilizer"] for r in records if r["stabilizer"] is not None]
     assert len(on) == 2 and all(s == {**StabilizerConfig().to_dict(), **changes} for s in on)
     assert all(r["invalid_reasons"] == {} for r in records)
+
+
+def loop_record(policy, on, migrations, sla=10.0, drops=100.0, cost=1000.0):
+    return {"experiment": "closed-loop", "policy": policy, "stabilizer": {"v": 1.0} if on else None,
+            "migrations": migrations, "sla_violation_flow_s": sla, "packets_dropped": drops, "total_cost": cost,
+            "instance_s": 100.0}
+
+
+def test_goal_verdicts_follow_the_issue_tolerances():
+    records = [loop_record("a", False, 100), loop_record("a", True, 20, sla=10.5, drops=109.0, cost=1050.0),
+               loop_record("b", False, 100, drops=0.0), loop_record("b", True, 21, drops=10.0, cost=1051.0),
+               loop_record("c", False, 100), loop_record("c", True, 10, sla=10.6), loop_record("d", False, 5)]
+    found = {v.policy: v for v in goal.verdicts(records)}
+    assert set(found) == {"a", "b", "c"}  # d has no run with the stabilizer
+    assert found["a"].all_met and found["a"].migration_ratio == 5.0  # 5 %, 10 packets: at the limit
+    assert {m for m, ok in found["b"].met.items() if not ok} == {"migrations", "total_cost"}
+    assert {m for m, ok in found["c"].met.items() if not ok} == {"sla_violation_flow_s"}
+
+
+def test_goal_cli_reads_a_report(tmp_path, capsys):
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"records": [loop_record("ofm", False, 50), loop_record("ofm", True, 5)]}))
+    assert goal.main([str(report)]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("ofm") and "( 10.0x)" in last and last.endswith("met")
+    (tmp_path / "bad.json").write_text("{")
+    assert goal.main([str(tmp_path / "bad.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err
