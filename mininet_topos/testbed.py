@@ -25,6 +25,14 @@ from mininet.topo import Topo
 
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 LOCALHOST = "127.0.0.1"
+DATAPATH_MAX_IDLE_MS = 500
+"""OVS's `other_config:max-idle` (its minimum; default 10 000): how long an idle datapath flow stays
+cached. It must stay below the per-flow rules' idle timeout (1 s or more), less the revalidator's round
+(500 ms): a flow that comes back after its rules idled out must miss the datapath cache, so that its
+first packet is translated afresh and its `learn` installs the rules to the instance that packet goes
+to. A cached flow of the default path instead sends it where the default pointed at the last
+revalidation and learns the rules only at the next one, with the default of that time
+(docs/testbed.md, "New flows")."""
 
 # Bridges and their ports live in the root namespace and Mininet deletes any existing
 # interface of the name it is about to create, so two runs using the same switch names
@@ -56,15 +64,23 @@ def _ovs_is_running() -> bool:
 
 
 def ensure_ovs_running() -> None:
-    """Start ovsdb-server and ovs-vswitchd unless both already answer; idempotent.
+    """Start ovsdb-server and ovs-vswitchd unless both already answer, and cap how long idle flows stay
+    in the datapath cache (`DATAPATH_MAX_IDLE_MS`); idempotent.
 
     ``ovs-ctl`` skips the kernel module by itself when the kernel has no module support, as
     here. ``--system-id=random`` gives a fresh database the system ID that ovs-ctl otherwise
     reports as a failure, and ``--no-record-hostname`` keeps it from leaving a background
     job holding our output pipe.
     """
-    if _ovs_is_running():
-        return
+    if not _ovs_is_running():
+        _start_ovs()
+    max_idle = _run(["ovs-vsctl", "--timeout=5", "set", "Open_vSwitch", ".",
+                     f"other_config:max-idle={DATAPATH_MAX_IDLE_MS}"])
+    if max_idle.returncode != 0:
+        raise RuntimeError(f"could not set Open vSwitch's max-idle: {max_idle.stderr.strip()}")
+
+
+def _start_ovs() -> None:
     started = _run([OVS_CTL, "start", "--system-id=random", "--no-record-hostname"], timeout=60)
     if started.returncode != 0 or not _ovs_is_running():
         raise RuntimeError(

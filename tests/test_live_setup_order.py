@@ -7,6 +7,7 @@ controller must learn where each landed (its REST flows view) and that its rules
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -63,3 +64,48 @@ def test_bursts_of_new_flows_are_placed_without_loss_or_reordering(tmp_path):
     for key, instance in flows.items():
         src = key.split("-")[0].rsplit(":", 1)[0]
         assert f"nw_src={src}" in rules and f"output:{ports[instance]}" in rules
+
+
+RETURNING, RETURN_AT_S, RETURN_GAP_S, IDLE_S = 60, 9.0, 0.02, 3
+RULE = re.compile(r"nw_src=([\d.]+),nw_dst=([\d.]+),tp_src=(\d+),tp_dst=(\d+) actions=output:(\d+)")
+
+
+def returning_trace(path):
+    """RETURNING flows, each a 4-packet burst (both directions), one flow every 0.05 s, then the same burst
+    again from RETURN_AT_S on, one flow every RETURN_GAP_S: 7-9 s after the first, once the flow's rules
+    idled out (IDLE_S), and before OVS's default max-idle (10 s) would evict its datapath flows."""
+    frames = []
+    for n in range(RETURNING):
+        client, server = ("10.9.1.1", 30000 + n), (f"192.168.9.{1 + n % 3}", 443)
+        for start in (n * 0.05, RETURN_AT_S + n * RETURN_GAP_S):
+            for k in range(4):
+                a, b = (client, server) if k % 2 == 0 else (server, client)
+                frames.append(pcap_builder.Frame(start + k * BURST_GAP_S,
+                                                 pcap_builder.ethernet(pcap_builder.tcp(*a, *b, 200))))
+    frames.sort(key=lambda frame: frame.ts)
+    return pcap_builder.write_pcap(path, frames, snaplen=1600)
+
+
+def test_returning_flows_learn_the_instance_their_packets_go_to(tmp_path):
+    """A flow back after its rules idled out lands anew. Its packets must go where its learned rules and
+    the controller say: a datapath flow cached from its first life would send them where the default
+    steering pointed at the last revalidation and learn the rules at the next one, possibly elsewhere."""
+    spec = ClusterSpec(active=3, standby=0, capacity_pps=1000, buffer_packets=400, processing_ms=5)
+    cfg = {"mode": "manual", "rule_idle_timeout_s": IDLE_S}
+    with live_loop(spec, config=cfg, workdir=tmp_path / "live") as loop:
+        sent_log = tmp_path / "sent.json"
+        replay = loop.cluster.start_replay(returning_trace(tmp_path / "trace.pcap"), sent_log)
+        assert replay.wait(timeout=60) == 0, (loop.workdir / "replay.log").read_text()
+        rules = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", loop.cluster.switch,
+                                "cookie=0xd3e9/-1"], capture_output=True, text=True, check=True).stdout
+        flows = {f["id"]: f["instance"] for f in loop.api.get("/flows")}
+        ports = {nf["instance"]: nf["port"] for nf in loop.cluster.nfs.values()}
+        loop.drain()
+        outcomes = flow_outcomes(json.loads(sent_log.read_text()), loop.cluster.sink_counts())
+        loop.check_controller()
+    assert (outcomes["sent"], outcomes["lost"], outcomes["reordered"]) == (RETURNING * 8, 0, 0)
+    learned: dict[str, set[int]] = {}
+    for src, dst, sport, dport, port in RULE.findall(rules):
+        learned.setdefault(FlowKey.of(src, dst, int(sport), int(dport), 6).id, set()).add(int(port))
+    assert len(learned) == RETURNING  # every flow came back and has its rules
+    assert learned == {key: {ports[flows[key]]} for key in learned}
