@@ -139,7 +139,7 @@ def _step(twin: BatchedTwin, actions: Sequence[IndexedAction], slots: Sequence[n
     violating = sla_violations(rate, now, hold_ms, twin.processing_ms, queue_start, twin.queue, twin.capacity,
                                twin.flow_sla_ms)
     charged = charged_cost(result.total_cost, result.invalid, idle_penalty)
-    load = torch.zeros_like(twin.capacity).scatter_add_(1, now.clamp(min=0), torch.where(now >= 0, rate, 0.0))
+    load = twin.load_of(now, rate)
     active = twin.active & twin.instance_mask
     utilisation = load / twin.capacity
     low = torch.where(active, utilisation, torch.inf).amin(-1)

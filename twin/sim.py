@@ -297,7 +297,7 @@ class BatchedTwin:
     @property
     def load(self) -> torch.Tensor:
         """[B, N] offered load in packets/s: the sum of the live flows' rates on each instance."""
-        return self._load_of(self.assignment)
+        return self.load_of(self.assignment)
 
     @property
     def utilisation(self) -> torch.Tensor:
@@ -310,11 +310,12 @@ class BatchedTwin:
         reached = self.horizon is not None and self.time_step >= self.horizon
         return torch.full((self.n_episodes,), reached, dtype=torch.bool, device=self.capacity.device)
 
-    def _load_of(self, assignment: torch.Tensor) -> torch.Tensor:
+    def load_of(self, assignment: torch.Tensor, rate: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, N] packets/s each instance receives when the slots are on `assignment` (−1: empty) at `rate`
+        (default: the current flow rates)."""
+        rate = self.flow_rate if rate is None else rate
         load = torch.zeros_like(self.capacity)
-        return load.scatter_add_(
-            1, assignment.clamp(min=0), torch.where(assignment >= 0, self.flow_rate, 0.0)
-        )
+        return load.scatter_add_(1, assignment.clamp(min=0), torch.where(assignment >= 0, rate, 0.0))
 
     # --- per-episode views for code that speaks ClusterState --------------------------------------
     def flow_slots(self, b: int) -> np.ndarray:
@@ -427,7 +428,7 @@ class BatchedTwin:
         sla_broken = cost.sla_slack(la_ij, la_p_dst, la_q_dst, self.flow_sla_ms) < 0.0
         assignment_after = torch.where(moved, dst_safe, self.assignment)
         active_after = torch.where(valid[:, None], active_after, self.active)
-        load_after = self._load_of(assignment_after)
+        load_after = self.load_of(assignment_after)
         utilisation_after = load_after / self.capacity
         zero = torch.zeros_like(self.start_time_s)
         migration = torch.where(moved, flow_costs, 0.0).sum(-1)
