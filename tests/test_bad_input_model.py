@@ -95,7 +95,7 @@ def test_nan_never_reaches_a_cost_or_a_decision():
     state = cluster([[300.0] * 3, [10.0]])
     with pytest.raises(StateError):
         state.with_changes(capacity=np.array([math.nan, 1000.0]))
-    after, breakdown = apply(state, IndexedAction(np.array([0]), np.array([1])))
+    _, breakdown = apply(state, IndexedAction(np.array([0]), np.array([1])))
     assert math.isfinite(breakdown.total)
     assert OFM().decide(Problem.of(state, Thresholds(high=0.6))).action is not None
 

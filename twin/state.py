@@ -13,8 +13,8 @@ from functools import cached_property
 
 import numpy as np
 
-from twin.flow import FIVE_TUPLE_DTYPE, FiveTuple, FlowIdError
 from twin._numbers import check_numbers
+from twin.flow import FIVE_TUPLE_DTYPE, FiveTuple, FlowIdError
 from twin.params import CostParams
 
 
