@@ -121,8 +121,7 @@ class ClusterState:
         for name, expected, fits in (("active", "bool", lambda dtype: dtype == bool),
                                      ("assignment", "an integer type", lambda dtype: dtype.kind in "iu"),
                                      ("five_tuple", "FIVE_TUPLE_DTYPE", lambda dtype: dtype == FIVE_TUPLE_DTYPE)):
-            dtype = np.asarray(getattr(self, name)).dtype
-            if fresh(name) and not fits(dtype):
+            if fresh(name) and not fits(dtype := np.asarray(getattr(self, name)).dtype):
                 raise StateError(f"{name} has dtype {dtype}, expected {expected}")
 
     # --- construction -------------------------------------------------------------------

@@ -152,7 +152,7 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     if args.plots:
         from gnn_policy.bench.plots import write_plots
 
-        for path in write_plots(points, args.plots):
+        for path in _plotted(write_plots, points, args.plots):
             print(f"wrote {path}")
     return 0
 
@@ -227,7 +227,7 @@ def _bench_loop(args: argparse.Namespace, argv: list[str], names: list[str]) -> 
     if args.plots:
         from gnn_policy.bench.plots import write_loop_plots
 
-        for path in write_loop_plots(runs, args.plots):
+        for path in _plotted(write_loop_plots, runs, args.plots):
             print(f"wrote {path}")
     return 0
 
@@ -269,6 +269,14 @@ def _write(option: str, path: Path, text: str) -> None:
         kept = files.rescue_text(text, "dm-bench", path.suffix)
         raise OutputLost(f"{option}: cannot write {path}: {error.strerror or error}; the results are in {kept}") \
             from None
+
+
+def _plotted(write, results, folder: Path) -> list:
+    """The figures `write` drew into `folder`, or OutputLost naming why they could not be written."""
+    try:
+        return write(results, folder)
+    except OSError as error:
+        raise OutputLost(f"--plots: cannot write the figures in {folder}: {error.strerror or error}") from None
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
