@@ -405,7 +405,6 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:  # CheckpointError and TeacherCacheError are ValueErrors
         print(f"dm-train: {error}", file=sys.stderr)
         return 2
-    pool = training_pool(table, config.pool_size)
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -426,15 +425,18 @@ def main(argv: list[str] | None = None) -> int:
         if "iteration" in metrics and (step + 1) % args.save_every == 0:
             save()
 
+    loaded = len(imitation) + len(history)
     try:
+        pool = training_pool(table, config.pool_size)
         if not args.resume and config.imitation_epochs > 0:
             actions = teacher_actions(pool, config.teacher_time_limit_s, args.teacher_cache)
             imitate(net, imitation_examples(pool, actions, net.config.levels), config, log=log)
         train(net, pool, config, optimizer=optimizer, start_iteration=progress.start_iteration, log=log)
-    except KeyboardInterrupt:
-        saved = save()
+    except KeyboardInterrupt:  # keep what this run learnt; a run that learnt nothing leaves --out alone
+        saved = len(imitation) + len(history) > loaded and save()
         print(f"dm-train: interrupted after {len(imitation)} imitation epochs and {len(history)} iterations"
-              + (f"; checkpoint {args.out} (--resume continues it)" if saved else ""), file=sys.stderr)
+              + (f"; checkpoint {args.out} (--resume continues it)" if saved else "; nothing written"),
+              file=sys.stderr)
         return 130
     finally:
         writer.close()
@@ -492,8 +494,8 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, state, path: Path) -> None
     for group in optimizer.param_groups:
         for parameter in group["params"]:
             for name, value in optimizer.state.get(parameter, {}).items():
-                shape_ok = name == "step" or value.shape == parameter.shape
-                if not isinstance(value, torch.Tensor) or not shape_ok or not value.isfinite().all():
+                if not (isinstance(value, torch.Tensor) and value.isfinite().all()
+                        and (name == "step" or value.shape == parameter.shape)):
                     raise CheckpointError(f"{path}: the optimizer state's {name!r} does not fit a weight of shape "
                                           f"{tuple(parameter.shape)} or is not finite")
 

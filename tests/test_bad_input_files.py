@@ -208,3 +208,38 @@ def test_a_failed_checkpoint_save_leaves_the_previous_checkpoint(tmp_path, monke
         checkpoint.save(path, GNPolicyNet(NetConfig(hidden=8, steps=1)), {"iteration": 4})
     monkeypatch.undo()
     assert checkpoint.load(path)[1] == {"iteration": 3} and leftovers(tmp_path, path) == []
+
+
+def test_dm_train_interrupted_before_learning_anything_leaves_out_alone(capsys, tmp_path):
+    out = precious(tmp_path / "dm.pt")
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    with mock.patch.object(train, "training_pool", interrupted):
+        status = train.main(train_argv(tmp_path, **{"--iterations": "3"}))
+    err = capsys.readouterr().err
+    assert status == 130 and "interrupted" in err and "nothing written" in err and "Traceback" not in err
+    assert out.read_bytes() == PRECIOUS
+
+
+def test_dm_train_keeps_the_checkpoint_when_out_cannot_be_written_at_the_end(capsys, tmp_path, monkeypatch):
+    out = precious(tmp_path / "dm.pt")
+    real_save = checkpoint.save
+
+    def full_disk_at_out(path, net, training=None):
+        if Path(path) == out:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(path, net, training)
+
+    monkeypatch.setattr(checkpoint, "save", full_disk_at_out)
+    status = train.main(train_argv(tmp_path, **{"--pool-size": "3", "--imitation-epochs": "0", "--iterations": "1",
+                                                "--groups": "1", "--episodes": "2"}))
+    err = capsys.readouterr().err
+    assert status == 1 and "No space left" in err and "Traceback" not in err
+    kept = Path(err.split("the checkpoint is in ")[1].split()[0])
+    try:
+        assert checkpoint.load(kept)[1]["iteration"] == 0
+    finally:
+        kept.unlink()
+    assert out.read_bytes() == PRECIOUS
