@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("state", "decisions"), nargs="?", default="state")
     parser.add_argument("-n", type=int, default=10, help="how many decisions (1-1000)")
     parser.add_argument("--follow", "-f", action="store_true", help="redraw every --interval seconds until Ctrl-C")
-    parser.add_argument("--interval", type=positive_float, default=1.0, help="seconds between redraws (default 1)")
+    parser.add_argument("--interval", type=positive_float,
+                        default=1.0, help="seconds between redraws (default 1)")
     args = parser.parse_args(argv)
     if not 1 <= args.n <= 1000:
         parser.error("-n must be between 1 and 1000")

@@ -35,8 +35,8 @@ class CheckpointError(ValueError):
 
 
 def save(path: str | os.PathLike, net: GNPolicyNet, training: dict | None = None) -> None:
-    """Write the weights, the config and `training` (iteration, seed, optimizer state, ...), whole or not at all:
-    a failed write leaves the previous checkpoint at `path` as it was."""
+    """Write the weights, the config and `training` (iteration, seed, optimizer state, ...), whole or not
+    at all: a failed write leaves the previous checkpoint at `path` as it was."""
     with atomic_write(path, make_parents=True) as handle:
         torch.save({"format": FORMAT, "version": VERSION, "config": net.config.to_dict(),
                     "state_dict": net.state_dict(), "training": training or {}}, handle)
@@ -71,10 +71,11 @@ def load(path: str | os.PathLike | None = None) -> tuple[GNPolicyNet, dict]:
         net.load_state_dict(weights)
     except (KeyError, RuntimeError) as error:
         raise CheckpointError(f"{path}: the weights do not fit the network its config describes: {error}") from error
-    broken = [name for name, tensor in weights.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    broken = [name for name, tensor in weights.items()
+              if tensor.is_floating_point() and not tensor.isfinite().all()]
     if broken:
-        raise CheckpointError(f"{path}: weight {broken[0]} is not finite (NaN or infinity); the training diverged "
-                              "or the file is damaged")
+        raise CheckpointError(f"{path}: weight {broken[0]} is not finite (NaN or infinity); the training "
+                              "diverged or the file is damaged")
     training = stored.get("training", {})
     if not isinstance(training, dict):
         raise CheckpointError(f"{path}: the training record is a {type(training).__name__}, not a dict")
@@ -82,9 +83,9 @@ def load(path: str | os.PathLike | None = None) -> tuple[GNPolicyNet, dict]:
 
 
 def check_config(config: NetConfig) -> None:
-    """ValueError naming the first value of `config` no network of this code can work with: a size out of range
-    (`steps` runs the block that often per decision), migration levels that are not 0 = l_0 < l_1 < ... <= 1,
-    or feature names other than those `gnn_policy.graph` builds, in its order."""
+    """ValueError naming the first value of `config` no network of this code can work with: a size out of
+    range (`steps` runs the block that often per decision), migration levels that are not
+    0 = l_0 < l_1 < ... <= 1, or feature names other than those `gnn_policy.graph` builds, in its order."""
     for name, value, top in (("hidden", config.hidden, MAX_HIDDEN), ("steps", config.steps, MAX_STEPS)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
             raise ValueError(f"{name} must be an integer in 1..{top}, got {value!r}")

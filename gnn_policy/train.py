@@ -151,9 +151,9 @@ def teacher_actions(pool: Sequence[Start], time_limit_s: float, cache: Path | No
     actions = [teacher.decide(Problem.of(start.state, start.thresholds)).action
                for start in tqdm(pool, disable=not progress, desc="teacher", unit="state")]
     if cache is not None:
+        rows = [[torch.as_tensor(a) for a in (x.flows, x.dst, x.start, x.stop)] for x in actions]
         with atomic_write(cache, make_parents=True) as handle:
-            torch.save({"key": key, "actions": [[torch.as_tensor(a) for a in (x.flows, x.dst, x.start, x.stop)]
-                                                for x in actions]}, handle)
+            torch.save({"key": key, "actions": rows}, handle)
     return actions
 
 
@@ -162,7 +162,8 @@ class TeacherCacheError(ValueError):
 
 
 def read_teacher_cache(cache: Path | None) -> dict | None:
-    """{"key", "actions"} of the cache at `cache`, None when there is none; TeacherCacheError for another file."""
+    """{"key", "actions"} of the cache at `cache`, None when there is none; TeacherCacheError for any other
+    file."""
     if cache is None or not cache.exists():
         return None
     try:
@@ -174,8 +175,8 @@ def read_teacher_cache(cache: Path | None) -> dict | None:
             raise TypeError("an action is not (flows, dst, start, stop)")
         actions = [IndexedAction(*(t.numpy() for t in row)) for row in rows]
     except Exception as error:  # noqa: BLE001  whatever the file holds, it is named, not run or overwritten
-        raise TeacherCacheError(f"--teacher-cache {cache} is not a teacher cache of dm-train ({one_line(error)}); "
-                                "remove it or pass another path") from None
+        raise TeacherCacheError(f"--teacher-cache {cache} is not a teacher cache of dm-train "
+                                f"({one_line(error)}); remove it or pass another path") from None
     return {"key": key, "actions": actions}
 
 
@@ -409,13 +410,14 @@ def main(argv: list[str] | None = None) -> int:
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(args.logdir))
-    net, optimizer, imitation, history = progress.net, progress.optimizer, progress.imitation, progress.history
+    net, optimizer = progress.net, progress.optimizer
+    imitation, history = progress.imitation, progress.history
 
     def save() -> bool:
         last = history[-1]["iteration"] if history else progress.start_iteration - 1
-        return _save(args.out, net, {"iteration": last, "train_config": asdict(config), "trace": str(args.trace),
-                                     "optimizer": optimizer.state_dict(), "imitation": imitation,
-                                     "history": history})
+        return _save(args.out, net, {"iteration": last, "train_config": asdict(config),
+                                     "trace": str(args.trace), "optimizer": optimizer.state_dict(),
+                                     "imitation": imitation, "history": history})
 
     def log(step: int, metrics: dict) -> None:
         (history if "iteration" in metrics else imitation).append(metrics)
@@ -446,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             plot_curves(imitation, history, args.curves)
         except OSError as error:
-            print(f"dm-train: cannot write --curves {args.curves}: {error.strerror or error}", file=sys.stderr)
+            print(f"dm-train: cannot write --curves {args.curves}: {error.strerror or error}",
+                  file=sys.stderr)
             return 1
     print(f"dm-train: {len(imitation)} imitation epochs, {len(history)} iterations, checkpoint {args.out}, "
           f"TensorBoard logs {args.logdir}")
@@ -466,7 +469,8 @@ def resume(path: Path, config: TrainConfig) -> Progress:
     net, record = checkpoint.load(path)
     iteration = record.get("iteration", -1)
     if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < -1:
-        raise CheckpointError(f"{path}: the training record's iteration is {iteration!r}, not an integer >= -1")
+        raise CheckpointError(f"{path}: the training record's iteration is {iteration!r}, "
+                              "not an integer >= -1")
     if iteration + 1 >= config.iterations:
         raise ValueError(f"nothing to train: {path} has done {iteration + 1} iterations and --iterations is "
                          f"{config.iterations}")
@@ -496,8 +500,8 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, state, path: Path) -> None
             for name, value in optimizer.state.get(parameter, {}).items():
                 if not (isinstance(value, torch.Tensor) and value.isfinite().all()
                         and (name == "step" or value.shape == parameter.shape)):
-                    raise CheckpointError(f"{path}: the optimizer state's {name!r} does not fit a weight of shape "
-                                          f"{tuple(parameter.shape)} or is not finite")
+                    raise CheckpointError(f"{path}: the optimizer state's {name!r} does not fit a weight "
+                                          f"of shape {tuple(parameter.shape)} or is not finite")
 
 
 def _save(path: Path, net: GNPolicyNet, training: dict) -> bool:

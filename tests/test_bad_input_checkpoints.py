@@ -70,7 +70,8 @@ def test_a_checkpoint_that_cannot_work_is_refused_at_load(tmp_path, change, frag
         checkpoint.load(path)
 
 
-@pytest.mark.parametrize("change", [lambda s: s.update(config="hidden=8"), lambda s: s.update(state_dict=[1, 2]),
+@pytest.mark.parametrize("change", [lambda s: s.update(config="hidden=8"),
+                                    lambda s: s.update(state_dict=[1, 2]),
                                     lambda s: s.update(training=[1]), lambda s: s.pop("config")])
 def test_a_checkpoint_of_the_wrong_shape_is_a_checkpoint_error(tmp_path, change):
     with pytest.raises(CheckpointError):
@@ -144,7 +145,8 @@ def test_resume_from_a_checkpoint_that_cannot_work_is_one_line(capsys, tmp_path)
 
 
 @pytest.mark.parametrize("content", [b"garbage, not a torch file", [1, 2, 3], {"key": 5},
-                                     {"key": "k", "actions": [[1, 2]]}, {"key": "k", "actions": [[torch.zeros(2)]]}])
+                                     {"key": "k", "actions": [[1, 2]]},
+                                     {"key": "k", "actions": [[torch.zeros(2)]]}])
 def test_a_garbage_teacher_cache_is_one_line_and_left_alone(capsys, tmp_path, content):
     cache = tmp_path / "teacher.pt"
     if isinstance(content, bytes):

@@ -1,5 +1,6 @@
-"""Issue 20, item 3 (and the option checks of item 1): every console script refuses a nonsense number or output
-path at parse time, before any work: one `error:` line naming the option, status 2, no traceback, no file."""
+"""Issue 20, item 3 (and the option checks of item 1): every console script refuses a nonsense number or
+output path at parse time, before any work: one `error:` line naming the option, status 2, no traceback,
+no file."""
 from __future__ import annotations
 
 import os

@@ -1,6 +1,6 @@
-"""Issue 20, item 1: no work or file destroyed. Outputs are checked before the work and replaced whole after it;
-an error or Ctrl-C leaves the previous file as it was and no partial file behind; results that cannot be written
-where asked are kept elsewhere and named."""
+"""Issue 20, item 1: no work or file destroyed. Outputs are checked before the work and replaced whole
+after it; an error or Ctrl-C leaves the previous file as it was and no partial file behind; results that
+cannot be written where asked are kept elsewhere and named."""
 from __future__ import annotations
 
 import errno
@@ -120,11 +120,13 @@ def test_generate_interrupted_in_process_leaves_nothing_behind(capsys, tmp_path,
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_generate_killed_by_a_signal_leaves_the_old_file_and_no_partial_one(tmp_path, signum):
-    """The failure as reported: Ctrl-C during a long `dm-trace generate` left a traceback and a partial file."""
+    """The failure as reported: Ctrl-C during a long `dm-trace generate` left a traceback and a partial
+    file."""
     existing = precious(tmp_path / "existing.pcap")
     process = subprocess.Popen(
         [sys.executable, "-m", "trace_replay.cli", "generate", "--out", str(existing), "--seconds", "100000",
-         "--seed", "1"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+         "--seed", "1"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and existing.stat().st_size == len(PRECIOUS) and not any(
             p.stat().st_size > 0 for p in tmp_path.glob(f".{existing.name}.*")):
@@ -233,8 +235,9 @@ def test_dm_train_keeps_the_checkpoint_when_out_cannot_be_written_at_the_end(cap
         real_save(path, net, training)
 
     monkeypatch.setattr(checkpoint, "save", full_disk_at_out)
-    status = train.main(train_argv(tmp_path, **{"--pool-size": "3", "--imitation-epochs": "0", "--iterations": "1",
-                                                "--groups": "1", "--episodes": "2"}))
+    tiny = {"--pool-size": "3", "--imitation-epochs": "0", "--iterations": "1", "--groups": "1",
+            "--episodes": "2"}
+    status = train.main(train_argv(tmp_path, **tiny))
     err = capsys.readouterr().err
     assert status == 1 and "No space left" in err and "Traceback" not in err
     kept = Path(err.split("the checkpoint is in ")[1].split()[0])

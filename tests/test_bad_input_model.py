@@ -54,7 +54,8 @@ def test_capacity_must_be_finite_and_positive(state, capacity):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("capacity_pps", None), ("capacity_pps", math.nan), ("capacity_pps", math.inf), ("processing_ms", math.nan),
+    ("capacity_pps", None), ("capacity_pps", math.nan), ("capacity_pps", math.inf),
+    ("processing_ms", math.nan),
     ("processing_ms", -1.0), ("buffer_packets", None), ("queue_packets", math.inf),
 ])
 def test_an_instance_with_a_bad_number_is_refused_naming_it(field, value):

@@ -102,7 +102,8 @@ def rescue_text(text: str, command: str, suffix: str) -> Path:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt in the block, as Ctrl-C does, so `atomic_write` cleans up after both."""
+    """SIGTERM raises KeyboardInterrupt in the block, as Ctrl-C does, so `atomic_write` cleans up after
+    both."""
     def interrupt(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 

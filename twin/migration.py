@@ -56,7 +56,8 @@ class IndexedAction:
     stop: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
-        """Each field a 1-D array of integer indices (lists are converted; an empty one of any type is taken)."""
+        """Each field a 1-D array of integer indices (lists are converted; an empty one of any type is
+        taken)."""
         for name in ("flows", "dst", "start", "stop"):
             value = np.asarray(getattr(self, name))
             if value.size == 0:

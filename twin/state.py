@@ -113,14 +113,16 @@ class ClusterState:
         if fresh("capacity"):
             check_numbers("capacity", self.capacity, error=StateError, strict=True, owners=instances)
         for name, owners in (("buffer", instances), ("queue", instances), ("processing_ms", instances),
-                             ("migration_ms", None), ("rate", flows), ("byte_rate", flows), ("sla_ms", flows)):
+                             ("migration_ms", None), ("rate", flows), ("byte_rate", flows),
+                             ("sla_ms", flows)):
             if fresh(name):
                 check_numbers(name, getattr(self, name), error=StateError, owners=owners)
         if fresh("time_s"):
             check_numbers("time_s", self.time_s, error=StateError)
         for name, expected, fits in (("active", "bool", lambda dtype: dtype == bool),
                                      ("assignment", "an integer type", lambda dtype: dtype.kind in "iu"),
-                                     ("five_tuple", "FIVE_TUPLE_DTYPE", lambda dtype: dtype == FIVE_TUPLE_DTYPE)):
+                                     ("five_tuple", "FIVE_TUPLE_DTYPE",
+                                      lambda dtype: dtype == FIVE_TUPLE_DTYPE)):
             if fresh(name) and not fits(dtype := np.asarray(getattr(self, name)).dtype):
                 raise StateError(f"{name} has dtype {dtype}, expected {expected}")
 
@@ -235,12 +237,13 @@ class ClusterState:
 
 
 def _header_record(flow: Flow) -> tuple:
-    """The FIVE_TUPLE_DTYPE record of a flow's header fields; a StateError naming the flow if they are no header."""
+    """The FIVE_TUPLE_DTYPE record of a flow's header fields; a StateError naming the flow if they are no
+    header."""
     try:
         return FiveTuple(*flow.five_tuple).to_record()
     except TypeError:
-        raise StateError(f"five_tuple of flow {flow.id!r} is not (src_ip, dst_ip, src_port, dst_port, proto): "
-                         f"{flow.five_tuple!r}") from None
+        raise StateError(f"five_tuple of flow {flow.id!r} is not (src_ip, dst_ip, src_port, dst_port, "
+                         f"proto): {flow.five_tuple!r}") from None
     except FlowIdError as error:
         raise StateError(f"five_tuple of flow {flow.id!r}: {error}") from None
 

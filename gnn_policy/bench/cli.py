@@ -144,8 +144,8 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
                 "threads": args.threads, "optimal_time_limit_s": limit, "repeats": args.repeats,
                 "time_budget_s": args.time_budget, "wall_s": round(wall_s, 1), "machine": _machine()}
         table_records = [{k: v for k, v in record.items() if k != "action"} for record in records]
-        _write("--json", args.json, json.dumps({"meta": meta, "records": table_records}, indent=1, allow_nan=False)
-               + "\n")
+        document = {"meta": meta, "records": table_records}
+        _write("--json", args.json, json.dumps(document, indent=1, allow_nan=False) + "\n")
     if args.dump_actions:
         _write("--dump-actions", args.dump_actions,
                "".join(json.dumps(_action_line(r), sort_keys=True) + "\n" for r in records))
@@ -223,7 +223,8 @@ def _bench_loop(args: argparse.Namespace, argv: list[str], names: list[str]) -> 
                 "policies": names, **options, "seed": args.seed, "period_s": loop.PERIOD_S,
                 "max_flows": loop.MAX_FLOWS, "threads": args.threads, "optimal_time_limit_s": limit,
                 "wall_s": round(wall_s, 1), "machine": _machine()}
-        _write("--json", args.json, json.dumps({"meta": meta, "records": records}, indent=1, allow_nan=False) + "\n")
+        document = {"meta": meta, "records": records}
+        _write("--json", args.json, json.dumps(document, indent=1, allow_nan=False) + "\n")
     if args.plots:
         from gnn_policy.bench.plots import write_loop_plots
 
@@ -267,8 +268,8 @@ def _write(option: str, path: Path, text: str) -> None:
         files.write_text(path, text)
     except OSError as error:
         kept = files.rescue_text(text, "dm-bench", path.suffix)
-        raise OutputLost(f"{option}: cannot write {path}: {error.strerror or error}; the results are in {kept}") \
-            from None
+        reason = error.strerror or error
+        raise OutputLost(f"{option}: cannot write {path}: {reason}; the results are in {kept}") from None
 
 
 def _plotted(write, results, folder: Path) -> list:
@@ -276,7 +277,8 @@ def _plotted(write, results, folder: Path) -> list:
     try:
         return write(results, folder)
     except OSError as error:
-        raise OutputLost(f"--plots: cannot write the figures in {folder}: {error.strerror or error}") from None
+        reason = error.strerror or error
+        raise OutputLost(f"--plots: cannot write the figures in {folder}: {reason}") from None
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
