@@ -48,7 +48,7 @@ from trace_replay.cli_types import (
     output_file_new_folders,
     positive_float,
     positive_int,
-    seed,
+    rng_seed,
 )
 from trace_replay.files import atomic_write, rescue_path
 from trace_replay.flows import FlowTable, read_flows
@@ -524,7 +524,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="where to write the checkpoint (replaced whole; checked before training)")
     parser.add_argument("--resume", type=Path, metavar="CKPT",
                         help="continue REINFORCE from this checkpoint's iteration (no imitation)")
-    parser.add_argument("--seed", type=seed, metavar="K", help="seed of the network init and of the sampling")
+    parser.add_argument("--seed", type=rng_seed, metavar="K", help="seed of the network init and of the sampling")
     parser.add_argument("--pool-size", dest="pool_size", type=positive_int, metavar="K", help="training states built")
     imitation = parser.add_argument_group("phase 1, imitation of the teacher (Optimal with a short time limit)")
     imitation.add_argument("--imitation-epochs", dest="imitation_epochs", type=non_negative_int, metavar="E",

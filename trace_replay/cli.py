@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from trace_replay.cli_types import output_file, positive_float, seed
+from trace_replay.cli_types import output_file, positive_float, rng_seed
 from trace_replay.files import sigterm_as_interrupt
 from trace_replay.flows import read_flows
 from trace_replay.pcap import PcapError
@@ -55,13 +55,13 @@ def _parser() -> argparse.ArgumentParser:
                           help="written whole or not at all: an existing file is replaced only once the new one "
                                "is complete (gzip-compressed when the name ends in .gz)")
     generate.add_argument("--seconds", type=positive_float, required=True, metavar="S")
-    generate.add_argument("--seed", type=seed, required=True, metavar="K")
+    generate.add_argument("--seed", type=rng_seed, required=True, metavar="K")
     generate.set_defaults(command=_generate)
 
     scenarios = commands.add_parser(
         "scenarios", help="build the paper's experiment set-ups (Figs. 4-7) from a trace and show what the twin detects")
     scenarios.add_argument("pcap", type=Path, metavar="PCAP")
-    scenarios.add_argument("--seed", type=seed, default=0, metavar="K", help="seed of the set-ups (default 0)")
+    scenarios.add_argument("--seed", type=rng_seed, default=0, metavar="K", help="seed of the set-ups (default 0)")
     scenarios.add_argument("--json", action="store_true", help="print one JSON object per set-up")
     scenarios.set_defaults(command=_scenarios)
     return parser

@@ -20,7 +20,7 @@ def non_negative_int(text: str) -> int:
     return _integer(text, 0)
 
 
-def seed(text: str) -> int:
+def rng_seed(text: str) -> int:
     value = _integer(text, 0)
     if value > MAX_SEED:
         raise argparse.ArgumentTypeError(f"a seed is at most 2**63 - 1: {text!r}")

@@ -1,4 +1,4 @@
-"""The one check of numbers at the model's boundary: finite, of a number type, and not below a minimum.
+"""The one check of numbers at the model's boundary: of a number type, finite, and not negative.
 
 `ClusterState`, `CostParams` and `Thresholds` call it, each with its own error class, so a NaN, an
 infinity, a None or a string is refused where it enters the model with a message naming the field (and
@@ -11,28 +11,25 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def check_numbers(name: str, values, *, error: type[Exception], minimum: float = 0.0, strict: bool = False,
+def check_numbers(name: str, values, *, error: type[Exception], strict: bool = False,
                   owners: tuple[str, Sequence[str]] | None = None) -> None:
     """Raise `error` unless every entry of `values` (a scalar or an array) is a finite int or float that is
-    >= `minimum` (> with `strict`); `owners` = (kind, ids) names the holder of each entry of a 1-D array."""
+    >= 0 (> 0 with `strict`); `owners` = (kind, ids) names the holder of each entry of a 1-D array."""
     array = np.asarray(values)
     if array.dtype.kind not in "iuf":
         got = repr(values) if array.ndim == 0 else f"an array of {array.dtype}"
         raise error(f"{name} must be {'a number' if array.ndim == 0 else 'numbers'}, got {got}")
     with np.errstate(invalid="ignore"):
-        below = array <= minimum if strict else array < minimum
+        below = array <= 0 if strict else array < 0
     bad = ~np.isfinite(array) | below
     if not bad.any():
         return
-    requirement = f"{name} must be finite and {'>' if strict else '>='} {minimum:g}"
+    requirement = f"{name} must be finite and {'>' if strict else '>='} 0"
     k = int(np.argmax(bad.ravel()))
     value = array.ravel()[k].item()
     if array.ndim == 0:
         raise error(f"{requirement}, got {value!r}")
-    if not np.isfinite(value):
-        adjective = "non-finite"
-    else:
-        adjective = "out-of-range" if minimum != 0 else "non-positive" if strict else "negative"
+    adjective = "non-finite" if not np.isfinite(value) else "non-positive" if strict else "negative"
     if owners is not None and array.ndim == 1:
         holder = f"{owners[0]} {owners[1][k]!r}"
     else:

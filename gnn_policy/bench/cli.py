@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from trace_replay.cli_types import non_negative_int, positive_float, positive_int, seed
+from trace_replay.cli_types import non_negative_int, positive_float, positive_int, rng_seed
 
 EXPERIMENT_CHOICES = ("scale-out", "scale-in", "lb", "time", "all", "closed-loop")
 DEFAULT_POLICIES = "ofm,size-greedy,pairwise,random,optimal"
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--policies", metavar="NAMES",
                         help=f"comma-separated policy names (default: {DEFAULT_POLICIES}; closed-loop: "
                              f"{LOOP_POLICIES})")
-    parser.add_argument("--seed", type=seed, default=0, metavar="K", help="first seed (default 0)")
+    parser.add_argument("--seed", type=rng_seed, default=0, metavar="K", help="first seed (default 0)")
     parser.add_argument("--seeds", type=positive_int, metavar="S",
                         help=f"seeds K..K+S-1 per point (default {FULL_SEEDS}, --quick {QUICK_SEEDS})")
     parser.add_argument("--quick", action="store_true",
