@@ -380,29 +380,21 @@ def _parser() -> argparse.ArgumentParser:
     from trace_replay.generate import sample_path
 
     parser = argparse.ArgumentParser(prog="dm-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=positive_float,
-                        default=60.0, metavar="S", help="seconds of replay (default 60)")
+    parser.add_argument("--duration", type=positive_float, default=60.0, metavar="S", help="seconds of replay (default 60)")
     parser.add_argument("--trace", type=Path, default=sample_path(), help="pcap to replay (default: the shipped sample)")
     parser.add_argument("--policy", default=DEFAULT_POLICY, help=f"migration policy (default {DEFAULT_POLICY})")
-    parser.add_argument("--instances", type=positive_int,
-                        default=DEFAULT_INSTANCES, help="active NF instances at start")
-    parser.add_argument("--standby", type=non_negative_int,
-                        default=DEFAULT_STANDBY, help="standby NF instances")
+    parser.add_argument("--instances", type=positive_int, default=DEFAULT_INSTANCES, help="active NF instances at start")
+    parser.add_argument("--standby", type=non_negative_int, default=DEFAULT_STANDBY, help="standby NF instances")
     parser.add_argument("--json", type=output_file, metavar="OUT", help="also write the summary here")
     parser.add_argument("--start", type=non_negative_float, default=DEFAULT_START_S, metavar="S",
                         help=f"start S trace seconds into the trace (default {DEFAULT_START_S:g})")
     parser.add_argument("--speed", type=positive_float, default=DEFAULT_SPEED,
                         help="trace seconds per wall second; scales the packet rate too (default 1)")
-    parser.add_argument("--max-flows", type=positive_int,
-                        metavar="N", help="replay only the N busiest flows of the window")
-    parser.add_argument("--capacity", type=positive_float,
-                        default=DEFAULT_CAPACITY_PPS, help="NF capacity, packets/s")
-    parser.add_argument("--buffer", type=positive_int,
-                        default=DEFAULT_BUFFER_PACKETS, help="NF buffer, packets")
-    parser.add_argument("--processing-ms", type=non_negative_float,
-                        default=DEFAULT_PROCESSING_MS, help="NF latency, ms")
-    parser.add_argument("--period", type=positive_float,
-                        default=1.0, help="controller period T, seconds (default 1)")
+    parser.add_argument("--max-flows", type=positive_int, metavar="N", help="replay only the N busiest flows of the window")
+    parser.add_argument("--capacity", type=positive_float, default=DEFAULT_CAPACITY_PPS, help="NF capacity, packets/s")
+    parser.add_argument("--buffer", type=positive_int, default=DEFAULT_BUFFER_PACKETS, help="NF buffer, packets")
+    parser.add_argument("--processing-ms", type=non_negative_float, default=DEFAULT_PROCESSING_MS, help="NF latency, ms")
+    parser.add_argument("--period", type=positive_float, default=1.0, help="controller period T, seconds (default 1)")
     parser.add_argument("--quiet-ms", type=non_negative_int, default=DEFAULT_QUIET_MS,
                         help=f"source-NF quiet time before export, ms (default {DEFAULT_QUIET_MS})")
     parser.add_argument("--stabilizer", choices=("on", "off"), default="on",
