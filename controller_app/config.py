@@ -208,6 +208,12 @@ class ControllerConfig:
                 "stabilizer": self.stabilizer.to_dict()}
 
 
+LIVE_DEFAULTS = {"policy": "deepmigration", "stabilizer": {"enabled": True}, "quiet_ms": 50,
+                 "rule_idle_timeout_s": 3, "nf_timeout_s": 10.0}
+"""The config of `ryu-manager controller_app.app` given none: dm-demo's (the shipped policy with the stabilizer,
+a 50 ms quiet time, 3 s rule idle timeout, 10 s for an NF to drain a full buffer), in auto mode."""
+
+
 def _coerce(name: str, value: Any, current: ControllerConfig) -> Any:
     if name == "thresholds":
         if not isinstance(value, dict):

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -174,6 +173,7 @@ def live_loop(spec, *, config: dict | None = None, workdir: str | os.PathLike | 
     from mininet_topos.nf_cluster import DESCRIPTION_FILE, describe, nf_cluster
     from mininet_topos.testbed import (
         LOCALHOST,
+        enlarge_packet_in_queue,
         ensure_ovs_running,
         free_tcp_port,
         ryu_controller,
@@ -207,21 +207,6 @@ def live_loop(spec, *, config: dict | None = None, workdir: str | os.PathLike | 
         loop.wait_for(lambda: all(nf["alive"] for nf in api.get("/instances")), 15,
                       "every NF instance answers the controller")
         yield loop
-
-
-PACKET_IN_QUEUE = 512
-"""OVS queues at most 100 packet-ins per controller connection by default and drops the rest: a new
-flow's burst arriving before its rules are in would lose packets. 512 is OVS's maximum."""
-
-
-def enlarge_packet_in_queue(switch: str) -> None:
-    """Let the switch queue PACKET_IN_QUEUE packet-ins for each of its controllers."""
-    def vsctl(*args: str) -> str:
-        return subprocess.run(["ovs-vsctl", "--timeout=10", *args], capture_output=True, text=True,
-                              check=True).stdout
-
-    for uuid in filter(None, vsctl("get", "bridge", switch, "controller").strip("[] \n").split(", ")):
-        vsctl("set", "controller", uuid, f"controller_queue_size={PACKET_IN_QUEUE}")
 
 
 # --- the summary ---------------------------------------------------------------------------------
