@@ -149,13 +149,34 @@ def test_mn_first_then_the_controller_then_the_controller_restarted(tmp_path):
             wait_until(cluster_ready, 30, "the controller started after mn takes the cluster")
         with controller(tmp_path, "ryu-second"):
             wait_until(cluster_ready, 30, "the restarted controller takes the cluster")
-            summary = finish_mn(mn, tmp_path, REPLAY.format(seconds=10) + "\nexit\n")
+            typos = "replay --speed -1\nreplay no-such.pcap\nnf nf9\n"  # each an error; the CLI carries on
+            summary = finish_mn(mn, tmp_path, typos + "nf\n" + REPLAY.format(seconds=10) + "\nexit\n")
+            errors = (tmp_path / "mn.err").read_text()
+            assert "replay: argument --speed" in errors and "no such trace file: no-such.pcap" in errors
+            assert "nf: no NF named nf9" in errors
+            assert re.search(r"nf3  standby .* queue 0/800", (tmp_path / "mn.out").read_text())
             assert summary["packets_sent"] > 500
             assert summary["packets_lost"] == 0 and summary["packets_reordered"] == 0, summary
             assert not get("/state")["switch_connected"]
     finally:
         if mn.poll() is None:
             stop_process(mn)
+    assert_nothing_left()
+
+
+@pytest.mark.network
+@pytest.mark.usefixtures("ovs", "free_ports")
+@pytest.mark.timeout(120)
+def test_mn_stopped_by_sigterm_stops_the_cluster(tmp_path):
+    mn = start_mn(tmp_path)
+    try:
+        wait_until(CLUSTER_PATH.exists, 60, "mn writes the cluster description")
+        mn.terminate()
+        mn.communicate(timeout=60)
+    finally:
+        if mn.poll() is None:
+            stop_process(mn)
+    assert "SIGTERM: stopping the NF cluster" in (tmp_path / "mn.out").read_text() + (tmp_path / "mn.err").read_text()
     assert_nothing_left()
 
 
