@@ -336,8 +336,14 @@ def enter_project_environment() -> str:
 if __name__ != "mininet_topos.nf_cluster":  # executed by `mn --custom`, which takes a `CLI` from the file
 
     def CLI(mininet, *args, **kwargs):  # the name mn looks for
-        """mn's CLI for the NF cluster (mininet_topos.by_hand), run with the project's environment."""
-        python = enter_project_environment()
-        from mininet_topos.by_hand import NFClusterCLI
+        """mn's CLI for the NF cluster (mininet_topos.by_hand), run with the project's environment; without it,
+        no CLI: mn stops the network (an exception would make mn clean up every Mininet network there is)."""
+        try:
+            python = enter_project_environment()
+            from mininet_topos.by_hand import NFClusterCLI
+        except (RuntimeError, ImportError) as problem:
+            from mininet.log import error
 
+            error(f"*** the NF cluster cannot start: {problem}\n")
+            return None
         return NFClusterCLI(mininet, *args, python=python, **kwargs)

@@ -76,6 +76,7 @@ def controller(workdir: Path, name: str) -> Iterator[subprocess.Popen]:
 
 def start_mn(workdir: Path) -> subprocess.Popen:
     """mn with its CLI on a pipe; its output goes to files (mn.out, mn.err) in `workdir`."""
+    workdir.mkdir(exist_ok=True)
     with (workdir / "mn.out").open("wb") as out, (workdir / "mn.err").open("wb") as err:
         return subprocess.Popen(MN, cwd=ROOT, env=ENV, stdin=subprocess.PIPE, stdout=out, stderr=err, text=True)
 
@@ -135,6 +136,11 @@ def test_the_readme_commands_give_a_working_cluster(tmp_path):
         assert not get("/state")["switch_connected"]
         with urllib.request.urlopen(API + "/metrics", timeout=10) as response:
             assert "deepmigration_decisions" in response.read().decode()
+
+        # mn again: the controller takes the new cluster
+        again = finish_mn(start_mn(tmp_path / "again"), tmp_path / "again", REPLAY.format(seconds=5) + "\nexit\n")
+        assert again["packets_sent"] > 0 and again["packets_lost"] == 0, again
+        assert (tmp_path / "ryu.log").read_text().count("/run/deepmigration/cluster.json adopted") == 2
     assert_nothing_left()
 
 
