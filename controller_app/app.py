@@ -458,6 +458,7 @@ class DeepMigrationApp(app_manager.RyuApp):
         ofp = msg.datapath.ofproto
         down = msg.reason == ofp.OFPPR_DELETE or msg.desc.state & ofp.OFPPS_LINK_DOWN
         LOG.info("port %d %s", msg.desc.port_no, "down" if down else "up")
-        self._follow_cluster()  # ports go down when mn exits, after it removed the description
+        if self.watch.present and not self.watch.path.exists():  # mn exiting: the description went first
+            self._follow_cluster()  # (only to let go: a new cluster is adopted between periods, never mid-tick)
         if down and self.switch is not None and msg.datapath is self.switch.datapath:
             self.core.on_port_down(msg.desc.port_no)
