@@ -116,7 +116,7 @@ class NFClusterCLI(CLI):
             error(f"*** replay: no such trace file: {args.pcap}\n")
             return
         try:
-            print(json.dumps(self._replay(args)), flush=True)
+            self._result(json.dumps(self._replay(args)))
         except (RuntimeError, OSError, TimeoutError, subprocess.SubprocessError) as problem:
             error(f"*** replay failed: {problem}\n")
 
@@ -134,13 +134,19 @@ class NFClusterCLI(CLI):
             return
         first = {name: _report(self.cluster.clients[name]) for name in names}
         time.sleep(0.5)
+        lines = []
         for name in names:
             report = _report(self.cluster.clients[name])
-            print(_nf_line(name, first[name], report, 0.5), flush=True)
+            lines.append(_nf_line(name, first[name], report, 0.5))
             if line.split() and report:
-                for flow in sorted(report["flows"], key=lambda f: -f["packets"])[:10]:
-                    print(f"    {' '.join(map(str, flow['key']))}  {flow['packets']} packets  {flow['bytes']} bytes",
-                          flush=True)
+                lines += [f"    {' '.join(map(str, flow['key']))}  {flow['packets']} packets  {flow['bytes']} bytes"
+                          for flow in sorted(report["flows"], key=lambda f: -f["packets"])[:10]]
+        self._result("\n".join(lines))
+
+    def _result(self, text: str) -> None:
+        """A command's result on standard output (Mininet's messages go to standard error), on lines of its
+        own also when the CLI reads a pipe (no newline after the prompt then)."""
+        print(text if self.isatty() else "\n" + text, flush=True)
 
     def _replay(self, args: argparse.Namespace) -> dict:
         cluster = self.cluster
