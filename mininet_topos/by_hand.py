@@ -80,6 +80,7 @@ class NFClusterCLI(CLI):
     """Mininet's CLI around a running NF cluster, with `replay` and `nf`."""
 
     def __init__(self, mininet, stdin=sys.stdin, script=None, *, python: str, **kwargs):
+        self.cluster: RunningCluster | None = None
         spec = getattr(mininet.topo, "spec", None)
         if spec is None:  # another topology given with this custom file: a plain Mininet CLI
             super().__init__(mininet, stdin, script, **kwargs)
@@ -94,7 +95,7 @@ class NFClusterCLI(CLI):
         except _Hangup as signal_name:
             output(f"\n*** {signal_name}: stopping the NF cluster\n")
         except (SessionBusy, RuntimeError, OSError, subprocess.SubprocessError) as problem:
-            error(f"*** the NF cluster could not start: {problem}\n")
+            error(f"*** the NF cluster: {problem}; stopped\n")
 
     def do_replay(self, line: str) -> None:
         """replay [PCAP] [--speed X] [--start S] [--duration S] [--max-flows N]
@@ -109,7 +110,7 @@ class NFClusterCLI(CLI):
         except ValueError as problem:
             error(f"*** replay: {problem}\n*** usage: {_replay_parser().format_usage()}")
             return
-        if getattr(self, "cluster", None) is None:
+        if self.cluster is None:
             error("*** replay: no NF cluster runs (the topology is not nfcluster)\n")
             return
         if not args.pcap.is_file():
@@ -124,7 +125,7 @@ class NFClusterCLI(CLI):
         """nf [NAME]
         Each NF's status, queue, load (packets/s processed over the last half second), utilisation, flows
         and drops; with NAME, that NF's line and its busiest flows."""
-        if getattr(self, "cluster", None) is None:
+        if self.cluster is None:
             error("*** nf: no NF cluster runs (the topology is not nfcluster)\n")
             return
         names = line.split() or list(self.cluster.clients)
