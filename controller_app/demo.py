@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,10 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from controller_app.config import LIVE_DEFAULTS
+from mininet_topos.nf_cluster import LIVE_NF
 from twin.flow import FlowKey
 from twin.loop_metrics import flows_migrated_twice, instance_seconds, reversals, sla_violation_flow_seconds
 
-DEFAULT_POLICY = "deepmigration"
+DEFAULT_POLICY = LIVE_DEFAULTS["policy"]
 """The policy dm-demo runs unless --policy says otherwise (any name of gnn_policy.registry): the
 shipped checkpoint, gnn_policy/data/deepmigration.pt."""
 
@@ -47,13 +48,13 @@ shipped checkpoint, gnn_policy/data/deepmigration.pt."""
 DEFAULT_START_S = 0.0
 DEFAULT_SPEED = 0.5
 DEFAULT_INSTANCES, DEFAULT_STANDBY = 2, 2
-DEFAULT_CAPACITY_PPS, DEFAULT_BUFFER_PACKETS, DEFAULT_PROCESSING_MS = 250.0, 800, 5.0
-DEFAULT_NF_TIMEOUT_S = 10.0
+DEFAULT_CAPACITY_PPS, DEFAULT_BUFFER_PACKETS, DEFAULT_PROCESSING_MS = LIVE_NF.values()  # 250.0, 800, 5.0
+DEFAULT_NF_TIMEOUT_S = LIVE_DEFAULTS["nf_timeout_s"]
 """An export waits for the flow's queued frames to leave the source NF: up to a full buffer's 3.2 s."""
-DEFAULT_QUIET_MS = 50
+DEFAULT_QUIET_MS = LIVE_DEFAULTS["quiet_ms"]
 """How long a source NF waits for the flow's last in-flight frame before exporting its state; it must
 cover the switch -> NF delay of a frame forwarded just before the rules changed, on a busy machine."""
-DEFAULT_RULE_IDLE_S = 3
+DEFAULT_RULE_IDLE_S = LIVE_DEFAULTS["rule_idle_timeout_s"]
 """Idle timeout of the per-flow rules: a flow the controller still tracks is one that sent within it."""
 WARM_UP_PERIODS = 2
 """The controller starts in manual mode and goes auto once the replay ran this many periods: an empty
@@ -174,6 +175,7 @@ def live_loop(spec, *, config: dict | None = None, workdir: str | os.PathLike | 
     from mininet_topos.nf_cluster import DESCRIPTION_FILE, describe, nf_cluster
     from mininet_topos.testbed import (
         LOCALHOST,
+        enlarge_packet_in_queue,
         ensure_ovs_running,
         free_tcp_port,
         ryu_controller,
@@ -207,21 +209,6 @@ def live_loop(spec, *, config: dict | None = None, workdir: str | os.PathLike | 
         loop.wait_for(lambda: all(nf["alive"] for nf in api.get("/instances")), 15,
                       "every NF instance answers the controller")
         yield loop
-
-
-PACKET_IN_QUEUE = 512
-"""OVS queues at most 100 packet-ins per controller connection by default and drops the rest: a new
-flow's burst arriving before its rules are in would lose packets. 512 is OVS's maximum."""
-
-
-def enlarge_packet_in_queue(switch: str) -> None:
-    """Let the switch queue PACKET_IN_QUEUE packet-ins for each of its controllers."""
-    def vsctl(*args: str) -> str:
-        return subprocess.run(["ovs-vsctl", "--timeout=10", *args], capture_output=True, text=True,
-                              check=True).stdout
-
-    for uuid in filter(None, vsctl("get", "bridge", switch, "controller").strip("[] \n").split(", ")):
-        vsctl("set", "controller", uuid, f"controller_queue_size={PACKET_IN_QUEUE}")
 
 
 # --- the summary ---------------------------------------------------------------------------------
