@@ -43,6 +43,19 @@ def _deepmigration(seed: int = 0, checkpoint: str | None = None, **_: object) ->
     return DeepMigration.load(checkpoint, seed=seed)
 
 
+def _rule(target: float | None = None, **_: object) -> Policy:
+    from gnn_policy.rule_policy import RULE_TARGET, RuleMigration
+
+    return RuleMigration(RULE_TARGET if target is None else target)
+
+
+def _random_weights(seed: int = 0, checkpoint: str | None = None, **_: object) -> Policy:
+    """The shipped network's shape with weights drawn from `seed` (`REPLICAS`: the benchmark averages seeds)."""
+    from gnn_policy.rule_policy import random_weights
+
+    return random_weights(seed, checkpoint=checkpoint)
+
+
 _FACTORIES: dict[str, Callable[..., Policy]] = {
     "ofm": _baseline("ofm"),
     "size-greedy": _baseline("size-greedy"),
@@ -50,9 +63,15 @@ _FACTORIES: dict[str, Callable[..., Policy]] = {
     "random": _baseline("random"),
     "optimal": _optimal,
     "deepmigration": _deepmigration,
+    "deepmigration-rule": _rule,
+    "deepmigration-random": _random_weights,
 }
 
 POLICY_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+
+REPLICAS: dict[str, int] = {"deepmigration-random": 3}
+"""Policies a benchmark runs with this many seeds (seed, seed + 1, ...) and reports as one row, the mean over
+the seeds (docs/benchmark.md, "Ablations and the hindsight bound")."""
 
 
 def make_policy(name: str, *, seed: int = 0, **options: object) -> Policy:

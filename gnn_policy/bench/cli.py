@@ -20,7 +20,8 @@ EXPERIMENT_CHOICES = ("scale-out", "scale-in", "lb", "time", "all", "closed-loop
 DEFAULT_POLICIES = "ofm,size-greedy,pairwise,random,optimal"
 LOOP_POLICIES = "ofm,size-greedy,deepmigration,pairwise,random"
 LOOP_OPTIMAL_LIMIT_S = 1.0
-LOOP_OPTIONS = {"speed": 1.0, "episodes": 8, "periods": 120, "instances": 6, "standby": 4, "stabilizer": "both"}
+LOOP_OPTIONS = {"speed": 1.0, "episodes": 8, "periods": 120, "instances": 6, "standby": 4, "stabilizer": "both",
+                "max_flows": 4000}
 """The closed loop's options and their defaults (None on the command line means 'not given')."""
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                     "NUMEXPR_NUM_THREADS")
@@ -90,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"initially active instances (default {LOOP_OPTIONS['instances']})")
     loop.add_argument("--standby", type=non_negative_int, metavar="K",
                       help=f"stopped instances ready to start (default {LOOP_OPTIONS['standby']})")
+    loop.add_argument("--max-flows", type=positive_int, metavar="F",
+                      help=f"flow slots per episode, a seeded sample of the window's flows when it holds more "
+                           f"(default {LOOP_OPTIONS['max_flows']}; the hindsight row needs a few dozen)")
     loop.add_argument("--stabilizer", choices=("on", "off", "both"),
                       help="run each policy with the stabilizer, without it (today's loop) or both "
                            f"(default {LOOP_OPTIONS['stabilizer']})")
@@ -181,6 +185,15 @@ def _policy(name: str, seed: int, limit: float, args: argparse.Namespace):
     return policy
 
 
+def _policy_replicas(name: str, seed: int, limit: float, args: argparse.Namespace):
+    """`_policy`, or for a name of `registry.REPLICAS` the list of its replicas built with seeds seed, seed + 1, ..."""
+    from gnn_policy.registry import REPLICAS
+
+    if name not in REPLICAS:
+        return _policy(name, seed, limit, args)
+    return [_policy(name, seed + k, limit, args) for k in range(REPLICAS[name])]
+
+
 def _read_trace(trace: Path):
     from trace_replay.flows import read_flows
     from trace_replay.pcap import PcapError
@@ -204,16 +217,19 @@ def _bench_loop(args: argparse.Namespace, argv: list[str], names: list[str]) -> 
     settings = loop.stabilizer_settings(options["stabilizer"], _stabilizer_config(args))
     _check_outputs(args)
     limit = args.optimal_time_limit or LOOP_OPTIMAL_LIMIT_S
-    prototypes = {name: _policy(name, args.seed, limit, args) for name in names}
+    prototypes = {name: _policy_replicas(name, args.seed, limit, args) for name in names if name != loop.HINDSIGHT}
     trace = args.trace or sample_path()
     try:
         batch = loop.build(trace, _read_trace(trace), setup)
     except ValueError as error:
         raise BenchError(f"cannot build the closed-loop episodes from {trace}: {error}") from None
     began = time.perf_counter()
-    with tqdm(total=len(names) * len(settings) * setup.periods, unit="period", file=sys.stderr,
+    replicas = sum(len(p) if isinstance(p, list) else 1 for p in prototypes.values())
+    with tqdm(total=replicas * len(settings) * setup.periods, unit="period", file=sys.stderr,
               disable=None) as bar:
         runs = loop.run(batch, prototypes, settings, on_period=bar.update)
+    if loop.HINDSIGHT in names:
+        runs.append(loop.hindsight_run(batch, say=lambda line: print(line, file=sys.stderr)))
     wall_s = time.perf_counter() - began
     print(loop.format_table(runs))
     records = [record for run in runs for record in run.records]
@@ -221,7 +237,7 @@ def _bench_loop(args: argparse.Namespace, argv: list[str], names: list[str]) -> 
     if args.json:
         meta = {"command": ["dm-bench", *argv], "trace": str(trace), "experiment": loop.EXPERIMENT,
                 "policies": names, **options, "seed": args.seed, "period_s": loop.PERIOD_S,
-                "max_flows": loop.MAX_FLOWS, "threads": args.threads, "optimal_time_limit_s": limit,
+                "threads": args.threads, "optimal_time_limit_s": limit,
                 "wall_s": round(wall_s, 1), "machine": _machine()}
         document = {"meta": meta, "records": records}
         _write("--json", args.json, json.dumps(document, indent=1, allow_nan=False) + "\n")

@@ -26,6 +26,8 @@ MAX_FLOWS = 4000
 METRICS = ("total_cost", "invalid_actions", "sla_violation_flow_s", "packets_dropped", "instance_s", "migrations",
            "flows_migrated_twice", "reversals", "decision_ms_p50")
 STABILIZER_CHOICES = ("on", "off", "both")
+HINDSIGHT = "hindsight"
+"""The row of the hindsight bound (`hindsight_run`): not a policy, the optimum with the future known."""
 
 
 def stabilizer_settings(which: str,
@@ -45,13 +47,14 @@ class LoopSetup:
     standby: int = 4
     speed: float = 1.0
     seed: int = 0
+    max_flows: int = MAX_FLOWS
 
 
 def build(trace: str | Path, table: FlowTable, setup: LoopSetup) -> EpisodeBatch:
     """The episodes of `setup`: P periods need P + 1 bins (the last one only ends the horizon)."""
     return build_episodes(trace, table=table, n_episodes=setup.episodes, n_steps=setup.periods + 1,
                           n_instances=setup.instances, n_standby=setup.standby, seed=setup.seed,
-                          max_flows=MAX_FLOWS, bin_s=PERIOD_S, speed=setup.speed)
+                          max_flows=setup.max_flows, bin_s=PERIOD_S, speed=setup.speed)
 
 
 @dataclass(frozen=True)
@@ -64,25 +67,59 @@ class Run:
     periods: list[list[Period]]
 
 
-def run(batch: EpisodeBatch, prototypes: Mapping[str, Policy], settings: Sequence[StabilizerConfig | None], *,
-        thresholds: Thresholds = Thresholds(), params: CostParams = CostParams(),
-        on_period: Callable[[], None] = lambda: None) -> list[Run]:
+def run(batch: EpisodeBatch, prototypes: Mapping[str, Policy | Sequence[Policy]],
+        settings: Sequence[StabilizerConfig | None], *, thresholds: Thresholds = Thresholds(),
+        params: CostParams = CostParams(), on_period: Callable[[], None] = lambda: None) -> list[Run]:
     """Every policy under every stabilizer setting on the same episodes; each episode gets a fresh copy of
-    the policy and a fresh stabilizer."""
+    the policy and a fresh stabilizer. A sequence of policies under one name (`registry.REPLICAS`: seeds)
+    is one row, every replica's episodes in it."""
     runs = []
     for name, prototype in prototypes.items():
+        replicas = prototype if isinstance(prototype, Sequence) else (prototype,)
         for config in settings:
-            twin = BatchedTwin.from_episodes(batch, params, thresholds)
-            policies = [copy.deepcopy(prototype) for _ in range(batch.n_episodes)]
-            stabilizers = [None if config is None else Stabilizer(config, thresholds, params)
-                           for _ in range(batch.n_episodes)]
-            periods = run_closed_loop(twin, policies, stabilizers, on_period=on_period)
             setting = None if config is None else config.to_dict()
-            records = [{"experiment": EXPERIMENT, "policy": name, "stabilizer": setting, "episode": b,
-                        "window_start_s": float(batch.start_s[b]), **episode_metrics(mine, batch.step_s)}
-                       for b, mine in enumerate(periods)]
+            records, periods = [], []
+            for replica, one in enumerate(replicas):
+                twin = BatchedTwin.from_episodes(batch, params, thresholds)
+                policies = [copy.deepcopy(one) for _ in range(batch.n_episodes)]
+                stabilizers = [None if config is None else Stabilizer(config, thresholds, params)
+                               for _ in range(batch.n_episodes)]
+                mine = run_closed_loop(twin, policies, stabilizers, on_period=on_period)
+                records += [{"experiment": EXPERIMENT, "policy": name, "stabilizer": setting, "episode": b,
+                             "window_start_s": float(batch.start_s[b]),
+                             **({"replica": replica} if len(replicas) > 1 else {}),
+                             **episode_metrics(periods_b, batch.step_s)} for b, periods_b in enumerate(mine)]
+                periods += mine
             runs.append(Run(name, setting, records, periods))
     return runs
+
+
+def hindsight_run(batch: EpisodeBatch, *, thresholds: Thresholds = Thresholds(), params: CostParams = CostParams(),
+                  say: Callable[[str], None] = print) -> Run:
+    """The `hindsight` row: every episode small enough for `gnn_policy.optimal.hindsight` solved exactly with its
+    future known; `say` is told each solve's time and each skipped episode (with why)."""
+    from gnn_policy.optimal import hindsight
+
+    records, periods = [], []
+    for b in range(batch.n_episodes):
+        episode = hindsight.Episode.of(batch, b)
+        try:
+            solution = hindsight.solve(episode, thresholds, params)
+        except hindsight.TooLarge as error:
+            say(f"hindsight: episode {b} skipped: {error}")
+            continue
+        if not solution.proven:
+            say(f"hindsight: episode {b} skipped: optimum not proven in {hindsight.TIME_LIMIT_S:g} s")
+            continue
+        mine = hindsight.plan_periods(episode, solution.assignment, solution.active, thresholds, params,
+                                      batch.step_s)
+        say(f"hindsight: episode {b}: {episode.size} assignment variables, optimum {solution.objective:,.1f} "
+            f"proven in {solution.seconds:.2f} s")
+        records.append({"experiment": EXPERIMENT, "policy": HINDSIGHT, "stabilizer": None, "episode": b,
+                        "window_start_s": float(batch.start_s[b]), "solve_s": solution.seconds,
+                        **episode_metrics(mine, batch.step_s)})
+        periods.append(mine)
+    return Run(HINDSIGHT, None, records, periods)
 
 
 def format_table(runs: Sequence[Run]) -> str:

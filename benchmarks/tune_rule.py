@@ -1,0 +1,43 @@
+"""Tune `deepmigration-rule`'s target utilisation on validation windows only (seeds 100-199).
+
+    PYTHONPATH=. python benchmarks/tune_rule.py [--seed 100] [--episodes 8] [--periods 30]
+
+Runs the closed loop (no stabilizer) of `RuleMigration(target)` for each target of the grid on the validation
+windows of `--seed` and prints the mean total_cost per target; `gnn_policy.rule_policy.RULE_TARGET` is the
+lowest. docs/agent.md ("Ablations") records the run.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from gnn_policy.bench import loop
+from gnn_policy.rule_policy import RuleMigration
+from trace_replay.flows import read_flows
+from trace_replay.generate import sample_path
+
+GRID = (0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--episodes", type=int, default=8)
+    parser.add_argument("--periods", type=int, default=30)
+    parser.add_argument("--instances", type=int, default=4)
+    parser.add_argument("--standby", type=int, default=2)
+    args = parser.parse_args()
+    if not 100 <= args.seed <= 199:
+        parser.error("tune on validation windows only: --seed must be in 100-199")
+    setup = loop.LoopSetup(episodes=args.episodes, periods=args.periods, instances=args.instances,
+                           standby=args.standby, seed=args.seed)
+    batch = loop.build(sample_path(), read_flows(sample_path()), setup)
+    print("target  total_cost (mean over episodes)  migrations  instance_s")
+    for target in GRID:
+        (run,) = loop.run(batch, {"rule": RuleMigration(target)}, (None,))
+        mean = {m: statistics.fmean(r[m] for r in run.records) for m in ("total_cost", "migrations", "instance_s")}
+        print(f"{target:6.3f}  {mean['total_cost']:33,.0f}  {mean['migrations']:10.1f}  {mean['instance_s']:10.1f}")
+
+
+if __name__ == "__main__":
+    main()
