@@ -127,7 +127,8 @@ def format_table(runs: Sequence[Run]) -> str:
     header = ("policy", "stabilizer", "episodes", *METRICS)
     rows = [header]
     for one in runs:
-        cells = [one.policy, "off" if one.stabilizer is None else "on", str(len(one.records))]
+        setting = "-" if one.policy == HINDSIGHT else "off" if one.stabilizer is None else "on"
+        cells = [one.policy, setting, str(len(one.records))]
         for metric in METRICS:
             values = [r[metric] for r in one.records if r[metric] is not None]
             cells.append(_mean_spread(values))

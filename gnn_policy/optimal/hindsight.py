@@ -23,7 +23,7 @@ from gnn_policy.optimal.moves import BUFFER_MARGIN
 from twin import cost
 from twin.params import CostParams, Thresholds
 
-MAX_ASSIGNMENTS = 6000
+MAX_ASSIGNMENTS = 2400
 """Largest model solved: (live flow, period) pairs × instances, the binary assignment variables. Beyond it an
 episode is skipped (docs/optimal.md gives the solve times this limit was chosen from)."""
 TIME_LIMIT_S = 120.0
