@@ -32,12 +32,13 @@ def total(episode, assignment, active) -> float:
 
 
 def brute_force(episode: hindsight.Episode) -> float:
-    """The cheapest plan over every active set and assignment of every period, priced by `plan_periods`."""
+    """The cheapest plan over every active set (the initial one in period 0, as the closed loop) and assignment of
+    every period, priced by `plan_periods`."""
     n_periods, n_flows = episode.live.shape
     choices = []
     for t in range(n_periods):
         period = []
-        for active in itertools.product((False, True), repeat=2):
+        for active in itertools.product((False, True), repeat=2) if t else [tuple(episode.active)]:
             on = [k for k in range(2) if active[k]]
             for placed in itertools.product(on, repeat=int(episode.live[t].sum())):
                 row = np.full(n_flows, -1)
@@ -103,3 +104,11 @@ def test_a_closed_loop_row_with_the_random_weights_averaged_over_three_seeds(tmp
     assert all(bound["total_cost"] <= r["total_cost"] + 1e-6 for r in records)
     out = capsys.readouterr()
     assert "hindsight" in out.out and "proven in" in out.err
+
+
+def test_an_episode_whose_load_cannot_fit_is_unsolved_with_the_reason():
+    episode = tiny_episode(2, 2)
+    overloaded = hindsight.Episode(episode.rate * 10.0, episode.live, episode.sla_ms, episode.flow_ids,
+                                   episode.capacity, episode.buffer, episode.active)
+    with pytest.raises(hindsight.Unsolved, match="does not fit"):
+        hindsight.solve(overloaded, TH, PARAMS)

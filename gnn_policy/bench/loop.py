@@ -105,7 +105,7 @@ def hindsight_run(batch: EpisodeBatch, *, thresholds: Thresholds = Thresholds(),
         episode = hindsight.Episode.of(batch, b)
         try:
             solution = hindsight.solve(episode, thresholds, params)
-        except hindsight.TooLarge as error:
+        except hindsight.Unsolved as error:
             say(f"hindsight: episode {b} skipped: {error}")
             continue
         if not solution.proven:

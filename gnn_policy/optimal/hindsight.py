@@ -4,8 +4,10 @@ period's traffic known in advance, solved exactly by HiGHS (docs/optimal.md, "Th
 The oracle chooses, for every period, the active instances and the instance of every live flow. It pays what
 the closed loop charges (`gnn_policy.closed_loop`): eq. (2) for every flow that changes instance between two
 periods, C_R = R·ΔN for the instances started and stopped, and the ω penalties of the utilisations after the
-action at the period's rates. It is freer than any policy: it sees the future, acts in period 0, and places
-each new flow where it likes at no cost (the controller's steering places it, and moving it costs eq. (2)).
+action at the period's rates. As in the closed loop it starts and stops no instance in period 0 (nothing is
+measured before period 0 ends). It is freer than any policy: it sees the future and places each new flow
+(and each flow of period 0) where it likes at no cost (the controller's steering places it, and moving it
+costs eq. (2)).
 It keeps every instance at or below its capacity, so its queues stay empty; eq. (2)'s queueing delays are
 then zero and each flow's migration cost is a constant of the model. `plan_periods` prices a plan with
 `twin.cost` alone, so the model's objective is checked against the one cost model, never a copy of it.
@@ -30,7 +32,11 @@ TIME_LIMIT_S = 120.0
 """An episode whose optimum HiGHS does not prove within this time is skipped, never reported unproven."""
 
 
-class TooLarge(ValueError):
+class Unsolved(ValueError):
+    """An episode the bound does not cover; the message says why."""
+
+
+class TooLarge(Unsolved):
     """An episode beyond `MAX_ASSIGNMENTS`; the message gives its size."""
 
 
@@ -87,7 +93,7 @@ def move_costs(episode: Episode, params: CostParams) -> np.ndarray:
 
 def solve(episode: Episode, thresholds: Thresholds = Thresholds(), params: CostParams = CostParams(), *,
           time_limit_s: float = TIME_LIMIT_S, threads: int = 1, seed: int = 0) -> Solution:
-    """The exact optimum of `episode`; TooLarge beyond `MAX_ASSIGNMENTS`."""
+    """The exact optimum of `episode`; TooLarge beyond `MAX_ASSIGNMENTS`, Unsolved without a plan."""
     if episode.size > MAX_ASSIGNMENTS:
         raise TooLarge(f"{int(episode.live.sum())} (flow, period) pairs × {episode.capacity.size} instances = "
                        f"{episode.size} assignment variables, more than {MAX_ASSIGNMENTS}")
@@ -95,7 +101,8 @@ def solve(episode: Episode, thresholds: Thresholds = Thresholds(), params: CostP
     model = _Model(episode, thresholds, params, threads, seed)
     run = model.milp.run(time_limit_s)
     if run.x is None:
-        raise RuntimeError(f"HiGHS found no plan ({run.status}); the episode cannot keep its load under capacity")
+        raise Unsolved(f"HiGHS found no plan ({run.status}): the episode's load does not fit its instances' "
+                       "capacity")
     assignment, active = model.decode(run.x)
     return Solution(assignment, active, run.objective, run.bound, time.perf_counter() - began,
                     run.status == "optimal")
@@ -116,6 +123,7 @@ class _Model:
         self.a = milp.add(n_periods * n, integer=True,
                           cost=np.r_[np.zeros((n_periods - 1) * n), np.full(n, resource)]).reshape(n_periods, n)
         milp.offset = -resource * float(episode.active.sum())
+        milp.bounds(self.a[0], episode.active, episode.active)  # period 0: the instances stay as they are
         index = {(int(t), int(f)): k for k, (t, f) in enumerate(self.pairs)}
         stays = [(k, index[(t - 1, f)]) for k, (t, f) in enumerate(self.pairs.tolist()) if (t - 1, f) in index]
         self.now, self.before = (np.array(c, dtype=np.int64) for c in zip(*stays)) if stays else (np.zeros(0, int),) * 2
