@@ -35,10 +35,6 @@ RULE_TARGET = 0.1
 """The rule's target utilisation, tuned on validation episodes only (docs/agent.md, "Ablations":
 `benchmarks/tune_rule.py`, seed 100)."""
 
-RANDOM_SEEDS = 3
-"""`deepmigration-random` is reported as the mean over this many weight seeds (docs/benchmark.md)."""
-
-
 class RuleMigration(Policy):
     """DeepMigration with its learned heads replaced by constants: always act, one target utilisation."""
 
