@@ -373,26 +373,26 @@ def _parser() -> argparse.ArgumentParser:
     from trace_replay.generate import sample_path
 
     parser = argparse.ArgumentParser(prog="dm-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds of replay (default 60)")
-    parser.add_argument("--trace", type=Path, default=sample_path(), help="pcap to replay (default: the shipped sample)")
-    parser.add_argument("--policy", default=DEFAULT_POLICY, help=f"migration policy (default {DEFAULT_POLICY})")
-    parser.add_argument("--instances", type=int, default=DEFAULT_INSTANCES, help="active NF instances at start")
-    parser.add_argument("--standby", type=int, default=DEFAULT_STANDBY, help="standby NF instances")
+    parser.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds of replay (default %(default)s)")
+    parser.add_argument("--trace", type=Path, default=sample_path(), help="pcap to replay (default %(default)s)")
+    parser.add_argument("--policy", default=DEFAULT_POLICY, help="migration policy (default %(default)s)")
+    parser.add_argument("--instances", type=int, default=DEFAULT_INSTANCES, help="active NF instances at start (default %(default)s)")
+    parser.add_argument("--standby", type=int, default=DEFAULT_STANDBY, help="standby NF instances (default %(default)s)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the summary here")
     parser.add_argument("--start", type=float, default=DEFAULT_START_S, metavar="S",
-                        help=f"start S trace seconds into the trace (default {DEFAULT_START_S:g})")
+                        help="start S trace seconds into the trace (default %(default)s)")
     parser.add_argument("--speed", type=float, default=DEFAULT_SPEED,
-                        help="trace seconds per wall second; scales the packet rate too (default 1)")
+                        help="trace seconds per wall second; scales the packet rate too (default %(default)s)")
     parser.add_argument("--max-flows", type=int, metavar="N", help="replay only the N busiest flows of the window")
-    parser.add_argument("--capacity", type=float, default=DEFAULT_CAPACITY_PPS, help="NF capacity, packets/s")
-    parser.add_argument("--buffer", type=int, default=DEFAULT_BUFFER_PACKETS, help="NF buffer, packets")
-    parser.add_argument("--processing-ms", type=float, default=DEFAULT_PROCESSING_MS, help="NF latency, ms")
-    parser.add_argument("--period", type=float, default=1.0, help="controller period T, seconds (default 1)")
+    parser.add_argument("--capacity", type=float, default=DEFAULT_CAPACITY_PPS, help="NF capacity, packets/s (default %(default)s)")
+    parser.add_argument("--buffer", type=int, default=DEFAULT_BUFFER_PACKETS, help="NF buffer, packets (default %(default)s)")
+    parser.add_argument("--processing-ms", type=float, default=DEFAULT_PROCESSING_MS, help="NF latency, ms (default %(default)s)")
+    parser.add_argument("--period", type=float, default=1.0, help="controller period T, seconds (default %(default)s)")
     parser.add_argument("--quiet-ms", type=int, default=DEFAULT_QUIET_MS,
-                        help=f"source-NF quiet time before export, ms (default {DEFAULT_QUIET_MS})")
+                        help="source-NF quiet time before export, ms (default %(default)s)")
     parser.add_argument("--stabilizer", choices=("on", "off"), default="on",
                         help="gnn_policy.stabilizer between the state and the policy, with the settings of "
-                             "docs/controller.md (default on)")
+                             "docs/controller.md (default %(default)s)")
     parser.add_argument("--workdir", type=Path, help="keep logs, cluster description and transitions here")
     return parser
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -18,10 +19,22 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            return args.command(args)
+            status = args.command(args)
+            sys.stdout.flush()  # inside the try, so a closed pipe is seen here rather than at exit
+            return status
+        except BrokenPipeError:
+            return _reader_gone()
         except (PcapError, OSError, ValueError) as exc:
             print(f"dm-trace: {exc}", file=sys.stderr)
             return 2
+
+
+def _reader_gone() -> int:
+    """The reader of stdout left (`dm-trace ... | head -1`): exit quietly with status 1, as Python's
+    documentation on SIGPIPE recommends, pointing stdout at /dev/null so the final flush cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 1
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
