@@ -164,7 +164,7 @@ def _dead(client) -> bool:
 
 @contextmanager
 def live_loop(spec, *, config: dict | None = None, workdir: str | os.PathLike | None = None,
-              token: str = "dm-demo") -> Iterator[LiveLoop]:
+              token: str = "dm-demo-local-token") -> Iterator[LiveLoop]:
     """OVS, `ryu-manager controller_app.app` and the NF cluster `spec` (a ClusterSpec), up for the block.
 
     `config` is the controller config (controller_app.config.ControllerConfig fields); the token
