@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dm-trace", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    info = commands.add_parser("info", help="packet, flow and protocol counts of a pcap or pcap.gz file")
+    info = commands.add_parser("info", help="packet, flow and protocol counts of a pcap or pcapng file (gzip'ed or not)")
     info.add_argument("pcap", type=Path, metavar="PCAP")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     info.add_argument(
@@ -82,13 +82,15 @@ def _info(args: argparse.Namespace) -> int:
     rows = [
         ("trace", table.source),
         ("packets", f"{summary['packets']:,}"),
-        ("IPv4 packets", f"{summary['ip_packets']:,}"),
+        ("IP packets", f"{summary['ip_packets']:,}"),
         ("flows", f"{summary['flows']:,}"),
-        ("IPv4 bytes", f"{summary['bytes']:,}"),
+        ("IP bytes", f"{summary['bytes']:,}"),
         ("duration", f"{summary['duration_s']:,.3f} s"),
     ]
     if table.stats.torn_records:
         rows.append(("torn records", f"{table.stats.torn_records:,}"))
+    if table.stats.timestamps_backwards:
+        rows.append(("timestamps backwards", f"{table.stats.timestamps_backwards:,}"))
     if summary["protocols"]:
         rows.append(("protocols", ""))
         rows += [(f"  {name}", f"{count:,}") for name, count in summary["protocols"].items()]
