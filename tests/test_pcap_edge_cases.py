@@ -26,6 +26,7 @@ from tests.pcap_builder import (
     udp,
     write_pcap,
 )
+from trace_replay.episodes import build_episodes
 from trace_replay.flows import flow_identities, flow_keys, read_flows
 from trace_replay.pcap import (
     L3_IPV4,
@@ -35,7 +36,9 @@ from trace_replay.pcap import (
     PcapReader,
     TimestampsBackwardsWarning,
 )
-from twin.flow import FlowKey
+from trace_replay.scenarios import Sizing
+from twin.flow import FiveTuple, FlowKey
+from twin.sim import BatchedTwin
 
 A6, B6 = "2001:db8::1", "2001:db8::2:1"
 
@@ -207,3 +210,35 @@ def test_ipv6_packets_are_parsed_and_grouped_into_flows(tmp_path):
     keys = flow_identities(*flow_keys(table.records, table.addresses), table.addresses)
     assert keys[0] == FlowKey.of(A6, B6, 40000, 443, 6) and keys[1] == FlowKey.of("10.0.0.1", "10.0.0.2",
                                                                                    40000, 443, 6)
+
+
+def test_ipv6_flows_flow_through_episodes_into_the_twin(tmp_path):
+    frames = []
+    for k in range(400):  # 20 s: an IPv6 and an IPv4 flow, 10 packets/s each
+        ts = 100.0 + k * 0.05
+        if k % 2:
+            frames.append(Frame(ts, ethernet(tcp6(A6, 40000, B6, 443, 10), ethertype=dpkt.ethernet.ETH_TYPE_IP6)))
+        else:
+            frames.append(Frame(ts, ethernet(udp("10.0.0.1", 5000, "10.0.0.2", 53, 10))))
+    path = write_pcap(tmp_path / "mixed.pcap", frames, snaplen=200)
+    batch = build_episodes(path, n_episodes=2, n_steps=10, n_instances=1, seed=0, max_flows=4, bin_s=1.0,
+                           sizing=Sizing(max_flow_share=0.9))  # no flow left out as heavy
+    for b in range(2):
+        tuples = {FiveTuple.from_record(batch.five_tuple[b, slot]): batch.rate[b, 1:9, slot].tolist()
+                  for slot in range(2)}
+        assert tuples == {FiveTuple(A6, B6, 40000, 443, 6): [10.0] * 8,
+                          FiveTuple("10.0.0.1", "10.0.0.2", 5000, 53, 17): [10.0] * 8}
+    twin = BatchedTwin.from_episodes(batch)
+    assert twin.state(0).flow(0).five_tuple.src_ip in (A6, "10.0.0.1")
+
+
+def test_the_live_replay_leaves_ipv6_out_and_says_so(tmp_path, caplog):
+    from trace_replay.live import load_schedule  # the live sender: IPv4 frames only
+
+    frames = [Frame(1.0 + k * 0.1, ethernet(tcp6(A6, 40000, B6, 443), ethertype=dpkt.ethernet.ETH_TYPE_IP6)
+                    if k % 2 else ethernet(tcp("10.0.0.1", 40000, "10.0.0.2", 443))) for k in range(10)]
+    path = write_pcap(tmp_path / "mixed.pcap", frames, snaplen=200)
+    with caplog.at_level("WARNING", logger="trace_replay.live"):
+        schedule = load_schedule(path)
+    assert schedule.flows == [FlowKey.of("10.0.0.1", "10.0.0.2", 40000, 443, 6)]
+    assert len(schedule.packets) == 5 and "left out 5 IPv6 packets" in caplog.text
