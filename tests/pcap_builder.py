@@ -45,6 +45,18 @@ def ipv4(
     return bytes(packet)
 
 
+def fragmented_udp(ident: int, src: str = "10.0.0.1", sport: int = 7, size: int = 3000) -> list[bytes]:
+    """The IPv4 fragments (1480 payload bytes each) of one UDP datagram of `size` bytes, IP id `ident`."""
+    datagram = bytes(dpkt.udp.UDP(sport=sport, dport=9, data=bytes(size)))
+    pieces = []
+    for at in range(0, len(datagram), 1480):
+        packet = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton("10.0.0.2"), p=dpkt.ip.IP_PROTO_UDP,
+                            id=ident, data=datagram[at : at + 1480])
+        packet.offset, packet.mf = at, int(at + 1480 < len(datagram))
+        pieces.append(bytes(packet))
+    return pieces
+
+
 def tcp(src: str, sport: int, dst: str, dport: int, payload_len: int = 0, **ip_options) -> bytes:
     segment = dpkt.tcp.TCP(sport=sport, dport=dport, flags=dpkt.tcp.TH_ACK, data=bytes(payload_len))
     return ipv4(src, dst, dpkt.ip.IP_PROTO_TCP, segment, **ip_options)

@@ -164,8 +164,8 @@ class PcapReader:
             self.torn_records += pcapng.torn_records
         if self.timestamps_backwards:
             warnings.warn(
-                f"{self.path}: {self.timestamps_backwards} records have a timestamp earlier than a record before "
-                "them; read in file order (`reordercap` sorts a capture by time)",
+                f"{self.path}: {self.timestamps_backwards} record{'s have' if self.timestamps_backwards > 1 else ' has'}"
+                " a timestamp earlier than a record before; read in file order (`reordercap` sorts a capture by time)",
                 TimestampsBackwardsWarning,
                 stacklevel=2,
             )
