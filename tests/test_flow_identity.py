@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.strategies import five_tuples
-from trace_replay.flows import AddressBook, flow_identities, flow_keys
-from trace_replay.pcap import PACKET_DTYPE
+from trace_replay.flows import flow_identities, flow_keys
+from trace_replay.pcap import AddressBook
 from twin.flow import FIVE_TUPLE_DTYPE, FiveTuple, FlowIdError, FlowKey
 
 
@@ -56,9 +56,7 @@ def test_packed_addresses_name_the_same_flow(packet: FiveTuple):
 
 @given(st.lists(five_tuples(), min_size=1, max_size=50))
 def test_trace_keys_decode_to_the_same_flow_identity(packets: list[FiveTuple]):
-    records = np.zeros(len(packets), PACKET_DTYPE)
-    for field, column in zip(FIVE_TUPLE_DTYPE.names, zip(*(packet.to_record() for packet in packets))):
-        records[field] = column
+    records = np.array([packet.to_record() for packet in packets], FIVE_TUPLE_DTYPE)
     addresses = AddressBook()  # numbers the IPv6 addresses
     assert flow_identities(*flow_keys(records, addresses), addresses) == [FlowKey.of(*packet) for packet in packets]
     # One key per flow in both forms: equal uint64 pairs exactly where the FlowKeys are equal.

@@ -284,9 +284,9 @@ def _count_packets(pcap: str | os.PathLike, table: FlowTable, windows: _Windows)
     index.add(key_lo, key_hi, wanted.astype(np.int64))
     n_episodes = len(selected)
     counts = np.zeros(n_episodes * n_steps * max_flows, dtype=np.float64)
-    for packets in iter_packet_batches(pcap):
+    for packets in iter_packet_batches(pcap, addresses=table.addresses):
         packets = packets[packets["is_ipv4"] | packets["is_ipv6"]]
-        flow = index.get(*flow_keys(packets, table.addresses))
+        flow = index.get(*flow_keys(packets))
         known = flow >= 0
         packets, flow = packets[known], flow[known]
         for b, flows in enumerate(selected):

@@ -21,6 +21,7 @@ from trace_replay.pcap import (
     L3_IPV6,
     L3_IPV6_MALFORMED,
     L3_NON_IP,
+    AddressBook,
     PcapHeader,
     PcapReader,
 )
@@ -48,10 +49,12 @@ src_ip6/dst_ip6 (network-order bytes, as in trace_replay.pcap.PACKET_DTYPE) and 
 _IPV6_KEY_BIT = np.uint64(1 << 63)
 """Set in the high half of an IPv6 flow's key (whose endpoints use 48 bits), so no IPv4 key equals it."""
 
-# Live and finished flows also carry the number of their first IPv4 packet, which orders flows that
-# share a first timestamp the same way whatever the batch size. It comes last, so a flow's leading
-# FLOW_DTYPE.itemsize bytes are its FLOW_DTYPE record.
-_WORK_DTYPE = np.dtype(FLOW_DTYPE.descr + [("first_packet", "<u8")])
+# Live and finished flows keep an IPv6 flow's addresses as their numbers in the reader's AddressBook (in
+# src_ip/dst_ip, as the packets do), which keeps them narrow; `finish` writes the addresses. They also carry
+# the number of their first packet, which orders flows that share a first timestamp the same way whatever
+# the batch size.
+_WORK_DTYPE = np.dtype([item for item in FLOW_DTYPE.descr if item[0] not in ("src_ip6", "dst_ip6")]
+                       + [("first_packet", "<u8")])
 
 _IP_PROTOCOL_NAMES = {
     1: "icmp",
@@ -125,7 +128,7 @@ def read_flows(
     if idle_timeout is not None and not idle_timeout > 0:
         raise ValueError(f"idle_timeout must be a positive number of seconds, not {idle_timeout!r}")
     reader = PcapReader(path, progress=progress)
-    grouper = _FlowGrouper(idle_timeout)
+    grouper = _FlowGrouper(idle_timeout, reader.addresses)
     tally = _TraceTally()
     for batch in reader:
         tally.add(batch)
@@ -135,7 +138,7 @@ def read_flows(
         records=grouper.finish(),
         stats=tally.stats(reader.header, reader.torn_records, reader.timestamps_backwards),
         source=os.path.basename(os.fspath(path)),
-        addresses=grouper.addresses,
+        addresses=reader.addresses,
     )
 
 
@@ -188,9 +191,9 @@ class _FlowGrouper:
     """Streaming flow aggregation: live flows sit in slots of a growable array, found by key through
     a PairIndex; finished flows are set aside until the end."""
 
-    def __init__(self, idle_timeout: float | None):
+    def __init__(self, idle_timeout: float | None, addresses: AddressBook):
         self._idle_timeout = idle_timeout
-        self.addresses = AddressBook()
+        self._addresses = addresses
         self._index = PairIndex()
         self._slots = np.zeros(1024, _WORK_DTYPE)
         self._slot_keys = np.zeros((1024, 2), np.uint64)
@@ -205,7 +208,7 @@ class _FlowGrouper:
         """Fold in a batch of IP packets that follows all earlier batches in the file."""
         if not len(packets):
             return
-        key_lo, key_hi = flow_keys(packets, self.addresses)
+        key_lo, key_hi = flow_keys(packets)
         order, key_lo, key_hi, key_change = _group_by_key(key_lo, key_hi)
         ts = packets["ts"][order]
         segment_break = np.concatenate(([True], key_change))
@@ -216,7 +219,7 @@ class _FlowGrouper:
 
         first_packet = order[segment_starts]
         segments = np.empty(len(segment_starts), _WORK_DTYPE)
-        for name in ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "is_ipv6", "src_ip6", "dst_ip6"):
+        for name in ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "is_ipv6"):
             segments[name] = packets[name][first_packet]
         segments["first_ts"] = np.minimum.reduceat(ts, segment_starts)
         segments["last_ts"] = np.maximum.reduceat(ts, segment_starts)
@@ -239,8 +242,16 @@ class _FlowGrouper:
         order = np.argsort(flows["first_packet"])
         if (np.diff(flows["first_ts"][order]) < 0).any():  # timestamps out of file order
             order = np.lexsort((flows["first_packet"], flows["first_ts"]))
-        ordered = _rows(flows, order).view(np.uint8).reshape(len(flows), _WORK_DTYPE.itemsize)
-        return np.ascontiguousarray(ordered[:, : FLOW_DTYPE.itemsize]).view(FLOW_DTYPE).reshape(len(flows))
+        ordered = _rows(flows, order)
+        table = np.zeros(len(flows), FLOW_DTYPE)
+        for name in _WORK_DTYPE.names[:-1]:
+            table[name] = ordered[name]
+        ipv6 = table["is_ipv6"]
+        if ipv6.any():
+            for number, address in (("src_ip", "src_ip6"), ("dst_ip", "dst_ip6")):
+                table[address][ipv6] = self._addresses.packed(table[number][ipv6])
+                table[number][ipv6] = 0
+        return table
 
     def _merge(self, key_lo, key_hi, segments, first_segment, last_segment) -> None:
         """Merge a batch's segments, given per key (one row per distinct key) by their first and last
@@ -325,20 +336,24 @@ def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
 def flow_keys(packets: np.ndarray, addresses: AddressBook | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Direction-free flow keys as two uint64 halves: (lower endpoint << 8 | protocol, higher
     endpoint), an endpoint being address << 16 | port: the orientation of twin.flow.FlowKey, vectorised
-    for the reader (flow_identities decodes them). An IPv6 packet's addresses (rows with is_ipv6, where
-    the array has that field) enter as their numbers in `addresses`, with _IPV6_KEY_BIT set: one book
-    must key all the arrays whose keys are compared."""
+    for the reader (flow_identities decodes them). An IPv6 row (is_ipv6, where the array has that field)
+    enters with its addresses' numbers and _IPV6_KEY_BIT set: the numbers the reader's packets hold in
+    src_ip/dst_ip, or, for arrays holding the addresses themselves (src_ip6/dst_ip6: FLOW_DTYPE,
+    FIVE_TUPLE_DTYPE), their numbers in `addresses`. Keys compare when one book numbered them all."""
     src_ip, dst_ip = packets["src_ip"].astype(np.uint64), packets["dst_ip"].astype(np.uint64)
-    ipv6 = packets["is_ipv6"] if "is_ipv6" in (packets.dtype.names or ()) else np.zeros(len(packets), bool)
-    if ipv6.any():
+    names = packets.dtype.names or ()
+    ipv6 = packets["is_ipv6"] if "is_ipv6" in names else np.zeros(len(packets), bool)
+    has_ipv6 = ipv6.any()
+    if has_ipv6 and "src_ip6" in names:
         if addresses is None:
-            raise ValueError("IPv6 packets are keyed through an AddressBook; none was given")
-        src_ip[ipv6], dst_ip[ipv6] = addresses.numbers(packets["src_ip6"][ipv6]), addresses.numbers(
-            packets["dst_ip6"][ipv6])
+            raise ValueError("IPv6 addresses are keyed by their numbers in an AddressBook; none was given")
+        src_ip[ipv6] = addresses.numbers(packets["src_ip6"][ipv6])
+        dst_ip[ipv6] = addresses.numbers(packets["dst_ip6"][ipv6])
     source = src_ip << 16 | packets["src_port"]
     destination = dst_ip << 16 | packets["dst_port"]
     key_hi = np.maximum(source, destination)
-    key_hi[ipv6] |= _IPV6_KEY_BIT
+    if has_ipv6:
+        key_hi[ipv6] |= _IPV6_KEY_BIT
     return np.minimum(source, destination) << 8 | packets["proto"], key_hi
 
 
@@ -355,34 +370,6 @@ def flow_identities(key_lo: np.ndarray, key_hi: np.ndarray, addresses: AddressBo
         else:
             keys.append(FlowKey(str(ipaddress.IPv4Address(a)), str(ipaddress.IPv4Address(b)), pa, pb, p))
     return keys
-
-
-class AddressBook:
-    """Numbers the IPv6 addresses of a trace 0, 1, 2, ... in order of first sight, so that an IPv6 endpoint
-    fits the uint64 flow keys as an IPv4 one does (its number in place of the 32-bit address)."""
-
-    def __init__(self):
-        self._index = PairIndex()
-        self._addresses = np.zeros(16, "V16")
-        self._count = 0
-
-    def numbers(self, addresses: np.ndarray) -> np.ndarray:
-        """The number of each address (V16, network order), giving new addresses the next numbers."""
-        halves = np.ascontiguousarray(addresses).view(">u8").reshape(-1, 2).astype(np.uint64)
-        found = self._index.get(halves[:, 0], halves[:, 1])
-        if (found < 0).any():
-            _, first = np.unique(halves[found < 0], axis=0, return_index=True)
-            new = np.flatnonzero(found < 0)[np.sort(first)]
-            numbers = np.arange(self._count, self._count + len(new))
-            self._index.add(halves[new, 0], halves[new, 1], numbers)
-            self._addresses = _grown(self._addresses, max(len(self._addresses), 2 * (self._count + len(new))))
-            self._addresses[numbers] = np.ascontiguousarray(addresses)[new]
-            self._count += len(new)
-            found = self._index.get(halves[:, 0], halves[:, 1])
-        return found.astype(np.uint64)
-
-    def address(self, number: int) -> str:
-        return str(ipaddress.IPv6Address(self._addresses[number].tobytes()))
 
 
 def _mix(key_lo: np.ndarray, key_hi: np.ndarray) -> np.ndarray:

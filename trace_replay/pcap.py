@@ -10,6 +10,8 @@ GIL, so they overlap parsing on a second core. Memory stays at a few chunks what
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import os
 import struct
 import warnings
@@ -48,12 +50,11 @@ PACKET_DTYPE = np.dtype(
         ("is_ipv4", "?"),
         ("has_ports", "?"),
         ("is_ipv6", "?"),
-        ("src_ip6", "V16"),
-        ("dst_ip6", "V16"),
     ]
 )
-"""One packet. IPv4 addresses are host-order integers in src_ip/dst_ip; IPv6 ones are the 16 bytes of the
-header (network order) in src_ip6/dst_ip6; proto, addresses and ports are 0 where absent. proto is the transport
+"""One packet. IPv4 addresses are host-order integers in src_ip/dst_ip; an IPv6 packet (is_ipv6) has there
+its addresses' numbers in the reader's AddressBook, which keeps the array as narrow (and as fast) as for
+IPv4; proto, addresses and ports are 0 where absent. proto is the transport
 protocol (IPv6: after any extension headers). has_ports: the packet's own TCP/UDP header was captured;
 a later IPv4 fragment carries the ports of its datagram's first fragment (seen earlier in the file)
 without one."""
@@ -119,6 +120,35 @@ class PcapHeader:
     gzipped: bool
 
 
+class AddressBook:
+    """Numbers IPv6 addresses 0, 1, 2, ... in order of first sight, so that an IPv6 address fits where an
+    IPv4 one goes (PACKET_DTYPE's src_ip/dst_ip, the uint64 flow keys of trace_replay.flows). Numbering
+    goes per distinct address of a batch, so IPv6 costs little more than IPv4."""
+
+    def __init__(self):
+        self._numbers: dict[bytes, int] = {}
+        self._addresses: list[bytes] = []
+
+    def numbers(self, addresses: np.ndarray) -> np.ndarray:
+        """The number of each address (V16: the 16 bytes in network order), new ones numbered next."""
+        distinct, where = np.unique(addresses, return_inverse=True)
+        numbers = np.empty(len(distinct), np.uint32)
+        for k, address in enumerate(distinct.tolist()):
+            number = self._numbers.get(address)
+            if number is None:
+                number = self._numbers[address] = len(self._addresses)
+                self._addresses.append(address)
+            numbers[k] = number
+        return numbers[where.reshape(-1)]
+
+    def packed(self, numbers: np.ndarray) -> np.ndarray:
+        """The addresses (V16) of numbers."""
+        return np.array([self._addresses[n] for n in numbers.tolist()], dtype="V16").reshape(len(numbers))
+
+    def address(self, number: int) -> str:
+        return str(ipaddress.IPv6Address(self._addresses[number]))
+
+
 class PcapReader:
     """Iterates a pcap file (optionally gzip-compressed) as arrays of PACKET_DTYPE.
 
@@ -126,11 +156,17 @@ class PcapReader:
     `header` is set once iteration has read the file header (for pcapng, that of the classic stream it
     is converted to); `torn_records` (0 or 1) and `timestamps_backwards` (records whose timestamp is
     earlier than one before them: they stay in file order, and a TimestampsBackwardsWarning says how
-    many there were) are final once iteration ends.
+    many there were) are final once iteration ends. IPv6 addresses are numbered in `addresses` (a fresh
+    AddressBook unless one is given, as to read a trace again with the numbers of a flow table).
     """
 
     def __init__(
-        self, path: str | os.PathLike, *, batch_bytes: int = DEFAULT_BATCH_BYTES, progress: bool = False
+        self,
+        path: str | os.PathLike,
+        *,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        progress: bool = False,
+        addresses: AddressBook | None = None,
     ):
         if batch_bytes < 1:
             raise ValueError("batch_bytes must be positive")
@@ -140,6 +176,7 @@ class PcapReader:
         self.header: PcapHeader | None = None
         self.torn_records = 0
         self.timestamps_backwards = 0
+        self.addresses = addresses if addresses is not None else AddressBook()
 
     def __iter__(self) -> Iterator[np.ndarray]:
         self.timestamps_backwards, latest = 0, -np.inf
@@ -183,7 +220,7 @@ class PcapReader:
                 if len(tail) < _FILE_HEADER_LEN:
                     continue
                 self.header = _parse_file_header(tail, self.path, gzipped)
-                parser = _ChunkParser(self.header, self.path)
+                parser = _ChunkParser(self.header, self.path, self.addresses)
                 tail, chunk, base = b"", tail[_FILE_HEADER_LEN:], _FILE_HEADER_LEN
             data = b"".join((tail, chunk, _PADDING))
             end = len(data) - len(_PADDING)
@@ -199,10 +236,15 @@ class PcapReader:
 
 
 def iter_packet_batches(
-    path: str | os.PathLike, *, batch_bytes: int = DEFAULT_BATCH_BYTES, progress: bool = False
+    path: str | os.PathLike,
+    *,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    progress: bool = False,
+    addresses: AddressBook | None = None,
 ) -> Iterator[np.ndarray]:
-    """Stream the packets of a pcap or pcap.gz file as PACKET_DTYPE arrays, in file order."""
-    yield from PcapReader(path, batch_bytes=batch_bytes, progress=progress)
+    """Stream the packets of a pcap or pcapng file (gzip'ed or not) as PACKET_DTYPE arrays, in file order,
+    IPv6 addresses numbered in `addresses`."""
+    yield from PcapReader(path, batch_bytes=batch_bytes, progress=progress, addresses=addresses)
 
 
 def _parse_file_header(head: bytes, path: str, gzipped: bool) -> PcapHeader:
@@ -239,8 +281,9 @@ def _parse_file_header(head: bytes, path: str, gzipped: bool) -> PcapHeader:
 class _ChunkParser:
     """Turns a chunk of pcap records into a PACKET_DTYPE array, for one file's header."""
 
-    def __init__(self, header: PcapHeader, path: str):
+    def __init__(self, header: PcapHeader, path: str, addresses: AddressBook):
         self._path = path
+        self._addresses = addresses
         self._decompressed = header.gzipped
         self._link_type = header.link_type
         self._fragments = _Fragments()
@@ -281,7 +324,8 @@ class _ChunkParser:
         packets["ts"] = records["ts_sec"] + records["ts_frac"] * self._frac_unit
         packets["wire_len"] = records["orig_len"]
         ethertype, link_len = self._network_layer(records)
-        for kind, parse in ((_ETHERTYPE_IPV4, self._parse_ipv4), (_ETHERTYPE_IPV6, _parse_ipv6)):
+        parse_ipv6 = functools.partial(_parse_ipv6, addresses=self._addresses)
+        for kind, parse in ((_ETHERTYPE_IPV4, self._parse_ipv4), (_ETHERTYPE_IPV6, parse_ipv6)):
             rows = np.flatnonzero(ethertype == kind)
             if rows.size:
                 row_link_len = link_len if np.isscalar(link_len) else link_len[rows]
@@ -439,15 +483,19 @@ class _Fragments:
 
 
 def _parse_ipv6(data: bytes, packets: np.ndarray, rows: np.ndarray, l3_offsets: np.ndarray,
-                l3_caplen: np.ndarray) -> None:
-    """Fill the IPv6 fields of packets[rows], as _ChunkParser._parse_ipv4 does for IPv4, following up to
-    _MAX_IPV6_EXTENSIONS extension headers to the transport protocol. A non-first fragment has no ports."""
+                l3_caplen: np.ndarray, addresses: AddressBook) -> None:
+    """Fill the IPv6 fields of packets[rows], as _ChunkParser._parse_ipv4 does for IPv4 (the addresses as
+    their numbers in `addresses`), following up to _MAX_IPV6_EXTENSIONS extension headers to the transport
+    protocol. A non-first fragment has no ports."""
     ip = _gather(data, l3_offsets, _IPV6_HEADER)
     valid = (ip["version"] >> 4 == 6) & (l3_caplen >= 40)
     packets["l3"][rows] = np.where(valid, L3_IPV6, L3_IPV6_MALFORMED)
     rows, ip, l3_offsets, l3_caplen = rows[valid], ip[valid], l3_offsets[valid], l3_caplen[valid]
+    if not rows.size:
+        return
     packets["is_ipv6"][rows] = True
-    packets["src_ip6"][rows], packets["dst_ip6"][rows] = ip["src"], ip["dst"]
+    packets["src_ip"][rows] = addresses.numbers(ip["src"])
+    packets["dst_ip"][rows] = addresses.numbers(ip["dst"])
     proto = ip["next_header"].astype(np.intp)
     header_len = np.full(len(rows), 40, np.intp)
     later_fragment = np.zeros(len(rows), bool)
