@@ -310,7 +310,8 @@ def _require(data: dict, key: str, kind: type | tuple[type, ...], where: str) ->
         raise ConfigError(f"{where} has no {key!r}", f"{where}.{key}")
     value = data[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}.{key} has the wrong type ({type(value).__name__})", f"{where}.{key}")
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ConfigError(f"{where}.{key} has the wrong type ({type(value).__name__}: {shown})", f"{where}.{key}")
     return value
 
 

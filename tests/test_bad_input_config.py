@@ -64,6 +64,8 @@ def _nf(cluster: dict) -> dict:
     ("nf", "mac", "00:00:00:00:00"),
     ("nf", "instance", ""),
     ("nf", "control_socket", ""),
+    ("nf", "port", "3"),
+    ("nf", "active", "yes"),
 ])
 def test_cluster_description_refuses_nonsense_naming_field_and_value(where, key, value):
     cluster = cluster_dict()
