@@ -16,7 +16,7 @@ import pytest
 from tests.pcap_builder import (
     Frame,
     ethernet,
-    ipv4,
+    fragmented_udp,
     ipv6,
     pcap_bytes,
     pcapng_bytes,
@@ -66,16 +66,7 @@ def test_stacked_vlan_tags_are_parsed_as_ip(tmp_path, tags):
 
 # --- IP fragments --------------------------------------------------------------------------------
 def fragmented(ts: float, ident: int, src: str = "10.0.0.1", sport: int = 7) -> list[Frame]:
-    datagram = bytes(dpkt.udp.UDP(sport=sport, dport=9, data=bytes(3000)))
-
-    def piece(k: int, at: int, end: int, more: bool) -> Frame:
-        packet = dpkt.ip.IP(bytes.fromhex(ipv4(src, "10.0.0.2", 17, datagram[at:end], fragment_offset=at,
-                                                more_fragments=more).hex()))
-        packet.id = ident
-        packet.sum = 0
-        return Frame(ts + k * 0.001, ethernet(bytes(packet)))
-
-    return [piece(0, 0, 1480, True), piece(1, 1480, 2960, True), piece(2, 2960, len(datagram), False)]
+    return [Frame(ts + k * 0.001, ethernet(piece)) for k, piece in enumerate(fragmented_udp(ident, src, sport))]
 
 
 @pytest.mark.parametrize("batch_bytes", [1 << 20, 100])
