@@ -105,6 +105,15 @@ def test_timestamps_going_backwards_are_counted_and_warned_about(tmp_path):
     assert (table.records["first_ts"][0], table.records["last_ts"][0]) == (1.0, 4.0)
 
 
+@pytest.mark.parametrize("batch_bytes", [1 << 20, 150, 60])
+def test_each_record_is_compared_with_the_latest_before_it_in_any_batch(tmp_path, batch_bytes):
+    frames = [Frame(ts, ethernet(tcp("10.0.0.1", 1000, "10.0.0.2", 80))) for ts in (1.0, 5.0, 2.0, 3.0, 6.0)]
+    reader = PcapReader(write_pcap(tmp_path / "late.pcap", frames), batch_bytes=batch_bytes)
+    with pytest.warns(TimestampsBackwardsWarning, match="2 records have"):
+        list(reader)
+    assert reader.timestamps_backwards == 2
+
+
 def test_ordered_timestamps_give_no_warning(tmp_path):
     frames = [Frame(ts, ethernet(tcp("10.0.0.1", 1000, "10.0.0.2", 80))) for ts in (1.0, 1.0, 2.0)]
     with warnings.catch_warnings():

@@ -179,7 +179,7 @@ class PcapReader:
         self.addresses = addresses if addresses is not None else AddressBook()
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        self.timestamps_backwards, latest = 0, -np.inf
+        self.torn_records, self.timestamps_backwards, latest = 0, 0, -np.inf
         with open(self.path, "rb") as file:
             gzipped = file.read(2) == _GZIP_MAGIC
             file.seek(0)
@@ -193,10 +193,9 @@ class PcapReader:
                 ) as bar,
             ):
                 for batch in self._parse_stream(stream, bar, gzipped):
-                    running = np.maximum.accumulate(batch["ts"])
-                    self.timestamps_backwards += int(np.count_nonzero(batch["ts"][1:] < running[:-1]))
-                    self.timestamps_backwards += int(batch["ts"][0] < latest)
-                    latest = max(latest, running[-1])
+                    latest_before = np.maximum.accumulate(np.concatenate(([latest], batch["ts"])))
+                    self.timestamps_backwards += int(np.count_nonzero(batch["ts"] < latest_before[:-1]))
+                    latest = latest_before[-1]
                     yield batch
             self.torn_records += pcapng.torn_records
         if self.timestamps_backwards:
