@@ -165,7 +165,7 @@ def _dead(client) -> bool:
 
 @contextmanager
 def live_loop(spec, *, config: dict | None = None, workdir: str | os.PathLike | None = None,
-              token: str = "dm-demo") -> Iterator[LiveLoop]:
+              token: str = "dm-demo-local-token") -> Iterator[LiveLoop]:
     """OVS, `ryu-manager controller_app.app` and the NF cluster `spec` (a ClusterSpec), up for the block.
 
     `config` is the controller config (controller_app.config.ControllerConfig fields); the token
@@ -367,26 +367,26 @@ def _parser() -> argparse.ArgumentParser:
     from trace_replay.generate import sample_path
 
     parser = argparse.ArgumentParser(prog="dm-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=positive_float, default=60.0, metavar="S", help="seconds of replay (default 60)")
-    parser.add_argument("--trace", type=Path, default=sample_path(), help="pcap to replay (default: the shipped sample)")
-    parser.add_argument("--policy", default=DEFAULT_POLICY, help=f"migration policy (default {DEFAULT_POLICY})")
-    parser.add_argument("--instances", type=positive_int, default=DEFAULT_INSTANCES, help="active NF instances at start")
-    parser.add_argument("--standby", type=non_negative_int, default=DEFAULT_STANDBY, help="standby NF instances")
+    parser.add_argument("--duration", type=positive_float, default=60.0, metavar="S", help="seconds of replay (default %(default)s)")
+    parser.add_argument("--trace", type=Path, default=sample_path(), help="pcap to replay (default %(default)s)")
+    parser.add_argument("--policy", default=DEFAULT_POLICY, help="migration policy (default %(default)s)")
+    parser.add_argument("--instances", type=positive_int, default=DEFAULT_INSTANCES, help="active NF instances at start (default %(default)s)")
+    parser.add_argument("--standby", type=non_negative_int, default=DEFAULT_STANDBY, help="standby NF instances (default %(default)s)")
     parser.add_argument("--json", type=output_file, metavar="OUT", help="also write the summary here")
     parser.add_argument("--start", type=non_negative_float, default=DEFAULT_START_S, metavar="S",
-                        help=f"start S trace seconds into the trace (default {DEFAULT_START_S:g})")
+                        help="start S trace seconds into the trace (default %(default)s)")
     parser.add_argument("--speed", type=positive_float, default=DEFAULT_SPEED,
-                        help="trace seconds per wall second; scales the packet rate too (default 1)")
+                        help="trace seconds per wall second; scales the packet rate too (default %(default)s)")
     parser.add_argument("--max-flows", type=positive_int, metavar="N", help="replay only the N busiest flows of the window")
-    parser.add_argument("--capacity", type=positive_float, default=DEFAULT_CAPACITY_PPS, help="NF capacity, packets/s")
-    parser.add_argument("--buffer", type=positive_int, default=DEFAULT_BUFFER_PACKETS, help="NF buffer, packets")
-    parser.add_argument("--processing-ms", type=non_negative_float, default=DEFAULT_PROCESSING_MS, help="NF latency, ms")
-    parser.add_argument("--period", type=positive_float, default=1.0, help="controller period T, seconds (default 1)")
+    parser.add_argument("--capacity", type=positive_float, default=DEFAULT_CAPACITY_PPS, help="NF capacity, packets/s (default %(default)s)")
+    parser.add_argument("--buffer", type=positive_int, default=DEFAULT_BUFFER_PACKETS, help="NF buffer, packets (default %(default)s)")
+    parser.add_argument("--processing-ms", type=non_negative_float, default=DEFAULT_PROCESSING_MS, help="NF latency, ms (default %(default)s)")
+    parser.add_argument("--period", type=positive_float, default=1.0, help="controller period T, seconds (default %(default)s)")
     parser.add_argument("--quiet-ms", type=non_negative_int, default=DEFAULT_QUIET_MS,
-                        help=f"source-NF quiet time before export, ms (default {DEFAULT_QUIET_MS})")
+                        help="source-NF quiet time before export, ms (default %(default)s)")
     parser.add_argument("--stabilizer", choices=("on", "off"), default="on",
                         help="gnn_policy.stabilizer between the state and the policy, with the settings of "
-                             "docs/controller.md (default on)")
+                             "docs/controller.md (default %(default)s)")
     parser.add_argument("--workdir", type=Path, help="keep logs, cluster description and transitions here")
     return parser
 

@@ -149,7 +149,7 @@ def build_episodes(
         n_steps=n_steps,
         max_flows=max_flows,
     )
-    rate = _count_packets(pcap, records, windows) / bin_s
+    rate = _count_packets(pcap, table, windows) / bin_s
     _require_traffic(rate, windows)
     arrival, departure = _live_steps(records, windows)
 
@@ -269,12 +269,13 @@ def _slot_flows(
     return five_tuple, byte_rate, flow_ids
 
 
-def _count_packets(pcap: str | os.PathLike, records: np.ndarray, windows: _Windows) -> np.ndarray:
-    """[B, T, F] packets of each episode's flows per bin, in one streaming pass over the trace."""
+def _count_packets(pcap: str | os.PathLike, table: FlowTable, windows: _Windows) -> np.ndarray:
+    """[B, T, F] packets of each episode's flows per bin, in one streaming pass over the trace (IPv4
+    and IPv6 packets, keyed with the table's address book)."""
     selected, start_s, bin_s = windows.flows, windows.start_s, windows.bin_s
     n_steps, max_flows = windows.n_steps, windows.max_flows
     wanted = np.unique(np.concatenate(selected))
-    key_lo, key_hi = flow_keys(records[wanted])
+    key_lo, key_hi = flow_keys(table.records[wanted], table.addresses)
     if np.unique(np.stack([key_lo, key_hi]), axis=1).shape[1] != wanted.size:
         raise ValueError(
             "the flow table holds several flows of one 5-tuple; build it without an idle timeout"
@@ -283,8 +284,8 @@ def _count_packets(pcap: str | os.PathLike, records: np.ndarray, windows: _Windo
     index.add(key_lo, key_hi, wanted.astype(np.int64))
     n_episodes = len(selected)
     counts = np.zeros(n_episodes * n_steps * max_flows, dtype=np.float64)
-    for packets in iter_packet_batches(pcap):
-        packets = packets[packets["is_ipv4"]]
+    for packets in iter_packet_batches(pcap, addresses=table.addresses):
+        packets = packets[packets["is_ipv4"] | packets["is_ipv6"]]
         flow = index.get(*flow_keys(packets))
         known = flow >= 0
         packets, flow = packets[known], flow[known]
