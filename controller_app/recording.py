@@ -105,18 +105,23 @@ def finish(staging: str | Path, directory: str | Path, meta: Mapping, outcomes: 
 
 
 def _join_delays(periods: list[dict], bounds: list[float], outcomes: Mapping) -> None:
-    """Fill each flow row's delay_packets and delay_ms from the sink's bins."""
+    """Fill each flow row's delay_packets and delay_ms, and each period's sink totals, from the sink's bins.
+    Packets of a flow the period's state does not list (it landed during the period) count in the totals only."""
     half_bin = outcomes.get("delay_bin_s", 1.0) / 2.0
-    sums: dict[tuple[int, str], list[float]] = {}
+    sums: dict[tuple[int, str | None], list[float]] = {}
     for flow in outcomes["flows"].values():
         flow_id = FlowKey.of(*flow["key"]).id
         for start, packets, mean_ms in flow.get("delay_bins", []):
             t = int(np.searchsorted(bounds, start + half_bin, side="right")) - 1
             if 0 <= t < len(periods):
-                total = sums.setdefault((t, flow_id), [0, 0.0])
-                total[0] += packets
-                total[1] += packets * mean_ms
+                for key in ((t, flow_id), (t, None)):
+                    total = sums.setdefault(key, [0, 0.0])
+                    total[0] += packets
+                    total[1] += packets * mean_ms
     for t, rows in enumerate(periods):
         for row in rows["flows"]:
             if (total := sums.get((t, row["flow"]))) is not None:
                 row["delay_packets"], row["delay_ms"] = int(total[0]), total[1] / total[0]
+        packets, delay = sums.get((t, None), (0, 0.0))
+        rows["periods"][0]["sink_packets"] = int(packets)
+        rows["periods"][0]["sink_delay_ms"] = delay / packets if packets else None

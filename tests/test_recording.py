@@ -69,6 +69,8 @@ def test_the_sink_delays_are_joined_per_period(tmp_path):
     recording = load(finish(staging, tmp_path / "rec", META, outcomes))
     rows = [r for r in recording.tables["flows"].to_pylist() if r["flow"] == flow["flow"]]
     assert [(r["delay_packets"], r["delay_ms"]) for r in rows[:3]] == [(None, None), (10, 16.0), (3, 7.0)]
+    sink = recording.tables["periods"].select(["sink_packets", "sink_delay_ms"]).to_pylist()
+    assert [tuple(p.values()) for p in sink[:4]] == [(0, None), (10, 16.0), (3, 7.0), (0, None)]
 
 
 def test_a_staging_file_without_periods_is_refused(tmp_path):
