@@ -1,4 +1,4 @@
-"""The Ryu application: `ryu-manager controller_app.app` (with DEEPMIGRATION_CLUSTER set).
+"""The Ryu application: `ryu-manager controller_app.app`.
 
 A thin OpenFlow 1.3 shell over `controller_app.core.Controller`: one handler per OpenFlow
 concern (switch features, port status, packet-in, flow and port stats, flow removed, barrier,
@@ -6,12 +6,20 @@ disconnect) translates the message and hands it to the core; `OpenFlowSwitch` tu
 requests back into flow mods. A green thread asks for statistics and runs one period of the
 decision loop every `period_s` seconds. The REST API (`controller_app.rest`) is served by Ryu's
 WSGI server, bound to 127.0.0.1 unless `--wsapi-host` says otherwise.
+
+The cluster it runs is the one its description file describes (`--deepmigration-cluster`,
+DEEPMIGRATION_CLUSTER, or else the well-known `mininet_topos.run_dir.CLUSTER_PATH` of a cluster started by
+hand, waited for). The file is watched: a new description (mn restarted) gets a fresh controller core with
+the current config, and a removed one (mn exited) idles the loop while the REST API keeps serving the last
+cluster's state and decisions (docs/testbed.md, "By hand").
 """
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
+from pathlib import Path
 
 from eventlet import tpool
 from ryu import cfg
@@ -25,7 +33,7 @@ from ryu.ofproto import nicira_ext, ofproto_v1_3
 
 from controller_app import rest
 from controller_app.config import (
-    CLUSTER_ENV,
+    LIVE_DEFAULTS,
     ClusterDescription,
     ConfigError,
     ControllerConfig,
@@ -35,7 +43,9 @@ from controller_app.config import (
 )
 from controller_app.core import Controller
 from controller_app.steering import SwitchError
+from gnn_policy.registry import make_policy
 from mininet_topos.frames import ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP
+from mininet_topos.run_dir import CLUSTER_PATH
 from twin.flow import FiveTuple
 
 LOG = logging.getLogger(__name__)
@@ -231,6 +241,55 @@ def five_tuple_of(match) -> FiveTuple | None:
                      match[ports[1]] if ports else 0, proto)
 
 
+WATCH_S = 0.5
+"""How often the controller looks at its cluster description file for a change."""
+
+
+class ClusterWatch:
+    """The cluster description file, as it appears, changes and goes away (`check`)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.present = False
+        self._stamp: tuple | None = None
+        self._content: object = None
+
+    def check(self) -> ClusterDescription | None:
+        """The description to adopt: the file's, if it appeared or its content changed since the last call;
+        else None (`present` tells whether it is there). ConfigError for an invalid file, once per change."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self.present, self._stamp, self._content = False, None, None
+            return None
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if stamp == self._stamp:
+            return None
+        self._stamp = stamp
+        try:
+            content = json.loads(self.path.read_text())
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot read the cluster description {self.path}: {error}") from None
+        cluster = ClusterDescription.from_dict(content)
+        self.present = True
+        if content == self._content:  # rewritten as it was (dm-demo writes it twice)
+            return None
+        self._content = content
+        return cluster
+
+
+class _CurrentCore:
+    """What the REST API serves: the controller of the cluster adopted last; 503 before the first."""
+
+    def __init__(self, app: DeepMigrationApp):
+        self._app = app
+
+    def __getattr__(self, name: str):
+        if self._app.core is None:
+            raise rest.ApiError(503, f"no cluster yet: waiting for its description at {self._app.watch.path}")
+        return getattr(self._app.core, name)
+
+
 class DeepMigrationApp(app_manager.RyuApp):
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]  # noqa: RUF012 - Ryu reads these class attributes
     _CONTEXTS = {"wsgi": WSGIApplication}  # noqa: RUF012
@@ -238,31 +297,83 @@ class DeepMigrationApp(app_manager.RyuApp):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         cluster_path, config_path = ryu_paths()
-        if cluster_path is None:
-            raise ConfigError(f"no cluster description: set {CLUSTER_ENV} or --deepmigration-cluster")
-        config = ControllerConfig.load(config_path)
+        self._config = ControllerConfig.load(config_path) if config_path else ControllerConfig.from_dict(LIVE_DEFAULTS)
+        self.watch = ClusterWatch(Path(cluster_path or CLUSTER_PATH))
+        self.core: Controller | None = None
+        self.switch: OpenFlowSwitch | None = None
+        self._datapath = None
+        self._instance_by_port: dict[int, str] = {}
+        self._flow_stats: list = []
+        if cluster_path is not None:  # named: it must be there and valid now
+            self._adopt(self.watch.check() or ClusterDescription.load(cluster_path))
+        else:
+            LOG.info("waiting for a cluster description at %s (mn --custom mininet_topos/nf_cluster.py writes it)",
+                     self.watch.path)
+            make_policy(self._config.policy, seed=self._config.seed)  # its libraries load now, not in the loop
+        rest.register(kwargs["wsgi"], _CurrentCore(self))
+        if config_path is None:
+            LOG.warning("no controller config: REST writes need 'Authorization: Bearer %s'", self._config.token)
+        self._loop = hub.spawn(self._run_periods)
+
+    def _adopt(self, cluster: ClusterDescription) -> None:
+        """Run `cluster` from now on: a fresh core with the current config, connected to the switch if it is."""
         from mininet_topos.nf_channel import NFClient
 
-        self.core = Controller(ClusterDescription.load(cluster_path), config,
-                               lambda nf, timeout: NFClient(nf.socket, timeout),
+        old, config = self.core, self.core.config if self.core is not None else self._config
+        self.core = Controller(cluster, config, lambda nf, timeout: NFClient(nf.socket, timeout),
                                offload=tpool.execute)  # a policy may compute for seconds: keep OpenFlow alive
-        rest.register(kwargs["wsgi"], self.core)
-        if config_path is None:
-            LOG.warning("no controller config: REST writes need 'Authorization: Bearer %s'", config.token)
-        self.switch: OpenFlowSwitch | None = None
-        self._instance_by_port = {nf.host.port: nf.instance for nf in self.core.cluster.nfs}
-        self._flow_stats: list = []
-        self._loop = hub.spawn(self._run_periods)
+        self._instance_by_port = {nf.host.port: nf.instance for nf in cluster.nfs}
+        self.switch = None
+        for runtime in old.nfs.values() if old is not None else ():
+            runtime.channel.close()
+        LOG.info("cluster %s adopted: instances %s, switch %016x", self.watch.path,
+                 " ".join(nf.instance for nf in cluster.nfs), cluster.dpid)
+        if self._datapath is not None:
+            self._connect(self._datapath)
+
+    def _connect(self, datapath) -> None:
+        if datapath.id != self.core.cluster.dpid:
+            LOG.warning("ignoring switch %016x: the cluster's switch is %016x", datapath.id, self.core.cluster.dpid)
+            return
+        self.switch = OpenFlowSwitch(datapath, self.core.cluster.source.port, self.core.config.rule_idle_timeout_s)
+        self.core.on_switch_connected(self.switch)
+
+    def _follow_cluster(self) -> None:
+        """Adopt a new or changed cluster description; say when it went away."""
+        was_present = self.watch.present
+        try:
+            cluster = self.watch.check()
+        except ConfigError as error:
+            LOG.error("%s; waiting for a valid one", error)
+            return
+        if cluster is not None:
+            self._adopt(cluster)
+        elif was_present and not self.watch.present:
+            LOG.warning("cluster description %s removed (mn exited?): idle until a new one appears; the REST API "
+                        "keeps the last cluster's state and decisions", self.watch.path)
+            if self.switch is not None:  # let go before the NFs and ports go down: no re-steering of a cluster
+                self.switch = None       # that is being taken apart
+                self.core.on_switch_disconnected()
+
+    @property
+    def _running(self) -> bool:
+        return self.core is not None and self.watch.present
 
     def _run_periods(self) -> None:
         """Every period: ask for statistics, let the replies arrive, then run one decision period. A period
-        changed at run time counts from the current period's start at once (the wait is re-read every 0.1 s)."""
+        changed at run time counts from the current period's start at once (the wait is re-read every 0.1 s).
+        Without a cluster (none yet, or its description removed) only the description is watched."""
         while True:
             started = time.monotonic()
-            if self.switch is not None:
+            self._follow_cluster()
+            if self._running and self.switch is not None:
                 self.switch.request_stats()
-            while (left := started + self.core.config.period_s - time.monotonic()) > 0:
+            while (left := started + (self.core.config.period_s if self._running else WATCH_S)
+                    - time.monotonic()) > 0:
                 hub.sleep(min(left, 0.1))
+            self._follow_cluster()
+            if not self._running:
+                continue
             try:
                 self.core.tick()
             except Exception:  # the loop must outlive any bug in one period
@@ -270,15 +381,15 @@ class DeepMigrationApp(app_manager.RyuApp):
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def switch_features_handler(self, ev):
-        datapath = ev.msg.datapath
-        if datapath.id != self.core.cluster.dpid:
-            LOG.warning("ignoring switch %016x: the cluster's switch is %016x", datapath.id, self.core.cluster.dpid)
-            return
-        self.switch = OpenFlowSwitch(datapath, self.core.cluster.source.port, self.core.config.rule_idle_timeout_s)
-        self.core.on_switch_connected(self.switch)
+        """Kept for the cluster of its dpid, now or once its description appears."""
+        self._datapath = ev.msg.datapath
+        if self.core is not None and self.watch.present:
+            self._connect(self._datapath)
 
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
     def disconnect_handler(self, ev):
+        if ev.datapath is self._datapath:
+            self._datapath = None
         if self.switch is not None and ev.datapath is self.switch.datapath:
             self.switch = None
             self.core.on_switch_disconnected()
@@ -303,6 +414,8 @@ class DeepMigrationApp(app_manager.RyuApp):
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def flow_stats_reply_handler(self, ev):
         msg = ev.msg
+        if self.switch is None or msg.datapath is not self.switch.datapath:
+            return
         self._flow_stats += [(t, stat.packet_count, stat.byte_count) for stat in msg.body
                              if (t := five_tuple_of(stat.match)) is not None]
         if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
@@ -311,14 +424,21 @@ class DeepMigrationApp(app_manager.RyuApp):
 
     @set_ev_cls(ofp_event.EventOFPPortStatsReply, MAIN_DISPATCHER)
     def port_stats_reply_handler(self, ev):
+        if self.switch is None or ev.msg.datapath is not self.switch.datapath:
+            return
         self.core.on_port_stats([(s.port_no, s.rx_bytes, s.tx_bytes) for s in ev.msg.body
                                  if s.port_no < ev.msg.datapath.ofproto.OFPP_MAX])
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     def flow_removed_handler(self, ev):
         msg = ev.msg
+        if self.switch is None or msg.datapath is not self.switch.datapath:
+            return
         if msg.cookie == FLOW_COOKIE and (five_tuple := five_tuple_of(msg.match)) is not None:
-            self.core.on_rule_expired(five_tuple)
+            try:
+                self.core.on_rule_expired(five_tuple)
+            except SwitchError as error:  # the switch went away while its expired rule was put back
+                LOG.info("rule of %s not put back: %s", five_tuple, error)
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def barrier_reply_handler(self, ev):
@@ -338,5 +458,7 @@ class DeepMigrationApp(app_manager.RyuApp):
         ofp = msg.datapath.ofproto
         down = msg.reason == ofp.OFPPR_DELETE or msg.desc.state & ofp.OFPPS_LINK_DOWN
         LOG.info("port %d %s", msg.desc.port_no, "down" if down else "up")
-        if down:
+        if self.watch.present and not self.watch.path.exists():  # mn exiting: the description went first
+            self._follow_cluster()  # (only to let go: a new cluster is adopted between periods, never mid-tick)
+        if down and self.switch is not None and msg.datapath is self.switch.datapath:
             self.core.on_port_down(msg.desc.port_no)

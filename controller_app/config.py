@@ -13,6 +13,8 @@ Paths come from Ryu options (`--deepmigration-cluster`, `--deepmigration-config`
 on the command line when `ryu-manager --user-flags controller_app/config.py` loads this file,
 and always as `cluster=`/`config=` in a `[deepmigration]` section of a `--config-file`) or from
 the environment variables DEEPMIGRATION_CLUSTER and DEEPMIGRATION_CONFIG.
+Without a cluster path the controller waits for the description of a cluster started by hand at
+`mininet_topos.run_dir.CLUSTER_PATH`; without a config it runs `LIVE_DEFAULTS`.
 """
 from __future__ import annotations
 
@@ -213,6 +215,12 @@ class ControllerConfig:
         return {"thresholds": asdict(self.thresholds), "period_s": self.period_s, "policy": self.policy,
                 "mode": self.mode.value, "policies": list(POLICY_NAMES), "modes": [m.value for m in Mode],
                 "stabilizer": self.stabilizer.to_dict()}
+
+
+LIVE_DEFAULTS = {"policy": "deepmigration", "stabilizer": {"enabled": True}, "quiet_ms": 50,
+                 "rule_idle_timeout_s": 3, "nf_timeout_s": 10.0}
+"""The config of `ryu-manager controller_app.app` given none (auto mode), and dm-demo's defaults: the shipped
+policy with the stabilizer, a 50 ms quiet time, a 3 s rule idle timeout, 10 s for an NF to drain a full buffer."""
 
 
 def _coerce(name: str, value: Any, current: ControllerConfig) -> Any:

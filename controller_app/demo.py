@@ -19,7 +19,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,11 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from controller_app.config import LIVE_DEFAULTS
+from mininet_topos.nf_cluster import LIVE_NF
 from twin.flow import FlowKey
 from twin.loop_metrics import flows_migrated_twice, instance_seconds, reversals, sla_violation_flow_seconds
 from twin.records import check_target
 
-DEFAULT_POLICY = "deepmigration"
+DEFAULT_POLICY = LIVE_DEFAULTS["policy"]
 """The policy dm-demo runs unless --policy says otherwise (any name of gnn_policy.registry): the
 shipped checkpoint, gnn_policy/data/deepmigration.pt."""
 
@@ -49,13 +50,13 @@ shipped checkpoint, gnn_policy/data/deepmigration.pt."""
 DEFAULT_START_S = 0.0
 DEFAULT_SPEED = 0.5
 DEFAULT_INSTANCES, DEFAULT_STANDBY = 2, 2
-DEFAULT_CAPACITY_PPS, DEFAULT_BUFFER_PACKETS, DEFAULT_PROCESSING_MS = 250.0, 800, 5.0
-DEFAULT_NF_TIMEOUT_S = 10.0
+DEFAULT_CAPACITY_PPS, DEFAULT_BUFFER_PACKETS, DEFAULT_PROCESSING_MS = LIVE_NF.values()  # 250.0, 800, 5.0
+DEFAULT_NF_TIMEOUT_S = LIVE_DEFAULTS["nf_timeout_s"]
 """An export waits for the flow's queued frames to leave the source NF: up to a full buffer's 3.2 s."""
-DEFAULT_QUIET_MS = 50
+DEFAULT_QUIET_MS = LIVE_DEFAULTS["quiet_ms"]
 """How long a source NF waits for the flow's last in-flight frame before exporting its state; it must
 cover the switch -> NF delay of a frame forwarded just before the rules changed, on a busy machine."""
-DEFAULT_RULE_IDLE_S = 3
+DEFAULT_RULE_IDLE_S = LIVE_DEFAULTS["rule_idle_timeout_s"]
 """Idle timeout of the per-flow rules: a flow the controller still tracks is one that sent within it."""
 WARM_UP_PERIODS = 2
 """The controller starts in manual mode and goes auto once the replay ran this many periods: an empty
@@ -178,6 +179,7 @@ def live_loop(spec, *, config: dict | None = None, workdir: str | os.PathLike | 
     from mininet_topos.nf_cluster import DESCRIPTION_FILE, describe, nf_cluster
     from mininet_topos.testbed import (
         LOCALHOST,
+        enlarge_packet_in_queue,
         ensure_ovs_running,
         free_tcp_port,
         ryu_controller,
@@ -211,21 +213,6 @@ def live_loop(spec, *, config: dict | None = None, workdir: str | os.PathLike | 
         loop.wait_for(lambda: all(nf["alive"] for nf in api.get("/instances")), 15,
                       "every NF instance answers the controller")
         yield loop
-
-
-PACKET_IN_QUEUE = 512
-"""OVS queues at most 100 packet-ins per controller connection by default and drops the rest: a new
-flow's burst arriving before its rules are in would lose packets. 512 is OVS's maximum."""
-
-
-def enlarge_packet_in_queue(switch: str) -> None:
-    """Let the switch queue PACKET_IN_QUEUE packet-ins for each of its controllers."""
-    def vsctl(*args: str) -> str:
-        return subprocess.run(["ovs-vsctl", "--timeout=10", *args], capture_output=True, text=True,
-                              check=True).stdout
-
-    for uuid in filter(None, vsctl("get", "bridge", switch, "controller").strip("[] \n").split(", ")):
-        vsctl("set", "controller", uuid, f"controller_queue_size={PACKET_IN_QUEUE}")
 
 
 # --- the summary ---------------------------------------------------------------------------------
@@ -401,25 +388,33 @@ def record_run(args: argparse.Namespace, staging: Path, outcomes: dict) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from trace_replay.cli_types import (
+        non_negative_float,
+        non_negative_int,
+        output_file,
+        positive_float,
+        positive_int,
+        rng_seed,
+    )
     from trace_replay.generate import sample_path
 
     parser = argparse.ArgumentParser(prog="dm-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds of replay (default 60)")
+    parser.add_argument("--duration", type=positive_float, default=60.0, metavar="S", help="seconds of replay (default 60)")
     parser.add_argument("--trace", type=Path, default=sample_path(), help="pcap to replay (default: the shipped sample)")
     parser.add_argument("--policy", default=DEFAULT_POLICY, help=f"migration policy (default {DEFAULT_POLICY})")
-    parser.add_argument("--instances", type=int, default=DEFAULT_INSTANCES, help="active NF instances at start")
-    parser.add_argument("--standby", type=int, default=DEFAULT_STANDBY, help="standby NF instances")
-    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the summary here")
-    parser.add_argument("--start", type=float, default=DEFAULT_START_S, metavar="S",
+    parser.add_argument("--instances", type=positive_int, default=DEFAULT_INSTANCES, help="active NF instances at start")
+    parser.add_argument("--standby", type=non_negative_int, default=DEFAULT_STANDBY, help="standby NF instances")
+    parser.add_argument("--json", type=output_file, metavar="OUT", help="also write the summary here")
+    parser.add_argument("--start", type=non_negative_float, default=DEFAULT_START_S, metavar="S",
                         help=f"start S trace seconds into the trace (default {DEFAULT_START_S:g})")
-    parser.add_argument("--speed", type=float, default=DEFAULT_SPEED,
+    parser.add_argument("--speed", type=positive_float, default=DEFAULT_SPEED,
                         help="trace seconds per wall second; scales the packet rate too (default 1)")
-    parser.add_argument("--max-flows", type=int, metavar="N", help="replay only the N busiest flows of the window")
-    parser.add_argument("--capacity", type=float, default=DEFAULT_CAPACITY_PPS, help="NF capacity, packets/s")
-    parser.add_argument("--buffer", type=int, default=DEFAULT_BUFFER_PACKETS, help="NF buffer, packets")
-    parser.add_argument("--processing-ms", type=float, default=DEFAULT_PROCESSING_MS, help="NF latency, ms")
-    parser.add_argument("--period", type=float, default=1.0, help="controller period T, seconds (default 1)")
-    parser.add_argument("--quiet-ms", type=int, default=DEFAULT_QUIET_MS,
+    parser.add_argument("--max-flows", type=positive_int, metavar="N", help="replay only the N busiest flows of the window")
+    parser.add_argument("--capacity", type=positive_float, default=DEFAULT_CAPACITY_PPS, help="NF capacity, packets/s")
+    parser.add_argument("--buffer", type=positive_int, default=DEFAULT_BUFFER_PACKETS, help="NF buffer, packets")
+    parser.add_argument("--processing-ms", type=non_negative_float, default=DEFAULT_PROCESSING_MS, help="NF latency, ms")
+    parser.add_argument("--period", type=positive_float, default=1.0, help="controller period T, seconds (default 1)")
+    parser.add_argument("--quiet-ms", type=non_negative_int, default=DEFAULT_QUIET_MS,
                         help=f"source-NF quiet time before export, ms (default {DEFAULT_QUIET_MS})")
     parser.add_argument("--stabilizer", choices=("on", "off"), default="on",
                         help="gnn_policy.stabilizer between the state and the policy, with the settings of "
@@ -430,7 +425,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--explore", type=_probability, default=0.0, metavar="EPS",
                         help="with probability EPS per decision, a random valid migration set replaces the "
                              "policy's (gnn_policy.exploration; default 0)")
-    parser.add_argument("--seed", type=int, default=0, help="the controller's seed: SLA draws, exploration")
+    parser.add_argument("--seed", type=rng_seed, default=0, help="the controller's seed: SLA draws, exploration")
     return parser
 
 
@@ -465,7 +460,14 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(summary, indent=1)
     print(text)
     if args.json:
-        args.json.write_text(text + "\n")
+        from trace_replay.files import write_text
+
+        try:
+            write_text(args.json, text + "\n")
+        except OSError as error:
+            print(f"dm-demo: cannot write --json {args.json}: {error.strerror or error} "
+                  "(the summary is above)", file=sys.stderr)
+            return 1
     if "error" in summary.get("record", {}):
         print(f"dm-demo: the recording failed: {summary['record']['error']}", file=sys.stderr)
         return 1

@@ -13,6 +13,8 @@ import time
 import urllib.error
 import urllib.request
 
+from trace_replay.cli_types import positive_float
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 PREFIX = "/deepmigration/v1"
 
@@ -76,12 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("state", "decisions"), nargs="?", default="state")
     parser.add_argument("-n", type=int, default=10, help="how many decisions (1-1000)")
     parser.add_argument("--follow", "-f", action="store_true", help="redraw every --interval seconds until Ctrl-C")
-    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--interval", type=positive_float,
+                        default=1.0, help="seconds between redraws (default 1)")
     args = parser.parse_args(argv)
     if not 1 <= args.n <= 1000:
         parser.error("-n must be between 1 and 1000")
-    if args.interval <= 0:
-        parser.error("--interval must be > 0")
     try:
         if not args.follow:
             print(_show(args))

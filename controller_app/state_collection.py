@@ -3,6 +3,7 @@ is built from both, with the migration latencies measured so far."""
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -65,6 +66,19 @@ class MigrationLatency:
         return latency
 
 
+REPORT_NUMBERS = ("buffer_packets", "queue_packets")
+
+
+def _check_report(report) -> None:
+    """An NF report whose numbers the state model would refuse is a failed report, named, not a crash."""
+    if not isinstance(report, dict):
+        raise TypeError(f"report is a {type(report).__name__}, not an object")
+    for name in REPORT_NUMBERS:
+        value = report.get(name, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"report field {name} = {value!r} is not a finite number >= 0")
+
+
 class StateCollector:
     """Gathers what one period observes: flow and port counters from the switch, reports from the NFs."""
 
@@ -108,6 +122,7 @@ class StateCollector:
         for nf in self.nfs.values():
             try:
                 report = nf.channel.report()
+                _check_report(report)
             except Exception as error:  # noqa: BLE001 - an NF or switch failure of any kind must not stop the loop
                 if nf.alive:
                     self._on_dead(nf, f"report failed: {error}")

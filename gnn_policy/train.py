@@ -28,7 +28,7 @@ import argparse
 import hashlib
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +38,19 @@ from tqdm import tqdm
 from gnn_policy import checkpoint
 from gnn_policy.actions import Choice, act, realise
 from gnn_policy.base import Problem
+from gnn_policy.checkpoint import CheckpointError, one_line
 from gnn_policy.gn import GNPolicyNet, NetConfig
 from gnn_policy.imitation import imitation_choice
 from gnn_policy.views import GraphView, views
 from trace_replay import scenarios
+from trace_replay.cli_types import (
+    non_negative_int,
+    output_file_new_folders,
+    positive_float,
+    positive_int,
+    rng_seed,
+)
+from trace_replay.files import atomic_write, rescue_path
 from trace_replay.flows import FlowTable, read_flows
 from twin import cost
 from twin.migration import IndexedAction
@@ -135,18 +144,40 @@ def teacher_actions(pool: Sequence[Start], time_limit_s: float, cache: Path | No
     from gnn_policy.registry import make_policy
 
     key = _pool_key(pool, time_limit_s)
-    if cache is not None and cache.is_file():
-        stored = torch.load(cache, weights_only=True)
-        if stored.get("key") == key:
-            return [IndexedAction(*(t.numpy() for t in action)) for action in stored["actions"]]
+    stored = read_teacher_cache(cache)
+    if stored is not None and stored["key"] == key and len(stored["actions"]) == len(pool):
+        return stored["actions"]
     teacher = make_policy("optimal", seed=0, time_limit_s=time_limit_s, with_agent=False)
     actions = [teacher.decide(Problem.of(start.state, start.thresholds)).action
                for start in tqdm(pool, disable=not progress, desc="teacher", unit="state")]
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"key": key, "actions": [[torch.as_tensor(a) for a in (x.flows, x.dst, x.start, x.stop)]
-                                            for x in actions]}, cache)
+        rows = [[torch.as_tensor(a) for a in (x.flows, x.dst, x.start, x.stop)] for x in actions]
+        with atomic_write(cache, make_parents=True) as handle:
+            torch.save({"key": key, "actions": rows}, handle)
     return actions
+
+
+class TeacherCacheError(ValueError):
+    """A teacher cache file that is not one `teacher_actions` wrote; it is left alone, not overwritten."""
+
+
+def read_teacher_cache(cache: Path | None) -> dict | None:
+    """{"key", "actions"} of the cache at `cache`, None when there is none; TeacherCacheError for any other
+    file."""
+    if cache is None or not cache.exists():
+        return None
+    try:
+        stored = torch.load(cache, map_location="cpu", weights_only=True)
+        key, rows = stored["key"], stored["actions"]
+        if not isinstance(key, str) or not isinstance(rows, list):
+            raise TypeError("no key string and action list")
+        if any(not isinstance(row, list) or len(row) != 4 for row in rows):
+            raise TypeError("an action is not (flows, dst, start, stop)")
+        actions = [IndexedAction(*(t.numpy() for t in row)) for row in rows]
+    except Exception as error:  # noqa: BLE001  whatever the file holds, it is named, not run or overwritten
+        raise TeacherCacheError(f"--teacher-cache {cache} is not a teacher cache of dm-train "
+                                f"({one_line(error)}); remove it or pass another path") from None
+    return {"key": key, "actions": actions}
 
 
 def _pool_key(pool: Sequence[Start], time_limit_s: float) -> str:
@@ -341,9 +372,22 @@ def plot_curves(imitation: Sequence[dict], history: Sequence[dict], path: Path) 
     fig.suptitle(f"DeepMigration training: {len(imitation)} imitation epochs, then {len(history)} REINFORCE "
                  f"iterations (moving average of {window})")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_write(path, make_parents=True) as handle:
+            fig.savefig(handle, dpi=110, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
+
+
+@dataclass
+class Progress:
+    """Where training stands: the network, its optimizer and the records so far (empty for a fresh start)."""
+
+    net: GNPolicyNet
+    optimizer: torch.optim.Optimizer
+    start_iteration: int = 0
+    imitation: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,30 +396,28 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(**{f.name: getattr(args, f.name, None) if getattr(args, f.name, None) is not None
                             else getattr(defaults, f.name) for f in fields(TrainConfig)})
     torch.manual_seed(config.seed)
-    try:
+    try:  # everything that can be refused is refused here, before any work
         table = read_flows(args.trace)
-        if args.resume:
-            net, record = checkpoint.load(args.resume)
-            start_iteration = int(record.get("iteration", -1)) + 1
-        else:
-            net, record, start_iteration = GNPolicyNet(NetConfig()), {}, 0
-    except (OSError, ValueError) as error:
+        progress = resume(args.resume, config) if args.resume else fresh_start(config)
+        if args.logdir.exists() and not args.logdir.is_dir():
+            raise ValueError(f"--logdir {args.logdir} is a file, not a folder")
+        if not args.resume and config.imitation_epochs > 0:
+            read_teacher_cache(args.teacher_cache)
+    except (OSError, ValueError) as error:  # CheckpointError and TeacherCacheError are ValueErrors
         print(f"dm-train: {error}", file=sys.stderr)
         return 2
-    pool = training_pool(table, config.pool_size)
 
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(args.logdir))
-    imitation = list(record.get("imitation", []))
-    history = list(record.get("history", []))
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr_start)
+    net, optimizer = progress.net, progress.optimizer
+    imitation, history = progress.imitation, progress.history
 
-    def save() -> None:
-        last = history[-1]["iteration"] if history else start_iteration - 1
-        checkpoint.save(args.out, net, {"iteration": last, "train_config": asdict(config), "trace": str(args.trace),
-                                        "optimizer": optimizer.state_dict(), "imitation": imitation,
-                                        "history": history})
+    def save() -> bool:
+        last = history[-1]["iteration"] if history else progress.start_iteration - 1
+        return _save(args.out, net, {"iteration": last, "train_config": asdict(config),
+                                     "trace": str(args.trace), "optimizer": optimizer.state_dict(),
+                                     "imitation": imitation, "history": history})
 
     def log(step: int, metrics: dict) -> None:
         (history if "iteration" in metrics else imitation).append(metrics)
@@ -385,51 +427,128 @@ def main(argv: list[str] | None = None) -> int:
         if "iteration" in metrics and (step + 1) % args.save_every == 0:
             save()
 
-    if not args.resume and config.imitation_epochs > 0:
-        actions = teacher_actions(pool, config.teacher_time_limit_s, args.teacher_cache)
-        imitate(net, imitation_examples(pool, actions, net.config.levels), config, log=log)
-    if "optimizer" in record:
-        optimizer.load_state_dict(record["optimizer"])
-    train(net, pool, config, optimizer=optimizer, start_iteration=start_iteration, log=log)
-    writer.close()
-    save()
+    loaded = len(imitation) + len(history)
+    try:
+        pool = training_pool(table, config.pool_size)
+        if not args.resume and config.imitation_epochs > 0:
+            actions = teacher_actions(pool, config.teacher_time_limit_s, args.teacher_cache)
+            imitate(net, imitation_examples(pool, actions, net.config.levels), config, log=log)
+        train(net, pool, config, optimizer=optimizer, start_iteration=progress.start_iteration, log=log)
+    except KeyboardInterrupt:  # keep what this run learnt; a run that learnt nothing leaves --out alone
+        saved = len(imitation) + len(history) > loaded and save()
+        print(f"dm-train: interrupted after {len(imitation)} imitation epochs and {len(history)} iterations"
+              + (f"; checkpoint {args.out} (--resume continues it)" if saved else "; nothing written"),
+              file=sys.stderr)
+        return 130
+    finally:
+        writer.close()
+    if not save():
+        return 1
     if args.curves:
-        plot_curves(imitation, history, args.curves)
+        try:
+            plot_curves(imitation, history, args.curves)
+        except OSError as error:
+            print(f"dm-train: cannot write --curves {args.curves}: {error.strerror or error}",
+                  file=sys.stderr)
+            return 1
     print(f"dm-train: {len(imitation)} imitation epochs, {len(history)} iterations, checkpoint {args.out}, "
           f"TensorBoard logs {args.logdir}")
     return 0
 
 
+def fresh_start(config: TrainConfig) -> Progress:
+    """A new network, or a ValueError when the options leave nothing to train."""
+    if config.imitation_epochs == 0 and config.iterations == 0:
+        raise ValueError("nothing to train: --imitation-epochs and --iterations are both 0")
+    net = GNPolicyNet(NetConfig())
+    return Progress(net, torch.optim.Adam(net.parameters(), lr=config.lr_start))
+
+
+def resume(path: Path, config: TrainConfig) -> Progress:
+    """The progress stored in checkpoint `path`, every part checked; CheckpointError naming what is wrong."""
+    net, record = checkpoint.load(path)
+    iteration = record.get("iteration", -1)
+    if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < -1:
+        raise CheckpointError(f"{path}: the training record's iteration is {iteration!r}, "
+                              "not an integer >= -1")
+    if iteration + 1 >= config.iterations:
+        raise ValueError(f"nothing to train: {path} has done {iteration + 1} iterations and --iterations is "
+                         f"{config.iterations}")
+    records = {}
+    for name, counter in (("imitation", "epoch"), ("history", "iteration")):
+        entries = record.get(name, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get(counter), int)
+                                                    for e in entries):
+            raise CheckpointError(f"{path}: the training record's {name} is not a list of metrics with an "
+                                  f"integer {counter!r}")
+        records[name] = list(entries)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr_start)
+    if "optimizer" in record:
+        _load_optimizer(optimizer, record["optimizer"], path)
+    return Progress(net, optimizer, iteration + 1, records["imitation"], records["history"])
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, state, path: Path) -> None:
+    """Adam's stored state, checked against the network it steps: one finite moment tensor per weight, shaped
+    like it (torch checks only the number of weights, and a mismatch would fail at the first step)."""
+    try:
+        optimizer.load_state_dict(state)
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: the optimizer state does not fit the network: {error}") from None
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            for name, value in optimizer.state.get(parameter, {}).items():
+                if not (isinstance(value, torch.Tensor) and value.isfinite().all()
+                        and (name == "step" or value.shape == parameter.shape)):
+                    raise CheckpointError(f"{path}: the optimizer state's {name!r} does not fit a weight "
+                                          f"of shape {tuple(parameter.shape)} or is not finite")
+
+
+def _save(path: Path, net: GNPolicyNet, training: dict) -> bool:
+    """Write the checkpoint; if `path` cannot be written, keep it in a temporary file and say where."""
+    try:
+        checkpoint.save(path, net, training)
+        return True
+    except OSError as error:
+        kept = rescue_path("dm-train", ".pt")
+        checkpoint.save(kept, net, training)
+        print(f"dm-train: cannot write {path}: {error.strerror or error}; the checkpoint is in {kept}",
+              file=sys.stderr)
+        return False
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dm-train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--trace", type=Path, required=True, metavar="PCAP", help="trace the training states come from")
-    parser.add_argument("--out", type=Path, required=True, metavar="CKPT", help="where to write the checkpoint")
+    parser.add_argument("--out", type=output_file_new_folders, required=True, metavar="CKPT",
+                        help="where to write the checkpoint (replaced whole; checked before training)")
     parser.add_argument("--resume", type=Path, metavar="CKPT",
                         help="continue REINFORCE from this checkpoint's iteration (no imitation)")
-    parser.add_argument("--seed", type=int, metavar="K", help="seed of the network init and of the sampling")
-    parser.add_argument("--pool-size", dest="pool_size", type=int, metavar="K", help="training states built")
+    parser.add_argument("--seed", type=rng_seed, metavar="K", help="seed of the network init and of the sampling")
+    parser.add_argument("--pool-size", dest="pool_size", type=positive_int, metavar="K", help="training states built")
     imitation = parser.add_argument_group("phase 1, imitation of the teacher (Optimal with a short time limit)")
-    imitation.add_argument("--imitation-epochs", dest="imitation_epochs", type=int, metavar="E",
+    imitation.add_argument("--imitation-epochs", dest="imitation_epochs", type=non_negative_int, metavar="E",
                            help=f"passes over the teacher's choices, 0 to skip (default {TrainConfig.imitation_epochs})")
-    imitation.add_argument("--imitation-lr", dest="imitation_lr", type=float, metavar="LR",
+    imitation.add_argument("--imitation-lr", dest="imitation_lr", type=positive_float, metavar="LR",
                            help=f"Adam learning rate (default {TrainConfig.imitation_lr})")
-    imitation.add_argument("--teacher-time-limit", dest="teacher_time_limit_s", type=float, metavar="S",
+    imitation.add_argument("--teacher-time-limit", dest="teacher_time_limit_s", type=positive_float, metavar="S",
                            help=f"Optimal's limit per state (default {TrainConfig.teacher_time_limit_s})")
-    imitation.add_argument("--teacher-cache", type=Path, default=Path("runs/dm-train/teacher.pt"), metavar="PATH",
+    imitation.add_argument("--teacher-cache", type=output_file_new_folders, default="runs/dm-train/teacher.pt",
+                           metavar="PATH",
                            help="where the teacher's actions are cached (reused while pool and limit match)")
     reinforce = parser.add_argument_group("phase 2, REINFORCE in the batched twin (Algorithm 1)")
-    reinforce.add_argument("--iterations", type=int, metavar="N",
+    reinforce.add_argument("--iterations", type=non_negative_int, metavar="N",
                            help=f"total iterations (default {TrainConfig.iterations})")
-    reinforce.add_argument("--groups", type=int, metavar="G", help="start states per iteration")
-    reinforce.add_argument("--episodes", type=int, metavar="N", help="parallel episodes per start state")
-    reinforce.add_argument("--lr-start", dest="lr_start", type=float, metavar="LR",
+    reinforce.add_argument("--groups", type=positive_int, metavar="G", help="start states per iteration")
+    reinforce.add_argument("--episodes", type=positive_int, metavar="N", help="parallel episodes per start state")
+    reinforce.add_argument("--lr-start", dest="lr_start", type=positive_float, metavar="LR",
                            help=f"learning rate at the first iteration (default {TrainConfig.lr_start})")
-    reinforce.add_argument("--lr-end", dest="lr_end", type=float, metavar="LR",
+    reinforce.add_argument("--lr-end", dest="lr_end", type=positive_float, metavar="LR",
                            help=f"learning rate at the last iteration (default {TrainConfig.lr_end})")
     parser.add_argument("--logdir", type=Path, default=Path("runs/dm-train"), help="TensorBoard log folder")
-    parser.add_argument("--save-every", dest="save_every", type=int, default=50, metavar="K",
+    parser.add_argument("--save-every", dest="save_every", type=positive_int, default=50, metavar="K",
                         help="also write the checkpoint every K iterations (default 50)")
-    parser.add_argument("--curves", type=Path, metavar="PNG", help="also write the training curves here")
+    parser.add_argument("--curves", type=output_file_new_folders, metavar="PNG", help="also write the training curves here")
     return parser
 
 

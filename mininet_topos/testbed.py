@@ -89,6 +89,21 @@ def _start_ovs() -> None:
         )
 
 
+PACKET_IN_QUEUE = 512
+"""OVS queues at most 100 packet-ins per controller connection by default and drops the rest: a new
+flow's burst arriving before its rules are in would lose packets. 512 is OVS's maximum."""
+
+
+def enlarge_packet_in_queue(switch: str) -> None:
+    """Let the switch queue PACKET_IN_QUEUE packet-ins for each of its controllers."""
+    def vsctl(*args: str) -> str:
+        return subprocess.run(["ovs-vsctl", "--timeout=10", *args], capture_output=True, text=True,
+                              check=True).stdout
+
+    for uuid in filter(None, vsctl("get", "bridge", switch, "controller").strip("[] \n").split(", ")):
+        vsctl("set", "controller", uuid, f"controller_queue_size={PACKET_IN_QUEUE}")
+
+
 def free_tcp_port() -> int:
     """A TCP port that is free right now; another process may still take it before we bind."""
     with socket.socket() as sock:

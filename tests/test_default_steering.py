@@ -105,3 +105,12 @@ def test_an_idle_flow_expires_direction_by_direction_and_is_forgotten(rig):
     rig.controller.on_rule_expired(tuple_n(1))
     rig.controller.on_rule_expired(tuple_n(1).reverse())
     assert not steers(rig) and len(rig.controller.flows) == 0
+
+
+def test_a_report_with_a_nan_queue_is_a_failed_report_not_a_crash(rig):
+    land(rig, tuple_n(1), "nf1")
+    rig.nfs["nf1"].queue = float("nan")
+    run_period(rig, {tuple_n(1): 5})  # the period runs
+    assert not rig.controller.nfs["nf1"].alive
+    assert "queue_packets" in rig.controller.nfs["nf1"].last_error
+    assert rig.switch.rules[canonical(tuple_n(1))] == "nf2"  # its flows move as for any failed NF

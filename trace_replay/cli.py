@@ -8,20 +8,25 @@ import sys
 import warnings
 from pathlib import Path
 
-from trace_replay.cli_types import positive_float
+from trace_replay.cli_types import output_file, positive_float, rng_seed
+from trace_replay.files import sigterm_as_interrupt
 from trace_replay.flows import read_flows
 from trace_replay.pcap import PcapError
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), sigterm_as_interrupt():
         warnings.showwarning = _show_warning
         try:
             return args.command(args)
         except (PcapError, OSError, ValueError) as exc:
             print(f"dm-trace: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("dm-trace: interrupted" + (f"; {args.out} is left as it was" if "out" in args else ""),
+                  file=sys.stderr)
+            return 130
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -46,15 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(command=_info)
 
     generate = commands.add_parser("generate", help="write a synthetic enterprise-like header-only trace")
-    generate.add_argument("--out", type=Path, required=True, metavar="PCAP")
+    generate.add_argument("--out", type=output_file, required=True, metavar="PCAP",
+                          help="written whole or not at all: an existing file is replaced only once the new one "
+                               "is complete (gzip-compressed when the name ends in .gz)")
     generate.add_argument("--seconds", type=positive_float, required=True, metavar="S")
-    generate.add_argument("--seed", type=int, required=True, metavar="K")
+    generate.add_argument("--seed", type=rng_seed, required=True, metavar="K")
     generate.set_defaults(command=_generate)
 
     scenarios = commands.add_parser(
         "scenarios", help="build the paper's experiment set-ups (Figs. 4-7) from a trace and show what the twin detects")
     scenarios.add_argument("pcap", type=Path, metavar="PCAP")
-    scenarios.add_argument("--seed", type=int, default=0, metavar="K", help="seed of the set-ups (default 0)")
+    scenarios.add_argument("--seed", type=rng_seed, default=0, metavar="K", help="seed of the set-ups (default 0)")
     scenarios.add_argument("--json", action="store_true", help="print one JSON object per set-up")
     scenarios.set_defaults(command=_scenarios)
     return parser

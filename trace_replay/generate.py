@@ -18,11 +18,14 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import importlib.resources
+import math
+import numbers
 import pathlib
 from typing import BinaryIO
 
 import numpy as np
 
+from trace_replay.files import atomic_write
 from trace_replay.synthetic.encode import PcapWriter
 from trace_replay.synthetic.mix import APP_CLASSES, ClassTable
 from trace_replay.synthetic.network import INTERNAL_NET
@@ -72,14 +75,16 @@ def generate_pcap(
     """Write an LBNL-like header-only trace of `seconds` seconds; gzip it when the name ends in .gz.
 
     The same (seconds, seed, flows_per_second) always gives the same bytes, and a shorter trace is the
-    prefix of a longer one with the same seed and rate.
+    prefix of a longer one with the same seed and rate. The file is written whole or not at all
+    (`trace_replay.files.atomic_write`): an error or Ctrl-C leaves an existing file as it was.
     """
-    if seconds <= 0:
-        raise ValueError(f"seconds must be positive, got {seconds}")
-    if flows_per_second <= 0:
-        raise ValueError(f"flows_per_second must be positive, got {flows_per_second}")
+    for name, value in (("seconds", seconds), ("flows_per_second", flows_per_second)):
+        if not 0 < value < math.inf:
+            raise ValueError(f"{name} must be a finite positive number, got {value}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     path = pathlib.Path(out_path)
-    with open(path, "wb") as raw:
+    with atomic_write(path) as raw:
         if path.suffix == ".gz":
             with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=_GZIP_LEVEL, mtime=0) as gz:
                 return _write_trace(gz, round(seconds * 1e6), seed, flows_per_second)

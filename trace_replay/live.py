@@ -17,6 +17,7 @@ Both use AF_PACKET sockets, so they need CAP_NET_RAW (root, as in Mininet hosts)
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -347,6 +348,16 @@ def flow_outcomes(sent_log: dict, sink_log: dict) -> dict:
     return {**totals, "delay_bin_s": sink_log.get("delay_bin_s", DELAY_BIN_NS / 1e9), "flows": flows}
 
 
+def packet_totals(outcomes: dict) -> dict:
+    """The packet figures of `flow_outcomes` under dm-demo's summary names (docs/testbed.md): sent, received,
+    lost = sent - received, reordered (a later packet of the flow in the same direction arrived first), of
+    which at flow set-up."""
+    return {"flows": len(outcomes["flows"]), "packets_sent": outcomes["sent"],
+            "packets_received": outcomes["received"], "packets_lost": outcomes["lost"],
+            "packets_reordered": outcomes["reordered"],
+            "packets_reordered_at_flow_setup": outcomes["reordered_at_setup"]}
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line
 
@@ -369,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"sent {log['packets_sent']} packets of {len(log['flows'])} flows; worst lag {log['max_lag_ms']} ms"
             )
+        elif args.command == "outcome":
+            outcomes = flow_outcomes(*(json.loads(path.read_text()) for path in (args.sent, args.received)))
+            print(json.dumps(packet_totals(outcomes)))
         else:
             run_sink(args.interface, args.out)
     except (OSError, ValueError) as exc:
@@ -404,6 +418,9 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_LINE_RATE_PPS,
         help=f"send no faster than this many packets/s, bursts spread in order (default {DEFAULT_LINE_RATE_PPS:g})",
     )
+    outcome = commands.add_parser("outcome", help="one JSON line of packet totals from a sent and a sink log")
+    outcome.add_argument("sent", type=Path, help="the sender's log (send --out)")
+    outcome.add_argument("received", type=Path, help="the sink's counters (sink --out)")
     sink = commands.add_parser("sink", help="count replayed frames arriving on an interface")
     sink.add_argument("--interface", required=True)
     sink.add_argument(

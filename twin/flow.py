@@ -55,11 +55,13 @@ class FiveTuple(NamedTuple):
                    int(record["src_port"]), int(record["dst_port"]), int(record["proto"]))
 
     def to_record(self) -> tuple[int, int, int, int, int]:
-        """The fields of a FIVE_TUPLE_DTYPE record; FlowIdError for IPv6, which that dtype cannot hold."""
+        """The fields of a FIVE_TUPLE_DTYPE record; FlowIdError for a bad address, port or protocol, and
+        for IPv6, which that dtype cannot hold."""
         addresses = [_address(self.src_ip), _address(self.dst_ip)]
         if any(address.version != 4 for address in addresses):
             raise FlowIdError(f"FIVE_TUPLE_DTYPE holds IPv4 addresses only, not those of {tuple(self)}")
-        return (int(addresses[0]), int(addresses[1]), self.src_port, self.dst_port, self.proto)
+        return (int(addresses[0]), int(addresses[1]), _number("port", self.src_port, 0xFFFF),
+                _number("port", self.dst_port, 0xFFFF), _number("protocol", self.proto, 0xFF))
 
 
 class FlowKey(NamedTuple):

@@ -55,6 +55,18 @@ class IndexedAction:
     start: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     stop: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
+    def __post_init__(self) -> None:
+        """Each field a 1-D array of integer indices (lists are converted; an empty one of any type is
+        taken)."""
+        for name in ("flows", "dst", "start", "stop"):
+            value = np.asarray(getattr(self, name))
+            if value.size == 0:
+                value = np.empty(0, dtype=np.int64)
+            elif value.ndim != 1 or value.dtype.kind not in "iu":
+                raise InvalidAction(f"IndexedAction.{name} must be a 1-D array of integer indices, "
+                                    f"got {value.dtype} of shape {value.shape}")
+            object.__setattr__(self, name, value)
+
     def to_action(self, state: ClusterState) -> Action:
         ids = state.instance_ids
         return Action(

@@ -7,7 +7,13 @@ in the cost model's unit, the millisecond of latency (docs/model.md explains the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+from twin._numbers import check_numbers
+
+
+class ParamsError(ValueError):
+    """A cost parameter or threshold that is not a finite number in its range; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -32,12 +38,10 @@ class CostParams:
     sla_max_ms: float = 110.0
 
     def __post_init__(self) -> None:
-        for name in ("delta", "beta", "resource_cost", "omega", "migration_base_ms",
-                     "migration_per_flow_ms", "processing_ms", "sla_min_ms"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"cost parameter {name} must be >= 0, got {getattr(self, name)}")
+        for f in fields(self):
+            check_numbers(f"cost parameter {f.name}", getattr(self, f.name), error=ParamsError)
         if self.sla_max_ms < self.sla_min_ms:
-            raise ValueError(f"sla_max_ms {self.sla_max_ms} is below sla_min_ms {self.sla_min_ms}")
+            raise ParamsError(f"sla_max_ms {self.sla_max_ms} is below sla_min_ms {self.sla_min_ms}")
 
     @property
     def single_flow_migration_ms(self) -> float:
@@ -54,7 +58,7 @@ class Thresholds:
     var: float = 0.01
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            check_numbers(f"threshold {f.name}", getattr(self, f.name), error=ParamsError)
         if not 0.0 <= self.low < self.high <= 1.0:
-            raise ValueError(f"thresholds need 0 <= low < high <= 1, got low={self.low}, high={self.high}")
-        if not 0.0 <= self.var < float("inf"):
-            raise ValueError(f"variance threshold must be a finite number >= 0, got {self.var}")
+            raise ParamsError(f"thresholds need 0 <= low < high <= 1, got low={self.low}, high={self.high}")

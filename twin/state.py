@@ -13,7 +13,8 @@ from functools import cached_property
 
 import numpy as np
 
-from twin.flow import FIVE_TUPLE_DTYPE, FiveTuple
+from twin._numbers import check_numbers
+from twin.flow import FIVE_TUPLE_DTYPE, FiveTuple, FlowIdError
 from twin.params import CostParams
 
 
@@ -96,13 +97,7 @@ class ClusterState:
             _require_unique("instance", self.instance_ids)
         if fresh("flow_ids"):
             _require_unique("flow", self.flow_ids)
-        if fresh("capacity") and np.any(self.capacity <= 0):
-            bad = self.instance_ids[int(np.argmax(self.capacity <= 0))]
-            raise StateError(f"instance {bad!r} has a non-positive capacity")
-        for name, array in (("buffer", self.buffer), ("queue", self.queue), ("rate", self.rate),
-                            ("sla_ms", self.sla_ms), ("migration_ms", self.migration_ms)):
-            if fresh(name) and (np.any(array < 0) or not np.all(np.isfinite(array))):
-                raise StateError(f"{name} must be finite and >= 0")
+        self._check_numbers(fresh)
         if m:
             if fresh("assignment", "instance_ids") and (self.assignment.min() < 0 or self.assignment.max() >= n):
                 raise StateError("a flow is assigned to an instance index outside the cluster")
@@ -111,6 +106,25 @@ class ClusterState:
                 f = int(np.argmax(stopped))
                 raise StateError(f"flow {self.flow_ids[f]!r} is on stopped instance "
                                  f"{self.instance_ids[self.assignment[f]]!r}")
+
+    def _check_numbers(self, fresh) -> None:
+        """Every number finite and in range, every array of the right kind, where it enters the model."""
+        instances, flows = ("instance", self.instance_ids), ("flow", self.flow_ids)
+        if fresh("capacity"):
+            check_numbers("capacity", self.capacity, error=StateError, strict=True, owners=instances)
+        for name, owners in (("buffer", instances), ("queue", instances), ("processing_ms", instances),
+                             ("migration_ms", None), ("rate", flows), ("byte_rate", flows),
+                             ("sla_ms", flows)):
+            if fresh(name):
+                check_numbers(name, getattr(self, name), error=StateError, owners=owners)
+        if fresh("time_s"):
+            check_numbers("time_s", self.time_s, error=StateError)
+        for name, expected, fits in (("active", "bool", lambda dtype: dtype == bool),
+                                     ("assignment", "an integer type", lambda dtype: dtype.kind in "iu"),
+                                     ("five_tuple", "FIVE_TUPLE_DTYPE",
+                                      lambda dtype: dtype == FIVE_TUPLE_DTYPE)):
+            if fresh(name) and not fits(dtype := np.asarray(getattr(self, name)).dtype):
+                raise StateError(f"{name} has dtype {dtype}, expected {expected}")
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -134,7 +148,7 @@ class ClusterState:
             migration_ms=(uniform_migration_latency(len(ids), params) if migration_ms is None
                           else np.asarray(migration_ms, dtype=float)),
             flow_ids=tuple(f.id for f in flows),
-            five_tuple=np.array([f.five_tuple.to_record() for f in flows], dtype=FIVE_TUPLE_DTYPE),
+            five_tuple=np.array([_header_record(f) for f in flows], dtype=FIVE_TUPLE_DTYPE),
             rate=np.array([f.rate_pps for f in flows], dtype=float),
             byte_rate=np.array([f.byte_rate for f in flows], dtype=float),
             sla_ms=np.array([f.sla_ms for f in flows], dtype=float),
@@ -220,6 +234,18 @@ class ClusterState:
             np.array_equal(getattr(self, name), getattr(other, name))
             for name in ("capacity", "buffer", "queue", "active", "processing_ms", "migration_ms",
                          "five_tuple", "rate", "byte_rate", "sla_ms", "assignment"))
+
+
+def _header_record(flow: Flow) -> tuple:
+    """The FIVE_TUPLE_DTYPE record of a flow's header fields; a StateError naming the flow if they are no
+    header."""
+    try:
+        return FiveTuple(*flow.five_tuple).to_record()
+    except TypeError:
+        raise StateError(f"five_tuple of flow {flow.id!r} is not (src_ip, dst_ip, src_port, dst_port, "
+                         f"proto): {flow.five_tuple!r}") from None
+    except FlowIdError as error:
+        raise StateError(f"five_tuple of flow {flow.id!r}: {error}") from None
 
 
 def _require_unique(kind: str, ids: Sequence[str]) -> None:

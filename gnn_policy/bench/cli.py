@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from trace_replay.cli_types import non_negative_int, positive_float, positive_int
+from trace_replay.cli_types import non_negative_int, positive_float, positive_int, rng_seed
 
 EXPERIMENT_CHOICES = ("scale-out", "scale-in", "lb", "time", "all", "closed-loop")
 DEFAULT_POLICIES = "ofm,size-greedy,pairwise,random,optimal"
@@ -32,6 +32,10 @@ class BenchError(Exception):
     """A problem with the command's input; printed as one line, exit status 2."""
 
 
+class OutputLost(Exception):
+    """An output that could not be written after the run (its content was kept elsewhere); exit status 1."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     for variable in THREAD_VARIABLES:
@@ -41,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as error:
         print(f"dm-bench: {error}", file=sys.stderr)
         return 2
+    except OutputLost as error:
+        print(f"dm-bench: {error}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,13 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--policies", metavar="NAMES",
                         help=f"comma-separated policy names (default: {DEFAULT_POLICIES}; closed-loop: "
                              f"{LOOP_POLICIES})")
-    parser.add_argument("--seed", type=int, default=0, metavar="K", help="first seed (default 0)")
+    parser.add_argument("--seed", type=rng_seed, default=0, metavar="K", help="first seed (default 0)")
     parser.add_argument("--seeds", type=positive_int, metavar="S",
                         help=f"seeds K..K+S-1 per point (default {FULL_SEEDS}, --quick {QUICK_SEEDS})")
     parser.add_argument("--quick", action="store_true",
                         help="fewer settings and seeds, a shorter Optimal time limit: the CI run (< 2 min)")
     parser.add_argument("--json", type=Path, metavar="OUT",
-                        help="write the records and the run's set-up here")
+                        help="write the records and the run's set-up here (checked before the run)")
     parser.add_argument("--dump-actions", type=Path, metavar="FILE",
                         help="write every record's action, one JSON line each, to compare runs for equality")
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write one PNG per experiment here")
@@ -137,14 +144,15 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
                 "threads": args.threads, "optimal_time_limit_s": limit, "repeats": args.repeats,
                 "time_budget_s": args.time_budget, "wall_s": round(wall_s, 1), "machine": _machine()}
         table_records = [{k: v for k, v in record.items() if k != "action"} for record in records]
-        args.json.write_text(json.dumps({"meta": meta, "records": table_records}, indent=1, allow_nan=False)
-                             + "\n")
+        document = {"meta": meta, "records": table_records}
+        _write("--json", args.json, json.dumps(document, indent=1, allow_nan=False) + "\n")
     if args.dump_actions:
-        args.dump_actions.write_text("".join(json.dumps(_action_line(r), sort_keys=True) + "\n" for r in records))
+        _write("--dump-actions", args.dump_actions,
+               "".join(json.dumps(_action_line(r), sort_keys=True) + "\n" for r in records))
     if args.plots:
         from gnn_policy.bench.plots import write_plots
 
-        for path in write_plots(points, args.plots):
+        for path in _plotted(write_plots, points, args.plots):
             print(f"wrote {path}")
     return 0
 
@@ -215,11 +223,12 @@ def _bench_loop(args: argparse.Namespace, argv: list[str], names: list[str]) -> 
                 "policies": names, **options, "seed": args.seed, "period_s": loop.PERIOD_S,
                 "max_flows": loop.MAX_FLOWS, "threads": args.threads, "optimal_time_limit_s": limit,
                 "wall_s": round(wall_s, 1), "machine": _machine()}
-        args.json.write_text(json.dumps({"meta": meta, "records": records}, indent=1, allow_nan=False) + "\n")
+        document = {"meta": meta, "records": records}
+        _write("--json", args.json, json.dumps(document, indent=1, allow_nan=False) + "\n")
     if args.plots:
         from gnn_policy.bench.plots import write_loop_plots
 
-        for path in write_loop_plots(runs, args.plots):
+        for path in _plotted(write_loop_plots, runs, args.plots):
             print(f"wrote {path}")
     return 0
 
@@ -251,13 +260,38 @@ def _action_line(record: dict) -> dict:
     return {key: record[key] for key in DUMPED_KEYS}
 
 
+def _write(option: str, path: Path, text: str) -> None:
+    """Replace `path` whole with `text`; if that fails, keep `text` in a temporary file and say where."""
+    from trace_replay import files
+
+    try:
+        files.write_text(path, text)
+    except OSError as error:
+        kept = files.rescue_text(text, "dm-bench", path.suffix)
+        reason = error.strerror or error
+        raise OutputLost(f"{option}: cannot write {path}: {reason}; the results are in {kept}") from None
+
+
+def _plotted(write, results, folder: Path) -> list:
+    """The figures `write` drew into `folder`, or OutputLost naming why they could not be written."""
+    try:
+        return write(results, folder)
+    except OSError as error:
+        reason = error.strerror or error
+        raise OutputLost(f"--plots: cannot write the figures in {folder}: {reason}") from None
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Fail before a long run, not after it, when an output cannot be written."""
+    """Fail before a long run, not after it, when an output cannot be written (a missing folder, a directory,
+    a device such as /dev/full, a folder such as /proc that takes no new file)."""
+    from trace_replay.files import OutputError, check_output
+
     for option, path in (("--json", args.json), ("--dump-actions", args.dump_actions)):
-        if path and not path.parent.is_dir():
-            raise BenchError(f"{option}: directory {path.parent} does not exist")
-        if path and path.is_dir():
-            raise BenchError(f"{option}: {path} is a directory")
+        try:
+            if path:
+                check_output(path)
+        except OutputError as error:
+            raise BenchError(f"{option}: {error}") from None
     if args.plots:
         try:
             args.plots.mkdir(parents=True, exist_ok=True)
