@@ -134,7 +134,7 @@ def _number(data: dict, name: str, low: float, high: float, where: str = "") -> 
     value = data.get(name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not low <= value <= high:
-        raise CalibrationError(f"field {where}{name!r} must be a number in [{low}, {high}], got {value!r}")
+        raise CalibrationError(f"field '{where}{name}' must be a number in [{low}, {high}], got {value!r}")
     return float(value)
 
 
