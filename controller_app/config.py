@@ -153,6 +153,11 @@ class ControllerConfig:
     stabilizer: StabilizerConfig = StabilizerConfig(enabled=False)
     """`gnn_policy.stabilizer` between the state and the policy; off unless the config turns it on (dm-demo
     does), so that a config written before it keeps its behaviour."""
+    explore: float = 0.0
+    """Probability per decision of a random valid migration set instead of the policy's
+    (gnn_policy.exploration; dm-demo --explore), so that recorded data covers more than one policy."""
+    record_log: str = ""
+    """Where each period's full transition is appended (controller_app.recording; dm-demo --record); empty: none."""
 
     RUNTIME_FIELDS = ("thresholds", "period_s", "policy", "mode", "stabilizer")
     """What PUT /config may change."""
@@ -169,6 +174,8 @@ class ControllerConfig:
         for name in ("nf_timeout_s", "barrier_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0", name)
+        if not (_is_number(self.explore) and 0.0 <= self.explore <= 1.0):
+            raise ConfigError("explore must be a probability in [0, 1]", "explore")
 
     @classmethod
     def from_dict(cls, data: dict) -> ControllerConfig:
@@ -232,11 +239,11 @@ def _coerce(name: str, value: Any, current: ControllerConfig) -> Any:
             return Mode(value)
         except ValueError:
             raise ConfigError(f"mode must be one of {', '.join(m.value for m in Mode)}", name) from None
-    if name in ("period_s", "nf_timeout_s", "barrier_timeout_s"):
+    if name in ("period_s", "nf_timeout_s", "barrier_timeout_s", "explore"):
         if not _is_number(value):
             raise ConfigError(f"{name} must be a number", name)
         return float(value)
-    if name in ("policy", "token", "transition_log") and not isinstance(value, str):
+    if name in ("policy", "token", "transition_log", "record_log") and not isinstance(value, str):
         raise ConfigError(f"{name} must be a string", name)
     if name in ("seed", "quiet_ms", "rule_idle_timeout_s") and (not isinstance(value, int) or isinstance(value, bool)):
         raise ConfigError(f"{name} must be an integer", name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -33,6 +34,7 @@ import numpy as np
 
 from twin.flow import FlowKey
 from twin.loop_metrics import flows_migrated_twice, instance_seconds, reversals, sla_violation_flow_seconds
+from twin.records import check_target
 
 DEFAULT_POLICY = "deepmigration"
 """The policy dm-demo runs unless --policy says otherwise (any name of gnn_policy.registry): the
@@ -59,6 +61,8 @@ WARM_UP_PERIODS = 2
 """The controller starts in manual mode and goes auto once the replay ran this many periods: an empty
 cluster at start-up would otherwise be scaled in before the first packet."""
 DRAIN_TIMEOUT_S = 10.0
+RECORD_STAGING = "record.jsonl"
+"""The controller's staged periods in the work directory (controller_app.recording), for --record."""
 
 
 # --- REST ----------------------------------------------------------------------------------------
@@ -322,6 +326,8 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
     from mininet_topos.nf_cluster import ClusterSpec
     from trace_replay.live import flow_outcomes, load_schedule
 
+    if args.record:
+        check_target(args.record)  # a recording is never written over anything: refused before the network starts
     schedule = load_schedule(args.trace, speed=args.speed, start_s=args.start, duration_s=args.duration * args.speed,
                              max_flows=args.max_flows)  # fail early, before anything starts
     out(f"trace {args.trace}: {len(schedule.packets)} packets of {len(schedule.flows)} flows over "
@@ -330,9 +336,11 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
                        buffer_packets=args.buffer, processing_ms=args.processing_ms)
     config = {"policy": args.policy, "period_s": args.period, "quiet_ms": args.quiet_ms, "mode": "manual",
               "rule_idle_timeout_s": DEFAULT_RULE_IDLE_S, "nf_timeout_s": DEFAULT_NF_TIMEOUT_S,
-              "stabilizer": {"enabled": args.stabilizer == "on"}}
+              "stabilizer": {"enabled": args.stabilizer == "on"}, "seed": args.seed, "explore": args.explore}
     with ExitStack() as stack:
         workdir = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="dm-demo-"))
+        if args.record:
+            config["record_log"] = str(Path(workdir) / RECORD_STAGING)
         loop = stack.enter_context(live_loop(spec, config=config, workdir=workdir))
         out(f"REST API: {loop.api.base}/state  (also /instances /flows /decisions /config; "
             f"dmctl --url {loop.api.base} state --follow); writes need 'Authorization: Bearer {loop.api._token}'")
@@ -366,7 +374,25 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
                                sink["socket_dropped"], sla_ms=loop.sla_ms,
                                instance_s=instance_seconds(loop.active, end_s=loop.active[-1][0])),
                    "rest": loop.api.base}
+        if args.record:
+            summary["record"] = record_run(args, Path(workdir) / RECORD_STAGING, outcomes)
     return summary
+
+
+def record_run(args: argparse.Namespace, staging: Path, outcomes: dict) -> dict:
+    """Write the run's recording (`--record`) from the controller's staged periods and the sink's delays;
+    returns where it went and its size."""
+    from controller_app.recording import finish
+
+    meta = {"source": "testbed", "trace": args.trace.name, "start_s": args.start, "duration_s": args.duration,
+            "speed": args.speed, "max_flows": args.max_flows, "policy": args.policy, "explore_eps": args.explore,
+            "seed": args.seed, "stabilizer": args.stabilizer == "on", "period_s": args.period,
+            "cluster": {"instances": args.instances, "standby": args.standby, "capacity_pps": args.capacity,
+                        "buffer_packets": args.buffer, "processing_ms": args.processing_ms},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    directory = finish(staging, args.record, meta, outcomes, args.period)
+    return {"directory": str(directory), "periods": json.loads((directory / "meta.json").read_text())["tables"]
+            ["periods"]}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -394,7 +420,23 @@ def _parser() -> argparse.ArgumentParser:
                         help="gnn_policy.stabilizer between the state and the policy, with the settings of "
                              "docs/controller.md (default on)")
     parser.add_argument("--workdir", type=Path, help="keep logs, cluster description and transitions here")
+    parser.add_argument("--record", type=Path, metavar="DIR",
+                        help="record every period's transition here (twin.records; a new or empty directory)")
+    parser.add_argument("--explore", type=_probability, default=0.0, metavar="EPS",
+                        help="with probability EPS per decision, a random valid migration set replaces the "
+                             "policy's (gnn_policy.exploration; default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="the controller's seed: SLA draws, exploration")
     return parser
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability in [0, 1]")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

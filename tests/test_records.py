@@ -34,7 +34,7 @@ def _record(state, action, **fields) -> PeriodRecord:
                         moves=runs, predicted={"total": 1.5, "migration": 1.0, "resource": 0.0},
                         measured={"total": 2.0, "migration_wall_ms": 80.0}, decision_ms=3.0,
                         instance_packets={i: (10, 9, 1) for i in state.instance_ids},
-                        flow_delays={f: (5, 12.5) for f in state.flow_ids[:1]}, **fields)
+                        flow_delays={f: (5, 12.5) for f in state.flow_ids[:1]}, sink=(9, 11.0), **fields)
 
 
 def _write(directory, periods=3):
@@ -73,6 +73,7 @@ def test_round_trip_rebuilds_each_state_and_the_period_columns(tmp_path):
     delays = recording.column("flows", "delay_ms")
     assert delays[0] == 12.5 and np.isnan(delays[1])
     assert recording.column("periods", "packets_dropped").tolist() == [3, 3, 3]
+    assert recording.column("periods", "sink_delay_ms").tolist() == [11.0] * 3
     assert np.isnan(recording.column("periods", "predicted_sla_violations")).all()
 
 

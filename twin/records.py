@@ -42,6 +42,14 @@ META_FILE = "meta.json"
 MOVE_OUTCOMES = ("done", "rolled_back", "rollback_failed", "skipped", "not_executed")
 """A planned move's outcome: the executor's four, or `not_executed` (a dry-run, an infeasible or failed
 decision, a decision in manual mode)."""
+SHIPPED_DIR = Path(__file__).parent / "data" / "recorded"
+"""The embedded dataset (benchmarks/record_dataset.sh makes it): one recording per trace window."""
+SHIPPED_SPLIT: dict[str, tuple[str, ...]] = {
+    "train": ("w000-deepmigration-x02", "w040-ofm", "w080-pairwise-x02", "w120-deepmigration"),
+    "validation": ("w180-size-greedy-x02",),
+    "test": ("w240-deepmigration-x02",),
+}
+"""The split by recording (trace window): the test and validation windows are disjoint from the training ones."""
 
 
 class RecordingError(ValueError):
@@ -91,6 +99,8 @@ SCHEMA: dict[str, tuple[Column, ...]] = {
            f"measured {name} (the same formula on what was done, at measured durations)", True)
           for name in MEASURED),
         ("packets_dropped", _I, "packets", "packets the NF instances dropped during the period", True),
+        ("sink_packets", _I, "packets", "packets of every flow the sink received during the period", True),
+        ("sink_delay_ms", _F, "ms", "their mean one-way delay, source to sink", True),
     ),
     "instances": _cols(
         ("period", _I, "-", "period t"),
@@ -119,10 +129,11 @@ SCHEMA: dict[str, tuple[Column, ...]] = {
         ("dst_port", pa.uint16(), "-", "destination port"),
         ("proto", pa.uint8(), "-", "IP protocol"),
         ("instance", _S, "-", "the instance serving the flow at t"),
-        ("rate_pps", _F, "packets/s", "the flow's rate as the controller saw it"),
+        ("rate_pps", _F, "packets/s", "the flow's rate as the controller saw it at t (from the switch counters)"),
         ("byte_rate", _F, "bytes/s", "the flow's byte rate"),
         ("sla_ms", _F, "ms", "the flow's SLA latency LA^f"),
-        ("delay_packets", _I, "packets", "the flow's packets the sink received during the period", True),
+        ("delay_packets", _I, "packets", "the flow's packets the sink received during the period (null: none)",
+         True),
         ("delay_ms", _F, "ms", "their mean one-way delay, source to sink", True),
     ),
     "latency": _cols(
@@ -178,6 +189,8 @@ class PeriodRecord:
     """Instance id -> (packets in, out, dropped) during the period."""
     flow_delays: Mapping[str, tuple[int, float]] = field(default_factory=dict)
     """Flow id -> (packets, mean one-way delay ms) the sink measured during the period."""
+    sink: tuple[int, float] | None = None
+    """(packets, mean one-way delay ms) of every flow at the sink during the period."""
 
 
 def period_rows(state: ClusterState, record: PeriodRecord = PeriodRecord()) -> dict[str, list[dict]]:
@@ -190,7 +203,8 @@ def period_rows(state: ClusterState, record: PeriodRecord = PeriodRecord()) -> d
                "feasible": record.feasible, "executed": record.executed,
                "decision_ms": float(record.decision_ms), "execution_ms": float(record.execution_ms),
                **_costs("predicted", PREDICTED, record.predicted), **_costs("measured", MEASURED, record.measured),
-               "packets_dropped": dropped}
+               "packets_dropped": dropped, "sink_packets": None if record.sink is None else int(record.sink[0]),
+               "sink_delay_ms": None if record.sink is None else float(record.sink[1])}
     instances = []
     for k, instance in enumerate(ids):
         packets = (counters or {}).get(instance)
@@ -389,6 +403,13 @@ def load(directory: str | os.PathLike) -> Recording:
             raise RecordingError(f"{directory / (name + '.parquet')}: {tables[name].num_rows} rows, "
                                  f"meta.json says {count}")
     return Recording(directory, meta, tables)
+
+
+def shipped(split: str) -> list[Path]:
+    """The directories of the embedded recordings of one split: train, validation or test."""
+    if split not in SHIPPED_SPLIT:
+        raise ValueError(f"unknown split {split!r}; the shipped dataset has {', '.join(SHIPPED_SPLIT)}")
+    return [SHIPPED_DIR / name for name in SHIPPED_SPLIT[split]]
 
 
 def _read_meta(path: Path) -> dict:
