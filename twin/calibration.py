@@ -7,9 +7,10 @@ What is fitted, each by least squares on the training periods (docs/twin.md, "Fi
   configured one) of the fluid queue (`twin.sim.fluid_queue`), on the next period's queue and drops given
   the packets the NF received; the processing latency la_p, on the sink's per-flow delays less the
   queueing delay;
-- per instance pair: a move's duration a + b·n, n the moves that ran together (the period's batch, or the
-  pair's, whichever fits the training moves better); pairs with fewer than `MIN_PAIR_MOVES` moves or a
-  single batch size use the pooled fit of all pairs;
+- per instance pair: a move's duration a + b·n + c·la_q(source), n the moves that ran together (the
+  period's batch, or the pair's, whichever fits the training moves better) and la_q the source's queueing
+  delay (OpenNF's export waits for the source to drain the flow's packets; c is pooled over all pairs).
+  Pairs with moves in fewer than `MIN_PAIR_BATCHES` periods, or a single batch size, use the pooled fit;
 - the traffic: a flow's next rate α·r + γ·m (r its last rate, m its mean over `RATE_MEMORY` periods; 0
   once it has left); the load of new flows, the mean of the last `arrival_window` periods'; and the
   share φ of it that lands on the least utilised instance (the rest spread evenly: how new flows are steered).
@@ -18,6 +19,7 @@ Parameters are saved as JSON with a `version`; `load_params` checks every field 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -35,7 +37,7 @@ from twin.sim import fluid_queue
 
 VERSION = 1
 KIND = "dm-twin calibrated fluid twin"
-MIN_PAIR_MOVES = 8
+MIN_PAIR_BATCHES = 5
 ARRIVAL_WINDOWS = (1, 3, 10, 30)
 _RATIOS = np.unique(np.append(np.geomspace(0.05, 5.0, 241), 1.0))
 
@@ -67,6 +69,9 @@ class CalibratedParams:
     """Keyed "src->dst"."""
     pooled_move: MoveFit = MoveFit()
     batch: str = "period"
+    """n of a move's a + b·n: the moves of its period (`period`) or of its pair in the period (`pair`)."""
+    move_drain_factor: float = 0.0
+    """c: ms a move takes per ms of queueing delay at its source (the export waits for the source to drain)."""
     rate_persistence: float = 1.0
     rate_reversion: float = 0.0
     arrival_window: int = 10
@@ -115,6 +120,7 @@ def params_from_json(data) -> CalibratedParams:
         moves={k: _fit(MoveFit, v, f"moves.{k}") for k, v in _mapping(data, "moves").items()},
         pooled_move=_fit(MoveFit, data["pooled_move"], "pooled_move"),
         batch=_choice(data, "batch", ("period", "pair")),
+        move_drain_factor=_number(data, "move_drain_factor", 0.0, 1e3),
         rate_persistence=_number(data, "rate_persistence", 0.0, 1.0),
         rate_reversion=_number(data, "rate_reversion", 0.0, 1.0),
         arrival_window=int(_number(data, "arrival_window", 1, 10_000)),
@@ -161,61 +167,70 @@ def fit(episodes: Sequence[Episode], split: str = "train") -> CalibratedParams:
                    if e.split[t] == split and e.split[t + 1] == split]
     if not transitions:
         raise CalibrationError(f"no two consecutive {split} periods to fit on")
-    moves, batch = fit_moves(transitions)
+    moves, batch, drain = fit_moves(transitions)
     instances = fit_instances(transitions)
     persistence, reversion = fit_rates(transitions)
     window, share = fit_arrivals(transitions)
     return CalibratedParams(
         instances=instances, pooled_instance=_pooled_instance(instances), moves=moves[0],
-        pooled_move=moves[1], batch=batch, rate_persistence=persistence, rate_reversion=reversion,
+        pooled_move=moves[1], batch=batch, move_drain_factor=drain, rate_persistence=persistence, rate_reversion=reversion,
         arrival_window=window, least_utilised_share=share,
         fitted_on={"recordings": sorted({e.name for e, _ in transitions}),
                    "transitions": len(transitions)})
 
 
-def _line(n: np.ndarray, y: np.ndarray, slope: float | None = None) -> tuple[float, float]:
-    """Least-squares a + b·n with a, b >= 0 (b given: only a is fitted)."""
-    if slope is None and np.unique(n).size > 1:
-        (a, b), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(n), n]), y, rcond=None)
-        if b >= 0 and a >= 0:
-            return float(a), float(b)
-        if b < 0:
-            return max(float(y.mean()), 0.0), 0.0
-        return 0.0, float(max(n @ y / (n @ n), 0.0))
-    b = slope or 0.0
-    return max(float((y - b * n).mean()), 0.0), b
-
-
-def fit_moves(transitions) -> tuple[tuple[dict[str, MoveFit], MoveFit], str]:
-    """Per-pair a + b·n for both batch definitions; the one with the smaller training residual wins."""
+def fit_moves(transitions) -> tuple[tuple[dict[str, MoveFit], MoveFit], str, float]:
+    """(per-pair fits, pooled fit), the batch definition and the drain factor c of a move's duration
+    a + b·n + c·la_q(source). The pooled fit takes all three by non-negative least squares; a pair with moves
+    in at least `MIN_PAIR_BATCHES` periods and two batch sizes gets its own a and b (c pooled). Both batch
+    definitions are fitted; the one with the smaller training residual wins."""
     rows = []
     for episode, t in transitions:
         action, durations = episode.action(t), episode.durations(t)
-        ok = np.isfinite(durations)
-        pair = action.src * len(episode.instance_ids) + action.dst
+        state, ids = episode.state(t), episode.instance_ids
+        drain = cost.queueing_delay_ms(state.queue, state.capacity)
+        pair = action.src * len(ids) + action.dst
         n_pair = np.bincount(pair)[pair] if pair.size else np.empty(0)
-        for k in np.flatnonzero(ok):
-            ids = episode.instance_ids
-            rows.append((f"{ids[action.src[k]]}->{ids[action.dst[k]]}", action.n_run, n_pair[k], durations[k]))
+        for k in np.flatnonzero(np.isfinite(durations)):
+            rows.append((f"{ids[action.src[k]]}->{ids[action.dst[k]]}", action.n_run, n_pair[k],
+                         drain[action.src[k]], durations[k], f"{episode.name}/{episode.first + t}"))
     if not rows:
-        return ({}, MoveFit()), "period"
-    pairs = np.array([r[0] for r in rows], dtype=object)
-    y = np.array([r[3] for r in rows], dtype=float)
+        return ({}, MoveFit()), "period", 0.0
+    pairs, batches = (np.array([r[c] for r in rows], dtype=object) for c in (0, 5))
+    drain, y = (np.array([r[c] for r in rows], dtype=float) for c in (3, 4))
     best = None
     for batch, column in (("period", 1), ("pair", 2)):
         n = np.array([r[column] for r in rows], dtype=float)
-        a, b = _line(n, y)
+        a, b, c = _nnls(np.column_stack([np.ones_like(n), n, drain]), y)
         pooled, fits, residual = MoveFit(a, b, len(rows)), {}, 0.0
         for pair in np.unique(pairs):
             mask = pairs == pair
-            if mask.sum() >= MIN_PAIR_MOVES:
-                pa, pb = _line(n[mask], y[mask], slope=None if np.unique(n[mask]).size > 1 else b)
+            if np.unique(batches[mask]).size >= MIN_PAIR_BATCHES and np.unique(n[mask]).size > 1:
+                pa, pb = _nnls(np.column_stack([np.ones(mask.sum()), n[mask]]), y[mask] - c * drain[mask])
                 fits[pair] = MoveFit(pa, pb, int(mask.sum()))
             fit_ = fits.get(pair, pooled)
-            residual += float(((y[mask] - fit_.a_ms - fit_.b_ms * n[mask]) ** 2).sum())
+            residual += float(((y[mask] - fit_.a_ms - fit_.b_ms * n[mask] - c * drain[mask]) ** 2).sum())
         if best is None or residual < best[0]:
-            best = (residual, (fits, pooled), batch)
-    return best[1], best[2]
+            best = (residual, (fits, pooled), batch, c)
+    return best[1], best[2], best[3]
+
+
+def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with non-negative coefficients, exactly: the best of the unconstrained fits over every
+    subset of the (few) columns whose coefficients come out non-negative (the others held at 0)."""
+    best = (float((y ** 2).sum()), np.zeros(x.shape[1]))
+    for subset in itertools.product((False, True), repeat=x.shape[1]):
+        keep = np.array(subset)
+        if not keep.any():
+            continue
+        coefficients, *_ = np.linalg.lstsq(x[:, keep], y, rcond=None)
+        if (coefficients >= 0).all():
+            beta = np.zeros(x.shape[1])
+            beta[keep] = coefficients
+            residual = float(((x @ beta - y) ** 2).sum())
+            if residual < best[0] - 1e-12 * max(best[0], 1.0):
+                best = (residual, beta)
+    return best[1]
 
 
 def _grid_fit(loss: _QueueLoss, services: np.ndarray, buffers: np.ndarray) -> tuple[float, float]:
@@ -331,24 +346,8 @@ def fit_rates(transitions) -> tuple[float, float]:
     if not features:
         return 1.0, 0.0
     x, y = np.concatenate(features), np.concatenate(targets)
-    coefficients = _nonnegative_lstsq(x, y)
+    coefficients = _nnls(x, y)
     return float(min(coefficients[0], 1.0)), float(min(coefficients[1], 1.0))
-
-
-def _nonnegative_lstsq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares with non-negative coefficients, for two columns: the free fit, or the best of the fits
-    with one coefficient held at zero."""
-    free, *_ = np.linalg.lstsq(x, y, rcond=None)
-    if (free >= 0).all():
-        return free
-    candidates = []
-    for keep in range(x.shape[1]):
-        column = x[:, keep]
-        coefficient = max(float(column @ y / max(column @ column, 1e-300)), 0.0)
-        beta = np.zeros(x.shape[1])
-        beta[keep] = coefficient
-        candidates.append((float(((x @ beta - y) ** 2).sum()), beta))
-    return min(candidates, key=lambda c: c[0])[1]
 
 
 def new_load(episode: Episode, t: int) -> np.ndarray:

@@ -176,10 +176,11 @@ def _median_step(time_s: np.ndarray) -> float:
 
 
 def episodes_of(recording: Recording, split: str | np.ndarray, name: str) -> list[Episode]:
-    """The recording cut where its instance set changes (an NF lost or added): one Episode per stretch."""
+    """The recording cut where its instance set changes (an NF lost or added): one Episode per stretch
+    (none for the periods before the controller knew any instance)."""
     ids = recording.column("instances", "instance")
     bounds = [recording.rows("instances", t) for t in range(recording.n_periods)]
     keys = [tuple(ids[b]) for b in bounds]
     labels = np.full(recording.n_periods, split, dtype=object) if isinstance(split, str) else split
     cuts = [0] + [t for t in range(1, len(keys)) if keys[t] != keys[t - 1]] + [len(keys)]
-    return [Episode(recording, a, b, labels[a:b], name) for a, b in itertools.pairwise(cuts) if b > a]
+    return [Episode(recording, a, b, labels[a:b], name) for a, b in itertools.pairwise(cuts) if b > a and keys[a]]

@@ -83,8 +83,8 @@ class FlowTwin(Twin):
         """(queue after, drops [N]) over one period that offers `load` packets/s."""
 
     @abc.abstractmethod
-    def move_ms(self, past: Past, action: RecordedAction) -> np.ndarray:
-        """The duration of each done move of `action`."""
+    def move_ms(self, past: Past, action: RecordedAction, state: ClusterState) -> np.ndarray:
+        """The duration of each done move of `action`, carried out on the twin's `state`."""
 
     def rollout(self, past: Past, actions: Sequence[RecordedAction]) -> list[Step]:
         origin = past.state()
@@ -93,10 +93,10 @@ class FlowTwin(Twin):
         carried = np.zeros(n)
         steps = []
         for j, action in enumerate(actions):
-            durations = self.move_ms(past, action)
             now = origin.with_changes(rate=self.rates(past, j), assignment=assignment, active=active, queue=queue,
-                                      migration_ms=pair_latency(origin.migration_ms, action, durations),
                                       buffer=np.full(n, UNCHECKED_BUFFER))
+            durations = self.move_ms(past, action, now)
+            now = now.with_changes(migration_ms=pair_latency(origin.migration_ms, action, durations))
             now, carried, indexed = carry_out(now, action, carried)
             after, breakdown = apply(now, indexed, self.params, self.thresholds)
             costs = {"migration": breakdown.migration, "resource": breakdown.resource,
@@ -190,7 +190,7 @@ class DefaultTwin(FlowTwin):
         last = past.drops(past.t - 1)
         return past.state().queue, (np.nan_to_num(last[-1]) if len(last) else np.zeros_like(queue))
 
-    def move_ms(self, past, action):
+    def move_ms(self, past, action, state):
         return past.state().migration_ms[action.src, action.dst]
 
 
@@ -214,7 +214,7 @@ class ConstantRateTwin(FlowTwin):
         mean_drops = np.nanmean(drops, axis=0) if len(drops) and np.isfinite(drops).any() else np.zeros_like(queue)
         return queues.mean(axis=0), np.nan_to_num(mean_drops)
 
-    def move_ms(self, past, action):
+    def move_ms(self, past, action, state):
         measured, _ = past.durations(past.t - self.windows["migration_ms"])
         if measured.size:
             return np.full(action.src.size, float(measured.mean()))
@@ -230,7 +230,7 @@ class FluidTwin(FlowTwin):
     def advance(self, past, queue, load, active):
         return fluid(queue, load, np.where(active, past.capacity, 0.0), past.buffer, past.period_s)
 
-    def move_ms(self, past, action):
+    def move_ms(self, past, action, state):
         n = past.state().n_instances
         pair = action.src * n + action.dst
         counts = np.bincount(pair, minlength=n * n)[pair]
@@ -240,7 +240,7 @@ class FluidTwin(FlowTwin):
 class CalibratedTwin(FlowTwin):
     """The fluid twin with fitted parameters (twin.calibration): flows' rates revert towards their means and
     leave, new flows' load arrives and is steered, queues at the fitted service rates and buffers, moves
-    at the fitted a + b·n of their pair."""
+    at the fitted a + b·n of their pair plus c times their source's predicted queueing delay."""
 
     name = "calibrated"
 
@@ -284,7 +284,7 @@ class CalibratedTwin(FlowTwin):
         service = np.where(active, self._instances(past, "service_ratio") * past.capacity, 0.0)
         return fluid(queue, load, service, self._instances(past, "buffer_ratio") * past.buffer, past.period_s)
 
-    def move_ms(self, past, action):
+    def move_ms(self, past, action, state):
         ids, n = past.instance_ids, len(past.instance_ids)
         pair = action.src * n + action.dst
         batch = np.full(pair.size, action.n_run) if self.fitted.batch == "period" else np.bincount(pair)[pair] \
@@ -294,4 +294,5 @@ class CalibratedTwin(FlowTwin):
             fit = self.fitted.move(ids[src], ids[dst])
             out[k] = cost.batch_migration_ms(batch[k], CostParams(migration_base_ms=fit.a_ms,
                                                                   migration_per_flow_ms=fit.b_ms))
-        return out
+        drain = cost.queueing_delay_ms(state.queue, state.capacity)[action.src]
+        return out + self.fitted.move_drain_factor * drain
