@@ -11,8 +11,8 @@ What is fitted, each by least squares on the training periods (docs/twin.md, "Fi
   period's batch, or the pair's, whichever fits the training moves better) and la_q the source's queueing
   delay (OpenNF's export waits for the source to drain the flow's packets; c is pooled over all pairs).
   Pairs with moves in fewer than `MIN_PAIR_BATCHES` periods, or a single batch size, use the pooled fit;
-- the traffic: a flow's next rate α·r + γ·m (r its last rate, m its mean over `RATE_MEMORY` periods; 0
-  once it has left); the load of new flows, the mean of the last `arrival_window` periods'; and the
+- the traffic: a flow's next rate α·r + γ·m + δ (r its last rate, m its mean over `RATE_MEMORY` periods;
+  0 once it has left); the load of new flows, the mean of the last `arrival_window` periods'; and the
   share φ of it that lands on the least utilised instance (the rest spread evenly: how new flows are steered).
 
 Parameters are saved as JSON with a `version`; `load_params` checks every field and names what is wrong.
@@ -74,6 +74,8 @@ class CalibratedParams:
     """c: ms a move takes per ms of queueing delay at its source (the export waits for the source to drain)."""
     rate_persistence: float = 1.0
     rate_reversion: float = 0.0
+    rate_base_pps: float = 0.0
+    """α, γ, δ: a flow's next rate is α·(its last rate) + γ·(its mean over RATE_MEMORY periods) + δ."""
     arrival_window: int = 10
     least_utilised_share: float = 0.0
     constant_rate_windows: dict[str, int] = field(default_factory=dict)
@@ -123,6 +125,7 @@ def params_from_json(data) -> CalibratedParams:
         move_drain_factor=_number(data, "move_drain_factor", 0.0, 1e3),
         rate_persistence=_number(data, "rate_persistence", 0.0, 1.0),
         rate_reversion=_number(data, "rate_reversion", 0.0, 1.0),
+        rate_base_pps=_number(data, "rate_base_pps", 0.0, 1e9),
         arrival_window=int(_number(data, "arrival_window", 1, 10_000)),
         least_utilised_share=_number(data, "least_utilised_share", 0.0, 1.0),
         constant_rate_windows={k: int(_number(_mapping(data, "constant_rate_windows"), k, 1, 10_000))
@@ -169,11 +172,12 @@ def fit(episodes: Sequence[Episode], split: str = "train") -> CalibratedParams:
         raise CalibrationError(f"no two consecutive {split} periods to fit on")
     moves, batch, drain = fit_moves(transitions)
     instances = fit_instances(transitions)
-    persistence, reversion = fit_rates(transitions)
+    persistence, reversion, base = fit_rates(transitions)
     window, share = fit_arrivals(transitions)
     return CalibratedParams(
         instances=instances, pooled_instance=_pooled_instance(instances), moves=moves[0],
-        pooled_move=moves[1], batch=batch, move_drain_factor=drain, rate_persistence=persistence, rate_reversion=reversion,
+        pooled_move=moves[1], batch=batch, move_drain_factor=drain, rate_persistence=persistence,
+        rate_reversion=reversion, rate_base_pps=base,
         arrival_window=window, least_utilised_share=share,
         fitted_on={"recordings": sorted({e.name for e, _ in transitions}),
                    "transitions": len(transitions)})
@@ -331,9 +335,11 @@ def _pooled_instance(fits: dict[str, InstanceFit]) -> InstanceFit:
     return InstanceFit(**mean, samples=int(weights.sum()))
 
 
-def fit_rates(transitions) -> tuple[float, float]:
-    """α, γ of a flow's next rate α·r + γ·m (non-negative least squares over every flow of every transition;
-    a flow gone by the next period counts with rate 0)."""
+def fit_rates(transitions) -> tuple[float, float, float]:
+    """α, γ, δ of a flow's next rate α·r + γ·m + δ (non-negative least squares over every flow of every
+    transition; a flow gone by the next period counts with rate 0). δ, a rate every flow keeps, lets the
+    fit keep the total: most flows of a bursty trace send nothing in most periods, so without it the
+    squared error of the few bursts would pull the fit, and the predicted total, towards zero."""
     features, targets = [], []
     for episode, t in transitions:
         past, following = episode.past(t), episode.flow_table(t + 1)
@@ -341,13 +347,13 @@ def fit_rates(transitions) -> tuple[float, float]:
         if not state.n_flows:
             continue
         later = dict(zip(following["flow"].tolist(), following["rate"].tolist()))
-        features.append(np.column_stack([state.rate, flow_means(past, RATE_MEMORY)]))
+        features.append(np.column_stack([state.rate, flow_means(past, RATE_MEMORY), np.ones(state.n_flows)]))
         targets.append(np.array([later.get(f, 0.0) for f in state.flow_ids]))
     if not features:
-        return 1.0, 0.0
+        return 1.0, 0.0, 0.0
     x, y = np.concatenate(features), np.concatenate(targets)
-    coefficients = _nnls(x, y)
-    return float(min(coefficients[0], 1.0)), float(min(coefficients[1], 1.0))
+    alpha, gamma, delta = _nnls(x, y)
+    return float(min(alpha, 1.0)), float(min(gamma, 1.0)), float(delta)
 
 
 def new_load(episode: Episode, t: int) -> np.ndarray:

@@ -1,10 +1,12 @@
 """dm-twin: fit the calibrated twin to recorded data and measure how well each twin predicts it.
 
-    dm-twin calibrate --data DIR --out params.json
-    dm-twin eval --data DIR [--json OUT] [--plots DIR] [--params FILE] [--k 1,5,10]
+    dm-twin calibrate [--data DIR] --out params.json
+    dm-twin eval [--data DIR] [--json OUT] [--plots DIR] [--params FILE] [--k 1,5,10]
 
-`--data` is a recording (`dm-demo --record`) or a directory of them; periods are split into training,
-validation and test as the dataset says (docs/twin.md, "Fidelity"). Bad input is refused with a one-line
+`--data` is a recording (`dm-demo --record`) or a directory of them, by default the shipped dataset
+(twin/data/recorded); periods are split into training, validation and test as the dataset says
+(docs/twin.md, "Fidelity"): a directory or recording without a split is all training to `calibrate` and
+all held out to `eval`. Bad input is refused with a one-line
 error and exit code 2 before any work.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tqdm import tqdm
 from twin.calibration import CalibratedParams, CalibrationError, fit, load_params, save_params
 from twin.fidelity.evaluate import METRICS, choose_windows, collect, load_dataset, origins, records
 from twin.fidelity.twins import CalibratedTwin, ConstantRateTwin, DefaultTwin, FluidTwin
-from twin.records import RecordingError
+from twin.records import SHIPPED_DIR, RecordingError
 
 EMBEDDED_PARAMS = Path(__file__).parent / "data" / "calibrated.json"
 
@@ -43,10 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dm-twin", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     calibrate = commands.add_parser("calibrate", help="fit the calibrated twin's parameters by least squares")
-    calibrate.add_argument("--data", required=True, type=Path, help="a recording or a directory of recordings")
+    calibrate.add_argument("--data", type=Path, default=SHIPPED_DIR,
+                           help="a recording or a directory of recordings (default: the shipped dataset)")
     calibrate.add_argument("--out", required=True, type=Path, help="where to write the parameters (JSON)")
     evaluate = commands.add_parser("eval", help="each twin's error on held-out recorded periods")
-    evaluate.add_argument("--data", required=True, type=Path, help="a recording or a directory of recordings")
+    evaluate.add_argument("--data", type=Path, default=SHIPPED_DIR,
+                          help="a recording or a directory of recordings (default: the shipped dataset)")
     evaluate.add_argument("--json", type=Path, help="write the records here")
     evaluate.add_argument("--plots", type=Path, help="write predicted-against-measured plots here")
     evaluate.add_argument("--params", type=Path, help=f"calibrated parameters (default: {EMBEDDED_PARAMS.name}, "

@@ -18,7 +18,7 @@ import numpy as np
 
 from twin.fidelity.episode import COST_COMPONENTS, SPLITS, Episode, episodes_of
 from twin.fidelity.twins import ConstantRateTwin, Step, Twin
-from twin.records import Recording, RecordingError, load
+from twin.records import SHIPPED_SPLIT, Recording, RecordingError, load
 
 METRICS = ("utilisation", "queue", "drops", "migration_ms", *COST_COMPONENTS)
 WINDOWS = (1, 2, 3, 5, 8, 13, 21)
@@ -31,7 +31,8 @@ def load_dataset(path: str | os.PathLike, default_split: str) -> list[Episode]:
     """The episodes of a recording, or of every recording in a directory of them.
 
     Each period's split label comes from the dataset's `split.json` ({"train": [names], ...}), else from the
-    recording's meta.json `split` (a label, or {label: [[first, last), ...]]}), else `default_split`.
+    shipped dataset's split (`twin.records.SHIPPED_SPLIT`, by recording name), else from the recording's
+    meta.json `split` (a label, or {label: [[first, last), ...]]}), else `default_split`.
     """
     root = Path(path)
     if not root.is_dir():
@@ -51,7 +52,7 @@ def load_dataset(path: str | os.PathLike, default_split: str) -> list[Episode]:
 def _split_file(root: Path, names: Sequence[str]) -> dict[str, str]:
     path = root / SPLIT_FILE
     if not path.exists():
-        return {}
+        return {name: label for label, members in SHIPPED_SPLIT.items() for name in members if name in names}
     try:
         split = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:

@@ -262,13 +262,14 @@ class CalibratedTwin(FlowTwin):
         return self._memo[1:]
 
     def rates(self, past, j):
+        """x_j of x_{j+1} = α·x_j + γ·m + δ from x_0, the rates of state t."""
         last, mean, _ = self._traffic(past)
-        alpha, gamma = self.fitted.rate_persistence, self.fitted.rate_reversion
+        alpha, pull = self.fitted.rate_persistence, self.fitted.rate_reversion * mean + self.fitted.rate_base_pps
         if j == 0:
             return last
         if abs(1.0 - alpha) < 1e-12:
-            return last + gamma * mean * j
-        return alpha ** j * last + gamma * mean * (1.0 - alpha ** j) / (1.0 - alpha)
+            return last + pull * j
+        return alpha ** j * last + pull * (1.0 - alpha ** j) / (1.0 - alpha)
 
     def arrivals(self, past, carried, utilisation, active):
         _, _, fresh = self._traffic(past)
