@@ -4,13 +4,15 @@
 What is fitted, each by least squares on the training periods (docs/twin.md, "Fidelity"):
 
 - per instance: the service rate (as a ratio to the configured capacity) and the buffer (as a ratio to the
-  configured one) of the fluid queue (`twin.sim.fluid_queue`), on the next period's queue and drops given
+  configured one, at least the largest queue seen) of the fluid queue (`twin.sim.fluid_queue`), on the next period's queue and drops given
   the packets the NF received; the processing latency la_p, on the sink's per-flow delays less the
   queueing delay;
 - per instance pair: a move's duration a + b·n + c·la_q(source), n the moves that ran together (the
   period's batch, or the pair's, whichever fits the training moves better) and la_q the source's queueing
   delay (OpenNF's export waits for the source to drain the flow's packets; c is pooled over all pairs).
   Pairs with moves in fewer than `MIN_PAIR_BATCHES` periods, or a single batch size, use the pooled fit;
+- the arrivals the queue sees: κ, the packets an NF receives per packet of its flows' load as the switch
+  counters measure it;
 - the traffic: a flow's next rate α·r + γ·m + δ (r its last rate, m its mean over `RATE_MEMORY` periods;
   0 once it has left); the load of new flows, the mean of the last `arrival_window` periods'; and the
   share φ of it that lands on the least utilised instance (the rest spread evenly: how new flows are steered).
@@ -78,6 +80,9 @@ class CalibratedParams:
     """α, γ, δ: a flow's next rate is α·(its last rate) + γ·(its mean over RATE_MEMORY periods) + δ."""
     arrival_window: int = 10
     least_utilised_share: float = 0.0
+    arrival_ratio: float = 1.0
+    """κ: packets/s an instance's NF receives per packet/s of its flows' load as the switch counters measure
+    it (the fluid queue is fed κ·load)."""
     constant_rate_windows: dict[str, int] = field(default_factory=dict)
     fitted_on: dict = field(default_factory=dict)
 
@@ -128,6 +133,7 @@ def params_from_json(data) -> CalibratedParams:
         rate_base_pps=_number(data, "rate_base_pps", 0.0, 1e9),
         arrival_window=int(_number(data, "arrival_window", 1, 10_000)),
         least_utilised_share=_number(data, "least_utilised_share", 0.0, 1.0),
+        arrival_ratio=_number(data, "arrival_ratio", 0.0, 1e3),
         constant_rate_windows={k: int(_number(_mapping(data, "constant_rate_windows"), k, 1, 10_000))
                                for k in _mapping(data, "constant_rate_windows")},
         fitted_on=_mapping(data, "fitted_on"))
@@ -174,11 +180,12 @@ def fit(episodes: Sequence[Episode], split: str = "train") -> CalibratedParams:
     instances = fit_instances(transitions)
     persistence, reversion, base = fit_rates(transitions)
     window, share = fit_arrivals(transitions)
+    arrival_ratio = fit_arrival_ratio(transitions)
     return CalibratedParams(
         instances=instances, pooled_instance=_pooled_instance(instances), moves=moves[0],
         pooled_move=moves[1], batch=batch, move_drain_factor=drain, rate_persistence=persistence,
         rate_reversion=reversion, rate_base_pps=base,
-        arrival_window=window, least_utilised_share=share,
+        arrival_window=window, least_utilised_share=share, arrival_ratio=arrival_ratio,
         fitted_on={"recordings": sorted({e.name for e, _ in transitions}),
                    "transitions": len(transitions)})
 
@@ -248,6 +255,18 @@ def _grid_fit(loss: _QueueLoss, services: np.ndarray, buffers: np.ndarray) -> tu
     return float(services[best[0]]), float(buffers[best[1]])
 
 
+def fit_arrival_ratio(transitions) -> float:
+    """κ by least squares through the origin: the packets each active instance received during a period
+    (per second) against its flows' load as the next state measures it (1 without packet counters)."""
+    load, arrived = [], []
+    for episode, t in transitions:
+        known = episode.active[t + 1] & np.isfinite(episode.packets_in[t])
+        load.append((episode.utilisation[t + 1] * episode.capacity[t + 1])[known])
+        arrived.append(episode.packets_in[t][known] / episode.step_s(t))
+    x, y = np.concatenate(load), np.concatenate(arrived)
+    return float(x @ y / (x @ x)) if x.size and x @ x > 0 else 1.0
+
+
 def fit_instances(transitions) -> dict[str, InstanceFit]:
     """Service and buffer ratios (grid least squares through `fluid_queue`, then a finer grid around the
     best), and la_p, per instance."""
@@ -265,9 +284,11 @@ def fit_instances(transitions) -> dict[str, InstanceFit]:
     ratio_step = _RATIOS[1] / _RATIOS[0]
     for instance, rows in samples.items():
         loss = _QueueLoss(*(torch.tensor(np.array(c, dtype=float)) for c in zip(*rows)))
-        service, buffer = _grid_fit(loss, _RATIOS, _RATIOS)
+        held = max(max(r[0] / r[3], r[5] / r[3]) for r in rows)  # a buffer holds every queue it was seen with
+        service, buffer = _grid_fit(loss, _RATIOS, _RATIOS[_RATIOS >= held] if (_RATIOS >= held).any() else _RATIOS[-1:])
+        buffers = np.geomspace(buffer / ratio_step, buffer * ratio_step, 41)
         service, buffer = _grid_fit(loss, np.geomspace(service / ratio_step, service * ratio_step, 41),
-                                    np.geomspace(buffer / ratio_step, buffer * ratio_step, 41))
+                                    buffers[buffers >= held] if (buffers >= held).any() else buffers[-1:])
         fits[instance] = InstanceFit(service, buffer, 0.0, len(rows))
     delays: dict[str, list] = {}
     for episode, t in transitions:

@@ -85,7 +85,8 @@ def calibrate(args) -> int:
                       "pooled_instance": params.pooled_instance.__dict__,
                       "rate_persistence": params.rate_persistence, "rate_reversion": params.rate_reversion,
                       "arrival_window": params.arrival_window,
-                      "least_utilised_share": params.least_utilised_share, "constant_rate_windows": windows},
+                      "least_utilised_share": params.least_utilised_share, "arrival_ratio": params.arrival_ratio,
+                      "constant_rate_windows": windows},
                      indent=1))
     return 0
 
