@@ -4,7 +4,7 @@
 What is fitted, each by least squares on the training periods (docs/twin.md, "Fidelity"):
 
 - per instance: the service rate (as a ratio to the configured capacity) and the buffer (as a ratio to the
-  configured one, at least the largest queue seen) of the fluid queue (`twin.sim.fluid_queue`), on the next period's queue and drops given
+  configured one) of the fluid queue (`twin.sim.fluid_queue`), on the next period's queue and drops given
   the packets the NF received; the processing latency la_p, on the sink's per-flow delays less the
   queueing delay;
 - per instance pair: a move's duration a + b·n + c·la_q(source), n the moves that ran together (the
@@ -284,11 +284,9 @@ def fit_instances(transitions) -> dict[str, InstanceFit]:
     ratio_step = _RATIOS[1] / _RATIOS[0]
     for instance, rows in samples.items():
         loss = _QueueLoss(*(torch.tensor(np.array(c, dtype=float)) for c in zip(*rows)))
-        held = max(max(r[0] / r[3], r[5] / r[3]) for r in rows)  # a buffer holds every queue it was seen with
-        service, buffer = _grid_fit(loss, _RATIOS, _RATIOS[_RATIOS >= held] if (_RATIOS >= held).any() else _RATIOS[-1:])
-        buffers = np.geomspace(buffer / ratio_step, buffer * ratio_step, 41)
+        service, buffer = _grid_fit(loss, _RATIOS, _RATIOS)
         service, buffer = _grid_fit(loss, np.geomspace(service / ratio_step, service * ratio_step, 41),
-                                    buffers[buffers >= held] if (buffers >= held).any() else buffers[-1:])
+                                    np.geomspace(buffer / ratio_step, buffer * ratio_step, 41))
         fits[instance] = InstanceFit(service, buffer, 0.0, len(rows))
     delays: dict[str, list] = {}
     for episode, t in transitions:
