@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trace_replay.files import write_text
 from twin import cost
 from twin.fidelity.episode import Episode
 from twin.fidelity.twins import RATE_MEMORY, flow_means, moved_load
@@ -97,7 +98,8 @@ class CalibratedParams:
 
 
 def save_params(params: CalibratedParams, path: str | os.PathLike) -> None:
-    Path(path).write_text(json.dumps(params.to_json(), indent=1, allow_nan=False) + "\n")
+    """Write the parameters whole (a failed write leaves the previous file as it was)."""
+    write_text(path, json.dumps(params.to_json(), indent=1, allow_nan=False) + "\n")
 
 
 def load_params(path: str | os.PathLike) -> CalibratedParams:
