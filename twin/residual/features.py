@@ -12,7 +12,8 @@ A node's **state** s_i (the quantity eq. (15)-(16) steps) is four scale-free num
 
 A window holds the last `history` states (newest first) and, for each of the k periods to roll out, the
 action: per node whether it is active before and after, started, stopped, and the load moved in and out
-(the moved flows' rates at the origin over the node's capacity); per edge the moved load (over the mean
+(the moved flows' rates at the origin over the node's capacity); per node also its capacity relative to the
+cluster's and its buffer in periods of full-rate service; per edge the moved load (over the mean
 capacity), the moved flows and la_ij. Flows that arrived after the origin are unknown to the twin, so
 their moves carry no load, as in the default twin.
 """
@@ -32,7 +33,7 @@ from twin.state import ClusterState
 
 STATE = ("utilisation", "queue_fill", "arrivals", "drops")
 ACTION_NODE = ("active", "active_after", "started", "stopped", "moved_in", "moved_out")
-STATIC_NODE = ("relative_capacity",)
+STATIC_NODE = ("relative_capacity", "buffer_periods")
 EDGE = ("migration_latency", "moved_load", "moved_flows")
 FLOWS_UNIT = 10.0
 """Moved flows per edge are given in tens."""
@@ -134,7 +135,8 @@ def window(origin: Origin, moves: Sequence[Move], horizon: int,
     mask = np.zeros((n, horizon), bool) if mask is None else mask
     f32 = torch.float32
     return Data(x=torch.as_tensor(origin.history, dtype=f32),
-                static=torch.as_tensor((capacity / mean_capacity)[:, None], dtype=f32),
+                static=torch.as_tensor(np.stack([capacity / mean_capacity, state.buffer / (capacity * origin.period_s)],
+                                                axis=1), dtype=f32),
                 edge_index=torch.as_tensor(edges, dtype=torch.long),
                 latency=torch.as_tensor(state.migration_ms[edges[0], edges[1]][:, None] / LATENCY_UNIT_MS, dtype=f32),
                 node_steps=torch.as_tensor(node_steps, dtype=f32), edge_steps=torch.as_tensor(edge_steps, dtype=f32),

@@ -21,9 +21,14 @@ from torch_geometric.utils import scatter
 
 from gnn_policy.gn import EdgeUpdate, GlobalUpdate, NodeUpdate, two_layer
 from twin.residual.features import ACTION_NODE, EDGE, STATE, STATIC_NODE
+from twin.sim import fluid_queue
 
 GLOBAL = ("mean_utilisation", "mean_arrivals", "active_share")
 """Globals, from the node states: the mean over active instances, and the share of instances active."""
+DERIVED = ("post_utilisation", "fluid_queue", "fluid_drops")
+"""Node inputs computed each period from the state and the action: the utilisation after the moves, and the
+fluid queue (twin.sim.fluid_queue, the one queue formula) fed for one period by the last arrivals adjusted by
+the moves: the physics the network corrects."""
 
 
 @dataclass(frozen=True)
@@ -40,11 +45,12 @@ class ResidualConfig:
     static_node: tuple[str, ...] = STATIC_NODE
     edge: tuple[str, ...] = EDGE
     global_features: tuple[str, ...] = GLOBAL
+    derived: tuple[str, ...] = DERIVED
 
     @property
     def node_inputs(self) -> int:
-        """History, static features, action and the post-action utilisation."""
-        return self.history * len(self.state) + len(self.static_node) + len(self.action_node) + 1
+        """History, static features, action and the derived inputs."""
+        return self.history * len(self.state) + len(self.static_node) + len(self.action_node) + len(self.derived)
 
     def to_dict(self) -> dict:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
@@ -87,8 +93,7 @@ class ResidualNet(nn.Module):
         for j in range(batch.node_steps.size(1)):
             action = batch.node_steps[:, j]
             now = history[:, 0]
-            post = now[:, 0] + action[:, ACTION_NODE.index("moved_in")] - action[:, ACTION_NODE.index("moved_out")]
-            nodes = torch.cat([history.flatten(1), batch.static, action, post[:, None]], dim=1)
+            nodes = torch.cat([history.flatten(1), batch.static, action, derived(now, action, batch.static)], dim=1)
             edges = torch.cat([batch.latency, batch.edge_steps[:, j]], dim=1)
             predicted = now + self._change(nodes, edges, self._globals(now, action, node_graph, graphs), batch,
                                            node_graph)
@@ -113,6 +118,18 @@ class ResidualNet(nn.Module):
                         dim=0, dim_size=graphs, reduce="sum") / weight[:, None]
         share = scatter(active, node_graph, dim=0, dim_size=graphs, reduce="mean")
         return torch.cat([means, share[:, None]], dim=1)
+
+
+def derived(now: torch.Tensor, action: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+    """[N, 3] the DERIVED inputs. In buffer units the fluid queue's arrivals are the last arrivals per
+    capacity-second over the buffer in periods, its service one over that (nothing when stopped)."""
+    moved = action[:, ACTION_NODE.index("moved_in")] - action[:, ACTION_NODE.index("moved_out")]
+    active = action[:, ACTION_NODE.index("active_after")]
+    periods = static[:, STATIC_NODE.index("buffer_periods")].clamp(min=1e-6)
+    arrivals = (now[:, STATE.index("arrivals")] + moved).clamp(min=0.0) * active
+    queue, drops = fluid_queue(now[:, STATE.index("queue_fill")], arrivals / periods, active / periods,
+                               torch.ones_like(periods), 1.0)
+    return torch.stack([now[:, STATE.index("utilisation")] + moved, queue, drops], dim=1)
 
 
 def clip(predicted: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
