@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from tests.helpers import cluster, simulated_dataset
 from twin import cli, cost
 from twin.fidelity.evaluate import METRICS, load_dataset
-from twin.migration import IndexedAction, Migration
 from twin.migration import Action as MigrationAction
+from twin.migration import IndexedAction, Migration
 from twin.records import MoveRecord, PeriodRecord, RecordingWriter
 from twin.residual import checkpoint
 from twin.residual.checkpoint import ResidualCheckpointError

@@ -43,7 +43,7 @@ def load(path: str | os.PathLike | None = None) -> tuple[ResidualNet, dict]:
         stored = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ResidualCheckpointError(f"{path} is not a readable torch checkpoint (a weights-only load failed: "
-                                      f"{type(error).__name__})") from None
+                                      f"{type(error).__name__})") from error
     if not isinstance(stored, dict) or stored.get("format") != FORMAT:
         found = stored.get("format") if isinstance(stored, dict) else type(stored).__name__
         raise ResidualCheckpointError(f"{path} is not a residual-twin checkpoint (format {found!r}, "

@@ -5,7 +5,6 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -78,9 +77,8 @@ def fit_command(args) -> int:
 
 
 def residual_twins(model: Path | None, base: FlowTwin) -> list[ResidualTwin]:
-    """The residual twin of `model`, or of the shipped model; none (said on stderr) where neither exists."""
+    """The residual twin of `model`, or of the shipped model; none where neither exists (a checkout before
+    the shipped fit)."""
     if model is None and not checkpoint.DEFAULT_MODEL.is_file():
-        print(f"dm-twin: no shipped residual model ({checkpoint.DEFAULT_MODEL}); pass --model to evaluate one",
-              file=sys.stderr)
         return []
     return [ResidualTwin.load(model, base=base, params=base.params, thresholds=base.thresholds)]

@@ -22,8 +22,18 @@ from twin.fidelity.twins import DefaultTwin, FlowTwin, Step, Twin
 from twin.migration import IndexedAction
 from twin.params import CostParams, Thresholds
 from twin.residual import checkpoint
-from twin.residual.features import (ACTION_NODE, STATE, Move, Origin, collate, indexed_move, origin_of_past,
-                                    origin_of_state, recorded_move, window)
+from twin.residual.features import (
+    ACTION_NODE,
+    STATE,
+    Move,
+    Origin,
+    collate,
+    indexed_move,
+    origin_of_past,
+    origin_of_state,
+    recorded_move,
+    window,
+)
 from twin.residual.model import ResidualNet, clip
 from twin.state import ClusterState
 
