@@ -35,8 +35,8 @@ class FitConfig:
     net: ResidualConfig = field(default_factory=ResidualConfig)
     rollout: int = 5
     """Periods each training window is rolled out for; the loss covers them all."""
-    epochs: int = 1500
-    patience: int = 300
+    epochs: int = 1000
+    patience: int = 150
     """Epochs without a better validation loss before the fit stops."""
     lr: float = 3e-3
     weight_decay: float = 1e-4
