@@ -79,6 +79,9 @@ def test_a_network_fitted_on_three_instances_predicts_five(fitted, tmp_path):
         for values in (step.utilisation, step.queue, step.drops):
             assert values.shape == (5,) and np.all(np.isfinite(values)) and np.all(values >= 0)
         assert set(step.costs) == {"migration", "resource", "threshold_penalty"}
+    scores = ResidualTwin(net).score_actions(five.past(2), [IndexedAction(), IndexedAction(np.array([0]),
+                                                                                          np.array([4]))], 2)
+    assert scores.utilisation.shape == (2, 2, 5) and np.all(np.isfinite(scores.utilisation))
 
 
 @settings(max_examples=15, deadline=None)

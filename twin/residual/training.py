@@ -143,6 +143,7 @@ def _simulated(config: FitConfig) -> list[Episode]:
     """`config.synthetic` recordings of the twin's simulator on training windows of the sample trace (seeds
     0-99, the project's training seeds), all labelled training."""
     from trace_replay.episodes import build_episodes
+    from trace_replay.generate import sample_path
     from twin.fidelity.episode import episodes_of
     from twin.fidelity.synthetic import Truth, record_simulation
     from twin.records import load
@@ -150,7 +151,7 @@ def _simulated(config: FitConfig) -> list[Episode]:
     episodes = []
     with tempfile.TemporaryDirectory() as root:
         for seed in range(config.synthetic):
-            batch = build_episodes("trace_replay/data/lbnl_sample.pcap.gz", n_episodes=1, n_steps=60,
+            batch = build_episodes(sample_path(), n_episodes=1, n_steps=60,
                                    n_instances=2, seed=seed, bin_s=1.0, max_flows=400)
             path = Path(root) / f"sim-{seed}"
             record_simulation(batch, path, Truth(), seed=seed)
