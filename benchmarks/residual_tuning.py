@@ -4,7 +4,7 @@ Fits each variant of `twin.residual.training.FitConfig` named below on the train
 prints, per variant, the fit's time and the fidelity benchmark's MAE on the validation periods (k = 1 and
 5: utilisation, queue, drops), with the default twin's beside them.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/residual_tuning.py [--data DIR] [--variants NAME,...]
+    PYTHONPATH=. .venv/bin/python benchmarks/residual_tuning.py [--data DIR] [--variants NAME,...] [--seed N]
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--data", default=SHIPPED_DIR)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--epochs", type=int, default=BASE.epochs)
+    parser.add_argument("--seed", type=int, default=BASE.seed)
     args = parser.parse_args()
     torch.set_num_threads(1)
     episodes = load_dataset(args.data, default_split="train")
@@ -56,7 +57,7 @@ def main() -> None:
     print(f"| default twin | - | - | {_row('default', DefaultTwin(), episodes)} |", flush=True)
     for name in args.variants.split(","):
         started = time.monotonic()
-        net, record = fit(episodes, dataclasses.replace(VARIANTS[name], epochs=args.epochs), progress=False)
+        net, record = fit(episodes, dataclasses.replace(VARIANTS[name], epochs=args.epochs, seed=args.seed), progress=False)
         print(f"| {name} | {time.monotonic() - started:.0f} | {record['chosen_epoch']}/{record['epochs_run']} | "
               f"{_row('residual', ResidualTwin(net), episodes)} |", flush=True)
 
