@@ -22,7 +22,7 @@ from twin.residual.checkpoint import ResidualCheckpointError
 from twin.residual.features import collate, training_windows
 from twin.residual.model import ResidualConfig, ResidualNet
 from twin.residual.training import FitConfig, FitError, fit, loss_of
-from twin.residual.twin import ResidualTwin
+from twin.residual.twin import ResidualTwin, score_actions
 
 SMALL = ResidualConfig(hidden=8, steps=1, history=2)
 
@@ -206,3 +206,13 @@ def test_dm_twin_refuses_a_bad_model_or_output_in_one_line(simulated, tmp_path, 
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert named in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_shipped_model_moves_predicted_load_with_a_move():
+    """The shipped fit has learned what a move does: the next period's utilisation falls at the source and
+    rises at the destination, against doing nothing."""
+    state = cluster([[60.0, 50.0], [20.0]], capacity=250.0, buffer=800.0, standby=2)
+    scores = score_actions(state, [IndexedAction(), IndexedAction(np.array([0]), np.array([1]))], 1)
+    stay, move = scores.utilisation[0, 0], scores.utilisation[1, 0]
+    assert move[0] < stay[0] and move[1] > stay[1]
+    np.testing.assert_array_equal(move[2:], 0.0)  # standby instances stay idle
