@@ -19,7 +19,8 @@ from twin.migration import Action, Migration, apply
 from twin.records import MoveRecord, PeriodRecord, RecordingWriter
 from twin.sim import BatchedTwin
 
-TWINS = {"default", "constant-rate", "fluid", "calibrated"}
+TWINS = {"default", "constant-rate", "fluid", "calibrated", "residual"}
+"""The residual twin with the shipped model (twin/data/residual.pt)."""
 
 
 def _state(rates: tuple[float, float, float], b_on: str, queue: tuple[float, float]):

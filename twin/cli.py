@@ -1,7 +1,8 @@
 """dm-twin: fit the calibrated twin to recorded data and measure how well each twin predicts it.
 
     dm-twin calibrate [--data DIR] --out params.json
-    dm-twin eval [--data DIR] [--json OUT] [--plots DIR] [--params FILE] [--k 1,5,10]
+    dm-twin fit [--data DIR] --kind residual --out model.pt [--epochs N] [--synthetic N] [--logdir DIR]
+    dm-twin eval [--data DIR] [--json OUT] [--plots DIR] [--params FILE] [--model FILE] [--k 1,5,10]
 
 `--data` is a recording (`dm-demo --record`) or a directory of them, by default the shipped dataset
 (twin/data/recorded); periods are split into training, validation and test as the dataset says
@@ -23,6 +24,9 @@ from twin.calibration import CalibratedParams, CalibrationError, fit, load_param
 from twin.fidelity.evaluate import METRICS, choose_windows, collect, load_dataset, origins, records
 from twin.fidelity.twins import CalibratedTwin, ConstantRateTwin, DefaultTwin, FluidTwin
 from twin.records import SHIPPED_DIR, RecordingError
+from twin.residual.checkpoint import DEFAULT_MODEL, ResidualCheckpointError
+from twin.residual.cli import add_fit_parser, fit_command, residual_twins
+from twin.residual.training import FitError
 
 EMBEDDED_PARAMS = Path(__file__).parent / "data" / "calibrated.json"
 
@@ -55,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plots", type=Path, help="write predicted-against-measured plots here")
     evaluate.add_argument("--params", type=Path, help=f"calibrated parameters (default: {EMBEDDED_PARAMS.name}, "
                                                       "embedded)")
+    evaluate.add_argument("--model", type=Path, help=f"residual-twin model (default: {DEFAULT_MODEL.name}, "
+                                                     "embedded, where shipped)")
     evaluate.add_argument("--k", type=_ks, default=[1, 5, 10], help="horizons in periods (default 1,5,10)")
+    add_fit_parser(commands)
     return parser
 
 
@@ -87,12 +94,13 @@ def evaluate(args) -> int:
     if args.plots is not None and args.plots.exists() and not args.plots.is_dir():
         raise UsageError(f"--plots {args.plots} exists and is not a directory")
     params = load_params(args.params or EMBEDDED_PARAMS)
+    residual = residual_twins(args.model, base=CalibratedTwin(params))
     episodes = load_dataset(args.data, default_split="test")
     if not any(origins(e, "test", min(args.k)) for e in episodes):
         raise UsageError(f"{args.data}: no held-out (test) periods to evaluate on")
     has_validation = any(origins(e, "validation", 1) for e in episodes)
     windows = choose_windows(episodes) if has_validation else params.constant_rate_windows
-    twins = [DefaultTwin(), ConstantRateTwin(windows), FluidTwin(), CalibratedTwin(params)]
+    twins = [DefaultTwin(), ConstantRateTwin(windows), FluidTwin(), CalibratedTwin(params), *residual]
     all_records, samples = [], {}
     total = len(twins) * sum(len(origins(e, "test", min(args.k))) for e in episodes)
     with tqdm(total=total, desc="rollouts", file=sys.stderr, disable=None) as bar:
@@ -128,8 +136,9 @@ def _table(rows: list[dict], twins: list[str], ks: list[int]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return calibrate(args) if args.command == "calibrate" else evaluate(args)
-    except (RecordingError, CalibrationError, OutputError, UsageError) as error:
+        commands = {"calibrate": calibrate, "eval": evaluate, "fit": fit_command}
+        return commands[args.command](args)
+    except (RecordingError, CalibrationError, OutputError, UsageError, ResidualCheckpointError, FitError) as error:
         print(f"dm-twin: error: {error}", file=sys.stderr)
         return 2
 

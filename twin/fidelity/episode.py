@@ -157,6 +157,10 @@ class Past:
         """[periods, N] drops measured in periods since..t-1."""
         return self._episode.drops[max(since, 0):self.t]
 
+    def packets_in(self, since: int) -> np.ndarray:
+        """[periods, N] packets the instances received in periods since..t-1 (NaN: not measured)."""
+        return self._episode.packets_in[max(since, 0):self.t]
+
     def durations(self, since: int) -> tuple[np.ndarray, list[RecordedAction]]:
         """The measured move durations of periods since..t-1 (concatenated) and those periods' actions."""
         periods = range(max(since, 0), self.t)
