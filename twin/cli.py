@@ -1,7 +1,8 @@
 """dm-twin: fit the calibrated twin to recorded data and measure how well each twin predicts it.
 
     dm-twin calibrate [--data DIR] --out params.json
-    dm-twin eval [--data DIR] [--json OUT] [--plots DIR] [--params FILE] [--k 1,5,10]
+    dm-twin eval [--data DIR] [--json OUT] [--plots DIR] [--params FILE] [--model KIND=FILE] [--k 1,5,10]
+    dm-twin fit [--data DIR] --kind generative --out FILE [--logdir DIR] [--steps N]
 
 `--data` is a recording (`dm-demo --record`) or a directory of them, by default the shipped dataset
 (twin/data/recorded); periods are split into training, validation and test as the dataset says
@@ -20,11 +21,33 @@ from pathlib import Path
 from tqdm import tqdm
 
 from twin.calibration import CalibratedParams, CalibrationError, fit, load_params, save_params
-from twin.fidelity.evaluate import METRICS, choose_windows, collect, load_dataset, origins, records
+from twin.fidelity.evaluate import (
+    LEARNED_TWINS,
+    METRICS,
+    choose_windows,
+    collect,
+    learned_twins,
+    load_dataset,
+    origins,
+    records,
+)
 from twin.fidelity.twins import CalibratedTwin, ConstantRateTwin, DefaultTwin, FluidTwin
+from twin.generative.checkpoint import CheckpointError as GenerativeCheckpointError
+from twin.generative.fit import FitError
 from twin.records import SHIPPED_DIR, RecordingError
 
 EMBEDDED_PARAMS = Path(__file__).parent / "data" / "calibrated.json"
+
+
+def _fit_generative(args) -> dict:
+    from twin.generative.command import fit_generative
+    return fit_generative(args.data, args.out, args.logdir, args.steps)
+
+
+FIT_KINDS = {
+    "generative": _fit_generative,
+}
+"""`dm-twin fit --kind`: each learned twin's fit, called with the parsed arguments."""
 
 
 class UsageError(ValueError):
@@ -56,7 +79,31 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--params", type=Path, help=f"calibrated parameters (default: {EMBEDDED_PARAMS.name}, "
                                                       "embedded)")
     evaluate.add_argument("--k", type=_ks, default=[1, 5, 10], help="horizons in periods (default 1,5,10)")
+    evaluate.add_argument("--model", type=_model, action="append", default=[], metavar="KIND=FILE",
+                          help=f"a learned twin's checkpoint ({', '.join(LEARNED_TWINS)}; default: the shipped "
+                               "one where it exists)")
+    learn = commands.add_parser("fit", help="fit a learned twin on the training split, chosen on validation")
+    learn.add_argument("--data", type=Path, default=SHIPPED_DIR,
+                       help="a recording or a directory of recordings (default: the shipped dataset)")
+    learn.add_argument("--kind", required=True, choices=sorted(FIT_KINDS), help="which learned twin")
+    learn.add_argument("--out", required=True, type=Path, help="where to write the checkpoint")
+    learn.add_argument("--logdir", type=Path, default=Path("runs/dm-twin-fit"), help="TensorBoard log folder")
+    learn.add_argument("--steps", type=_positive, help="training steps (default: the kind's hyper-parameters)")
     return parser
+
+
+def _model(text: str) -> tuple[str, Path]:
+    kind, _, path = text.partition("=")
+    if kind not in LEARNED_TWINS or not path:
+        raise argparse.ArgumentTypeError(f"--model takes KIND=FILE with KIND one of {', '.join(LEARNED_TWINS)}, "
+                                         f"got {text!r}")
+    return kind, Path(path)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def _writable_file(path: Path | None, flag: str) -> None:
@@ -99,7 +146,8 @@ def evaluate(args) -> int:
         raise UsageError(f"{args.data}: no held-out (test) periods to evaluate on")
     has_validation = any(origins(e, "validation", 1) for e in episodes)
     windows = choose_windows(episodes) if has_validation else params.constant_rate_windows
-    twins = [DefaultTwin(), ConstantRateTwin(windows), FluidTwin(), CalibratedTwin(params)]
+    twins = [DefaultTwin(), ConstantRateTwin(windows), FluidTwin(), CalibratedTwin(params),
+             *learned_twins(dict(args.model))]
     all_records, samples = [], {}
     total = len(twins) * sum(len(origins(e, "test", min(args.k))) for e in episodes)
     with tqdm(total=total, desc="rollouts", file=sys.stderr, disable=None) as bar:
@@ -132,11 +180,17 @@ def _table(rows: list[dict], twins: list[str], ks: list[int]) -> str:
     return "\n".join(lines)
 
 
+def fit_learned(args) -> int:
+    _writable_file(args.out, "--out")
+    FIT_KINDS[args.kind](args)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return calibrate(args) if args.command == "calibrate" else evaluate(args)
-    except (RecordingError, CalibrationError, UsageError) as error:
+        return {"calibrate": calibrate, "eval": evaluate, "fit": fit_learned}[args.command](args)
+    except (RecordingError, CalibrationError, UsageError, GenerativeCheckpointError, FitError) as error:
         print(f"dm-twin: error: {error}", file=sys.stderr)
         return 2
 

@@ -18,12 +18,25 @@ import numpy as np
 
 from twin.fidelity.episode import COST_COMPONENTS, SPLITS, Episode, episodes_of
 from twin.fidelity.twins import ConstantRateTwin, Step, Twin
+from twin.generative import checkpoint as generative_checkpoint
+from twin.generative.rollout import load_twin as generative_twin
 from twin.records import SHIPPED_SPLIT, Recording, RecordingError, load
 
 METRICS = ("utilisation", "queue", "drops", "migration_ms", *COST_COMPONENTS)
 WINDOWS = (1, 2, 3, 5, 8, 13, 21)
 """Candidate windows of the constant-rate floor."""
 SPLIT_FILE = "split.json"
+LEARNED_TWINS: dict[str, tuple[Path, Callable[[Path | None], Twin]]] = {
+    "generative": (generative_checkpoint.DEFAULT_CHECKPOINT, generative_twin),
+}
+"""Learned twins by kind (`dm-twin fit --kind`): the shipped checkpoint and what loads one into a Twin."""
+
+
+def learned_twins(models: dict[str, Path]) -> list[Twin]:
+    """The learned twins of the checkpoints named (kind: path), and of every kind not named whose shipped
+    checkpoint exists."""
+    return [loader(models.get(kind)) for kind, (shipped, loader) in LEARNED_TWINS.items()
+            if kind in models or shipped.is_file()]
 
 
 # --- data ---------------------------------------------------------------------------------------------
