@@ -206,16 +206,16 @@ def fit_moves(transitions) -> tuple[tuple[dict[str, MoveFit], MoveFit], str, flo
     for batch, column in (("period", 1), ("pair", 2)):
         n = np.array([r[column] for r in rows], dtype=float)
         a, b, c = _nnls(np.column_stack([np.ones_like(n), n, drain]), y)
-        pooled, fits, residual = MoveFit(a, b, len(rows)), {}, 0.0
+        pooled, fits, residual = MoveFit(float(a), float(b), len(rows)), {}, 0.0
         for pair in np.unique(pairs):
             mask = pairs == pair
             if np.unique(batches[mask]).size >= MIN_PAIR_BATCHES and np.unique(n[mask]).size > 1:
                 pa, pb = _nnls(np.column_stack([np.ones(mask.sum()), n[mask]]), y[mask] - c * drain[mask])
-                fits[pair] = MoveFit(pa, pb, int(mask.sum()))
+                fits[pair] = MoveFit(float(pa), float(pb), int(mask.sum()))
             fit_ = fits.get(pair, pooled)
             residual += float(((y[mask] - fit_.a_ms - fit_.b_ms * n[mask] - c * drain[mask]) ** 2).sum())
         if best is None or residual < best[0]:
-            best = (residual, (fits, pooled), batch, c)
+            best = (residual, (fits, pooled), batch, float(c))
     return best[1], best[2], best[3]
 
 

@@ -128,6 +128,7 @@ def calibrate(args) -> int:
     save_params(params, args.out)
     print(json.dumps({"out": str(args.out), "transitions": params.fitted_on["transitions"],
                       "batch": params.batch, "pooled_move": params.pooled_move.__dict__,
+                      "move_drain_factor": params.move_drain_factor, "rate_base_pps": params.rate_base_pps,
                       "pooled_instance": params.pooled_instance.__dict__,
                       "rate_persistence": params.rate_persistence, "rate_reversion": params.rate_reversion,
                       "arrival_window": params.arrival_window,

@@ -207,7 +207,7 @@ class ConstantRateTwin(FlowTwin):
         self.windows = {metric: int(windows.get(metric, 1)) for metric in self.METRICS}
 
     def rates(self, past, j):
-        return flow_means(past, self.windows["utilisation"])
+        return past.state().rate if j == 0 else flow_means(past, self.windows["utilisation"])
 
     def advance(self, past, queue, load, active):
         queues, drops = past.queue(past.t - self.windows["queue"] + 1), past.drops(past.t - self.windows["drops"])
