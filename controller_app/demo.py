@@ -341,6 +341,7 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
         workdir = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="dm-demo-"))
         if args.record:
             config["record_log"] = str(Path(workdir) / RECORD_STAGING)
+            Path(config["record_log"]).unlink(missing_ok=True)  # a kept --workdir may hold an earlier run's
         loop = stack.enter_context(live_loop(spec, config=config, workdir=workdir))
         out(f"REST API: {loop.api.base}/state  (also /instances /flows /decisions /config; "
             f"dmctl --url {loop.api.base} state --follow); writes need 'Authorization: Bearer {loop.api._token}'")
@@ -381,8 +382,9 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
 
 def record_run(args: argparse.Namespace, staging: Path, outcomes: dict) -> dict:
     """Write the run's recording (`--record`) from the controller's staged periods and the sink's delays;
-    returns where it went and its size."""
+    returns where it went and its period count, or the error (the summary is not lost with the recording)."""
     from controller_app.recording import finish
+    from twin.records import RecordingError
 
     meta = {"source": "testbed", "trace": args.trace.name, "start_s": args.start, "duration_s": args.duration,
             "speed": args.speed, "max_flows": args.max_flows, "policy": args.policy, "explore_eps": args.explore,
@@ -390,7 +392,10 @@ def record_run(args: argparse.Namespace, staging: Path, outcomes: dict) -> dict:
             "cluster": {"instances": args.instances, "standby": args.standby, "capacity_pps": args.capacity,
                         "buffer_packets": args.buffer, "processing_ms": args.processing_ms},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    directory = finish(staging, args.record, meta, outcomes, args.period)
+    try:
+        directory = finish(staging, args.record, meta, outcomes, args.period)
+    except RecordingError as error:
+        return {"error": str(error)}
     return {"directory": str(directory), "periods": json.loads((directory / "meta.json").read_text())["tables"]
             ["periods"]}
 
@@ -461,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
+    if "error" in summary.get("record", {}):
+        print(f"dm-demo: the recording failed: {summary['record']['error']}", file=sys.stderr)
+        return 1
     return 0
 
 

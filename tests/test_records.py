@@ -180,3 +180,15 @@ def test_the_schema_is_documented_column_by_column():
         assert f"`{table}`" in section
         for column in columns:
             assert f"`{column.name}`" in section, f"{table}.{column.name} is not documented"
+
+
+def test_periods_before_the_cluster_is_up_round_trip(tmp_path):
+    """The controller's first periods may precede the NFs' first reports: no instance, no flow."""
+    empty = ClusterState.from_objects([], [])
+    writer = RecordingWriter(tmp_path / "rec", META)
+    writer.add_period(empty)
+    writer.close()
+    recording = load(tmp_path / "rec")
+    assert recording.state(0).same_as(empty) and recording.tables["instances"].num_rows == 0
+    with pytest.raises(IndexError):
+        recording.state(1)
