@@ -166,10 +166,10 @@ def test_a_corrupt_checkpoint_is_refused_and_the_cli_says_so_in_one_line(fitted,
 def test_dm_twin_fit_writes_a_checkpoint_that_dm_twin_eval_reports(fitted, tmp_path, capsys):
     out, logdir, params = tmp_path / "generative.pt", tmp_path / "logs", tmp_path / "params.json"
     assert main(["fit", "--data", str(fitted["root"]), "--kind", "generative", "--out", str(out),
-                 "--logdir", str(logdir), "--steps", "40"]) == 0
+                 "--logdir", str(logdir), "--set", "steps=40", "--set", "kl_weight=0.5"]) == 0
     assert any(p.name.startswith("events.out.tfevents") for p in logdir.iterdir())
     _, record = checkpoint.load(out)
-    assert record["config"]["steps"] == 40 and "validation_mse_against_mean" in record
+    assert record["config"]["steps"] == 40 and record["config"]["kl_weight"] == 0.5 and "validation_mse_against_mean" in record
     assert main(["calibrate", "--data", str(fitted["root"]), "--out", str(params)]) == 0
     capsys.readouterr()
     assert main(["eval", "--data", str(fitted["root"]), "--params", str(params), "--k", "1",
@@ -182,6 +182,15 @@ def test_dm_twin_fit_refuses_an_unknown_kind(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--kind", "oracle", "--out", "x.pt"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting, named", [("depth=3", "'depth' is not a numeric hyper-parameter"),
+                                            ("steps=many", "steps takes a number of type int")])
+def test_dm_twin_fit_refuses_a_bad_setting_before_any_work(fitted, tmp_path, capsys, setting, named):
+    out = tmp_path / "generative.pt"
+    assert main(["fit", "--data", str(fitted["root"]), "--kind", "generative", "--out", str(out),
+                 "--set", setting]) == 2
+    assert named in capsys.readouterr().err and not out.exists()
 
 
 def test_hyper_parameters_round_trip_through_a_dict():

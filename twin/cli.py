@@ -2,7 +2,7 @@
 
     dm-twin calibrate [--data DIR] --out params.json
     dm-twin eval [--data DIR] [--json OUT] [--plots DIR] [--params FILE] [--model KIND=FILE] [--k 1,5,10]
-    dm-twin fit [--data DIR] --kind generative --out FILE [--logdir DIR] [--steps N]
+    dm-twin fit [--data DIR] --kind generative --out FILE [--logdir DIR] [--set NAME=VALUE]
 
 `--data` is a recording (`dm-demo --record`) or a directory of them, by default the shipped dataset
 (twin/data/recorded); periods are split into training, validation and test as the dataset says
@@ -41,7 +41,7 @@ EMBEDDED_PARAMS = Path(__file__).parent / "data" / "calibrated.json"
 
 def _fit_generative(args) -> dict:
     from twin.generative.command import fit_generative
-    return fit_generative(args.data, args.out, args.logdir, args.steps)
+    return fit_generative(args.data, args.out, args.logdir, args.set)
 
 
 FIT_KINDS = {
@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     learn.add_argument("--kind", required=True, choices=sorted(FIT_KINDS), help="which learned twin")
     learn.add_argument("--out", required=True, type=Path, help="where to write the checkpoint")
     learn.add_argument("--logdir", type=Path, default=Path("runs/dm-twin-fit"), help="TensorBoard log folder")
-    learn.add_argument("--steps", type=_positive, help="training steps (default: the kind's hyper-parameters)")
+    learn.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                       help="change a hyper-parameter of the kind (e.g. steps=500)")
     return parser
 
 
@@ -98,12 +99,6 @@ def _model(text: str) -> tuple[str, Path]:
         raise argparse.ArgumentTypeError(f"--model takes KIND=FILE with KIND one of {', '.join(LEARNED_TWINS)}, "
                                          f"got {text!r}")
     return kind, Path(path)
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return int(text)
 
 
 def _writable_file(path: Path | None, flag: str) -> None:

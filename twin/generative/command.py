@@ -9,13 +9,30 @@ from pathlib import Path
 from twin.fidelity.evaluate import load_dataset
 from twin.generative.checkpoint import save
 from twin.generative.features import transitions
-from twin.generative.fit import against_mean, fit
+from twin.generative.fit import FitError, against_mean, fit
 from twin.generative.models import GenerativeConfig
 
 
-def fit_generative(data: Path, out: Path, logdir: Path, steps: int | None = None) -> dict:
+def configured(settings: list[str]) -> GenerativeConfig:
+    """The default hyper-parameters with NAME=VALUE settings (numbers) applied."""
+    defaults, changes = GenerativeConfig(), {}
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        default = getattr(defaults, name, None)
+        if not isinstance(default, int | float) or isinstance(default, bool):
+            numbers = [k for k, v in defaults.to_dict().items() if isinstance(v, int | float)]
+            raise FitError(f"--set {setting!r}: {name!r} is not a numeric hyper-parameter ({', '.join(numbers)})")
+        try:
+            changes[name] = type(default)(value)
+        except ValueError:
+            raise FitError(f"--set {setting!r}: {name} takes a number of type {type(default).__name__}, "
+                           f"got {value!r}") from None
+    return dataclasses.replace(defaults, **changes)
+
+
+def fit_generative(data: Path, out: Path, logdir: Path, settings: list[str]) -> dict:
     """Fit, save to `out`, return the record (also stored in the checkpoint)."""
-    config = GenerativeConfig() if steps is None else dataclasses.replace(GenerativeConfig(), steps=steps)
+    config = configured(settings)
     episodes = load_dataset(data, default_split="train")
     model, record = fit(episodes, config, logdir=logdir)
     held = transitions(episodes, record["chosen_on"], config.history)
