@@ -16,7 +16,7 @@ from twin.cli import main
 from twin.fidelity.evaluate import collect, load_dataset, records
 from twin.generative import checkpoint
 from twin.generative.buffers import PhysicalBuffers, TwinBuffer, split_counts
-from twin.generative.features import ACTION, STATE, Transitions, transitions
+from twin.generative.features import ACTION, STATE, Transitions, failed_periods, transitions
 from twin.generative.fit import against_mean, fit
 from twin.generative.models import GenerativeConfig, GenerativeModel
 from twin.generative.rollout import GenerativeTwin
@@ -47,6 +47,16 @@ def test_the_networks_beat_the_mean_predictor_on_held_out_periods(fitted, task):
     assert len(test) > 100
     errors = against_mean(fitted["model"], test, transitions(fitted["episodes"], "train", history))[task]
     assert errors["model"] < 0.9 * errors["mean"], errors
+
+
+def test_a_period_failed_when_it_dropped_packets_broke_an_sla_or_overloaded_an_instance(fitted):
+    for episode in fitted["episodes"]:
+        rows = slice(episode.first, episode.last - 1)
+        sla = np.nan_to_num(episode.recording.column("periods", "measured_sla_violations")[rows])
+        dropped = np.nansum(episode.drops[:-1], axis=1) > 0
+        overloaded = (np.where(episode.active, episode.utilisation, 0.0)[1:] > 1.0).any(axis=1)
+        assert failed_periods(episode).tolist() == (dropped | (sla > 0) | overloaded).tolist()
+        assert dropped.any() and not (dropped | (sla > 0) | overloaded).all()
 
 
 def _transitions(failed: list[bool], n: int = 2, history: int = 2) -> Transitions:

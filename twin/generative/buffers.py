@@ -1,7 +1,7 @@
 """The experience buffers of `000_2c676631a2e0d96a.txt` (section III-D, Table I).
 
 - `PhysicalBuffers`: the recorded transitions kept apart as successful (B_SUC, the last 4000) and failed
-  (B_FAIL, the last 2000; `twin.generative.features.failed` says what failed means). A physical batch of J
+  (B_FAIL, the last 2000; `twin.generative.features.failed_periods` says what failed means). A physical batch of J
   draws round(κ·J) from the successful and the rest from the failed (κ = 0.3), with replacement; when one
   buffer is empty the other gives the whole batch.
 - `TwinBuffer`: B_DT, the last 6000 synthetic transitions ⟨S_DT(t), A_DT(t), R_DT(t), S_DT(t+1)⟩; the

@@ -63,7 +63,7 @@ class Transitions:
     rewards: np.ndarray
     """[B] −(measured total cost) of period t; NaN where not measured."""
     failed: np.ndarray
-    """[B] bool"""
+    """[B] bool: period t failed (`failed_periods`)"""
     mask: np.ndarray
     """[B, N] bool: the instance exists (False: padding)."""
 
@@ -74,17 +74,17 @@ class Transitions:
         return Transitions(*(getattr(self, name)[rows] for name in self.__dataclass_fields__))
 
 
-def failed(episode: Episode, t: int) -> bool:
-    """Period t failed (the paper's B_FAIL, constraints C1/C2 broken) when during it packets were dropped,
-    a flow's SLA was violated, an active instance of state t+1 is loaded beyond its capacity, a move was
-    rolled back, or the decision found no feasible action."""
-    recording, row = episode.recording, episode.first + t
-    sla = recording.column("periods", "measured_sla_violations")[row]
-    moves = episode.moves(t)["outcome"]
-    return bool(np.nansum(episode.drops[t]) > 0 or (np.isfinite(sla) and sla > 0)
-                or (episode.utilisation[t + 1][episode.active[t + 1]] > 1.0).any()
-                or np.isin(moves, FAILED_OUTCOMES).any()
-                or (recording.column("periods", "decided")[row] and not recording.column("periods", "feasible")[row]))
+def failed_periods(episode: Episode) -> np.ndarray:
+    """[T-1] bool: period t failed (the paper's B_FAIL, constraints C1/C2 broken) when during it packets
+    were dropped, a flow's SLA was violated, an active instance of state t+1 is loaded beyond its capacity,
+    a move was rolled back, or the decision found no feasible action."""
+    rows, column = slice(episode.first, episode.last - 1), episode.recording.column
+    sla = np.nan_to_num(column("periods", "measured_sla_violations")[rows].astype(float))
+    infeasible = column("periods", "decided")[rows] & ~column("periods", "feasible")[rows]
+    rolled_back = [np.isin(episode.moves(t)["outcome"], FAILED_OUTCOMES).any() for t in range(episode.n_periods - 1)]
+    overloaded = ((episode.utilisation[1:] > 1.0) & episode.active[1:]).any(axis=1)
+    dropped = np.nansum(episode.drops[:-1], axis=1) > 0
+    return dropped | (sla > 0) | overloaded | np.array(rolled_back, dtype=bool) | infeasible
 
 
 def episode_features(episode: Episode) -> tuple[np.ndarray, np.ndarray]:
@@ -102,10 +102,11 @@ def transitions(episodes: Sequence[Episode], split: str, history: int) -> Transi
     for episode in episodes:
         states, actions = episode_features(episode)
         rewards = -episode.recording.column("periods", "measured_total")[episode.first:episode.last].astype(float)
+        failed = failed_periods(episode)
         for t in range(episode.n_periods - 1):
             if episode.split[t] == split and episode.split[t + 1] == split:
                 window = np.clip(np.arange(t - history + 1, t + 1), 0, None)
-                rows.append((states[window], actions[window], states[t + 1], rewards[t], failed(episode, t)))
+                rows.append((states[window], actions[window], states[t + 1], rewards[t], failed[t]))
     if not rows:
         return empty(history, 1)
     n = max(row[0].shape[1] for row in rows)

@@ -55,9 +55,8 @@ def scores(model: GenerativeModel, data: Scaled) -> dict[str, float]:
     eq. 26 with its parts, on physical inputs."""
     with torch.no_grad():
         config = model.config
-        torch.manual_seed(0)
         _, reconstruction = vae_loss(model.vae, data.states[:, -1], data.actions[:, -1], data.mask,
-                                     config.kl_weight)
+                                     config.kl_weight, sample=False)
         total, state_error, reward_error = lstm_loss(model.lstm, data.states, data.actions, data.mask,
                                                      data.next_states, data.rewards, config.kappa1, config.kappa2)
     return {"vae_reconstruction": float(reconstruction), "lstm": float(total),

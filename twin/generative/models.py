@@ -98,10 +98,12 @@ class MultiTaskVAE(nn.Module):
         return state_logits, action_logits, mean, log_var
 
 
-def vae_loss(vae: MultiTaskVAE, states, actions, mask, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+def vae_loss(vae: MultiTaskVAE, states, actions, mask, kl_weight: float,
+             sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(eq. 24 per instance, its reconstruction part): Bernoulli likelihoods of the sigmoid heads on the
-    scaled features (clamped to [0, 1]) and the KL divergence to N(0, I)."""
-    state_logits, action_logits, mean, log_var = vae(states, actions, mask)
+    scaled features (clamped to [0, 1]) and the KL divergence to N(0, I); `sample` False decodes the
+    posterior mean."""
+    state_logits, action_logits, mean, log_var = vae(states, actions, mask, sample)
     weight = mask.to(states.dtype)
     bce = nn.functional.binary_cross_entropy_with_logits
     reconstruction = (bce(state_logits, states.clamp(0, 1), reduction="none").sum(-1)

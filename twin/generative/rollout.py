@@ -10,6 +10,7 @@ is taken on the utilisation of state t+j (measured for j = 0, else predicted) wi
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -19,6 +20,7 @@ import torch
 from twin import cost
 from twin.fidelity.episode import Past, RecordedAction
 from twin.fidelity.twins import DefaultTwin, Step, Twin
+from twin.generative.checkpoint import load
 from twin.generative.features import ACTION, STATE, action_features, state_features
 from twin.generative.models import GenerativeModel
 from twin.params import CostParams, Thresholds
@@ -29,6 +31,8 @@ LOAD_IN, LOAD_OUT = ACTION.index("load_in"), ACTION.index("load_out")
 
 
 class GenerativeTwin(Twin):
+    """The LSTM of a fitted `GenerativeModel` rolled out with the recorded actions."""
+
     name = "generative"
 
     def __init__(self, model: GenerativeModel, params: CostParams = CostParams(),
@@ -74,7 +78,6 @@ class GenerativeTwin(Twin):
         return steps
 
 
-def load_twin(path=None) -> GenerativeTwin:
+def load_twin(path: str | os.PathLike | None = None) -> GenerativeTwin:
     """The generative twin of the checkpoint at `path` (the shipped one when None)."""
-    from twin.generative.checkpoint import load
     return GenerativeTwin(load(path)[0])
