@@ -7,12 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import cluster, simulated_dataset
+from tests.strategies import cluster_states, moves
 from twin import cli
 from twin.fidelity.evaluate import METRICS, collect, load_dataset, records
 from twin.fidelity.twins import DefaultTwin, FluidTwin
-from twin.migration import Action, Migration
+from twin.migration import Action, Migration, apply
 from twin.records import MoveRecord, PeriodRecord, RecordingWriter
 from twin.sim import BatchedTwin
 
@@ -65,6 +68,29 @@ def test_the_benchmark_compares_with_the_raw_measured_values(tiny):
     assert utilisation == {"twin": "default", "k": 1, "metric": "utilisation", "mae": pytest.approx(0.0375),
                            "mape": pytest.approx((0.05 / 0.55 + 0.1 / 0.15) / 4), "n": 4}
     assert samples[(1, "migration_ms")] == ([pytest.approx(42.15)], [60.0])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_every_twin_carries_a_recorded_action_out_as_apply_does(tmp_path_factory, data):
+    """On any cluster and any valid moves, the twins' period cost is `apply`'s (at the twin's durations) and
+    the default twin's next utilisation is that of `apply`'s next state at the same rates."""
+    state = data.draw(cluster_states())
+    action = data.draw(moves(state))
+    directory = tmp_path_factory.mktemp("property") / "recording"
+    writer = RecordingWriter(directory, {"source": "test", "period_s": 1.0})
+    recorded = action.to_action(state)
+    writer.add_period(state, PeriodRecord(action=recorded, executed=True, moves=tuple(
+        MoveRecord(m.flow, m.src, m.dst, "done", 50.0) for m in recorded.migrations)))
+    writer.add_period(state)
+    writer.close()
+    [episode] = load_dataset(directory, "test")
+    after, breakdown = apply(state, action)
+    [step] = DefaultTwin().rollout(episode.past(0), [episode.action(0)])
+    np.testing.assert_allclose(step.utilisation, after.utilisation)
+    assert step.costs["migration"] == pytest.approx(breakdown.migration)
+    assert step.costs["threshold_penalty"] == pytest.approx(breakdown.threshold_penalty)
+    assert len(step.migration_ms) == action.flows.size
 
 
 def test_a_twin_cannot_read_the_future(tiny):
