@@ -178,6 +178,8 @@ def _table(rows: list[dict], twins: list[str], ks: list[int]) -> str:
 
 def fit_learned(args) -> int:
     _writable_file(args.out, "--out")
+    if args.logdir.exists() and not args.logdir.is_dir():
+        raise UsageError(f"--logdir {args.logdir} exists and is not a directory")
     FIT_KINDS[args.kind](args)
     return 0
 

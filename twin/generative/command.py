@@ -27,7 +27,10 @@ def configured(settings: list[str]) -> GenerativeConfig:
         except ValueError:
             raise FitError(f"--set {setting!r}: {name} takes a number of type {type(default).__name__}, "
                            f"got {value!r}") from None
-    return dataclasses.replace(defaults, **changes)
+    try:
+        return dataclasses.replace(defaults, **changes)
+    except ValueError as error:
+        raise FitError(f"--set: {error}") from None
 
 
 def fit_generative(data: Path, out: Path, logdir: Path, settings: list[str]) -> dict:

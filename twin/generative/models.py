@@ -54,6 +54,18 @@ class GenerativeConfig:
     twin_capacity: int = 6000
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        positive = ("history", "latent", "decoder_hidden", "lstm_hidden", "head_hidden", "batch", "steps",
+                    "validate_every", "successful_capacity", "failed_capacity", "twin_capacity")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("kappa", "kappa1", "kappa2", "generated_inputs"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.kl_weight < 0 or self.learning_rate <= 0 or min(self.encoder_hidden) < 1:
+            raise ValueError("kl_weight must be >= 0, learning_rate > 0 and the encoder's layers at least 1 wide")
+
     def to_dict(self) -> dict:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
 
