@@ -18,14 +18,19 @@ def summary(directory: Path) -> dict:
     periods = recording.tables["periods"]
     moves = recording.column("migrations", "outcome")
     delays = recording.column("flows", "delay_ms")
+    spacing = np.diff(recording.column("periods", "time_s"))
     return {
         "periods": recording.n_periods,
+        "period_s_mean": round(float(spacing.mean()), 2) if spacing.size else None,
+        "period_s_max": round(float(spacing.max()), 2) if spacing.size else None,
         "decided": int(recording.column("periods", "decided").sum()),
         "explored": int(recording.column("periods", "explored").sum()),
         "executed": int(recording.column("periods", "executed").sum()),
         "moves_done": int(np.count_nonzero(moves == "done")),
         "flow_rows": recording.tables["flows"].num_rows,
         "flow_rows_with_delay": int(np.count_nonzero(~np.isnan(delays))),
+        "sink_packets": int(np.nansum(recording.column("periods", "sink_packets"))),
+        "nf_drops": int(np.nansum(recording.column("periods", "packets_dropped"))),
         "policies": ",".join(sorted(set(periods.column("policy").to_pylist()) - {""})),
         "kB": round(sum(p.stat().st_size for p in directory.iterdir()) / 1024, 1),
     }

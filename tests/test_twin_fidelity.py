@@ -163,6 +163,8 @@ def test_bad_input_is_refused_with_exit_code_2(dataset, tmp_path, capsys):
     _refused(capsys, ["eval", "--data", str(root), "--params", str(bad)], "version 7")
     _refused(capsys, ["calibrate", "--data", str(root), "--out", str(tmp_path / "no" / "p.json")],
              "does not exist")
+    _refused(capsys, ["eval", "--data", str(root), "--params", str(params), "--json", str(tmp_path)],
+             "is a directory")
     with pytest.raises(SystemExit) as exited:
         cli.main(["eval", "--data", str(root), "--k", "0"])
     assert exited.value.code == 2

@@ -11,6 +11,8 @@ What is fitted, each by least squares on the training periods (docs/twin.md, "Fi
   period's batch, or the pair's, whichever fits the training moves better) and la_q the source's queueing
   delay (OpenNF's export waits for the source to drain the flow's packets; c is pooled over all pairs).
   Pairs with moves in fewer than `MIN_PAIR_BATCHES` periods, or a single batch size, use the pooled fit;
+- the arrivals the queue sees: κ, the packets an NF receives per packet of its flows' load as the switch
+  counters measure it;
 - the traffic: a flow's next rate α·r + γ·m + δ (r its last rate, m its mean over `RATE_MEMORY` periods;
   0 once it has left); the load of new flows, the mean of the last `arrival_window` periods'; and the
   share φ of it that lands on the least utilised instance (the rest spread evenly: how new flows are steered).
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trace_replay.files import write_text
 from twin import cost
 from twin.fidelity.episode import Episode
 from twin.fidelity.twins import RATE_MEMORY, flow_means, moved_load
@@ -78,6 +81,9 @@ class CalibratedParams:
     """α, γ, δ: a flow's next rate is α·(its last rate) + γ·(its mean over RATE_MEMORY periods) + δ."""
     arrival_window: int = 10
     least_utilised_share: float = 0.0
+    arrival_ratio: float = 1.0
+    """κ: packets/s an instance's NF receives per packet/s of its flows' load as the switch counters measure
+    it (the fluid queue is fed κ·load)."""
     constant_rate_windows: dict[str, int] = field(default_factory=dict)
     fitted_on: dict = field(default_factory=dict)
 
@@ -92,7 +98,8 @@ class CalibratedParams:
 
 
 def save_params(params: CalibratedParams, path: str | os.PathLike) -> None:
-    Path(path).write_text(json.dumps(params.to_json(), indent=1, allow_nan=False) + "\n")
+    """Write the parameters whole (a failed write leaves the previous file as it was)."""
+    write_text(path, json.dumps(params.to_json(), indent=1, allow_nan=False) + "\n")
 
 
 def load_params(path: str | os.PathLike) -> CalibratedParams:
@@ -128,6 +135,7 @@ def params_from_json(data) -> CalibratedParams:
         rate_base_pps=_number(data, "rate_base_pps", 0.0, 1e9),
         arrival_window=int(_number(data, "arrival_window", 1, 10_000)),
         least_utilised_share=_number(data, "least_utilised_share", 0.0, 1.0),
+        arrival_ratio=_number(data, "arrival_ratio", 0.0, 1e3),
         constant_rate_windows={k: int(_number(_mapping(data, "constant_rate_windows"), k, 1, 10_000))
                                for k in _mapping(data, "constant_rate_windows")},
         fitted_on=_mapping(data, "fitted_on"))
@@ -174,11 +182,12 @@ def fit(episodes: Sequence[Episode], split: str = "train") -> CalibratedParams:
     instances = fit_instances(transitions)
     persistence, reversion, base = fit_rates(transitions)
     window, share = fit_arrivals(transitions)
+    arrival_ratio = fit_arrival_ratio(transitions)
     return CalibratedParams(
         instances=instances, pooled_instance=_pooled_instance(instances), moves=moves[0],
         pooled_move=moves[1], batch=batch, move_drain_factor=drain, rate_persistence=persistence,
         rate_reversion=reversion, rate_base_pps=base,
-        arrival_window=window, least_utilised_share=share,
+        arrival_window=window, least_utilised_share=share, arrival_ratio=arrival_ratio,
         fitted_on={"recordings": sorted({e.name for e, _ in transitions}),
                    "transitions": len(transitions)})
 
@@ -246,6 +255,18 @@ def _grid_fit(loss: _QueueLoss, services: np.ndarray, buffers: np.ndarray) -> tu
     distance = np.abs(np.log(services[flat[:, 0]])) + np.abs(np.log(buffers[flat[:, 1]]))
     best = flat[np.argmin(distance)]
     return float(services[best[0]]), float(buffers[best[1]])
+
+
+def fit_arrival_ratio(transitions) -> float:
+    """κ by least squares through the origin: the packets each active instance received during a period
+    (per second) against its flows' load as the next state measures it (1 without packet counters)."""
+    load, arrived = [], []
+    for episode, t in transitions:
+        known = episode.active[t + 1] & np.isfinite(episode.packets_in[t])
+        load.append((episode.utilisation[t + 1] * episode.capacity[t + 1])[known])
+        arrived.append(episode.packets_in[t][known] / episode.step_s(t))
+    x, y = np.concatenate(load), np.concatenate(arrived)
+    return float(x @ y / (x @ x)) if x.size and x @ x > 0 else 1.0
 
 
 def fit_instances(transitions) -> dict[str, InstanceFit]:

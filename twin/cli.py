@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
+from trace_replay.files import OutputError, check_output, write_text
 from twin.calibration import CalibratedParams, CalibrationError, fit, load_params, save_params
 from twin.fidelity.evaluate import (
     LEARNED_TWINS,
@@ -101,18 +101,8 @@ def _model(text: str) -> tuple[str, Path]:
     return kind, Path(path)
 
 
-def _writable_file(path: Path | None, flag: str) -> None:
-    if path is None:
-        return
-    if path.is_dir():
-        raise UsageError(f"{flag} {path} is a directory, not a file")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UsageError(f"{flag} {path}: the directory {parent} does not exist or is not writable")
-
-
 def calibrate(args) -> int:
-    _writable_file(args.out, "--out")
+    check_output(args.out)
     episodes = load_dataset(args.data, default_split="train")
     params = fit(episodes, "train")
     has_validation = any(origins(e, "validation", 1) for e in episodes)
@@ -127,13 +117,15 @@ def calibrate(args) -> int:
                       "pooled_instance": params.pooled_instance.__dict__,
                       "rate_persistence": params.rate_persistence, "rate_reversion": params.rate_reversion,
                       "arrival_window": params.arrival_window,
-                      "least_utilised_share": params.least_utilised_share, "constant_rate_windows": windows},
+                      "least_utilised_share": params.least_utilised_share, "arrival_ratio": params.arrival_ratio,
+                      "constant_rate_windows": windows},
                      indent=1))
     return 0
 
 
 def evaluate(args) -> int:
-    _writable_file(args.json, "--json")
+    if args.json is not None:
+        check_output(args.json)
     if args.plots is not None and args.plots.exists() and not args.plots.is_dir():
         raise UsageError(f"--plots {args.plots} exists and is not a directory")
     params = load_params(args.params or EMBEDDED_PARAMS)
@@ -153,7 +145,7 @@ def evaluate(args) -> int:
     print(_table(all_records, [t.name for t in twins], args.k))
     print(f"constant-rate windows: {windows} ({'chosen on validation' if has_validation else 'from the params'})")
     if args.json:
-        args.json.write_text(json.dumps(all_records, indent=1) + "\n")
+        write_text(args.json, json.dumps(all_records, indent=1) + "\n")
     if args.plots:
         from twin.fidelity.plots import plot_predictions
         for path in plot_predictions(samples, args.plots):
@@ -177,7 +169,7 @@ def _table(rows: list[dict], twins: list[str], ks: list[int]) -> str:
 
 
 def fit_learned(args) -> int:
-    _writable_file(args.out, "--out")
+    check_output(args.out)
     if args.logdir.exists() and not args.logdir.is_dir():
         raise UsageError(f"--logdir {args.logdir} exists and is not a directory")
     FIT_KINDS[args.kind](args)
@@ -188,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"calibrate": calibrate, "eval": evaluate, "fit": fit_learned}[args.command](args)
-    except (RecordingError, CalibrationError, UsageError, GenerativeCheckpointError, FitError) as error:
+    except (RecordingError, CalibrationError, OutputError, UsageError, GenerativeCheckpointError, FitError) as error:
         print(f"dm-twin: error: {error}", file=sys.stderr)
         return 2
 

@@ -45,9 +45,9 @@ decision, a decision in manual mode)."""
 SHIPPED_DIR = Path(__file__).parent / "data" / "recorded"
 """The embedded dataset (benchmarks/record_dataset.sh makes it): one recording per trace window."""
 SHIPPED_SPLIT: dict[str, tuple[str, ...]] = {
-    "train": ("w000-deepmigration-x02", "w040-ofm", "w080-pairwise-x02", "w120-deepmigration"),
-    "validation": ("w180-size-greedy-x02",),
-    "test": ("w240-deepmigration-x02",),
+    "train": ("w000-deepmigration-x02", "w040-ofm", "w080-pairwise-x02", "w125-deepmigration"),
+    "validation": ("w160-size-greedy-x02",),
+    "test": ("w195-deepmigration-x02",),
 }
 """The split by recording (trace window): the test and validation windows are disjoint from the training ones."""
 

@@ -38,7 +38,7 @@ def plot_predictions(samples: dict[str, dict], directory: str | os.PathLike, k: 
         fig.suptitle(f"{metric}, k = {k}", fontsize=10)
         fig.tight_layout()
         path = directory / f"{metric}.png"
-        fig.savefig(path, dpi=90)
+        fig.savefig(path, dpi=72)
         plt.close(fig)
         written.append(path)
     return written

@@ -283,7 +283,8 @@ class CalibratedTwin(FlowTwin):
 
     def advance(self, past, queue, load, active):
         service = np.where(active, self._instances(past, "service_ratio") * past.capacity, 0.0)
-        return fluid(queue, load, service, self._instances(past, "buffer_ratio") * past.buffer, past.period_s)
+        buffer = np.maximum(self._instances(past, "buffer_ratio") * past.buffer, queue)  # it holds what it holds
+        return fluid(queue, self.fitted.arrival_ratio * load, service, buffer, past.period_s)
 
     def move_ms(self, past, action, state):
         ids, n = past.instance_ids, len(past.instance_ids)

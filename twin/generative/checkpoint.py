@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from trace_replay.files import atomic_write
 from twin.generative.features import ACTION, STATE
 from twin.generative.models import GenerativeConfig, GenerativeModel
 
@@ -26,11 +27,11 @@ class CheckpointError(ValueError):
 
 
 def save(path: str | os.PathLike, model: GenerativeModel, training: dict | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": FORMAT, "version": VERSION, "config": model.config.to_dict(),
-                "features": {"state": list(STATE), "action": list(ACTION)},
-                "state_dict": model.state_dict(), "training": training or {}}, path)
+    """Write the checkpoint whole (a temporary file renamed into place) or not at all."""
+    with atomic_write(path, make_parents=True) as file:
+        torch.save({"format": FORMAT, "version": VERSION, "config": model.config.to_dict(),
+                    "features": {"state": list(STATE), "action": list(ACTION)},
+                    "state_dict": model.state_dict(), "training": training or {}}, file)
 
 
 def load(path: str | os.PathLike | None = None) -> tuple[GenerativeModel, dict]:
