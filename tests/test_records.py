@@ -17,11 +17,13 @@ from twin.migration import Action, Migration, apply
 from twin.records import (
     SCHEMA,
     SCHEMA_VERSION,
+    SHIPPED_SPLIT,
     MoveRecord,
     PeriodRecord,
     RecordingError,
     RecordingWriter,
     load,
+    shipped,
 )
 from twin.state import ClusterState, Flow, Instance
 
@@ -192,3 +194,21 @@ def test_periods_before_the_cluster_is_up_round_trip(tmp_path):
     assert recording.state(0).same_as(empty) and recording.tables["instances"].num_rows == 0
     with pytest.raises(IndexError):
         recording.state(1)
+
+
+@pytest.mark.parametrize("split", sorted(SHIPPED_SPLIT))
+def test_the_shipped_dataset_loads_and_matches_its_split(split):
+    for directory in shipped(split):
+        recording = load(directory)
+        meta = recording.meta
+        assert meta["source"] == "testbed" and meta["trace"] == "lbnl_sample.pcap.gz"
+        assert directory.name.startswith(f"w{int(meta['start_s']):03d}-{meta['policy']}")
+        assert (meta["explore_eps"] > 0) == directory.name.endswith("-x02")
+        assert recording.n_periods >= 40 and recording.tables["migrations"].num_rows > 0
+        seeds = {"train": range(100), "validation": range(100, 200), "test": range(200, 1 << 31)}[split]
+        assert meta["seed"] in seeds
+    windows = {s: [(load(d).meta["start_s"], load(d).meta["start_s"] + load(d).meta["duration_s"] * load(d).meta[
+        "speed"]) for d in shipped(s)] for s in SHIPPED_SPLIT}
+    for a, b in windows[split]:  # no held-out window overlaps a training one
+        if split != "train":
+            assert all(b <= start or a >= end for start, end in windows["train"])
