@@ -179,14 +179,14 @@ def simulated(tmp_path_factory):
 def test_dm_twin_fit_and_eval_report_the_residual_twin(simulated, tmp_path, capsys):
     root, params = simulated
     model, logdir = tmp_path / "residual.pt", tmp_path / "runs"
-    assert cli.main(["fit", "--data", str(root), "--kind", "residual", "--out", str(model), "--epochs", "3",
+    assert cli.main(["fit", "--data", str(root), "--kind", "residual", "--out", str(model), "--set", "epochs=3",
                      "--logdir", str(logdir)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["chosen_on"] == "validation" and summary["epochs_run"] == 3
     assert any(path.name.startswith("events.out.tfevents") for path in logdir.iterdir())
     assert checkpoint.load(model)[1]["data"] == str(root)
     out = tmp_path / "fidelity.json"
-    assert cli.main(["eval", "--data", str(root), "--params", str(params), "--model", str(model),
+    assert cli.main(["eval", "--data", str(root), "--params", str(params), "--model", f"residual={model}",
                      "--json", str(out), "--k", "1,5"]) == 0
     rows = [r for r in json.loads(out.read_text()) if r["twin"] == "residual"]
     assert {(r["k"], r["metric"]) for r in rows} == {(k, m) for k in (1, 5) for m in METRICS}
@@ -197,7 +197,7 @@ def test_dm_twin_refuses_a_bad_model_or_output_in_one_line(simulated, tmp_path, 
     root, params = simulated
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00garbage")
-    for argv, named in ((["eval", "--data", str(root), "--params", str(params), "--model", str(bad)],
+    for argv, named in ((["eval", "--data", str(root), "--params", str(params), "--model", f"residual={bad}"],
                          "not a readable torch checkpoint"),
                         (["fit", "--data", str(root), "--kind", "residual", "--out", str(tmp_path)],
                          "is a directory"),

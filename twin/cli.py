@@ -1,8 +1,8 @@
 """dm-twin: fit the calibrated twin to recorded data and measure how well each twin predicts it.
 
     dm-twin calibrate [--data DIR] --out params.json
-    dm-twin fit [--data DIR] --kind residual --out model.pt [--epochs N] [--synthetic N] [--logdir DIR]
-    dm-twin eval [--data DIR] [--json OUT] [--plots DIR] [--params FILE] [--model FILE] [--k 1,5,10]
+    dm-twin eval [--data DIR] [--json OUT] [--plots DIR] [--params FILE] [--model KIND=FILE] [--k 1,5,10]
+    dm-twin fit [--data DIR] --kind generative|residual --out FILE [--logdir DIR] [--set NAME=VALUE]
 
 `--data` is a recording (`dm-demo --record`) or a directory of them, by default the shipped dataset
 (twin/data/recorded); periods are split into training, validation and test as the dataset says
@@ -21,14 +21,41 @@ from tqdm import tqdm
 
 from trace_replay.files import OutputError, check_output, write_text
 from twin.calibration import CalibratedParams, CalibrationError, fit, load_params, save_params
-from twin.fidelity.evaluate import METRICS, choose_windows, collect, load_dataset, origins, records
+from twin.fidelity.evaluate import (
+    LEARNED_TWINS,
+    METRICS,
+    choose_windows,
+    collect,
+    learned_twins,
+    load_dataset,
+    origins,
+    records,
+)
 from twin.fidelity.twins import CalibratedTwin, ConstantRateTwin, DefaultTwin, FluidTwin
+from twin.generative.checkpoint import CheckpointError as GenerativeCheckpointError
+from twin.generative.fit import FitError as GenerativeFitError
 from twin.records import SHIPPED_DIR, RecordingError
-from twin.residual.checkpoint import DEFAULT_MODEL, ResidualCheckpointError
-from twin.residual.cli import add_fit_parser, fit_command, residual_twins
-from twin.residual.training import FitError
+from twin.residual.checkpoint import ResidualCheckpointError
+from twin.residual.training import FitError as ResidualFitError
 
 EMBEDDED_PARAMS = Path(__file__).parent / "data" / "calibrated.json"
+
+
+def _fit_generative(args) -> dict:
+    from twin.generative.command import fit_generative
+    return fit_generative(args.data, args.out, args.logdir, args.set)
+
+
+def _fit_residual(args) -> dict:
+    from twin.residual.cli import fit_residual
+    return fit_residual(args.data, args.out, args.logdir, args.set)
+
+
+FIT_KINDS = {
+    "generative": _fit_generative,
+    "residual": _fit_residual,
+}
+"""`dm-twin fit --kind`: each learned twin's fit, called with the parsed arguments."""
 
 
 class UsageError(ValueError):
@@ -59,11 +86,27 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plots", type=Path, help="write predicted-against-measured plots here")
     evaluate.add_argument("--params", type=Path, help=f"calibrated parameters (default: {EMBEDDED_PARAMS.name}, "
                                                       "embedded)")
-    evaluate.add_argument("--model", type=Path, help=f"residual-twin model (default: {DEFAULT_MODEL.name}, "
-                                                     "embedded, where shipped)")
     evaluate.add_argument("--k", type=_ks, default=[1, 5, 10], help="horizons in periods (default 1,5,10)")
-    add_fit_parser(commands)
+    evaluate.add_argument("--model", type=_model, action="append", default=[], metavar="KIND=FILE",
+                          help=f"a learned twin's checkpoint ({', '.join(LEARNED_TWINS)}; default: the shipped "
+                               "one where it exists)")
+    learn = commands.add_parser("fit", help="fit a learned twin on the training split, chosen on validation")
+    learn.add_argument("--data", type=Path, default=SHIPPED_DIR,
+                       help="a recording or a directory of recordings (default: the shipped dataset)")
+    learn.add_argument("--kind", required=True, choices=sorted(FIT_KINDS), help="which learned twin")
+    learn.add_argument("--out", required=True, type=Path, help="where to write the checkpoint")
+    learn.add_argument("--logdir", type=Path, default=Path("runs/dm-twin-fit"), help="TensorBoard log folder")
+    learn.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                       help="change a hyper-parameter of the kind (e.g. steps=500)")
     return parser
+
+
+def _model(text: str) -> tuple[str, Path]:
+    kind, _, path = text.partition("=")
+    if kind not in LEARNED_TWINS or not path:
+        raise argparse.ArgumentTypeError(f"--model takes KIND=FILE with KIND one of {', '.join(LEARNED_TWINS)}, "
+                                         f"got {text!r}")
+    return kind, Path(path)
 
 
 def calibrate(args) -> int:
@@ -94,13 +137,13 @@ def evaluate(args) -> int:
     if args.plots is not None and args.plots.exists() and not args.plots.is_dir():
         raise UsageError(f"--plots {args.plots} exists and is not a directory")
     params = load_params(args.params or EMBEDDED_PARAMS)
-    residual = residual_twins(args.model, base=CalibratedTwin(params))
+    learned = learned_twins(dict(args.model), base=CalibratedTwin(params))  # a bad checkpoint: before any work
     episodes = load_dataset(args.data, default_split="test")
     if not any(origins(e, "test", min(args.k)) for e in episodes):
         raise UsageError(f"{args.data}: no held-out (test) periods to evaluate on")
     has_validation = any(origins(e, "validation", 1) for e in episodes)
     windows = choose_windows(episodes) if has_validation else params.constant_rate_windows
-    twins = [DefaultTwin(), ConstantRateTwin(windows), FluidTwin(), CalibratedTwin(params), *residual]
+    twins = [DefaultTwin(), ConstantRateTwin(windows), FluidTwin(), CalibratedTwin(params), *learned]
     all_records, samples = [], {}
     total = len(twins) * sum(len(origins(e, "test", min(args.k))) for e in episodes)
     with tqdm(total=total, desc="rollouts", file=sys.stderr, disable=None) as bar:
@@ -133,12 +176,20 @@ def _table(rows: list[dict], twins: list[str], ks: list[int]) -> str:
     return "\n".join(lines)
 
 
+def fit_learned(args) -> int:
+    check_output(args.out)
+    if args.logdir.exists() and not args.logdir.is_dir():
+        raise UsageError(f"--logdir {args.logdir} exists and is not a directory")
+    FIT_KINDS[args.kind](args)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"calibrate": calibrate, "eval": evaluate, "fit": fit_command}
-        return commands[args.command](args)
-    except (RecordingError, CalibrationError, OutputError, UsageError, ResidualCheckpointError, FitError) as error:
+        return {"calibrate": calibrate, "eval": evaluate, "fit": fit_learned}[args.command](args)
+    except (RecordingError, CalibrationError, OutputError, UsageError, GenerativeCheckpointError,
+            GenerativeFitError, ResidualCheckpointError, ResidualFitError) as error:
         print(f"dm-twin: error: {error}", file=sys.stderr)
         return 2
 

@@ -17,13 +17,34 @@ from pathlib import Path
 import numpy as np
 
 from twin.fidelity.episode import COST_COMPONENTS, SPLITS, Episode, episodes_of
-from twin.fidelity.twins import ConstantRateTwin, Step, Twin
+from twin.fidelity.twins import ConstantRateTwin, FlowTwin, Step, Twin
+from twin.generative import checkpoint as generative_checkpoint
+from twin.generative.rollout import load_twin as generative_twin
 from twin.records import SHIPPED_SPLIT, Recording, RecordingError, load
+from twin.residual import checkpoint as residual_checkpoint
+from twin.residual.twin import ResidualTwin
 
 METRICS = ("utilisation", "queue", "drops", "migration_ms", *COST_COMPONENTS)
 WINDOWS = (1, 2, 3, 5, 8, 13, 21)
 """Candidate windows of the constant-rate floor."""
 SPLIT_FILE = "split.json"
+def _residual_twin(path: Path | None, base: FlowTwin) -> Twin:
+    return ResidualTwin.load(path, base=base, params=base.params, thresholds=base.thresholds)
+
+
+LEARNED_TWINS: dict[str, tuple[Path, Callable[[Path | None, FlowTwin], Twin]]] = {
+    "generative": (generative_checkpoint.DEFAULT_CHECKPOINT, lambda path, _base: generative_twin(path)),
+    "residual": (residual_checkpoint.DEFAULT_MODEL, _residual_twin),
+}
+"""Learned twins by kind (`dm-twin fit --kind`): the shipped checkpoint and what loads one into a Twin, given
+the flow twin that answers what the learned one does not predict (move durations, the migration cost)."""
+
+
+def learned_twins(models: dict[str, Path], base: FlowTwin) -> list[Twin]:
+    """The learned twins of the checkpoints named (kind: path), and of every kind not named whose shipped
+    checkpoint exists."""
+    return [loader(models.get(kind), base) for kind, (shipped, loader) in LEARNED_TWINS.items()
+            if kind in models or shipped.is_file()]
 
 
 # --- data ---------------------------------------------------------------------------------------------
