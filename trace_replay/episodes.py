@@ -116,6 +116,9 @@ def build_episodes(
     target_utilisation: tuple[float, float] = (0.25, 0.5),
     sizing: Sizing = Sizing(),
     params: CostParams = CostParams(),
+    window_start_s: float | None = None,
+    capacity_pps: float | None = None,
+    buffer_packets: float | None = None,
 ) -> EpisodeBatch:
     """Cut `n_episodes` seeded windows of `n_steps` steps of `bin_s` simulated seconds out of a trace.
 
@@ -126,6 +129,10 @@ def build_episodes(
     `n_instances` active ones run on average at a target utilisation drawn from
     `target_utilisation`; `n_standby` more wait stopped. Raises ValueError naming the episode and its
     window when a window holds no flow or no packet.
+       The testbed's set-up instead (to run one trace window in the twin and on the testbed side by side):
+    `window_start_s` opens every window that many trace seconds after the first packet, and `capacity_pps`
+    (with `buffer_packets`, default `sizing.buffer_ms` of it) fixes the instances, which then keep every
+    flow, as the testbed replays them all.
     """
     _check_shape(n_episodes, n_steps, n_instances, n_standby, max_flows, bin_s, speed, target_utilisation)
     table = read_flows(pcap) if table is None else table
@@ -142,6 +149,11 @@ def build_episodes(
         f" at speed {speed:g} ({window_s:g} trace seconds)",
     )
     start_s = rng.uniform(first, last - window_s, n_episodes)
+    if window_start_s is not None:
+        _require(0 <= window_start_s <= last - first - window_s,
+                 f"window start {window_start_s:g} s: the trace {table.source} has {last - first:.1f} s, so an "
+                 f"episode of {window_s:g} trace seconds starts at 0 to {last - first - window_s:.1f} s")
+        start_s = np.full(n_episodes, first + window_start_s)
     windows = _Windows(
         start_s=start_s,
         flows=[_select_flows(records, start, start + window_s, max_flows, rng) for start in start_s],
@@ -154,14 +166,17 @@ def build_episodes(
     arrival, departure = _live_steps(records, windows)
 
     target = rng.uniform(*target_utilisation, n_episodes)
-    heavy = _heavy_flows(rate, arrival, departure, n_instances, target, sizing.max_flow_share, windows)
+    heavy = (np.zeros(rate.shape[::2], dtype=bool) if capacity_pps is not None else
+             _heavy_flows(rate, arrival, departure, n_instances, target, sizing.max_flow_share, windows))
     rate[np.broadcast_to(heavy[:, None, :], rate.shape)] = 0.0
     arrival[heavy], departure[heavy] = n_steps, n_steps
     five_tuple, byte_rate, flow_ids = _slot_flows(table, windows, heavy)
 
     n_total = n_instances + n_standby
-    per_instance = _fitting_capacity(rate, arrival, departure, n_instances, target, sizing.max_flow_share)
+    per_instance = (np.full(n_episodes, float(capacity_pps)) if capacity_pps is not None else
+                    _fitting_capacity(rate, arrival, departure, n_instances, target, sizing.max_flow_share))
     capacity = np.repeat(per_instance[:, None], n_total, axis=1)
+    buffer = capacity * sizing.buffer_ms / 1000.0 if buffer_packets is None else np.full_like(capacity, buffer_packets)
     return EpisodeBatch(
         rate=rate.astype(np.float32),
         arrival=arrival,
@@ -171,7 +186,7 @@ def build_episodes(
         five_tuple=five_tuple,
         flow_ids=flow_ids,
         capacity=capacity,
-        buffer=capacity * sizing.buffer_ms / 1000.0,
+        buffer=buffer,
         initially_active=np.broadcast_to(np.arange(n_total) < n_instances, (n_episodes, n_total)).copy(),
         start_s=start_s,
         step_s=bin_s,
