@@ -4,11 +4,13 @@ The controller and the twin's closed loop both call `Stabilizer.decide` once per
 measured state (rates over the last period, queues and assignment now). It
 
 1. **estimates the load** over a window (`estimator`: an EWMA of time constant `horizon_s`, or the
-   mean over the last `horizon_s`) per flow, instead of acting on one period's counters; a flow new
-   this period counts at its measured rate;
-2. detects the need on the estimated state with a **dead band** (`tolerance`, in utilisation) around
-   Th_high and Th_low, and acts on it only once it **held for its window** (`scale_out_window_s`,
-   `scale_in_window_s`, `balance_window_s`: the Kubernetes HPA's stabilization windows);
+   mean over the last `horizon_s`) instead of acting on one period's counters: per flow for where the
+   load is, scaled to the estimate of the cluster's total for how much (`RateEstimator`);
+2. detects the needs on the estimated state with a **dead band** (`tolerance`, in utilisation) around
+   Th_high (scale-out above Th_high + tolerance, scale-in when the load fits on fewer instances at
+   Th_high − tolerance), and acts on the first only once it **held for its window** (`scale_out_window_s`,
+   `scale_in_window_s`, `balance_window_s`: the Kubernetes HPA's stabilization windows); a need the
+   policy cannot act on gives way to the next;
 3. asks the policy, then **caps the migrations** of one period (`max_migrations`), trimming the
    action so that it stays valid under `twin.migration.apply`;
 4. keeps the long-term **migration budget** with the Lyapunov deficit queue of paper 003 (eq. 12-13):
@@ -58,8 +60,8 @@ class StabilizerConfig:
     horizon_s: float = 5.0
     """The EWMA's time constant, or the sliding mean's window."""
     tolerance: float = 0.05
-    """Dead band (utilisation): scale out at Th_high + tolerance; scale in only from Th_low − tolerance and when
-    the load fits on fewer instances at Th_high − tolerance."""
+    """Dead band (utilisation): scale out at Th_high + tolerance; scale in when the load fits on fewer instances
+    at Th_high − tolerance."""
     scale_out_window_s: float = 0.0
     """How long a scale-out need must hold before acting (0: at once)."""
     scale_in_window_s: float = 30.0
