@@ -22,6 +22,7 @@ import enum
 import json
 import math
 import os
+import re
 import secrets
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,6 +36,14 @@ OPTION_GROUP = "deepmigration"
 CLUSTER_ENV = "DEEPMIGRATION_CLUSTER"
 CONFIG_ENV = "DEEPMIGRATION_CONFIG"
 MIN_PERIOD_S, MAX_PERIOD_S = 0.1, 3600.0
+MIN_TOKEN_LENGTH = 16
+"""A shorter REST token is refused: the default is 32 random URL-safe characters."""
+MAX_RULE_IDLE_TIMEOUT_S = 0xFFFF
+"""OpenFlow's idle_timeout is a 16-bit field."""
+OFPP_MAX = 0xFFFFFF00
+"""The highest OpenFlow 1.3 switch port number; 0 and the numbers above are reserved."""
+MAX_DPID = 2**64 - 1
+_MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
 class ConfigError(ValueError):
@@ -104,9 +113,10 @@ class ClusterDescription:
         if len(set(ports)) != len(ports):
             raise ConfigError("two hosts share a switch port", "hosts")
         instance_ids = [nf.instance for nf in nfs]
-        if len(set(instance_ids)) != len(instance_ids):
-            raise ConfigError("two NF hosts share an instance id", "hosts")
-        dpid = _require(data, "dpid", int, "cluster")
+        shared = sorted({i for i in instance_ids if instance_ids.count(i) > 1})
+        if shared:
+            raise ConfigError(f"two NF hosts share the instance id {shared[0]!r}", "hosts")
+        dpid = _integer(_require(data, "dpid", int, "cluster"), 0, MAX_DPID, "cluster.dpid")
         return cls(dpid, _host(by_role["source"][0]), _host(by_role["sink"][0]), nfs)
 
     @classmethod
@@ -118,20 +128,25 @@ class ClusterDescription:
 
 
 def _host(host: dict) -> HostPort:
-    name = _require(host, "name", str, "host")
-    return HostPort(name, _require(host, "port", int, name), _require(host, "mac", str, name))
+    name = _nonempty(_require(host, "name", str, "host"), "host.name")
+    port = _integer(_require(host, "port", int, name), 1, OFPP_MAX, f"{name}.port")
+    mac = _require(host, "mac", str, name)
+    if not _MAC.fullmatch(mac):
+        raise ConfigError(f"{name}.mac is {mac!r}, not a MAC address such as 00:00:00:00:00:01", f"{name}.mac")
+    return HostPort(name, port, mac)
 
 
 def _nf(host: dict) -> NFDescription:
     where = host.get("name", "nf host")
+    number = (int, float)
     return NFDescription(
-        instance=_require(host, "instance", str, where),
+        instance=_nonempty(_require(host, "instance", str, where), f"{where}.instance"),
         host=_host(host),
-        capacity_pps=_positive(_require(host, "capacity_pps", (int, float), where), f"{where}.capacity_pps"),
-        buffer_packets=_positive(_require(host, "buffer_packets", (int, float), where), f"{where}.buffer_packets"),
-        processing_ms=float(_require(host, "processing_ms", (int, float), where)),
+        capacity_pps=_finite(_require(host, "capacity_pps", number, where), f"{where}.capacity_pps", above=0),
+        buffer_packets=_finite(_require(host, "buffer_packets", number, where), f"{where}.buffer_packets", above=0),
+        processing_ms=_finite(_require(host, "processing_ms", number, where), f"{where}.processing_ms", least=0),
         active=_require(host, "active", bool, where),
-        socket=_require(host, "control_socket", str, where),
+        socket=_nonempty(_require(host, "control_socket", str, where), f"{where}.control_socket"),
     )
 
 
@@ -155,6 +170,11 @@ class ControllerConfig:
     stabilizer: StabilizerConfig = StabilizerConfig(enabled=False)
     """`gnn_policy.stabilizer` between the state and the policy; off unless the config turns it on (dm-demo
     does), so that a config written before it keeps its behaviour."""
+    explore: float = 0.0
+    """Probability per decision of a random valid migration set instead of the policy's
+    (gnn_policy.exploration; dm-demo --explore), so that recorded data covers more than one policy."""
+    record_log: str = ""
+    """Where each period's full transition is appended (controller_app.recording; dm-demo --record); empty: none."""
 
     RUNTIME_FIELDS = ("thresholds", "period_s", "policy", "mode", "stabilizer")
     """What PUT /config may change."""
@@ -163,14 +183,15 @@ class ControllerConfig:
         _check_period(self.period_s)
         if self.policy not in POLICY_NAMES:
             raise ConfigError(f"unknown policy {self.policy!r}; known: {', '.join(POLICY_NAMES)}", "policy")
-        if not self.token:
-            raise ConfigError("the REST token must not be empty", "token")
-        for name in ("quiet_ms", "rule_idle_timeout_s"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be an integer >= 0", name)
+        if len(self.token) < MIN_TOKEN_LENGTH:  # never echoed: it is a secret, however weak
+            raise ConfigError(f"the REST token must have at least {MIN_TOKEN_LENGTH} characters, not "
+                              f"{len(self.token)}", "token")
+        for name, top in (("seed", None), ("quiet_ms", None), ("rule_idle_timeout_s", MAX_RULE_IDLE_TIMEOUT_S)):
+            _integer(getattr(self, name), 0, top, name)
         for name in ("nf_timeout_s", "barrier_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0", name)
+            _finite(getattr(self, name), name, above=0)
+        if not (_is_number(self.explore) and 0.0 <= self.explore <= 1.0):
+            raise ConfigError(f"explore must be a probability in [0, 1], not {self.explore!r}", "explore")
 
     @classmethod
     def from_dict(cls, data: dict) -> ControllerConfig:
@@ -180,7 +201,9 @@ class ControllerConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown config field {unknown[0]!r}", unknown[0])
-        return cls().updated(data, allowed=tuple(known))
+        config = cls().updated(data, allowed=tuple(known))
+        _check_writable_file(config.transition_log, "transition_log")
+        return config
 
     @classmethod
     def load(cls, path: str | os.PathLike | None) -> ControllerConfig:
@@ -240,14 +263,14 @@ def _coerce(name: str, value: Any, current: ControllerConfig) -> Any:
             return Mode(value)
         except ValueError:
             raise ConfigError(f"mode must be one of {', '.join(m.value for m in Mode)}", name) from None
-    if name in ("period_s", "nf_timeout_s", "barrier_timeout_s"):
+    if name in ("period_s", "nf_timeout_s", "barrier_timeout_s", "explore"):
         if not _is_number(value):
             raise ConfigError(f"{name} must be a number", name)
         return float(value)
-    if name in ("policy", "token", "transition_log") and not isinstance(value, str):
+    if name in ("policy", "token", "transition_log", "record_log") and not isinstance(value, str):
         raise ConfigError(f"{name} must be a string", name)
     if name in ("seed", "quiet_ms", "rule_idle_timeout_s") and (not isinstance(value, int) or isinstance(value, bool)):
-        raise ConfigError(f"{name} must be an integer", name)
+        raise ConfigError(f"{name} must be an integer, not {value!r}", name)
     return value
 
 
@@ -260,10 +283,41 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _positive(value: float, where: str) -> float:
-    if not value > 0:
-        raise ConfigError(f"{where} must be > 0", where)
+def _integer(value: Any, low: int, high: int | None, where: str) -> int:
+    """`value`, an int (not a bool) in low..high (no upper bound when high is None)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        span = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{where} must be an integer {span}, not {value!r}", where)
+    return value
+
+
+def _finite(value: float, where: str, *, above: float | None = None, least: float | None = None) -> float:
+    """`value` as a finite float, > `above` or >= `least`."""
+    if not (_is_number(value) and (above is None or value > above) and (least is None or value >= least)):
+        bound = f"> {above:g}" if above is not None else f">= {least:g}"
+        raise ConfigError(f"{where} must be a finite number {bound}, not {value!r}", where)
     return float(value)
+
+
+def _nonempty(value: str, where: str) -> str:
+    if not value.strip():
+        raise ConfigError(f"{where} must not be empty (it is {value!r})", where)
+    return value
+
+
+def _check_writable_file(path: str, where: str) -> None:
+    """A path the controller can append to: an existing writable file, or a new one (its missing directories
+    are made, as controller_app.transitions does) under a writable directory."""
+    target = Path(path)
+    if not path:
+        raise ConfigError(f"{where} must name a file, not be empty ({path!r})", where)
+    if target.is_dir():
+        raise ConfigError(f"{where} {path!r} is a directory; name a file in it", where)
+    existing = next(p for p in (target, *target.absolute().parents) if p.exists())
+    if existing != target and not existing.is_dir():
+        raise ConfigError(f"{where} {path!r}: {str(existing)!r} is not a directory", where)
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"{where} {path!r} is not writable", where)
 
 
 def _require(data: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -271,7 +325,8 @@ def _require(data: dict, key: str, kind: type | tuple[type, ...], where: str) ->
         raise ConfigError(f"{where} has no {key!r}", f"{where}.{key}")
     value = data[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}.{key} has the wrong type ({type(value).__name__})", f"{where}.{key}")
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ConfigError(f"{where}.{key} has the wrong type ({type(value).__name__}: {shown})", f"{where}.{key}")
     return value
 
 

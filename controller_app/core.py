@@ -35,12 +35,14 @@ from controller_app.decisions import DecisionRecord
 from controller_app.execution import Executor
 from controller_app.instances import NFChannel, NFRuntime
 from controller_app.metrics import ControllerMetrics
+from controller_app.recording import PeriodRecorder, period_record
 from controller_app.stabilization import load_stabilizer, save_stabilizer, stabilizer_path
 from controller_app.state_collection import MigrationLatency, StateCollector
 from controller_app.steering import FlowRegistry, Steering, Switch
 from controller_app.transitions import TransitionLog, transition
 from controller_app.views import ActionRejected, parse_action
 from gnn_policy.base import Policy, Problem
+from gnn_policy.exploration import Exploring
 from gnn_policy.registry import make_policy
 from gnn_policy.stabilizer import Stabilizer
 from twin.flow import FiveTuple
@@ -70,7 +72,7 @@ class Controller:
         self._wall = wall_clock
         self._policy_factory = policy_factory
         self._offload = offload
-        self._policy = policy_factory(config.policy, config.seed)
+        self._policy = self._make_policy(config)
         rng = np.random.default_rng(config.seed)
         self.flows = FlowRegistry(lambda: float(rng.uniform(params.sla_min_ms, params.sla_max_ms)))
         self.nfs = {nf.instance: NFRuntime(nf, channel_factory(nf, config.nf_timeout_s), nf.active)
@@ -80,6 +82,7 @@ class Controller:
         self.collection = StateCollector(self.nfs, self.flows, self.latency, params, clock, self.steering.mark_dead)
         self.executor = Executor(self.nfs, self.flows, self.latency, lambda: self.config, clock)
         self.transitions = TransitionLog(config.transition_log)
+        self.recorder = PeriodRecorder(config.record_log) if config.record_log else None
         self.stabilizer: Stabilizer = load_stabilizer(stabilizer_path(config.transition_log), config.stabilizer,
                                                       config.thresholds, params)
         self.decisions: deque[DecisionRecord] = deque(maxlen=DECISIONS_KEPT)
@@ -94,11 +97,16 @@ class Controller:
         config = self.config.updated(patch)
         if config.policy != self.config.policy:
             try:
-                self._policy = self._offload(self._policy_factory, config.policy, config.seed)
+                self._policy = self._offload(self._make_policy, config)
             except Exception as error:  # noqa: BLE001 - e.g. a checkpoint that cannot be loaded
                 raise ConfigError(f"policy {config.policy!r} cannot be loaded: {error}", "policy") from None
         self.config = config
         return config
+
+    def _make_policy(self, config: ControllerConfig) -> Policy:
+        """The configured policy, perturbed by exploration when the config asks for it."""
+        policy = self._policy_factory(config.policy, config.seed)
+        return Exploring(policy, config.explore, config.seed) if config.explore > 0 else policy
 
     # --- switch and NF events, each to the part that owns it ---------------------------------
     @property
@@ -149,7 +157,8 @@ class Controller:
     # --- the period -------------------------------------------------------------------------
     def tick(self) -> DecisionRecord | None:
         """One period: observe, detect, decide, act and log; never raises on NF or switch failures."""
-        now = self._clock()
+        now, wall = self._clock(), self._wall() if self.recorder else 0.0
+        explorations = getattr(self._policy, "explorations", 0)
         self.collection.poll_instances()
         self.collection.update_rates()
         self.steering.on_period(self.config.quiet_ms, self.config.rule_idle_timeout_s)
@@ -174,6 +183,9 @@ class Controller:
             self.decisions.append(record)
             self.metrics.record(record)
         self.transitions.hold(transition(self._wall(), state, scenario.kind, self.config, record))
+        if self.recorder is not None:
+            explored = getattr(self._policy, "explorations", 0) != explorations
+            self.recorder.period(state, period_record(record, scenario.kind, explored, wall), self.nfs)
         if self.config.stabilizer.enabled:
             save_stabilizer(stabilizer_path(self.config.transition_log), self.stabilizer)
         return record

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -34,6 +35,7 @@ from controller_app.config import LIVE_DEFAULTS
 from mininet_topos.nf_cluster import LIVE_NF
 from twin.flow import FlowKey
 from twin.loop_metrics import flows_migrated_twice, instance_seconds, reversals, sla_violation_flow_seconds
+from twin.records import check_target
 
 DEFAULT_POLICY = LIVE_DEFAULTS["policy"]
 """The policy dm-demo runs unless --policy says otherwise (any name of gnn_policy.registry): the
@@ -60,6 +62,8 @@ WARM_UP_PERIODS = 2
 """The controller starts in manual mode and goes auto once the replay ran this many periods: an empty
 cluster at start-up would otherwise be scaled in before the first packet."""
 DRAIN_TIMEOUT_S = 10.0
+RECORD_STAGING = "record.jsonl"
+"""The controller's staged periods in the work directory (controller_app.recording), for --record."""
 
 
 # --- REST ----------------------------------------------------------------------------------------
@@ -165,7 +169,7 @@ def _dead(client) -> bool:
 
 @contextmanager
 def live_loop(spec, *, config: dict | None = None, workdir: str | os.PathLike | None = None,
-              token: str = "dm-demo") -> Iterator[LiveLoop]:
+              token: str = "dm-demo-local-token") -> Iterator[LiveLoop]:
     """OVS, `ryu-manager controller_app.app` and the NF cluster `spec` (a ClusterSpec), up for the block.
 
     `config` is the controller config (controller_app.config.ControllerConfig fields); the token
@@ -309,6 +313,8 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
     from mininet_topos.nf_cluster import ClusterSpec
     from trace_replay.live import flow_outcomes, load_schedule
 
+    if args.record:
+        check_target(args.record)  # a recording is never written over anything: refused before the network starts
     schedule = load_schedule(args.trace, speed=args.speed, start_s=args.start, duration_s=args.duration * args.speed,
                              max_flows=args.max_flows)  # fail early, before anything starts
     out(f"trace {args.trace}: {len(schedule.packets)} packets of {len(schedule.flows)} flows over "
@@ -317,9 +323,12 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
                        buffer_packets=args.buffer, processing_ms=args.processing_ms)
     config = {"policy": args.policy, "period_s": args.period, "quiet_ms": args.quiet_ms, "mode": "manual",
               "rule_idle_timeout_s": DEFAULT_RULE_IDLE_S, "nf_timeout_s": DEFAULT_NF_TIMEOUT_S,
-              "stabilizer": {"enabled": args.stabilizer == "on"}}
+              "stabilizer": {"enabled": args.stabilizer == "on"}, "seed": args.seed, "explore": args.explore}
     with ExitStack() as stack:
         workdir = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="dm-demo-"))
+        if args.record:
+            config["record_log"] = str(Path(workdir) / RECORD_STAGING)
+            Path(config["record_log"]).unlink(missing_ok=True)  # a kept --workdir may hold an earlier run's
         loop = stack.enter_context(live_loop(spec, config=config, workdir=workdir))
         out(f"REST API: {loop.api.base}/state  (also /instances /flows /decisions /config; "
             f"dmctl --url {loop.api.base} state --follow); writes need 'Authorization: Bearer {loop.api._token}'")
@@ -353,7 +362,29 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
                                sink["socket_dropped"], sla_ms=loop.sla_ms,
                                instance_s=instance_seconds(loop.active, end_s=loop.active[-1][0])),
                    "rest": loop.api.base}
+        if args.record:
+            summary["record"] = record_run(args, Path(workdir) / RECORD_STAGING, outcomes)
     return summary
+
+
+def record_run(args: argparse.Namespace, staging: Path, outcomes: dict) -> dict:
+    """Write the run's recording (`--record`) from the controller's staged periods and the sink's delays;
+    returns where it went and its period count, or the error (the summary is not lost with the recording)."""
+    from controller_app.recording import finish
+    from twin.records import RecordingError
+
+    meta = {"source": "testbed", "trace": args.trace.name, "start_s": args.start, "duration_s": args.duration,
+            "speed": args.speed, "max_flows": args.max_flows, "policy": args.policy, "explore_eps": args.explore,
+            "seed": args.seed, "stabilizer": args.stabilizer == "on", "period_s": args.period,
+            "cluster": {"instances": args.instances, "standby": args.standby, "capacity_pps": args.capacity,
+                        "buffer_packets": args.buffer, "processing_ms": args.processing_ms},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        directory = finish(staging, args.record, meta, outcomes, args.period)
+    except RecordingError as error:
+        return {"error": str(error)}
+    return {"directory": str(directory), "periods": json.loads((directory / "meta.json").read_text())["tables"]
+            ["periods"]}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -363,32 +394,49 @@ def _parser() -> argparse.ArgumentParser:
         output_file,
         positive_float,
         positive_int,
+        rng_seed,
     )
     from trace_replay.generate import sample_path
 
     parser = argparse.ArgumentParser(prog="dm-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=positive_float, default=60.0, metavar="S", help="seconds of replay (default 60)")
-    parser.add_argument("--trace", type=Path, default=sample_path(), help="pcap to replay (default: the shipped sample)")
-    parser.add_argument("--policy", default=DEFAULT_POLICY, help=f"migration policy (default {DEFAULT_POLICY})")
-    parser.add_argument("--instances", type=positive_int, default=DEFAULT_INSTANCES, help="active NF instances at start")
-    parser.add_argument("--standby", type=non_negative_int, default=DEFAULT_STANDBY, help="standby NF instances")
+    parser.add_argument("--duration", type=positive_float, default=60.0, metavar="S", help="seconds of replay (default %(default)s)")
+    parser.add_argument("--trace", type=Path, default=sample_path(), help="pcap to replay (default %(default)s)")
+    parser.add_argument("--policy", default=DEFAULT_POLICY, help="migration policy (default %(default)s)")
+    parser.add_argument("--instances", type=positive_int, default=DEFAULT_INSTANCES, help="active NF instances at start (default %(default)s)")
+    parser.add_argument("--standby", type=non_negative_int, default=DEFAULT_STANDBY, help="standby NF instances (default %(default)s)")
     parser.add_argument("--json", type=output_file, metavar="OUT", help="also write the summary here")
     parser.add_argument("--start", type=non_negative_float, default=DEFAULT_START_S, metavar="S",
-                        help=f"start S trace seconds into the trace (default {DEFAULT_START_S:g})")
+                        help="start S trace seconds into the trace (default %(default)s)")
     parser.add_argument("--speed", type=positive_float, default=DEFAULT_SPEED,
-                        help="trace seconds per wall second; scales the packet rate too (default 1)")
+                        help="trace seconds per wall second; scales the packet rate too (default %(default)s)")
     parser.add_argument("--max-flows", type=positive_int, metavar="N", help="replay only the N busiest flows of the window")
-    parser.add_argument("--capacity", type=positive_float, default=DEFAULT_CAPACITY_PPS, help="NF capacity, packets/s")
-    parser.add_argument("--buffer", type=positive_int, default=DEFAULT_BUFFER_PACKETS, help="NF buffer, packets")
-    parser.add_argument("--processing-ms", type=non_negative_float, default=DEFAULT_PROCESSING_MS, help="NF latency, ms")
-    parser.add_argument("--period", type=positive_float, default=1.0, help="controller period T, seconds (default 1)")
+    parser.add_argument("--capacity", type=positive_float, default=DEFAULT_CAPACITY_PPS, help="NF capacity, packets/s (default %(default)s)")
+    parser.add_argument("--buffer", type=positive_int, default=DEFAULT_BUFFER_PACKETS, help="NF buffer, packets (default %(default)s)")
+    parser.add_argument("--processing-ms", type=non_negative_float, default=DEFAULT_PROCESSING_MS, help="NF latency, ms (default %(default)s)")
+    parser.add_argument("--period", type=positive_float, default=1.0, help="controller period T, seconds (default %(default)s)")
     parser.add_argument("--quiet-ms", type=non_negative_int, default=DEFAULT_QUIET_MS,
-                        help=f"source-NF quiet time before export, ms (default {DEFAULT_QUIET_MS})")
+                        help="source-NF quiet time before export, ms (default %(default)s)")
     parser.add_argument("--stabilizer", choices=("on", "off"), default="on",
                         help="gnn_policy.stabilizer between the state and the policy, with the settings of "
-                             "docs/controller.md (default on)")
+                             "docs/controller.md (default %(default)s)")
     parser.add_argument("--workdir", type=Path, help="keep logs, cluster description and transitions here")
+    parser.add_argument("--record", type=Path, metavar="DIR",
+                        help="record every period's transition here (twin.records; a new or empty directory)")
+    parser.add_argument("--explore", type=_probability, default=0.0, metavar="EPS",
+                        help="with probability EPS per decision, a random valid migration set replaces the "
+                             "policy's (gnn_policy.exploration; default 0)")
+    parser.add_argument("--seed", type=rng_seed, default=0, help="the controller's seed: SLA draws, exploration")
     return parser
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability in [0, 1]")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -420,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dm-demo: cannot write --json {args.json}: {error.strerror or error} "
                   "(the summary is above)", file=sys.stderr)
             return 1
+    if "error" in summary.get("record", {}):
+        print(f"dm-demo: the recording failed: {summary['record']['error']}", file=sys.stderr)
+        return 1
     return 0
 
 

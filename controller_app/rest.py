@@ -12,6 +12,7 @@ import functools
 import hmac
 import json
 import logging
+import math
 
 from ryu.app.wsgi import ControllerBase, Response, WSGIApplication, route
 
@@ -31,6 +32,12 @@ LOG = logging.getLogger(__name__)
 LOCALHOST = "127.0.0.1"
 PREFIX = "/deepmigration/v1"
 MAX_BODY_BYTES = 1 << 20
+"""The largest request body, counted on the bytes read (a chunked body has no Content-Length to trust)."""
+MAX_JSON_DEPTH = 32
+"""The deepest nesting of arrays and objects a body may have; the API's own bodies nest 3 deep."""
+MAX_QUEUED_ACTIONS = 16
+"""POST /migrations queues at most this many actions; each period carries out one (docs/controller.md)."""
+_READ_BYTES = 1 << 16
 DEFAULT_DECISIONS = 20
 CORE = "core"
 
@@ -129,6 +136,10 @@ class DeepMigrationRest(ControllerBase):
     @_answers_json
     def post_migrations(self, req, **_):
         self._authorise(req)
+        if self.core.pending_manual_actions >= MAX_QUEUED_ACTIONS:
+            raise ApiError(429, f"{MAX_QUEUED_ACTIONS} manual actions are already queued (one runs per period); "
+                                "try again after the next period",
+                           headers={"Retry-After": str(math.ceil(self.core.config.period_s))})
         action = self.core.submit(_json_body(req))
         return json_response({"queued": action_view(action)}, 202)
 
@@ -158,12 +169,47 @@ class DeepMigrationRest(ControllerBase):
 
 
 def _json_body(req):
-    if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
-        raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    """The request body as JSON: 413 past MAX_BODY_BYTES, 400 if it is no JSON or nests too deeply."""
+    body = _read_body(req)
     try:
-        return json.loads(req.body)
+        value = json.loads(body)
+    except RecursionError:
+        raise ApiError(400, f"the body is nested deeper than {MAX_JSON_DEPTH} arrays or objects") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiError(400, f"the body is not valid JSON: {error}") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"the body is nested deeper than {MAX_JSON_DEPTH} arrays or objects")
+    return value
+
+
+def _read_body(req) -> bytes:
+    """The body from the input stream itself, counted as it is read: the Content-Length bytes, or a
+    chunked body (eventlet decodes the chunks) to its end; never more than MAX_BODY_BYTES."""
+    declared = req.content_length
+    if declared is not None and declared > MAX_BODY_BYTES:
+        raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    chunked = req.headers.get("Transfer-Encoding", "").lower() == "chunked"
+    if declared is None and not chunked:
+        return b""  # no body: reading would wait for the client to close the connection
+    stream, pieces, size = req.environ["wsgi.input"], [], 0
+    limit = MAX_BODY_BYTES + 1 if declared is None else declared
+    while size < limit and (piece := stream.read(min(_READ_BYTES, limit - size))):
+        pieces.append(piece)
+        size += len(piece)
+    if size > MAX_BODY_BYTES:
+        raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    return b"".join(pieces)
+
+
+def _depth(value) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (iteratively: no recursion to exhaust)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def register(wsgi: WSGIApplication, core: Controller) -> None:

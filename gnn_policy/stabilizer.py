@@ -4,11 +4,13 @@ The controller and the twin's closed loop both call `Stabilizer.decide` once per
 measured state (rates over the last period, queues and assignment now). It
 
 1. **estimates the load** over a window (`estimator`: an EWMA of time constant `horizon_s`, or the
-   mean over the last `horizon_s`) per flow, instead of acting on one period's counters; a flow new
-   this period counts at its measured rate;
-2. detects the need on the estimated state with a **dead band** (`tolerance`, in utilisation) around
-   Th_high and Th_low, and acts on it only once it **held for its window** (`scale_out_window_s`,
-   `scale_in_window_s`, `balance_window_s`: the Kubernetes HPA's stabilization windows);
+   mean over the last `horizon_s`) instead of acting on one period's counters: per flow for where the
+   load is, scaled to the estimate of the cluster's total for how much (`RateEstimator`);
+2. detects the needs on the estimated state with a **dead band** (`tolerance`, in utilisation) around
+   Th_high (scale-out above Th_high + tolerance, scale-in when the load fits on fewer instances at
+   Th_high − tolerance), and acts on the first only once it **held for its window** (`scale_out_window_s`,
+   `scale_in_window_s`, `balance_window_s`: the Kubernetes HPA's stabilization windows); a need the
+   policy cannot act on gives way to the next;
 3. asks the policy, then **caps the migrations** of one period (`max_migrations`), trimming the
    action so that it stays valid under `twin.migration.apply`;
 4. keeps the long-term **migration budget** with the Lyapunov deficit queue of paper 003 (eq. 12-13):
@@ -31,7 +33,7 @@ from twin import cost
 from twin.cost import load_variance
 from twin.migration import CostBreakdown, IndexedAction, InvalidAction, apply
 from twin.params import CostParams, Thresholds
-from twin.scenario import ScenarioKind, detect, instances_needed
+from twin.scenario import Scenario, ScenarioKind, detect, drainable, instances_needed
 from twin.state import ClusterState
 
 SNAPSHOT_VERSION = 1
@@ -58,11 +60,11 @@ class StabilizerConfig:
     horizon_s: float = 5.0
     """The EWMA's time constant, or the sliding mean's window."""
     tolerance: float = 0.05
-    """Dead band (utilisation): scale out at Th_high + tolerance; scale in only from Th_low − tolerance and when
-    the load fits on fewer instances at Th_high − tolerance."""
+    """Dead band (utilisation): scale out at Th_high + tolerance; scale in when the load fits on fewer instances
+    at Th_high − tolerance."""
     scale_out_window_s: float = 0.0
     """How long a scale-out need must hold before acting (0: at once)."""
-    scale_in_window_s: float = 10.0
+    scale_in_window_s: float = 30.0
     """How long a scale-in need must hold before acting."""
     balance_window_s: float = 5.0
     """How long a load-balancing need must hold before acting."""
@@ -70,7 +72,7 @@ class StabilizerConfig:
     """Most moves executed in one period (None: no cap)."""
     budget_per_period: float | None = 100.0
     """B of the deficit queue, in eq. (2)'s cost units per period (None: no long-term budget)."""
-    v: float = 1.0
+    v: float = 100.0
     """The weight of the period's other cost (C_R + ω) against Q(t)·C(t) (paper 003's v)."""
 
     def __post_init__(self) -> None:
@@ -135,15 +137,42 @@ class StabilizedDecision:
 
 # --- load estimation ------------------------------------------------------------------------------
 class RateEstimator:
-    """Per-flow rate estimates by flow id; flows that left the state are forgotten."""
+    """Per-flow rate estimates by flow id, scaled so that they add up to the same estimator applied to the
+    cluster's total measured rate; flows that left the state are forgotten.
 
-    def __init__(self, kind: str, horizon_s: float):
+    The per-flow estimates say where the load is, the total's estimate how much there is. Unscaled, they
+    overstate it several times on real traces: most flows send in bursts (on the sample and the generator's
+    traces 80-90 % of the live flows send nothing in a given second), and a burst counted at its measured
+    rate decays over the horizon while the flow sends nothing, so that Σ per-flow EWMA ran at 3-5× the
+    measured total (docs/controller.md, "Stabilizer"). The total's estimate has no such bias.
+
+    The total rises at once with the measured total and falls at the estimator's pace (an EWMA lifted to
+    the measurement when it is exceeded; the sliding mean or the measurement, whichever is larger): the HPA
+    anchor at the estimate, so that a burst is provisioned for when it comes and released only slowly."""
+
+    CLUSTER = "cluster"
+    """The one id of the total's estimator."""
+
+    def __init__(self, kind: str, horizon_s: float, calibrated: bool = True):
         self.kind, self.horizon_s = kind, horizon_s
         self.ewma: dict[str, float] = {}
         self.samples: dict[str, list[list[float]]] = {}
         """mean: per flow, [rate, period_s, age_s] of the samples inside the horizon."""
+        self.cluster = RateEstimator(kind, horizon_s, calibrated=False) if calibrated else None
+        """The estimator of the cluster's total measured rate (None: this is it)."""
 
     def update(self, flow_ids: tuple[str, ...], rates: np.ndarray, period_s: float) -> np.ndarray:
+        per_flow = self._smooth(flow_ids, np.asarray(rates, dtype=float), period_s)
+        if self.cluster is None:
+            return per_flow
+        measured = float(np.sum(rates))
+        total = max(measured, float(self.cluster._smooth((self.CLUSTER,), np.array([measured]), period_s)[0]))
+        if self.kind == "ewma":
+            self.cluster.ewma[self.CLUSTER] = total
+        estimated = float(per_flow.sum())
+        return per_flow * (total / estimated) if estimated > 0 else per_flow
+
+    def _smooth(self, flow_ids: tuple[str, ...], rates: np.ndarray, period_s: float) -> np.ndarray:
         if self.kind == "ewma":
             alpha = 1.0 - math.exp(-period_s / self.horizon_s) if self.horizon_s > 0 else 1.0
             old = self.ewma
@@ -156,19 +185,23 @@ class RateEstimator:
                             for f, r in zip(flow_ids, rates.tolist())}
             return np.array([sum(x * w for x, w, _ in s) / sum(w for _, w, _ in s)
                              for s in (self.samples[f] for f in flow_ids)], dtype=float)
-        return np.asarray(rates, dtype=float)
+        return rates
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "ewma": self.ewma, "samples": self.samples}
+        data = {"kind": self.kind, "ewma": self.ewma, "samples": self.samples}
+        return data if self.cluster is None else {**data, "cluster": self.cluster.to_json()}
 
     @classmethod
-    def from_json(cls, data: dict, kind: str, horizon_s: float) -> RateEstimator:
-        """The estimates of a snapshot; dropped when the snapshot used another estimator."""
-        estimator = cls(kind, horizon_s)
-        if data["kind"] == kind:
+    def from_json(cls, data: dict, kind: str, horizon_s: float, calibrated: bool = True) -> RateEstimator:
+        """The estimates of a snapshot; dropped when the snapshot used another estimator (or, written before
+        the total was estimated, has no total's estimate)."""
+        estimator = cls(kind, horizon_s, calibrated)
+        if data["kind"] == kind and (not calibrated or "cluster" in data):
             estimator.ewma = {str(f): float(r) for f, r in data["ewma"].items()}
             estimator.samples = {str(f): [[float(x) for x in s] for s in samples]
                                  for f, samples in data["samples"].items()}
+            if calibrated:
+                estimator.cluster = cls.from_json(data["cluster"], kind, horizon_s, calibrated=False)
         return estimator
 
 
@@ -286,15 +319,28 @@ class Stabilizer:
         return replace(result, budget_queue=self._q)
 
     def _act(self, estimated: ClusterState, policy: Policy) -> tuple[StabilizedDecision, float]:
-        """The period's decision and its migration cost C(t), before Q is charged."""
+        """The period's decision and its migration cost C(t), before Q is charged.
+
+        The need is asked first; when the policy cannot act on it (an infeasible decision, e.g. a scale-out
+        with no standby instance left for OFM), the other needs the estimated state shows are asked in
+        priority order, each once the need held for its window: an unmet need must not block the others."""
+        if self.config.passes_through:  # every mechanism neutral: exactly the policy on the measured state
+            problem = Problem.of(estimated, self.thresholds, self.params)
+            return StabilizedDecision(policy.decide(problem), problem.scenario.kind, ""), 0.0
         window = self.config.window_s(self.need)
         if self.need is not ScenarioKind.NONE and self.held_s < window - 1e-9:
             return _held(f"{self.need.value} held {self.held_s:g} s of its {window:g} s window"), 0.0
-        scenario = replace(detect(estimated, self.thresholds), kind=self.need)
-        decision = policy.decide(Problem(estimated, scenario, self.thresholds, self.params, self._q))
-        if not decision.feasible or self.config.passes_through or _empty(decision.action):
-            return StabilizedDecision(decision, self.need, ""), 0.0
-        return self._choose(estimated, decision)
+        decision, kind = Decision(IndexedAction(), reason="no scenario: nothing to do"), ScenarioKind.NONE
+        for need in self._needs(estimated):
+            if self.held_s < self.config.window_s(need) - 1e-9:
+                continue
+            decision, kind = policy.decide(Problem(estimated, self._scenario(estimated, need), self.thresholds,
+                                                   self.params, self._q)), need
+            if decision.feasible:
+                break
+        if not decision.feasible or _empty(decision.action):
+            return StabilizedDecision(decision, kind, ""), 0.0
+        return self._choose(estimated, decision, kind)
 
     def _estimate(self, state: ClusterState, now_s: float, period_s: float) -> ClusterState:
         rates = self.estimator.update(state.flow_ids, state.rate, period_s)
@@ -307,24 +353,45 @@ class Stabilizer:
         self.need, self.time_s = need, now_s
         return self.estimated
 
+    @property
+    def _below_band(self) -> Thresholds:
+        """Th_high − tolerance: the level the instances left after a scale-in must carry the load at."""
+        t = self.thresholds
+        return Thresholds(high=max(t.high - self.config.tolerance, 1e-6), low=0.0, var=t.var)
+
     def _need(self, state: ClusterState) -> ScenarioKind:
-        """The scenario with the dead band: overload beyond Th_high + tolerance; an underload below
-        Th_low − tolerance that fewer instances can carry at Th_high − tolerance; a variance over Th_var."""
+        """The first of `_needs`, or NONE."""
+        return next(iter(self._needs(state)), ScenarioKind.NONE)
+
+    def _needs(self, state: ClusterState) -> tuple[ScenarioKind, ...]:
+        """Every need the state shows through the dead band, in twin.scenario's priority order: overload beyond
+        Th_high + tolerance; a load that fewer instances can carry at Th_high − tolerance (section III's summed
+        scale-in trigger, whether or not one instance is under Th_low: with the load spread evenly none is); a
+        variance over Th_var."""
         t, tolerance = self.thresholds, self.config.tolerance
         active = state.active_indices
         u = state.utilisation[active]
-        if np.any(u >= t.high + tolerance):
-            return ScenarioKind.SCALE_OUT
+        needs = [ScenarioKind.SCALE_OUT] if np.any(u >= t.high + tolerance) else []
         if active.size < 2:
-            return ScenarioKind.NONE
-        below_band = Thresholds(high=max(t.high - tolerance, 1e-6), low=0.0, var=t.var)
-        if np.any(u <= t.low - tolerance) and instances_needed(state, below_band) < active.size:
-            return ScenarioKind.SCALE_IN
+            return tuple(needs)
+        if instances_needed(state, self._below_band) < active.size:
+            needs.append(ScenarioKind.SCALE_IN)
         if load_variance(state.utilisation, state.active) >= t.var:
-            return ScenarioKind.LOAD_BALANCE
-        return ScenarioKind.NONE
+            needs.append(ScenarioKind.LOAD_BALANCE)
+        return tuple(needs)
 
-    def _choose(self, estimated: ClusterState, decision: Decision) -> tuple[StabilizedDecision, float]:
+    def _scenario(self, estimated: ClusterState, kind: ScenarioKind) -> Scenario:
+        """The scenario handed to the policy for `kind`; for a scale-in, the instances it may drain are those the
+        load judgment at Th_high − tolerance lets go, coldest first (`twin.scenario.drainable`)."""
+        scenario = replace(detect(estimated, self.thresholds), kind=kind)
+        if kind is not ScenarioKind.SCALE_IN:
+            return scenario
+        band = self._below_band
+        return replace(scenario, underloaded=drainable(estimated, band),
+                       instances_needed=instances_needed(estimated, band))
+
+    def _choose(self, estimated: ClusterState, decision: Decision,
+                kind: ScenarioKind) -> tuple[StabilizedDecision, float]:
         """The cap and the budget: the valid candidate minimising v·(C_R + ω) + Q·C, the largest on a tie."""
         budget = self.config.budget_per_period is not None
         options = candidates(estimated, decision.action, self.config.max_migrations, budget, self.params,
@@ -340,7 +407,7 @@ class Stabilizer:
             return _held(f"budget: doing nothing beats {asked} moves at Q={self._q:.1f}"), 0.0
         note = "" if best.action is decision.action else \
             f"{moves} of {asked} moves (cap {self.config.max_migrations}, Q={self._q:.1f})"
-        return StabilizedDecision(replace(decision, action=best.action), self.need, note), best.charge
+        return StabilizedDecision(replace(decision, action=best.action), kind, note), best.charge
 
     def _charge(self, migration_cost: float) -> None:
         """Eq. (12): Q(t+1) = max(Q(t) + C(t) − B, 0)."""

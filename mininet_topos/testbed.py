@@ -19,6 +19,7 @@ from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 
+from mininet.log import warn
 from mininet.net import Mininet
 from mininet.node import OVSSwitch, RemoteController
 from mininet.topo import Topo
@@ -199,6 +200,20 @@ def ryu_controller(
         yield proc
 
 
+class ProbedController(RemoteController):
+    """A remote controller whose reachability probe is a TCP connect. Mininet's own probe runs telnet and
+    decodes what comes back as text, which fails now and then on the controller's binary OpenFlow hello
+    (a UnicodeDecodeError that stops the start)."""
+
+    def isListening(self, ip: str, port: int) -> bool:
+        try:
+            socket.create_connection((ip, port), timeout=2.0).close()
+        except OSError:
+            warn(f"Unable to contact the remote controller at {ip}:{port}\n")
+            return False
+        return True
+
+
 def _wait_connected(switches: Sequence[OVSSwitch], timeout: float) -> None:
     # OVS publishes is_connected to its database on a 5 s stats timer, so this takes up
     # to ~5 s even though the OpenFlow handshake itself is done in milliseconds.
@@ -249,7 +264,7 @@ def mininet_network(
     ensure_ovs_running()
     options = {
         "switch": partial(OVSSwitch, datapath="user", protocols="OpenFlow13"),
-        "controller": partial(RemoteController, ip=controller_ip, port=controller_port),
+        "controller": partial(ProbedController, ip=controller_ip, port=controller_port),
         "autoSetMacs": True,
     } | mininet_options
     net = Mininet(topo=topo, build=False, **options)

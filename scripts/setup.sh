@@ -85,7 +85,7 @@ pip install --no-build-isolation -e "$repo[dev]"
 
 "$py" - <<'EOF'
 import controller_app, gnn_policy, twin, mininet_topos, trace_replay
-import ryu, torch, torch_geometric, mininet.net, eventlet.wsgi
+import ryu, torch, torch_geometric, mininet.net, eventlet.wsgi, pyarrow  # pyarrow: twin.records
 assert hasattr(eventlet.wsgi, "ALREADY_HANDLED")
 print(f"[setup] one interpreter: torch {torch.__version__}, torch_geometric {torch_geometric.__version__}, "
       f"ryu {ryu.__version__ if hasattr(ryu, '__version__') else '4.34'}, mininet ok")

@@ -13,3 +13,29 @@ def cluster(rates_per_instance: list[list[float]], *, capacity: float = 1000.0, 
     flows = [Flow(f"f{k}.{i}", FiveTuple("10.0.0.1", "10.0.0.2", 1000 * k + i, 80, 6), rate, sla_ms, f"nf{k}")
              for k, rates in enumerate(rates_per_instance) for i, rate in enumerate(rates)]
     return ClusterState.from_objects(instances, flows)
+
+
+def simulated_dataset(root, *, steps: int = 120, utilisation: float = 0.8, truth=None) -> dict:
+    """Three recordings made by the twin's simulator with known parameters (twin.fidelity.synthetic) under
+    `root`, split train (seed 1), validation (seed 101) and test (seed 201) by `root`/split.json; returns
+    the truth and the recordings' paths."""
+    import dataclasses
+    import json
+
+    import numpy as np
+
+    from trace_replay.episodes import build_episodes
+    from twin.fidelity.synthetic import Truth, record_simulation
+
+    truth = truth or Truth()
+    paths = {}
+    for split, seed in (("train", 1), ("validation", 101), ("test", 201)):
+        batch = build_episodes("trace_replay/data/lbnl_sample.pcap.gz", n_episodes=1, n_steps=steps,
+                               n_instances=2, seed=seed, bin_s=1.0, max_flows=400)
+        batch = dataclasses.replace(batch, rate=batch.rate * 50)  # packets enough that whole drops count
+        capacity = np.full_like(batch.capacity, batch.rate.sum(-1).mean() / 2 / utilisation)
+        batch = dataclasses.replace(batch, capacity=capacity, buffer=capacity * 0.5)
+        paths[split] = root / f"sim-{seed}"
+        record_simulation(batch, paths[split], truth, seed=seed)
+    (root / "split.json").write_text(json.dumps({split: [path.name] for split, path in paths.items()}))
+    return {"truth": truth, "paths": paths}

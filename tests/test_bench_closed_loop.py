@@ -80,6 +80,12 @@ def test_stabilizer_off_is_the_plain_loop(tmp_path):
     ([*SMALL, "--standby", "-1"], "must be at least 0"),
     ([*SMALL, "--speed", "0"], "must be a positive number"),
     ([*SMALL, "--stabilizer", "maybe"], "invalid choice"),
+    (["--experiment", "scale-in", "--capacity", "250"], "--capacity applies to --experiment closed-loop only"),
+    ([*SMALL, "--policies", "ofm", "--start", "290"], "window start 290 s"),
+    ([*SMALL, "--start", "-1"], "must be a number >= 0"),
+    ([*SMALL, "--capacity", "0"], "must be a positive number"),
+    ([*SMALL, "--buffer", "x"], "not a number"),
+    ([*SMALL, "--processing-ms", "-5"], "must be a number >= 0"),
 ])
 def test_bad_options_give_one_line_and_status_2(capsys, argv, fragment):
     try:
@@ -107,6 +113,32 @@ def test_stabilizer_config_goes_into_the_records(tmp_path):
     on = [r["stabilizer"] for r in records if r["stabilizer"] is not None]
     assert len(on) == 2 and all(s == {**StabilizerConfig().to_dict(), **changes} for s in on)
     assert all(r["invalid_reasons"] == {} for r in records)
+
+
+def test_the_testbeds_set_up_fixes_the_window_and_the_instances(tmp_path):
+    """`--start`, `--capacity`, `--buffer` and `--processing-ms` as dm-demo's: the window opens at the same
+    trace second in every episode and the instances are the testbed's, whatever the seed."""
+    from gnn_policy.bench import loop
+    from trace_replay.flows import read_flows
+    from trace_replay.generate import sample_path
+
+    setup = loop.LoopSetup(episodes=2, periods=20, instances=2, standby=2, speed=0.5, seed=3, start=120.0,
+                           capacity=250.0, buffer=800.0, processing_ms=5.0)
+    table = read_flows(sample_path())
+    batch = loop.build(sample_path(), table, setup)
+    first = float(table.records["first_ts"].min())
+    assert batch.start_s.tolist() == pytest.approx([first + 120.0] * 2)
+    assert (batch.capacity == 250.0).all() and (batch.buffer == 800.0).all()
+    assert batch.initially_active.sum(-1).tolist() == [2, 2] and batch.capacity.shape[1] == 4
+    assert setup.params.processing_ms == 5.0 and loop.LoopSetup().params.processing_ms == 50.0
+    with mock.patch("sys.stdout"):
+        assert run_cli(["--experiment", "closed-loop", "--episodes", "1", "--periods", "10", "--instances", "2",
+                        "--standby", "2", "--speed", "0.5", "--start", "120", "--capacity", "250", "--buffer", "800",
+                        "--processing-ms", "5", "--policies", "ofm", "--json", tmp_path / "t.json"]) == 0
+    report = json.loads((tmp_path / "t.json").read_text())
+    meta = report["meta"]
+    assert (meta["start"], meta["capacity"], meta["buffer"], meta["processing_ms"]) == (120.0, 250.0, 800.0, 5.0)
+    assert [r["window_start_s"] for r in report["records"]] == pytest.approx([first + 120.0] * 2)
 
 
 def loop_record(policy, on, migrations, sla=10.0, drops=100.0, cost=1000.0):

@@ -61,7 +61,7 @@ def test_the_state_view_shows_q_and_the_window(tmp_path):
     view = state_view(rig.controller)["stabilizer"]
     assert view["enabled"] and view["budget_queue"] == 0.0 and view["flows_estimated"] == 1
     assert set(view) >= {"need", "held_s", "window_s", "last_note", "estimated_load_pps"}
-    assert rig.controller.config.public()["stabilizer"]["scale_in_window_s"] == 10.0
+    assert rig.controller.config.public()["stabilizer"]["scale_in_window_s"] == 30.0
 
 
 @pytest.mark.parametrize("patch, field", [

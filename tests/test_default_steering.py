@@ -114,3 +114,48 @@ def test_a_report_with_a_nan_queue_is_a_failed_report_not_a_crash(rig):
     assert not rig.controller.nfs["nf1"].alive
     assert "queue_packets" in rig.controller.nfs["nf1"].last_error
     assert rig.switch.rules[canonical(tuple_n(1))] == "nf2"  # its flows move as for any failed NF
+
+
+class RecordingDatapath:
+    """Enough of a Ryu datapath for OpenFlowSwitch to build its messages with the real OpenFlow 1.3 parser."""
+
+    def __init__(self):
+        from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser
+
+        self.ofproto, self.ofproto_parser = ofproto_v1_3, ofproto_v1_3_parser
+        self.sent: list = []
+        self.xids = iter(range(1, 1 << 30))
+
+    def set_xid(self, message) -> None:
+        message.xid = next(self.xids)
+
+    def send_msg(self, message) -> bool:
+        self.sent.append(message)
+        return True
+
+
+def test_only_source_port_traffic_is_steered():
+    """The default rule and the rules it learns match IPv4 from the source port only: replies and the NFs'
+    traffic to the sink never take them (they would be sent back into the NFs)."""
+    from controller_app.app import DEFAULT_IP_PRIORITY, LANDING_TABLE, OpenFlowSwitch
+    from controller_app.config import HostPort, NFDescription
+
+    source_port = 7
+    datapath = RecordingDatapath()
+    switch = OpenFlowSwitch(datapath, source_port=source_port, idle_timeout_s=3)
+    target = NFDescription("nf1", HostPort("nf1", 3, "00:00:00:00:00:03"), 250.0, 800.0, 5.0, True, "/tmp/nf1")
+    switch.set_default_steering(target)
+    [rule] = datapath.sent
+    assert rule.table_id == 0 and rule.priority == DEFAULT_IP_PRIORITY
+    assert dict(rule.match.items()) == {"in_port": source_port, "eth_type": 0x0800}
+    landing = [switch._landing_rule(proto) for proto in (6, 17, None)]
+    for mod in landing:
+        assert mod.table_id == LANDING_TABLE  # reached only through the default rule's resubmit
+        learns = [a for a in mod.instructions[0].actions if type(a).__name__ == "NXActionLearn"]
+        assert len(learns) == 2  # both directions' rules
+        for learn in learns:
+            in_port = [spec for spec in learn.specs if spec.dst == ("in_port_nxm", 0)]
+            assert [spec.src for spec in in_port] == [source_port]  # the learned rules too
+    switch.set_default_steering(None)
+    assert dict(datapath.sent[-1].match.items()) == {"in_port": source_port, "eth_type": 0x0800}
+    assert not datapath.sent[-1].instructions or not datapath.sent[-1].instructions[0].actions  # no NF: dropped

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests.strategies import five_tuples
 from trace_replay.flows import flow_identities, flow_keys
-from trace_replay.pcap import PACKET_DTYPE
+from trace_replay.pcap import AddressBook
 from twin.flow import FIVE_TUPLE_DTYPE, FiveTuple, FlowIdError, FlowKey
 
 
@@ -54,23 +54,23 @@ def test_packed_addresses_name_the_same_flow(packet: FiveTuple):
     assert FlowKey.of(*packed, *packet[2:]) == FlowKey.of(*packet)
 
 
-@given(st.lists(five_tuples(version=4), min_size=1, max_size=50))
+@given(st.lists(five_tuples(), min_size=1, max_size=50))
 def test_trace_keys_decode_to_the_same_flow_identity(packets: list[FiveTuple]):
-    records = np.zeros(len(packets), PACKET_DTYPE)
-    for field, column in zip(FIVE_TUPLE_DTYPE.names, zip(*(packet.to_record() for packet in packets))):
-        records[field] = column
-    assert flow_identities(*flow_keys(records)) == [FlowKey.of(*packet) for packet in packets]
+    records = np.array([packet.to_record() for packet in packets], FIVE_TUPLE_DTYPE)
+    addresses = AddressBook()  # numbers the IPv6 addresses
+    assert flow_identities(*flow_keys(records, addresses), addresses) == [FlowKey.of(*packet) for packet in packets]
     # One key per flow in both forms: equal uint64 pairs exactly where the FlowKeys are equal.
-    pairs = list(zip(*(half.tolist() for half in flow_keys(records))))
+    pairs = list(zip(*(half.tolist() for half in flow_keys(records, addresses))))
     keys = [FlowKey.of(*packet) for packet in packets]
     assert [[a == b for b in pairs] for a in pairs] == [[a == b for b in keys] for a in keys]
 
 
-@given(five_tuples(version=4))
-def test_records_round_trip_and_refuse_ipv6(packet: FiveTuple):
-    record = np.array([packet.to_record()], FIVE_TUPLE_DTYPE)[0]
-    assert FiveTuple.from_record(record) == packet
-    with pytest.raises(FlowIdError, match="IPv4 addresses only"):
+@given(five_tuples(version=4), five_tuples(version=6))
+def test_records_round_trip_and_refuse_mixed_versions(packet: FiveTuple, packet6: FiveTuple):
+    for each in (packet, packet6):
+        record = np.array([each.to_record()], FIVE_TUPLE_DTYPE)[0]
+        assert FiveTuple.from_record(record) == each
+    with pytest.raises(FlowIdError, match="one IP version"):
         FiveTuple("::1", packet.dst_ip, *packet[2:]).to_record()
 
 

@@ -2,6 +2,7 @@
 explicit bad inputs (each a 4xx JSON error naming the problem) and, with root, a connected Mininet switch."""
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from mininet_topos.testbed import LOCALHOST, free_tcp_port, ryu_controller
 from tests.controller_rig import cluster_dict
 
 SPEC = Path(__file__).resolve().parents[1] / "docs" / "openapi.yaml"
-TOKEN = "test-token"
+TOKEN = "test-token-of-16-chars"
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -92,6 +93,8 @@ def test_schemathesis_finds_no_violation_of_the_openapi_spec(api):
     ("GET", "/decisions?limit=abc", None, TOKEN, 400, "limit"),
     ("GET", "/decisions?limit=5000", None, TOKEN, 400, "limit"),
     ("DELETE", "/state", None, TOKEN, 405, "DELETE is not allowed"),
+    ("PUT", "/config", b"[" * 100_000 + b"]" * 100_000, TOKEN, 400, "nested deeper"),
+    ("PUT", "/config", b'{"pad": "' + b"x" * (1 << 20) + b'"}', TOKEN, 413, "larger than 1048576 bytes"),
 ])
 def test_bad_input_gets_a_json_4xx_naming_the_problem(api, method, path, body, token, status, names):
     base, proc = api
@@ -99,6 +102,35 @@ def test_bad_input_gets_a_json_4xx_naming_the_problem(api, method, path, body, t
     assert (got, answer["status"]) == (status, status)
     assert names in answer["error"]
     assert call(base + "/state")[0] == 200 and proc.poll() is None  # still serving
+
+
+def _chunked(base: str, body: bytes) -> tuple[int, dict]:
+    """PUT /config with `body` sent in 1000-byte chunks (Transfer-Encoding: chunked, no Content-Length)."""
+    host, _, rest = base.removeprefix("http://").partition("/")
+    connection = http.client.HTTPConnection(host, timeout=10)
+    try:
+        connection.putrequest("PUT", f"/{rest}/config")
+        for name, value in (("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json"),
+                            ("Transfer-Encoding", "chunked")):
+            connection.putheader(name, value)
+        connection.endheaders()
+        for start in range(0, len(body), 1000):
+            piece = body[start:start + 1000]
+            connection.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+        connection.send(b"0\r\n\r\n")
+        response = connection.getresponse()
+        return response.status, json.load(response)
+    finally:
+        connection.close()
+
+
+def test_chunked_bodies_are_read_with_the_same_limit(api):
+    base, proc = api
+    status, answer = _chunked(base, json.dumps({"period_s": 1.0, "note": " " * 3000}).encode())
+    assert status == 400 and answer["field"] == "note"  # read and parsed
+    status, answer = _chunked(base, b'{"period_s": 1.0' + b" " * (1 << 20) + b"}")
+    assert (status, answer["status"]) == (413, 413) and "larger than" in answer["error"]
+    assert call(base + "/state")[0] == 200 and proc.poll() is None
 
 
 def test_reads_and_an_authorised_config_change(api):

@@ -24,7 +24,7 @@ from tests.helpers import cluster
 from tests.strategies import cluster_states
 from twin.migration import IndexedAction, InvalidAction, apply
 from twin.params import CostParams, Thresholds
-from twin.scenario import ScenarioKind
+from twin.scenario import ScenarioKind, drainable
 
 THRESHOLDS = Thresholds(high=0.6, low=0.1, var=0.01)
 BARE = StabilizerConfig.off()
@@ -146,12 +146,36 @@ def test_the_estimate_of_a_constant_rate_is_that_rate(rate, horizon_s, period_s,
         assert stabilizer.estimated.rate[0] == pytest.approx(rate)
 
 
-def test_the_ewma_smooths_a_spike_and_a_new_flow_counts_at_its_measured_rate():
+def test_the_ewma_smooths_a_fall_and_the_flows_add_up_to_the_totals_estimate():
+    stabilizer = Stabilizer(StabilizerConfig.off().updated({"estimator": "ewma", "horizon_s": 5.0}), THRESHOLDS)
+    stabilizer.decide(cluster([[1000.0], []]), OFM(), 0.0, 1.0)
+    stabilizer.decide(cluster([[100.0], [50.0]]), OFM(), 1.0, 1.0)
+    alpha = 1.0 - np.exp(-1.0 / 5.0)
+    total = 1000.0 + alpha * (150.0 - 1000.0)  # the total's EWMA
+    per_flow = np.array([1000.0 + alpha * (100.0 - 1000.0), 50.0])  # where the load is: a new flow at its rate
+    assert stabilizer.estimated.rate.tolist() == pytest.approx((per_flow * total / per_flow.sum()).tolist())
+
+
+def test_a_rise_of_the_total_counts_at_once():
     stabilizer = Stabilizer(StabilizerConfig.off().updated({"estimator": "ewma", "horizon_s": 5.0}), THRESHOLDS)
     stabilizer.decide(cluster([[100.0], []]), OFM(), 0.0, 1.0)
     stabilizer.decide(cluster([[1000.0], [50.0]]), OFM(), 1.0, 1.0)
-    alpha = 1.0 - np.exp(-1.0 / 5.0)
-    assert stabilizer.estimated.rate.tolist() == pytest.approx([100.0 + alpha * 900.0, 50.0])
+    assert stabilizer.estimated.rate.sum() == pytest.approx(1050.0)
+
+
+@pytest.mark.parametrize("estimator", ["ewma", "mean"])
+def test_bursty_flows_are_not_counted_several_times(estimator):
+    """Each second 10 new flows send 10 packets and then nothing while they stay live (as most flows of the
+    traces do): the load is 100 packets/s, which an estimate per flow alone put at several times that."""
+    stabilizer = Stabilizer(StabilizerConfig.off().updated({"estimator": estimator, "horizon_s": 5.0}),
+                            Thresholds(high=1.0, low=0.0, var=1e9))
+    live: list[str] = []
+    for t in range(30):
+        live = (live + [f"b{t}.{i}" for i in range(10)])[-80:]  # a flow stays live 8 s
+        rates = [10.0 if name.startswith(f"b{t}.") else 0.0 for name in live]
+        state = cluster([rates]).with_changes(flow_ids=tuple(live))
+        stabilizer.decide(state, OFM(), float(t), 1.0)
+        assert stabilizer.estimated.rate.sum() == pytest.approx(100.0)
 
 
 @settings(max_examples=60, deadline=None)
@@ -179,7 +203,7 @@ def test_scale_in_waits_for_its_window_then_acts():
 
 
 def test_a_scale_in_need_interrupted_by_an_overload_starts_its_window_again():
-    quiet, busy = cluster([[20.0], [30.0], [300.0]]), cluster([[20.0], [30.0], [700.0]])
+    quiet, busy = cluster([[20.0], [30.0], [300.0]], standby=1), cluster([[20.0], [30.0], [400.0, 300.0]], standby=1)
     stabilizer = Stabilizer(StabilizerConfig.off().updated({"scale_in_window_s": 2.0}), THRESHOLDS)
     kinds = [stabilizer.decide(s, OFM(), float(t), 1.0).scenario
              for t, s in enumerate([quiet, busy, quiet, quiet])]
@@ -195,13 +219,14 @@ def test_scale_out_acts_at_once():
 @pytest.mark.parametrize("rates, kind", [
     ([[640.0], [560.0]], ScenarioKind.NONE),  # 64 %: above Th_high but inside the band
     ([[660.0], [400.0]], ScenarioKind.SCALE_OUT),  # at Th_high + tolerance
-    ([[60.0], [100.0]], ScenarioKind.NONE),  # 6 %: below Th_low but inside the band
-    ([[40.0], [100.0]], ScenarioKind.SCALE_IN),
+    ([[60.0], [100.0]], ScenarioKind.SCALE_IN),  # 6 %, inside the band, but the load fits on one instance
+    ([[300.0], [280.0]], ScenarioKind.NONE),  # 58 % fits on one at Th_high, not at Th_high − tolerance
+    ([[250.0], [250.0], [250.0]], ScenarioKind.SCALE_IN),  # none underloaded: 75 % fits on two at 55 %
     ([[40.0], [580.0]], ScenarioKind.LOAD_BALANCE),  # one instance would carry 62 %: above Th_high − tolerance
 ])
 def test_the_dead_band(rates, kind):
     stabilizer = Stabilizer(StabilizerConfig.off().updated({"tolerance": 0.05}), THRESHOLDS)
-    assert stabilizer.decide(cluster(rates, standby=1), OFM(), 0.0, 1.0).scenario is kind
+    assert stabilizer.decide(cluster(rates, standby=1), Scripted([]), 0.0, 1.0).scenario is kind
 
 
 def test_an_action_whose_drain_exceeds_the_cap_becomes_doing_nothing():
@@ -263,3 +288,41 @@ def test_the_budget_is_charged_eq_2_without_the_escaped_queue():
     _, relieved = apply(congested, move(1, 1), CostParams(), THRESHOLDS)
     assert relieved.migration < 0 < migration_charge(congested, move(1, 1), CostParams()) == \
         pytest.approx(breakdown.migration)
+
+
+def test_scale_in_drains_the_instances_the_load_judgment_lets_go():
+    """No instance is under Th_low, but 4 × 25 % fits on two at Th_high − tolerance: the policy is asked to
+    scale in and told which instances it may drain, the two coldest."""
+    policy = Scripted([])
+    state = cluster([[260.0], [240.0], [250.0], [230.0]])
+    Stabilizer(BARE.updated({"tolerance": 0.05}), THRESHOLDS).decide(state, policy, 0.0, 1.0)
+    scenario = policy.seen[0].scenario
+    assert scenario.kind is ScenarioKind.SCALE_IN
+    assert scenario.underloaded == (3, 1) and scenario.instances_needed == 2
+
+
+def test_drainable_leaves_enough_instances_for_the_load():
+    state = cluster([[260.0], [240.0], [250.0], [230.0]], standby=2)
+    assert drainable(state, Thresholds(high=0.55, low=0.0)) == (3, 1)
+    assert drainable(state, Thresholds(high=0.3, low=0.0)) == ()  # 98 % needs all four at 30 %
+    assert drainable(cluster([[0.0], [0.0]]), THRESHOLDS) == (0,)  # no load: one instance stays
+
+
+def test_a_need_the_policy_cannot_act_on_does_not_block_the_next():
+    """Overload with no standby left: a scale-out-only policy has nothing to do, so the load-balancing need
+    (held for its window) is asked next."""
+
+    class ScaleOutOnly(Scripted):
+        handles: ClassVar[frozenset[ScenarioKind]] = frozenset({ScenarioKind.SCALE_OUT, ScenarioKind.LOAD_BALANCE})
+
+        def _decide(self, problem: Problem) -> Decision:
+            if problem.scenario.kind is ScenarioKind.SCALE_OUT:
+                return Decision.infeasible("no standby instance left")
+            return super()._decide(problem)
+
+    state = cluster([[500.0, 200.0], [300.0]])  # 70 % and 30 %: overloaded, variance 0.04
+    policy = ScaleOutOnly([move(1, 1)])
+    got = Stabilizer(BARE.updated({"tolerance": 0.01}), THRESHOLDS).decide(state, policy, 0.0, 1.0)
+    assert got.scenario is ScenarioKind.LOAD_BALANCE and got.decision.action.flows.tolist() == [1]
+    waiting = Stabilizer(BARE.updated({"tolerance": 0.01, "balance_window_s": 2.0}), THRESHOLDS)
+    assert not waiting.decide(state, ScaleOutOnly([move(1, 1)]), 0.0, 1.0).decision.feasible  # window not over

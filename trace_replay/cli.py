@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -19,7 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings(), sigterm_as_interrupt():
         warnings.showwarning = _show_warning
         try:
-            return args.command(args)
+            status = args.command(args)
+            sys.stdout.flush()  # inside the try, so a closed pipe is seen here rather than at exit
+            return status
+        except BrokenPipeError:
+            return _reader_gone()
         except (PcapError, OSError, ValueError) as exc:
             print(f"dm-trace: {exc}", file=sys.stderr)
             return 2
@@ -27,6 +32,14 @@ def main(argv: list[str] | None = None) -> int:
             print("dm-trace: interrupted" + (f"; {args.out} is left as it was" if "out" in args else ""),
                   file=sys.stderr)
             return 130
+
+
+def _reader_gone() -> int:
+    """The reader of stdout left (`dm-trace ... | head -1`): exit quietly with status 1, as Python's
+    documentation on SIGPIPE recommends, pointing stdout at /dev/null so the final flush cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 1
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -38,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dm-trace", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    info = commands.add_parser("info", help="packet, flow and protocol counts of a pcap or pcap.gz file")
+    info = commands.add_parser("info", help="packet, flow and protocol counts of a pcap or pcapng file (gzip'ed or not)")
     info.add_argument("pcap", type=Path, metavar="PCAP")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     info.add_argument(
@@ -76,13 +89,15 @@ def _info(args: argparse.Namespace) -> int:
     rows = [
         ("trace", table.source),
         ("packets", f"{summary['packets']:,}"),
-        ("IPv4 packets", f"{summary['ip_packets']:,}"),
+        ("IP packets", f"{summary['ip_packets']:,}"),
         ("flows", f"{summary['flows']:,}"),
-        ("IPv4 bytes", f"{summary['bytes']:,}"),
+        ("IP bytes", f"{summary['bytes']:,}"),
         ("duration", f"{summary['duration_s']:,.3f} s"),
     ]
     if table.stats.torn_records:
         rows.append(("torn records", f"{table.stats.torn_records:,}"))
+    if table.stats.timestamps_backwards:
+        rows.append(("timestamps backwards", f"{table.stats.timestamps_backwards:,}"))
     if summary["protocols"]:
         rows.append(("protocols", ""))
         rows += [(f"  {name}", f"{count:,}") for name, count in summary["protocols"].items()]

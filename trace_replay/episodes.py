@@ -116,6 +116,9 @@ def build_episodes(
     target_utilisation: tuple[float, float] = (0.25, 0.5),
     sizing: Sizing = Sizing(),
     params: CostParams = CostParams(),
+    window_start_s: float | None = None,
+    capacity_pps: float | None = None,
+    buffer_packets: float | None = None,
 ) -> EpisodeBatch:
     """Cut `n_episodes` seeded windows of `n_steps` steps of `bin_s` simulated seconds out of a trace.
 
@@ -125,7 +128,9 @@ def build_episodes(
     trace into each step (rates ×5). Each episode's instances are equal, sized so that the
     `n_instances` active ones run on average at a target utilisation drawn from
     `target_utilisation`; `n_standby` more wait stopped. Raises ValueError naming the episode and its
-    window when a window holds no flow or no packet.
+    window when a window holds no flow or no packet. The testbed's set-up instead (one window beside
+    dm-demo): `window_start_s` (trace seconds after the first packet) fixes every window, `capacity_pps`
+    and `buffer_packets` the instances, which then keep every flow, as the testbed replays them all.
     """
     _check_shape(n_episodes, n_steps, n_instances, n_standby, max_flows, bin_s, speed, target_utilisation)
     table = read_flows(pcap) if table is None else table
@@ -141,7 +146,7 @@ def build_episodes(
         f"trace {table.source} lasts {last - first:.1f} s, shorter than an episode of {n_steps} x {bin_s} s"
         f" at speed {speed:g} ({window_s:g} trace seconds)",
     )
-    start_s = rng.uniform(first, last - window_s, n_episodes)
+    start_s = _window_starts(rng, (first, last), window_s, n_episodes, window_start_s, table.source)
     windows = _Windows(
         start_s=start_s,
         flows=[_select_flows(records, start, start + window_s, max_flows, rng) for start in start_s],
@@ -149,19 +154,18 @@ def build_episodes(
         n_steps=n_steps,
         max_flows=max_flows,
     )
-    rate = _count_packets(pcap, records, windows) / bin_s
+    rate = _count_packets(pcap, table, windows) / bin_s
     _require_traffic(rate, windows)
     arrival, departure = _live_steps(records, windows)
 
     target = rng.uniform(*target_utilisation, n_episodes)
-    heavy = _heavy_flows(rate, arrival, departure, n_instances, target, sizing.max_flow_share, windows)
+    heavy = _heavy_flows(rate, arrival, departure, n_instances, target, sizing.max_flow_share, windows) \
+        if capacity_pps is None else np.zeros(rate.shape[::2], dtype=bool)
     rate[np.broadcast_to(heavy[:, None, :], rate.shape)] = 0.0
     arrival[heavy], departure[heavy] = n_steps, n_steps
     five_tuple, byte_rate, flow_ids = _slot_flows(table, windows, heavy)
 
-    n_total = n_instances + n_standby
-    per_instance = _fitting_capacity(rate, arrival, departure, n_instances, target, sizing.max_flow_share)
-    capacity = np.repeat(per_instance[:, None], n_total, axis=1)
+    capacity = _instance_capacity(rate, arrival, departure, (n_instances, n_standby), target, sizing, capacity_pps)
     return EpisodeBatch(
         rate=rate.astype(np.float32),
         arrival=arrival,
@@ -171,12 +175,36 @@ def build_episodes(
         five_tuple=five_tuple,
         flow_ids=flow_ids,
         capacity=capacity,
-        buffer=capacity * sizing.buffer_ms / 1000.0,
-        initially_active=np.broadcast_to(np.arange(n_total) < n_instances, (n_episodes, n_total)).copy(),
+        buffer=capacity * sizing.buffer_ms / 1000.0 if buffer_packets is None else np.full_like(capacity, buffer_packets),
+        initially_active=np.broadcast_to(np.arange(capacity.shape[1]) < n_instances, capacity.shape).copy(),
         start_s=start_s,
         step_s=bin_s,
         source=table.source,
     )
+
+
+def _instance_capacity(rate: np.ndarray, arrival: np.ndarray, departure: np.ndarray, counts: tuple[int, int],
+                       target: np.ndarray, sizing: Sizing, capacity_pps: float | None) -> np.ndarray:
+    """[B, N] every instance's capacity: `capacity_pps`, or sized for the episode's target utilisation of the
+    (active, standby) `counts`' active ones."""
+    n_active, n_standby = counts
+    per_instance = (np.full(rate.shape[0], float(capacity_pps)) if capacity_pps is not None else
+                    _fitting_capacity(rate, arrival, departure, n_active, target, sizing.max_flow_share))
+    return np.repeat(per_instance[:, None], n_active + n_standby, axis=1)
+
+
+def _window_starts(rng: np.random.Generator, span: tuple[float, float], window_s: float, n_episodes: int,
+                   fixed_s: float | None, source: str) -> np.ndarray:
+    """[B] trace timestamps the windows open at: seeded draws, or all `fixed_s` after the first packet (the
+    draws are made either way, so that a seed's flows and SLAs do not depend on it)."""
+    first, last = span
+    start_s = rng.uniform(first, last - window_s, n_episodes)
+    if fixed_s is None:
+        return start_s
+    _require(0 <= fixed_s <= last - first - window_s,
+             f"window start {fixed_s:g} s: the trace {source} has {last - first:.1f} s, so an episode of "
+             f"{window_s:g} trace seconds starts at 0 to {last - first - window_s:.1f} s")
+    return np.full(n_episodes, first + fixed_s)
 
 
 @dataclass(frozen=True)
@@ -269,12 +297,13 @@ def _slot_flows(
     return five_tuple, byte_rate, flow_ids
 
 
-def _count_packets(pcap: str | os.PathLike, records: np.ndarray, windows: _Windows) -> np.ndarray:
-    """[B, T, F] packets of each episode's flows per bin, in one streaming pass over the trace."""
+def _count_packets(pcap: str | os.PathLike, table: FlowTable, windows: _Windows) -> np.ndarray:
+    """[B, T, F] packets of each episode's flows per bin, in one streaming pass over the trace (IPv4
+    and IPv6 packets, keyed with the table's address book)."""
     selected, start_s, bin_s = windows.flows, windows.start_s, windows.bin_s
     n_steps, max_flows = windows.n_steps, windows.max_flows
     wanted = np.unique(np.concatenate(selected))
-    key_lo, key_hi = flow_keys(records[wanted])
+    key_lo, key_hi = flow_keys(table.records[wanted], table.addresses)
     if np.unique(np.stack([key_lo, key_hi]), axis=1).shape[1] != wanted.size:
         raise ValueError(
             "the flow table holds several flows of one 5-tuple; build it without an idle timeout"
@@ -283,8 +312,8 @@ def _count_packets(pcap: str | os.PathLike, records: np.ndarray, windows: _Windo
     index.add(key_lo, key_hi, wanted.astype(np.int64))
     n_episodes = len(selected)
     counts = np.zeros(n_episodes * n_steps * max_flows, dtype=np.float64)
-    for packets in iter_packet_batches(pcap):
-        packets = packets[packets["is_ipv4"]]
+    for packets in iter_packet_batches(pcap, addresses=table.addresses):
+        packets = packets[packets["is_ipv4"] | packets["is_ipv6"]]
         flow = index.get(*flow_keys(packets))
         known = flow >= 0
         packets, flow = packets[known], flow[known]

@@ -2,6 +2,8 @@
 
 Each batch is grouped by flow key with one sort; only the per-key aggregates are merged into the
 table of live flows, through a vectorised hash index, so no Python code runs per packet or per flow.
+IPv4 and IPv6 packets are grouped alike: an IPv6 address enters the uint64 flow keys as its number in
+the trace's `AddressBook` (docs/traces.md, "IPv6").
 """
 
 from __future__ import annotations
@@ -9,11 +11,20 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from trace_replay.pcap import L3_IPV4, L3_IPV4_MALFORMED, L3_IPV6, L3_NON_IP, PcapHeader, PcapReader
+from trace_replay.pcap import (
+    L3_IPV4,
+    L3_IPV4_MALFORMED,
+    L3_IPV6,
+    L3_IPV6_MALFORMED,
+    L3_NON_IP,
+    AddressBook,
+    PcapHeader,
+    PcapReader,
+)
 from twin.flow import FlowKey
 
 FLOW_DTYPE = np.dtype(
@@ -27,15 +38,23 @@ FLOW_DTYPE = np.dtype(
         ("last_ts", "<f8"),
         ("packets", "<u8"),
         ("bytes", "<u8"),
+        ("is_ipv6", "?"),
+        ("src_ip6", "V16"),
+        ("dst_ip6", "V16"),
     ]
 )
 """One flow. src is the endpoint that sent the flow's first packet (in file order); bytes sums wire
-lengths; ports are 0 for flows keyed without them."""
+lengths; ports are 0 for flows keyed without them. An IPv6 flow has is_ipv6 set, its addresses in
+src_ip6/dst_ip6 (network-order bytes, as in trace_replay.pcap.PACKET_DTYPE) and 0 in src_ip/dst_ip."""
+_IPV6_KEY_BIT = np.uint64(1 << 63)
+"""Set in the high half of an IPv6 flow's key (whose endpoints use 48 bits), so no IPv4 key equals it."""
 
-# Live and finished flows also carry the number of their first IPv4 packet, which orders flows that
-# share a first timestamp the same way whatever the batch size. It comes last, so a flow's leading
-# FLOW_DTYPE.itemsize bytes are its FLOW_DTYPE record.
-_WORK_DTYPE = np.dtype(FLOW_DTYPE.descr + [("first_packet", "<u8")])
+# Live and finished flows keep an IPv6 flow's addresses as their numbers in the reader's AddressBook (in
+# src_ip/dst_ip, as the packets do), which keeps them narrow; `finish` writes the addresses. They also carry
+# the number of their first packet, which orders flows that share a first timestamp the same way whatever
+# the batch size.
+_WORK_DTYPE = np.dtype([item for item in FLOW_DTYPE.descr if item[0] not in ("src_ip6", "dst_ip6")]
+                       + [("first_packet", "<u8")])
 
 _IP_PROTOCOL_NAMES = {
     1: "icmp",
@@ -52,7 +71,8 @@ _IP_PROTOCOL_NAMES = {
     112: "vrrp",
     132: "sctp",
 }
-_L3_NAMES = {L3_NON_IP: "non-ip", L3_IPV6: "ipv6", L3_IPV4_MALFORMED: "ipv4-malformed"}
+_L3_NAMES = {L3_NON_IP: "non-ip", L3_IPV6: "ipv6", L3_IPV4_MALFORMED: "ipv4-malformed",
+             L3_IPV6_MALFORMED: "ipv6-malformed"}
 
 
 @dataclass(frozen=True)
@@ -60,13 +80,14 @@ class TraceStats:
     """Whole-trace counts, over every record read (not only the packets grouped into flows)."""
 
     packets: int  # records read
-    ip_packets: int  # IPv4 packets, the ones grouped into flows
-    bytes: int  # wire bytes of the IPv4 packets, i.e. the sum of the flows' bytes
+    ip_packets: int  # IPv4 and IPv6 packets, the ones grouped into flows
+    bytes: int  # wire bytes of those packets, i.e. the sum of the flows' bytes
     duration_s: float  # latest minus earliest timestamp over all packets
-    protocols: dict[str, int]  # packet counts: IPv4 protocols by name, plus "ipv6", "non-ip", ...
+    protocols: dict[str, int]  # packet counts: IPv4 protocols by name, plus "ipv6" (all IPv6), "non-ip", ...
     torn_records: int
     link_type: int
     snaplen: int
+    timestamps_backwards: int = 0  # records stamped earlier than one before them (PcapReader)
 
 
 @dataclass(frozen=True, eq=False)  # eq would compare arrays elementwise and fail
@@ -76,6 +97,8 @@ class FlowTable:
     records: np.ndarray  # FLOW_DTYPE, sorted by first_ts
     stats: TraceStats
     source: str  # file name it came from
+    addresses: AddressBook = field(default_factory=lambda: AddressBook())
+    """The numbers of the IPv6 addresses in the flow keys: flow_keys(records, addresses) keys the records."""
 
     def __len__(self) -> int:
         return len(self.records)
@@ -95,7 +118,7 @@ class FlowTable:
 def read_flows(
     path: str | os.PathLike, *, idle_timeout: float | None = None, progress: bool = False
 ) -> FlowTable:
-    """Group the IPv4 packets of a pcap or pcap.gz file into bidirectional flows.
+    """Group the IPv4 and IPv6 packets of a pcap or pcapng file (or either gzip'ed) into bidirectional flows.
 
     Packets share a flow when they share protocol, addresses and (TCP/UDP) ports in either
     direction. With `idle_timeout`, a gap longer than it between consecutive packets of a key ends
@@ -105,16 +128,17 @@ def read_flows(
     if idle_timeout is not None and not idle_timeout > 0:
         raise ValueError(f"idle_timeout must be a positive number of seconds, not {idle_timeout!r}")
     reader = PcapReader(path, progress=progress)
-    grouper = _FlowGrouper(idle_timeout)
+    grouper = _FlowGrouper(idle_timeout, reader.addresses)
     tally = _TraceTally()
     for batch in reader:
         tally.add(batch)
-        ipv4 = batch["is_ipv4"]
-        grouper.add(batch if ipv4.all() else batch[ipv4])
+        ip = batch["is_ipv4"] | batch["is_ipv6"]
+        grouper.add(batch if ip.all() else batch[ip])
     return FlowTable(
         records=grouper.finish(),
-        stats=tally.stats(reader.header, reader.torn_records),
+        stats=tally.stats(reader.header, reader.torn_records, reader.timestamps_backwards),
         source=os.path.basename(os.fspath(path)),
+        addresses=reader.addresses,
     )
 
 
@@ -133,7 +157,7 @@ class _TraceTally:
     def __init__(self):
         self.packets = 0
         self.ip_bytes = 0
-        self.l3_counts = np.zeros(4, np.int64)
+        self.l3_counts = np.zeros(len(_L3_NAMES) + 1, np.int64)
         self.ip_protocol_counts = np.zeros(256, np.int64)
         self.first_ts = math.inf
         self.last_ts = -math.inf
@@ -145,20 +169,21 @@ class _TraceTally:
         self.l3_counts += np.bincount(batch["l3"], minlength=len(self.l3_counts))
         ipv4 = batch["is_ipv4"]
         self.ip_protocol_counts += np.bincount(batch["proto"][ipv4], minlength=256)
-        self.ip_bytes += int(batch["wire_len"][ipv4].sum(dtype=np.uint64))
+        self.ip_bytes += int(batch["wire_len"][ipv4 | batch["is_ipv6"]].sum(dtype=np.uint64))
 
-    def stats(self, header: PcapHeader, torn_records: int) -> TraceStats:
+    def stats(self, header: PcapHeader, torn_records: int, timestamps_backwards: int) -> TraceStats:
         counts = {_protocol_name(p): int(n) for p, n in enumerate(self.ip_protocol_counts) if n}
         counts |= {_L3_NAMES[kind]: int(n) for kind, n in enumerate(self.l3_counts) if n and kind != L3_IPV4}
         return TraceStats(
             packets=self.packets,
-            ip_packets=int(self.l3_counts[L3_IPV4]),
+            ip_packets=int(self.l3_counts[L3_IPV4] + self.l3_counts[L3_IPV6]),
             bytes=self.ip_bytes,
             duration_s=self.last_ts - self.first_ts if self.packets else 0.0,
             protocols=dict(sorted(counts.items(), key=lambda item: (-item[1], item[0]))),
             torn_records=torn_records,
             link_type=header.link_type,
             snaplen=header.snaplen,
+            timestamps_backwards=timestamps_backwards,
         )
 
 
@@ -166,8 +191,9 @@ class _FlowGrouper:
     """Streaming flow aggregation: live flows sit in slots of a growable array, found by key through
     a PairIndex; finished flows are set aside until the end."""
 
-    def __init__(self, idle_timeout: float | None):
+    def __init__(self, idle_timeout: float | None, addresses: AddressBook):
         self._idle_timeout = idle_timeout
+        self._addresses = addresses
         self._index = PairIndex()
         self._slots = np.zeros(1024, _WORK_DTYPE)
         self._slot_keys = np.zeros((1024, 2), np.uint64)
@@ -179,7 +205,7 @@ class _FlowGrouper:
         self._latest_ts = -math.inf
 
     def add(self, packets: np.ndarray) -> None:
-        """Fold in a batch of IPv4 packets that follows all earlier batches in the file."""
+        """Fold in a batch of IP packets that follows all earlier batches in the file."""
         if not len(packets):
             return
         key_lo, key_hi = flow_keys(packets)
@@ -193,8 +219,8 @@ class _FlowGrouper:
 
         first_packet = order[segment_starts]
         segments = np.empty(len(segment_starts), _WORK_DTYPE)
-        for field in ("src_ip", "dst_ip", "src_port", "dst_port", "proto"):
-            segments[field] = packets[field][first_packet]
+        for name in ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "is_ipv6"):
+            segments[name] = packets[name][first_packet]
         segments["first_ts"] = np.minimum.reduceat(ts, segment_starts)
         segments["last_ts"] = np.maximum.reduceat(ts, segment_starts)
         segments["packets"] = np.diff(segment_starts, append=len(ts))
@@ -216,8 +242,16 @@ class _FlowGrouper:
         order = np.argsort(flows["first_packet"])
         if (np.diff(flows["first_ts"][order]) < 0).any():  # timestamps out of file order
             order = np.lexsort((flows["first_packet"], flows["first_ts"]))
-        ordered = _rows(flows, order).view(np.uint8).reshape(len(flows), _WORK_DTYPE.itemsize)
-        return np.ascontiguousarray(ordered[:, : FLOW_DTYPE.itemsize]).view(FLOW_DTYPE).reshape(len(flows))
+        ordered = _rows(flows, order)
+        table = np.zeros(len(flows), FLOW_DTYPE)
+        for name in _WORK_DTYPE.names[:-1]:
+            table[name] = ordered[name]
+        ipv6 = table["is_ipv6"]
+        if ipv6.any():
+            for number, address in (("src_ip", "src_ip6"), ("dst_ip", "dst_ip6")):
+                table[address][ipv6] = self._addresses.packed(table[number][ipv6])
+                table[number][ipv6] = 0
+        return table
 
     def _merge(self, key_lo, key_hi, segments, first_segment, last_segment) -> None:
         """Merge a batch's segments, given per key (one row per distinct key) by their first and last
@@ -299,23 +333,43 @@ def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
     return bigger
 
 
-def flow_keys(packets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def flow_keys(packets: np.ndarray, addresses: AddressBook | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Direction-free flow keys as two uint64 halves: (lower endpoint << 8 | protocol, higher
     endpoint), an endpoint being address << 16 | port: the orientation of twin.flow.FlowKey, vectorised
-    for the reader (flow_identities decodes them)."""
-    source = packets["src_ip"].astype(np.uint64) << 16 | packets["src_port"]
-    destination = packets["dst_ip"].astype(np.uint64) << 16 | packets["dst_port"]
-    return np.minimum(source, destination) << 8 | packets["proto"], np.maximum(source, destination)
+    for the reader (flow_identities decodes them). An IPv6 row (is_ipv6, where the array has that field)
+    enters with its addresses' numbers and _IPV6_KEY_BIT set: the numbers the reader's packets hold in
+    src_ip/dst_ip, or, for arrays holding the addresses themselves (src_ip6/dst_ip6: FLOW_DTYPE,
+    FIVE_TUPLE_DTYPE), their numbers in `addresses`. Keys compare when one book numbered them all."""
+    src_ip, dst_ip = packets["src_ip"].astype(np.uint64), packets["dst_ip"].astype(np.uint64)
+    names = packets.dtype.names or ()
+    ipv6 = packets["is_ipv6"] if "is_ipv6" in names else np.zeros(len(packets), bool)
+    has_ipv6 = ipv6.any()
+    if has_ipv6 and "src_ip6" in names:
+        if addresses is None:
+            raise ValueError("IPv6 addresses are keyed by their numbers in an AddressBook; none was given")
+        src_ip[ipv6] = addresses.numbers(packets["src_ip6"][ipv6])
+        dst_ip[ipv6] = addresses.numbers(packets["dst_ip6"][ipv6])
+    source = src_ip << 16 | packets["src_port"]
+    destination = dst_ip << 16 | packets["dst_port"]
+    key_hi = np.maximum(source, destination)
+    if has_ipv6:
+        key_hi[ipv6] |= _IPV6_KEY_BIT
+    return np.minimum(source, destination) << 8 | packets["proto"], key_hi
 
 
-def flow_identities(key_lo: np.ndarray, key_hi: np.ndarray) -> list[FlowKey]:
-    """The FlowKey of each flow_keys pair: its lower endpoint is the key's endpoint a."""
+def flow_identities(key_lo: np.ndarray, key_hi: np.ndarray, addresses: AddressBook | None = None) -> list[FlowKey]:
+    """The FlowKey of each flow_keys pair (`addresses`: the book that keyed any IPv6 ones)."""
+    ipv6 = (key_hi & _IPV6_KEY_BIT) != 0
     ip_a, port_a, proto = key_lo >> 24, (key_lo >> 8) & 0xFFFF, key_lo & 0xFF
-    ip_b, port_b = key_hi >> 16, key_hi & 0xFFFF
-    return [
-        FlowKey(str(ipaddress.IPv4Address(int(a))), str(ipaddress.IPv4Address(int(b))), int(pa), int(pb), int(p))
-        for a, b, pa, pb, p in zip(ip_a, ip_b, port_a, port_b, proto)
-    ]
+    ip_b, port_b = (key_hi & ~_IPV6_KEY_BIT) >> 16, key_hi & 0xFFFF
+    keys = []
+    for v6, a, b, pa, pb, p in zip(ipv6.tolist(), ip_a.tolist(), ip_b.tolist(), port_a.tolist(), port_b.tolist(),
+                                   proto.tolist()):
+        if v6:  # numbered in order of sight, not by value: FlowKey.of orients the endpoints
+            keys.append(FlowKey.of(addresses.address(a), addresses.address(b), pa, pb, p))
+        else:
+            keys.append(FlowKey(str(ipaddress.IPv4Address(a)), str(ipaddress.IPv4Address(b)), pa, pb, p))
+    return keys
 
 
 def _mix(key_lo: np.ndarray, key_hi: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Streaming reader for classic libpcap traces such as the header-only LBNL/ICSI enterprise captures.
+"""Streaming reader for libpcap traces such as the header-only LBNL/ICSI enterprise captures, classic
+pcap or pcapng (converted to classic records on the fly by trace_replay._pcapng), optionally gzip'ed.
 
 Speed comes from doing almost nothing per packet in Python: one minimal loop follows the caplen
 fields of the 16-byte record headers (the only inherently sequential step), and every other field
@@ -9,18 +10,20 @@ GIL, so they overlap parsing on a second core. Memory stays at a few chunks what
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import os
-import queue
 import struct
-import threading
 import warnings
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
+
+from trace_replay._errors import PcapError, TimestampsBackwardsWarning, TornRecordWarning, location
+from trace_replay._pcapng import PcapngConverter
+from trace_replay._streams import ReadAhead, coalesce, gzip_chunks, plain_chunks
 
 DEFAULT_BATCH_BYTES = 8 << 20
 """Uncompressed bytes parsed per batch: large enough to amortise numpy's per-call overhead."""
@@ -29,9 +32,10 @@ LINKTYPE_ETHERNET = 1
 LINKTYPE_LINUX_SLL = 113
 LINKTYPES_RAW_IP = frozenset({12, 14, 101, 228})
 
-L3_NON_IP, L3_IPV4, L3_IPV6, L3_IPV4_MALFORMED = 0, 1, 2, 3
-"""Values of the `l3` field. Malformed IPv4: the link layer says IPv4 but the captured bytes do not
-hold a valid IPv4 header (wrong version, header length below 20, or cut short by the snap length)."""
+L3_NON_IP, L3_IPV4, L3_IPV6, L3_IPV4_MALFORMED, L3_IPV6_MALFORMED = 0, 1, 2, 3, 4
+"""Values of the `l3` field. Malformed IPv4 (IPv6): the link layer says IPv4 (IPv6) but the captured
+bytes do not hold a valid header (wrong version, IPv4 header length below 20, or cut short by the snap
+length)."""
 
 PACKET_DTYPE = np.dtype(
     [
@@ -45,63 +49,63 @@ PACKET_DTYPE = np.dtype(
         ("l3", "u1"),
         ("is_ipv4", "?"),
         ("has_ports", "?"),
+        ("is_ipv6", "?"),
     ]
 )
-"""One packet. Addresses are host-order integers; proto, addresses and ports are 0 where absent."""
+"""One packet. IPv4 addresses are host-order integers in src_ip/dst_ip; an IPv6 packet (is_ipv6) has there
+its addresses' numbers in the reader's AddressBook, which keeps the array as narrow (and as fast) as for
+IPv4; proto, addresses and ports are 0 where absent. proto is the transport
+protocol (IPv6: after any extension headers). has_ports: the packet's own TCP/UDP header was captured;
+a later IPv4 fragment carries the ports of its datagram's first fragment (seen earlier in the file)
+without one."""
 
 _FILE_HEADER_LEN = 24
 _RECORD_HEADER_LEN = 16
 _MAX_SNAPLEN = 262_144  # libpcap's ceiling, applied when a header declares snaplen 0
 _GZIP_MAGIC = b"\x1f\x8b"
-_PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 _PCAP_MAGICS = {  # first four bytes -> (byte order, nanosecond timestamps)
     b"\xd4\xc3\xb2\xa1": ("<", False),
     b"\xa1\xb2\xc3\xd4": (">", False),
     b"\x4d\x3c\xb2\xa1": ("<", True),
     b"\xa1\xb2\x3c\x4d": (">", True),
 }
-_ETHERTYPE_IPV4, _ETHERTYPE_IPV6, _ETHERTYPE_VLAN = 0x0800, 0x86DD, 0x8100
+_ETHERTYPE_IPV4, _ETHERTYPE_IPV6 = 0x0800, 0x86DD
+_VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)  # 802.1Q, 802.1ad (QinQ's service tag), the pre-standard QinQ tag
 _IPPROTO_TCP, _IPPROTO_UDP = 6, 17
-_GZIP_READ_BYTES = 1 << 20
-_GZIP_WBITS = 16 + zlib.MAX_WBITS  # expect a gzip wrapper, whose CRC and length zlib then verifies
+_IPV6_EXTENSIONS = (0, 43, 44, 51, 60)  # hop-by-hop, routing, fragment, AH, destination options
+_IPV6_FRAGMENT, _IPV6_AH = 44, 51
+_MAX_IPV6_EXTENSIONS = 4
 
 # Fixed byte layouts read through stride-1 views of a chunk. The link-layer fields sit after the
 # 16-byte record header; the IPv4 view assumes a 20-byte header for the ports (options are rare and
 # fixed up separately).
 _LINK_FIELDS = {
-    LINKTYPE_ETHERNET: ([("eth_type", ">u2", 28), ("vlan_type", ">u2", 32)], 34),
+    LINKTYPE_ETHERNET: ([("eth_type", ">u2", 28), ("vlan_type", ">u2", 32), ("vlan2_type", ">u2", 36)], 38),
     LINKTYPE_LINUX_SLL: ([("sll_protocol", ">u2", 30)], 32),
     **{link: ([("ip_version", "u1", 16)], 17) for link in LINKTYPES_RAW_IP},
 }
 _IPV4_HEADER = np.dtype(
     {
-        "names": ["version_ihl", "flags_fragment", "proto", "src", "dst", "src_port", "dst_port"],
-        "formats": ["u1", ">u2", "u1", ">u4", ">u4", ">u2", ">u2"],
-        "offsets": [0, 6, 9, 12, 16, 20, 22],
+        "names": ["version_ihl", "ident", "flags_fragment", "proto", "src", "dst", "src_port", "dst_port"],
+        "formats": ["u1", ">u2", ">u2", "u1", ">u4", ">u4", ">u2", ">u2"],
+        "offsets": [0, 4, 6, 9, 12, 16, 20, 22],
         "itemsize": 24,
     }
 )
+_IPV6_HEADER = np.dtype(
+    {
+        "names": ["version", "next_header", "src", "dst"],
+        "formats": ["u1", "u1", "V16", "V16"],
+        "offsets": [0, 6, 8, 24],
+        "itemsize": 40,
+    }
+)
+_IPV6_EXTENSION = np.dtype(
+    {"names": ["next_header", "length", "fragment"], "formats": ["u1", "u1", ">u2"], "offsets": [0, 1, 2],
+     "itemsize": 4}
+)
 _PORTS = np.dtype([("src_port", ">u2"), ("dst_port", ">u2")])
 _PADDING = bytes(128)  # past the last record, so every fixed-layout view stays inside the buffer
-
-
-class PcapError(ValueError):
-    """A trace that cannot be read. The message names the file and the byte offset of the problem;
-    for gzip files, offsets into the pcap data count decompressed bytes and say so."""
-
-    def __init__(self, path: str, offset: int, detail: str, *, decompressed: bool = False):
-        self.path = path
-        self.offset = offset
-        self.detail = detail
-        super().__init__(f"{_location(path, offset, decompressed)}: {detail}")
-
-
-class TornRecordWarning(UserWarning):
-    """The file ends inside its last record, as when a capture is cut off; that record is skipped."""
-
-
-def _location(path: str, offset: int, decompressed: bool) -> str:
-    return f"{path}: byte {offset} of the decompressed data" if decompressed else f"{path}: byte {offset}"
 
 
 @dataclass(frozen=True)
@@ -116,16 +120,53 @@ class PcapHeader:
     gzipped: bool
 
 
+class AddressBook:
+    """Numbers IPv6 addresses 0, 1, 2, ... in order of first sight, so that an IPv6 address fits where an
+    IPv4 one goes (PACKET_DTYPE's src_ip/dst_ip, the uint64 flow keys of trace_replay.flows). Numbering
+    goes per distinct address of a batch, so IPv6 costs little more than IPv4."""
+
+    def __init__(self):
+        self._numbers: dict[bytes, int] = {}
+        self._addresses: list[bytes] = []
+
+    def numbers(self, addresses: np.ndarray) -> np.ndarray:
+        """The number of each address (V16: the 16 bytes in network order), new ones numbered next."""
+        distinct, where = np.unique(addresses, return_inverse=True)
+        numbers = np.empty(len(distinct), np.uint32)
+        for k, address in enumerate(distinct.tolist()):
+            number = self._numbers.get(address)
+            if number is None:
+                number = self._numbers[address] = len(self._addresses)
+                self._addresses.append(address)
+            numbers[k] = number
+        return numbers[where.reshape(-1)]
+
+    def packed(self, numbers: np.ndarray) -> np.ndarray:
+        """The addresses (V16) of numbers."""
+        return np.array([self._addresses[n] for n in numbers.tolist()], dtype="V16").reshape(len(numbers))
+
+    def address(self, number: int) -> str:
+        return str(ipaddress.IPv6Address(self._addresses[number]))
+
+
 class PcapReader:
     """Iterates a pcap file (optionally gzip-compressed) as arrays of PACKET_DTYPE.
 
     Each array holds the records completed within about `batch_bytes` of (decompressed) file.
-    `header` is set once iteration has read the file header, and `torn_records` (0 or 1) is final
-    once iteration ends.
+    `header` is set once iteration has read the file header (for pcapng, that of the classic stream it
+    is converted to); `torn_records` (0 or 1) and `timestamps_backwards` (records whose timestamp is
+    earlier than one before them: they stay in file order, and a TimestampsBackwardsWarning says how
+    many there were) are final once iteration ends. IPv6 addresses are numbered in `addresses` (a fresh
+    AddressBook unless one is given, as to read a trace again with the numbers of a flow table).
     """
 
     def __init__(
-        self, path: str | os.PathLike, *, batch_bytes: int = DEFAULT_BATCH_BYTES, progress: bool = False
+        self,
+        path: str | os.PathLike,
+        *,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        progress: bool = False,
+        addresses: AddressBook | None = None,
     ):
         if batch_bytes < 1:
             raise ValueError("batch_bytes must be positive")
@@ -134,20 +175,36 @@ class PcapReader:
         self.progress = progress
         self.header: PcapHeader | None = None
         self.torn_records = 0
+        self.timestamps_backwards = 0
+        self.addresses = addresses if addresses is not None else AddressBook()
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        self.torn_records, self.timestamps_backwards, latest = 0, 0, -np.inf
         with open(self.path, "rb") as file:
             gzipped = file.read(2) == _GZIP_MAGIC
             file.seek(0)
             total = os.fstat(file.fileno()).st_size
-            chunks = (_gzip_chunks if gzipped else _plain_chunks)(file, self.path, self.batch_bytes)
+            chunks = (gzip_chunks if gzipped else plain_chunks)(file, self.path, self.batch_bytes)
+            pcapng = PcapngConverter(self.path, gzipped, frozenset(_LINK_FIELDS))
             with (
-                _ReadAhead(_coalesce(chunks, self.batch_bytes)) as stream,
+                ReadAhead(pcapng.classic(coalesce(chunks, self.batch_bytes))) as stream,
                 tqdm(
                     total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=not self.progress
                 ) as bar,
             ):
-                yield from self._parse_stream(stream, bar, gzipped)
+                for batch in self._parse_stream(stream, bar, gzipped):
+                    latest_before = np.maximum.accumulate(np.concatenate(([latest], batch["ts"])))
+                    self.timestamps_backwards += int(np.count_nonzero(batch["ts"] < latest_before[:-1]))
+                    latest = latest_before[-1]
+                    yield batch
+            self.torn_records += pcapng.torn_records
+        if self.timestamps_backwards:
+            warnings.warn(
+                f"{self.path}: {self.timestamps_backwards} record{'s have' if self.timestamps_backwards > 1 else ' has'}"
+                " a timestamp earlier than a record before; read in file order (`reordercap` sorts a capture by time)",
+                TimestampsBackwardsWarning,
+                stacklevel=2,
+            )
 
     def _parse_stream(
         self, stream: Iterator[tuple[bytes, int]], bar: tqdm, gzipped: bool
@@ -162,7 +219,7 @@ class PcapReader:
                 if len(tail) < _FILE_HEADER_LEN:
                     continue
                 self.header = _parse_file_header(tail, self.path, gzipped)
-                parser = _ChunkParser(self.header, self.path)
+                parser = _ChunkParser(self.header, self.path, self.addresses)
                 tail, chunk, base = b"", tail[_FILE_HEADER_LEN:], _FILE_HEADER_LEN
             data = b"".join((tail, chunk, _PADDING))
             end = len(data) - len(_PADDING)
@@ -178,21 +235,19 @@ class PcapReader:
 
 
 def iter_packet_batches(
-    path: str | os.PathLike, *, batch_bytes: int = DEFAULT_BATCH_BYTES, progress: bool = False
+    path: str | os.PathLike,
+    *,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    progress: bool = False,
+    addresses: AddressBook | None = None,
 ) -> Iterator[np.ndarray]:
-    """Stream the packets of a pcap or pcap.gz file as PACKET_DTYPE arrays, in file order."""
-    yield from PcapReader(path, batch_bytes=batch_bytes, progress=progress)
+    """Stream the packets of a pcap or pcapng file (gzip'ed or not) as PACKET_DTYPE arrays, in file order,
+    IPv6 addresses numbered in `addresses`."""
+    yield from PcapReader(path, batch_bytes=batch_bytes, progress=progress, addresses=addresses)
 
 
 def _parse_file_header(head: bytes, path: str, gzipped: bool) -> PcapHeader:
     magic = head[:4]
-    if magic == _PCAPNG_MAGIC:
-        raise PcapError(
-            path,
-            0,
-            "this is a pcapng file; convert it to classic pcap with `editcap -F pcap in out`",
-            decompressed=gzipped,
-        )
     if len(magic) == 4 and magic not in _PCAP_MAGICS:
         raise PcapError(
             path,
@@ -225,10 +280,12 @@ def _parse_file_header(head: bytes, path: str, gzipped: bool) -> PcapHeader:
 class _ChunkParser:
     """Turns a chunk of pcap records into a PACKET_DTYPE array, for one file's header."""
 
-    def __init__(self, header: PcapHeader, path: str):
+    def __init__(self, header: PcapHeader, path: str, addresses: AddressBook):
         self._path = path
+        self._addresses = addresses
         self._decompressed = header.gzipped
         self._link_type = header.link_type
+        self._fragments = _Fragments()
         self._snaplen = header.snaplen or _MAX_SNAPLEN
         self._frac_unit = 1e-9 if header.nanosecond else 1e-6
         self._caplen_at = struct.Struct(f"{header.byte_order}8xI").unpack_from
@@ -266,18 +323,18 @@ class _ChunkParser:
         packets["ts"] = records["ts_sec"] + records["ts_frac"] * self._frac_unit
         packets["wire_len"] = records["orig_len"]
         ethertype, link_len = self._network_layer(records)
-        l3 = packets["l3"]
-        l3[ethertype == _ETHERTYPE_IPV6] = L3_IPV6
-        ipv4_rows = np.flatnonzero(ethertype == _ETHERTYPE_IPV4)
-        if ipv4_rows.size:
-            link_len = link_len if np.isscalar(link_len) else link_len[ipv4_rows]
-            self._parse_ipv4(
-                data,
-                packets,
-                ipv4_rows,
-                offsets[ipv4_rows] + _RECORD_HEADER_LEN + link_len,
-                records["caplen"][ipv4_rows] - link_len,
-            )
+        parse_ipv6 = functools.partial(_parse_ipv6, addresses=self._addresses)
+        for kind, parse in ((_ETHERTYPE_IPV4, self._parse_ipv4), (_ETHERTYPE_IPV6, parse_ipv6)):
+            rows = np.flatnonzero(ethertype == kind)
+            if rows.size:
+                row_link_len = link_len if np.isscalar(link_len) else link_len[rows]
+                parse(
+                    data,
+                    packets,
+                    rows,
+                    offsets[rows] + _RECORD_HEADER_LEN + row_link_len,
+                    records["caplen"][rows] - row_link_len,
+                )
         return packets, consumed
 
     def check_torn_tail(self, tail: bytes, base: int) -> None:
@@ -288,7 +345,7 @@ class _ChunkParser:
             self._check_header_at(tail, 0, base)
             needed += self._caplen_at(tail, 0)[0]
         warnings.warn(
-            f"{_location(self._path, base, self._decompressed)}: the last record is cut short "
+            f"{location(self._path, base, self._decompressed)}: the last record is cut short "
             f"({len(tail)} of {needed} bytes); skipped it",
             TornRecordWarning,
             stacklevel=4,
@@ -338,10 +395,11 @@ class _ChunkParser:
     def _network_layer(self, records: np.ndarray) -> tuple[np.ndarray, np.ndarray | int]:
         """Ethertype of each record's network layer (0 where not captured) and the link header length."""
         caplen = records["caplen"]
-        if self._link_type == LINKTYPE_ETHERNET:
-            vlan = records["eth_type"] == _ETHERTYPE_VLAN
-            ethertype = np.where(vlan, records["vlan_type"], records["eth_type"])
-            link_len = np.where(vlan, 18, 14)
+        if self._link_type == LINKTYPE_ETHERNET:  # up to two VLAN tags: 802.1Q, or QinQ's two
+            tagged = _is_vlan_tag(records["eth_type"])
+            twice = tagged & _is_vlan_tag(records["vlan_type"])
+            ethertype = np.select([twice, tagged], [records["vlan2_type"], records["vlan_type"]], records["eth_type"])
+            link_len = 14 + 4 * tagged.astype(np.intp) + 4 * twice.astype(np.intp)
             return np.where(caplen >= link_len, ethertype, 0), link_len
         if self._link_type == LINKTYPE_LINUX_SLL:
             return np.where(caplen >= 16, records["sll_protocol"], 0), 16
@@ -387,6 +445,76 @@ class _ChunkParser:
         packets["has_ports"][port_rows] = True
         packets["src_port"][port_rows] = src_port[has_ports]
         packets["dst_port"][port_rows] = dst_port[has_ports]
+        fragment = (ip["flags_fragment"] & 0x3FFF != 0) & ((proto == _IPPROTO_TCP) | (proto == _IPPROTO_UDP))
+        if fragment.any():
+            self._fragments.attribute(packets, rows[fragment], ip[fragment])
+
+
+def _is_vlan_tag(ethertype: np.ndarray) -> np.ndarray:
+    return (ethertype == _VLAN_TPIDS[0]) | (ethertype == _VLAN_TPIDS[1]) | (ethertype == _VLAN_TPIDS[2])
+
+
+class _Fragments:
+    """Ports of fragmented IPv4 datagrams, so that a later fragment (no transport header) joins the flow
+    of its first: the key is the first fragment's (src, dst, proto, IP id), as in reassembly (RFC 791).
+    A later fragment whose first fragment came later or not at all keeps ports 0. The last fragment (MF
+    clear) ends an entry; at most MAX_DATAGRAMS stay open, the oldest dropped first."""
+
+    MAX_DATAGRAMS = 1 << 16
+
+    def __init__(self):
+        self._ports: dict[tuple[int, int, int, int], tuple[int, int]] = {}
+
+    def attribute(self, packets: np.ndarray, rows: np.ndarray, ip: np.ndarray) -> None:
+        """Record the ports of first fragments among packets[rows] and give them to later ones, in file order."""
+        offset, more = ip["flags_fragment"] & 0x1FFF, ip["flags_fragment"] & 0x2000 != 0
+        keys = zip(ip["src"].tolist(), ip["dst"].tolist(), ip["proto"].tolist(), ip["ident"].tolist())
+        for row, key, first, last in zip(rows.tolist(), keys, (offset == 0).tolist(), (~more).tolist()):
+            if first:
+                if packets["has_ports"][row]:
+                    self._ports[key] = (int(packets["src_port"][row]), int(packets["dst_port"][row]))
+            elif (ports := self._ports.get(key)) is not None:
+                packets["src_port"][row], packets["dst_port"][row] = ports
+                if last:
+                    del self._ports[key]
+        while len(self._ports) > self.MAX_DATAGRAMS:
+            del self._ports[next(iter(self._ports))]
+
+
+def _parse_ipv6(data: bytes, packets: np.ndarray, rows: np.ndarray, l3_offsets: np.ndarray,
+                l3_caplen: np.ndarray, addresses: AddressBook) -> None:
+    """Fill the IPv6 fields of packets[rows], as _ChunkParser._parse_ipv4 does for IPv4 (the addresses as
+    their numbers in `addresses`), following up to _MAX_IPV6_EXTENSIONS extension headers to the transport
+    protocol. A non-first fragment has no ports."""
+    ip = _gather(data, l3_offsets, _IPV6_HEADER)
+    valid = (ip["version"] >> 4 == 6) & (l3_caplen >= 40)
+    packets["l3"][rows] = np.where(valid, L3_IPV6, L3_IPV6_MALFORMED)
+    rows, ip, l3_offsets, l3_caplen = rows[valid], ip[valid], l3_offsets[valid], l3_caplen[valid]
+    if not rows.size:
+        return
+    packets["is_ipv6"][rows] = True
+    packets["src_ip"][rows] = addresses.numbers(ip["src"])
+    packets["dst_ip"][rows] = addresses.numbers(ip["dst"])
+    proto = ip["next_header"].astype(np.intp)
+    header_len = np.full(len(rows), 40, np.intp)
+    later_fragment = np.zeros(len(rows), bool)
+    for _ in range(_MAX_IPV6_EXTENSIONS):
+        at = np.flatnonzero(np.isin(proto, _IPV6_EXTENSIONS) & (l3_caplen >= header_len + 8))
+        if not at.size:
+            break
+        extension = _gather(data, l3_offsets[at] + header_len[at], _IPV6_EXTENSION)
+        kind, length = proto[at], extension["length"].astype(np.intp)
+        later_fragment[at] |= (kind == _IPV6_FRAGMENT) & (extension["fragment"] >> 3 != 0)
+        header_len[at] += np.select([kind == _IPV6_FRAGMENT, kind == _IPV6_AH], [8, (length + 2) * 4],
+                                    (length + 1) * 8)
+        proto[at] = extension["next_header"]
+    packets["proto"][rows] = proto
+    has_ports = ((proto == _IPPROTO_TCP) | (proto == _IPPROTO_UDP)) & ~later_fragment & (l3_caplen >= header_len + 4)
+    if has_ports.any():
+        ports = _gather(data, l3_offsets[has_ports] + header_len[has_ports], _PORTS)
+        port_rows = rows[has_ports]
+        packets["has_ports"][port_rows] = True
+        packets["src_port"][port_rows], packets["dst_port"][port_rows] = ports["src_port"], ports["dst_port"]
 
 
 def _gather(data: bytes, offsets: np.ndarray, layout: np.dtype) -> np.ndarray:
@@ -396,93 +524,3 @@ def _gather(data: bytes, offsets: np.ndarray, layout: np.dtype) -> np.ndarray:
     raw = np.dtype(f"V{layout.itemsize}")
     items = np.ndarray(shape=(len(data) - layout.itemsize + 1,), dtype=raw, buffer=data, strides=(1,))
     return items[offsets].view(layout)
-
-
-def _plain_chunks(file: BinaryIO, path: str, size: int) -> Iterator[tuple[bytes, int]]:
-    """(bytes, file position after them) pieces of an uncompressed file."""
-    while chunk := file.read(size):
-        yield chunk, file.tell()
-
-
-def _gzip_chunks(file: BinaryIO, path: str, size: int) -> Iterator[tuple[bytes, int]]:
-    """(decompressed bytes, compressed file position) pieces of a gzip file, members concatenated as
-    gzip(1) does. zlib checks each member's CRC and length trailer. A piece holds at most `size`
-    bytes, however well the data compresses."""
-    inflater = zlib.decompressobj(wbits=_GZIP_WBITS)
-    while block := file.read(_GZIP_READ_BYTES):
-        compressed = block
-        while compressed:
-            if inflater.eof:  # the next gzip member begins
-                inflater = zlib.decompressobj(wbits=_GZIP_WBITS)
-            try:
-                piece = inflater.decompress(compressed, size)
-            except zlib.error as exc:
-                start = file.tell() - len(block)
-                raise PcapError(
-                    path, start, f"corrupt gzip stream within the {len(block)} bytes from here ({exc})"
-                ) from None
-            compressed = inflater.unconsumed_tail or inflater.unused_data
-            yield piece, file.tell()
-    if not inflater.eof:
-        raise PcapError(path, file.tell(), "gzip stream is truncated: the file ends before the gzip trailer")
-
-
-def _coalesce(chunks: Iterator[tuple[bytes, int]], size: int) -> Iterator[tuple[bytes, int]]:
-    """Regroup pieces into chunks of at least `size` bytes (the last may be shorter)."""
-    pending: list[bytes] = []
-    pending_len = 0
-    position = 0
-    for piece, position in chunks:
-        pending.append(piece)
-        pending_len += len(piece)
-        if pending_len >= size:
-            yield b"".join(pending), position
-            pending, pending_len = [], 0
-    if pending:
-        yield b"".join(pending), position
-
-
-_END = object()
-
-
-class _ReadAhead:
-    """Runs a chunk iterator in a worker thread, a bounded queue ahead of the consumer.
-
-    File reads and zlib release the GIL, so decompression proceeds on a second core while the
-    consumer parses. Errors raised by the iterator are re-raised in the consumer.
-    """
-
-    def __init__(self, chunks: Iterator, depth: int = 2):
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._produce, args=(chunks,), name="pcap-read-ahead", daemon=True
-        )
-
-    def __enter__(self) -> Iterator:
-        self._thread.start()
-        return self._consume()
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        while self._thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                self._queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
-
-    def _produce(self, chunks: Iterator) -> None:
-        try:
-            for chunk in chunks:
-                self._queue.put(chunk)
-                if self._stop.is_set():
-                    return
-            self._queue.put(_END)
-        except BaseException as exc:  # noqa: BLE001 - the consumer must see any failure, or it waits forever
-            self._queue.put(exc)
-
-    def _consume(self) -> Iterator:
-        while (item := self._queue.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item

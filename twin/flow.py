@@ -12,7 +12,7 @@ API, the transition log and the demo summary: `ip:port-ip:port/proto` for IPv4, 
 
 `FiveTuple` is the directional header tuple of one packet (a direction matters for steering);
 `FiveTuple.from_record`/`to_record` convert it to and from the `FIVE_TUPLE_DTYPE` arrays of the
-cluster state, which hold IPv4 addresses only.
+cluster state, which hold IPv4 and IPv6 addresses as trace_replay.flows's flow table does.
 """
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ from typing import NamedTuple
 import numpy as np
 
 FIVE_TUPLE_DTYPE = np.dtype([("src_ip", "<u4"), ("dst_ip", "<u4"), ("src_port", "<u2"),
-                             ("dst_port", "<u2"), ("proto", "u1")])
-"""The cluster state's array form of a FiveTuple: IPv4 addresses as host-order integers."""
+                             ("dst_port", "<u2"), ("proto", "u1"), ("is_ipv6", "?"), ("src_ip6", "V16"),
+                             ("dst_ip6", "V16")])
+"""The cluster state's array form of a FiveTuple: IPv4 addresses as host-order integers in src_ip/dst_ip,
+IPv6 ones (is_ipv6 set) as their 16 bytes in src_ip6/dst_ip6; the fields of trace_replay.flows.FLOW_DTYPE."""
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -50,18 +52,23 @@ class FiveTuple(NamedTuple):
     @classmethod
     def from_record(cls, record) -> FiveTuple:
         """The tuple of one FIVE_TUPLE_DTYPE record."""
-        return cls(str(ipaddress.IPv4Address(int(record["src_ip"]))),
-                   str(ipaddress.IPv4Address(int(record["dst_ip"]))),
-                   int(record["src_port"]), int(record["dst_port"]), int(record["proto"]))
+        if record["is_ipv6"]:
+            src, dst = (ipaddress.IPv6Address(record[name].tobytes()) for name in ("src_ip6", "dst_ip6"))
+        else:
+            src, dst = (ipaddress.IPv4Address(int(record[name])) for name in ("src_ip", "dst_ip"))
+        return cls(str(src), str(dst), int(record["src_port"]), int(record["dst_port"]), int(record["proto"]))
 
-    def to_record(self) -> tuple[int, int, int, int, int]:
-        """The fields of a FIVE_TUPLE_DTYPE record; FlowIdError for a bad address, port or protocol, and
-        for IPv6, which that dtype cannot hold."""
-        addresses = [_address(self.src_ip), _address(self.dst_ip)]
-        if any(address.version != 4 for address in addresses):
-            raise FlowIdError(f"FIVE_TUPLE_DTYPE holds IPv4 addresses only, not those of {tuple(self)}")
-        return (int(addresses[0]), int(addresses[1]), _number("port", self.src_port, 0xFFFF),
-                _number("port", self.dst_port, 0xFFFF), _number("protocol", self.proto, 0xFF))
+    def to_record(self) -> tuple:
+        """The fields of a FIVE_TUPLE_DTYPE record; FlowIdError for a bad address, port or protocol, and for
+        endpoints of two IP versions."""
+        src, dst = _address(self.src_ip), _address(self.dst_ip)
+        if src.version != dst.version:
+            raise FlowIdError(f"a flow's endpoints are of one IP version, not {src} and {dst}")
+        ports = (_number("port", self.src_port, 0xFFFF), _number("port", self.dst_port, 0xFFFF),
+                 _number("protocol", self.proto, 0xFF))
+        if src.version == 4:
+            return (int(src), int(dst), *ports, False, bytes(16), bytes(16))
+        return (0, 0, *ports, True, src.packed, dst.packed)
 
 
 class FlowKey(NamedTuple):

@@ -55,6 +55,21 @@ def instances_needed(state: ClusterState, thresholds: Thresholds) -> int:
     return int(enough[0]) + 1 if enough.size else state.n_instances
 
 
+def drainable(state: ClusterState, thresholds: Thresholds) -> tuple[int, ...]:
+    """The active instances a scale-in could stop, coldest first: as many of the coldest as the load judgment
+    lets go (active − `instances_needed`), so that the others carry the whole load at or below Th_high.
+
+    The stabilizer's scale-in need is "the load fits on fewer instances" (section III's summed trigger), which
+    can hold with no instance under Th_low; these are then the instances a policy drains.
+    """
+    active = state.active_indices
+    spare = active.size - instances_needed(state, thresholds)
+    if spare <= 0:
+        return ()
+    order = active[np.lexsort((active, state.utilisation[active]))]
+    return tuple(order[:spare].tolist())
+
+
 def detect(state: ClusterState, thresholds: Thresholds) -> Scenario:
     """Classify the state; the instance lists are sorted by utilisation, hottest/coldest first."""
     active = state.active

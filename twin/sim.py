@@ -105,6 +105,19 @@ class _Trace:
     departure: torch.Tensor
 
 
+def fluid_queue(queue: torch.Tensor, arrivals: torch.Tensor, service: torch.Tensor, buffer: torch.Tensor,
+                step_s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fluid FIFO over one step of `step_s` s: (queue after, packets dropped), elementwise.
+
+    q ← clip(q + (λ − μ)·Δt, 0, B), λ = `arrivals` and μ = `service` in packets/s; what the clip cuts above
+    B is dropped. The one queue formula: the simulator's step and the twin's calibration (twin.calibration)
+    both use it.
+    """
+    backlog = (queue + (arrivals - service) * step_s).clamp(min=0.0)
+    after = torch.minimum(backlog, buffer)
+    return after, backlog - after
+
+
 class BatchedTwin:
     """B cluster episodes stepped together. Build it with `from_states` or `from_episodes`."""
 
@@ -530,10 +543,9 @@ class BatchedTwin:
 
         `arrivals` is λ [B, N], the load of the assignment the step ends with.
         """
-        service = torch.where(self.active, self.capacity, 0.0)
-        backlog = (self.queue + (arrivals - service) * self.step_s).clamp(min=0.0)
-        self.queue = torch.minimum(backlog, self.buffer)
-        return (backlog - self.queue).sum(-1)
+        self.queue, drops = fluid_queue(self.queue, arrivals, torch.where(self.active, self.capacity, 0.0),
+                                        self.buffer, self.step_s)
+        return drops.sum(-1)
 
     def _follow_trace(self) -> None:
         """Set the flows of the current step: rates from the trace, departures, and steered arrivals."""

@@ -14,15 +14,23 @@ import sys
 import time
 from pathlib import Path
 
-from trace_replay.cli_types import non_negative_int, positive_float, positive_int, rng_seed
+from trace_replay.cli_types import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    rng_seed,
+)
 
 EXPERIMENT_CHOICES = ("scale-out", "scale-in", "lb", "time", "all", "closed-loop")
 DEFAULT_POLICIES = "ofm,size-greedy,pairwise,random,optimal"
 LOOP_POLICIES = "ofm,size-greedy,deepmigration,pairwise,random"
 LOOP_OPTIMAL_LIMIT_S = 1.0
 LOOP_OPTIONS = {"speed": 1.0, "episodes": 8, "periods": 120, "instances": 6, "standby": 4, "stabilizer": "both",
+                "start": None, "capacity": None, "buffer": None, "processing_ms": None,
                 "max_flows": 4000}
-"""The closed loop's options and their defaults (None on the command line means 'not given')."""
+"""The closed loop's options and their defaults (None on the command line means 'not given'; a None default:
+drawn per episode, or the cost model's)."""
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                     "NUMEXPR_NUM_THREADS")
 FULL_SEEDS, QUICK_SEEDS = 5, 2
@@ -94,6 +102,16 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--max-flows", type=positive_int, metavar="F",
                       help=f"flow slots per episode, a seeded sample of the window's flows when it holds more "
                            f"(default {LOOP_OPTIONS['max_flows']}; the hindsight row needs a few dozen)")
+    loop.add_argument("--start", type=non_negative_float, metavar="S",
+                      help="open every window S trace seconds after the trace's first packet, as dm-demo --start "
+                           "(default: a seeded draw per episode)")
+    loop.add_argument("--capacity", type=positive_float, metavar="PPS",
+                      help="every instance's capacity, packets/s, as dm-demo --capacity; every flow is kept "
+                           "(default: sized per episode for a 25-50 %% mean utilisation)")
+    loop.add_argument("--buffer", type=positive_float, metavar="PACKETS",
+                      help="every instance's buffer, packets, as dm-demo --buffer (default: 100 ms at capacity)")
+    loop.add_argument("--processing-ms", type=non_negative_float, metavar="MS",
+                      help="NF processing latency la_p, as dm-demo --processing-ms (default: the cost model's 50)")
     loop.add_argument("--stabilizer", choices=("on", "off", "both"),
                       help="run each policy with the stabilizer, without it (today's loop) or both "
                            f"(default {LOOP_OPTIONS['stabilizer']})")
@@ -227,9 +245,9 @@ def _bench_loop(args: argparse.Namespace, argv: list[str], names: list[str]) -> 
     replicas = sum(len(p) if isinstance(p, list) else 1 for p in prototypes.values())
     with tqdm(total=replicas * len(settings) * setup.periods, unit="period", file=sys.stderr,
               disable=None) as bar:
-        runs = loop.run(batch, prototypes, settings, on_period=bar.update)
+        runs = loop.run(batch, prototypes, settings, params=setup.params, on_period=bar.update)
     if loop.HINDSIGHT in names:
-        runs.append(loop.hindsight_run(batch, say=lambda line: print(line, file=sys.stderr)))
+        runs.append(loop.hindsight_run(batch, params=setup.params, say=lambda line: print(line, file=sys.stderr)))
     wall_s = time.perf_counter() - began
     print(loop.format_table(runs))
     records = [record for run in runs for record in run.records]

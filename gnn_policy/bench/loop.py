@@ -48,13 +48,27 @@ class LoopSetup:
     speed: float = 1.0
     seed: int = 0
     max_flows: int = MAX_FLOWS
+    start: float | None = None
+    """Trace seconds from the first packet to every window's start (None: drawn per episode)."""
+    capacity: float | None = None
+    """Every instance's capacity, packets/s; every flow is kept (None: sized per episode)."""
+    buffer: float | None = None
+    """Every instance's buffer, packets (None: 100 ms at capacity)."""
+    processing_ms: float | None = None
+    """la_p (None: `CostParams`'s)."""
+
+    @property
+    def params(self) -> CostParams:
+        return CostParams() if self.processing_ms is None else CostParams(processing_ms=self.processing_ms)
 
 
 def build(trace: str | Path, table: FlowTable, setup: LoopSetup) -> EpisodeBatch:
-    """The episodes of `setup`: P periods need P + 1 bins (the last one only ends the horizon)."""
+    """The episodes of `setup`: P periods need P + 1 bins (the last one only ends the horizon). With `start`,
+    `capacity`, `buffer` and `processing_ms` it is the testbed's set-up (`dm-demo`'s options of those names)."""
     return build_episodes(trace, table=table, n_episodes=setup.episodes, n_steps=setup.periods + 1,
                           n_instances=setup.instances, n_standby=setup.standby, seed=setup.seed,
-                          max_flows=setup.max_flows, bin_s=PERIOD_S, speed=setup.speed)
+                          max_flows=setup.max_flows, bin_s=PERIOD_S, speed=setup.speed, params=setup.params,
+                          window_start_s=setup.start, capacity_pps=setup.capacity, buffer_packets=setup.buffer)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,98 @@
+"""twin.calibration: the least-squares fit recovers the parameters a recording was simulated with, and a
+parameter file is checked field by field."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import cluster, simulated_dataset
+from twin.calibration import CalibratedParams, CalibrationError, fit, load_params, save_params
+from twin.fidelity.evaluate import load_dataset
+from twin.migration import Action, Migration
+from twin.records import MoveRecord, PeriodRecord, RecordingWriter
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("simulated")
+    return {**simulated_dataset(root, steps=150), "root": root}
+
+
+def test_calibration_recovers_the_simulated_parameters(simulated):
+    truth = simulated["truth"]
+    params = fit(load_dataset(simulated["root"], "train"))
+    for k, instance in enumerate(("nf0", "nf1")):
+        fitted = params.instances[instance]
+        assert fitted.service_ratio == pytest.approx(truth.service_ratio[k], rel=0.05)
+        assert fitted.buffer_ratio == pytest.approx(truth.buffer_ratio[k], rel=0.1)
+        assert fitted.processing_ms == pytest.approx(truth.processing_ms[k], abs=6.0)
+    assert params.batch == "period"
+    assert params.pooled_move.a_ms == pytest.approx(truth.move_a_ms, rel=0.1)
+    assert params.pooled_move.b_ms == pytest.approx(truth.move_b_ms, rel=0.1)
+    for pair in params.moves.values():
+        assert pair.a_ms == pytest.approx(truth.move_a_ms, rel=0.15)
+    assert params.least_utilised_share < 0.3  # the simulator deals new flows round-robin, not to the least utilised
+    assert params.fitted_on["recordings"] == ["sim-1"]  # the training recording only
+
+
+def _move_recording(directory, a_ms: float, b_ms: float, batches: list[int]) -> None:
+    """Periods of two instances whose done moves, n per period, take exactly a + b·n ms."""
+    writer = RecordingWriter(directory, {"source": "test", "period_s": 1.0})
+    for n in batches:
+        state = cluster([[10.0] * max(batches), [10.0]])
+        moves = tuple(Migration(state.flow_ids[f], "nf0", "nf1") for f in range(n))
+        writer.add_period(state, PeriodRecord(action=Action(moves), executed=True,
+                                              moves=tuple(MoveRecord(m.flow, m.src, m.dst, "done", a_ms + b_ms * n)
+                                                          for m in moves)))
+    writer.add_period(cluster([[10.0], [10.0]]))
+    writer.close()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(a_ms=st.floats(1.0, 200.0), b_ms=st.floats(0.0, 20.0),
+       batches=st.lists(st.integers(1, 6), min_size=8, max_size=20).filter(lambda b: len(set(b)) > 1))
+def test_move_durations_are_fitted_exactly_when_they_follow_the_model(tmp_path_factory, a_ms, b_ms, batches):
+    directory = tmp_path_factory.mktemp("moves") / "recording"
+    _move_recording(directory, a_ms, b_ms, batches)
+    params = fit(load_dataset(directory, "train"))
+    fitted = params.move("nf0", "nf1")
+    assert fitted.a_ms == pytest.approx(a_ms, rel=1e-6, abs=1e-6)
+    assert fitted.b_ms == pytest.approx(b_ms, rel=1e-6, abs=1e-6)
+
+
+def test_parameters_round_trip(tmp_path, simulated):
+    params = fit(load_dataset(simulated["root"], "train"))
+    save_params(params, tmp_path / "p.json")
+    assert load_params(tmp_path / "p.json") == params
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    (lambda d: d.update(version=2), "version 2"),
+    (lambda d: d.pop("batch"), "'batch'"),
+    (lambda d: d.update(least_utilised_share=1.5), "'least_utilised_share'"),
+    (lambda d: d["pooled_move"].update(a_ms=-1.0), "'pooled_move.a_ms'"),
+    (lambda d: d["instances"].update(nf9={"service_ratio": 1.0}), "'instances.nf9'"),
+    (lambda d: d.update(kind="something else"), "not a calibrated-twin parameter file"),
+])
+def test_a_bad_parameter_file_is_refused_by_name(tmp_path, change, named):
+    data = CalibratedParams().to_json()
+    change(data)
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match=named.replace("(", r"\(")) as caught:
+        load_params(tmp_path / "p.json")
+    assert str(tmp_path / "p.json") in str(caught.value)
+
+
+def test_a_file_that_is_not_json_is_refused(tmp_path):
+    (tmp_path / "p.json").write_text("{not json")
+    with pytest.raises(CalibrationError, match="not a readable JSON"):
+        load_params(tmp_path / "p.json")
+
+
+def test_nothing_to_fit_on_is_refused(tmp_path):
+    _move_recording(tmp_path / "r", 40.0, 3.0, [1, 2])
+    with pytest.raises(CalibrationError, match="no two consecutive validation periods"):
+        fit(load_dataset(tmp_path / "r", "train"), split="validation")

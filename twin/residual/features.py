@@ -1,0 +1,178 @@
+"""What the residual twin sees: one origin's history and the k actions after it, as a PyG graph.
+
+The cluster graph is the complete directed graph over every instance (standby ones too, so a started
+instance is a node), with the same features for every instance so that one set of weights serves any N.
+A node's **state** s_i (the quantity eq. (15)-(16) steps) is four scale-free numbers:
+
+* `utilisation`: the controller's l_i of the state (load over capacity);
+* `queue_fill`: the reported queue over the buffer;
+* `arrivals`: the packets the instance received during the period before the state, per capacity-second
+  (the NF's own counter: the controller's l_i lags it, docs/twin.md "Residual twin");
+* `drops`: the packets it dropped during that period, per buffer packet.
+
+A window holds the last `history` states (newest first) and, for each of the k periods to roll out, the
+action: per node whether it is active before and after, started, stopped, and the load moved in and out
+(the moved flows' rates at the origin over the node's capacity); per node also its capacity relative to the
+cluster's and its buffer in periods of full-rate service; per edge the moved load (over the mean
+capacity), the moved flows and la_ij. Flows that arrived after the origin are unknown to the twin, so
+their moves carry no load, as in the default twin.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch_geometric.data import Batch, Data
+
+from gnn_policy.graph import LATENCY_UNIT_MS, complete_edges
+from twin.fidelity.episode import Episode, Past, RecordedAction
+from twin.migration import IndexedAction
+from twin.state import ClusterState
+
+STATE = ("utilisation", "queue_fill", "arrivals", "drops")
+ACTION_NODE = ("active", "active_after", "started", "stopped", "moved_in", "moved_out")
+STATIC_NODE = ("relative_capacity", "buffer_periods")
+EDGE = ("migration_latency", "moved_load", "moved_flows")
+FLOWS_UNIT = 10.0
+"""Moved flows per edge are given in tens."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What is known at the origin: per instance, the last `history` states (newest first, [N, H, 4]),
+    and the origin's cluster (capacities, buffers, flows and their rates, la_ij)."""
+
+    history: np.ndarray
+    state: ClusterState
+    period_s: float
+
+
+@dataclass(frozen=True)
+class Move:
+    """One period's action in the twin's terms: per pair the moved load (packets/s) and flows, the
+    instances started and stopped."""
+
+    load: np.ndarray
+    flows: np.ndarray
+    started: np.ndarray
+    stopped: np.ndarray
+
+
+def origin_of_past(past: Past, history: int) -> Origin:
+    """The origin of a recorded period: states t, t-1, ... (the earliest known repeated before it; the first
+    state's arrivals taken to be its load)."""
+    state = past.state()
+    rows = []
+    for back in range(history):
+        s = max(past.t - back, 0)
+        known = past.state(s)
+        if s > 0:
+            arrivals = np.nan_to_num(past.packets_in(s - 1)[0]) / (known.capacity * past.period_s)
+            drops = np.nan_to_num(past.drops(s - 1)[0])
+        else:
+            arrivals, drops = known.utilisation, np.zeros(known.n_instances)
+        rows.append(np.stack([known.utilisation, known.queue / np.maximum(known.buffer, 1e-9), arrivals,
+                              drops / np.maximum(known.buffer, 1e-9)], axis=1))
+    return Origin(np.stack(rows, axis=1), state, past.period_s)
+
+
+def origin_of_state(state: ClusterState, history: int, period_s: float = 1.0) -> Origin:
+    """An origin with no past but `state` (the live case without a recording): every earlier state is taken
+    to equal it, its arrivals to be its load and its drops none."""
+    row = np.stack([state.utilisation, state.queue / np.maximum(state.buffer, 1e-9), state.utilisation,
+                    np.zeros(state.n_instances)], axis=1)
+    return Origin(np.repeat(row[:, None, :], history, axis=1), state, period_s)
+
+
+def recorded_move(origin: ClusterState, action: RecordedAction) -> Move:
+    """A recorded action's moves at the origin's rates (moves of flows the origin does not know carry none)."""
+    index = origin.flow_index
+    rate = np.array([origin.rate[index[f]] if f in index else 0.0 for f in action.flows])
+    return _move(origin.n_instances, action.src, action.dst, rate, action.started, action.stopped)
+
+
+def indexed_move(state: ClusterState, action: IndexedAction) -> Move:
+    """A policy's action on `state` (flow indices into it)."""
+    n = state.n_instances
+    started, stopped = np.zeros(n, bool), np.zeros(n, bool)
+    started[action.start], stopped[action.stop] = True, True
+    return _move(n, state.assignment[action.flows], action.dst, state.rate[action.flows], started, stopped)
+
+
+def _move(n: int, src: np.ndarray, dst: np.ndarray, rate: np.ndarray, started: np.ndarray,
+          stopped: np.ndarray) -> Move:
+    load, flows = np.zeros((n, n)), np.zeros((n, n))
+    np.add.at(load, (src, dst), rate)
+    np.add.at(flows, (src, dst), 1.0)
+    return Move(load, flows, np.asarray(started, bool), np.asarray(stopped, bool))
+
+
+def window(origin: Origin, moves: Sequence[Move], horizon: int,
+           targets: np.ndarray | None = None, mask: np.ndarray | None = None) -> Data:
+    """The graph of one origin and the moves of its next periods, padded to `horizon` periods (a padded
+    period moves nothing and changes no instance). `targets` [N, horizon, 4] are the measured next states
+    (NaN: unknown) and `mask` [N, horizon] the instances whose prediction is scored."""
+    state = origin.state
+    n, capacity = state.n_instances, state.capacity
+    edges = complete_edges(n)
+    mean_capacity = capacity[state.active].mean() if state.active.any() else capacity.mean()
+    node_steps, edge_steps = np.zeros((n, horizon, len(ACTION_NODE))), np.zeros((edges.shape[1], horizon, 2))
+    active = state.active.copy()
+    for j in range(horizon):
+        move = moves[j] if j < len(moves) else Move(np.zeros((n, n)), np.zeros((n, n)), np.zeros(n, bool),
+                                                     np.zeros(n, bool))
+        after = (active | move.started) & ~move.stopped
+        if not after.any():
+            after = active
+        node_steps[:, j] = np.stack([active, after, move.started, move.stopped,
+                                     move.load.sum(axis=0) / capacity, move.load.sum(axis=1) / capacity], axis=1)
+        edge_steps[:, j] = np.stack([move.load[edges[0], edges[1]] / mean_capacity,
+                                     move.flows[edges[0], edges[1]] / FLOWS_UNIT], axis=1)
+        active = after
+    targets = np.full((n, horizon, len(STATE)), np.nan) if targets is None else targets
+    mask = np.zeros((n, horizon), bool) if mask is None else mask
+    f32 = torch.float32
+    return Data(x=torch.as_tensor(origin.history, dtype=f32),
+                static=torch.as_tensor(np.stack([capacity / mean_capacity, state.buffer / (capacity * origin.period_s)],
+                                                axis=1), dtype=f32),
+                edge_index=torch.as_tensor(edges, dtype=torch.long),
+                latency=torch.as_tensor(state.migration_ms[edges[0], edges[1]][:, None] / LATENCY_UNIT_MS, dtype=f32),
+                node_steps=torch.as_tensor(node_steps, dtype=f32), edge_steps=torch.as_tensor(edge_steps, dtype=f32),
+                y=torch.as_tensor(targets, dtype=f32), mask=torch.as_tensor(mask))
+
+
+def measured(episode: Episode, t: int) -> np.ndarray:
+    """[N, 4] the measured state of period t+1 (the target of origin t): STATE's four numbers."""
+    capacity, buffer = episode.capacity[t + 1], np.maximum(episode.buffer[t + 1], 1e-9)
+    return np.stack([episode.utilisation[t + 1], episode.queue[t + 1] / buffer,
+                     episode.packets_in[t] / (capacity * episode.period_s), episode.drops[t] / buffer], axis=1)
+
+
+def training_windows(episodes: Sequence[Episode], split: str, horizon: int, history: int) -> list[Data]:
+    """Every origin of `split` with its next `horizon` periods' moves and measured states (as far as the
+    split goes: later periods are masked out)."""
+    out = []
+    for episode in episodes:
+        inside = episode.split == split
+        for t in range(episode.n_periods - 1):
+            if not (inside[t] and inside[t + 1]):
+                continue
+            steps = 0
+            while steps < horizon and t + steps + 1 < episode.n_periods and inside[t + steps + 1]:
+                steps += 1
+            past = episode.past(t)
+            origin = origin_of_past(past, history)
+            moves = [recorded_move(origin.state, episode.action(t + j)) for j in range(steps)]
+            targets = np.full((origin.state.n_instances, horizon, len(STATE)), np.nan)
+            mask = np.zeros((origin.state.n_instances, horizon), bool)
+            for j in range(steps):
+                targets[:, j] = measured(episode, t + j)
+                mask[:, j] = episode.active[t + j + 1]
+            out.append(window(origin, moves, horizon, targets, mask))
+    return out
+
+
+def collate(windows: Sequence[Data]) -> Batch:
+    return Batch.from_data_list(list(windows))

@@ -1,0 +1,141 @@
+"""The residual twin's network: s_{t+1} = s_t + f(s_t, a_t) (`002_90c4d10f2b539789.txt`, eq. (15)-(16)), f a GN
+block over the cluster graph, rolled out period by period on its own predictions.
+
+f is the policy's GN block (`gnn_policy.gn`: recurrent φ cells, mean ρ aggregations, so it serves any N)
+over an encoding of each node's state history, its action and the globals, decoded per node into the change
+of the node's state (`features.STATE`). A linear path from the node inputs to the change sits beside the
+GN (f = GN + linear): the twin's best one-period guesses are near-linear in its inputs (the next utilisation
+follows the NF's arrivals of the period before), which a tanh-encoded network alone learns slowly.
+A step's prediction is clipped to what is physical (nothing negative, no queue over the buffer, nothing on
+a stopped instance) before it becomes the next step's input; the loss reads the unclipped prediction.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch_geometric.data import Batch
+from torch_geometric.nn import MetaLayer
+from torch_geometric.utils import scatter
+
+from gnn_policy.gn import EdgeUpdate, GlobalUpdate, NodeUpdate, two_layer
+from twin.residual.features import ACTION_NODE, EDGE, STATE, STATIC_NODE
+from twin.sim import fluid_queue
+
+GLOBAL = ("mean_utilisation", "mean_arrivals", "active_share")
+"""Globals, from the node states: the mean over active instances, and the share of instances active."""
+DERIVED = ("post_utilisation", "fluid_queue", "fluid_drops")
+"""Node inputs computed each period from the state and the action: the utilisation after the moves, and the
+fluid queue (twin.sim.fluid_queue, the one queue formula) fed for one period by the last arrivals adjusted by
+the moves: the physics the network corrects."""
+
+
+@dataclass(frozen=True)
+class ResidualConfig:
+    """Everything that fixes the network's shape; stored in checkpoints and checked on load."""
+
+    hidden: int = 32
+    steps: int = 2
+    """GN block applications per period."""
+    history: int = 3
+    """States per node the network reads (the origin and the ones before it)."""
+    state: tuple[str, ...] = STATE
+    action_node: tuple[str, ...] = ACTION_NODE
+    static_node: tuple[str, ...] = STATIC_NODE
+    edge: tuple[str, ...] = EDGE
+    global_features: tuple[str, ...] = GLOBAL
+    derived: tuple[str, ...] = DERIVED
+
+    @property
+    def node_inputs(self) -> int:
+        """History, static features, action and the derived inputs."""
+        return self.history * len(self.state) + len(self.static_node) + len(self.action_node) + len(self.derived)
+
+    def to_dict(self) -> dict:
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ResidualConfig:
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown residual-twin config keys {sorted(unknown)}")
+        config = cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
+        current = cls(hidden=config.hidden, steps=config.steps, history=config.history)
+        if config != current:
+            raise ValueError("the stored features are not the ones this code computes")
+        return config
+
+
+class ResidualNet(nn.Module):
+    """f of eq. (15)-(16) and its k-period rollout."""
+
+    def __init__(self, config: ResidualConfig = ResidualConfig()):
+        super().__init__()
+        self.config = config
+        h = config.hidden
+        self.encode_node = nn.Linear(config.node_inputs, h)
+        self.encode_edge = nn.Linear(len(config.edge), h)
+        self.encode_global = nn.Linear(len(config.global_features), h)
+        self.block = MetaLayer(EdgeUpdate(h), NodeUpdate(h), GlobalUpdate(h))
+        self.head = two_layer(2 * h, h, len(config.state))
+        self.linear = nn.Linear(config.node_inputs, len(config.state))
+        with torch.no_grad():
+            self.head[-1].weight.mul_(0.1)
+            self.head[-1].bias.zero_()
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """[nodes, horizon, 4]: the predicted (unclipped) state of each node after each rolled-out period."""
+        history = batch.x
+        node_graph = batch.batch if batch.batch is not None else torch.zeros(history.size(0), dtype=torch.long)
+        graphs = int(node_graph.max()) + 1 if node_graph.numel() else 0
+        out = []
+        for j in range(batch.node_steps.size(1)):
+            action = batch.node_steps[:, j]
+            now = history[:, 0]
+            nodes = torch.cat([history.flatten(1), batch.static, action, derived(now, action, batch.static)], dim=1)
+            edges = torch.cat([batch.latency, batch.edge_steps[:, j]], dim=1)
+            predicted = now + self._change(nodes, edges, self._globals(now, action, node_graph, graphs), batch,
+                                           node_graph)
+            out.append(predicted)
+            history = torch.cat([clip(predicted, action[:, ACTION_NODE.index("active_after")])[:, None],
+                                 history[:, :-1]], dim=1)
+        return torch.stack(out, dim=1)
+
+    def _change(self, nodes: torch.Tensor, edges: torch.Tensor, globals_: torch.Tensor, batch: Batch,
+                node_graph: torch.Tensor) -> torch.Tensor:
+        x, edge, u = torch.tanh(self.encode_node(nodes)), torch.tanh(self.encode_edge(edges)), \
+            torch.tanh(self.encode_global(globals_))
+        for _ in range(self.config.steps):
+            x, edge, u = self.block(x, batch.edge_index, edge, u, node_graph)
+        return self.head(torch.cat([x, u.index_select(0, node_graph)], dim=1)) + self.linear(nodes)
+
+    @staticmethod
+    def _globals(now: torch.Tensor, action: torch.Tensor, node_graph: torch.Tensor, graphs: int) -> torch.Tensor:
+        active = action[:, ACTION_NODE.index("active")]
+        weight = scatter(active, node_graph, dim=0, dim_size=graphs, reduce="sum").clamp(min=1.0)
+        means = scatter(now[:, [STATE.index("utilisation"), STATE.index("arrivals")]] * active[:, None], node_graph,
+                        dim=0, dim_size=graphs, reduce="sum") / weight[:, None]
+        share = scatter(active, node_graph, dim=0, dim_size=graphs, reduce="mean")
+        return torch.cat([means, share[:, None]], dim=1)
+
+
+def derived(now: torch.Tensor, action: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+    """[N, 3] the DERIVED inputs. In buffer units the fluid queue's arrivals are the last arrivals per
+    capacity-second over the buffer in periods, its service one over that (nothing when stopped)."""
+    moved = action[:, ACTION_NODE.index("moved_in")] - action[:, ACTION_NODE.index("moved_out")]
+    active = action[:, ACTION_NODE.index("active_after")]
+    periods = static[:, STATIC_NODE.index("buffer_periods")].clamp(min=1e-6)
+    arrivals = (now[:, STATE.index("arrivals")] + moved).clamp(min=0.0) * active
+    queue, drops = fluid_queue(now[:, STATE.index("queue_fill")], arrivals / periods, active / periods,
+                               torch.ones_like(periods), 1.0)
+    return torch.stack([now[:, STATE.index("utilisation")] + moved, queue, drops], dim=1)
+
+
+def clip(predicted: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """A predicted state made physical: nothing negative, the queue within the buffer, a stopped instance
+    idle."""
+    low = predicted.clamp(min=0.0)
+    queue = STATE.index("queue_fill")
+    low = torch.cat([low[:, :queue], low[:, queue:queue + 1].clamp(max=1.0), low[:, queue + 1:]], dim=1)
+    return low * active[:, None]

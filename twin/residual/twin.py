@@ -1,0 +1,126 @@
+"""The residual twin behind the fidelity benchmark's `Twin` interface, and its batched scoring of candidate
+actions (the learning issue's "what would this action do").
+
+The network predicts each instance's utilisation, queue, arrivals and drops period by period
+(`twin.residual.model`). What it does not model, the moves' durations and the period's migration and
+resource cost, comes from a base twin (the default twin unless another is given: `dm-twin eval` gives the
+calibrated one), and the threshold penalty is the one cost model's ω on the residual twin's own utilisation
+after each period's moves.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from twin import cost
+from twin.fidelity.episode import Past, RecordedAction
+from twin.fidelity.twins import DefaultTwin, FlowTwin, Step, Twin
+from twin.migration import IndexedAction
+from twin.params import CostParams, Thresholds
+from twin.residual import checkpoint
+from twin.residual.features import (
+    ACTION_NODE,
+    STATE,
+    Move,
+    Origin,
+    collate,
+    indexed_move,
+    origin_of_past,
+    origin_of_state,
+    recorded_move,
+    window,
+)
+from twin.residual.model import ResidualNet, clip
+from twin.state import ClusterState
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Predicted metrics of C candidate actions over k periods on N instances."""
+
+    utilisation: np.ndarray
+    """[C, k, N] utilisation of the states after periods 1..k."""
+    queue: np.ndarray
+    """[C, k, N] queue (packets) of those states."""
+    drops: np.ndarray
+    """[C, k, N] packets dropped during each period."""
+    threshold_penalty: np.ndarray
+    """[C, k] the cost model's ω penalties of each period, on the utilisation after its moves."""
+
+
+class ResidualTwin(Twin):
+    """s' = s + f(s, a) rolled out with the given actions."""
+
+    name = "residual"
+
+    def __init__(self, net: ResidualNet, base: FlowTwin | None = None, params: CostParams = CostParams(),
+                 thresholds: Thresholds = Thresholds()):
+        self.net, self.params, self.thresholds = net.eval(), params, thresholds
+        self.base = base or DefaultTwin(params, thresholds)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, **kwargs) -> ResidualTwin:
+        """The twin of the checkpoint at `path` (the shipped model when None)."""
+        return cls(checkpoint.load(path)[0], **kwargs)
+
+    def rollout(self, past: Past, actions: Sequence[RecordedAction]) -> list[Step]:
+        if not actions:
+            return []
+        origin = origin_of_past(past, self.net.config.history)
+        moves = [recorded_move(origin.state, action) for action in actions]
+        predicted, graph = self._predict(origin, [moves], len(actions))
+        scores = self._scores(origin, predicted, graph)
+        return [replace(step, utilisation=scores.utilisation[0, j], queue=scores.queue[0, j],
+                        drops=scores.drops[0, j],
+                        costs={**step.costs, "threshold_penalty": float(scores.threshold_penalty[0, j])})
+                for j, step in enumerate(self.base.rollout(past, actions))]
+
+    def score_actions(self, state: ClusterState | Past, candidate_actions: Sequence[IndexedAction],
+                      k: int) -> Scores:
+        """Each candidate carried out on `state` now, then k − 1 periods without action, all candidates in one
+        batched pass. `state` is a recorded origin (`Past`, whose history the network reads) or a bare
+        ClusterState (taken to have been so for as long as the network looks back)."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        history = self.net.config.history
+        origin = origin_of_past(state, history) if isinstance(state, Past) else origin_of_state(state, history)
+        moves = [[indexed_move(origin.state, action)] for action in candidate_actions]
+        if not moves:
+            n = origin.state.n_instances
+            return Scores(np.zeros((0, k, n)), np.zeros((0, k, n)), np.zeros((0, k, n)), np.zeros((0, k)))
+        predicted, graph = self._predict(origin, moves, k)
+        return self._scores(origin, predicted, graph)
+
+    def _predict(self, origin: Origin, candidates: Sequence[Sequence[Move]], k: int):
+        """The clipped predictions [C, N, k, 4] and the batched graph's per-node action steps [C, N, k, A]."""
+        batch = collate([window(origin, moves, k) for moves in candidates])
+        with torch.no_grad():
+            raw = self.net(batch)
+        n = origin.state.n_instances
+        active = batch.node_steps[:, :, ACTION_NODE.index("active_after")]
+        predicted = torch.stack([clip(raw[:, j], active[:, j]) for j in range(k)], dim=1)
+        return predicted.reshape(-1, n, k, len(STATE)).numpy(), batch.node_steps.reshape(-1, n, k, len(ACTION_NODE))
+
+    def _scores(self, origin: Origin, predicted: np.ndarray, steps: torch.Tensor) -> Scores:
+        state = origin.state
+        utilisation = predicted[..., STATE.index("utilisation")].transpose(0, 2, 1)
+        steps = steps.numpy().transpose(0, 2, 1, 3)
+        before = np.concatenate([np.broadcast_to(state.utilisation, utilisation[:, :1].shape), utilisation[:, :-1]],
+                                axis=1)
+        after = before + steps[..., ACTION_NODE.index("moved_in")] - steps[..., ACTION_NODE.index("moved_out")]
+        active = steps[..., ACTION_NODE.index("active_after")] > 0.5
+        penalty = np.array([[cost.threshold_penalty(u, a, self.thresholds, self.params) for u, a in zip(us, acts)]
+                            for us, acts in zip(after, active)])
+        return Scores(utilisation,
+                      predicted[..., STATE.index("queue_fill")].transpose(0, 2, 1) * state.buffer,
+                      predicted[..., STATE.index("drops")].transpose(0, 2, 1) * state.buffer, penalty)
+
+
+def score_actions(state: ClusterState | Past, candidate_actions: Sequence[IndexedAction], k: int,
+                  model: str | os.PathLike | None = None) -> Scores:
+    """`ResidualTwin.score_actions` with the model at `model` (the shipped one when None)."""
+    return ResidualTwin.load(model).score_actions(state, candidate_actions, k)
