@@ -424,8 +424,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="record every period's transition here (twin.records; a new or empty directory)")
     parser.add_argument("--explore", type=_probability, default=0.0, metavar="EPS",
                         help="with probability EPS per decision, a random valid migration set replaces the "
-                             "policy's (gnn_policy.exploration; default 0)")
-    parser.add_argument("--seed", type=rng_seed, default=0, help="the controller's seed: SLA draws, exploration")
+                             "policy's (gnn_policy.exploration; default %(default)s)")
+    parser.add_argument("--seed", type=rng_seed, default=0, help="the controller's seed: SLA draws, exploration (default %(default)s)")
     return parser
 
 
