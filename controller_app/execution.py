@@ -12,6 +12,7 @@ from typing import Any
 from controller_app.config import ControllerConfig
 from controller_app.decisions import DecisionRecord
 from controller_app.instances import NFRuntime
+from controller_app.recovery import kill_point, maybe_kill
 from controller_app.state_collection import MigrationLatency
 from controller_app.steering import FlowRegistry, SteeredFlow, Switch
 from twin.migration import Migration
@@ -99,6 +100,7 @@ class Migrator:
         self._switch = switch
         self._config = config
         self._clock = clock
+        self._kill_point = kill_point()
 
     def migrate_all(self, moves: list[tuple[SteeredFlow, NFRuntime, NFRuntime]]) -> list[MigrationRun]:
         """Move several flows together, step by step: every destination holds, every flow's rules move
@@ -122,6 +124,7 @@ class Migrator:
             moving = self._each(moving, step, do)
             if step is Step.REDIRECT and moving:
                 moving = self._barrier(moving, config.barrier_timeout_s)
+                maybe_kill(self._kill_point, Step.BARRIER.value, 1 if moving else 0)
         return [move.run for move in every]
 
     def _each(self, moving: list[_Move], step: Step, do: Callable[[_Move], Any]) -> list[_Move]:
@@ -139,6 +142,7 @@ class Migrator:
             if step is Step.RELEASE:
                 move.run.finished_at = self._clock()
             still.append(move)
+            maybe_kill(self._kill_point, step.value, len(still))
         return still
 
     def _barrier(self, moving: list[_Move], timeout_s: float) -> list[_Move]:
