@@ -6,7 +6,9 @@ lose or reorder its packets. Each test prints its figures (`pytest -s`) as one `
 """
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import signal
 import subprocess
 import time
@@ -18,9 +20,11 @@ import pytest
 from controller_app.demo import live_loop
 from controller_app.recovery import FAULT_ENV
 from mininet_topos.nf_cluster import ClusterSpec
-from mininet_topos.testbed import ryu_controller
+from mininet_topos.testbed import OVS_CTL, ensure_ovs_running, ryu_controller
 from tests import pcap_builder
+from tests.helpers import nf_pid
 from trace_replay.live import flow_outcomes
+from twin.flow import FlowKey
 
 pytestmark = [
     pytest.mark.network,
@@ -111,3 +115,125 @@ def test_controller_killed_mid_batch_and_restarted_loses_and_reorders_nothing(tm
                                "held_at_kill": stuck, "reconnect_s": round(reconnected, 2),
                                "recovered_s": round(recovered, 2), "sent": outcomes["sent"],
                                "lost": outcomes["lost"], "reordered": outcomes["reordered"]}))
+
+
+def outcomes_of(loop, replay, sent_log: Path) -> dict:
+    assert replay.wait(timeout=40) == 0, (loop.workdir / "replay.log").read_text()
+    loop.drain()
+    return flow_outcomes(json.loads(sent_log.read_text()), loop.cluster.sink_counts())
+
+
+def lost_by_instance(outcomes: dict, instance_of: dict[str, str]) -> dict[str, dict]:
+    """Lost and reordered packets summed over the flows that `instance_of` (flow id -> instance) places."""
+    totals: dict[str, dict] = {}
+    for flow in outcomes["flows"].values():
+        entry = totals.setdefault(instance_of[FlowKey.of(*flow["key"]).id], {"lost": 0, "reordered": 0})
+        entry["lost"] += flow["lost"]
+        entry["reordered"] += flow["reordered"]
+    return totals
+
+
+@pytest.mark.parametrize("victim", ["src", "dst"])
+def test_an_nf_killed_mid_migration_loses_only_its_own_packets(tmp_path, victim):
+    rate, quiet_ms = 20.0, 1500  # the batch waits 1.5 s in its export step: the NF is killed then
+    pcap = trace(tmp_path / "trace.pcap", 4, rate, 12)
+    with live_loop(SPEC, config={**CONFIG, "quiet_ms": quiet_ms}, workdir=tmp_path / "live") as loop:
+        sent_log = tmp_path / "sent.json"
+        replay = loop.cluster.start_replay(pcap, sent_log)
+        api = loop.api
+        flows = loop.wait_for(lambda: len(f := api.get("/flows")) == 4 and f, 5, "every flow steered")
+        time.sleep(1.0)
+        src = max({"nf1", "nf2"}, key=lambda nf: sum(f["instance"] == nf for f in flows))
+        dst = ({"nf1", "nf2"} - {src}).pop()
+        moved = sorted(f["id"] for f in flows if f["instance"] == src)[:1]
+        before = {f["id"]: f["instance"] for f in flows}
+        api.write("/migrations", "POST", {"migrations": [{"flow": f, "src": src, "dst": dst} for f in moved]})
+        loop.wait_for(lambda: loop.cluster.clients[dst].report()["held"], 5, "the batch in flight", every=0.05)
+        dead = {"src": src, "dst": dst}[victim]
+        subprocess.run(["kill", "-KILL", str(nf_pid(loop.cluster, dead))], check=True)
+        killed = time.monotonic()
+        loop.wait_for(lambda: all(f["instance"] != dead for f in api.get("/flows")), 5, "the dead NF's flows re-steered")
+        resteered = time.monotonic() - killed
+        [decision] = loop.poll_decisions()
+        [run] = decision["migrations"]
+        outcomes = outcomes_of(loop, replay, sent_log)
+    assert run["outcome"] == ("done" if victim == "src" else "rolled_back"), run
+    lost = {FlowKey.of(*f["key"]).id: (f["lost"], f["reordered"]) for f in outcomes["flows"].values()}
+    untouched = [f for f, nf in before.items() if nf != dead and f not in moved]
+    assert all(lost[f] == (0, 0) for f in untouched), lost  # flows that never met the dead NF
+    if victim == "src":  # the moved flow left the source before it died
+        assert all(lost[f] == (0, 0) for f in moved), lost
+    bound = rate * (resteered + quiet_ms / 1000 + 1.0)  # per flow that met the dead NF
+    assert all(lost[f][0] <= bound for f in before), (lost, bound)
+    print("FAULT", json.dumps({"fault": f"NF {victim} SIGKILL mid-migration", "move": run["outcome"],
+                               "resteered_s": round(resteered, 2), "sent": outcomes["sent"],
+                               "lost": outcomes["lost"], "reordered": outcomes["reordered"],
+                               "lost_per_flow_bound": round(bound), "lost_per_flow": lost}))
+
+
+def test_open_vswitch_restarted_under_traffic_comes_back_with_every_rule(tmp_path):
+    rate = 20.0
+    pcap = trace(tmp_path / "trace.pcap", 4, rate, 14)
+    with live_loop(SPEC, config=CONFIG, workdir=tmp_path / "live") as loop:
+        sent_log = tmp_path / "sent.json"
+        replay = loop.cluster.start_replay(pcap, sent_log)
+        api = loop.api
+        loop.wait_for(lambda: len(api.get("/flows")) == 4, 5, "every flow steered")
+        time.sleep(1.0)
+        try:
+            stopped = time.monotonic()
+            subprocess.run(["ovs-appctl", "-t", "ovs-vswitchd", "exit"], check=True, timeout=10)
+            subprocess.run([OVS_CTL, "--no-ovsdb-server", "--no-record-hostname", "start"], check=True,
+                           capture_output=True, timeout=60)
+        finally:
+            ensure_ovs_running()
+        restarted = time.monotonic() - stopped
+        received = loop.cluster.sink_counts()["received"]
+        loop.wait_for(lambda: api.get("/state")["switch_connected"] and
+                      loop.cluster.sink_counts()["received"] > received, 15, "traffic through the restarted switch")
+        resumed = time.monotonic() - stopped
+        rules = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", loop.cluster.switch, "cookie=0xd3e9/-1"],
+                               capture_output=True, text=True, check=True).stdout
+        outcomes = outcomes_of(loop, replay, sent_log)
+    assert rules.count("priority=100") == 8  # both directions of all four flows, re-installed
+    assert outcomes["reordered"] == 0
+    assert outcomes["lost"] <= 4 * rate * (resumed + 1.0), outcomes["lost"]
+    print("FAULT", json.dumps({"fault": "ovs-vswitchd restarted", "restart_s": round(restarted, 2),
+                               "traffic_back_s": round(resumed, 2), "sent": outcomes["sent"],
+                               "lost": outcomes["lost"], "reordered": outcomes["reordered"]}))
+
+
+def test_an_nf_stalled_for_several_periods_keeps_the_period_on_time(tmp_path):
+    nf_timeout_s, period_s, stall_s = 0.3, 1.0, 2.5
+    pcap = trace(tmp_path / "trace.pcap", 4, 20.0, 12)
+    with live_loop(SPEC, config={**CONFIG, "nf_timeout_s": nf_timeout_s}, workdir=tmp_path / "live") as loop:
+        sent_log = tmp_path / "sent.json"
+        replay = loop.cluster.start_replay(pcap, sent_log)
+        api = loop.api
+        flows = loop.wait_for(lambda: len(f := api.get("/flows")) == 4 and f, 5, "every flow steered")
+        before = {f["id"]: f["instance"] for f in flows}
+        time.sleep(1.0)
+        stalled = max({"nf1", "nf2"}, key=lambda nf: sum(f == nf for f in before.values()))
+        pid = nf_pid(loop.cluster, stalled)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            stopped = time.monotonic()
+            loop.wait_for(lambda: not {i["id"]: i for i in api.get("/instances")}[stalled]["alive"], 2 * period_s + 1,
+                          "the stalled NF left out")
+            left_out = time.monotonic() - stopped
+            time.sleep(max(stall_s - left_out, 0.0))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        resumed = time.monotonic()
+        loop.wait_for(lambda: {i["id"]: i for i in api.get("/instances")}[stalled]["alive"], 2 * period_s + 1,
+                      "the NF answers again")
+        back = time.monotonic() - resumed
+        outcomes = outcomes_of(loop, replay, sent_log)
+        times = [json.loads(line)["time"] for line in loop.transition_log.read_text().splitlines()]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert max(gaps) <= period_s + 2 * nf_timeout_s + 0.5, gaps  # one timed-out report per period, no more
+    others = lost_by_instance(outcomes, before)
+    assert others.get(({"nf1", "nf2"} - {stalled}).pop(), {"lost": 0, "reordered": 0}) == {"lost": 0, "reordered": 0}
+    print("FAULT", json.dumps({"fault": f"NF SIGSTOP {stall_s} s", "left_out_s": round(left_out, 2),
+                               "answers_again_s": round(back, 2), "max_period_s": round(max(gaps), 2),
+                               "sent": outcomes["sent"], "by_instance": others}))
