@@ -99,9 +99,12 @@ class OpenFlowSwitch:
         self._bundle(mods, f"reset with {len(flows)} flows")
 
     def adopt(self, cluster: ClusterDescription, target: NFDescription | None) -> None:
-        """The base rules and the default steering in one atomic bundle over the old ones, every per-flow rule
-        kept; then a flow-stats request for those rules, whose reply (`adopting_xid`) the app hands to the core."""
-        self._bundle(self._base_mods(cluster, target), "base rules, adopting the per-flow rules")
+        """The base rules and the default steering (unless `target` is None) in one atomic bundle over the old
+        ones, every per-flow rule kept; then a flow-stats request for those rules, whose reply (`adopting_xid`)
+        the app hands to the core."""
+        # no NF has answered this controller yet (target None): the old default steering goes on meanwhile
+        self._bundle(self._base_mods(cluster, target, default=target is not None),
+                     "base rules, adopting the per-flow rules")
         parser = self.datapath.ofproto_parser
         request = parser.OFPFlowStatsRequest(self.datapath, cookie=FLOW_COOKIE, cookie_mask=0xFFFFFFFFFFFFFFFF)
         self.datapath.set_xid(request)
@@ -109,12 +112,13 @@ class OpenFlowSwitch:
         if not self.datapath.send_msg(request):
             raise SwitchError("switch disconnected")
 
-    def _base_mods(self, cluster: ClusterDescription, target: NFDescription | None) -> list:
-        """The table-miss rule, the default steering, every NF port to the sink and the landing table."""
+    def _base_mods(self, cluster: ClusterDescription, target: NFDescription | None, *, default: bool = True) -> list:
+        """The table-miss rule, the default steering (if `default`), every NF port to the sink and the landing
+        table."""
         parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
         mods = [self._flow_mod(TABLE_MISS_PRIORITY, parser.OFPMatch(),
-                               [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)]),
-                self._default_rule(target)]
+                               [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])]
+        mods += [self._default_rule(target)] if default else []
         mods += [self._flow_mod(NF_TO_SINK_PRIORITY, parser.OFPMatch(in_port=nf.host.port),
                                 [parser.OFPActionOutput(cluster.sink.port)]) for nf in cluster.nfs]
         return mods + [self._landing_rule(proto) for proto in LANDING_PROTOCOLS]
