@@ -149,6 +149,7 @@ def test_an_nf_killed_mid_migration_loses_only_its_own_packets(tmp_path, victim)
         before = {f["id"]: f["instance"] for f in flows}
         api.write("/migrations", "POST", {"migrations": [{"flow": f, "src": src, "dst": dst} for f in moved]})
         loop.wait_for(lambda: loop.cluster.clients[dst].report()["held"], 5, "the batch in flight", every=0.05)
+        time.sleep(0.3)  # hold, redirect and barrier take milliseconds: the batch now waits in its export step
         dead = {"src": src, "dst": dst}[victim]
         subprocess.run(["kill", "-KILL", str(nf_pid(loop.cluster, dead))], check=True)
         killed = time.monotonic()
