@@ -30,13 +30,19 @@ FAULT_ENV = "DEEPMIGRATION_KILL_AT"
 completed STEP (the barrier counts once per batch). For fault tests only; unset in normal runs."""
 
 
+STEPS = ("hold", "redirect", "barrier", "export", "import", "release")
+
+
 def kill_point() -> tuple[str, int] | None:
     """The step and count of `FAULT_ENV`, or None when it is not set."""
     value = os.environ.get(FAULT_ENV, "")
     if not value:
         return None
     step, _, count = value.partition(":")
-    return step, int(count or 1)
+    if step not in STEPS or not count.isdigit() or int(count) < 1:
+        LOG.error("%s=%r ignored: want STEP:K, STEP one of %s, K >= 1", FAULT_ENV, value, ", ".join(STEPS))
+        return None
+    return step, int(count)
 
 
 def maybe_kill(point: tuple[str, int] | None, step: str, done: int) -> None:

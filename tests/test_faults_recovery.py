@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from controller_app import execution
-from controller_app.recovery import FAULT_ENV, interrupted_moves
+from controller_app.recovery import FAULT_ENV, interrupted_moves, kill_point
 from controller_app.steering import canonical, flow_key
 from tests.controller_rig import land, restart, run_period, tuple_n
 
@@ -124,3 +124,17 @@ def test_interrupted_moves_are_read_from_the_reports(rig):
     moves = {m.flow: m for m in interrupted_moves(serving, rig.controller.nfs)}
     assert (moves[flow_key(t)].finish, moves[flow_key(t)].sources) == (True, ("nf1",))
     assert (moves[flow_key(tuple_n(2))].finish, moves[flow_key(tuple_n(2))].holder) == (False, "nf3")
+
+
+@pytest.mark.parametrize("value", ["hold", "hold:0", "hold:x", "drop:1", ":2"])
+def test_a_malformed_kill_point_is_named_and_ignored(monkeypatch, caplog, value):
+    monkeypatch.setenv(FAULT_ENV, value)
+    assert kill_point() is None
+    assert FAULT_ENV in caplog.text and repr(value) in caplog.text
+
+
+def test_a_kill_point_names_a_step_and_a_count(monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "barrier:1")
+    assert kill_point() == ("barrier", 1)
+    monkeypatch.delenv(FAULT_ENV)
+    assert kill_point() is None
