@@ -84,6 +84,8 @@ class OpenFlowSwitch:
         # xid -> what it was, for the messages a barrier vouches for (bundles); an error reply names one
         self._unconfirmed: dict[int, str] = {}
         self._errors: list[str] = []
+        self.adopting_xid: int | None = None
+        """The xid of the flow-stats request of an adopting connect, until its reply is complete."""
 
     def reset(self, cluster: ClusterDescription, target: NFDescription | None,
               flows: list[tuple[FiveTuple, NFDescription]]) -> None:
@@ -91,16 +93,35 @@ class OpenFlowSwitch:
         the default steering and both directions' rules of every flow in `flows`."""
         parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
         mods = [parser.OFPFlowMod(self.datapath, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
-                                  out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY),
-                self._flow_mod(TABLE_MISS_PRIORITY, parser.OFPMatch(),
-                               [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)]),
-                self._default_rule(target)]
-        mods += [self._flow_mod(NF_TO_SINK_PRIORITY, parser.OFPMatch(in_port=nf.host.port),
-                                [parser.OFPActionOutput(cluster.sink.port)]) for nf in cluster.nfs]
-        mods += [self._landing_rule(proto) for proto in LANDING_PROTOCOLS]
+                                  out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY), *self._base_mods(cluster, target)]
         for five_tuple, nf in flows:
             mods += self._steering_mods(five_tuple, nf)
         self._bundle(mods, f"reset with {len(flows)} flows")
+
+    def adopt(self, cluster: ClusterDescription, target: NFDescription | None) -> None:
+        """The base rules and the default steering (unless `target` is None) in one atomic bundle over the old
+        ones, every per-flow rule kept; then a flow-stats request for those rules, whose reply (`adopting_xid`)
+        the app hands to the core."""
+        # no NF has answered this controller yet (target None): the old default steering goes on meanwhile
+        self._bundle(self._base_mods(cluster, target, default=target is not None),
+                     "base rules, adopting the per-flow rules")
+        parser = self.datapath.ofproto_parser
+        request = parser.OFPFlowStatsRequest(self.datapath, cookie=FLOW_COOKIE, cookie_mask=0xFFFFFFFFFFFFFFFF)
+        self.datapath.set_xid(request)
+        self.adopting_xid = request.xid
+        if not self.datapath.send_msg(request):
+            raise SwitchError("switch disconnected")
+
+    def _base_mods(self, cluster: ClusterDescription, target: NFDescription | None, *, default: bool = True) -> list:
+        """The table-miss rule, the default steering (if `default`), every NF port to the sink and the landing
+        table."""
+        parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
+        mods = [self._flow_mod(TABLE_MISS_PRIORITY, parser.OFPMatch(),
+                               [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])]
+        mods += [self._default_rule(target)] if default else []
+        mods += [self._flow_mod(NF_TO_SINK_PRIORITY, parser.OFPMatch(in_port=nf.host.port),
+                                [parser.OFPActionOutput(cluster.sink.port)]) for nf in cluster.nfs]
+        return mods + [self._landing_rule(proto) for proto in LANDING_PROTOCOLS]
 
     def set_default_steering(self, target: NFDescription | None) -> None:
         """Overwrite the default rule (one flow mod, applied atomically)."""
@@ -231,6 +252,15 @@ class OpenFlowSwitch:
                                  **options)
 
 
+def output_port(stat) -> int | None:
+    """The port a rule's apply-actions output to (steering rules, learned or not, have one)."""
+    for instruction in stat.instructions:
+        for action in getattr(instruction, "actions", ()):
+            if hasattr(action, "port"):
+                return action.port
+    return None
+
+
 def five_tuple_of(match) -> FiveTuple | None:
     """The directed 5-tuple of a steering rule's match (ports 0 for protocols without ports)."""
     if "ipv4_src" not in match:
@@ -304,6 +334,7 @@ class DeepMigrationApp(app_manager.RyuApp):
         self._datapath = None
         self._instance_by_port: dict[int, str] = {}
         self._flow_stats: list = []
+        self._rules: list = []
         if cluster_path is not None:  # named: it must be there and valid now
             self._adopt(self.watch.check() or ClusterDescription.load(cluster_path))
         else:
@@ -416,11 +447,22 @@ class DeepMigrationApp(app_manager.RyuApp):
         msg = ev.msg
         if self.switch is None or msg.datapath is not self.switch.datapath:
             return
+        if msg.xid == self.switch.adopting_xid:
+            self._adopt_rules(msg)
+            return
         self._flow_stats += [(t, stat.packet_count, stat.byte_count) for stat in msg.body
                              if (t := five_tuple_of(stat.match)) is not None]
         if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
             self.core.on_flow_stats(self._flow_stats)
             self._flow_stats = []
+
+    def _adopt_rules(self, msg) -> None:
+        """A part of the reply to an adopting connect's flow-stats request: once complete, to the core."""
+        self._rules += [(t, self._instance_by_port.get(output_port(stat))) for stat in msg.body
+                        if (t := five_tuple_of(stat.match)) is not None]
+        if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
+            rules, self._rules, self.switch.adopting_xid = self._rules, [], None
+            self.core.on_rules_found(rules)
 
     @set_ev_cls(ofp_event.EventOFPPortStatsReply, MAIN_DISPATCHER)
     def port_stats_reply_handler(self, ev):

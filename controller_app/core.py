@@ -116,6 +116,10 @@ class Controller:
     def on_switch_connected(self, switch: Switch) -> None:
         self.steering.connect(switch)
 
+    def on_rules_found(self, rules: Iterable[tuple[FiveTuple, str | None]]) -> None:
+        """The switch's per-flow rules at an adopting connect: (directed 5-tuple, instance id or None)."""
+        self.steering.adopt_rules(rules)
+
     def on_switch_disconnected(self) -> None:
         self.steering.disconnect()
 

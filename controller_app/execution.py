@@ -12,6 +12,7 @@ from typing import Any
 from controller_app.config import ControllerConfig
 from controller_app.decisions import DecisionRecord
 from controller_app.instances import NFRuntime
+from controller_app.recovery import kill_point, maybe_kill
 from controller_app.state_collection import MigrationLatency
 from controller_app.steering import FlowRegistry, SteeredFlow, Switch
 from twin.migration import Migration
@@ -99,6 +100,7 @@ class Migrator:
         self._switch = switch
         self._config = config
         self._clock = clock
+        self._kill_point = kill_point()
 
     def migrate_all(self, moves: list[tuple[SteeredFlow, NFRuntime, NFRuntime]]) -> list[MigrationRun]:
         """Move several flows together, step by step: every destination holds, every flow's rules move
@@ -113,7 +115,7 @@ class Migrator:
         steps: tuple[tuple[Step, Callable[[_Move], Any]], ...] = (
             (Step.HOLD, lambda m: m.dst.channel.hold(m.flow.five_tuple)),
             (Step.REDIRECT, lambda m: self._point(m.flow, m.dst)),
-            (Step.EXPORT, lambda m: m.exported.append(m.src.channel.export(m.flow.five_tuple, config.quiet_ms))),
+            (Step.EXPORT, lambda m: m.exported.append(self._export(m, config.quiet_ms))),
             (Step.IMPORT, lambda m: m.dst.channel.import_(m.flow.five_tuple, m.exported[0])),
             (Step.RELEASE, lambda m: m.dst.channel.release(m.flow.five_tuple)),
         )
@@ -122,6 +124,7 @@ class Migrator:
             moving = self._each(moving, step, do)
             if step is Step.REDIRECT and moving:
                 moving = self._barrier(moving, config.barrier_timeout_s)
+                maybe_kill(self._kill_point, Step.BARRIER.value, 1 if moving else 0)
         return [move.run for move in every]
 
     def _each(self, moving: list[_Move], step: Step, do: Callable[[_Move], Any]) -> list[_Move]:
@@ -139,7 +142,19 @@ class Migrator:
             if step is Step.RELEASE:
                 move.run.finished_at = self._clock()
             still.append(move)
+            maybe_kill(self._kill_point, step.value, len(still))
         return still
+
+    def _export(self, move: _Move, quiet_ms: float) -> Any:
+        """The source's state of the flow. A source gone (its process died: the connection is refused or
+        closed) after the flow's rules moved finishes the move without its state: rolling back would send the
+        flow to the dead instance, and the destination already holds its packets."""
+        try:
+            return move.src.channel.export(move.flow.five_tuple, quiet_ms)
+        except ConnectionError as error:
+            move.run.error = f"export failed: {error}; source gone, moved without its state"
+            LOG.warning("migration of %s: %s", move.flow.key, move.run.error)
+            return None
 
     def _barrier(self, moving: list[_Move], timeout_s: float) -> list[_Move]:
         """One barrier for every redirected move; if it fails, all of them roll back."""
@@ -177,7 +192,10 @@ class Migrator:
             try:
                 do()
             except Exception as error:  # noqa: BLE001 - an NF or switch failure of any kind must not stop the loop
-                failures.append(f"{what}: {error}")
+                if what == "destination release" and isinstance(error, ConnectionError):
+                    run.error += f"; destination gone ({error}): its held packets with it"
+                else:
+                    failures.append(f"{what}: {error}")
         run.outcome = MigrationOutcome.ROLLBACK_FAILED if failures else MigrationOutcome.ROLLED_BACK
         if failures:
             run.error += "; rollback: " + "; ".join(failures)

@@ -19,6 +19,7 @@ import numpy as np
 
 from controller_app.config import ClusterDescription, NFDescription
 from controller_app.instances import NFRuntime
+from controller_app.recovery import RecoveredMove, Recovery
 from twin.flow import FiveTuple, FlowKey
 
 LOG = logging.getLogger(__name__)
@@ -45,6 +46,11 @@ class Switch(Protocol):
               flows: list[tuple[FiveTuple, NFDescription]]) -> None:
         """In one atomic step: wipe the switch's rules, install the base rules (table-miss to the
         controller, every NF port to the sink), the default steering to `target` and the rules of `flows`."""
+
+    def adopt(self, cluster: ClusterDescription, target: NFDescription | None) -> None:
+        """Keep every per-flow rule the switch has; (re)install the base rules and the default steering to
+        `target` over whatever base rules it had, then ask for the per-flow rules: the answer comes back as
+        `Controller.on_rules_found`. A restarted controller adopts the rules its predecessor left."""
 
     def set_default_steering(self, target: NFDescription | None) -> None:
         """Where the switch sends new flows from now on: to `target`, installing the flow's rules for both
@@ -141,16 +147,47 @@ class Steering:
         self._merges: dict[str, str] = {}
         """Flow id -> the instance still holding its older state, for flows that landed elsewhere."""
         self._idle_timeout_s = 0.0
+        self.recovery: Recovery | None = None
+        """Set from an adopting connect until the adopted flows' interrupted moves are dealt with."""
+        self.recovered: list[RecoveredMove] = []
+        """What the last adoption did with the moves it found interrupted."""
 
     def connect(self, switch: Switch) -> None:
         """A (re)connected switch gets, atomically, the base rules, the default steering and the rule of
-        every flow we still steer."""
+        every flow we still steer. A controller that steers no flow yet (it just started: perhaps restarted
+        while the switch kept forwarding) adopts the switch's per-flow rules instead of wiping them
+        (`adopt_rules`, then `recovery` once the NFs have reported)."""
         self.switch = switch
         target = self._least_utilised()
         self._target = target.id if target else None
+        if not len(self.flows):
+            self.recovery = Recovery()
+            switch.adopt(self.cluster, target.desc if target else None)
+            LOG.info("switch %016x connected: adopting its per-flow rules", self.cluster.dpid)
+            return
         switch.reset(self.cluster, target.desc if target else None,
                      [(flow.five_tuple, self.nfs[flow.instance].desc) for flow in self.flows])
         LOG.info("switch %016x connected: reinstalled %d flows", self.cluster.dpid, len(self.flows))
+
+    def adopt_rules(self, rules: Iterable[tuple[FiveTuple, str | None]]) -> None:
+        """The per-flow rules the switch had at connect, as (directed 5-tuple, instance id; None for a port that
+        is no instance's): each flow is registered where its rules send it, unless it landed since. A flow
+        whose two directions disagree is set right at the next period, with the interrupted moves."""
+        seen: dict[str, str] = {}
+        now = self._clock()
+        for five_tuple, instance in rules:
+            key = flow_key(five_tuple)
+            if instance not in self.nfs:
+                LOG.warning("rule of %s sends it to no instance: left to idle out", key)
+            elif key not in seen:
+                seen[key] = instance
+                if self.flows.get(key) is None:
+                    self.flows.add(five_tuple, instance, now)
+            elif seen[key] != instance and self.recovery is not None:
+                self.recovery.disagreeing.add(key)
+        if self.recovery is not None:
+            self.recovery.rules_found = True
+        LOG.info("adopted the rules of %d flows from the switch", len(seen))
 
     def disconnect(self) -> None:
         self.switch = None
@@ -228,6 +265,8 @@ class Steering:
         default steering and merge the older state of flows that landed away from it."""
         now = self._clock()
         self._idle_timeout_s = idle_timeout_s
+        if self.recovery is not None and self.recovery.rules_found:
+            self._finish_adoption(quiet_ms)
         for flow in self.flows:
             if (flow.rate_pps or 0.0) > 0.0:
                 flow.last_active = now
@@ -237,6 +276,22 @@ class Steering:
             flow = self.flows.get(key)
             if flow is not None and flow.instance != holder and self.nfs[holder].alive:
                 self._merge_state(flow, self.nfs[holder], self.nfs[flow.instance], quiet_ms)
+
+    def _finish_adoption(self, quiet_ms: float) -> None:
+        """The first period after adopting the switch's rules, with the NFs' reports in: the flows of instances
+        that do not serve (dead with, or before, the old controller) are re-steered, the two directions of a flow
+        are made to agree, the interrupted moves finished or rolled back and older state merged."""
+        recovery, self.recovery = self.recovery, None
+        for flow in self.flows:
+            if not self.nfs[flow.instance].usable:
+                self._resteer(flow)
+            elif flow.key in recovery.disagreeing and self.switch is not None:
+                try:
+                    self.switch.steer(flow.five_tuple, self.nfs[flow.instance].desc)
+                except SwitchError as error:
+                    LOG.warning("could not set the rules of %s right: %s", flow.key, error)
+        self._merges.update(recovery.run({flow.key: flow.instance for flow in self.flows}, self.nfs, quiet_ms))
+        self.recovered = recovery.recovered
 
     def _merge_state(self, flow: SteeredFlow, holder: NFRuntime, serving: NFRuntime, quiet_ms: float) -> None:
         """Move the state `holder` kept of a flow that idled out there into the instance now serving it.

@@ -34,6 +34,7 @@ class FakeNF:
         self.fail_on: str | None = None
         self.dead = False
         self.flows_with_state: list[FiveTuple] = []
+        self.held: list[FiveTuple] = []
         self.hold_s = 0.0
 
     def _call(self, name, *args):
@@ -48,10 +49,12 @@ class FakeNF:
         return {"instance": self.desc.instance, "time": 0.0, "capacity_pps": self.desc.capacity_pps,
                 "buffer_packets": self.desc.buffer_packets, "queue_packets": self.queue, "received": 0,
                 "processed": 0, "dropped": 0, "active": self.active,
-                "flows": [{"key": list(canonical(t))} for t in self.flows_with_state]}
+                "flows": [{"key": list(canonical(t))} for t in self.flows_with_state],
+                "held": [list(t) for t in self.held]}
 
     def hold(self, key):
         self._call("hold", flow_key(key))
+        self.held.append(canonical(key))
         self.clock.now += self.hold_s
 
     def export(self, key, quiet_ms):
@@ -65,6 +68,8 @@ class FakeNF:
 
     def release(self, key):
         self._call("release", flow_key(key))
+        if canonical(key) in self.held:
+            self.held.remove(canonical(key))
 
     def activate(self):
         self._call("activate")
@@ -92,6 +97,16 @@ class FakeSwitch:
         self.base_installed = True
         self.default = target.instance if target else None
         self.rules = {canonical(t): nf.instance for t, nf in flows}
+
+    def adopt(self, cluster, target):
+        """Keeps `rules` (a restarted controller adopts them: `found_rules` is what the switch answers)."""
+        self.calls.append(("switch", "adopt", len(self.rules)))
+        self.base_installed = True
+        self.default = target.instance if target else None
+
+    def found_rules(self) -> list[tuple[FiveTuple, str]]:
+        """The per-flow rules as the switch reports them: both directions of every flow."""
+        return [(t, nf) for c, nf in self.rules.items() for t in (c, c.reverse())]
 
     def set_default_steering(self, target):
         self.default = target.instance if target else None
@@ -150,6 +165,21 @@ def make_rig(directory: Path, **config) -> Rig:
     controller.on_switch_connected(switch)
     controller.poll_instances()
     return Rig(controller, switch, nfs, calls, clock, directory / "transitions.jsonl")
+
+
+def restart(rig, directory: Path, **config) -> Controller:
+    """A fresh controller process in place of `rig.controller` (killed: it does nothing more), on the same
+    switch (its rules kept) and the same NFs; it adopts the switch's rules and polls the NFs. `rig.controller`
+    becomes the new one."""
+    config = ControllerConfig.from_dict({"transition_log": str(directory / "transitions.jsonl"), "policy": "ofm",
+                                         **config})
+    controller = Controller(ClusterDescription.from_dict(cluster_dict()), config,
+                            lambda desc, timeout: rig.nfs[desc.instance], clock=rig.clock)
+    controller.on_switch_connected(rig.switch)
+    controller.on_rules_found(rig.switch.found_rules())
+    controller.poll_instances()
+    rig.controller = controller
+    return controller
 
 
 def new_flow(rig, five_tuple: FiveTuple) -> str | None:

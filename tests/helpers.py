@@ -39,3 +39,22 @@ def simulated_dataset(root, *, steps: int = 120, utilisation: float = 0.8, truth
         record_simulation(batch, paths[split], truth, seed=seed)
     (root / "split.json").write_text(json.dumps({split: [path.name] for split, path in paths.items()}))
     return {"truth": truth, "paths": paths}
+
+
+def nf_pid(cluster, instance: str) -> int:
+    """The pid of a live cluster's NF process, found by its control socket (unique to the run): faults are
+    injected by pid only, never by name."""
+    from pathlib import Path
+
+    wanted = ["-m", "mininet_topos.nf_instance", "--instance", instance]
+    socket_path = cluster.nfs[instance]["control_socket"]
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().decode().split("\0")
+        except (OSError, ValueError):
+            continue
+        if proc.name.isdigit() and args[1:5] == wanted and socket_path in args:
+            found.append(int(proc.name))
+    [pid] = found
+    return pid

@@ -17,6 +17,7 @@ import pytest
 from controller_app.demo import live_loop
 from mininet_topos.nf_cluster import ClusterSpec
 from tests import pcap_builder
+from tests.helpers import nf_pid
 from trace_replay.live import flow_outcomes
 from twin.flow import FlowKey
 
@@ -130,22 +131,6 @@ def test_load_balancing_evens_out_an_uneven_placement_loss_free(tmp_path):
         assert outcomes["lost"] == 0
 
 
-def nf_pid(loop, instance: str) -> int:
-    """The pid of an NF process, found by its control socket (unique to this run); killed by pid only."""
-    wanted = ["-m", "mininet_topos.nf_instance", "--instance", instance]
-    socket_path = loop.cluster.nfs[instance]["control_socket"]
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            args = (proc / "cmdline").read_bytes().decode().split("\0")
-        except (OSError, ValueError):
-            continue
-        if proc.name.isdigit() and args[1:5] == wanted and socket_path in args:
-            found.append(int(proc.name))
-    [pid] = found
-    return pid
-
-
 def test_survives_switch_reconnect_nf_crash_and_bad_rest_input(tmp_path):
     spec = ClusterSpec(active=3, standby=0, capacity_pps=300, buffer_packets=400, processing_ms=5)
     trace = crafted_trace(tmp_path / "trace.pcap", [10.0] * 6, 20)
@@ -180,7 +165,7 @@ def test_survives_switch_reconnect_nf_crash_and_bad_rest_input(tmp_path):
         flows = api.get("/flows")
         victim = max({f["instance"] for f in flows}, key=lambda nf: sum(f["instance"] == nf for f in flows))
         period = api.get("/config")["period_s"]
-        subprocess.run(["kill", "-KILL", str(nf_pid(loop, victim))], check=True)
+        subprocess.run(["kill", "-KILL", str(nf_pid(loop.cluster, victim))], check=True)
         killed = time.monotonic()
         loop.wait_for(lambda: all(f["instance"] != victim for f in api.get("/flows")), 2 * period + 1,
                       "the crashed NF's flows re-steered")
