@@ -228,8 +228,10 @@ class Steering:
         the next period; one that landed on an instance that is no longer usable is re-steered."""
         key = flow_key(five_tuple)
         flow = self.flows.get(key)
-        if flow is not None and flow.instance == instance and not flow.rules_expired:
-            return  # a further copy of a packet that came before the switch's rules were in
+        if flow is not None and not flow.rules_expired:
+            # its rules are in, so this is a late copy of a packet that came before them: on the instance
+            # it landed on, or, if the flow has been moved since, on its old one; either way not a landing
+            return
         if instance not in self.nfs:
             LOG.warning("flow %s landed on unknown instance %s", key, instance)
             return

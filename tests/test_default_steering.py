@@ -159,3 +159,17 @@ def test_only_source_port_traffic_is_steered():
     switch.set_default_steering(None)
     assert dict(datapath.sent[-1].match.items()) == {"in_port": source_port, "eth_type": 0x0800}
     assert not datapath.sent[-1].instructions or not datapath.sent[-1].instructions[0].actions  # no NF: dropped
+
+
+def test_a_late_landing_copy_after_a_move_does_not_undo_the_move(rig):
+    """A landing copy of a packet that came before the flow's rules were in can reach the controller after
+    the flow was moved: the flow stays where its rules send it."""
+    land(rig, tuple_n(1), "nf1")
+    c = rig.controller
+    c.reconfigure({"mode": "manual"})
+    run_period(rig, {tuple_n(1): 5})
+    c.submit({"migrations": [{"flow": flow_key(tuple_n(1)), "src": "nf1", "dst": "nf2"}]})
+    run_period(rig, {tuple_n(1): 5})
+    assert rig.switch.rules[canonical(tuple_n(1))] == "nf2"
+    c.on_flow_landed(tuple_n(1), "nf1")  # the late copy
+    assert c.flows.get(flow_key(tuple_n(1))).instance == "nf2"
