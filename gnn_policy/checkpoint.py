@@ -18,6 +18,7 @@ import torch
 from gnn_policy.gn import CONTEXT_FEATURES, GNPolicyNet, NetConfig
 from gnn_policy.graph import EDGE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES
 from trace_replay.files import atomic_write
+from twin.checkpoint_file import read_versioned
 
 FORMAT = "deepmigration-gn"
 VERSION = 2
@@ -48,16 +49,7 @@ def load(path: str | os.PathLike | None = None) -> tuple[GNPolicyNet, dict]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}" + (
             "; train one with `dm-train --out` and pass it as the checkpoint" if path == DEFAULT_CHECKPOINT else ""))
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint: {one_line(error)}") from error
-    if not isinstance(stored, dict) or stored.get("format") != FORMAT:
-        found = stored.get("format") if isinstance(stored, dict) else type(stored).__name__
-        raise CheckpointError(f"{path} is not a DeepMigration checkpoint (format {found!r}, expected {FORMAT!r})")
-    if stored.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint format version {stored.get('version')!r}; "
-                              f"this code reads version {VERSION}")
+    stored = read_versioned(path, FORMAT, VERSION, "DeepMigration", CheckpointError)
     try:
         config = NetConfig.from_dict(stored["config"])
         check_config(config)
@@ -104,12 +96,6 @@ def check_config(config: NetConfig) -> None:
         if tuple(names) != built:
             raise ValueError(f"{kind}_features {list(names)} differ from the {list(built)} this code builds "
                              "(names and order must match)")
-
-
-def one_line(error: Exception) -> str:
-    """The first line of an error's message (torch's loading errors run to a page), for a one-line report."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _is_number(value) -> bool:

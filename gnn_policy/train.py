@@ -38,7 +38,7 @@ from tqdm import tqdm
 from gnn_policy import checkpoint
 from gnn_policy.actions import Choice, act, realise
 from gnn_policy.base import Problem
-from gnn_policy.checkpoint import CheckpointError, one_line
+from gnn_policy.checkpoint import CheckpointError
 from gnn_policy.gn import GNPolicyNet, NetConfig
 from gnn_policy.imitation import imitation_choice
 from gnn_policy.views import GraphView, views
@@ -53,6 +53,7 @@ from trace_replay.cli_types import (
 from trace_replay.files import atomic_write, rescue_path
 from trace_replay.flows import FlowTable, read_flows
 from twin import cost
+from twin.checkpoint_file import first_line
 from twin.migration import IndexedAction
 from twin.params import CostParams, Thresholds
 from twin.scenario import ScenarioKind
@@ -176,7 +177,7 @@ def read_teacher_cache(cache: Path | None) -> dict | None:
         actions = [IndexedAction(*(t.numpy() for t in row)) for row in rows]
     except Exception as error:  # noqa: BLE001  whatever the file holds, it is named, not run or overwritten
         raise TeacherCacheError(f"--teacher-cache {cache} is not a teacher cache of dm-train "
-                                f"({one_line(error)}); remove it or pass another path") from None
+                                f"({first_line(error)}); remove it or pass another path") from None
     return {"key": key, "actions": actions}
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from trace_replay.files import atomic_write
+from twin.checkpoint_file import read_versioned
 from twin.generative.features import ACTION, STATE
 from twin.generative.models import GenerativeConfig, GenerativeModel
 
@@ -40,16 +41,7 @@ def load(path: str | os.PathLike | None = None) -> tuple[GenerativeModel, dict]:
     if not path.is_file():
         raise CheckpointError(f"no generative-twin checkpoint at {path}; fit one with "
                               "`dm-twin fit --kind generative --out FILE`")
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint: {error}") from error
-    if not isinstance(stored, dict) or stored.get("format") != FORMAT:
-        found = stored.get("format") if isinstance(stored, dict) else type(stored).__name__
-        raise CheckpointError(f"{path} is not a generative-twin checkpoint (format {found!r}, expected {FORMAT!r})")
-    if stored.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint format version {stored.get('version')!r}; "
-                              f"this code reads version {VERSION}")
+    stored = read_versioned(path, FORMAT, VERSION, "generative-twin", CheckpointError)
     if stored.get("features") != {"state": list(STATE), "action": list(ACTION)}:
         raise CheckpointError(f"{path} was fitted on other features ({stored.get('features')!r}); "
                               f"this code uses state {list(STATE)} and action {list(ACTION)}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from twin.checkpoint_file import read_versioned
 from twin.residual.model import ResidualConfig, ResidualNet
 
 FORMAT = "deepmigration-residual-twin"
@@ -39,18 +40,7 @@ def load(path: str | os.PathLike | None = None) -> tuple[ResidualNet, dict]:
         raise ResidualCheckpointError(f"no residual-twin model at {path}" + (
             "; fit one with `dm-twin fit --kind residual --out FILE` and pass it with --model"
             if path == DEFAULT_MODEL else ""))
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ResidualCheckpointError(f"{path} is not a readable torch checkpoint (a weights-only load failed: "
-                                      f"{type(error).__name__})") from error
-    if not isinstance(stored, dict) or stored.get("format") != FORMAT:
-        found = stored.get("format") if isinstance(stored, dict) else type(stored).__name__
-        raise ResidualCheckpointError(f"{path} is not a residual-twin checkpoint (format {found!r}, "
-                                      f"expected {FORMAT!r})")
-    if stored.get("version") != VERSION:
-        raise ResidualCheckpointError(f"{path} has residual-twin checkpoint version {stored.get('version')!r}; "
-                                      f"this code reads version {VERSION}")
+    stored = read_versioned(path, FORMAT, VERSION, "residual-twin", ResidualCheckpointError)
     try:
         config = ResidualConfig.from_dict(stored["config"])
     except (KeyError, TypeError, ValueError) as error:
