@@ -40,7 +40,7 @@ RESIDUAL_REFUSED = (
     "the residual twin cannot drive the closed loop's episodes: it predicts each instance's utilisation, queue, "
     "arrivals and drops from the recorded testbed's per-instance history, while a closed-loop episode is driven "
     "flow by flow by the trace (which flow is where, at which rate, is what the policy moves); it has no per-flow "
-    "state to step. Use it to score candidate actions (twin.residual.twin.ResidualTwin.score) or in dm-twin eval")
+    "state to step. Use it to score candidate actions (twin.residual.twin.ResidualTwin.score_actions) or in dm-twin eval")
 
 
 class TwinChoiceError(ValueError):
