@@ -241,7 +241,7 @@ class Controller:
         name = self.config.deviation.fallback_policy
         if self._fallback is None:
             own = None if on else Stabilizer(StabilizerConfig(), self.config.thresholds, self.params)
-            self._fallback = (self._policy_factory(name, self.config.seed), own)
+            self._fallback = (self._offload(self._policy_factory, name, self.config.seed), own)
         policy, own = self._fallback
         return (self.stabilizer if own is None else own), policy, name
 
