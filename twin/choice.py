@@ -82,7 +82,7 @@ def calibrate(twin: BatchedTwin, fitted: CalibratedParams) -> None:
     one move's fitted duration (a + b), as the controller's running mean of measured moves gives it."""
     import torch
 
-    from twin.sim import Physics
+    from twin.physics import Physics
 
     instance, move = fitted.pooled_instance, fitted.pooled_move
     like = {"dtype": twin.capacity.dtype, "device": twin.capacity.device}

@@ -27,6 +27,7 @@ from twin import cost
 from twin.flow import FIVE_TUPLE_DTYPE
 from twin.migration import IndexedAction
 from twin.params import CostParams, Thresholds
+from twin.physics import Physics
 from twin.scenario import ScenarioKind, detect
 from twin.state import ClusterState
 
@@ -94,34 +95,6 @@ class StepResult:
 
     def reasons(self) -> list[InvalidReason]:
         return [InvalidReason(code) for code in self.reason.tolist()]
-
-
-@dataclass
-class Physics:
-    """What the testbed does that the controller's view does not say: each instance's service rate and buffer
-    (the fluid queue's μ and B), the share κ of the counted load that reaches the NF, the moves' durations and
-    how new flows land. `Physics.of` is the hand-set twin (`fluid`): the configured capacity and buffer, κ = 1,
-    la_ij, round robin; `twin.choice` sets the fitted ones (`calibrated`)."""
-
-    service: torch.Tensor
-    """[B, N] μ of the fluid queue, packets/s."""
-    buffer: torch.Tensor
-    """[B, N] B of the fluid queue, packets (constraint (5) is checked on the configured buffer)."""
-    arrival_ratio: float = 1.0
-    """κ: the queue is fed κ·load."""
-    move_a_ms: torch.Tensor | None = None
-    move_b_ms: torch.Tensor | None = None
-    """[B, N, N] a and b of a move's a + b·n (None: la_ij of `migration_ms`, OFM's batch time)."""
-    move_drain_factor: float = 0.0
-    """c: a move also takes c × its source's queueing delay."""
-    move_batch: str = "period"
-    """n of a + b·n: the moves of the period ('period') or of the pair ('pair')."""
-    least_utilised_share: float = 0.0
-    """φ: the share of a step's new flows that land on the least utilised instance, the rest dealt round robin."""
-
-    @classmethod
-    def of(cls, capacity: torch.Tensor, buffer: torch.Tensor) -> Physics:
-        return cls(service=capacity, buffer=buffer)
 
 
 @dataclass(frozen=True)
@@ -197,7 +170,7 @@ class BatchedTwin:
         self.params, self.thresholds, self.invalid_penalty = params, thresholds, invalid_penalty
         self.time_step = 0
         self._episodes = torch.arange(capacity.shape[0], device=capacity.device)
-        self.physics = Physics.of(capacity, buffer)
+        self.physics = Physics()
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -560,22 +533,12 @@ class BatchedTwin:
         return reason, dst_safe, la_ij, active_after
 
     def _move_ms(self, src: torch.Tensor, dst: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
-        """[B, F] la_ij of each flow's move: its pair's `migration_ms`, or with fitted moves (`Physics`) the
-        duration a + b·n + c·la_q(source) that the testbed's moves of one period, run together, take."""
-        n, physics = self.n_instances, self.physics
-        pair = src * n + dst
-        if physics.move_a_ms is None:
+        """[B, F] la_ij of each flow's move: its pair's `migration_ms`, or the fitted duration (`Physics`)."""
+        pair = src * self.n_instances + dst
+        if self.physics.move_a_ms is None:
             return self.migration_ms.flatten(1).gather(1, pair)
-        if physics.move_batch == "period":
-            count = moved.sum(-1, keepdim=True).expand_as(pair)
-        else:
-            counts = torch.zeros(self.n_episodes, n * n, dtype=torch.long, device=pair.device)
-            count = counts.scatter_add_(1, pair, moved.long()).gather(1, pair)
-        n_moves = count.clamp(min=1).to(self.capacity.dtype)
         drain = self._per_flow(cost.queueing_delay_ms(self.queue, self.capacity), src)
-        # OFM's a + b·n (twin.cost.batch_migration_ms) with the pair's fitted a and b
-        return (physics.move_a_ms.flatten(1).gather(1, pair) + physics.move_b_ms.flatten(1).gather(1, pair) * n_moves
-                + physics.move_drain_factor * drain)
+        return self.physics.move_ms(pair, moved, drain, self.n_instances)
 
     def _migration_time(self, src: torch.Tensor, dst: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
         """Largest OpenNF batch time over the (source, destination) pairs of each episode's moves."""
@@ -591,9 +554,9 @@ class BatchedTwin:
 
         `arrivals` is λ [B, N], the load of the assignment the step ends with.
         """
-        physics = self.physics
-        self.queue, drops = fluid_queue(self.queue, physics.arrival_ratio * arrivals,
-                                        torch.where(self.active, physics.service, 0.0), physics.buffer, self.step_s)
+        service, buffer = self.physics.queue(self.capacity, self.buffer)
+        self.queue, drops = fluid_queue(self.queue, self.physics.arrival_ratio * arrivals,
+                                        torch.where(self.active, service, 0.0), buffer, self.step_s)
         return drops.sum(-1)
 
     def _follow_trace(self) -> None:
