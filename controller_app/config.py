@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from controller_app.deviation import DeviationConfig, DeviationError
 from gnn_policy.registry import POLICY_NAMES
 from gnn_policy.stabilizer import StabilizerConfig, StabilizerError
 from twin.params import Thresholds
@@ -175,8 +176,10 @@ class ControllerConfig:
     (gnn_policy.exploration; dm-demo --explore), so that recorded data covers more than one policy."""
     record_log: str = ""
     """Where each period's full transition is appended (controller_app.recording; dm-demo --record); empty: none."""
+    deviation: DeviationConfig = DeviationConfig()
+    """The twin's deviation estimate and the fallback to the stabilized baseline (controller_app.deviation)."""
 
-    RUNTIME_FIELDS = ("thresholds", "period_s", "policy", "mode", "stabilizer")
+    RUNTIME_FIELDS = ("thresholds", "period_s", "policy", "mode", "stabilizer", "deviation")
     """What PUT /config may change."""
 
     def __post_init__(self) -> None:
@@ -230,7 +233,7 @@ class ControllerConfig:
         """The JSON view served by GET /config (never the token)."""
         return {"thresholds": asdict(self.thresholds), "period_s": self.period_s, "policy": self.policy,
                 "mode": self.mode.value, "policies": list(POLICY_NAMES), "modes": [m.value for m in Mode],
-                "stabilizer": self.stabilizer.to_dict()}
+                "stabilizer": self.stabilizer.to_dict(), "deviation": self.deviation.to_dict()}
 
 
 LIVE_DEFAULTS = {"policy": "deepmigration", "stabilizer": {"enabled": True}, "quiet_ms": 50,
@@ -258,6 +261,11 @@ def _coerce(name: str, value: Any, current: ControllerConfig) -> Any:
             return current.stabilizer.updated(value)
         except StabilizerError as error:
             raise ConfigError(f"stabilizer: {error}", f"stabilizer.{error.field}" if error.field else name) from None
+    if name == "deviation":
+        try:
+            return current.deviation.updated(value)
+        except DeviationError as error:
+            raise ConfigError(f"deviation: {error}", f"deviation.{error.field}" if error.field else name) from None
     if name == "mode":
         try:
             return Mode(value)

@@ -32,6 +32,7 @@ import numpy as np
 from controller_app.config import ClusterDescription, ConfigError, ControllerConfig, Mode, NFDescription
 from controller_app.costs import cost_view, measured_cost
 from controller_app.decisions import DecisionRecord
+from controller_app.deviation import DeviationMonitor
 from controller_app.execution import Executor
 from controller_app.instances import NFChannel, NFRuntime
 from controller_app.metrics import ControllerMetrics
@@ -44,7 +45,8 @@ from controller_app.views import ActionRejected, parse_action
 from gnn_policy.base import Policy, Problem
 from gnn_policy.exploration import Exploring
 from gnn_policy.registry import make_policy
-from gnn_policy.stabilizer import Stabilizer
+from gnn_policy.stabilizer import Stabilizer, StabilizerConfig
+from twin.choice import flow_twin
 from twin.flow import FiveTuple
 from twin.migration import Action, InvalidAction, apply
 from twin.params import CostParams
@@ -85,6 +87,9 @@ class Controller:
         self.recorder = PeriodRecorder(config.record_log) if config.record_log else None
         self.stabilizer: Stabilizer = load_stabilizer(stabilizer_path(config.transition_log), config.stabilizer,
                                                       config.thresholds, params)
+        self.deviation = DeviationMonitor(config.deviation, lambda name: flow_twin(name, params, self.config.thresholds))
+        self._fallback: tuple[Policy, Stabilizer | None] | None = None
+        """While the deviation fallback is on: the baseline and, when the config's stabilizer is off, its own."""
         self.decisions: deque[DecisionRecord] = deque(maxlen=DECISIONS_KEPT)
         self.state: ClusterState | None = None
         self._manual: deque[Action] = deque()
@@ -95,6 +100,9 @@ class Controller:
     def reconfigure(self, patch: Any) -> ControllerConfig:
         """Apply a PUT /config body; the policy is built before anything changes."""
         config = self.config.updated(patch)
+        if config.deviation != self.config.deviation:
+            self.deviation.reconfigure(config.deviation)
+            self._fallback = None
         if config.policy != self.config.policy:
             try:
                 self._policy = self._offload(self._make_policy, config)
@@ -170,6 +178,8 @@ class Controller:
         self.state = state
         self.transitions.complete(state)
         scenario = detect(state, self.config.thresholds)
+        self._measure_deviation(state)
+        decided = state.with_changes(twin_deviation=self.deviation.deviations(state.instance_ids))
 
         record = None
         if self._manual:
@@ -177,15 +187,16 @@ class Controller:
             record = self._record(state, scenario.kind, "manual", self._manual.popleft(), 0.0, True, "")
         elif self.config.mode is Mode.MANUAL:
             self._observe(state, now)
-        elif self.config.stabilizer.enabled:
-            record = self._decide_stabilized(state, now)
+        elif self.config.stabilizer.enabled or self.deviation.fallback.active:
+            record = self._decide_stabilized(decided, now)
         elif scenario.kind is not ScenarioKind.NONE:
-            record = self._decide(state)
+            record = self._decide(decided)
         if record is not None:
             if record.predicted is not None and (record.origin == "manual" or self.config.mode is Mode.AUTO):
                 self._execute(state, record)
             self.decisions.append(record)
             self.metrics.record(record)
+        self.deviation.predict(record)
         self.transitions.hold(transition(self._wall(), state, scenario.kind, self.config, record))
         if self.recorder is not None:
             explored = getattr(self._policy, "explorations", 0) != explorations
@@ -207,24 +218,57 @@ class Controller:
         if self._sync_stabilizer():
             self.stabilizer.observe(state, now, self.config.period_s)
 
+    def _measure_deviation(self, state: ClusterState) -> None:
+        """Compare the twin's prediction with `state`; say when the deviation fallback starts or ends."""
+        if not self.deviation.measure(state, self.config.period_s):
+            return
+        settings = self.config.deviation
+        if self.deviation.fallback.active:
+            LOG.warning("twin deviation %.3f stayed above %g for %d periods: falling back to %s behind the "
+                        "stabilizer", self.deviation.estimator.cluster, settings.bound, settings.hold_periods,
+                        settings.fallback_policy)
+        else:
+            LOG.warning("twin deviation back under %g: policy %s again", settings.release * settings.bound,
+                        self.config.policy)
+            self._fallback = None
+
+    def _deciding(self) -> tuple[Stabilizer, Policy, str]:
+        """(stabilizer, policy, its name) of this period: the configured ones, or the deviation fallback's
+        baseline behind the config's stabilizer when that is on, else behind a `StabilizerConfig()` of its own."""
+        on = self._sync_stabilizer()
+        if not self.deviation.fallback.active:
+            return self.stabilizer, self._policy, self.config.policy
+        name = self.config.deviation.fallback_policy
+        if self._fallback is None:
+            own = None if on else Stabilizer(StabilizerConfig(), self.config.thresholds, self.params)
+            self._fallback = (self._offload(self._policy_factory, name, self.config.seed), own)
+        policy, own = self._fallback
+        return (self.stabilizer if own is None else own), policy, name
+
     def _decide_stabilized(self, state: ClusterState, now: float) -> DecisionRecord | None:
         """The policy's decision through the stabilizer; None when it holds back (or nothing is needed)."""
-        self._sync_stabilizer()
+        stabilizer, policy, name = self._deciding()
+        fallback = self.deviation.fallback.active
         started = time.perf_counter()
         try:
-            result = self._offload(self.stabilizer.decide, state, self._policy, now, self.config.period_s)
+            result = self._offload(stabilizer.decide, state, policy, now, self.config.period_s)
         except Exception as error:  # a policy bug must not stop the controller
-            LOG.exception("policy %s failed", self.config.policy)
-            return self._record(state, self.stabilizer.need, "policy", Action(),
-                                (time.perf_counter() - started) * 1000.0, False, f"policy error: {error}")
+            LOG.exception("policy %s failed", name)
+            return self._record(state, stabilizer.need, "policy", Action(),
+                                (time.perf_counter() - started) * 1000.0, False, f"policy error: {error}",
+                                policy=name, fallback=fallback)
         decision_ms = (time.perf_counter() - started) * 1000.0
         if result.scenario is ScenarioKind.NONE:
             return None
         decision = result.decision
         action = decision.action.to_action(state) if decision.feasible else Action()
-        reason = "; ".join(filter(None, (decision.reason, result.note and f"stabilizer: {result.note}")))
-        return self._record(self.stabilizer.estimated, result.scenario, "policy", action, decision_ms,
-                            decision.feasible, reason)
+        settings = self.config.deviation
+        why = fallback and (f"twin deviation fallback: {settings.fallback_policy} behind the stabilizer while the "
+                            f"deviation ({self.deviation.estimator.cluster:.3f}) is not back under "
+                            f"{settings.release * settings.bound:g}")
+        reason = "; ".join(filter(None, (why, decision.reason, result.note and f"stabilizer: {result.note}")))
+        return self._record(stabilizer.estimated, result.scenario, "policy", action, decision_ms,
+                            decision.feasible, reason, policy=name, fallback=fallback)
 
     def _decide(self, state: ClusterState) -> DecisionRecord:
         problem = Problem.of(state, self.config.thresholds, self.params)
@@ -242,16 +286,16 @@ class Controller:
                             decision.reason)
 
     def _record(self, state: ClusterState, kind: ScenarioKind, origin: str, action: Action, decision_ms: float,
-                feasible: bool, reason: str) -> DecisionRecord:
+                feasible: bool, reason: str, *, policy: str | None = None, fallback: bool = False) -> DecisionRecord:
         predicted, error = None, ""
         if feasible:
             try:
                 predicted = cost_view(apply(state, action, self.params, self.config.thresholds)[1])
             except InvalidAction as invalid:
                 error = f"invalid action: {invalid}"
-        record = DecisionRecord(self._next_decision_id, self._wall(), kind.value, self.config.policy, origin,
-                                self.config.mode.value, feasible, reason, action, predicted, decision_ms,
-                                error=error)
+        record = DecisionRecord(self._next_decision_id, self._wall(), kind.value, policy or self.config.policy,
+                                origin, self.config.mode.value, feasible, reason, action, predicted, decision_ms,
+                                error=error, fallback=fallback, twin_deviation=self.deviation.estimator.cluster)
         self._next_decision_id += 1
         return record
 

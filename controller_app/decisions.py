@@ -33,6 +33,10 @@ class DecisionRecord:
     measured: dict | None = None
     execution_ms: float = 0.0
     error: str = ""
+    fallback: bool = False
+    """Decided by the deviation fallback (the stabilized baseline, `policy` names it), not the configured policy."""
+    twin_deviation: float | None = None
+    """The cluster's twin deviation when it was decided (controller_app.deviation; None: not estimated yet)."""
 
     def view(self) -> dict:
         return {
@@ -42,5 +46,5 @@ class DecisionRecord:
             "migrations": [m.view() for m in self.migrations], "started": self.started, "stopped": self.stopped,
             "predicted_cost": self.predicted, "measured_cost": self.measured,
             "decision_ms": round(self.decision_ms, 3), "execution_ms": round(self.execution_ms, 3),
-            "error": self.error,
+            "error": self.error, "fallback": self.fallback, "twin_deviation": self.twin_deviation,
         }

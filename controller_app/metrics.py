@@ -36,6 +36,13 @@ INSTANCE_GAUGES = (  # (metric name, help, the instances_view field)
     ("deepmigration_instance_capacity_packets_per_second", "The instance's capacity", "capacity_pps"),
     ("deepmigration_instance_flows", "Flows steered to the instance", "flows"),
 )
+DEVIATION_GAUGES = (  # (metric name, help, the instances_view field): only instances with an estimate
+    ("deepmigration_instance_twin_deviation_ratio",
+     "The twin's deviation: running mean of predicted minus measured utilisation (paper 003 eq. 14)",
+     "twin_deviation"),
+    ("deepmigration_instance_twin_deviation_abs_ratio",
+     "Running mean of |predicted minus measured| utilisation of the twin", "twin_deviation_abs"),
+)
 
 
 class ControllerMetrics:
@@ -105,5 +112,14 @@ class _LiveGauges:
             for instance in instances:
                 family.add_metric([instance["id"]], float(instance[field]))
             yield family
+        for name, documentation, field in DEVIATION_GAUGES:
+            family = GaugeMetricFamily(name, documentation, labels=["instance"])
+            for instance in instances:
+                if instance[field] is not None:
+                    family.add_metric([instance["id"]], float(instance[field]))
+            yield family
+        yield GaugeMetricFamily("deepmigration_twin_deviation_fallback",
+                                "1 while the controller falls back to the stabilized baseline (twin deviation)",
+                                value=float(self._controller.deviation.fallback.active))
         yield GaugeMetricFamily("deepmigration_flows_steered", "Flows the controller steers now",
                                 value=len(self._controller.flows))

@@ -28,7 +28,7 @@ def action_view(action: Action) -> dict:
 
 
 def instances_view(controller: Controller) -> list[dict]:
-    state = controller.state
+    state, deviation = controller.state, controller.deviation.estimator
     out = []
     for nf in controller.nfs.values():
         report = nf.last_report or {}
@@ -42,6 +42,7 @@ def instances_view(controller: Controller) -> list[dict]:
             "flows": len(controller.flows.on(nf.id)),
             "received": int(report.get("received", 0)), "processed": int(report.get("processed", 0)),
             "dropped": int(report.get("dropped", 0)), "error": nf.last_error,
+            "twin_deviation": deviation.deviation(nf.id), "twin_deviation_abs": deviation.deviation_abs(nf.id),
         })
     return out
 
@@ -70,6 +71,7 @@ def state_view(controller: Controller) -> dict:
         "links": {str(port): rates for port, rates in sorted(controller.port_rates.items())},
         "pending_manual_actions": controller.pending_manual_actions,
         "stabilizer": controller.stabilizer.view(),
+        "deviation": controller.deviation.view(),
     }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from gnn_policy.gn import CONTEXT_FEATURES, GNPolicyNet, NetConfig
-from gnn_policy.graph import EDGE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES
+from gnn_policy.graph import EDGE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES, OPTIONAL_NODE_FEATURES
 from trace_replay.files import atomic_write
 from twin.checkpoint_file import read_versioned
 
@@ -77,7 +77,8 @@ def load(path: str | os.PathLike | None = None) -> tuple[GNPolicyNet, dict]:
 def check_config(config: NetConfig) -> None:
     """ValueError naming the first value of `config` no network of this code can work with: a size out of
     range (`steps` runs the block that often per decision), migration levels that are not
-    0 = l_0 < l_1 < ... <= 1, or feature names other than those `gnn_policy.graph` builds, in its order."""
+    0 = l_0 < l_1 < ... <= 1, or feature names other than those `gnn_policy.graph` builds, in its order (node
+    features: NODE_FEATURES, then optionally a prefix of OPTIONAL_NODE_FEATURES)."""
     for name, value, top in (("hidden", config.hidden, MAX_HIDDEN), ("steps", config.steps, MAX_STEPS)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
             raise ValueError(f"{name} must be an integer in 1..{top}, got {value!r}")
@@ -87,7 +88,8 @@ def check_config(config: NetConfig) -> None:
         raise ValueError(f"levels must be increasing fractions from 0 to at most 1, got {levels!r}")
     if not (_is_number(config.stay_bias) and math.isfinite(config.stay_bias)):
         raise ValueError(f"stay_bias must be a finite number, got {config.stay_bias!r}")
-    for kind, names, built in (("node", config.node_features, NODE_FEATURES),
+    optional = OPTIONAL_NODE_FEATURES[:max(len(config.node_features) - len(NODE_FEATURES), 0)]
+    for kind, names, built in (("node", config.node_features, NODE_FEATURES + optional),
                                ("edge", config.edge_features, EDGE_FEATURES),
                                ("global", config.global_features, GLOBAL_FEATURES + CONTEXT_FEATURES)):
         unknown = [name for name in names if name not in built]

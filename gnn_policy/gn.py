@@ -29,7 +29,7 @@ from torch_geometric.data import Data
 from torch_geometric.nn import MetaLayer
 from torch_geometric.utils import scatter
 
-from gnn_policy.graph import EDGE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES
+from gnn_policy.graph import EDGE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES, node_input
 
 CONTEXT_FEATURES = ("th_high", "th_low")
 """Inputs the graph does not carry: the thresholds of the problem, appended to the global attribute."""
@@ -165,7 +165,7 @@ class GNPolicyNet(nn.Module):
         """`graph` from `gnn_policy.graph.to_pyg`, or several collated into one (`batch` gives each node's graph);
         `context` [graphs, 2] holds Th_high, Th_low."""
         node_graph = graph.batch  # None for a single graph
-        x = torch.tanh(self.encode_node(graph.x))
+        x = torch.tanh(self.encode_node(node_input(graph, self.config.node_features)))
         edge = torch.tanh(self.encode_edge(graph.edge_attr))
         u = torch.tanh(self.encode_global(torch.cat([graph.u, context], dim=1)))
         for _ in range(self.config.steps):

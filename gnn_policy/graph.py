@@ -17,6 +17,10 @@ from twin.state import ClusterState
 
 LATENCY_UNIT_MS = 100.0
 NODE_FEATURES = ("utilisation", "queue_fill", "queue_delay", "processing", "relative_capacity", "active")
+OPTIONAL_NODE_FEATURES = ("twin_deviation",)
+"""Node features a network may take after NODE_FEATURES (its config names them, in this order); `to_pyg` gives
+them as `x_optional`. twin_deviation: the controller's estimate of its twin's deviation (paper 003's eq. (14)
+f̂, `ClusterState.twin_deviation`), 0 where none is given (in the twin, which is its own truth)."""
 EDGE_FEATURES = ("migration_latency",)
 GLOBAL_FEATURES = ("cluster_utilisation", "load_variance")
 
@@ -41,6 +45,19 @@ def node_features(state: ClusterState, nodes: np.ndarray) -> np.ndarray:
     ], axis=1)
 
 
+def optional_node_features(state: ClusterState, nodes: np.ndarray) -> np.ndarray:
+    """[len(nodes), len(OPTIONAL_NODE_FEATURES)]: the OPTIONAL_NODE_FEATURES of the instances at `nodes`."""
+    deviation = np.zeros(state.n_instances) if state.twin_deviation is None else state.twin_deviation
+    return np.stack([deviation[nodes]], axis=1)
+
+
+def node_input(graph: Data, names: tuple[str, ...]) -> torch.Tensor:
+    """The node matrix a network whose config names `names` (NODE_FEATURES, then a prefix of
+    OPTIONAL_NODE_FEATURES) reads: `x`, with the optional columns it names."""
+    extra = len(names) - len(NODE_FEATURES)
+    return graph.x if extra <= 0 else torch.cat([graph.x, graph.x_optional[:, :extra]], dim=1)
+
+
 def complete_edges(n_nodes: int) -> np.ndarray:
     """(2, n·(n−1)) sender/receiver pairs of the complete directed graph without self-loops."""
     senders, receivers = np.nonzero(~np.eye(n_nodes, dtype=bool))
@@ -55,12 +72,13 @@ def global_features(state: ClusterState) -> np.ndarray:
 
 
 def to_pyg(state: ClusterState, include_standby: bool = False) -> Data:
-    """A PyG `Data` with x, edge_index, edge_attr, u and `instance_index` (node → state index)."""
+    """A PyG `Data` with x, x_optional, edge_index, edge_attr, u and `instance_index` (node → state index)."""
     nodes = graph_nodes(state, include_standby)
     edges = complete_edges(nodes.size)
     latency = state.migration_ms[nodes[edges[0]], nodes[edges[1]]] / LATENCY_UNIT_MS
     return Data(
         x=torch.as_tensor(node_features(state, nodes), dtype=torch.float32),
+        x_optional=torch.as_tensor(optional_node_features(state, nodes), dtype=torch.float32),
         edge_index=torch.as_tensor(edges, dtype=torch.long),
         edge_attr=torch.as_tensor(latency[:, None], dtype=torch.float32),
         u=torch.as_tensor(global_features(state)[None, :], dtype=torch.float32),

@@ -166,6 +166,7 @@ def collate(graphs: Sequence[Data]) -> Data:
         return graphs[0]
     sizes = [graph.x.size(0) for graph in graphs]
     starts = np.cumsum([0, *sizes[:-1]]).tolist()
-    return Data(x=torch.cat([g.x for g in graphs]), edge_attr=torch.cat([g.edge_attr for g in graphs]),
+    return Data(x=torch.cat([g.x for g in graphs]), x_optional=torch.cat([g.x_optional for g in graphs]),
+                edge_attr=torch.cat([g.edge_attr for g in graphs]),
                 edge_index=torch.cat([g.edge_index + s for g, s in zip(graphs, starts)], dim=1),
                 u=torch.cat([g.u for g in graphs]), batch=torch.from_numpy(np.repeat(np.arange(len(graphs)), sizes)))

@@ -198,4 +198,8 @@ def test_a_flapping_load_makes_no_reversal_with_the_stabilizer(tmp_path):
         assert len(scale) <= 1, scale  # at most one scale action: nothing to reverse
         state = loop.api.get("/state")["stabilizer"]
         assert state["enabled"] and state["flows_estimated"] >= 0 and state["budget_queue"] >= 0
+        deviation = loop.api.get("/state")["deviation"]  # the calibrated twin predicted every period
+        assert deviation["twin"] == "calibrated" and deviation["error"] == "" and deviation["cluster"] is not None
+        assert all(i["twin_deviation_abs"] is not None for i in loop.api.get("/instances") if i["active"])
+        assert not any(d["fallback"] for d in loop.decisions.values())
         assert outcomes["lost"] == 0

@@ -27,6 +27,7 @@ from twin import cost
 from twin.flow import FIVE_TUPLE_DTYPE
 from twin.migration import IndexedAction
 from twin.params import CostParams, Thresholds
+from twin.physics import Physics
 from twin.scenario import ScenarioKind, detect
 from twin.state import ClusterState
 
@@ -169,6 +170,7 @@ class BatchedTwin:
         self.params, self.thresholds, self.invalid_penalty = params, thresholds, invalid_penalty
         self.time_step = 0
         self._episodes = torch.arange(capacity.shape[0], device=capacity.device)
+        self.physics = Physics()
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -463,7 +465,8 @@ class BatchedTwin:
             "threshold_penalty": penalty,
             "moved": moved.sum(-1),
             "sla_violations": (moved & sla_broken).sum(-1),
-            "migration_time_ms": self._migration_time(src, dst_safe, moved),
+            "migration_time_ms": (self._migration_time(src, dst_safe, moved) if self.physics.move_a_ms is None
+                                  else torch.where(moved, la_ij, 0.0).amax(-1)),
             "invalid": ~valid,
             "reason": reason,
         }
@@ -510,7 +513,7 @@ class BatchedTwin:
             > 0
         )
         active_after = active_started & ~stop
-        la_ij = self.migration_ms.flatten(1).gather(1, src * n + dst_safe)
+        la_ij = self._move_ms(src, dst_safe, moved)
         buffered = torch.zeros_like(self.queue).scatter_add_(
             1, dst_safe, torch.where(moved, cost.packets_buffered_during_move(self.flow_rate, la_ij), 0.0)
         )
@@ -529,6 +532,14 @@ class BatchedTwin:
             reason = torch.where(failed, int(code), reason)
         return reason, dst_safe, la_ij, active_after
 
+    def _move_ms(self, src: torch.Tensor, dst: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
+        """[B, F] la_ij of each flow's move: its pair's `migration_ms`, or the fitted duration (`Physics`)."""
+        pair = src * self.n_instances + dst
+        if self.physics.move_a_ms is None:
+            return self.migration_ms.flatten(1).gather(1, pair)
+        drain = self._per_flow(cost.queueing_delay_ms(self.queue, self.capacity), src)
+        return self.physics.move_ms(pair, moved, drain, self.n_instances)
+
     def _migration_time(self, src: torch.Tensor, dst: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
         """Largest OpenNF batch time over the (source, destination) pairs of each episode's moves."""
         n = self.n_instances
@@ -543,8 +554,9 @@ class BatchedTwin:
 
         `arrivals` is λ [B, N], the load of the assignment the step ends with.
         """
-        self.queue, drops = fluid_queue(self.queue, arrivals, torch.where(self.active, self.capacity, 0.0),
-                                        self.buffer, self.step_s)
+        service, buffer = self.physics.queue(self.capacity, self.buffer)
+        self.queue, drops = fluid_queue(self.queue, self.physics.arrival_ratio * arrivals,
+                                        torch.where(self.active, service, 0.0), buffer, self.step_s)
         return drops.sum(-1)
 
     def _follow_trace(self) -> None:
@@ -570,11 +582,14 @@ class BatchedTwin:
 
         The controller does not know a new flow's rate when its first packet arrives, so it spreads
         the step's arrivals over the active instances (`self.active` unless given) in increasing
-        order of their current utilisation.
+        order of their current utilisation; with a fitted φ (`Physics.least_utilised_share`) the first
+        φ of them (in slot order) all land on the least utilised one.
         """
         active = self.active if active is None else active
         utilisation = torch.where(active, self.utilisation, torch.inf)
         by_utilisation = torch.argsort(utilisation, dim=1, stable=True)
         n_active = active.sum(-1, keepdim=True).clamp(min=1)
         rank = torch.cumsum(arriving.long(), dim=1) - 1
-        return by_utilisation.gather(1, rank.clamp(min=0) % n_active)
+        first = torch.round(self.physics.least_utilised_share * arriving.sum(-1, keepdim=True)).long()
+        dealt = by_utilisation.gather(1, (rank - first).clamp(min=0) % n_active)
+        return torch.where(rank < first, by_utilisation[:, :1], dealt)

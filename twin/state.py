@@ -71,6 +71,10 @@ class ClusterState:
     sla_ms: np.ndarray
     assignment: np.ndarray
     time_s: float = field(default=0.0)
+    twin_deviation: np.ndarray | None = field(default=None)
+    """[N] the controller's running estimate of its twin's deviation per instance (predicted − measured
+    utilisation, paper 003's eq. (14) f̂; controller_app.deviation), a policy input; None: not estimated,
+    read as 0 (the twin's own episodes, where the twin is its own truth)."""
 
     def __post_init__(self) -> None:
         self._validate(changed=None)
@@ -88,6 +92,7 @@ class ClusterState:
             ("migration_ms", self.migration_ms, (n, n)), ("five_tuple", self.five_tuple, (m,)),
             ("rate", self.rate, (m,)), ("byte_rate", self.byte_rate, (m,)), ("sla_ms", self.sla_ms, (m,)),
             ("assignment", self.assignment, (m,)),
+            *((("twin_deviation", self.twin_deviation, (n,)),) if self.twin_deviation is not None else ()),
         ):
             if np.shape(array) != shape:
                 raise StateError(f"{name} has shape {np.shape(array)}, expected {shape}")
@@ -119,6 +124,9 @@ class ClusterState:
                 check_numbers(name, getattr(self, name), error=StateError, owners=owners)
         if fresh("time_s"):
             check_numbers("time_s", self.time_s, error=StateError)
+        if fresh("twin_deviation") and self.twin_deviation is not None and \
+                not (np.asarray(self.twin_deviation).dtype.kind in "iuf" and np.isfinite(self.twin_deviation).all()):
+            raise StateError("twin_deviation must be finite numbers (signed: predicted − measured utilisation)")
         for name, expected, fits in (("active", "bool", lambda dtype: dtype == bool),
                                      ("assignment", "an integer type", lambda dtype: dtype.kind in "iu"),
                                      ("five_tuple", "FIVE_TUPLE_DTYPE",

@@ -21,6 +21,7 @@ from trace_replay.cli_types import (
     positive_int,
     rng_seed,
 )
+from twin.choice import LOOP_TWINS
 
 EXPERIMENT_CHOICES = ("scale-out", "scale-in", "lb", "time", "all", "closed-loop")
 DEFAULT_POLICIES = "ofm,size-greedy,pairwise,random,optimal"
@@ -28,7 +29,7 @@ LOOP_POLICIES = "ofm,size-greedy,deepmigration,pairwise,random"
 LOOP_OPTIMAL_LIMIT_S = 1.0
 LOOP_OPTIONS = {"speed": 1.0, "episodes": 8, "periods": 120, "instances": 6, "standby": 4, "stabilizer": "both",
                 "start": None, "capacity": None, "buffer": None, "processing_ms": None,
-                "max_flows": 4000}
+                "max_flows": 4000, "twin": "fluid"}
 """The closed loop's options and their defaults (None on the command line means 'not given'; a None default:
 drawn per episode, or the cost model's)."""
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
@@ -115,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--stabilizer", choices=("on", "off", "both"),
                       help="run each policy with the stabilizer, without it (today's loop) or both "
                            f"(default {LOOP_OPTIONS['stabilizer']})")
+    loop.add_argument("--twin", choices=LOOP_TWINS,
+                      help="the twin the episodes run in (twin.choice): fluid (hand-set), calibrated (the testbed's "
+                           "fitted physics, twin/data/calibrated.json); residual is refused with the reason "
+                           f"(default {LOOP_OPTIONS['twin']})")
     loop.add_argument("--stabilizer-config", metavar="JSON",
                       help="the stabilizer's settings: a JSON object of StabilizerConfig fields over its defaults, "
                            "e.g. '{\"scale_in_window_s\": 20, \"max_migrations\": 16}' (default: the defaults)")
@@ -231,7 +236,8 @@ def _bench_loop(args: argparse.Namespace, argv: list[str], names: list[str]) -> 
 
     options = {name: LOOP_OPTIONS[name] if getattr(args, name) is None else getattr(args, name)
                for name in LOOP_OPTIONS}
-    setup = loop.LoopSetup(**{k: v for k, v in options.items() if k != "stabilizer"}, seed=args.seed)
+    setup = loop.LoopSetup(**{k: v for k, v in options.items() if k not in ("stabilizer", "twin")}, seed=args.seed)
+    _check_twin(options["twin"])
     settings = loop.stabilizer_settings(options["stabilizer"], _stabilizer_config(args))
     _check_outputs(args)
     limit = args.optimal_time_limit or LOOP_OPTIMAL_LIMIT_S
@@ -245,7 +251,8 @@ def _bench_loop(args: argparse.Namespace, argv: list[str], names: list[str]) -> 
     replicas = sum(len(p) if isinstance(p, list) else 1 for p in prototypes.values())
     with tqdm(total=replicas * len(settings) * setup.periods, unit="period", file=sys.stderr,
               disable=None) as bar:
-        runs = loop.run(batch, prototypes, settings, params=setup.params, on_period=bar.update)
+        runs = loop.run(batch, prototypes, settings, params=setup.params, twin=options["twin"],
+                        on_period=bar.update)
     if loop.HINDSIGHT in names:
         runs.append(loop.hindsight_run(batch, params=setup.params, say=lambda line: print(line, file=sys.stderr)))
     wall_s = time.perf_counter() - began
@@ -265,6 +272,19 @@ def _bench_loop(args: argparse.Namespace, argv: list[str], names: list[str]) -> 
         for path in _plotted(write_loop_plots, runs, args.plots):
             print(f"wrote {path}")
     return 0
+
+
+def _check_twin(name: str) -> None:
+    """A BenchError, before any work, for a twin the closed loop cannot run (or whose parameters cannot load)."""
+    from twin.calibration import CalibrationError
+    from twin.choice import TwinChoiceError, check_loop_twin, load_calibrated
+
+    try:
+        check_loop_twin(name)
+        if name == "calibrated":
+            load_calibrated()
+    except (TwinChoiceError, CalibrationError) as error:
+        raise BenchError(f"--twin {name}: {error}") from None
 
 
 def _stabilizer_config(args: argparse.Namespace):

@@ -15,8 +15,8 @@ from gnn_policy.closed_loop import Period, episode_metrics, run_closed_loop
 from gnn_policy.stabilizer import Stabilizer, StabilizerConfig
 from trace_replay.episodes import EpisodeBatch, build_episodes
 from trace_replay.flows import FlowTable
+from twin.choice import DEFAULT_LOOP_TWIN, batched_twin
 from twin.params import CostParams, Thresholds
-from twin.sim import BatchedTwin
 
 EXPERIMENT = "closed-loop"
 PERIOD_S = 1.0
@@ -28,6 +28,8 @@ METRICS = ("total_cost", "invalid_actions", "sla_violation_flow_s", "packets_dro
 STABILIZER_CHOICES = ("on", "off", "both")
 HINDSIGHT = "hindsight"
 """The row of the hindsight bound (`hindsight_run`): not a policy, the optimum with the future known."""
+HINDSIGHT_TWIN = "fluid"
+"""The twin the hindsight bound plans and is scored in, whatever `--twin` says: its MILP models the hand-set one."""
 
 
 def stabilizer_settings(which: str,
@@ -83,10 +85,11 @@ class Run:
 
 def run(batch: EpisodeBatch, prototypes: Mapping[str, Policy | Sequence[Policy]],
         settings: Sequence[StabilizerConfig | None], *, thresholds: Thresholds = Thresholds(),
-        params: CostParams = CostParams(), on_period: Callable[[], None] = lambda: None) -> list[Run]:
-    """Every policy under every stabilizer setting on the same episodes; each episode gets a fresh copy of
-    the policy and a fresh stabilizer. A sequence of policies under one name (`registry.REPLICAS`: seeds)
-    is one row, every replica's episodes in it."""
+        params: CostParams = CostParams(), twin: str = DEFAULT_LOOP_TWIN,
+        on_period: Callable[[], None] = lambda: None) -> list[Run]:
+    """Every policy under every stabilizer setting on the same episodes of `twin` (`twin.choice.LOOP_TWINS`);
+    each episode gets a fresh copy of the policy and a fresh stabilizer. A sequence of policies under one name
+    (`registry.REPLICAS`: seeds) is one row, every replica's episodes in it; every record names the twin."""
     runs = []
     for name, prototype in prototypes.items():
         replicas = prototype if isinstance(prototype, Sequence) else (prototype,)
@@ -94,12 +97,13 @@ def run(batch: EpisodeBatch, prototypes: Mapping[str, Policy | Sequence[Policy]]
             setting = None if config is None else config.to_dict()
             records, periods = [], []
             for replica, one in enumerate(replicas):
-                twin = BatchedTwin.from_episodes(batch, params, thresholds)
+                episodes = batched_twin(twin, batch, params, thresholds)
                 policies = [copy.deepcopy(one) for _ in range(batch.n_episodes)]
                 stabilizers = [None if config is None else Stabilizer(config, thresholds, params)
                                for _ in range(batch.n_episodes)]
-                mine = run_closed_loop(twin, policies, stabilizers, on_period=on_period)
-                records += [{"experiment": EXPERIMENT, "policy": name, "stabilizer": setting, "episode": b,
+                mine = run_closed_loop(episodes, policies, stabilizers, on_period=on_period)
+                records += [{"experiment": EXPERIMENT, "policy": name, "stabilizer": setting, "twin": twin,
+                             "episode": b,
                              "window_start_s": float(batch.start_s[b]),
                              **({"replica": replica} if len(replicas) > 1 else {}),
                              **episode_metrics(periods_b, batch.step_s)} for b, periods_b in enumerate(mine)]
@@ -129,7 +133,8 @@ def hindsight_run(batch: EpisodeBatch, *, thresholds: Thresholds = Thresholds(),
                                       batch.step_s)
         say(f"hindsight: episode {b}: {episode.size} assignment variables, optimum {solution.objective:,.1f} "
             f"proven in {solution.seconds:.2f} s")
-        records.append({"experiment": EXPERIMENT, "policy": HINDSIGHT, "stabilizer": None, "episode": b,
+        records.append({"experiment": EXPERIMENT, "policy": HINDSIGHT, "stabilizer": None, "twin": HINDSIGHT_TWIN,
+                        "episode": b,
                         "window_start_s": float(batch.start_s[b]), "solve_s": solution.seconds,
                         **episode_metrics(mine, batch.step_s)})
         periods.append(mine)
