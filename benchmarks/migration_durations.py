@@ -6,7 +6,8 @@ duration runs from its destination's hold to its release, so it spans the whole 
 the one barrier, every export, which waits for the source to drain the flow and for `quiet_ms` without
 arrivals, every import and release). The script prints, per split: the moves, the batches (periods with done
 moves), the spread of durations within a batch, the share of moves under 20 ms, and the ms per move of the
-batches whose sources had no queue (la_q < 20 ms); then, for every candidate fit of `twin.calibration`
+batches whose sources had no queue (la_q < 20 ms); the batches from a queued source and how many of them
+did not wait for it; then, for every candidate fit of `twin.calibration`
 (loss x per-pair or pooled a, b, fitted on the training split), MAPE, median APE and MAE per split.
 
     PYTHONPATH=. .venv/bin/python benchmarks/migration_durations.py [--data DIR]
@@ -35,6 +36,24 @@ def _summary(rows: _MoveRows) -> str:
             f"({np.percentile(per_move, 10):.2f}-{np.percentile(per_move, 90):.2f})")
 
 
+def _queued(rows: _MoveRows) -> str:
+    """Batches with a move from a source whose la_q at t exceeded 100 ms: how many, how many of them still took
+    under 100 ms (their moves did not wait for the drain), and duration / la_q over the others (median, 10-90 %)."""
+    quick, ratios, total = 0, [], 0
+    for b in np.unique(rows.periods):
+        inside = rows.periods == b
+        drain, duration = rows.drain[inside].max(), np.median(rows.y[inside])
+        if drain > 100.0:
+            total += 1
+            if duration < 100.0:
+                quick += 1
+            else:
+                ratios.append(duration / drain)
+    spread = (f"{np.median(ratios):.2f} ({np.percentile(ratios, 10):.2f}-{np.percentile(ratios, 90):.2f})"
+              if ratios else "-")
+    return f"{total} | {quick} | {spread}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=SHIPPED_DIR)
@@ -48,6 +67,12 @@ def main() -> None:
     for split in SPLITS:
         if rows[split].y.size:
             print(f"| {split} | {_summary(rows[split])} |")
+    print()
+    print("| split | batches with a source la_q > 100 ms | of them under 100 ms | duration / la_q of the others |")
+    print("|---|---|---|---|")
+    for split in SPLITS:
+        if rows[split].y.size:
+            print(f"| {split} | {_queued(rows[split])} |")
     print()
     print("| fit (on train) | batch | a, b, c (pooled) | " + " | ".join(
         f"{s} MAPE | {s} median APE | {s} MAE ms" for s in SPLITS) + " |")

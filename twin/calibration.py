@@ -10,7 +10,9 @@ What is fitted, each by least squares on the training periods (docs/twin.md, "Fi
 - per instance pair: a move's duration a + b·n + c·la_q(source), n the moves that ran together (the
   period's batch, or the pair's, whichever fits the training moves better) and la_q the source's queueing
   delay (OpenNF's export waits for the source to drain the flow's packets; c is pooled over all pairs).
-  Pairs with moves in fewer than `MIN_PAIR_BATCHES` periods, or a single batch size, use the pooled fit;
+  Pairs with moves in fewer than `MIN_PAIR_BATCHES` periods, or a single batch size, use the pooled fit.
+  The loss (squared, absolute, or relative to the duration) and per-pair vs pooled a and b are chosen on the
+  validation moves' MAPE (`choose_moves`);
 - the arrivals the queue sees: κ, the packets an NF receives per packet of its flows' load as the switch
   counters measure it;
 - the traffic: a flow's next rate α·r + γ·m + δ (r its last rate, m its mean over `RATE_MEMORY` periods;
