@@ -35,10 +35,7 @@ VARIANTS = {
     "history5": dataclasses.replace(BASE, net=ResidualConfig(history=5)),
     "synthetic4": dataclasses.replace(BASE, synthetic=4),
     "normalised": dataclasses.replace(BASE, normalise=1),
-    "synthetic8": dataclasses.replace(BASE, synthetic=8),
-    "synthetic4-queue10": dataclasses.replace(BASE, synthetic=4, weights=(1.0, 10.0, 1.0, 1.0)),
     "queue10": dataclasses.replace(BASE, weights=(1.0, 10.0, 1.0, 1.0)),
-    "queue30": dataclasses.replace(BASE, weights=(1.0, 30.0, 1.0, 1.0)),
 }
 METRICS = ("utilisation", "queue", "drops")
 
