@@ -2,7 +2,7 @@
 
 Fits each variant of `twin.residual.training.FitConfig` named below on the training split of --data and
 prints, per variant, the fit's time and the fidelity benchmark's MAE on the validation periods (k = 1 and
-5: utilisation, queue, drops), with the default twin's beside them.
+5: utilisation, queue, drops), with the default and calibrated twins' (--params) beside them.
 
     PYTHONPATH=. .venv/bin/python benchmarks/residual_tuning.py [--data DIR] [--variants NAME,...] [--seed N]
 """
@@ -14,8 +14,10 @@ import time
 
 import torch
 
+from twin.calibration import load_params
+from twin.cli import EMBEDDED_PARAMS
 from twin.fidelity.evaluate import collect, load_dataset, records
-from twin.fidelity.twins import DefaultTwin
+from twin.fidelity.twins import CalibratedTwin, DefaultTwin
 from twin.records import SHIPPED_DIR
 from twin.residual.model import ResidualConfig
 from twin.residual.training import FitConfig, fit
@@ -32,6 +34,8 @@ VARIANTS = {
     "history1": dataclasses.replace(BASE, net=ResidualConfig(history=1)),
     "history5": dataclasses.replace(BASE, net=ResidualConfig(history=5)),
     "synthetic4": dataclasses.replace(BASE, synthetic=4),
+    "normalised": dataclasses.replace(BASE, normalise=1),
+    "queue10": dataclasses.replace(BASE, weights=(1.0, 10.0, 1.0, 1.0)),
 }
 METRICS = ("utilisation", "queue", "drops")
 
@@ -48,6 +52,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--epochs", type=int, default=BASE.epochs)
     parser.add_argument("--seed", type=int, default=BASE.seed)
+    parser.add_argument("--params", default=EMBEDDED_PARAMS, help="the calibrated twin's parameters")
     args = parser.parse_args()
     torch.set_num_threads(1)
     episodes = load_dataset(args.data, default_split="train")
@@ -55,6 +60,8 @@ def main() -> None:
     print(f"| variant | fit s | epochs | {header} |")
     print("|---|---|---|" + "---|" * 2 * len(METRICS))
     print(f"| default twin | - | - | {_row('default', DefaultTwin(), episodes)} |", flush=True)
+    print(f"| calibrated twin | - | - | {_row('calibrated', CalibratedTwin(load_params(args.params)), episodes)} |",
+          flush=True)
     for name in args.variants.split(","):
         started = time.monotonic()
         net, record = fit(episodes, dataclasses.replace(VARIANTS[name], epochs=args.epochs, seed=args.seed), progress=False)

@@ -38,14 +38,16 @@ def test_calibration_recovers_the_simulated_parameters(simulated):
     assert params.fitted_on["recordings"] == ["sim-1"]  # the training recording only
 
 
-def _move_recording(directory, a_ms: float, b_ms: float, batches: list[int]) -> None:
-    """Periods of two instances whose done moves, n per period, take exactly a + b·n ms."""
+def _move_recording(directory, a_ms: float, b_ms: float, batches: list[int], slow: int = 0) -> None:
+    """Periods of two instances whose done moves, n per period, take exactly a + b·n ms (the first `slow`
+    periods ten times as long: outliers)."""
     writer = RecordingWriter(directory, {"source": "test", "period_s": 1.0})
-    for n in batches:
+    for period, n in enumerate(batches):
         state = cluster([[10.0] * max(batches), [10.0]])
         moves = tuple(Migration(state.flow_ids[f], "nf0", "nf1") for f in range(n))
+        duration = (a_ms + b_ms * n) * (10.0 if period < slow else 1.0)
         writer.add_period(state, PeriodRecord(action=Action(moves), executed=True,
-                                              moves=tuple(MoveRecord(m.flow, m.src, m.dst, "done", a_ms + b_ms * n)
+                                              moves=tuple(MoveRecord(m.flow, m.src, m.dst, "done", duration)
                                                           for m in moves)))
     writer.add_period(cluster([[10.0], [10.0]]))
     writer.close()
@@ -61,6 +63,21 @@ def test_move_durations_are_fitted_exactly_when_they_follow_the_model(tmp_path_f
     fitted = params.move("nf0", "nf1")
     assert fitted.a_ms == pytest.approx(a_ms, rel=1e-6, abs=1e-6)
     assert fitted.b_ms == pytest.approx(b_ms, rel=1e-6, abs=1e-6)
+
+
+def test_the_move_loss_is_chosen_on_validation_and_resists_outliers(tmp_path):
+    batches = [1, 2, 3, 4, 5, 6] * 3
+    _move_recording(tmp_path / "train", 10.0, 2.0, batches, slow=2)
+    _move_recording(tmp_path / "validation", 10.0, 2.0, batches)
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["train"], "validation": ["validation"]}))
+    params = fit(load_dataset(tmp_path, "train"))
+    assert params.fitted_on["move_loss_chosen_on"] == "validation"
+    mape = params.fitted_on["move_mape"]
+    assert mape[params.fitted_on["move_loss"]] == min(mape.values())
+    assert mape["squared"] > 0.1  # the two slow periods pull the least-squares fit off
+    assert not params.fitted_on["move_loss"].startswith("squared")
+    fitted = params.move("nf0", "nf1")
+    assert fitted.a_ms + fitted.b_ms * 3 == pytest.approx(16.0, rel=0.02)
 
 
 def test_parameters_round_trip(tmp_path, simulated):

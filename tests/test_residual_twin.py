@@ -21,7 +21,7 @@ from twin.residual import checkpoint
 from twin.residual.checkpoint import ResidualCheckpointError
 from twin.residual.features import collate, training_windows
 from twin.residual.model import ResidualConfig, ResidualNet
-from twin.residual.training import FitConfig, FitError, fit, loss_of
+from twin.residual.training import FitConfig, FitError, change_scale, fit, loss_of
 from twin.residual.twin import ResidualTwin, score_actions
 
 SMALL = ResidualConfig(hidden=8, steps=1, history=2)
@@ -68,6 +68,23 @@ def test_the_network_overfits_a_tiny_dataset(tmp_path):
     with torch.no_grad():
         before = float(loss_of(ResidualNet(config.net)(batch), batch, config))
     assert record["chosen_on"] == "train" and record["chosen_loss"] < 1e-3 < before
+
+
+def test_a_normalised_loss_divides_each_component_by_its_one_period_change(tmp_path):
+    episodes = _recording(tmp_path / "rec", n=2, periods=6, seed=3)
+    batch = collate(training_windows(episodes, "train", 2, 2))
+    scale = change_scale(batch)
+    first = batch.mask[:, 0]
+    expected = (batch.y[first, 0] - batch.x[first, 0]).abs().mean(0).clamp(min=1e-3)
+    assert torch.allclose(scale, expected)
+    predicted = batch.y.nan_to_num() + 0.5
+    config = _config(normalise=1)
+    raw, normalised = loss_of(predicted, batch, config), loss_of(predicted, batch, config, scale)
+    mask = batch.mask[..., None] & torch.isfinite(batch.y)
+    assert float(raw) == pytest.approx(0.5)
+    assert float(normalised) == pytest.approx(float(((0.5 / scale) * mask).sum() / mask.sum()), rel=1e-5)
+    _, record = fit(episodes, _config(normalise=1, epochs=3), progress=False)
+    assert record["loss_scale"] == pytest.approx(scale.tolist())
 
 
 def test_a_network_fitted_on_three_instances_predicts_five(fitted, tmp_path):

@@ -10,7 +10,9 @@ What is fitted, each by least squares on the training periods (docs/twin.md, "Fi
 - per instance pair: a move's duration a + b·n + c·la_q(source), n the moves that ran together (the
   period's batch, or the pair's, whichever fits the training moves better) and la_q the source's queueing
   delay (OpenNF's export waits for the source to drain the flow's packets; c is pooled over all pairs).
-  Pairs with moves in fewer than `MIN_PAIR_BATCHES` periods, or a single batch size, use the pooled fit;
+  Pairs with moves in fewer than `MIN_PAIR_BATCHES` periods, or a single batch size, use the pooled fit.
+  The loss (squared, absolute, or relative to the duration) and per-pair vs pooled a and b are chosen on the
+  validation moves' MAPE (`choose_moves`);
 - the arrivals the queue sees: κ, the packets an NF receives per packet of its flows' load as the switch
   counters measure it;
 - the traffic: a flow's next rate α·r + γ·m + δ (r its last rate, m its mean over `RATE_MEMORY` periods;
@@ -172,13 +174,13 @@ def _fit(kind: type, value, where: str):
 
 
 # --- fitting ----------------------------------------------------------------------------------------------
-def fit(episodes: Sequence[Episode], split: str = "train") -> CalibratedParams:
-    """Least-squares fit of every parameter on the periods of `episodes` labelled `split`."""
-    transitions = [(e, t) for e in episodes for t in range(e.n_periods - 1)
-                   if e.split[t] == split and e.split[t + 1] == split]
+def fit(episodes: Sequence[Episode], split: str = "train", choose_on: str = "validation") -> CalibratedParams:
+    """Least-squares fit of every parameter on the periods of `episodes` labelled `split`; the move model's loss
+    is chosen on the periods labelled `choose_on` (on `split` where there are none)."""
+    transitions = _transitions(episodes, split)
     if not transitions:
         raise CalibrationError(f"no two consecutive {split} periods to fit on")
-    moves, batch, drain = fit_moves(transitions)
+    moves, batch, drain, move_choice = choose_moves(transitions, _transitions(episodes, choose_on))
     instances = fit_instances(transitions)
     persistence, reversion, base = fit_rates(transitions)
     window, share = fit_arrivals(transitions)
@@ -189,43 +191,119 @@ def fit(episodes: Sequence[Episode], split: str = "train") -> CalibratedParams:
         rate_reversion=reversion, rate_base_pps=base,
         arrival_window=window, least_utilised_share=share, arrival_ratio=arrival_ratio,
         fitted_on={"recordings": sorted({e.name for e, _ in transitions}),
-                   "transitions": len(transitions)})
+                   "transitions": len(transitions), **move_choice})
 
 
-def fit_moves(transitions) -> tuple[tuple[dict[str, MoveFit], MoveFit], str, float]:
+def _transitions(episodes: Sequence[Episode], split: str) -> list[tuple[Episode, int]]:
+    return [(e, t) for e in episodes for t in range(e.n_periods - 1) if e.split[t] == split and e.split[t + 1] == split]
+
+
+MOVE_LOSSES = ("squared", "absolute", "relative")
+"""The losses the move model is fitted under: squared error (eq. (7)), absolute error, and absolute error
+relative to the measured duration (the MAPE the benchmark reports). Each is fitted with and without per-pair a
+and b; the variant with the least duration MAPE on the validation periods is kept (`choose_moves`)."""
+
+
+@dataclass(frozen=True)
+class _MoveRows:
+    """One row per measured move: its pair "src->dst", n under both batch definitions, the source's queueing
+    delay at the state, the duration, and its period (recording/period)."""
+
+    pairs: np.ndarray
+    n: dict[str, np.ndarray]
+    drain: np.ndarray
+    y: np.ndarray
+    periods: np.ndarray
+
+    @classmethod
+    def of(cls, transitions) -> _MoveRows:
+        rows = []
+        for episode, t in transitions:
+            action, durations = episode.action(t), episode.durations(t)
+            state, ids = episode.state(t), episode.instance_ids
+            drain = cost.queueing_delay_ms(state.queue, state.capacity)
+            pair = action.src * len(ids) + action.dst
+            n_pair = np.bincount(pair)[pair] if pair.size else np.empty(0)
+            for k in np.flatnonzero(np.isfinite(durations)):
+                rows.append((f"{ids[action.src[k]]}->{ids[action.dst[k]]}", action.n_run, n_pair[k],
+                             drain[action.src[k]], durations[k], f"{episode.name}/{episode.first + t}"))
+        column = [np.array([r[c] for r in rows], dtype=object if c in (0, 5) else float) for c in range(6)]
+        return cls(column[0], {"period": column[1], "pair": column[2]}, column[3], column[4], column[5])
+
+    def predict(self, fits: dict[str, MoveFit], pooled: MoveFit, batch: str, drain_factor: float) -> np.ndarray:
+        fit_ = [fits.get(pair, pooled) for pair in self.pairs]
+        return np.array([f.a_ms for f in fit_]) + np.array([f.b_ms for f in fit_]) * self.n[batch] \
+            + drain_factor * self.drain
+
+
+def choose_moves(train, validation, losses: Sequence[str] = MOVE_LOSSES) -> tuple[tuple, str, float, dict]:
+    """The move model fitted on `train` under each loss of `losses`, the one of least duration MAPE on
+    `validation` (on `train` where `validation` has no measured move): (fits, pooled), batch, drain factor and
+    the choice's record (loss, chosen_on, MAPE per loss)."""
+    train_rows = _MoveRows.of(train)
+    if not train_rows.y.size:
+        return ({}, MoveFit()), "period", 0.0, {}
+    rows, chosen_on = (_MoveRows.of(validation), "validation") if validation else (train_rows, "train")
+    if not rows.y.size:
+        rows, chosen_on = train_rows, "train"
+    scores, fitted = {}, {}
+    for loss, per_pair in itertools.product(losses, (True, False)):
+        name = f"{loss}{'' if per_pair else ', pooled'}"
+        fitted[name] = fit_moves(train_rows, loss, per_pair)
+        (fits, pooled), batch, drain = fitted[name]
+        scores[name] = float(np.mean(np.abs(rows.predict(fits, pooled, batch, drain) - rows.y) / rows.y))
+    name = min(scores, key=scores.get)
+    return (*fitted[name], {"move_loss": name, "move_loss_chosen_on": chosen_on,
+                            "move_mape": {k: round(v, 4) for k, v in scores.items()}})
+
+
+def fit_moves(rows: _MoveRows, loss: str = "squared",
+              per_pair: bool = True) -> tuple[tuple[dict[str, MoveFit], MoveFit], str, float]:
     """(per-pair fits, pooled fit), the batch definition and the drain factor c of a move's duration
-    a + b·n + c·la_q(source). The pooled fit takes all three by non-negative least squares; a pair with moves
-    in at least `MIN_PAIR_BATCHES` periods and two batch sizes gets its own a and b (c pooled). Both batch
-    definitions are fitted; the one with the smaller training residual wins."""
-    rows = []
-    for episode, t in transitions:
-        action, durations = episode.action(t), episode.durations(t)
-        state, ids = episode.state(t), episode.instance_ids
-        drain = cost.queueing_delay_ms(state.queue, state.capacity)
-        pair = action.src * len(ids) + action.dst
-        n_pair = np.bincount(pair)[pair] if pair.size else np.empty(0)
-        for k in np.flatnonzero(np.isfinite(durations)):
-            rows.append((f"{ids[action.src[k]]}->{ids[action.dst[k]]}", action.n_run, n_pair[k],
-                         drain[action.src[k]], durations[k], f"{episode.name}/{episode.first + t}"))
-    if not rows:
-        return ({}, MoveFit()), "period", 0.0
-    pairs, batches = (np.array([r[c] for r in rows], dtype=object) for c in (0, 5))
-    drain, y = (np.array([r[c] for r in rows], dtype=float) for c in (3, 4))
+    a + b·n + c·la_q(source), under `loss` (one of `MOVE_LOSSES`). The pooled fit takes all three with
+    non-negative coefficients; with `per_pair`, a pair with moves in at least `MIN_PAIR_BATCHES` periods and two
+    batch sizes gets its own a and b (c pooled). Both batch definitions are fitted; the one with the smaller training loss wins."""
+    if loss not in MOVE_LOSSES:
+        raise CalibrationError(f"move loss {loss!r} is not one of {', '.join(MOVE_LOSSES)}")
     best = None
-    for batch, column in (("period", 1), ("pair", 2)):
-        n = np.array([r[column] for r in rows], dtype=float)
-        a, b, c = _nnls(np.column_stack([np.ones_like(n), n, drain]), y)
-        pooled, fits, residual = MoveFit(float(a), float(b), len(rows)), {}, 0.0
-        for pair in np.unique(pairs):
-            mask = pairs == pair
-            if np.unique(batches[mask]).size >= MIN_PAIR_BATCHES and np.unique(n[mask]).size > 1:
-                pa, pb = _nnls(np.column_stack([np.ones(mask.sum()), n[mask]]), y[mask] - c * drain[mask])
+    for batch in ("period", "pair"):
+        n = rows.n[batch]
+        a, b, c = _fit_linear(np.column_stack([np.ones_like(n), n, rows.drain]), rows.y, loss)
+        pooled, fits = MoveFit(float(a), float(b), rows.y.size), {}
+        for pair in np.unique(rows.pairs):
+            mask = rows.pairs == pair
+            if per_pair and np.unique(rows.periods[mask]).size >= MIN_PAIR_BATCHES \
+                    and np.unique(n[mask]).size > 1:
+                pa, pb = _fit_linear(np.column_stack([np.ones(mask.sum()), n[mask]]),
+                                     rows.y[mask] - c * rows.drain[mask], loss, rows.y[mask])
                 fits[pair] = MoveFit(float(pa), float(pb), int(mask.sum()))
-            fit_ = fits.get(pair, pooled)
-            residual += float(((y[mask] - fit_.a_ms - fit_.b_ms * n[mask] - c * drain[mask]) ** 2).sum())
+        residual = _loss(rows.predict(fits, pooled, batch, float(c)), rows.y, loss)
         if best is None or residual < best[0]:
             best = (residual, (fits, pooled), batch, float(c))
     return best[1], best[2], best[3]
+
+
+def _loss(predicted: np.ndarray, measured: np.ndarray, loss: str) -> float:
+    miss = predicted - measured
+    if loss == "squared":
+        return float((miss ** 2).sum())
+    return float((np.abs(miss) / (measured if loss == "relative" else 1.0)).sum())
+
+
+def _fit_linear(x: np.ndarray, y: np.ndarray, loss: str, scale: np.ndarray | None = None,
+                iterations: int = 60) -> np.ndarray:
+    """Non-negative coefficients of x·β ≈ y under `loss`: `_nnls` for the squared error; for the absolute and
+    relative ones, iteratively reweighted least squares (weights 1 / |residual|, times 1 / `scale` (default y)
+    for the relative one), each step an exact `_nnls`."""
+    beta = _nnls(x, y)
+    if loss == "squared":
+        return beta
+    base = 1.0 / np.abs(y if scale is None else scale).clip(1e-9) if loss == "relative" else np.ones_like(y)
+    floor = 1e-6 * max(float(np.abs(y).mean()), 1e-9)
+    for _ in range(iterations):
+        root = np.sqrt(base / np.maximum(np.abs(x @ beta - y), floor))
+        beta = _nnls(x * root[:, None], y * root)
+    return beta
 
 
 def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -121,6 +121,8 @@ def calibrate(args) -> int:
     save_params(params, args.out)
     print(json.dumps({"out": str(args.out), "transitions": params.fitted_on["transitions"],
                       "batch": params.batch, "pooled_move": params.pooled_move.__dict__,
+                      **{key: params.fitted_on[key] for key in ("move_loss", "move_loss_chosen_on", "move_mape")
+                         if key in params.fitted_on},
                       "move_drain_factor": params.move_drain_factor, "rate_base_pps": params.rate_base_pps,
                       "pooled_instance": params.pooled_instance.__dict__,
                       "rate_persistence": params.rate_persistence, "rate_reversion": params.rate_reversion,

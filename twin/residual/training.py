@@ -46,6 +46,10 @@ class FitConfig:
     """l1 (the benchmark's MAE; the median of noisy, bursty targets) or mse (eq. (16) as written)."""
     weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     """Loss weight of each state component (features.STATE order)."""
+    normalise: int = 0
+    """1: each component's error is also divided by its scale on the training windows, the mean absolute change
+    of one period (`change_scale`), so that the small queue and drop fractions count as much as the utilisation
+    (in the loss and in the validation choice); 0: raw units (chosen on validation, docs/twin.md)."""
     synthetic: int = 0
     """Simulated recordings (twin.fidelity.synthetic) added to the training data."""
     seed: int = 0
@@ -54,13 +58,23 @@ class FitConfig:
         return {**asdict(self), "net": self.net.to_dict()}
 
 
-def loss_of(predicted: torch.Tensor, batch, config: FitConfig) -> torch.Tensor:
-    """Mean error per scored (node, period, component), each component weighted."""
+def loss_of(predicted: torch.Tensor, batch, config: FitConfig, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean error per scored (node, period, component), each component weighted (and divided by `scale`)."""
     target, mask = batch.y, batch.mask[..., None] & torch.isfinite(batch.y)
     error = predicted - torch.nan_to_num(target)
+    if scale is not None:
+        error = error / scale
     error = error.abs() if config.loss == "l1" else error.square()
     weights = torch.tensor(config.weights, dtype=error.dtype)
     return (error * weights * mask).sum() / mask.sum().clamp(min=1)
+
+
+def change_scale(batch) -> torch.Tensor:
+    """[4] the mean absolute one-period change of each state component over a batch's scored first periods
+    (floored, so that a component that never changes, e.g. no drops, does not blow up)."""
+    mask = batch.mask[:, 0, None] & torch.isfinite(batch.y[:, 0])
+    change = (torch.nan_to_num(batch.y[:, 0]) - batch.x[:, 0]).abs() * mask
+    return (change.sum(0) / mask.sum(0).clamp(min=1)).clamp(min=1e-3)
 
 
 def component_mae(net: ResidualNet, windows, horizon: int) -> dict[str, float]:
@@ -90,6 +104,7 @@ def fit(episodes: Sequence[Episode], config: FitConfig = FitConfig(), logdir: st
     net = ResidualNet(config.net)
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     chooser = collate(validation) if validation else collate(train)
+    scale = change_scale(collate(train)) if config.normalise else None
     writer = _writer(logdir)
     best = (float("inf"), -1, copy.deepcopy(net.state_dict()))
     generator = torch.Generator().manual_seed(config.seed)
@@ -102,14 +117,14 @@ def fit(episodes: Sequence[Episode], config: FitConfig = FitConfig(), logdir: st
         net.train()
         total = 0.0
         for b in torch.randperm(len(batches), generator=generator).tolist():
-            loss = loss_of(net(batches[b]), batches[b], config)
+            loss = loss_of(net(batches[b]), batches[b], config, scale)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * batches[b].num_graphs
         net.eval()
         with torch.no_grad():
-            chosen = float(loss_of(net(chooser), chooser, config))
+            chosen = float(loss_of(net(chooser), chooser, config, scale))
         if chosen < best[0]:
             best = (chosen, epoch, copy.deepcopy(net.state_dict()))
         if writer:
@@ -127,7 +142,7 @@ def fit(episodes: Sequence[Episode], config: FitConfig = FitConfig(), logdir: st
         writer.close()
     record = {"config": config.to_dict(), "epochs_run": epoch + 1, "chosen_epoch": best[1],
               "chosen_on": "validation" if validation else "train", "chosen_loss": best[0],
-              "chosen_mae": maes, "train_windows": len(train), "validation_windows": len(validation),
+              "chosen_mae": maes, "loss_scale": None if scale is None else scale.tolist(), "train_windows": len(train), "validation_windows": len(validation),
               "fit_s": round(time.monotonic() - started, 1)}
     return net, record
 

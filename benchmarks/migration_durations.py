@@ -1,0 +1,92 @@
+"""What the recorded move durations measure, and how well each fit of the calibrated twin's move model
+predicts them (issue 18's "migration duration within 20 % MAPE").
+
+On the testbed every move of a period runs phase by phase together (`controller_app.execution`): each move's
+duration runs from its destination's hold to its release, so it spans the whole batch (the other moves' holds,
+the one barrier, every export, which waits for the source to drain the flow and for `quiet_ms` without
+arrivals, every import and release). The script prints, per split: the moves, the batches (periods with done
+moves), the spread of durations within a batch, the share of moves under 20 ms, and the ms per move of the
+batches whose sources had no queue (la_q < 20 ms); the batches from a queued source and how many of them
+did not wait for it; then, for every candidate fit of `twin.calibration`
+(loss x per-pair or pooled a, b, fitted on the training split), MAPE, median APE and MAE per split.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/migration_durations.py [--data DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import numpy as np
+
+from twin.calibration import MOVE_LOSSES, _MoveRows, fit_moves
+from twin.fidelity.evaluate import load_dataset
+from twin.records import SHIPPED_DIR
+
+SPLITS = ("train", "validation", "test")
+
+
+def _summary(rows: _MoveRows) -> str:
+    batches = np.unique(rows.periods)
+    spread = [np.ptp(rows.y[rows.periods == b]) / np.median(rows.y[rows.periods == b]) for b in batches]
+    quiet = rows.drain < 20.0
+    per_move = rows.y[quiet] / rows.n["period"][quiet]
+    return (f"{rows.y.size} | {batches.size} | {np.median(spread):.3f} | {np.mean(rows.y < 20):.2f} | "
+            f"{np.median(rows.y):.0f} | {rows.y.max():.0f} | {np.median(per_move):.2f} "
+            f"({np.percentile(per_move, 10):.2f}-{np.percentile(per_move, 90):.2f})")
+
+
+def _queued(rows: _MoveRows) -> str:
+    """Batches with a move from a source whose la_q at t exceeded 100 ms: how many, how many of them still took
+    under 100 ms (their moves did not wait for the drain), and duration / la_q over the others (median, 10-90 %)."""
+    quick, ratios, total = 0, [], 0
+    for b in np.unique(rows.periods):
+        inside = rows.periods == b
+        drain, duration = rows.drain[inside].max(), np.median(rows.y[inside])
+        if drain > 100.0:
+            total += 1
+            if duration < 100.0:
+                quick += 1
+            else:
+                ratios.append(duration / drain)
+    spread = (f"{np.median(ratios):.2f} ({np.percentile(ratios, 10):.2f}-{np.percentile(ratios, 90):.2f})"
+              if ratios else "-")
+    return f"{total} | {quick} | {spread}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=SHIPPED_DIR)
+    args = parser.parse_args()
+    episodes = load_dataset(args.data, default_split="train")
+    rows = {split: _MoveRows.of([(e, t) for e in episodes for t in range(e.n_periods - 1)
+                                 if e.split[t] == split and e.split[t + 1] == split]) for split in SPLITS}
+    print("| split | moves | batches | within-batch spread (median (max-min)/median) | share < 20 ms | "
+          "median ms | max ms | ms per move, batches without a source queue (median, 10-90 %) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for split in SPLITS:
+        if rows[split].y.size:
+            print(f"| {split} | {_summary(rows[split])} |")
+    print()
+    print("| split | batches with a source la_q > 100 ms | of them under 100 ms | duration / la_q of the others |")
+    print("|---|---|---|---|")
+    for split in SPLITS:
+        if rows[split].y.size:
+            print(f"| {split} | {_queued(rows[split])} |")
+    print()
+    print("| fit (on train) | batch | a, b, c (pooled) | " + " | ".join(
+        f"{s} MAPE | {s} median APE | {s} MAE ms" for s in SPLITS) + " |")
+    print("|---|---|---|" + "---|---|---|" * len(SPLITS))
+    for loss, per_pair in itertools.product(MOVE_LOSSES, (True, False)):
+        (fits, pooled), batch, drain = fit_moves(rows["train"], loss, per_pair)
+        cells = []
+        for split in SPLITS:
+            r = rows[split]
+            miss = np.abs(r.predict(fits, pooled, batch, drain) - r.y)
+            cells += [f"{np.mean(miss / r.y):.1%}", f"{np.median(miss / r.y):.1%}", f"{np.mean(miss):.1f}"]
+        name = f"{loss}{'' if per_pair else ', pooled'}"
+        print(f"| {name} | {batch} | {pooled.a_ms:.1f}, {pooled.b_ms:.2f}, {drain:.2f} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
