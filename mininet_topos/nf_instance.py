@@ -146,7 +146,7 @@ class NetworkFunction:
 
     def receive(self, frame: bytes) -> None:
         """Admit an arriving frame: held flows' frames wait aside, others join the FIFO if the
-        instance is active; either way a full buffer drops it. Non-IPv4 frames are ignored."""
+        instance is active; either way a full buffer drops it. Frames that are neither IPv4 nor IPv6 are ignored."""
         parsed = parse_frame(frame)
         if parsed is None:
             self.ignored += 1
