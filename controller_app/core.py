@@ -79,7 +79,8 @@ class Controller:
                     for nf in cluster.nfs}
         self.latency = MigrationLatency(params)
         self.steering = Steering(cluster, self.nfs, self.flows, clock)
-        self.collection = StateCollector(self.nfs, self.flows, self.latency, params, clock, self.steering.mark_dead)
+        self.collection = StateCollector(self.nfs, self.flows, self.latency, params, clock, self.steering.mark_dead,
+                                         lambda: self.config.nf_stall_periods)
         self.executor = Executor(self.nfs, self.flows, self.latency, lambda: self.config, clock)
         self.transitions = TransitionLog(config.transition_log)
         self.recorder = PeriodRecorder(config.record_log) if config.record_log else None

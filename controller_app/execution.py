@@ -248,7 +248,7 @@ class Executor:
         batch: list[tuple[int, tuple[SteeredFlow, NFRuntime, NFRuntime]]] = []
         for k, move in enumerate(moves):
             flow, src, dst = self.flows.get(move.flow), self.nfs[move.src], self.nfs[move.dst]
-            if flow is None or flow.instance != src.id or not dst.usable or not src.alive:
+            if flow is None or flow.instance != src.id or not dst.usable or not src.alive or src.stalled:
                 runs[k] = MigrationRun(move.flow, move.src, move.dst, outcome=MigrationOutcome.SKIPPED,
                                        error="flow gone, moved, or an instance is not usable")
             else:

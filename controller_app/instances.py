@@ -32,6 +32,8 @@ class NFRuntime:
     to an instance whose process has not come up yet."""
     last_report: dict | None = None
     last_error: str = ""
+    missed_reports: int = 0
+    """Consecutive periods whose report timed out; while above 0 (and alive) the NF is stalled."""
     flows_with_state: set[str] = field(default_factory=set)
     """Flow ids of the per-flow state the NF reported last."""
 
@@ -40,8 +42,14 @@ class NFRuntime:
         return self.desc.instance
 
     @property
+    def stalled(self) -> bool:
+        """Alive, but its last report timed out: no new flow lands on it and no move touches it, while its
+        flows stay (their queued packets would be overtaken elsewhere) until it answers or is declared dead."""
+        return self.alive and self.missed_reports > 0
+
+    @property
     def usable(self) -> bool:
-        return self.alive and self.active
+        return self.alive and self.active and not self.stalled
 
     @property
     def capacity_pps(self) -> float:

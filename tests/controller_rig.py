@@ -23,7 +23,8 @@ def cluster_dict(active=("nf1", "nf2"), standby=("nf3",), capacity=100.0) -> dic
 
 
 class FakeNF:
-    """Records every call; `fail_on` makes one method raise, `dead` makes every call raise.
+    """Records every call; `fail_on` makes one method raise, `dead` makes every call raise ConnectionError (the
+    process is gone), `stalled` TimeoutError (the process does not answer).
     A hold takes `hold_s` seconds of the clock (none unless set); an export takes 50 ms."""
 
     def __init__(self, desc, calls: list, clock):
@@ -33,6 +34,7 @@ class FakeNF:
         self.state: dict[str, dict] = {}
         self.fail_on: str | None = None
         self.dead = False
+        self.stalled = False
         self.flows_with_state: list[FiveTuple] = []
         self.held: list[FiveTuple] = []
         self.hold_s = 0.0
@@ -41,6 +43,8 @@ class FakeNF:
         self.calls.append((self.desc.instance, name, *args))
         if self.dead:
             raise ConnectionError(f"{self.desc.instance} socket closed")
+        if self.stalled:
+            raise TimeoutError(f"{self.desc.instance} timed out")
         if name == self.fail_on:
             raise RuntimeError(f"{name} refused")
 
