@@ -75,7 +75,8 @@ def restarted_controller(loop):
         yield controller
 
 
-@pytest.mark.parametrize(("kill_at", "outcome"), [("barrier:1", "finished"), ("hold:1", "rolled_back")])
+@pytest.mark.parametrize(("kill_at", "outcome"), [("barrier:1", "finished"), ("hold:1", "rolled_back"),
+                                                ("export:1", "finished"), ("import:1", "finished")])
 def test_controller_killed_mid_batch_and_restarted_loses_and_reorders_nothing(tmp_path, monkeypatch, kill_at,
                                                                                 outcome):
     monkeypatch.setenv(FAULT_ENV, kill_at)  # the first controller kills itself there
@@ -110,7 +111,14 @@ def test_controller_killed_mid_batch_and_restarted_loses_and_reorders_nothing(tm
             assert replay.wait(timeout=40) == 0, (loop.workdir / "replay.log").read_text()
             loop.drain()
             outcomes = flow_outcomes(json.loads(sent_log.read_text()), loop.cluster.sink_counts())
+            reports = [client.report() for client in loop.cluster.clients.values()]
     assert (outcomes["sent"], outcomes["lost"], outcomes["reordered"]) == (outcomes["sent"], 0, 0), outcomes
+    counted: dict[str, int] = {}  # no NF state lost: every packet of a flow is in its state, wherever it is
+    for report in reports:
+        assert report["exported"] == [], report["exported"]  # every exported state's import acknowledged
+        for flow in report["flows"]:
+            counted[FlowKey.of(*flow["key"]).id] = counted.get(FlowKey.of(*flow["key"]).id, 0) + flow["packets"]
+    assert counted == {FlowKey.of(*f["key"]).id: f["sent"] for f in outcomes["flows"].values()}, counted
     print("FAULT", json.dumps({"fault": f"controller SIGKILL at {kill_at}", "moves": len(moved),
                                "held_at_kill": stuck, "reconnect_s": round(reconnected, 2),
                                "recovered_s": round(recovered, 2), "sent": outcomes["sent"],
