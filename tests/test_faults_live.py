@@ -108,6 +108,9 @@ def test_controller_killed_mid_batch_and_restarted_loses_and_reorders_nothing(tm
             assert {where[f] for f in moved} == {dst if outcome == "finished" else src}
             log = (loop.workdir / "ryu-restarted.log").read_text()
             assert log.count(f"to {dst} {outcome}") == (1 if kill_at == "hold:1" else len(moved)), log[-3000:]
+            # the states exported but not imported when the controller died, imported by the restarted one
+            settled = log.count(f"settled into {dst}")
+            assert settled == {"export:1": 1, "import:1": len(moved) - 1}.get(kill_at, 0), log[-3000:]
             assert replay.wait(timeout=40) == 0, (loop.workdir / "replay.log").read_text()
             loop.drain()
             outcomes = flow_outcomes(json.loads(sent_log.read_text()), loop.cluster.sink_counts())
@@ -122,7 +125,7 @@ def test_controller_killed_mid_batch_and_restarted_loses_and_reorders_nothing(tm
     assert {flow: counted.get(flow) for flow in sent} == sent, counted
     print("FAULT", json.dumps({"fault": f"controller SIGKILL at {kill_at}", "moves": len(moved),
                                "held_at_kill": stuck, "reconnect_s": round(reconnected, 2),
-                               "recovered_s": round(recovered, 2), "sent": outcomes["sent"],
+                               "recovered_s": round(recovered, 2), "states_settled": settled, "sent": outcomes["sent"],
                                "lost": outcomes["lost"], "reordered": outcomes["reordered"]}))
 
 
