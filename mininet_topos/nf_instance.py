@@ -88,8 +88,10 @@ class FlowState:
                 f"flow state must be an object with packets, bytes, first_seen, last_seen (and optionally "
                 f"transfer, transfers); got {value!r}"
             )
+        if not isinstance(value.get("transfers", []), list):
+            raise RequestError(f"flow state transfers must be a list of transfer ids, not {value['transfers']!r}")
         transfers = [*value.get("transfers", ()), *([value["transfer"]] if "transfer" in value else [])]
-        if not isinstance(value.get("transfers", []), list) or not all(isinstance(t, str) for t in transfers):
+        if not all(isinstance(t, str) for t in transfers):
             raise RequestError(f"flow state transfer ids must be strings, not {value!r}")
         for name in ("packets", "bytes"):
             if not isinstance(value[name], int) or value[name] < 0:

@@ -374,3 +374,10 @@ def test_sink_averages_each_flows_one_way_delays_per_second_of_arrival():
     assert flows["0"]["delay_bins"] == [[start, 2, 3.0], [start + 1, 1, 30.0]]
     assert flows["1"]["delay_bins"] == [[start + 2, 1, 7.0]]
     assert flows["0"]["reordered"] == 0  # the reply is ordered apart from the forward direction
+
+
+@pytest.mark.parametrize("extra", [{"transfer": 7}, {"transfers": 5}, {"transfers": "ab"}, {"transfers": [1]}])
+def test_an_import_with_bad_transfer_ids_is_refused_by_name(extra):
+    state = {"packets": 1, "bytes": 60, "first_seen": 1.0, "last_seen": 2.0, **extra}
+    with pytest.raises(ValueError, match="transfer"):
+        make_nf(Outbox()).import_(FLOW_A, state)
