@@ -15,6 +15,7 @@ cluster's state and decisions (docs/testbed.md, "By hand").
 """
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import logging
@@ -28,7 +29,7 @@ from ryu.base import app_manager
 from ryu.controller import ofp_event
 from ryu.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from ryu.lib import hub
-from ryu.lib.packet import ethernet, ipv4, packet, tcp, udp
+from ryu.lib.packet import ethernet, ipv4, ipv6, packet, tcp, udp
 from ryu.ofproto import nicira_ext, ofproto_v1_3
 
 from controller_app import rest
@@ -44,7 +45,7 @@ from controller_app.config import (
 from controller_app.core import Controller
 from controller_app.steering import SwitchError
 from gnn_policy.registry import make_policy
-from mininet_topos.frames import ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP
+from mininet_topos.frames import ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP
 from mininet_topos.run_dir import CLUSTER_PATH
 from twin.flow import FiveTuple
 
@@ -54,12 +55,14 @@ FLOW_COOKIE = 0xD3E9
 """Marks the per-flow steering rules, so stats requests and flow-removed messages concern only them."""
 FLOW_PRIORITY, NF_TO_SINK_PRIORITY, TABLE_MISS_PRIORITY = 100, 10, 0
 DEFAULT_PORTS_PRIORITY, DEFAULT_IP_PRIORITY = 2, 1
-"""The default steering's rules: IPv4 from the source port; in the landing table TCP and UDP, then the rest."""
+"""The default steering's rules: IP from the source port; in the landing table TCP and UDP, then the rest."""
 IP_PORT_FIELDS = {IPPROTO_TCP: ("tcp_src", "tcp_dst"), IPPROTO_UDP: ("udp_src", "udp_dst")}
+ADDRESS_FIELDS = {ETH_P_IP: ("ipv4_src", "ipv4_dst", 32), ETH_P_IPV6: ("ipv6_src", "ipv6_dst", 128)}
+"""Per IP version (its ethertype): the match fields of a flow's addresses and their width in bits."""
 LANDING_TABLE = 1
 """Where a new flow's packet goes on once the default steering put its NF's port in reg0."""
 LANDING_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP, None)
-"""The landing table's rules: TCP, UDP, any other IPv4 protocol (None)."""
+"""The landing table's rules, per IP version: TCP, UDP, any other protocol (None)."""
 LANDING_COPY_BYTES = 128
 """How much of a new flow's packet the controller gets: its headers."""
 LANDING_MARK = bytes.fromhex("02ddfe00")
@@ -118,15 +121,16 @@ class OpenFlowSwitch:
         parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
         mods = [self._flow_mod(TABLE_MISS_PRIORITY, parser.OFPMatch(),
                                [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])]
-        mods += [self._default_rule(target)] if default else []
+        mods += self._default_rules(target) if default else []
         mods += [self._flow_mod(NF_TO_SINK_PRIORITY, parser.OFPMatch(in_port=nf.host.port),
                                 [parser.OFPActionOutput(cluster.sink.port)]) for nf in cluster.nfs]
-        return mods + [self._landing_rule(proto) for proto in LANDING_PROTOCOLS]
+        return mods + [self._landing_rule(eth_type, proto) for eth_type in ADDRESS_FIELDS for proto in LANDING_PROTOCOLS]
 
     def set_default_steering(self, target: NFDescription | None) -> None:
-        """Overwrite the default rule (one flow mod, applied atomically)."""
-        if not self.datapath.send_msg(self._default_rule(target)):
-            raise SwitchError("switch disconnected")
+        """Overwrite the default rules (one flow mod per IP version, each applied atomically)."""
+        for mod in self._default_rules(target):
+            if not self.datapath.send_msg(mod):
+                raise SwitchError("switch disconnected")
 
     def steer(self, five_tuple: FiveTuple, nf: NFDescription) -> None:
         """Both directions' rules in one atomic ONF bundle (OpenFlow 1.3 extension, supported by OVS).
@@ -160,8 +164,8 @@ class OpenFlowSwitch:
             if not self.datapath.send_msg(message):
                 raise SwitchError("switch disconnected")
 
-    def _default_rule(self, target: NFDescription | None):
-        """IPv4 from the source that no flow's rule matched: name `target`'s port in reg0 and go on in the
+    def _default_rules(self, target: NFDescription | None) -> list:
+        """IPv4 and IPv6 from the source that no flow's rule matched: name `target`'s port in reg0 and go on in the
         landing table (nothing: drop). A plain rule rather than a select group on purpose: OVS runs a
         select group as a hash and a recirculation whose frozen remainder (the group) is thawed by later
         upcalls without looking at table 0 again, so a packet that follows the flow's first one while
@@ -169,16 +173,16 @@ class OpenFlowSwitch:
         parser = self.datapath.ofproto_parser
         actions = [parser.NXActionRegLoad2(dst="reg0", value=target.host.port),
                    parser.NXActionResubmitTable(table_id=LANDING_TABLE)] if target is not None else []
-        return self._flow_mod(DEFAULT_IP_PRIORITY, parser.OFPMatch(in_port=self._source_port, eth_type=ETH_P_IP),
-                              actions)
+        return [self._flow_mod(DEFAULT_IP_PRIORITY, parser.OFPMatch(in_port=self._source_port, eth_type=eth_type),
+                               actions) for eth_type in ADDRESS_FIELDS]
 
-    def _landing_rule(self, proto: int | None):
+    def _landing_rule(self, eth_type: int, proto: int | None):
         """A new flow's packet, its NF port in reg0: install the flow's rules for both directions to that
         port (OVS's learn action, so that the next packet already takes them, whatever the controller
         does), send the packet there, then send the controller its headers marked with the port."""
         parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
-        fields = {"eth_type": ETH_P_IP} | ({"ip_proto": proto} if proto else {})
-        actions = [self._learn(proto, reverse=False), self._learn(proto, reverse=True),
+        fields = {"eth_type": eth_type} | ({"ip_proto": proto} if proto else {})
+        actions = [self._learn(eth_type, proto, reverse=False), self._learn(eth_type, proto, reverse=True),
                    parser.NXActionOutputReg(ofs_nbits=nicira_ext.ofs_nbits(0, 15), src="reg0", max_len=0),
                    parser.NXActionRegLoad2(dst="eth_dst", value=":".join(f"{b:02x}" for b in LANDING_MARK + bytes(2))),
                    parser.NXActionRegMove(src_field="reg0", dst_field="eth_dst", n_bits=16),
@@ -186,15 +190,16 @@ class OpenFlowSwitch:
         return self._flow_mod(DEFAULT_PORTS_PRIORITY if proto else DEFAULT_IP_PRIORITY, parser.OFPMatch(**fields),
                               actions, table_id=LANDING_TABLE)
 
-    def _learn(self, proto: int | None, reverse: bool):
+    def _learn(self, eth_type: int, proto: int | None, reverse: bool):
         """The learn action installing one direction's rule (the packet's own, or the reverse one),
         with the same match, priority, cookie, idle timeout and flags as `steer`'s, output to reg0."""
         parser = self.datapath.ofproto_parser
-        pairs = [("ipv4_src_nxm", "ipv4_dst_nxm", 32)]
+        src_field, dst_field, width = ADDRESS_FIELDS[eth_type]
+        pairs = [(f"{src_field}_nxm", f"{dst_field}_nxm", width)]
         if proto in IP_PORT_FIELDS:
             src, dst = IP_PORT_FIELDS[proto]
             pairs.append((f"{src}_nxm", f"{dst}_nxm", 16))
-        specs = [parser.NXFlowSpecMatch(src=ETH_P_IP, dst=("eth_type_nxm", 0), n_bits=16),
+        specs = [parser.NXFlowSpecMatch(src=eth_type, dst=("eth_type_nxm", 0), n_bits=16),
                  parser.NXFlowSpecMatch(src=self._source_port, dst=("in_port_nxm", 0), n_bits=16),
                  parser.NXFlowSpecMatch(src=proto if proto else ("ip_proto_nxm", 0), dst=("ip_proto_nxm", 0),
                                         n_bits=8)]
@@ -239,8 +244,10 @@ class OpenFlowSwitch:
 
     def match(self, direction: FiveTuple):
         ports = IP_PORT_FIELDS.get(direction.proto)
-        fields = {"in_port": self._source_port, "eth_type": ETH_P_IP, "ip_proto": direction.proto,
-                  "ipv4_src": direction.src_ip, "ipv4_dst": direction.dst_ip}
+        eth_type = ETH_P_IPV6 if ":" in direction.src_ip else ETH_P_IP
+        src_field, dst_field, _ = ADDRESS_FIELDS[eth_type]
+        fields = {"in_port": self._source_port, "eth_type": eth_type, "ip_proto": direction.proto,
+                  src_field: direction.src_ip, dst_field: direction.dst_ip}
         if ports:
             fields |= {ports[0]: direction.src_port, ports[1]: direction.dst_port}
         return self.datapath.ofproto_parser.OFPMatch(**fields)
@@ -262,13 +269,28 @@ def output_port(stat) -> int | None:
 
 
 def five_tuple_of(match) -> FiveTuple | None:
-    """The directed 5-tuple of a steering rule's match (ports 0 for protocols without ports)."""
-    if "ipv4_src" not in match:
+    """The directed 5-tuple of a steering rule's match (ports 0 for protocols without ports), IPv4 or IPv6."""
+    src_field, dst_field, _ = next((fields for fields in ADDRESS_FIELDS.values() if fields[0] in match),
+                                   (None, None, 0))
+    if src_field is None:
         return None
     proto = match["ip_proto"]
     ports = IP_PORT_FIELDS.get(proto)
-    return FiveTuple(match["ipv4_src"], match["ipv4_dst"], match[ports[0]] if ports else 0,
+    return FiveTuple(_address(match[src_field]), _address(match[dst_field]), match[ports[0]] if ports else 0,
                      match[ports[1]] if ports else 0, proto)
+
+
+def _address(text: str) -> str:
+    """An address as twin.flow writes it (Ryu's text form of an IPv6 address may differ)."""
+    return str(ipaddress.ip_address(text))
+
+
+def _transport_protocol(pkt, ip) -> int:
+    """An IPv6 packet's transport protocol, after its extension headers (OVS's ip_proto)."""
+    header = ip.nxt
+    for extension in ip.ext_hdrs:
+        header = extension.nxt
+    return header
 
 
 WATCH_S = 0.5
@@ -428,19 +450,21 @@ class DeepMigrationApp(app_manager.RyuApp):
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def packet_in_handler(self, ev):
         """A default-steering copy: the new flow's headers, with the port of the instance it landed on in
-        the destination MAC (`LANDING_MARK`). Anything else (table misses: non-IPv4 frames, frames from other ports) is dropped."""
+        the destination MAC (`LANDING_MARK`). Anything else (table misses: non-IP frames, frames from other ports) is
+        dropped."""
         msg = ev.msg
         if self.switch is None or msg.datapath is not self.switch.datapath:
             return
         pkt = packet.Packet(msg.data)
-        eth, ip = pkt.get_protocol(ethernet.ethernet), pkt.get_protocol(ipv4.ipv4)
+        eth, ip = pkt.get_protocol(ethernet.ethernet), pkt.get_protocol(ipv4.ipv4) or pkt.get_protocol(ipv6.ipv6)
         mark = bytes.fromhex(eth.dst.replace(":", "")) if eth is not None else b""
         instance = self._instance_by_port.get(int.from_bytes(mark[4:], "big")) if mark[:4] == LANDING_MARK else None
         if ip is None or instance is None or msg.match["in_port"] != self.core.cluster.source.port:
             return
         l4 = pkt.get_protocol(tcp.tcp) or pkt.get_protocol(udp.udp)
-        self.core.on_flow_landed(
-            FiveTuple(ip.src, ip.dst, l4.src_port if l4 else 0, l4.dst_port if l4 else 0, ip.proto), instance)
+        proto = ip.proto if isinstance(ip, ipv4.ipv4) else _transport_protocol(pkt, ip)
+        self.core.on_flow_landed(FiveTuple(_address(ip.src), _address(ip.dst), l4.src_port if l4 else 0,
+                                           l4.dst_port if l4 else 0, proto), instance)
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def flow_stats_reply_handler(self, ev):

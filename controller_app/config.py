@@ -41,6 +41,8 @@ MIN_TOKEN_LENGTH = 16
 """A shorter REST token is refused: the default is 32 random URL-safe characters."""
 MAX_RULE_IDLE_TIMEOUT_S = 0xFFFF
 """OpenFlow's idle_timeout is a 16-bit field."""
+MAX_NF_STALL_PERIODS = 100
+"""Beyond this many periods a silent NF is dead, whatever the config says."""
 OFPP_MAX = 0xFFFFFF00
 """The highest OpenFlow 1.3 switch port number; 0 and the numbers above are reserved."""
 MAX_DPID = 2**64 - 1
@@ -167,6 +169,11 @@ class ControllerConfig:
     rule_idle_timeout_s: int = 10
     """Idle timeout of the per-flow rules; a flow is forgotten once both its rules expired."""
     nf_timeout_s: float = 2.0
+    nf_stall_periods: int = 3
+    """Consecutive periods whose report times out (the NF stalls: a process stopped or starved) before the NF
+    is treated as dead and its flows re-steered. Until then it is *stalled*: no new flow lands on it and no move
+    touches it, but its flows stay, so the packets it queued are not overtaken. A refused or closed connection
+    (the process is gone) is a death at once. 1: a timed-out report is a death too."""
     barrier_timeout_s: float = 2.0
     stabilizer: StabilizerConfig = StabilizerConfig(enabled=False)
     """`gnn_policy.stabilizer` between the state and the policy; off unless the config turns it on (dm-demo
@@ -191,6 +198,7 @@ class ControllerConfig:
                               f"{len(self.token)}", "token")
         for name, top in (("seed", None), ("quiet_ms", None), ("rule_idle_timeout_s", MAX_RULE_IDLE_TIMEOUT_S)):
             _integer(getattr(self, name), 0, top, name)
+        _integer(self.nf_stall_periods, 1, MAX_NF_STALL_PERIODS, "nf_stall_periods")
         for name in ("nf_timeout_s", "barrier_timeout_s"):
             _finite(getattr(self, name), name, above=0)
         if not (_is_number(self.explore) and 0.0 <= self.explore <= 1.0):
@@ -277,7 +285,8 @@ def _coerce(name: str, value: Any, current: ControllerConfig) -> Any:
         return float(value)
     if name in ("policy", "token", "transition_log", "record_log") and not isinstance(value, str):
         raise ConfigError(f"{name} must be a string", name)
-    if name in ("seed", "quiet_ms", "rule_idle_timeout_s") and (not isinstance(value, int) or isinstance(value, bool)):
+    if name in ("seed", "quiet_ms", "rule_idle_timeout_s", "nf_stall_periods") and (
+            not isinstance(value, int) or isinstance(value, bool)):
         raise ConfigError(f"{name} must be an integer, not {value!r}", name)
     return value
 

@@ -37,6 +37,7 @@ from controller_app.execution import Executor
 from controller_app.instances import NFChannel, NFRuntime
 from controller_app.metrics import ControllerMetrics
 from controller_app.recording import PeriodRecorder, period_record
+from controller_app.recovery import settle_exports
 from controller_app.stabilization import load_stabilizer, save_stabilizer, stabilizer_path
 from controller_app.state_collection import MigrationLatency, StateCollector
 from controller_app.steering import FlowRegistry, Steering, Switch
@@ -81,7 +82,8 @@ class Controller:
                     for nf in cluster.nfs}
         self.latency = MigrationLatency(params)
         self.steering = Steering(cluster, self.nfs, self.flows, clock)
-        self.collection = StateCollector(self.nfs, self.flows, self.latency, params, clock, self.steering.mark_dead)
+        self.collection = StateCollector(self.nfs, self.flows, self.latency, params, clock, self.steering.mark_dead,
+                                         lambda: self.config.nf_stall_periods)
         self.executor = Executor(self.nfs, self.flows, self.latency, lambda: self.config, clock)
         self.transitions = TransitionLog(config.transition_log)
         self.recorder = PeriodRecorder(config.record_log) if config.record_log else None
@@ -173,6 +175,9 @@ class Controller:
         explorations = getattr(self._policy, "explorations", 0)
         self.collection.poll_instances()
         self.collection.update_rates()
+        recovery = self.steering.recovery
+        settle_exports({flow.key: flow.instance for flow in self.flows}, self.nfs,
+                       adopting=recovery is not None and not recovery.rules_found)
         self.steering.on_period(self.config.quiet_ms, self.config.rule_idle_timeout_s)
         state = self.collection.build_state(now)
         self.state = state

@@ -12,7 +12,7 @@ from typing import Any
 from controller_app.config import ControllerConfig
 from controller_app.decisions import DecisionRecord
 from controller_app.instances import NFRuntime
-from controller_app.recovery import kill_point, maybe_kill
+from controller_app.recovery import acknowledge, kill_point, maybe_kill
 from controller_app.state_collection import MigrationLatency
 from controller_app.steering import FlowRegistry, SteeredFlow, Switch
 from twin.migration import Migration
@@ -116,7 +116,7 @@ class Migrator:
             (Step.HOLD, lambda m: m.dst.channel.hold(m.flow.five_tuple)),
             (Step.REDIRECT, lambda m: self._point(m.flow, m.dst)),
             (Step.EXPORT, lambda m: m.exported.append(self._export(m, config.quiet_ms))),
-            (Step.IMPORT, lambda m: m.dst.channel.import_(m.flow.five_tuple, m.exported[0])),
+            (Step.IMPORT, self._import),
             (Step.RELEASE, lambda m: m.dst.channel.release(m.flow.five_tuple)),
         )
         moving = every
@@ -155,6 +155,12 @@ class Migrator:
             move.run.error = f"export failed: {error}; source gone, moved without its state"
             LOG.warning("migration of %s: %s", move.flow.key, move.run.error)
             return None
+
+    @staticmethod
+    def _import(move: _Move) -> None:
+        """The destination merges the exported state; then the source may drop the copy it kept of it."""
+        move.dst.channel.import_(move.flow.five_tuple, move.exported[0])
+        acknowledge(move.src, move.flow.five_tuple, move.exported[0])
 
     def _barrier(self, moving: list[_Move], timeout_s: float) -> list[_Move]:
         """One barrier for every redirected move; if it fails, all of them roll back."""
@@ -248,7 +254,7 @@ class Executor:
         batch: list[tuple[int, tuple[SteeredFlow, NFRuntime, NFRuntime]]] = []
         for k, move in enumerate(moves):
             flow, src, dst = self.flows.get(move.flow), self.nfs[move.src], self.nfs[move.dst]
-            if flow is None or flow.instance != src.id or not dst.usable or not src.alive:
+            if flow is None or flow.instance != src.id or not dst.usable or not src.alive or src.stalled:
                 runs[k] = MigrationRun(move.flow, move.src, move.dst, outcome=MigrationOutcome.SKIPPED,
                                        error="flow gone, moved, or an instance is not usable")
             else:

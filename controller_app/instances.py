@@ -17,6 +17,8 @@ class NFChannel(Protocol):
         """Once none of the flow's packets is queued or came for `quiet_ms` ms, remove and return its state."""
     def import_(self, key: FiveTuple, state: Any) -> Any:
         """Merge `state`, what another NF's `export` returned for the flow (None: nothing), into this NF's."""
+    def acknowledge(self, key: FiveTuple, transfer: str) -> Any:
+        """The state this NF exported as `transfer` was imported elsewhere: it may drop the copy it keeps."""
     def release(self, key: FiveTuple) -> Any: ...
     def activate(self) -> Any: ...
     def deactivate(self) -> Any: ...
@@ -32,6 +34,8 @@ class NFRuntime:
     to an instance whose process has not come up yet."""
     last_report: dict | None = None
     last_error: str = ""
+    missed_reports: int = 0
+    """Consecutive periods whose report timed out; while above 0 (and alive) the NF is stalled."""
     flows_with_state: set[str] = field(default_factory=set)
     """Flow ids of the per-flow state the NF reported last."""
 
@@ -40,8 +44,14 @@ class NFRuntime:
         return self.desc.instance
 
     @property
+    def stalled(self) -> bool:
+        """Alive, but its last report timed out: no new flow lands on it and no move touches it, while its
+        flows stay (their queued packets would be overtaken elsewhere) until it answers or is declared dead."""
+        return self.alive and self.missed_reports > 0
+
+    @property
     def usable(self) -> bool:
-        return self.alive and self.active
+        return self.alive and self.active and not self.stalled
 
     @property
     def capacity_pps(self) -> float:

@@ -6,8 +6,10 @@ buffers them from its first step, `hold`, to its last, `release`) and which flow
 at the instance its rules point at was redirected: the move is finished (the state still at another instance is
 exported from there and imported, then the held packets are released, in order). A flow held anywhere else was
 never redirected: the hold is released, and the flow stays where its rules send it. Either way no packet is lost
-or reordered; only a state the dead controller had exported but not yet imported is gone (the NF's counters of
-that flow start again).
+or reordered, and no state either: an NF keeps each state it exports until the import is acknowledged, and lists
+it in its report, so a state the dead controller had exported but not imported is imported from there
+(`settle_exports`, before the held packets are released); an import counts once (an NF knows the ids of the
+exports merged into a flow's state).
 
 `FAULT_ENV` is a test-only hook that makes the controller kill itself (SIGKILL) at a chosen point of a
 migration batch, so that the tests interrupt a batch exactly there (docs/testbed.md, "Faults").
@@ -21,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from controller_app.instances import NFRuntime
-from twin.flow import FiveTuple, FlowKey
+from twin.flow import FiveTuple, FlowIdError, FlowKey
 
 LOG = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ def recover(move: InterruptedMove, nfs: dict[str, NFRuntime], quiet_ms: float) -
             except Exception:
                 source.channel.import_(move.five_tuple, state)
                 raise
+            acknowledge(source, move.five_tuple, state)
         holder.channel.release(move.five_tuple)
     except Exception as error:  # noqa: BLE001 - an NF failure of any kind must not stop the loop
         LOG.error("interrupted move of %s to %s not recovered: %s", move.flow, move.holder, error)
@@ -110,6 +113,52 @@ def recover(move: InterruptedMove, nfs: dict[str, NFRuntime], quiet_ms: float) -
     LOG.warning("interrupted move of %s to %s %s (state from %s)", move.flow, move.holder, outcome,
                 ", ".join(move.sources) or "nowhere")
     return RecoveredMove(move, outcome)
+
+
+def acknowledge(source: NFRuntime, five_tuple: FiveTuple, state) -> None:
+    """Tell `source` that the state it exported was imported, so it drops the copy it keeps. Best effort: a copy
+    left behind is settled at a later period (`settle_exports`), where importing it again changes nothing."""
+    transfer = state.get("transfer") if isinstance(state, dict) else None
+    if transfer is None:
+        return
+    try:
+        source.channel.acknowledge(five_tuple, transfer)
+    except Exception as error:  # noqa: BLE001 - an NF failure of any kind must not stop the loop
+        LOG.warning("could not acknowledge the import of %s's state to %s: %s", FlowKey.of(*five_tuple).id,
+                    source.id, error)
+
+
+def settle_exports(serving: dict[str, str], nfs: dict[str, NFRuntime], *, adopting: bool = False) -> list[str]:
+    """Import every exported state an NF still keeps (its report's `exported`: the import was never acknowledged,
+    e.g. the controller died between a move's export and import) into the instance serving its flow (flow id ->
+    instance in `serving`; the exporter itself for a flow no longer steered, unless the switch's rules are still
+    being adopted: `adopting`), then acknowledge it. An NF merges a state once, so one that had been imported
+    changes nothing. Returns the flow ids settled."""
+    settled = []
+    for nf in nfs.values():
+        if not nf.alive or nf.stalled:
+            continue
+        for entry in (nf.last_report or {}).get("exported", ()):
+            try:
+                flow, state = FlowKey.of(*entry["key"]), entry["state"]
+            except (FlowIdError, KeyError, TypeError) as error:
+                LOG.error("NF %s reports an exported state that names no flow (%r): %s", nf.id, entry, error)
+                continue
+            if adopting and flow.id not in serving:
+                continue  # its rules may not be known yet
+            target = nfs.get(serving.get(flow.id, nf.id))
+            if target is None or not target.alive or target.stalled:
+                continue  # a later period, once the flow's instance answers (or the flow is re-steered)
+            try:
+                target.channel.import_(flow.a_to_b, state)
+            except Exception as error:  # noqa: BLE001 - an NF failure of any kind must not stop the loop
+                LOG.warning("exported state of %s at %s not settled into %s: %s", flow.id, nf.id, target.id, error)
+                continue
+            if target is not nf:
+                acknowledge(nf, flow.a_to_b, state)
+            LOG.warning("exported state of %s kept at %s settled into %s", flow.id, nf.id, target.id)
+            settled.append(flow.id)
+    return settled
 
 
 @dataclass

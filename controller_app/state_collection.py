@@ -83,8 +83,10 @@ class StateCollector:
     """Gathers what one period observes: flow and port counters from the switch, reports from the NFs."""
 
     def __init__(self, nfs: dict[str, NFRuntime], flows: FlowRegistry, latency: MigrationLatency,
-                 params: CostParams, clock: Callable[[], float], on_dead: Callable[[NFRuntime, str], None]):
-        """`on_dead(nf, why)` is called at once for an NF that stops answering its report."""
+                 params: CostParams, clock: Callable[[], float], on_dead: Callable[[NFRuntime, str], None],
+                 stall_periods: Callable[[], int] = lambda: 1):
+        """`on_dead(nf, why)` is called for an NF that is gone (its report refused, closed or invalid) or whose
+        report timed out `stall_periods()` periods in a row."""
         self.nfs = nfs
         self.flows = flows
         self.latency = latency
@@ -92,6 +94,7 @@ class StateCollector:
         self.port_rates: dict[int, dict] = {}
         self._clock = clock
         self._on_dead = on_dead
+        self._stall_periods = stall_periods
         self._counters: dict[str, tuple[int, int]] = {}
         self._counted_at: float | None = None
         self._ports: dict[int, tuple[int, int, float]] = {}
@@ -123,15 +126,32 @@ class StateCollector:
             try:
                 report = nf.channel.report()
                 _check_report(report)
+            except TimeoutError as error:
+                self._missed(nf, error)
+                continue
             except Exception as error:  # noqa: BLE001 - an NF or switch failure of any kind must not stop the loop
+                nf.missed_reports = 0
                 if nf.alive:
                     self._on_dead(nf, f"report failed: {error}")
                 continue
-            if not nf.alive:
+            if not nf.alive or nf.stalled:
                 LOG.info("NF %s answers", nf.id)
-            nf.alive, nf.last_report, nf.last_error = True, report, ""
+            nf.alive, nf.last_report, nf.last_error, nf.missed_reports = True, report, "", 0
             nf.flows_with_state = {flow_key(FiveTuple(*flow["key"])) for flow in report.get("flows", ())}
             nf.active = bool(report.get("active", nf.active))
+
+    def _missed(self, nf: NFRuntime, error: Exception) -> None:
+        """A report that timed out: the NF stalls (a dead process refuses or closes the connection instead). It is
+        dead once it has missed `stall_periods()` reports in a row; until then only stalled."""
+        nf.missed_reports += 1
+        if not nf.alive:
+            return
+        if nf.missed_reports >= self._stall_periods():
+            nf.missed_reports = 0
+            self._on_dead(nf, f"report timed out {self._stall_periods()} periods in a row: {error}")
+            return
+        nf.last_error = f"stalled: report timed out ({nf.missed_reports} of {self._stall_periods()}): {error}"
+        LOG.warning("NF %s %s; no new flows, its flows stay", nf.id, nf.last_error)
 
     def update_rates(self) -> None:
         """The flows' rates from the latest complete flow-stats reply, if any came."""

@@ -41,7 +41,8 @@ def instances_view(controller: Controller) -> list[dict]:
             "utilisation": float(state.utilisation[k]) if k is not None else 0.0,
             "flows": len(controller.flows.on(nf.id)),
             "received": int(report.get("received", 0)), "processed": int(report.get("processed", 0)),
-            "dropped": int(report.get("dropped", 0)), "error": nf.last_error,
+            "dropped": int(report.get("dropped", 0)), "error": nf.last_error, "stalled": nf.stalled,
+            "missed_reports": nf.missed_reports,
             "twin_deviation": deviation.deviation(nf.id), "twin_deviation_abs": deviation.deviation_abs(nf.id),
         })
     return out

@@ -165,6 +165,10 @@ class NFClient:
         """Merge exported flow state into this instance's state for the flow."""
         return self._call({"op": "import", "key": list(key), "state": state})
 
+    def acknowledge(self, key, transfer: str) -> dict:
+        """The state this NF exported as `transfer` was imported elsewhere: it may forget the copy it keeps."""
+        return self._call({"op": "acknowledge", "key": list(key), "transfer": transfer})
+
     def release(self, key) -> dict:
         """Process the flow's held packets in arrival order, then its packets as usual."""
         return self._call({"op": "release", "key": list(key)})

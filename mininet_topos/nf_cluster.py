@@ -248,9 +248,13 @@ class RunningCluster:
 
 
 def disable_ipv6(net) -> None:
-    """No IPv6 chatter (router solicitations, DAD) on the measured links."""
+    """No IPv6 chatter (router solicitations, MLD, DAD) on the measured links, from the hosts' kernels or from the
+    switch's ends of the links (in the root namespace): the NFs and the sink would count it as IPv6 flows."""
     for host in net.hosts:
         host.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+    for switch in net.switches:
+        names = [intf.name for intf in switch.intfList() if intf.name != "lo"]
+        switch.cmd(" ".join(["sysctl -qw", *(f"net.ipv6.conf.{name}.disable_ipv6=1" for name in names)]))
 
 
 def _wait_until(ready, timeout: float, process: subprocess.Popen, log: Path, what: str) -> None:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import secrets
 import sys
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mininet_topos.frames import parse_frame
 from mininet_topos.lifecycle import stop_on_sigterm
@@ -39,6 +40,11 @@ EGRESS_GUARD_S = 0.02
 """An exported flow's last frame left this instance at least this long ago. Frames that two instances
 send within a millisecond or two can leave the userspace switch in either order, so without the guard
 the destination's first released frame could overtake the source's last one."""
+TRANSFERS_KEPT = 8
+"""How many ids of the exported states merged into a flow's state it remembers (and carries when it is exported
+in turn), so that an exported state imported a second time counts once."""
+JOURNAL_KEPT = 4096
+"""Exported states kept until their import is acknowledged; beyond this the oldest is given up (logged)."""
 
 
 @dataclass
@@ -49,12 +55,19 @@ class FlowState:
     bytes: int = 0
     first_seen: float = math.inf  # wall-clock seconds
     last_seen: float = -math.inf
+    transfers: tuple[str, ...] = field(default=())
+    """The ids of the last TRANSFERS_KEPT exported states merged into this one."""
 
     def merge(self, other: FlowState) -> None:
         self.packets += other.packets
         self.bytes += other.bytes
         self.first_seen = min(self.first_seen, other.first_seen)
         self.last_seen = max(self.last_seen, other.last_seen)
+        self.transfers = tuple(dict.fromkeys(self.transfers + other.transfers))[-TRANSFERS_KEPT:]
+
+    def exported(self, transfer: str) -> dict:
+        """The state as an export hands it over: its counters, the id of this transfer and those it merged."""
+        return {**self.to_json(), "transfer": transfer, "transfers": list(self.transfers)}
 
     def to_json(self) -> dict:
         return {
@@ -66,17 +79,28 @@ class FlowState:
 
     @classmethod
     def from_json(cls, value) -> FlowState:
-        if not isinstance(value, dict) or set(value) != {"packets", "bytes", "first_seen", "last_seen"}:
+        """A state as `exported` writes it (or without its transfer ids, as one written by hand); the transfer's
+        own id joins `transfers`."""
+        if not isinstance(value, dict) or set(value) - {"transfer", "transfers"} != {
+            "packets", "bytes", "first_seen", "last_seen"
+        }:
             raise RequestError(
-                f"flow state must be an object with packets, bytes, first_seen, last_seen; got {value!r}"
+                f"flow state must be an object with packets, bytes, first_seen, last_seen (and optionally "
+                f"transfer, transfers); got {value!r}"
             )
+        if not isinstance(value.get("transfers", []), list):
+            raise RequestError(f"flow state transfers must be a list of transfer ids, not {value['transfers']!r}")
+        transfers = [*value.get("transfers", ()), *([value["transfer"]] if "transfer" in value else [])]
+        if not all(isinstance(t, str) for t in transfers):
+            raise RequestError(f"flow state transfer ids must be strings, not {value!r}")
         for name in ("packets", "bytes"):
             if not isinstance(value[name], int) or value[name] < 0:
                 raise RequestError(f"flow state {name} must be a non-negative integer, not {value[name]!r}")
         for name in ("first_seen", "last_seen"):
             if not isinstance(value[name], (int, float)):
                 raise RequestError(f"flow state {name} must be a number, not {value[name]!r}")
-        return cls(value["packets"], value["bytes"], value["first_seen"], value["last_seen"])
+        return cls(value["packets"], value["bytes"], value["first_seen"], value["last_seen"],
+                   tuple(dict.fromkeys(transfers))[-TRANSFERS_KEPT:])
 
 
 class NetworkFunction:
@@ -125,6 +149,7 @@ class NetworkFunction:
         self._last_sent: dict[FlowKey, float] = {}
         self._last_arrival: dict[FlowKey, float] = {}  # monotonic seconds
         self._flows: dict[FlowKey, FlowState] = {}
+        self._exported: dict[str, tuple[FlowKey, dict]] = {}  # transfer id -> the state as exported
         self.received = self.processed = self.dropped = self.forwarded = self.ignored = 0
         self.socket_dropped = 0  # frames the kernel dropped before this process read them (queue full)
         self._ops: dict[str, Callable[[dict], dict]] = {
@@ -137,6 +162,7 @@ class NetworkFunction:
             ),
             "import": lambda request: self.import_(parse_key(request.get("key")), request.get("state")),
             "release": lambda request: self.release(parse_key(request.get("key"))),
+            "acknowledge": lambda request: self.acknowledge(parse_key(request.get("key")), request.get("transfer")),
             "activate": lambda request: self.set_active(True),
             "deactivate": lambda request: self.set_active(False),
             "shutdown": lambda request: self.request_shutdown(),
@@ -146,7 +172,7 @@ class NetworkFunction:
 
     def receive(self, frame: bytes) -> None:
         """Admit an arriving frame: held flows' frames wait aside, others join the FIFO if the
-        instance is active; either way a full buffer drops it. Non-IPv4 frames are ignored."""
+        instance is active; either way a full buffer drops it. Frames that are neither IPv4 nor IPv6 are ignored."""
         parsed = parse_frame(frame)
         if parsed is None:
             self.ignored += 1
@@ -252,6 +278,7 @@ class NetworkFunction:
                 "active": self.active,
                 "held": [list(key) for key in self._held],
                 "flows": flows,
+                "exported": [{"key": list(key), "state": state} for key, state in self._exported.values()],
             }
 
     def hold(self, key: FlowKey) -> dict:
@@ -297,16 +324,41 @@ class NetworkFunction:
             state = self._flows.pop(key, None)
             self._last_arrival.pop(key, None)
             self._last_sent.pop(key, None)
-        return {"key": list(key), "state": state.to_json() if state else None}
+            if state is None:
+                return {"key": list(key), "state": None}
+            exported = state.exported(secrets.token_hex(8))
+            self._exported[exported["transfer"]] = (key, exported)
+            if len(self._exported) > JOURNAL_KEPT:
+                transfer, (old, _) = next(iter(self._exported.items()))
+                del self._exported[transfer]
+                log.warning("%s: exported state %s of %s never acknowledged: given up", self.instance, transfer, old)
+        return {"key": list(key), "state": exported}
 
     def import_(self, key: FlowKey, state_json) -> dict:
-        """Merge exported state (None: nothing to merge) into the flow's state here."""
+        """Merge exported state (None: nothing to merge) into the flow's state here, once: a state whose
+        transfer id the flow's state has merged already is a duplicate and changes nothing. A state this NF
+        exported itself and still keeps (a rolled-back move) is taken back."""
         if state_json is None:
             return {"key": list(key)}
         state = FlowState.from_json(state_json)
+        transfer = state_json.get("transfer")
         with self._lock:
+            kept = self._exported.pop(transfer, None)  # exported from here: taken back (or already merged)
+            current = self._flows.get(key)
+            if transfer is not None and current is not None and transfer in current.transfers:
+                return {"key": list(key), "duplicate": True}
+            if kept is not None:
+                log.info("%s: exported state %s of %s taken back", self.instance, transfer, list(key))
             self._flows.setdefault(key, FlowState()).merge(state)
         return {"key": list(key)}
+
+    def acknowledge(self, key: FlowKey, transfer) -> dict:
+        """The state exported as `transfer` has been imported elsewhere: forget the copy kept of it."""
+        if not isinstance(transfer, str):
+            raise RequestError(f"transfer must be the string id of an export, not {transfer!r}")
+        with self._lock:
+            known = self._exported.pop(transfer, None) is not None
+        return {"key": list(key), "acknowledged": known}
 
     def set_active(self, active: bool) -> dict:
         """An inactive (standby or drained) instance drops new frames except those of held flows,

@@ -23,7 +23,8 @@ def cluster_dict(active=("nf1", "nf2"), standby=("nf3",), capacity=100.0) -> dic
 
 
 class FakeNF:
-    """Records every call; `fail_on` makes one method raise, `dead` makes every call raise.
+    """Records every call; `fail_on` makes one method raise, `dead` makes every call raise ConnectionError (the
+    process is gone), `stalled` TimeoutError (the process does not answer).
     A hold takes `hold_s` seconds of the clock (none unless set); an export takes 50 ms."""
 
     def __init__(self, desc, calls: list, clock):
@@ -33,14 +34,21 @@ class FakeNF:
         self.state: dict[str, dict] = {}
         self.fail_on: str | None = None
         self.dead = False
+        self.stalled = False
         self.flows_with_state: list[FiveTuple] = []
         self.held: list[FiveTuple] = []
         self.hold_s = 0.0
+        self.exported: dict[str, tuple[FiveTuple, dict]] = {}
+        """Exported states kept until acknowledged (transfer id -> (key, state)), as the NF keeps them."""
+        self.merged: dict[str, set[str]] = {}
+        """Flow id -> the transfer ids merged into its state here: a second import of one changes nothing."""
 
     def _call(self, name, *args):
         self.calls.append((self.desc.instance, name, *args))
         if self.dead:
             raise ConnectionError(f"{self.desc.instance} socket closed")
+        if self.stalled:
+            raise TimeoutError(f"{self.desc.instance} timed out")
         if name == self.fail_on:
             raise RuntimeError(f"{name} refused")
 
@@ -50,7 +58,8 @@ class FakeNF:
                 "buffer_packets": self.desc.buffer_packets, "queue_packets": self.queue, "received": 0,
                 "processed": 0, "dropped": 0, "active": self.active,
                 "flows": [{"key": list(canonical(t))} for t in self.flows_with_state],
-                "held": [list(t) for t in self.held]}
+                "held": [list(t) for t in self.held],
+                "exported": [{"key": list(t), "state": s} for t, s in self.exported.values()]}
 
     def hold(self, key):
         self._call("hold", flow_key(key))
@@ -60,11 +69,23 @@ class FakeNF:
     def export(self, key, quiet_ms):
         self._call("export", flow_key(key))
         self.clock.now += 0.05  # draining the flow's queue takes 50 ms
-        return self.state.pop(flow_key(key), {"packets": 7})
+        state = {**self.state.pop(flow_key(key), {"packets": 7}), "transfer": f"{self.desc.instance}.{len(self.calls)}",
+                 "transfers": sorted(self.merged.pop(flow_key(key), ()))}
+        self.exported[state["transfer"]] = (canonical(key), state)
+        return state
 
     def import_(self, key, state):
         self._call("import", flow_key(key))
-        self.state[flow_key(key)] = state
+        transfer = (state or {}).get("transfer")
+        self.exported.pop(transfer, None)
+        if transfer is not None and transfer in self.merged.get(flow_key(key), ()):
+            return
+        self.merged.setdefault(flow_key(key), set()).update({transfer, *(state or {}).get("transfers", ())} - {None})
+        self.state[flow_key(key)] = {k: v for k, v in (state or {}).items() if k not in ("transfer", "transfers")}
+
+    def acknowledge(self, key, transfer):
+        self._call("acknowledge", flow_key(key))
+        self.exported.pop(transfer, None)
 
     def release(self, key):
         self._call("release", flow_key(key))

@@ -72,6 +72,10 @@ def tcp6(src: str, sport: int, dst: str, dport: int, payload_len: int = 0) -> by
     return ipv6(src, dst, dpkt.ip.IP_PROTO_TCP, dpkt.tcp.TCP(sport=sport, dport=dport, data=bytes(payload_len)))
 
 
+def udp6(src: str, sport: int, dst: str, dport: int, payload_len: int = 0) -> bytes:
+    return ipv6(src, dst, dpkt.ip.IP_PROTO_UDP, dpkt.udp.UDP(sport=sport, dport=dport, data=bytes(payload_len)))
+
+
 def udp(src: str, sport: int, dst: str, dport: int, payload_len: int = 0) -> bytes:
     return ipv4(
         src, dst, dpkt.ip.IP_PROTO_UDP, dpkt.udp.UDP(sport=sport, dport=dport, data=bytes(payload_len))

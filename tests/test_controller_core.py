@@ -75,7 +75,7 @@ def test_scale_out_moves_flows_loss_free_and_logs_the_transition(rig):
     for m in record.migrations:
         mine = [call[:2] for call in rig.calls if call[1] == "barrier" or call[2:3] == (m.flow,)]
         assert mine == [(m.dst, "hold"), ("switch", "steer"), ("switch", "barrier"), (m.src, "export"),
-                        (m.dst, "import"), (m.dst, "release")]
+                        (m.dst, "import"), (m.src, "acknowledge"), (m.dst, "release")]
     for m in record.migrations:
         assert rig.switch.rules[c.flows.get(m.flow).five_tuple] == m.dst == c.flows.get(m.flow).instance
     # Each export drains for 50 ms; a move lasts from its own hold to its own release, which comes

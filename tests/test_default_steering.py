@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from controller_app.steering import canonical, flow_key
 from tests.controller_rig import land, new_flow, run_period, tuple_n
+from twin.flow import FiveTuple
 from twin.scenario import ScenarioKind
 
 
@@ -135,8 +136,8 @@ class RecordingDatapath:
 
 
 def test_only_source_port_traffic_is_steered():
-    """The default rule and the rules it learns match IPv4 from the source port only: replies and the NFs'
-    traffic to the sink never take them (they would be sent back into the NFs)."""
+    """The default rules and the rules they learn match IPv4 and IPv6 from the source port only: replies and
+    the NFs' traffic to the sink never take them (they would be sent back into the NFs)."""
     from controller_app.app import DEFAULT_IP_PRIORITY, LANDING_TABLE, OpenFlowSwitch
     from controller_app.config import HostPort, NFDescription
 
@@ -145,10 +146,10 @@ def test_only_source_port_traffic_is_steered():
     switch = OpenFlowSwitch(datapath, source_port=source_port, idle_timeout_s=3)
     target = NFDescription("nf1", HostPort("nf1", 3, "00:00:00:00:00:03"), 250.0, 800.0, 5.0, True, "/tmp/nf1")
     switch.set_default_steering(target)
-    [rule] = datapath.sent
-    assert rule.table_id == 0 and rule.priority == DEFAULT_IP_PRIORITY
-    assert dict(rule.match.items()) == {"in_port": source_port, "eth_type": 0x0800}
-    landing = [switch._landing_rule(proto) for proto in (6, 17, None)]
+    assert all(rule.table_id == 0 and rule.priority == DEFAULT_IP_PRIORITY for rule in datapath.sent)
+    assert [dict(rule.match.items()) for rule in datapath.sent] == [
+        {"in_port": source_port, "eth_type": 0x0800}, {"in_port": source_port, "eth_type": 0x86DD}]
+    landing = [switch._landing_rule(eth_type, proto) for eth_type in (0x0800, 0x86DD) for proto in (6, 17, None)]
     for mod in landing:
         assert mod.table_id == LANDING_TABLE  # reached only through the default rule's resubmit
         learns = [a for a in mod.instructions[0].actions if type(a).__name__ == "NXActionLearn"]
@@ -157,8 +158,27 @@ def test_only_source_port_traffic_is_steered():
             in_port = [spec for spec in learn.specs if spec.dst == ("in_port_nxm", 0)]
             assert [spec.src for spec in in_port] == [source_port]  # the learned rules too
     switch.set_default_steering(None)
-    assert dict(datapath.sent[-1].match.items()) == {"in_port": source_port, "eth_type": 0x0800}
-    assert not datapath.sent[-1].instructions or not datapath.sent[-1].instructions[0].actions  # no NF: dropped
+    assert [dict(rule.match.items()) for rule in datapath.sent[-2:]] == [
+        {"in_port": source_port, "eth_type": 0x0800}, {"in_port": source_port, "eth_type": 0x86DD}]
+    assert all(not rule.instructions or not rule.instructions[0].actions for rule in datapath.sent[-2:])  # dropped
+
+
+def test_ipv6_flows_get_ipv6_rules_and_learned_rules_that_copy_the_128_bit_addresses():
+    from controller_app.app import OpenFlowSwitch, five_tuple_of
+
+    switch = OpenFlowSwitch(RecordingDatapath(), source_port=1, idle_timeout_s=3)
+    for five_tuple in (FiveTuple("2001:db8::1", "2001:db8::1:0:0:53", 5000, 53, 17),
+                       FiveTuple("2001:db8::1", "fe80::1:2", 0, 0, 58), FiveTuple("10.0.0.1", "10.0.0.2", 9, 80, 6)):
+        match = switch.match(five_tuple)
+        assert five_tuple_of(match) == five_tuple
+        assert match["eth_type"] == (0x86DD if ":" in five_tuple.src_ip else 0x0800)
+    assert five_tuple_of({"ipv6_src": "2001:DB8:0::1", "ipv6_dst": "2001:db8::2", "ip_proto": 6, "tcp_src": 1,
+                          "tcp_dst": 2}) == FiveTuple("2001:db8::1", "2001:db8::2", 1, 2, 6)  # written as twin.flow does
+    [learn, _] = [a for a in switch._landing_rule(0x86DD, 17).instructions[0].actions
+                  if type(a).__name__ == "NXActionLearn"]
+    copied = {spec.dst[0]: (spec.src, spec.n_bits) for spec in learn.specs if isinstance(spec.src, tuple) and spec.dst}
+    assert copied["ipv6_src_nxm"] == (("ipv6_src_nxm", 0), 128) and copied["ipv6_dst_nxm"][1] == 128
+    assert [spec.src for spec in learn.specs if spec.dst == ("eth_type_nxm", 0)] == [0x86DD]
 
 
 def test_a_late_landing_copy_after_a_move_does_not_undo_the_move(rig):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from controller_app import execution
+from controller_app.execution import MigrationOutcome
 from controller_app.recovery import FAULT_ENV, interrupted_moves, kill_point
 from controller_app.steering import canonical, flow_key
 from tests.controller_rig import land, restart, run_period, tuple_n
@@ -91,16 +92,49 @@ def test_moves_held_but_not_redirected_are_rolled_back(rig, tmp_path, crash_at):
     assert_consistent(rig, flows)
 
 
-def test_a_crash_between_import_and_release_finishes_and_loses_only_the_unimported_state(rig, tmp_path, crash_at):
-    flows = interrupted_batch(rig, "import:1", crash_at)
+@pytest.mark.parametrize("point", ["export:1", "export:3", "import:1"])
+def test_a_crash_between_export_and_import_finishes_and_loses_no_state(rig, tmp_path, crash_at, point):
+    """The source keeps what it exported until the import is acknowledged: the restarted controller imports the
+    states the dead one had exported but not imported, before it releases the held packets."""
+    flows = interrupted_batch(rig, point, crash_at)
+    kept = {flow_key(t) for t, _ in rig.nfs["nf1"].exported.values()}
+    assert len(kept) == (2 if point == "import:1" else int(point[-1]))  # exported, never (acknowledged as) imported
     c = restart(rig, tmp_path, mode="manual")
+    restarted = len(rig.calls)
     run_period(rig, {t: 5 for t in flows})
     assert [r.outcome for r in c.steering.recovered] == ["finished"] * 3
-    assert all(c.flows.get(flow_key(t)).instance == "nf2" for t in flows)
-    assert not any(fake.held for fake in rig.nfs.values())
-    # the first move's state was imported; the others' had been exported into the dead controller
-    assert rig.nfs["nf2"].state[flow_key(flows[0])]["packets"] == 40
-    assert not any(flow_key(t) in rig.nfs["nf1"].state for t in flows)
+    assert_consistent(rig, flows)
+    assert {rig.nfs["nf2"].state[flow_key(t)]["packets"] for t in flows} == {40, 41, 42}  # no state lost
+    assert not rig.nfs["nf1"].exported  # every copy acknowledged
+    for t in flows:  # each flow's state in before its held packets go
+        steps = [call[1] for call in rig.calls[restarted:] if call[:3] in (("nf2", "import", flow_key(t)),
+                                                                           ("nf2", "release", flow_key(t)))]
+        assert steps == (["import", "release"] if flow_key(t) in kept or point == "export:1" else ["release"]), steps
+
+
+def test_a_state_imported_but_not_acknowledged_counts_once_even_after_the_flow_moved_on(rig, crash_at):
+    """An acknowledgement lost (the source did not answer): the copy is settled at a later period, where the
+    flow's instance has merged it already, even if the flow moved on since (the ids travel with the state)."""
+    flows = [tuple_n(n) for n in range(2)]
+    for t in flows:
+        land(rig, t, "nf1")
+        rig.nfs["nf1"].state[flow_key(t)] = {"packets": 40}
+    c = rig.controller
+    c.reconfigure({"mode": "manual"})
+    run_period(rig, {t: 5 for t in flows})
+    rig.nfs["nf1"].fail_on = "acknowledge"
+    c.submit({"migrations": [{"flow": flow_key(flows[0]), "src": "nf1", "dst": "nf2"}]})
+    [run] = run_period(rig, {t: 5 for t in flows}).migrations
+    assert run.outcome is MigrationOutcome.DONE and len(rig.nfs["nf1"].exported) == 1
+    rig.nfs["nf1"].stalled = True  # ... and it keeps the copy while the flow moves on to nf3
+    run_period(rig, {t: 5 for t in flows})
+    c.submit({"start": ["nf3"], "migrations": [{"flow": flow_key(flows[0]), "src": "nf2", "dst": "nf3"}]})
+    [run] = run_period(rig, {t: 5 for t in flows}).migrations
+    assert run.outcome is MigrationOutcome.DONE
+    assert c.flows.get(flow_key(flows[0])).instance == "nf3"
+    rig.nfs["nf1"].stalled, rig.nfs["nf1"].fail_on = False, None
+    run_period(rig, {t: 5 for t in flows})
+    assert not rig.nfs["nf1"].exported and rig.nfs["nf3"].state[flow_key(flows[0])] == {"packets": 40}
 
 
 def test_flows_of_an_instance_that_died_with_the_controller_are_resteered(rig, tmp_path, crash_at):

@@ -87,3 +87,36 @@ def test_later_fragments_and_other_frames_carry_no_ports_or_are_ignored():
     assert (parse_frame(frame).src_port, parse_frame(frame).dst_port) == (0, 0)
     assert parse_frame(bytes(14) + b"\x86\xdd" + bytes(60)) is None
     assert parse_frame(frame[:30]) is None
+
+
+@given(five_tuples(version=6), protocols, st.integers(0, 2000), st.integers(0, 2**32 - 1), send_times)
+def test_ipv6_frames_are_valid_packets_and_parse_back(packet, proto, wire_len, sequence, sent_ns):
+    packet = packet._replace(proto=proto)
+    src, dst = (ipaddress.IPv6Address(ip).packed for ip in packet[:2])
+    frame = build_frame(MAC, src, dst, packet.src_port, packet.dst_port, proto, wire_len, 7, sequence, sent_ns)
+    ethernet = dpkt.ethernet.Ethernet(frame)
+    ip = ethernet.data
+    assert ethernet.type == dpkt.ethernet.ETH_TYPE_IP6 and isinstance(ip, dpkt.ip6.IP6)
+    assert (ip.src, ip.dst, ip.nxt, ip.hlim, ip.plen) == (src, dst, proto, 64, len(frame) - 14 - 40)
+    has_ports = proto in (IPPROTO_TCP, IPPROTO_UDP)
+    parsed = parse_frame(frame)
+    assert parsed.key == FlowKey.of(*packet[:2], *(packet[2:4] if has_ports else (0, 0)), proto)
+    assert parsed.stamp(frame) == (7, sequence, sent_ns) and parsed.dscp == 0
+
+
+def test_ipv6_extension_headers_are_followed_to_the_transport_and_later_fragments_have_no_ports():
+    src, dst = ipaddress.IPv6Address("2001:db8::1").packed, ipaddress.IPv6Address("2001:db8::2").packed
+    udp = bytes(dpkt.udp.UDP(sport=5000, dport=53, data=STAMP_MAGIC + bytes(16)))
+
+    def frame(extensions: bytes, first: int, dscp: int = 0) -> bytes:
+        header = struct.pack("!IHBB", 6 << 28 | dscp << 22, len(extensions) + len(udp), first, 64) + src + dst
+        return MAC + MAC + b"\x86\xdd" + header + extensions + udp
+
+    hop_by_hop = bytes([44, 0]) + bytes(6)  # next: a fragment header
+    first_fragment = bytes([IPPROTO_UDP, 0]) + struct.pack("!HI", 1, 9)  # offset 0, more fragments
+    parsed = parse_frame(frame(hop_by_hop + first_fragment, 0, dscp=46))
+    assert (parsed.proto, parsed.src_port, parsed.dst_port, parsed.dscp) == (IPPROTO_UDP, 5000, 53, 46)
+    assert parsed.stamp(frame(hop_by_hop + first_fragment, 0)) is not None
+    later = parse_frame(frame(bytes([IPPROTO_UDP, 0]) + struct.pack("!HI", 185 << 3, 9), 44))
+    assert (later.proto, later.src_port, later.dst_port) == (IPPROTO_UDP, 0, 0)
+    assert parse_frame(frame(b"", IPPROTO_UDP)[:40]) is None  # cut inside the IPv6 header

@@ -171,9 +171,36 @@ def test_export_waits_for_the_flow_to_drain_then_moves_its_state():
     assert exported["state"]["packets"] == 5
     assert flow_state(source, FLOW_A) is None
     destination.import_(FLOW_A, exported["state"])
-    destination.import_(FLOW_A, exported["state"])
+    assert destination.import_(FLOW_A, exported["state"]) == {"key": list(FLOW_A), "duplicate": True}  # once
+    assert flow_state(destination, FLOW_A)["packets"] == 5
+    by_hand = {name: exported["state"][name] for name in ("packets", "bytes", "first_seen", "last_seen")}
+    destination.import_(FLOW_A, by_hand)  # a state without a transfer id merges (sums) every time
     assert flow_state(destination, FLOW_A)["packets"] == 10
     assert source.export(FLOW_B, quiet_ms=0, timeout_ms=10) == {"key": list(FLOW_B), "state": None}
+
+
+def test_an_exported_state_is_kept_until_acknowledged_and_taken_back_by_its_exporter():
+    """The exporter keeps each state it hands over (and reports it) until the import is acknowledged, so a
+    controller that dies between export and import loses nothing; a rolled-back move imports it back."""
+    source, destination = make_nf(Outbox()), make_nf(Outbox())
+    with source.running():
+        source.receive(a(0))
+        source.receive(a(1))
+        time.sleep(0.1)
+        first = source.export(FLOW_A, quiet_ms=0, timeout_ms=2000)["state"]
+    [kept] = source.report()["exported"]
+    assert kept == {"key": list(FLOW_A), "state": first} and flow_state(source, FLOW_A) is None
+    source.import_(FLOW_A, first)  # the move rolled back: the state comes home, the copy is dropped
+    assert flow_state(source, FLOW_A)["packets"] == 2 and source.report()["exported"] == []
+    second = source.export(FLOW_A, quiet_ms=0, timeout_ms=10)["state"]
+    assert second["transfer"] != first["transfer"] and second["transfers"] == [first["transfer"]]
+    destination.import_(FLOW_A, second)
+    assert source.acknowledge(FLOW_A, second["transfer"]) == {"key": list(FLOW_A), "acknowledged": True}
+    assert source.report()["exported"] == [] and not source.acknowledge(FLOW_A, "unknown")["acknowledged"]
+    with pytest.raises(ValueError, match="transfer must be"):
+        source.acknowledge(FLOW_A, 7)
+    # the destination now holds the state with both transfers' ids: either one imported again counts once
+    assert destination.import_(FLOW_A, first)["duplicate"] and flow_state(destination, FLOW_A)["packets"] == 2
 
 
 def test_export_of_a_busy_flow_times_out_and_keeps_its_state():
@@ -347,3 +374,10 @@ def test_sink_averages_each_flows_one_way_delays_per_second_of_arrival():
     assert flows["0"]["delay_bins"] == [[start, 2, 3.0], [start + 1, 1, 30.0]]
     assert flows["1"]["delay_bins"] == [[start + 2, 1, 7.0]]
     assert flows["0"]["reordered"] == 0  # the reply is ordered apart from the forward direction
+
+
+@pytest.mark.parametrize("extra", [{"transfer": 7}, {"transfers": 5}, {"transfers": "ab"}, {"transfers": [1]}])
+def test_an_import_with_bad_transfer_ids_is_refused_by_name(extra):
+    state = {"packets": 1, "bytes": 60, "first_seen": 1.0, "last_seen": 2.0, **extra}
+    with pytest.raises(ValueError, match="transfer"):
+        make_nf(Outbox()).import_(FLOW_A, state)

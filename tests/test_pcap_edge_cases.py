@@ -233,13 +233,17 @@ def test_ipv6_flows_flow_through_episodes_into_the_twin(tmp_path):
     assert twin.state(0).flow(0).five_tuple.src_ip in (A6, "10.0.0.1")
 
 
-def test_the_live_replay_leaves_ipv6_out_and_says_so(tmp_path, caplog):
-    from trace_replay.live import load_schedule  # the live sender: IPv4 frames only
+def test_the_live_replay_sends_ipv6_flows_as_ipv6_frames(tmp_path):
+    from mininet_topos.frames import build_frame, parse_frame
+    from trace_replay.live import load_schedule
 
     frames = [Frame(1.0 + k * 0.1, ethernet(tcp6(A6, 40000, B6, 443), ethertype=dpkt.ethernet.ETH_TYPE_IP6)
                     if k % 2 else ethernet(tcp("10.0.0.1", 40000, "10.0.0.2", 443))) for k in range(10)]
     path = write_pcap(tmp_path / "mixed.pcap", frames, snaplen=200)
-    with caplog.at_level("WARNING", logger="trace_replay.live"):
-        schedule = load_schedule(path)
-    assert schedule.flows == [FlowKey.of("10.0.0.1", "10.0.0.2", 40000, 443, 6)]
-    assert len(schedule.packets) == 5 and "left out 5 IPv6 packets" in caplog.text
+    schedule = load_schedule(path)
+    assert schedule.flows == [FlowKey.of("10.0.0.1", "10.0.0.2", 40000, 443, 6), FlowKey.of(A6, B6, 40000, 443, 6)]
+    assert len(schedule.packets) == 10 and schedule.packets["is_ipv6"].tolist() == [k % 2 == 1 for k in range(10)]
+    row = schedule.packets[1]
+    frame = build_frame(bytes(6), row["src_ip6"].tobytes(), row["dst_ip6"].tobytes(), int(row["src_port"]),
+                        int(row["dst_port"]), int(row["proto"]), int(row["wire_len"]), 1, 0, 0)
+    assert parse_frame(frame).key == schedule.flows[1] and parse_frame(frame).stamp(frame) == (1, 0, 0)

@@ -1,7 +1,7 @@
 """Live trace replay on the testbed: a sender that replays a pcap's flows as raw Ethernet frames, and
 a sink that counts what arrives, per flow, and measures each packet's one-way delay.
 
-The sender rebuilds every IPv4 packet of the trace with the trace's addresses, ports and protocol
+The sender rebuilds every IPv4 and IPv6 packet of the trace with the trace's addresses, ports and protocol
 (both directions of each connection, in trace order), paces it on the trace clock divided by
 `speed`, and stamps its payload with (magic, flow id, sequence number, send time). The sink
 recognises the stamp, so per-flow loss is the sender's count minus the sink's, an arrival whose
@@ -17,11 +17,11 @@ Both use AF_PACKET sockets, so they need CAP_NET_RAW (root, as in Mininet hosts)
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -59,8 +59,13 @@ REPLAY_DTYPE = np.dtype(
         ("dst_port", "<u2"),
         ("proto", "u1"),
         ("wire_len", "<u4"),
+        ("is_ipv6", "?"),
+        ("src_ip6", "V16"),
+        ("dst_ip6", "V16"),
     ]
 )
+"""One packet to send: IPv4 addresses as host-order integers in src_ip/dst_ip, IPv6 ones (is_ipv6) as their 16
+bytes in src_ip6/dst_ip6."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,13 +95,13 @@ def load_schedule(
     max_pps: float = DEFAULT_MAX_PPS,
     line_rate_pps: float = DEFAULT_LINE_RATE_PPS,
 ) -> ReplaySchedule:
-    """The replay of a trace's IPv4 packets from `start_s` (trace seconds after its first packet) for
+    """The replay of a trace's IPv4 and IPv6 packets from `start_s` (trace seconds after its first packet) for
     `duration_s`, keeping the `max_flows` flows with most packets there, played `speed` times faster
     and paced to at most `line_rate_pps` (a packet waits for the previous one's slot, order kept).
 
     Raises ValueError if the result is empty or would exceed `max_pps` in some second: the testbed
-    only measures the NFs while the machine itself keeps up. IPv6 packets are left out, with a logged
-    count: the testbed's frames, NFs and steering rules are IPv4 (docs/traces.md, "IPv6").
+    only measures the NFs while the machine itself keeps up. Other packets (not IP, or malformed) are left
+    out.
     """
     for name, value in (("speed", speed), ("max_pps", max_pps), ("line_rate_pps", line_rate_pps)):
         if not value > 0:
@@ -106,12 +111,8 @@ def load_schedule(
     if max_flows is not None and max_flows < 1:
         raise ValueError(f"max_flows must be at least 1, not {max_flows!r}")
 
-    batches, ipv6 = [], 0
-    for batch in PcapReader(path):
-        batches.append(batch[batch["is_ipv4"]])
-        ipv6 += int(np.count_nonzero(batch["is_ipv6"]))
-    if ipv6:
-        LOG.warning("%s: left out %d IPv6 packets; the live replay sends IPv4 only", path, ipv6)
+    reader = PcapReader(path)
+    batches = [batch[batch["is_ipv4"] | batch["is_ipv6"]] for batch in reader]
     packets = np.concatenate(batches) if batches else np.zeros(0, PACKET_DTYPE)
     if len(packets):
         offset = packets["ts"] - packets["ts"][0]
@@ -119,7 +120,7 @@ def load_schedule(
         packets = packets[(offset >= start_s) & (offset < end)]
     if not len(packets):
         raise ValueError(
-            f"{path}: no IPv4 packets in the chosen window (start {start_s} s, duration {duration_s} s)"
+            f"{path}: no IP packets in the chosen window (start {start_s} s, duration {duration_s} s)"
         )
 
     low, high = flow_keys(packets)
@@ -141,9 +142,14 @@ def load_schedule(
     schedule = np.zeros(len(packets), REPLAY_DTYPE)
     schedule["ts"] = paced((packets["ts"] - packets["ts"][0]) / speed, line_rate_pps)
     schedule["flow"] = flow_ids[flow_of_packet]
-    for field in ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "wire_len"):
+    for field in ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "wire_len", "is_ipv6"):
         schedule[field] = packets[field]
-    flows = flow_identities(*flow_keys(schedule[np.sort(first_index)]))
+    ipv6 = schedule["is_ipv6"]
+    if ipv6.any():  # the reader's numbers of IPv6 addresses become the addresses
+        for field in ("src_ip", "dst_ip"):
+            schedule[f"{field}6"][ipv6] = reader.addresses.packed(schedule[field][ipv6])
+            schedule[field][ipv6] = 0
+    flows = flow_identities(*flow_keys(schedule[np.sort(first_index)], reader.addresses), reader.addresses)
     result = ReplaySchedule(schedule, flows)
     if (peak := result.peak_pps()) > max_pps:
         raise ValueError(
@@ -181,11 +187,12 @@ def replay(schedule: ReplaySchedule, interface: str, sent_log: str | os.PathLike
             else:
                 max_lag = max(max_lag, lag)
             flow = int(row["flow"])
+            ipv6 = bool(row["is_ipv6"])
             sock.send(
                 build_frame(
                     src_mac,
-                    int(row["src_ip"]),
-                    int(row["dst_ip"]),
+                    row["src_ip6"].tobytes() if ipv6 else int(row["src_ip"]),
+                    row["dst_ip6"].tobytes() if ipv6 else int(row["dst_ip"]),
                     int(row["src_port"]),
                     int(row["dst_port"]),
                     int(row["proto"]),
@@ -248,7 +255,7 @@ class SinkCounters:
         counters = self._flows.get(flow_id)
         if counters is None:
             key = parsed.key
-            side_a = (socket.inet_aton(key.ip_a), key.port_a)
+            side_a = (ipaddress.ip_address(key.ip_a).packed, key.port_a)
             counters = self._flows[flow_id] = [key, 0, 0, 0, -1, 0, -1, side_a, -1, 0, 0, []]
         highest = 4 if (parsed.src_ip, parsed.src_port) == counters[7] else 6
         counters[1] += 1
