@@ -33,6 +33,8 @@ LOCALHOST = "127.0.0.1"
 PREFIX = "/deepmigration/v1"
 MAX_BODY_BYTES = 1 << 20
 """The largest request body, counted on the bytes read (a chunked body has no Content-Length to trust)."""
+DRAINED_BODY_BYTES = 4 * MAX_BODY_BYTES
+"""A refused body up to this size is read (and dropped) before the 413; a larger one is not read at all."""
 MAX_JSON_DEPTH = 32
 """The deepest nesting of arrays and objects a body may have; the API's own bodies nest 3 deep."""
 MAX_QUEUED_ACTIONS = 16
@@ -187,6 +189,8 @@ def _read_body(req) -> bytes:
     chunked body (eventlet decodes the chunks) to its end; never more than MAX_BODY_BYTES."""
     declared = req.content_length
     if declared is not None and declared > MAX_BODY_BYTES:
+        if declared <= DRAINED_BODY_BYTES:
+            _discard(req.environ["wsgi.input"], declared)
         raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
     chunked = req.headers.get("Transfer-Encoding", "").lower() == "chunked"
     if declared is None and not chunked:
@@ -199,6 +203,13 @@ def _read_body(req) -> bytes:
     if size > MAX_BODY_BYTES:
         raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
     return b"".join(pieces)
+
+
+def _discard(stream, size: int) -> None:
+    """Read and drop a refused body, so that a client that sends it all before reading gets the 413
+    rather than a broken pipe when the connection closes under it."""
+    while size > 0 and (piece := stream.read(min(_READ_BYTES, size))):
+        size -= len(piece)
 
 
 def _depth(value) -> int:
