@@ -95,12 +95,13 @@ def rule_request(problem: Problem, target: float) -> LoadRequest:
 
 def random_weights(seed: int, *, checkpoint: str | None = None, guard: bool = True) -> DeepMigration:
     """DeepMigration with the shipped network's shape and freshly initialised weights drawn from `seed`: the
-    same views, translator, action comparison and guard, nothing learned."""
+    same views, translator, action comparison and guard, and control head if it has one; nothing learned."""
     from gnn_policy import checkpoint as checkpoints
+    from gnn_policy.control import LoopMigration
 
     shipped, _ = checkpoints.load(checkpoint)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         net = GNPolicyNet(shipped.config)
-    return DeepMigration(net, seed=seed, guard=guard)
+    return LoopMigration(net, seed=seed, guard=guard)
 
