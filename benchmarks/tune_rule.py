@@ -16,7 +16,7 @@ from gnn_policy.rule_policy import RuleMigration
 from trace_replay.flows import read_flows
 from trace_replay.generate import sample_path
 
-GRID = (0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+GRID = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 
 
 def main() -> None:

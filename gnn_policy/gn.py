@@ -57,7 +57,7 @@ class NetConfig:
     global_features: tuple[str, ...] = GLOBAL_FEATURES + CONTEXT_FEATURES
     targets: tuple[float, ...] = ()
     """The control head's target utilisations (`gnn_policy.control`); () for a network without one."""
-    control_bias: float = 2.0
+    control_bias: float = 1.0
     """Initial logit of "act" over "hold" and of the first target over the others: an untrained control head
     leans towards the rule (always act, the grid's first target) and still explores."""
 
@@ -86,10 +86,13 @@ class MeanOfTwoLayer(nn.Module):
         self.second = nn.Linear(hidden, hidden)
 
     def forward(self, members: torch.Tensor, index: torch.Tensor | None, groups: int) -> torch.Tensor:
-        """`index` None: every member belongs to the one group (a single graph), whose mean needs no scatter."""
+        """`index` None: every member belongs to the one group (a single graph), whose mean needs no scatter. An
+        empty set (the edges of a one-instance graph) has mean 0, as `scatter` gives an empty group."""
         hidden = torch.relu(self.first(members))
-        mean = (hidden.mean(dim=0, keepdim=True) if index is None
-                else scatter(hidden, index, dim=0, dim_size=groups, reduce="mean"))
+        if index is not None:
+            mean = scatter(hidden, index, dim=0, dim_size=groups, reduce="mean")
+        else:
+            mean = hidden.mean(dim=0, keepdim=True) if members.size(0) else hidden.new_zeros(1, hidden.size(1))
         return self.second(mean)
 
 

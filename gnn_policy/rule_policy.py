@@ -31,7 +31,7 @@ from gnn_policy.translator import LoadRequest
 from gnn_policy.views import GraphView, drain_order, scale_in_view, scale_out_view
 from twin.scenario import ScenarioKind, instances_needed
 
-RULE_TARGET = 0.1
+RULE_TARGET = 0.05
 """The rule's target utilisation, tuned on validation episodes only (docs/agent.md, "Ablations":
 `benchmarks/tune_rule.py`, seed 100)."""
 

@@ -115,3 +115,15 @@ def test_dm_train_closed_loop_refuses_bad_options_before_any_work(tmp_path, caps
                        "--periods", "3"]) == 2
     assert "--periods-start 9 exceeds --periods 3" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_one_instance_graph_gives_the_same_finite_logits_alone_and_batched():
+    one = cluster([[224.0]], standby=2)  # the rule may leave a single instance: a graph without edges
+    two = cluster([[300.0], [100.0]], standby=2)
+    problems = [Problem.of(state, TH).as_scenario(ScenarioKind.SCALE_OUT) for state in (one, two)]
+    inputs = [control.control_input(problem) for problem in problems]
+    net = headed()
+    with torch.no_grad():
+        alone = control.control_logits(net, inputs[:1])
+        batched = control.control_logits(net, inputs)
+    assert torch.isfinite(alone).all() and torch.allclose(alone[0], batched[0], atol=1e-6)
