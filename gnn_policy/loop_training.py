@@ -191,7 +191,12 @@ def validate(net: GNPolicyNet, batch: EpisodeBatch) -> float:
 
 
 def with_control_head(net: GNPolicyNet, targets: Sequence[float], seed: int) -> GNPolicyNet:
-    """`net` with a fresh control head over `targets` (seeded), the rest of its weights kept and frozen."""
+    """`net` with a control head over `targets`, the rest of its weights kept and frozen: its own head when it has
+    one over the same grid (training goes on from it), else a fresh one (seeded)."""
+    if net.config.targets == tuple(targets):
+        for name, parameter in net.named_parameters():
+            parameter.requires_grad_(name.startswith("control_head."))
+        return net
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         headed = GNPolicyNet(replace(net.config, targets=tuple(targets)))
@@ -309,7 +314,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=output_file_new_folders, required=True, metavar="CKPT",
                         help="where the best checkpoint on validation is written (replaced whole)")
     parser.add_argument("--init", type=Path, metavar="CKPT",
-                        help="network whose body and heads are kept (default: the shipped checkpoint)")
+                        help="network whose body and heads are kept, its control head too if it has one over "
+                             "the same targets (default: the shipped checkpoint)")
     parser.add_argument("--logdir", type=Path, default=Path("runs/dm-train-loop"), help="TensorBoard log folder")
     parser.add_argument("--curves", type=output_file_new_folders, metavar="PNG", help="write the training curve here")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")

@@ -127,3 +127,15 @@ def test_a_one_instance_graph_gives_the_same_finite_logits_alone_and_batched():
         alone = control.control_logits(net, inputs[:1])
         batched = control.control_logits(net, inputs)
     assert torch.isfinite(alone).all() and torch.allclose(alone[0], batched[0], atol=1e-6)
+
+
+def test_a_head_over_the_same_grid_is_kept_and_only_the_head_learns():
+    net = headed(3)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    kept = loop_training.with_control_head(net, control.TARGETS, seed=9)
+    assert all(torch.equal(v, before[k]) for k, v in kept.state_dict().items())
+    fresh = loop_training.with_control_head(GNPolicyNet(NetConfig()), control.TARGETS, seed=9)
+    assert fresh.config.targets == control.TARGETS
+    for model in (kept, fresh):
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+            n for n, _ in model.named_parameters() if n.startswith("control_head.")}
