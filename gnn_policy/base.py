@@ -26,6 +26,9 @@ class Problem:
     budget_queue: float = 0.0
     """Q(t), the migration-budget deficit of `gnn_policy.stabilizer` (0 without one): a policy may spend
     fewer migrations when it is large."""
+    forced: bool = False
+    """The scenario was imposed (`as_scenario`, the paper's one-shot experiments): the policy must act on it,
+    holding is not an option."""
 
     @classmethod
     def of(cls, state: ClusterState, thresholds: Thresholds, params: CostParams = CostParams()) -> Problem:
@@ -34,7 +37,7 @@ class Problem:
 
     def as_scenario(self, kind: ScenarioKind) -> Problem:
         """The same state treated as another scenario (the benchmarks fix the scenario per experiment)."""
-        return replace(self, scenario=replace(self.scenario, kind=kind))
+        return replace(self, scenario=replace(self.scenario, kind=kind), forced=True)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from trace_replay.files import atomic_write
 from twin.checkpoint_file import read_versioned
 
 FORMAT = "deepmigration-gn"
-VERSION = 2
-"""2: simple RNN cells and 18 migration levels (version 1 had GRU cells and 10 levels)."""
+VERSION = 3
+"""3: the config's control head (`targets`, `control_bias`; `gnn_policy.control`); 2: simple RNN cells and 18
+migration levels (version 1 had GRU cells and 10 levels)."""
 MAX_HIDDEN = 4096
 MAX_STEPS = 32
 """Bounds of a loadable config: the shipped network has hidden 16 and steps 2; a decision runs the GN block
@@ -77,8 +78,9 @@ def load(path: str | os.PathLike | None = None) -> tuple[GNPolicyNet, dict]:
 def check_config(config: NetConfig) -> None:
     """ValueError naming the first value of `config` no network of this code can work with: a size out of
     range (`steps` runs the block that often per decision), migration levels that are not
-    0 = l_0 < l_1 < ... <= 1, or feature names other than those `gnn_policy.graph` builds, in its order (node
-    features: NODE_FEATURES, then optionally a prefix of OPTIONAL_NODE_FEATURES)."""
+    0 = l_0 < l_1 < ... <= 1, targets that are not increasing utilisations in (0, 1], or feature names other
+    than those `gnn_policy.graph` builds, in its order (node features: NODE_FEATURES, then optionally a prefix
+    of OPTIONAL_NODE_FEATURES)."""
     for name, value, top in (("hidden", config.hidden, MAX_HIDDEN), ("steps", config.steps, MAX_STEPS)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
             raise ValueError(f"{name} must be an integer in 1..{top}, got {value!r}")
@@ -86,8 +88,14 @@ def check_config(config: NetConfig) -> None:
     if not (isinstance(levels, tuple) and levels and all(_is_number(x) for x in levels) and levels[0] == 0
             and all(a < b for a, b in itertools.pairwise(levels)) and levels[-1] <= 1):
         raise ValueError(f"levels must be increasing fractions from 0 to at most 1, got {levels!r}")
-    if not (_is_number(config.stay_bias) and math.isfinite(config.stay_bias)):
-        raise ValueError(f"stay_bias must be a finite number, got {config.stay_bias!r}")
+    for name in ("stay_bias", "control_bias"):
+        value = getattr(config, name)
+        if not (_is_number(value) and math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    targets = config.targets
+    if not (isinstance(targets, tuple) and all(_is_number(x) and 0 < x <= 1 for x in targets)
+            and all(a < b for a, b in itertools.pairwise(targets))):
+        raise ValueError(f"targets must be increasing utilisations in (0, 1] (or none), got {targets!r}")
     optional = OPTIONAL_NODE_FEATURES[:max(len(config.node_features) - len(NODE_FEATURES), 0)]
     for kind, names, built in (("node", config.node_features, NODE_FEATURES + optional),
                                ("edge", config.edge_features, EDGE_FEATURES),

@@ -17,7 +17,9 @@ One GN block (`torch_geometric.nn.MetaLayer`) is made of six small functions, as
 `GNPolicyNet` encodes the graph of `gnn_policy.graph.to_pyg` (plus the scenario thresholds, which the
 graph does not carry), runs the block `steps` times and decodes two heads: per-edge logits over
 the migration levels (`gnn_policy.agent` turns them into the stochastic policy) and per-node
-logits that rank instances as destinations for a drained instance's load (scale-in).
+logits that rank instances as destinations for a drained instance's load (scale-in). A network whose
+config has `targets` also has a control head on the global state: act or hold, and the target utilisation
+of the request (`gnn_policy.control`, the closed loop's decisions).
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ from gnn_policy.graph import EDGE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES, node
 
 CONTEXT_FEATURES = ("th_high", "th_low")
 """Inputs the graph does not carry: the thresholds of the problem, appended to the global attribute."""
+CONTROL_FEATURES = ("scale_out", "scale_in", "load_balance", "active_share", "budget_queue")
+"""What the control head reads besides the global state (`gnn_policy.control.control_features`): the detected
+scenario, the share of the instances that are active (the graph holds only those) and Q(t)."""
 
 MIGRATION_LEVELS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
 """Fractions of the source instance's load an edge can ask to migrate (level 0: move nothing)."""
@@ -50,6 +55,11 @@ class NetConfig:
     node_features: tuple[str, ...] = NODE_FEATURES
     edge_features: tuple[str, ...] = EDGE_FEATURES
     global_features: tuple[str, ...] = GLOBAL_FEATURES + CONTEXT_FEATURES
+    targets: tuple[float, ...] = ()
+    """The control head's target utilisations (`gnn_policy.control`); () for a network without one."""
+    control_bias: float = 1.0
+    """Initial logit of "act" over "hold" and of the first target over the others: an untrained control head
+    leans towards the rule (always act, the grid's first target) and still explores."""
 
     def to_dict(self) -> dict:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
@@ -76,10 +86,13 @@ class MeanOfTwoLayer(nn.Module):
         self.second = nn.Linear(hidden, hidden)
 
     def forward(self, members: torch.Tensor, index: torch.Tensor | None, groups: int) -> torch.Tensor:
-        """`index` None: every member belongs to the one group (a single graph), whose mean needs no scatter."""
+        """`index` None: every member belongs to the one group (a single graph), whose mean needs no scatter. An
+        empty set (the edges of a one-instance graph) has mean 0, as `scatter` gives an empty group."""
         hidden = torch.relu(self.first(members))
-        mean = (hidden.mean(dim=0, keepdim=True) if index is None
-                else scatter(hidden, index, dim=0, dim_size=groups, reduce="mean"))
+        if index is not None:
+            mean = scatter(hidden, index, dim=0, dim_size=groups, reduce="mean")
+        else:
+            mean = hidden.mean(dim=0, keepdim=True) if members.size(0) else hidden.new_zeros(1, hidden.size(1))
         return self.second(mean)
 
 
@@ -142,6 +155,8 @@ class PolicyLogits:
     """[E, levels]: unnormalised log-probabilities of each migration level on each directed edge."""
     node: torch.Tensor
     """[V]: unnormalised log-probabilities of each node as the destination of a drained instance."""
+    control: torch.Tensor | None = None
+    """[G, 2 + targets]: act / hold, then each target utilisation (None: no control head, or no `control` input)."""
 
 
 class GNPolicyNet(nn.Module):
@@ -157,13 +172,20 @@ class GNPolicyNet(nn.Module):
         self.block = MetaLayer(EdgeUpdate(h), NodeUpdate(h), GlobalUpdate(h))
         self.edge_head = two_layer(4 * h, h, len(config.levels))
         self.node_head = two_layer(2 * h, h, 1)
+        self.control_head = (two_layer(h + len(CONTROL_FEATURES), h, 2 + len(config.targets))
+                             if config.targets else None)
         with torch.no_grad():
             self.edge_head[-1].bias.zero_()
             self.edge_head[-1].bias[0] = config.stay_bias
+            if self.control_head is not None:
+                self.control_head[-1].weight.mul_(0.1)
+                self.control_head[-1].bias.zero_()
+                self.control_head[-1].bias[0] = self.control_head[-1].bias[2] = config.control_bias
 
-    def forward(self, graph: Data, context: torch.Tensor) -> PolicyLogits:
+    def forward(self, graph: Data, context: torch.Tensor, control: torch.Tensor | None = None) -> PolicyLogits:
         """`graph` from `gnn_policy.graph.to_pyg`, or several collated into one (`batch` gives each node's graph);
-        `context` [graphs, 2] holds Th_high, Th_low."""
+        `context` [graphs, 2] holds Th_high, Th_low; `control` [graphs, len(CONTROL_FEATURES)] what the control
+        head reads besides the global state (given only when the network has that head)."""
         node_graph = graph.batch  # None for a single graph
         x = torch.tanh(self.encode_node(node_input(graph, self.config.node_features)))
         edge = torch.tanh(self.encode_edge(graph.edge_attr))
@@ -171,7 +193,9 @@ class GNPolicyNet(nn.Module):
         for _ in range(self.config.steps):
             x, edge, u = self.block(x, graph.edge_index, edge, u, node_graph)
         node_logits = self.node_head(torch.cat([x, _per_member(u, node_graph, x.size(0))], dim=1)).squeeze(1)
-        return PolicyLogits(self._edge_logits(x, graph.edge_index, edge, u, node_graph), node_logits)
+        control_logits = (None if control is None or self.control_head is None
+                          else self.control_head(torch.cat([u, control], dim=1)))
+        return PolicyLogits(self._edge_logits(x, graph.edge_index, edge, u, node_graph), node_logits, control_logits)
 
     def _edge_logits(self, x: torch.Tensor, edge_index: torch.Tensor, edge: torch.Tensor, u: torch.Tensor,
                      node_graph: torch.Tensor | None) -> torch.Tensor:

@@ -38,9 +38,10 @@ def _optimal(seed: int = 0, time_limit_s: float = 10.0, checkpoint: str | None =
 
 
 def _deepmigration(seed: int = 0, checkpoint: str | None = None, **_: object) -> Policy:
-    from gnn_policy.agent import DeepMigration
+    """`DeepMigration`, with the closed loop's act/hold and target when the checkpoint has a control head."""
+    from gnn_policy.control import LoopMigration
 
-    return DeepMigration.load(checkpoint, seed=seed)
+    return LoopMigration.load(checkpoint, seed=seed)
 
 
 def _rule(target: float | None = None, **_: object) -> Policy:

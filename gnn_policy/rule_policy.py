@@ -31,7 +31,7 @@ from gnn_policy.translator import LoadRequest
 from gnn_policy.views import GraphView, drain_order, scale_in_view, scale_out_view
 from twin.scenario import ScenarioKind, instances_needed
 
-RULE_TARGET = 0.1
+RULE_TARGET = 0.05
 """The rule's target utilisation, tuned on validation episodes only (docs/agent.md, "Ablations":
 `benchmarks/tune_rule.py`, seed 100)."""
 
@@ -95,12 +95,13 @@ def rule_request(problem: Problem, target: float) -> LoadRequest:
 
 def random_weights(seed: int, *, checkpoint: str | None = None, guard: bool = True) -> DeepMigration:
     """DeepMigration with the shipped network's shape and freshly initialised weights drawn from `seed`: the
-    same views, translator, action comparison and guard, nothing learned."""
+    same views, translator, action comparison and guard, and control head if it has one; nothing learned."""
     from gnn_policy import checkpoint as checkpoints
+    from gnn_policy.control import LoopMigration
 
     shipped, _ = checkpoints.load(checkpoint)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         net = GNPolicyNet(shipped.config)
-    return DeepMigration(net, seed=seed, guard=guard)
+    return LoopMigration(net, seed=seed, guard=guard)
 

@@ -392,6 +392,11 @@ class Progress:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--closed-loop" in argv:  # Algorithm 1 in the closed loop: its own options (gnn_policy/loop_training.py)
+        from gnn_policy import loop_training
+
+        return loop_training.main([arg for arg in argv if arg != "--closed-loop"])
     args = _parser().parse_args(argv)
     defaults = TrainConfig()
     config = TrainConfig(**{f.name: getattr(args, f.name, None) if getattr(args, f.name, None) is not None
@@ -520,6 +525,9 @@ def _save(path: Path, net: GNPolicyNet, training: dict) -> bool:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dm-train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--closed-loop", action="store_true",
+                        help="train the act/hold and target heads in the closed loop instead (its options: "
+                             "dm-train --closed-loop --help)")
     parser.add_argument("--trace", type=Path, required=True, metavar="PCAP", help="trace the training states come from")
     parser.add_argument("--out", type=output_file_new_folders, required=True, metavar="CKPT",
                         help="where to write the checkpoint (replaced whole; checked before training)")
