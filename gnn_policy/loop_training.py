@@ -5,7 +5,7 @@ target utilisation; `gnn_policy.control`). Read top to bottom, one iteration:
    and copy each `episodes` times: Algorithm 1's N parallel episodes start from the same state, so the mean
    return over them is a fair per-step baseline b_t;
 2. drive them period by period with `gnn_policy.closed_loop.run_closed_loop`, the benchmark's own loop, in
-   the twin (`make_twin`: the fluid `BatchedTwin` today; `--twin` is the hook for others): wherever the
+   the twin `--twin` names (`twin.choice.batched_twin`: fluid or calibrated): wherever the
    scenario detector calls, the policy samples hold or (act, target) and records the draw;
 3. r_t = −(the period's cost, the closed-loop benchmark's `total_cost` share: `Period.cost`) / `cost_unit`,
    R_t = Σ_{t' ≥ t} r_t', b_t = mean of R_t over the window's copies; the loss is
@@ -44,15 +44,13 @@ from trace_replay.cli_types import output_file_new_folders, positive_float, posi
 from trace_replay.episodes import EpisodeBatch
 from trace_replay.flows import FlowTable, read_flows
 from trace_replay.generate import sample_path
-from twin.params import CostParams, Thresholds
-from twin.sim import BatchedTwin
+from twin.choice import DEFAULT_LOOP_TWIN, LOOP_TWINS, batched_twin
+from twin.params import Thresholds
 
 TRAIN_SEEDS = range(100)
 """Training windows: `dm-bench --experiment closed-loop --seed K` draws validation windows for K in 100-199 and
 test windows for K ≥ 200 (docs/benchmark.md, "Evaluation split"); training uses 0-99 only."""
 VALIDATION_SEED = 100
-TWINS = ("fluid",)
-"""`--twin` choices: the fluid `BatchedTwin`; the calibrated or learned twin plugs in at `make_twin`."""
 
 
 @dataclass(frozen=True)
@@ -79,15 +77,8 @@ class LoopTrainConfig:
     speed: float = 1.0
     validation_episodes: int = 8
     validate_every: int = 10
-    twin: str = "fluid"
+    twin: str = DEFAULT_LOOP_TWIN
     seed: int = 0
-
-
-def make_twin(batch: EpisodeBatch, kind: str, params: CostParams, thresholds: Thresholds) -> BatchedTwin:
-    """The twin the episodes run in (`--twin`)."""
-    if kind == "fluid":
-        return BatchedTwin.from_episodes(batch, params, thresholds)
-    raise ValueError(f"unknown twin {kind!r}; known: {', '.join(TWINS)}")
 
 
 def episode_length(config: LoopTrainConfig, iteration: int) -> int:
@@ -156,7 +147,7 @@ def iteration_step(net: GNPolicyNet, optimizer: torch.optim.Optimizer, table: Fl
     clock = [0]
     explorers = [Explorer(net, generator, clock) for _ in range(batch.n_episodes)]
     params, thresholds = setup.params, Thresholds()
-    twin = make_twin(batch, config.twin, params, thresholds)
+    twin = batched_twin(config.twin, batch, params, thresholds)
     runs = run_closed_loop(twin, explorers, on_period=lambda: clock.__setitem__(0, clock[0] + 1))
     costs = np.array([[p.cost for p in run] for run in runs])
     advantage = advantages(returns(costs, config.cost_unit), config.episodes)
@@ -319,7 +310,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--logdir", type=Path, default=Path("runs/dm-train-loop"), help="TensorBoard log folder")
     parser.add_argument("--curves", type=output_file_new_folders, metavar="PNG", help="write the training curve here")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--twin", choices=TWINS, help="the twin the episodes run in (default fluid)")
+    parser.add_argument("--twin", choices=[t for t in LOOP_TWINS if t != "residual"],
+                        help=f"the twin the episodes run in (default {DEFAULT_LOOP_TWIN})")
     parser.add_argument("--seed", type=rng_seed, metavar="K", help="seed of the control head's init and sampling")
     for name, kind, text in (
             ("iterations", positive_int, "REINFORCE iterations"), ("windows", positive_int, "windows per iteration"),

@@ -110,6 +110,18 @@ def test_dm_train_closed_loop_learns_the_head_only(tmp_path):
     assert all(torch.equal(v, shipped.state_dict()[k]) for k, v in body.items())
 
 
+def test_dm_train_closed_loop_runs_in_the_calibrated_twin_and_the_record_names_it(tmp_path, capsys):
+    out = tmp_path / "loop.pt"
+    assert train.main(["--closed-loop", "--out", str(out), "--iterations", "1", "--windows", "1", "--episodes", "2",
+                       "--periods-start", "3", "--periods", "3", "--twin", "calibrated",
+                       "--logdir", str(tmp_path / "tb")]) == 0
+    assert checkpoint.load(out)[1]["train_config"]["twin"] == "calibrated"
+    with pytest.raises(SystemExit) as refused:
+        train.main(["--closed-loop", "--out", str(tmp_path / "r.pt"), "--twin", "residual"])
+    assert refused.value.code == 2
+    assert "invalid choice: 'residual'" in capsys.readouterr().err and not (tmp_path / "r.pt").exists()
+
+
 def test_dm_train_closed_loop_refuses_bad_options_before_any_work(tmp_path, capsys):
     assert train.main(["--closed-loop", "--out", str(tmp_path / "x.pt"), "--periods-start", "9",
                        "--periods", "3"]) == 2
