@@ -43,6 +43,16 @@ def _deepmigration(seed: int = 0, checkpoint: str | None = None, **_: object) ->
     return DeepMigration.load(checkpoint, seed=seed)
 
 
+def _lookahead(seed: int = 0, checkpoint: str | None = None, residual: str | None = None,
+               k: int | None = None, candidates: tuple[str, ...] | None = None, **_: object) -> Policy:
+    """DeepMigration behind the look-ahead (docs/agent.md, "Look-ahead"): the residual twin at `residual`
+    (the shipped one when None) scores its action against the other candidates k periods ahead."""
+    from gnn_policy.lookahead import CANDIDATES, HORIZON, LookAhead
+
+    return LookAhead.load(_deepmigration(seed=seed, checkpoint=checkpoint), residual,
+                          k=HORIZON if k is None else k, candidates=CANDIDATES if candidates is None else candidates)
+
+
 def _rule(target: float | None = None, **_: object) -> Policy:
     from gnn_policy.rule_policy import RULE_TARGET, RuleMigration
 
@@ -63,6 +73,7 @@ _FACTORIES: dict[str, Callable[..., Policy]] = {
     "random": _baseline("random"),
     "optimal": _optimal,
     "deepmigration": _deepmigration,
+    "deepmigration-lookahead": _lookahead,
     "deepmigration-rule": _rule,
     "deepmigration-random": _random_weights,
 }
