@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/tune_lookahead.py [--seed 100] [--episodes 4] [--periods 30]
 
-Runs the closed loop (no stabilizer) of `deepmigration` and of `LookAhead(deepmigration, shipped residual
+Runs the closed loop (no stabilizer) of `deepmigration`, `deepmigration-rule` and of `LookAhead(deepmigration, shipped residual
 twin, k, candidates)` for every k of `--k` and candidate set of `--sets` on the validation windows of `--seed`,
 and prints each one's mean metrics over the episodes and how often each candidate won.
 `gnn_policy.lookahead.HORIZON` and `CANDIDATES` are the lowest total_cost; docs/agent.md ("Look-ahead")
@@ -18,6 +18,7 @@ from collections import Counter
 from gnn_policy.agent import DeepMigration
 from gnn_policy.bench import loop
 from gnn_policy.lookahead import LookAhead, parse_candidate
+from gnn_policy.rule_policy import RuleMigration
 from trace_replay.flows import read_flows
 from trace_replay.generate import sample_path
 from twin.residual.twin import ResidualTwin
@@ -47,7 +48,7 @@ def main() -> None:
                            standby=args.standby, seed=args.seed)
     batch = loop.build(sample_path(), read_flows(sample_path()), setup)
     policy, twin = DeepMigration.load(None, seed=args.seed), ResidualTwin.load(None)
-    prototypes = {"deepmigration": policy}
+    prototypes = {"deepmigration": policy, "deepmigration-rule": RuleMigration()}
     prototypes.update({f"k={k} {'+'.join(names)}": LookAhead(policy, twin, k, names)
                        for k in horizons for names in sets})
     print(f"{'variant':44s}" + "".join(f"{m:>22s}" for m in METRICS) + "  chosen")

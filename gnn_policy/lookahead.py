@@ -29,7 +29,7 @@ from twin.residual.twin import ResidualTwin, Scores
 from twin.scenario import ScenarioKind
 
 POLICY, NOTHING, RULE = "policy", "nothing", "rule"
-CANDIDATES = (POLICY, NOTHING)
+CANDIDATES = (POLICY, NOTHING, RULE)
 """The shipped candidate set, chosen on validation windows (docs/agent.md, "Look-ahead")."""
 HORIZON = 3
 """The shipped k, chosen on validation windows (docs/agent.md, "Look-ahead")."""
