@@ -11,7 +11,7 @@ A candidate's predicted cost is the closed loop's period cost (`twin.migration.C
 C_R of the action now) plus the cost model's ω penalties (`twin.cost.threshold_penalty`) of each of the k
 periods on the predicted utilisation (`Scores.threshold_penalty`), so every candidate is charged the same
 way; the first period's ω is the breakdown's own. Ties go to the earlier candidate, the wrapped policy's
-action first.
+action first; a candidate that is the same action as an earlier one is not scored again.
 """
 from __future__ import annotations
 
@@ -85,8 +85,11 @@ class LookAhead(Policy):
     def _decide(self, problem: Problem) -> Decision:
         if problem.scenario.kind not in self.policy.handles:
             return self.policy.decide(problem)
-        labelled = [(label, self._candidate(label, problem)) for label in self.candidates]
-        usable = [(label, outcome) for label, outcome in labelled if outcome is not None]
+        usable: list[tuple[str, Scored]] = []
+        for label in self.candidates:
+            outcome = self._candidate(label, problem)
+            if outcome is not None and not any(_same(outcome.decision.action, o.decision.action) for _, o in usable):
+                usable.append((label, outcome))
         if not usable:
             return Decision.infeasible("look-ahead: no candidate action is valid")
         scores = self.twin.score_actions(problem.state, [o.decision.action for _, o in usable], self.k)
@@ -110,6 +113,12 @@ class LookAhead(Policy):
             return None
         outcome = score(problem, decision)
         return outcome if outcome.valid else None
+
+
+def _same(a: IndexedAction, b: IndexedAction) -> bool:
+    """Two candidates that are one action are scored once (under the earlier one's label)."""
+    return all(np.array_equal(x, y) for x, y in ((a.flows, b.flows), (a.dst, b.dst), (a.start, b.start),
+                                                 (a.stop, b.stop)))
 
 
 def predicted_costs(outcomes: Sequence[Scored], scores: Scores) -> np.ndarray:
