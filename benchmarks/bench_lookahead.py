@@ -78,7 +78,8 @@ def main() -> None:
 
     loop_setup = loop.LoopSetup(episodes=1, periods=args.periods, instances=36, standby=4, seed=100)
     batch = loop.build(sample_path(), table, loop_setup)
-    print(f"closed loop, N = 40 (36 active + 4 standby), seed 100, {args.periods} periods, k = {HORIZON}:")
+    print(f"closed loop, N = 40 (36 active + 4 standby), seed 100, {args.periods} periods"
+          + (f", look-ahead k = {HORIZON}:" if "deepmigration-lookahead" in names else ":"))
     for run in loop.run(batch, {name: make_policy(name) for name in names}, (None,)):
         (record,) = run.records
         print(f"  {run.policy:26s} decision_ms_p50 {record['decision_ms_p50']:7.2f} ms   "

@@ -53,6 +53,14 @@ def _lookahead(seed: int = 0, checkpoint: str | None = None, residual: str | Non
                           k=HORIZON if k is None else k, candidates=CANDIDATES if candidates is None else candidates)
 
 
+def _student(seed: int = 0, **_: object) -> Policy:
+    """The shipped student of `dm-distill` (docs/agent.md, "Student") inside the unchanged DeepMigration."""
+    from gnn_policy.agent import DeepMigration
+    from gnn_policy.distill import STUDENT_PATH
+
+    return DeepMigration.load(STUDENT_PATH, seed=seed)
+
+
 def _rule(target: float | None = None, **_: object) -> Policy:
     from gnn_policy.rule_policy import RULE_TARGET, RuleMigration
 
@@ -74,6 +82,7 @@ _FACTORIES: dict[str, Callable[..., Policy]] = {
     "optimal": _optimal,
     "deepmigration": _deepmigration,
     "deepmigration-lookahead": _lookahead,
+    "deepmigration-student": _student,
     "deepmigration-rule": _rule,
     "deepmigration-random": _random_weights,
 }

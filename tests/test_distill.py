@@ -45,3 +45,12 @@ def test_dm_distill_refuses_a_student_too_big_before_any_work(tmp_path, capsys):
     assert "--epochs" in capsys.readouterr().err
     assert main(["--teacher", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_the_shipped_student_is_registered_and_small():
+    from gnn_policy.registry import make_policy
+
+    teacher, _ = checkpoint.load(None)
+    student = make_policy("deepmigration-student")
+    assert 4 * parameters(student.net) <= parameters(teacher)
+    assert student.decide(problems()[0]).feasible
