@@ -148,12 +148,13 @@ def distil(teacher: GNPolicyNet, student: GNPolicyNet, train: Sequence[tuple], v
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dm-distill", description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", help="the teacher's checkpoint (default: the shipped policy)")
-    parser.add_argument("--out", default=str(STUDENT_PATH), help=f"where the student goes (default {STUDENT_PATH})")
+    parser.add_argument("--out", required=True,
+                        help=f"where the student goes (the shipped one is {STUDENT_PATH}; written whole or not at all)")
     parser.add_argument("--hidden", type=int, default=7, help="the student's hidden units (default 7)")
-    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--episodes", type=int, default=4, help="windows per seed and shape")
-    parser.add_argument("--periods", type=int, default=30, help="periods per window")
+    parser.add_argument("--episodes", type=int, default=1, help="windows per seed and shape")
+    parser.add_argument("--periods", type=int, default=15, help="periods per window")
     parser.add_argument("--batch", type=int, default=16, help="problems per gradient step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
