@@ -44,6 +44,24 @@ def _deepmigration(seed: int = 0, checkpoint: str | None = None, **_: object) ->
     return LoopMigration.load(checkpoint, seed=seed)
 
 
+def _lookahead(seed: int = 0, checkpoint: str | None = None, residual: str | None = None,
+               k: int | None = None, candidates: tuple[str, ...] | None = None, **_: object) -> Policy:
+    """DeepMigration behind the look-ahead (docs/agent.md, "Look-ahead"): the residual twin at `residual`
+    (the shipped one when None) scores its action against the other candidates k periods ahead."""
+    from gnn_policy.lookahead import CANDIDATES, HORIZON, LookAhead
+
+    return LookAhead.load(_deepmigration(seed=seed, checkpoint=checkpoint), residual,
+                          k=HORIZON if k is None else k, candidates=CANDIDATES if candidates is None else candidates)
+
+
+def _student(seed: int = 0, **_: object) -> Policy:
+    """The shipped student of `dm-distill` (docs/agent.md, "Student") inside the unchanged DeepMigration."""
+    from gnn_policy.agent import DeepMigration
+    from gnn_policy.distill import STUDENT_PATH
+
+    return DeepMigration.load(STUDENT_PATH, seed=seed)
+
+
 def _rule(target: float | None = None, **_: object) -> Policy:
     from gnn_policy.rule_policy import RULE_TARGET, RuleMigration
 
@@ -64,6 +82,8 @@ _FACTORIES: dict[str, Callable[..., Policy]] = {
     "random": _baseline("random"),
     "optimal": _optimal,
     "deepmigration": _deepmigration,
+    "deepmigration-lookahead": _lookahead,
+    "deepmigration-student": _student,
     "deepmigration-rule": _rule,
     "deepmigration-random": _random_weights,
 }
