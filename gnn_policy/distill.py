@@ -60,8 +60,9 @@ class Recorder(Policy):
 
 
 def student_of(teacher: GNPolicyNet, hidden: int) -> GNPolicyNet:
-    """A freshly initialised network of the teacher's config with `hidden` units."""
-    return GNPolicyNet(dataclasses.replace(teacher.config, hidden=hidden))
+    """A freshly initialised network of the teacher's config with `hidden` units and no control head (the
+    student distils the migration heads; the closed loop's act/hold head is not part of it)."""
+    return GNPolicyNet(dataclasses.replace(teacher.config, hidden=hidden, targets=()))
 
 
 def parameters(net: torch.nn.Module) -> int:
