@@ -51,7 +51,6 @@ ADDITIVE = (
     "decisions",
     "decisions_executed",
     "migrations",
-    "migrations_failed",
     "instances_started",
     "instances_stopped",
     "flows",
@@ -272,6 +271,10 @@ def totals(rounds: list[Round]) -> dict:
     return {
         "rounds": len(rounds),
         **{name: sum(r.summary[name] for r in rounds) for name in ADDITIVE},
+        "migrations_not_done": {
+            outcome: sum(r.summary["migrations_not_done"][outcome] for r in rounds)
+            for outcome in rounds[0].summary["migrations_not_done"]
+        },
         "scenarios": scenarios,
         "flows_with_loss": sum(f["lost"] > 0 for f in flows),
         "migrated_flows_with_loss": sum(f["lost"] > 0 for f in migrated),
@@ -298,7 +301,10 @@ def table(result: dict) -> str:
             "decisions (scale-out / scale-in / lb)",
             f"{t['decisions']} ({t['scenarios']['scale_out']} / {t['scenarios']['scale_in']} / {t['scenarios']['lb']})",
         ),
-        ("migrations done / failed", f"{t['migrations']} / {t['migrations_failed']}"),
+        (
+            "migrations done / not done",
+            f"{t['migrations']} / " + ", ".join(f"{n} {k}" for k, n in t["migrations_not_done"].items()),
+        ),
         ("migration ms p50 / p99 / max", " / ".join(str(v) for v in t["migration_ms"].values())),
         ("decision ms p50 / p99", f"{t['decision_ms']['p50']} / {t['decision_ms']['p99']}"),
         ("flows (migrated)", f"{t['flows']} ({t['migrated_flows']})"),
@@ -353,7 +359,10 @@ def soak(args: argparse.Namespace, windows: list[float]) -> tuple[list[Round], M
                 return rounds, memory, f"--max-minutes {args.max_minutes:g}"
             start_s = windows[len(rounds) % len(windows)]
             bar.set_postfix_str(f"round {len(rounds) + 1}, trace {start_s:g}+{args.window:g} s")
-            rounds.append(soak_round(loop, args, start_s, args.migrations - done, bar, memory))
+            try:
+                rounds.append(soak_round(loop, args, start_s, args.migrations - done, bar, memory))
+            except (RuntimeError, TimeoutError, OSError) as error:  # the rounds done so far are still reported
+                return rounds, memory, f"round {len(rounds) + 1} failed: {error}"
             if not rounds[-1].summary["migrations"]:  # more rounds would not migrate either
                 return rounds, memory, f"round {len(rounds)} completed no migration"
     return rounds, memory, "--migrations"
@@ -392,8 +401,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-minutes must be positive")
 
     windows = usable_windows(args.trace, args.window, args.speed)
-    started = datetime.now(UTC)
+    started, load_start = datetime.now(UTC), os.getloadavg()
     rounds, memory, stopped = soak(args, windows)
+    if not rounds:
+        print(f"bench_soak: no round completed: {stopped}", file=sys.stderr)
+        return 1
     result = {
         "benchmark": "soak",
         "date": started.isoformat(timespec="seconds"),
@@ -405,9 +417,10 @@ def main(argv: list[str] | None = None) -> int:
         },
         "trace_windows_s": windows,
         "stopped_by": stopped,
-        "load_average": os.getloadavg(),
+        "load_average_start_end": [load_start, os.getloadavg()],
         "totals": totals(rounds),
         "controller_memory": memory.figures(rounds[0].summary["migrations"]),
+        "rss_samples": [[round(t, 1), moves, round(mib, 2)] for t, moves, mib in memory.samples],
         "rounds": [
             {
                 "trace_start_s": r.start_s,
