@@ -77,7 +77,8 @@ class Load:
     token: str
     statuses: Counter = field(default_factory=Counter)
     by_kind: dict = field(default_factory=dict)
-    latency_ms: list = field(default_factory=list)
+    latency_ms: dict = field(default_factory=dict)
+    """by kind"""
     lag_ms: list = field(default_factory=list)
     unexpected: list = field(default_factory=list)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
@@ -110,7 +111,7 @@ class Load:
         with self._lock:
             self.statuses[status] += 1
             self.by_kind.setdefault(kind, Counter())[status] += 1
-            self.latency_ms.append((answered - sent) * 1000.0)
+            self.latency_ms.setdefault(kind, []).append((answered - sent) * 1000.0)
             self.lag_ms.append((sent - due) * 1000.0)
             if status not in allowed:
                 self.unexpected.append({"kind": kind, "status": status, "answer": answer[:300].decode(errors="replace")})
@@ -138,9 +139,10 @@ class Load:
             self.instances = [i["id"] for i in body if i["active"] and i["alive"]]
 
 
-def schedule(rate: float, seconds: float, moves_per_s: float, seed: int) -> list[tuple[float, str]]:
+def schedule(rate: float, seconds: float, moves_per_s: float, seed: int,
+             phase_s: float | None = None) -> list[tuple[float, str]]:
     """(offset s, kind) of every request: `rate` per s drawn from MIX by weight, plus the moves, in time order;
-    none at rate 0 (the baseline)."""
+    none at rate 0 (the baseline). With `phase_s`, only in the even phases (0 to phase_s, 2 phase_s to 3 ...)."""
     if rate == 0:
         return []
     rng = random.Random(seed)
@@ -148,7 +150,12 @@ def schedule(rate: float, seconds: float, moves_per_s: float, seed: int) -> list
     plan = [(k / rate, kind) for k, kind in enumerate(rng.choices(kinds, weights, k=int(rate * seconds)))]
     if moves_per_s > 0:
         plan += [(k / moves_per_s + 0.5 / max(rate, 1.0), "move") for k in range(int(moves_per_s * seconds))]
-    return sorted(plan)
+    return sorted(p for p in plan if phase_s is None or loaded(p[0], phase_s))
+
+
+def loaded(offset: float, phase_s: float | None) -> bool:
+    """Whether `offset` s into the run falls in a phase with load (every phase without `phase_s`)."""
+    return phase_s is None or int(offset // phase_s) % 2 == 0
 
 
 def run_load(load: Load, plan: list[tuple[float, str]], workers: int, seconds: float) -> tuple[float, float]:
@@ -164,17 +171,25 @@ def run_load(load: Load, plan: list[tuple[float, str]], workers: int, seconds: f
     return started, time.monotonic()
 
 
-def lateness(transition_log: Path, period_s: float, start: float, end: float) -> dict:
+def lateness(transition_log: Path, period_s: float, start: float, end: float, phase_s: float | None = None) -> dict:
     """The periods' lateness (ms) within [start, end] (time.monotonic(), the controller's clock): the time
     between consecutive periods' starts minus the period; split into the previous period's own work (its
     policy's decision and the execution of its moves, which the loop waits for) and the rest (collecting
-    the state, and waiting for the process: the event loop, the CPU)."""
+    the state, and waiting for the process: the event loop, the CPU). With `phase_s`, also apart for the
+    periods that started in a phase with load and in one without."""
     lines = [json.loads(line) for line in transition_log.read_text().splitlines() if line]
-    late, work = [], []
-    for before, after in itertools.pairwise(lines):
-        if start <= after["state"]["time"] <= end:
-            late.append((after["state"]["time"] - before["state"]["time"] - period_s) * 1000.0)
-            work.append(before["timings"]["decision_ms"] + before["timings"]["execution_ms"])
+    periods = [(after["state"]["time"], (after["state"]["time"] - before["state"]["time"] - period_s) * 1000.0,
+                before["timings"]["decision_ms"] + before["timings"]["execution_ms"])
+               for before, after in itertools.pairwise(lines) if start <= after["state"]["time"] <= end]
+    figures = lateness_figures(periods)
+    if phase_s is not None:
+        figures["with_load"] = lateness_figures([p for p in periods if loaded(p[0] - start, phase_s)])
+        figures["without_load"] = lateness_figures([p for p in periods if not loaded(p[0] - start, phase_s)])
+    return figures
+
+
+def lateness_figures(periods: list[tuple[float, float, float]]) -> dict:
+    late, work = [p[1] for p in periods], [p[2] for p in periods]
     return {"periods": len(late), **percentiles(late), "previous_period_work_ms": percentiles(work),
             "rest_ms": percentiles([t - w for t, w in zip(late, work, strict=True)])}
 
@@ -192,7 +207,7 @@ def bench(args: argparse.Namespace) -> dict:
                        processing_ms=demo.DEFAULT_PROCESSING_MS)
     config = {"policy": args.policy, "period_s": args.period, "quiet_ms": demo.DEFAULT_QUIET_MS, "mode": "manual",
               "rule_idle_timeout_s": demo.DEFAULT_RULE_IDLE_S, "nf_timeout_s": demo.DEFAULT_NF_TIMEOUT_S}
-    plan = schedule(args.rate, args.seconds, args.moves_per_s, args.seed)
+    plan = schedule(args.rate, args.seconds, args.moves_per_s, args.seed, args.phase_s)
     kept = contextlib.nullcontext(args.workdir) if args.workdir else None
     with kept or tempfile.TemporaryDirectory(prefix="dm-rest-load-") as workdir, \
             demo.live_loop(spec, config=config, workdir=workdir) as loop:
@@ -216,7 +231,7 @@ def bench(args: argparse.Namespace) -> dict:
         outcomes = flow_outcomes(json.loads(sent_log.read_text()), sink)
         summary = demo.summarise(sorted(loop.decisions.values(), key=lambda d: d["id"]), outcomes, reports,
                                  sink["socket_dropped"])
-        late = lateness(loop.transition_log, args.period, start, end)
+        late = lateness(loop.transition_log, args.period, start, end, args.phase_s)
     return {"requests": sum(load.statuses.values()), "load_s": round(end - start, 1),
             "requests_per_s": round(sum(load.statuses.values()) / (end - start), 1),
             "statuses": {str(k): v for k, v in sorted(load.statuses.items(), key=str)},
@@ -224,7 +239,8 @@ def bench(args: argparse.Namespace) -> dict:
             "server_errors": sum(v for k, v in load.statuses.items() if isinstance(k, int) and k >= 500),
             "connection_errors": sum(v for k, v in load.statuses.items() if not isinstance(k, int)),
             "unexpected": load.unexpected[:20], "unexpected_count": len(load.unexpected),
-            "latency_ms": percentiles(load.latency_ms), "start_lag_ms": percentiles(load.lag_ms),
+            "latency_ms": percentiles([ms for values in load.latency_ms.values() for ms in values]),
+            "latency_ms_by_kind": {kind: percentiles(ms) for kind, ms in sorted(load.latency_ms.items())}, "start_lag_ms": percentiles(load.lag_ms),
             "period_lateness_ms": late, "controller_cpu_percent_of_one_core": round(100 * cpu_s / (end - start), 1),
             "client_cpu_percent_of_one_core": round(100 * client_s / (end - start), 1),
             **{name: summary[name] for name in (
@@ -255,10 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--period", type=float, default=1.0, help="controller period T, seconds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the request mix")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the figures here")
+    parser.add_argument("--phase-s", type=float, metavar="S",
+                        help="load S seconds on, S off, in turn, and the lateness of each apart (an A/B under "
+                             "the same machine load)")
     parser.add_argument("--workdir", type=Path, help="keep the controller's log and transition log here")
     args = parser.parse_args(argv)
-    if args.rate < 0 or args.seconds <= 0 or args.moves_per_s < 0 or args.workers < 1:
-        parser.error("--rate and --moves-per-s must be >= 0, --seconds > 0 and --workers >= 1")
+    if (args.rate < 0 or args.seconds <= 0 or args.moves_per_s < 0 or args.workers < 1
+            or (args.phase_s is not None and not args.phase_s > 0)):
+        parser.error("--rate and --moves-per-s must be >= 0, --seconds and --phase-s > 0 and --workers >= 1")
     if os.geteuid() != 0:
         print("bench_rest_load: needs root (Mininet, Open vSwitch)", file=sys.stderr)
         return 2
