@@ -27,6 +27,7 @@ import itertools
 import json
 import os
 import random
+import re
 import resource
 import sys
 import tempfile
@@ -194,6 +195,24 @@ def lateness_figures(periods: list[tuple[float, float, float]]) -> dict:
             "rest_ms": percentiles([t - w for t, w in zip(late, work, strict=True)])}
 
 
+ACCESS_LINE = re.compile(r'"(\w+) ([^ ?"]+)\S* HTTP/1\.\d" (\d+) \d+ ([\d.]+)$')
+"""eventlet.wsgi's access log line in ryu.log: method, path, status, bytes and the seconds the server spent."""
+
+
+def server_time(ryu_log: Path, wall_s: float) -> dict:
+    """From the controller's access log: per method and path, the requests and the server's time on them
+    (ms p50/p99/max and in all), and the share of `wall_s` the server spent answering (the demo's own
+    reads included)."""
+    spent: dict[str, list[float]] = {}
+    for line in ryu_log.read_text(errors="replace").splitlines():
+        if match := ACCESS_LINE.search(line):
+            spent.setdefault(f"{match[1]} {match[2]}", []).append(float(match[4]) * 1000.0)
+    total_ms = sum(sum(ms) for ms in spent.values())
+    return {"busy_share_of_wall": round(total_ms / 1000.0 / wall_s, 3),
+            "by_path": {path: {"requests": len(ms), **percentiles(ms), "total_s": round(sum(ms) / 1000.0, 2)}
+                        for path, ms in sorted(spent.items(), key=lambda item: -sum(item[1]))}}
+
+
 def client_cpu_s() -> float:
     """This process's user + system CPU seconds: what the load itself costs the shared machine."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -232,6 +251,7 @@ def bench(args: argparse.Namespace) -> dict:
         summary = demo.summarise(sorted(loop.decisions.values(), key=lambda d: d["id"]), outcomes, reports,
                                  sink["socket_dropped"])
         late = lateness(loop.transition_log, args.period, start, end, args.phase_s)
+        server = server_time(loop.workdir / "ryu.log", end - start)
     return {"requests": sum(load.statuses.values()), "load_s": round(end - start, 1),
             "requests_per_s": round(sum(load.statuses.values()) / (end - start), 1),
             "statuses": {str(k): v for k, v in sorted(load.statuses.items(), key=str)},
@@ -241,7 +261,7 @@ def bench(args: argparse.Namespace) -> dict:
             "unexpected": load.unexpected[:20], "unexpected_count": len(load.unexpected),
             "latency_ms": percentiles([ms for values in load.latency_ms.values() for ms in values]),
             "latency_ms_by_kind": {kind: percentiles(ms) for kind, ms in sorted(load.latency_ms.items())}, "start_lag_ms": percentiles(load.lag_ms),
-            "period_lateness_ms": late, "controller_cpu_percent_of_one_core": round(100 * cpu_s / (end - start), 1),
+            "period_lateness_ms": late, "server_time": server, "controller_cpu_percent_of_one_core": round(100 * cpu_s / (end - start), 1),
             "client_cpu_percent_of_one_core": round(100 * client_s / (end - start), 1),
             **{name: summary[name] for name in (
                 "decisions", "decisions_executed", "migrations", "packets_sent", "packets_received", "packets_lost",

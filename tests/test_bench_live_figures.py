@@ -103,3 +103,17 @@ def test_the_soak_totals_add_the_rounds_and_split_the_moves_not_done_by_outcome(
     assert totals["migrations_not_done"] == {"skipped": 2, "rolled_back": 0, "rollback_failed": 0}
     assert totals["scenarios"] == {"scale_out": 2, "scale_in": 0, "lb": 4}
     assert totals["migrated_flows_with_loss"] == 1 and totals["controller_cpu_percent_of_one_core"] == 10.0
+
+
+def test_the_server_time_comes_from_the_controllers_access_log(tmp_path):
+    log = tmp_path / "ryu.log"
+    log.write_text('loading app controller_app.app\n'
+                   '127.0.0.1 - - [07/Dec/2026 20:16:55] "GET /deepmigration/v1/flows HTTP/1.1" 200 1910 0.004000\n'
+                   '127.0.0.1 - - [07/Dec/2026 20:16:55] "GET /deepmigration/v1/flows HTTP/1.1" 200 1910 0.002000\n'
+                   '127.0.0.1 - - [07/Dec/2026 20:16:56] "GET /deepmigration/v1/decisions?limit=x HTTP/1.1" 400 '
+                   '80 0.001000\n')
+    server = bench_rest_load.server_time(log, wall_s=0.07)
+    assert server["busy_share_of_wall"] == 0.1
+    assert server["by_path"]["GET /deepmigration/v1/flows"] == {"requests": 2, "p50": 3.0, "p99": 4.0, "max": 4.0,
+                                                                 "total_s": 0.01}
+    assert server["by_path"]["GET /deepmigration/v1/decisions"]["requests"] == 1
