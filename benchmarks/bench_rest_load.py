@@ -225,7 +225,8 @@ def bench(args: argparse.Namespace) -> dict:
                        capacity_pps=demo.DEFAULT_CAPACITY_PPS, buffer_packets=demo.DEFAULT_BUFFER_PACKETS,
                        processing_ms=demo.DEFAULT_PROCESSING_MS)
     config = {"policy": args.policy, "period_s": args.period, "quiet_ms": demo.DEFAULT_QUIET_MS, "mode": "manual",
-              "rule_idle_timeout_s": demo.DEFAULT_RULE_IDLE_S, "nf_timeout_s": demo.DEFAULT_NF_TIMEOUT_S}
+              "rule_idle_timeout_s": demo.DEFAULT_RULE_IDLE_S, "nf_timeout_s": demo.DEFAULT_NF_TIMEOUT_S,
+              "stabilizer": {"enabled": True}}  # dm-demo's default
     plan = schedule(args.rate, args.seconds, args.moves_per_s, args.seed, args.phase_s)
     kept = contextlib.nullcontext(args.workdir) if args.workdir else None
     with kept or tempfile.TemporaryDirectory(prefix="dm-rest-load-") as workdir, \
