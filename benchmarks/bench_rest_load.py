@@ -200,15 +200,15 @@ ACCESS_LINE = re.compile(r'"(\w+) ([^ ?"]+)\S* HTTP/1\.\d" (\d+) \d+ ([\d.]+)$')
 
 
 def server_time(ryu_log: Path, wall_s: float) -> dict:
-    """From the controller's access log: per method and path, the requests and the server's time on them
-    (ms p50/p99/max and in all), and the share of `wall_s` the server spent answering (the demo's own
-    reads included)."""
+    """From the controller's access log (eventlet's: a request's time from its parsed headers to its answer
+    written, waiting for its turn included): per method and path, the requests and their times (ms p50/p99/max
+    and in all), and the sum of all those times over `wall_s` (requests overlap; the demo's own reads count)."""
     spent: dict[str, list[float]] = {}
     for line in ryu_log.read_text(errors="replace").splitlines():
         if match := ACCESS_LINE.search(line):
             spent.setdefault(f"{match[1]} {match[2]}", []).append(float(match[4]) * 1000.0)
     total_ms = sum(sum(ms) for ms in spent.values())
-    return {"busy_share_of_wall": round(total_ms / 1000.0 / wall_s, 3),
+    return {"server_s_per_wall_s": round(total_ms / 1000.0 / wall_s, 3),
             "by_path": {path: {"requests": len(ms), **percentiles(ms), "total_s": round(sum(ms) / 1000.0, 2)}
                         for path, ms in sorted(spent.items(), key=lambda item: -sum(item[1]))}}
 

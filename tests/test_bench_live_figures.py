@@ -113,7 +113,7 @@ def test_the_server_time_comes_from_the_controllers_access_log(tmp_path):
                    '127.0.0.1 - - [07/Dec/2026 20:16:56] "GET /deepmigration/v1/decisions?limit=x HTTP/1.1" 400 '
                    '80 0.001000\n')
     server = bench_rest_load.server_time(log, wall_s=0.07)
-    assert server["busy_share_of_wall"] == 0.1
+    assert server["server_s_per_wall_s"] == 0.1
     assert server["by_path"]["GET /deepmigration/v1/flows"] == {"requests": 2, "p50": 3.0, "p99": 4.0, "max": 4.0,
                                                                  "total_s": 0.01}
     assert server["by_path"]["GET /deepmigration/v1/decisions"]["requests"] == 1
