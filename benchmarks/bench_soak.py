@@ -1,15 +1,18 @@
 """Soak benchmark of the live loop: keep the controller migrating flows under trace traffic until N
 migrations have completed, then report per-flow loss and reordering, migration latency and the
-controller's CPU. Needs root (Mininet, Open vSwitch); not run in CI.
+controller's CPU and memory. Needs root (Mininet, Open vSwitch); not run in CI (its short version is
+tests/test_bench_soak_live.py).
 
-    sudo .venv/bin/python benchmarks/bench_soak.py                        # 1,000 migrations
-    sudo .venv/bin/python benchmarks/bench_soak.py --migrations 200 --json soak.json
+    flock /tmp/mininet.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_soak.py   # 1,000 migrations
+    ... bench_soak.py --migrations 10000 --max-minutes 24 --json soak.json
 
-The loop runs in rounds: each is one dm-demo bring-up (same cluster, NF sizes and controller config)
-replaying the next `--window` trace seconds at `--speed`, cycling over the trace's windows that stay
-within the testbed's packet rate (on the shipped sample at speed 0.5: the 30 s windows from 0, 30
-and 90 s; the others peak above 2,000 packets/s). A round is a fresh cluster because the sink
-counts per flow id and sequence number of one replay.
+One dm-demo bring-up (cluster, NF sizes and controller config; one `ryu-manager` throughout) runs the
+whole soak in rounds: each replays the next `--window` trace seconds at `--speed`, cycling over the
+trace's windows that stay within the testbed's packet rate (on the shipped sample at speed 0.5: the
+30 s windows from 0, 30 and 90 s; the others peak above 2,000 packets/s). Each round restarts the sink,
+which counts per flow id and sequence number of one replay, and counts the NFs' drops from its start.
+`--max-minutes` starts no round after that long (the Mininet lock is shared): the JSON's `stopped_by`
+says what ended the run, so a run that stopped early is not mistaken for the full count.
 
 Th_var is lowered to `--var` (default 0: any imbalance) so that every period that is neither a
 scale-out nor a scale-in balances load, and the policy keeps moving flows; Th_high and Th_low stay
@@ -17,7 +20,9 @@ at the controller's defaults, so scale-out and scale-in happen too. Once N migra
 controller goes to manual mode and the replay is stopped; the round still drains and is counted.
 Loss is split as dm-demo splits it (NF drops by design, packet-socket drops, elsewhere); reordering
 into flow set-up (packets the controller forwarded itself) and migrations. Controller CPU is the
-ryu-manager process's utime+stime (/proc/<pid>/stat) over the replays, as % of one core.
+ryu-manager process's utime+stime (/proc/<pid>/stat) over the replays, as % of one core; its memory is
+VmRSS (/proc/<pid>/status) at the start, every period and after every round: start, end, max and the
+least-squares slope after the first round, per 1,000 migrations and per hour.
 """
 
 from __future__ import annotations
@@ -46,7 +51,6 @@ ADDITIVE = (
     "decisions",
     "decisions_executed",
     "migrations",
-    "migrations_failed",
     "instances_started",
     "instances_stopped",
     "flows",
@@ -127,8 +131,44 @@ class Round:
     wall_s: float
 
 
-def soak_round(args: argparse.Namespace, start_s: float, wanted: int, bar: tqdm) -> Round:
-    """One live loop over one trace window; stops early once `wanted` migrations completed."""
+@dataclass
+class Memory:
+    """ryu-manager's resident set size (VmRSS) sampled through the soak, with the migrations done by then."""
+
+    pid: int
+    started: float = field(default_factory=time.monotonic)
+    samples: list[tuple[float, int, float]] = field(default_factory=list)
+    """(seconds since `started`, migrations done, RSS in MiB)"""
+
+    def sample(self, migrations: int) -> None:
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+        self.samples.append((time.monotonic() - self.started, migrations, kib / 1024))
+
+    def figures(self, warm_up_migrations: int) -> dict:
+        """Start, end and max RSS, and the least-squares slope per 1,000 migrations and per hour over the
+        samples after `warm_up_migrations` (the first round: the policy's first calls allocate)."""
+        points = self.samples
+        later = [p for p in points if p[1] >= warm_up_migrations] or points
+        seconds, moves, mib = (np.array(column, dtype=float) for column in zip(*later, strict=True))
+        slope = {"mib_per_1000_migrations": None, "mib_per_hour": None}
+        if len(later) > 2 and np.ptp(moves) > 0:
+            slope["mib_per_1000_migrations"] = round(float(np.polyfit(moves, mib, 1)[0]) * 1000, 3)
+            slope["mib_per_hour"] = round(float(np.polyfit(seconds, mib, 1)[0]) * 3600, 3)
+        values = [p[2] for p in points]
+        return {"rss_mib_start": round(values[0], 1), "rss_mib_end": round(values[-1], 1),
+                "rss_mib_max": round(max(values), 1), "samples": len(values),
+                "slope_after_migrations": warm_up_migrations, **slope}
+
+
+def round_reports(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:
+    """The NF reports at a round's end with the drop counters made the round's own (NFs live across rounds)."""
+    counters = ("dropped", "socket_dropped")
+    return {name: {**report, **{c: report.get(c, 0) - before.get(name, {}).get(c, 0) for c in counters}}
+            for name, report in after.items()}
+
+
+def soak_config(args: argparse.Namespace) -> tuple[ClusterSpec, dict]:
     spec = ClusterSpec(
         active=args.instances,
         standby=args.standby,
@@ -145,37 +185,46 @@ def soak_round(args: argparse.Namespace, start_s: float, wanted: int, bar: tqdm)
         "rule_idle_timeout_s": demo.DEFAULT_RULE_IDLE_S,
         "nf_timeout_s": demo.DEFAULT_NF_TIMEOUT_S,
     }
-    with (
-        tempfile.TemporaryDirectory(prefix="dm-soak-") as workdir,
-        demo.live_loop(spec, config=config, workdir=workdir) as loop,
-    ):
-        sent_log = Path(workdir) / "sent.json"
-        cpu_before, started = cpu_seconds(loop.controller.pid), time.monotonic()
-        replay = loop.cluster.start_replay(
-            args.trace, sent_log, speed=args.speed, start=start_s, duration=args.window
-        )
-        done, auto = 0, False
-        while replay.poll() is None:
-            time.sleep(args.period)
-            moved = sum(m["outcome"] == "done" for d in loop.poll_decisions() for m in d["migrations"])
-            bar.update(moved)
-            done += moved
-            if done >= wanted:
-                loop.api.write("/config", "PUT", {"mode": "manual"})
-                replay.terminate()  # the sender exits 0 on SIGTERM, after writing its log
-                replay.wait(timeout=10)
-            elif not auto and time.monotonic() - started >= demo.WARM_UP_PERIODS * args.period:
-                loop.api.write("/config", "PUT", {"mode": "auto"})
-                auto = True
-        wall_s, cpu_s = time.monotonic() - started, cpu_seconds(loop.controller.pid) - cpu_before
-        if replay.returncode != 0:
-            raise RuntimeError(f"the replay failed (exit {replay.returncode}); see {workdir}/replay.log")
-        loop.drain()
-        bar.update(sum(m["outcome"] == "done" for d in loop.poll_decisions() for m in d["migrations"]))
-        reports = live_reports(loop)
-        sink = loop.cluster.sink_counts()
-        outcomes = flow_outcomes(json.loads(sent_log.read_text()), sink)
-        decisions = sorted(loop.decisions.values(), key=lambda d: d["id"])
+    return spec, config
+
+
+def soak_round(loop: demo.LiveLoop, args: argparse.Namespace, start_s: float, wanted: int, bar: tqdm,
+               memory: Memory) -> Round:
+    """One replay of one trace window through the running loop (the sink restarted: its counts start at
+    zero); stops early once `wanted` migrations completed. RSS is sampled every period."""
+    number = len(list(loop.workdir.glob("sent-*.json"))) + 1
+    if number > 1:
+        loop.cluster.start_sink(10.0)
+    sent_log, before = loop.workdir / f"sent-{number}.json", live_reports(loop)
+    decisions, done_before = [], memory.samples[-1][1]
+    cpu_before, started = cpu_seconds(loop.controller.pid), time.monotonic()
+    replay = loop.cluster.start_replay(args.trace, sent_log, speed=args.speed, start=start_s, duration=args.window)
+    done, auto = 0, False
+    while replay.poll() is None:
+        time.sleep(args.period)
+        decisions += (new := loop.poll_decisions())
+        moved = sum(m["outcome"] == "done" for d in new for m in d["migrations"])
+        bar.update(moved)
+        done += moved
+        memory.sample(done_before + done)
+        if done >= wanted:
+            loop.api.write("/config", "PUT", {"mode": "manual"})
+            replay.terminate()  # the sender exits 0 on SIGTERM, after writing its log
+            replay.wait(timeout=10)
+        elif not auto and time.monotonic() - started >= demo.WARM_UP_PERIODS * args.period:
+            loop.api.write("/config", "PUT", {"mode": "auto"})
+            auto = True
+    loop.api.write("/config", "PUT", {"mode": "manual"})  # an empty cluster between rounds is not scaled in
+    wall_s, cpu_s = time.monotonic() - started, cpu_seconds(loop.controller.pid) - cpu_before
+    if replay.returncode != 0:
+        raise RuntimeError(f"the replay failed (exit {replay.returncode}); see {loop.workdir}/replay.log")
+    loop.drain()
+    decisions += (new := loop.poll_decisions())
+    bar.update(last := sum(m["outcome"] == "done" for d in new for m in d["migrations"]))
+    memory.sample(done_before + done + last)
+    reports = round_reports(before, live_reports(loop))
+    sink = loop.cluster.sink_counts()
+    outcomes = flow_outcomes(json.loads(sent_log.read_text()), sink)
     migrated = {m["flow"] for d in decisions for m in d["migrations"] if m["outcome"] == "done"}
     return Round(
         start_s,
@@ -222,6 +271,10 @@ def totals(rounds: list[Round]) -> dict:
     return {
         "rounds": len(rounds),
         **{name: sum(r.summary[name] for r in rounds) for name in ADDITIVE},
+        "migrations_not_done": {
+            outcome: sum(r.summary["migrations_not_done"][outcome] for r in rounds)
+            for outcome in rounds[0].summary["migrations_not_done"]
+        },
         "scenarios": scenarios,
         "flows_with_loss": sum(f["lost"] > 0 for f in flows),
         "migrated_flows_with_loss": sum(f["lost"] > 0 for f in migrated),
@@ -241,14 +294,17 @@ def totals(rounds: list[Round]) -> dict:
 
 
 def table(result: dict) -> str:
-    t = result["totals"]
+    t, m = result["totals"], result["controller_memory"]
     rows = [
         ("rounds", t["rounds"]),
         (
             "decisions (scale-out / scale-in / lb)",
             f"{t['decisions']} ({t['scenarios']['scale_out']} / {t['scenarios']['scale_in']} / {t['scenarios']['lb']})",
         ),
-        ("migrations done / failed", f"{t['migrations']} / {t['migrations_failed']}"),
+        (
+            "migrations done / not done",
+            f"{t['migrations']} / " + ", ".join(f"{n} {k}" for k, n in t["migrations_not_done"].items()),
+        ),
         ("migration ms p50 / p99 / max", " / ".join(str(v) for v in t["migration_ms"].values())),
         ("decision ms p50 / p99", f"{t['decision_ms']['p50']} / {t['decision_ms']['p99']}"),
         ("flows (migrated)", f"{t['flows']} ({t['migrated_flows']})"),
@@ -272,14 +328,51 @@ def table(result: dict) -> str:
             "controller CPU, % of one core",
             f"{t['controller_cpu_percent_of_one_core']} ({t['controller_cpu_s']} s over {t['replay_wall_s']} s)",
         ),
+        (
+            "controller RSS MiB start / end / max",
+            f"{m['rss_mib_start']} / {m['rss_mib_end']} / {m['rss_mib_max']} ({m['samples']} samples)",
+        ),
+        (
+            "RSS slope, MiB per 1,000 migrations / per hour",
+            f"{m['mib_per_1000_migrations']} / {m['mib_per_hour']} (after {m['slope_after_migrations']})",
+        ),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
+def soak(args: argparse.Namespace, windows: list[float]) -> tuple[list[Round], Memory, str]:
+    """Rounds through one live loop (one controller, one cluster) until `args.migrations` are done, a round
+    migrates nothing or `args.max_minutes` have passed; the rounds, the controller's memory and why it stopped."""
+    spec, config = soak_config(args)
+    rounds: list[Round] = []
+    deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else float("inf")
+    with (
+        tempfile.TemporaryDirectory(prefix="dm-soak-") as workdir,
+        demo.live_loop(spec, config=config, workdir=workdir) as loop,
+        tqdm(total=args.migrations, unit="migration", dynamic_ncols=True) as bar,
+    ):
+        memory = Memory(loop.controller.pid)
+        memory.sample(0)
+        while (done := sum(r.summary["migrations"] for r in rounds)) < args.migrations:
+            if time.monotonic() >= deadline:
+                return rounds, memory, f"--max-minutes {args.max_minutes:g}"
+            start_s = windows[len(rounds) % len(windows)]
+            bar.set_postfix_str(f"round {len(rounds) + 1}, trace {start_s:g}+{args.window:g} s")
+            try:
+                rounds.append(soak_round(loop, args, start_s, args.migrations - done, bar, memory))
+            except (RuntimeError, TimeoutError, OSError) as error:  # the rounds done so far are still reported
+                return rounds, memory, f"round {len(rounds) + 1} failed: {error}"
+            if not rounds[-1].summary["migrations"]:  # more rounds would not migrate either
+                return rounds, memory, f"round {len(rounds)} completed no migration"
+    return rounds, memory, "--migrations"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--migrations", type=int, default=1000, metavar="N", help="stop after N migrations")
+    parser.add_argument("--max-minutes", type=float, metavar="M",
+                        help="start no round after M minutes (a run under a shared lock); the JSON says so")
     parser.add_argument(
         "--trace", type=Path, default=sample_path(), help="pcap to replay (default: the sample)"
     )
@@ -304,18 +397,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.migrations < 1:
         parser.error("--migrations must be at least 1")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        parser.error("--max-minutes must be positive")
 
     windows = usable_windows(args.trace, args.window, args.speed)
-    started = datetime.now(UTC)
-    rounds: list[Round] = []
-    with tqdm(total=args.migrations, unit="migration", dynamic_ncols=True) as bar:
-        while (done := sum(r.summary["migrations"] for r in rounds)) < args.migrations:
-            start_s = windows[len(rounds) % len(windows)]
-            bar.set_postfix_str(f"round {len(rounds) + 1}, trace {start_s:g}+{args.window:g} s")
-            rounds.append(soak_round(args, start_s, args.migrations - done, bar))
-            if not rounds[-1].summary["migrations"]:  # more rounds would not migrate either
-                print(f"bench_soak: round {len(rounds)} completed no migration; stopping", file=sys.stderr)
-                break
+    started, load_start = datetime.now(UTC), os.getloadavg()
+    rounds, memory, stopped = soak(args, windows)
+    if not rounds:
+        print(f"bench_soak: no round completed: {stopped}", file=sys.stderr)
+        return 1
     result = {
         "benchmark": "soak",
         "date": started.isoformat(timespec="seconds"),
@@ -326,7 +416,11 @@ def main(argv: list[str] | None = None) -> int:
             name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()
         },
         "trace_windows_s": windows,
+        "stopped_by": stopped,
+        "load_average_start_end": [load_start, os.getloadavg()],
         "totals": totals(rounds),
+        "controller_memory": memory.figures(rounds[0].summary["migrations"]),
+        "rss_samples": [[round(t, 1), moves, round(mib, 2)] for t, moves, mib in memory.samples],
         "rounds": [
             {
                 "trace_start_s": r.start_s,

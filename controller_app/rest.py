@@ -15,6 +15,7 @@ import logging
 import math
 
 from ryu.app.wsgi import ControllerBase, Response, WSGIApplication, route
+from ryu.lib import hub
 
 from controller_app.config import ConfigError
 from controller_app.core import DECISIONS_KEPT, Controller
@@ -80,6 +81,26 @@ def _answers_json(handler):
     return wrapped
 
 
+_TURN = hub.Semaphore(1)
+"""Reads are answered one at a time, each after a yield to the event loop. The period loop shares that loop
+(eventlet: one OS thread) and yields at every NF call and switch request of a period; without turns, every
+client connection with a request ready ran its read between two such steps, so a period that makes a few
+dozen NF calls was late by as many rounds of requests (measured: docs/testbed.md, "REST load"). A woken
+waiter runs at the next turn of the event loop (eventlet's semaphore is fair), so at most one read runs
+between two steps of a period. Writes read their body from the client first and are not taken in turn: a
+slow client must not hold up the reads."""
+
+
+def _in_turn(handler):
+    """Run a read handler in its turn (`_TURN`)."""
+    @functools.wraps(handler)
+    def wrapped(self, req, **kwargs):
+        hub.sleep(0)
+        with _TURN:
+            return handler(self, req, **kwargs)
+    return wrapped
+
+
 def _error(status: int, message: str, field: str | None = None, headers: dict | None = None,
            offender: str | None = None) -> Response:
     body = {"error": message, "status": status}
@@ -97,21 +118,25 @@ class DeepMigrationRest(ControllerBase):
 
     @route("dm_state", PREFIX + "/state", methods=["GET"])
     @_answers_json
+    @_in_turn
     def get_state(self, req, **_):
         return json_response(state_view(self.core))
 
     @route("dm_instances", PREFIX + "/instances", methods=["GET"])
     @_answers_json
+    @_in_turn
     def get_instances(self, req, **_):
         return json_response(instances_view(self.core))
 
     @route("dm_flows", PREFIX + "/flows", methods=["GET"])
     @_answers_json
+    @_in_turn
     def get_flows(self, req, **_):
         return json_response(flows_view(self.core))
 
     @route("dm_decisions", PREFIX + "/decisions", methods=["GET"])
     @_answers_json
+    @_in_turn
     def get_decisions(self, req, **_):
         raw = req.GET.get("limit", str(DEFAULT_DECISIONS))
         try:
@@ -124,6 +149,7 @@ class DeepMigrationRest(ControllerBase):
 
     @route("dm_config", PREFIX + "/config", methods=["GET"])
     @_answers_json
+    @_in_turn
     def get_config(self, req, **_):
         return json_response(self.core.config.public())
 
@@ -147,6 +173,7 @@ class DeepMigrationRest(ControllerBase):
 
     @route("dm_metrics", METRICS, methods=["GET"])
     @_answers_json
+    @_in_turn
     def get_metrics(self, req, **_):
         response = Response(status=200, body=self.core.metrics.text())
         response.headers["Content-Type"] = METRICS_CONTENT_TYPE
