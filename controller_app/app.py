@@ -140,7 +140,17 @@ class OpenFlowSwitch:
         one, and the old one forwards packets that come after some the new one is holding.
         The bundle's outcome is known at the next `barrier`: an error reply for it makes that fail.
         """
-        self._bundle(self._steering_mods(five_tuple, nf), f"steering {five_tuple} to {nf.instance}")
+        self._bundle(self._fresh_steering_mods(five_tuple, nf), f"steering {five_tuple} to {nf.instance}")
+
+    def _fresh_steering_mods(self, five_tuple: FiveTuple, nf: NFDescription) -> list:
+        """Both directions' rules, each deleted first: OVS gives a rule that an add replaces the replaced
+        rule's last-used time, so a flow idle for nearly the idle timeout would lose its new rules at once
+        (and land afresh, elsewhere). Deleted and added in one bundle, they idle out a full timeout later."""
+        parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
+        deletes = [parser.OFPFlowMod(self.datapath, command=ofp.OFPFC_DELETE_STRICT, priority=FLOW_PRIORITY,
+                                     match=self.match(direction), out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY)
+                   for direction in (five_tuple, five_tuple.reverse())]
+        return deletes + self._steering_mods(five_tuple, nf)
 
     def _steering_mods(self, five_tuple: FiveTuple, nf: NFDescription) -> list:
         ofp = self.datapath.ofproto
@@ -500,9 +510,11 @@ class DeepMigrationApp(app_manager.RyuApp):
         msg = ev.msg
         if self.switch is None or msg.datapath is not self.switch.datapath:
             return
+        if msg.reason not in (msg.datapath.ofproto.OFPRR_IDLE_TIMEOUT, msg.datapath.ofproto.OFPRR_HARD_TIMEOUT):
+            return  # deleted by this controller (a steer replacing it, a reset): not the flow going quiet
         if msg.cookie == FLOW_COOKIE and (five_tuple := five_tuple_of(msg.match)) is not None:
             try:
-                self.core.on_rule_expired(five_tuple)
+                self.core.on_rule_expired(five_tuple, msg.duration_sec + msg.duration_nsec / 1e9)
             except SwitchError as error:  # the switch went away while its expired rule was put back
                 LOG.info("rule of %s not put back: %s", five_tuple, error)
 

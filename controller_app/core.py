@@ -137,8 +137,9 @@ class Controller:
         """The switch's default steering placed a new flow on `instance` (a marked copy of its packet)."""
         self.steering.on_flow_landed(five_tuple, instance)
 
-    def on_rule_expired(self, five_tuple: FiveTuple) -> None:
-        self.steering.on_rule_expired(five_tuple)
+    def on_rule_expired(self, five_tuple: FiveTuple, age_s: float | None = None) -> None:
+        """One direction's rule idled out after `age_s` seconds in the switch (None: unknown)."""
+        self.steering.on_rule_expired(five_tuple, age_s)
 
     def on_flow_stats(self, counters: Iterable[tuple[FiveTuple, int, int]], now: float | None = None) -> None:
         """A complete flow-stats reply: (directed 5-tuple, packets, bytes) per rule."""

@@ -31,6 +31,10 @@ class Step(str, enum.Enum):
     RELEASE = "release"    # dst processes the held packets in order, then the rest
 
 
+class FlowGone(RuntimeError):
+    """The moving flow is no longer in the registry."""
+
+
 class MigrationOutcome(str, enum.Enum):
     """How one move of a decision ended."""
 
@@ -95,10 +99,11 @@ class _Move:
 class Migrator:
     """Moves flows between instances loss-free and in order; a failed step rolls the finished ones back."""
 
-    def __init__(self, switch: Switch, config: Callable[[], ControllerConfig],
+    def __init__(self, switch: Switch, config: Callable[[], ControllerConfig], flows: FlowRegistry,
                  clock: Callable[[], float] = time.monotonic):
         self._switch = switch
         self._config = config
+        self._flows = flows
         self._clock = clock
         self._kill_point = kill_point()
 
@@ -180,7 +185,11 @@ class Migrator:
         move.run.finished_at = self._clock()
 
     def _point(self, flow: SteeredFlow, nf: NFRuntime) -> None:
-        flow.instance = nf.id  # packet-ins from now on are steered to nf too
+        """Both rules of a flow to `nf`. A flow whose rules both idled out since the batch began (it ended; the
+        registry forgot it, or it has landed afresh since) is not given rules the registry would not know of."""
+        if self._flows.get(flow.key) is not flow:
+            raise FlowGone("the flow's rules idled out during the move: it ended")
+        flow.steered(nf.id, self._clock())
         self._switch.steer(flow.five_tuple, nf.desc)
 
     def _roll_back(self, run: MigrationRun, flow: SteeredFlow, src: NFRuntime, dst: NFRuntime,
@@ -259,7 +268,7 @@ class Executor:
                                        error="flow gone, moved, or an instance is not usable")
             else:
                 batch.append((k, (flow, src, dst)))
-        migrator = Migrator(switch, self._config, self._clock)
+        migrator = Migrator(switch, self._config, self.flows, self._clock)
         for (k, _), run in zip(batch, migrator.migrate_all([move for _, move in batch])):
             runs[k] = run
             if run.outcome is MigrationOutcome.DONE:

@@ -23,6 +23,9 @@ from controller_app.recovery import RecoveredMove, Recovery
 from twin.flow import FiveTuple, FlowKey
 
 LOG = logging.getLogger(__name__)
+RULE_AGE_SLACK_S = 0.05
+"""How much earlier than the controller's steer an expired rule may seem to have been installed and still be
+one of that steer's (the switch counts whole milliseconds; the two clocks are read at different moments)."""
 
 
 # --- flow keys ---------------------------------------------------------------------------------
@@ -59,7 +62,8 @@ class Switch(Protocol):
 
     def steer(self, five_tuple: FiveTuple, nf: NFDescription) -> None:
         """Add or overwrite the rules sending both directions of a (canonical) flow to `nf`, atomically:
-        the switch never sends one direction to the old instance and the other to the new one."""
+        the switch never sends one direction to the old instance and the other to the new one. The rules are
+        fresh: they idle out a full idle timeout after this at the earliest, whatever rules they replace."""
 
     def barrier(self, timeout_s: float) -> None:
         """Return once the switch has applied every earlier message; raise SwitchError otherwise
@@ -84,6 +88,15 @@ class SteeredFlow:
     rules_expired: set[str] = field(default_factory=set)
     last_active: float = -math.inf
     """When a period last measured the flow's rate above zero (controller clock)."""
+    steered_at: float = -math.inf
+    """When the controller last installed both directions' rules (controller clock); a rule that expires
+    older than that is one they replaced."""
+
+    def steered(self, instance: str, now: float) -> None:
+        """Both directions' rules to `instance` were just sent to the switch, fresh: the flow is served there and
+        neither rule is expired."""
+        self.instance, self.steered_at = instance, now
+        self.rules_expired.clear()
 
     def view(self) -> dict:
         return {"id": self.key, "five_tuple": self.five_tuple._asdict(), "instance": self.instance,
@@ -165,6 +178,9 @@ class Steering:
             switch.adopt(self.cluster, target.desc if target else None)
             LOG.info("switch %016x connected: adopting its per-flow rules", self.cluster.dpid)
             return
+        now = self._clock()
+        for flow in self.flows:
+            flow.steered(flow.instance, now)
         switch.reset(self.cluster, target.desc if target else None,
                      [(flow.five_tuple, self.nfs[flow.instance].desc) for flow in self.flows])
         LOG.info("switch %016x connected: reinstalled %d flows", self.cluster.dpid, len(self.flows))
@@ -247,18 +263,21 @@ class Steering:
             self._resteer(flow)
         self.refresh_default_steering()
 
-    def on_rule_expired(self, five_tuple: FiveTuple) -> None:
-        """One direction's rule idled out; the flow is forgotten when both have. While the flow still
-        carries traffic the expired rule comes back at once, to the same instance: otherwise that
-        direction's next packet would land anew, possibly elsewhere, taking the other direction along."""
+    def on_rule_expired(self, five_tuple: FiveTuple, age_s: float | None = None) -> None:
+        """One direction's rule idled out, `age_s` seconds after the switch installed it (None: unknown); the
+        flow is forgotten when both have. While the flow still carries traffic the expired rule comes back at
+        once, to the same instance: otherwise that direction's next packet would land anew, possibly
+        elsewhere, taking the other direction along. A rule installed before the flow's current ones (its
+        expiry crossed their steer, e.g. a move's) says nothing about them and is ignored."""
         flow = self.flows.get(flow_key(five_tuple))
-        if flow is None:
+        now = self._clock()
+        if flow is None or (age_s is not None and now - age_s < flow.steered_at - RULE_AGE_SLACK_S):
             return
         flow.rules_expired.add("forward" if five_tuple == flow.five_tuple else "reverse")
         if len(flow.rules_expired) == 2:
             self.flows.forget(flow.key)
-        elif self.switch is not None and self._clock() - flow.last_active < self._idle_timeout_s:
-            flow.rules_expired.clear()
+        elif self.switch is not None and now - flow.last_active < self._idle_timeout_s:
+            flow.steered(flow.instance, now)
             self.switch.steer(flow.five_tuple, self.nfs[flow.instance].desc)
 
     # --- the period ------------------------------------------------------------------------
@@ -289,6 +308,7 @@ class Steering:
                 self._resteer(flow)
             elif flow.key in recovery.disagreeing and self.switch is not None:
                 try:
+                    flow.steered(flow.instance, self._clock())
                     self.switch.steer(flow.five_tuple, self.nfs[flow.instance].desc)
                 except SwitchError as error:
                     LOG.warning("could not set the rules of %s right: %s", flow.key, error)
@@ -328,7 +348,7 @@ class Steering:
         if target is None:
             LOG.error("no live NF instance left for flow %s", flow.key)
             return
-        flow.instance = target.id
+        flow.steered(target.id, self._clock())
         if self.switch is not None:
             try:
                 self.switch.steer(flow.five_tuple, target.desc)

@@ -193,3 +193,85 @@ def test_a_late_landing_copy_after_a_move_does_not_undo_the_move(rig):
     assert rig.switch.rules[canonical(tuple_n(1))] == "nf2"
     c.on_flow_landed(tuple_n(1), "nf1")  # the late copy
     assert c.flows.get(flow_key(tuple_n(1))).instance == "nf2"
+
+
+def test_an_old_rule_expiring_after_a_move_leaves_the_flow_where_it_moved(rig):
+    """The sequence behind the test_live_record flake: a flow moves nf1 -> nf2; the idle-timeout removals of the
+    rules the move replaced (installed at the landing, expired just before the move's bundle reached the switch)
+    arrive after it, then a late landing copy naming nf1. The flow stays on nf2, its rules counted as in."""
+    key = flow_key(tuple_n(1))
+    land(rig, tuple_n(1), "nf1")
+    landed_at = rig.clock.now
+    c = rig.controller
+    c.reconfigure({"mode": "manual"})
+    run_period(rig, {tuple_n(1): 5})
+    c.submit({"migrations": [{"flow": key, "src": "nf1", "dst": "nf2"}]})
+    run_period(rig, {tuple_n(1): 5})
+    moved_at = rig.clock.now
+    rig.clock.now += 0.2
+    for direction in (tuple_n(1), tuple_n(1).reverse()):
+        c.on_rule_expired(direction, age_s=rig.clock.now - landed_at)  # the replaced rules
+    flow = c.flows.get(key)
+    assert flow is not None and flow.instance == "nf2" and not flow.rules_expired
+    c.on_flow_landed(tuple_n(1), "nf1")  # a late copy: not back on its source
+    assert c.flows.get(key).instance == "nf2"
+    before = len(steers(rig))
+    rig.clock.now += 1.0
+    c.on_rule_expired(tuple_n(1).reverse(), age_s=rig.clock.now - moved_at)  # the move's own rule: it counts
+    assert steers(rig)[before:] == [("switch", "steer", key, "nf2")]  # the flow carries traffic: put back
+
+
+def test_a_flow_whose_rules_idle_out_during_its_move_gets_no_rules_behind_the_registrys_back(rig):
+    """Both rules of a moving flow idle out while the batch holds it (it ended): the registry forgets it, so
+    the move must not install rules for it (they would carry its next packets unseen, no landing copy)."""
+    key = flow_key(tuple_n(1))
+    land(rig, tuple_n(1), "nf1")
+    c = rig.controller
+    c.reconfigure({"mode": "manual"})
+    run_period(rig, {tuple_n(1): 0})
+    c.submit({"migrations": [{"flow": key, "src": "nf1", "dst": "nf2"}]})
+    hold = rig.nfs["nf2"].hold
+
+    def hold_while_the_rules_expire(five_tuple):
+        hold(five_tuple)
+        for direction in (tuple_n(1), tuple_n(1).reverse()):
+            c.on_rule_expired(direction, age_s=10.0)
+
+    rig.nfs["nf2"].hold = hold_while_the_rules_expire
+    record = run_period(rig, {})
+    [run] = record.migrations
+    assert run.outcome.value == "rolled_back" and "idled out" in run.error
+    assert not steers(rig) and c.flows.get(key) is None
+    assert not rig.nfs["nf2"].held  # the destination's hold is released
+
+
+def test_a_steer_installs_fresh_rules_and_only_idle_timeouts_are_expiries():
+    """OVS gives a rule that an add replaces the replaced rule's last-used time (tests/test_ovs_rule_idle.py):
+    `steer` deletes each direction's rule before adding it, in the same atomic bundle. The deletions' (and a
+    reset's) flow-removed messages are not the flow going quiet."""
+    from types import SimpleNamespace
+
+    from controller_app.app import FLOW_COOKIE, FLOW_PRIORITY, DeepMigrationApp, OpenFlowSwitch
+    from controller_app.config import HostPort, NFDescription
+
+    datapath = RecordingDatapath()
+    ofp = datapath.ofproto
+    switch = OpenFlowSwitch(datapath, source_port=1, idle_timeout_s=3)
+    target = NFDescription("nf2", HostPort("nf2", 4, "00:00:00:00:00:04"), 250.0, 800.0, 5.0, True, "/tmp/nf2")
+    switch.steer(tuple_n(1), target)
+    controls = [m.type for m in datapath.sent if type(m).__name__ == "ONFBundleCtrlMsg"]
+    assert controls == [ofp.ONF_BCT_OPEN_REQUEST, ofp.ONF_BCT_COMMIT_REQUEST]  # one atomic bundle
+    mods = [m.message for m in datapath.sent if type(m).__name__ == "ONFBundleAddMsg"]
+    directions = [dict(switch.match(d).items()) for d in (tuple_n(1), tuple_n(1).reverse())]
+    assert [(m.command, m.priority, dict(m.match.items())) for m in mods] == [
+        *((ofp.OFPFC_DELETE_STRICT, FLOW_PRIORITY, d) for d in directions),
+        *((ofp.OFPFC_ADD, FLOW_PRIORITY, d) for d in directions)]
+    assert all(m.out_port == ofp.OFPP_ANY and m.cookie_mask == 0 for m in mods[:2])  # learned rules too
+
+    expired = []
+    app = SimpleNamespace(switch=switch, core=SimpleNamespace(on_rule_expired=lambda *a: expired.append(a)))
+    for reason in (ofp.OFPRR_DELETE, ofp.OFPRR_IDLE_TIMEOUT):
+        msg = SimpleNamespace(datapath=datapath, reason=reason, cookie=FLOW_COOKIE, match=switch.match(tuple_n(1)),
+                              duration_sec=2, duration_nsec=500_000_000)
+        DeepMigrationApp.flow_removed_handler(app, SimpleNamespace(msg=msg))
+    assert expired == [(tuple_n(1), 2.5)]
