@@ -58,3 +58,14 @@ def nf_pid(cluster, instance: str) -> int:
             found.append(int(proc.name))
     [pid] = found
     return pid
+
+
+def manual_two_nf_setup():
+    """The live fault and IPv6 tests' cluster and controller config: two NFs, no standby, thresholds no load
+    reaches, so no scenario ever acts and only the moves a test asks for happen (`mode` manual)."""
+    from mininet_topos.nf_cluster import ClusterSpec
+
+    spec = ClusterSpec(active=2, standby=0, capacity_pps=300, buffer_packets=1000, processing_ms=5)
+    config = {"thresholds": {"high": 0.95, "low": 0.0, "var": 1.0}, "quiet_ms": 50, "rule_idle_timeout_s": 5,
+              "mode": "manual"}
+    return spec, config

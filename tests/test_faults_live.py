@@ -19,10 +19,9 @@ import pytest
 
 from controller_app.demo import live_loop
 from controller_app.recovery import FAULT_ENV
-from mininet_topos.nf_cluster import ClusterSpec
 from mininet_topos.testbed import OVS_CTL, ensure_ovs_running, ryu_controller
 from tests import pcap_builder
-from tests.helpers import nf_pid
+from tests.helpers import manual_two_nf_setup, nf_pid
 from trace_replay.live import flow_outcomes
 from twin.flow import FlowKey
 
@@ -34,9 +33,7 @@ pytestmark = [
 ]
 
 SETUP_GAP_S = 0.3
-SPEC = ClusterSpec(active=2, standby=0, capacity_pps=300, buffer_packets=1000, processing_ms=5)
-CONFIG = {"thresholds": {"high": 0.95, "low": 0.0, "var": 1.0}, "quiet_ms": 50, "rule_idle_timeout_s": 5,
-          "mode": "manual"}
+SPEC, CONFIG = manual_two_nf_setup()
 """No scenario ever: only the fault and the moves the test asks for act."""
 
 

@@ -18,8 +18,8 @@ import pytest
 from controller_app.app import five_tuple_of
 from controller_app.demo import live_loop
 from controller_app.steering import flow_key
-from mininet_topos.nf_cluster import ClusterSpec
 from tests import pcap_builder
+from tests.helpers import manual_two_nf_setup
 from trace_replay.live import flow_outcomes
 from twin.flow import FlowKey
 
@@ -31,9 +31,7 @@ pytestmark = [
 ]
 
 SETUP_GAP_S = 0.3
-SPEC = ClusterSpec(active=2, standby=0, capacity_pps=300, buffer_packets=1000, processing_ms=5)
-CONFIG = {"thresholds": {"high": 0.95, "low": 0.0, "var": 1.0}, "quiet_ms": 50, "rule_idle_timeout_s": 5,
-          "mode": "manual"}
+SPEC, CONFIG = manual_two_nf_setup()
 SERVER6 = "2001:db8:8::53"
 
 
