@@ -81,9 +81,10 @@ class LoopTrainConfig:
     twin: str = DEFAULT_LOOP_TWIN
     seed: int = 0
     imitation_steps: int = 0
-    """Warm start: full-batch Adam steps (at `lr_start`) of cross-entropy to `deepmigration-rule-hold`'s choices on
+    """Warm start: full-batch Adam steps (at `imitation_lr`) of cross-entropy to `deepmigration-rule-hold`'s choices on
     the states it visits in `imitation_windows` training windows (`imitate`); 0 starts from the prior."""
     imitation_windows: int = 16
+    imitation_lr: float = 5e-3
     entropy_bonus: float = 0.0
     """β: the loss subtracts β·(mean entropy of π over the decisions), to keep exploring after a warm start."""
 
@@ -209,7 +210,7 @@ def imitate(net: GNPolicyNet, table: FlowTable, trace: Path, config: LoopTrainCo
     imitators = [Imitator(rule, net.config.targets.index(rule.target)) for _ in range(batch.n_episodes)]
     run_closed_loop(batched_twin(config.twin, batch, setup.params, Thresholds()), imitators)
     inputs, choices = zip(*(sample for imitator in imitators for sample in imitator.samples))
-    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=config.lr_start)
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=config.imitation_lr)
     for _ in range(config.imitation_steps):
         loss = -control.log_prob(control.control_logits(net, inputs), choices).mean()
         optimizer.zero_grad()
@@ -379,6 +380,7 @@ def _parser() -> argparse.ArgumentParser:
             ("validate-every", positive_int, "iterations between validations"),
             ("imitation-steps", positive_int, "warm-start steps imitating deepmigration-rule-hold"),
             ("imitation-windows", positive_int, "training windows the warm start imitates on"),
+            ("imitation-lr", positive_float, "the warm start's learning rate"),
             ("entropy-bonus", positive_float, "entropy bonus β")):
         dest = {"periods": "periods_max"}.get(name, name.replace("-", "_"))
         parser.add_argument(f"--{name}", dest=dest, type=kind, metavar="X",
