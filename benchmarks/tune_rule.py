@@ -12,29 +12,14 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from gnn_policy.base import Decision, Problem
 from gnn_policy.bench import loop
-from gnn_policy.rule_policy import RULE_TARGET, RuleMigration
+from gnn_policy.rule_policy import RULE_TARGET, HoldingRule, RuleMigration
 from trace_replay.flows import read_flows
 from trace_replay.generate import sample_path
-from twin.migration import IndexedAction
 from twin.scenario import ScenarioKind
 
 HOLDS = {"load balancing": {ScenarioKind.LOAD_BALANCE}, "scale-in": {ScenarioKind.SCALE_IN},
          "both": {ScenarioKind.LOAD_BALANCE, ScenarioKind.SCALE_IN}}
-
-
-class HoldingRule(RuleMigration):
-    """The rule, holding on the scenarios in `hold`."""
-
-    def __init__(self, target: float, hold: set[ScenarioKind]):
-        super().__init__(target)
-        self.hold = hold
-
-    def _decide(self, problem: Problem) -> Decision:
-        if problem.scenario.kind in self.hold:
-            return Decision(IndexedAction(), reason="hold")
-        return super()._decide(problem)
 
 
 GRID = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)

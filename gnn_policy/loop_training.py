@@ -40,6 +40,7 @@ from gnn_policy.base import Decision, Policy, Problem
 from gnn_policy.bench import loop
 from gnn_policy.closed_loop import run_closed_loop
 from gnn_policy.gn import GNPolicyNet
+from gnn_policy.rule_policy import HoldingRule
 from trace_replay.cli_types import output_file_new_folders, positive_float, positive_int, rng_seed
 from trace_replay.episodes import EpisodeBatch
 from trace_replay.flows import FlowTable, read_flows
@@ -79,6 +80,13 @@ class LoopTrainConfig:
     validate_every: int = 10
     twin: str = DEFAULT_LOOP_TWIN
     seed: int = 0
+    imitation_steps: int = 0
+    """Warm start: full-batch Adam steps (at `imitation_lr`) of cross-entropy to `deepmigration-rule-hold`'s choices on
+    the states it visits in `imitation_windows` training windows (`imitate`); 0 starts from the prior."""
+    imitation_windows: int = 16
+    imitation_lr: float = 5e-3
+    entropy_bonus: float = 0.0
+    """β: the loss subtracts β·(mean entropy of π over the decisions), to keep exploring after a warm start."""
 
 
 def episode_length(config: LoopTrainConfig, iteration: int) -> int:
@@ -162,7 +170,7 @@ def iteration_step(net: GNPolicyNet, optimizer: torch.optim.Optimizer, table: Fl
     logits = control.control_logits(net, [d.inputs for _, d in draws])
     log_p = control.log_prob(logits, [d.choice for _, d in draws])
     weight = torch.tensor([advantage[b, d.period] for b, d in draws], dtype=torch.float32)
-    loss = -(log_p * weight).sum() / batch.n_episodes
+    loss = -(log_p * weight).sum() / batch.n_episodes - config.entropy_bonus * control.entropy(logits).mean()
     optimizer.zero_grad()
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], config.grad_clip)
@@ -172,6 +180,49 @@ def iteration_step(net: GNPolicyNet, optimizer: torch.optim.Optimizer, table: Fl
     return {**metrics, "loss": loss.item(), "grad_norm": float(grad_norm),
             "entropy": float(control.entropy(logits.detach()).mean()), "hold_share": float(np.mean(holds)),
             "mean_target": float(np.mean(targets)) if targets else 0.0}
+
+
+class Imitator(Policy):
+    """Acts as the hold rule and records each state with the rule's choice in the control head's terms."""
+
+    name: ClassVar[str] = "deepmigration-imitator"
+    handles = DeepMigration.handles
+
+    def __init__(self, rule: HoldingRule, target: int):
+        self.rule, self.target = rule, target
+        self.samples: list[tuple[control.ControlInput, control.ControlChoice]] = []
+
+    def _decide(self, problem: Problem) -> Decision:
+        self.samples.append((control.control_input(problem), control.ControlChoice(self.rule.holds(problem),
+                                                                                   self.target)))
+        return self.rule._decide(problem)
+
+
+def imitate(net: GNPolicyNet, table: FlowTable, trace: Path, config: LoopTrainConfig) -> dict:
+    """The warm start: `imitation_steps` of cross-entropy to the hold rule's choices on the states it visits in
+    training windows (seed `TRAIN_SEEDS[0]`); the final loss and the share of states where the greedy head
+    agrees with the rule."""
+    setup = loop.LoopSetup(episodes=config.imitation_windows, periods=config.periods_max, seed=TRAIN_SEEDS[0],
+                           instances=config.instances, standby=config.standby, speed=config.speed,
+                           max_flows=config.max_flows)
+    batch = loop.build(trace, table, setup)
+    rule = HoldingRule()
+    imitators = [Imitator(rule, net.config.targets.index(rule.target)) for _ in range(batch.n_episodes)]
+    run_closed_loop(batched_twin(config.twin, batch, setup.params, Thresholds()), imitators)
+    inputs, choices = zip(*(sample for imitator in imitators for sample in imitator.samples))
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=config.imitation_lr)
+    for _ in range(config.imitation_steps):
+        loss = -control.log_prob(control.control_logits(net, inputs), choices).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        logits = control.control_logits(net, inputs)
+        loss = -control.log_prob(logits, choices).mean()
+    greedy = [control.draw(row, greedy=True) for row in logits]
+    agree = [g.hold == c.hold and (c.hold or g.target == c.target) for g, c in zip(greedy, choices)]
+    return {"imitation/loss": float(loss), "imitation/agreement": float(np.mean(agree)),
+            "imitation/states": len(choices), "entropy": float(control.entropy(logits).mean())}
 
 
 def validate(net: GNPolicyNet, batch: EpisodeBatch) -> float:
@@ -211,6 +262,11 @@ def train(net: GNPolicyNet, table: FlowTable, trace: Path, config: LoopTrainConf
         standby=config.standby, speed=config.speed, max_flows=config.max_flows, seed=VALIDATION_SEED))
     writer = SummaryWriter(log_dir=str(logdir))
     history: list[dict] = []
+    if config.imitation_steps:
+        warm = imitate(net, table, trace, config)
+        tqdm.write("imitation warm start: " + ", ".join(f"{k} {v:.4g}" for k, v in warm.items()))
+        for key, value in warm.items():
+            writer.add_scalar(key, value, 0)
     best = (validate(net, validation), 0)
     _save_best(out, net, config, trace, history, best)
     writer.add_scalar("closed_loop/validation_total_cost", best[0], 0)
@@ -321,7 +377,11 @@ def _parser() -> argparse.ArgumentParser:
             ("epsilon", positive_float, "periods added per iteration"), ("lr-start", positive_float, "first lr"),
             ("lr-end", positive_float, "last lr"), ("instances", positive_int, "active instances at the start"),
             ("standby", positive_int, "stopped instances at the start"),
-            ("validate-every", positive_int, "iterations between validations")):
+            ("validate-every", positive_int, "iterations between validations"),
+            ("imitation-steps", positive_int, "warm-start steps imitating deepmigration-rule-hold"),
+            ("imitation-windows", positive_int, "training windows the warm start imitates on"),
+            ("imitation-lr", positive_float, "the warm start's learning rate"),
+            ("entropy-bonus", positive_float, "entropy bonus β")):
         dest = {"periods": "periods_max"}.get(name, name.replace("-", "_"))
         parser.add_argument(f"--{name}", dest=dest, type=kind, metavar="X",
                             help=f"{text} (default {getattr(LoopTrainConfig, dest)})")

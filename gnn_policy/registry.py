@@ -68,6 +68,12 @@ def _rule(target: float | None = None, **_: object) -> Policy:
     return RuleMigration(RULE_TARGET if target is None else target)
 
 
+def _rule_hold(**_: object) -> Policy:
+    from gnn_policy.rule_policy import HoldingRule
+
+    return HoldingRule()
+
+
 def _random_weights(seed: int = 0, checkpoint: str | None = None, **_: object) -> Policy:
     """The shipped network's shape with weights drawn from `seed` (`REPLICAS`: the benchmark averages seeds)."""
     from gnn_policy.rule_policy import random_weights
@@ -85,6 +91,7 @@ _FACTORIES: dict[str, Callable[..., Policy]] = {
     "deepmigration-lookahead": _lookahead,
     "deepmigration-student": _student,
     "deepmigration-rule": _rule,
+    "deepmigration-rule-hold": _rule_hold,
     "deepmigration-random": _random_weights,
 }
 

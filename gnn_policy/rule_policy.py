@@ -29,6 +29,7 @@ from gnn_policy.gn import GNPolicyNet
 from gnn_policy.graph import to_pyg
 from gnn_policy.translator import LoadRequest
 from gnn_policy.views import GraphView, drain_order, scale_in_view, scale_out_view
+from twin.migration import IndexedAction
 from twin.scenario import ScenarioKind, instances_needed
 
 RULE_TARGET = 0.05
@@ -49,6 +50,29 @@ class RuleMigration(Policy):
     def _decide(self, problem: Problem) -> Decision:
         return Decision(realise(problem, rule_request(problem, self.target)),
                         reason=f"deepmigration-rule: target {self.target:g}")
+
+
+HOLD_KINDS = frozenset({ScenarioKind.LOAD_BALANCE, ScenarioKind.SCALE_IN})
+"""Where `deepmigration-rule-hold` holds: the best of `benchmarks/tune_rule.py --hold` on validation windows."""
+
+
+class HoldingRule(RuleMigration):
+    """The rule holding (doing nothing) on the scenarios in `hold`, acting at `target` on the others: the plain
+    rule the closed-loop control head must beat (docs/agent.md, "Results")."""
+
+    name: ClassVar[str] = "deepmigration-rule-hold"
+
+    def __init__(self, target: float = RULE_TARGET, hold: frozenset[ScenarioKind] = HOLD_KINDS):
+        super().__init__(target)
+        self.hold = frozenset(hold)
+
+    def holds(self, problem: Problem) -> bool:
+        return problem.scenario.kind in self.hold and not problem.forced
+
+    def _decide(self, problem: Problem) -> Decision:
+        if self.holds(problem):
+            return Decision(IndexedAction(), reason="deepmigration-rule-hold: hold")
+        return super()._decide(problem)
 
 
 def rule_count(problem: Problem, target: float) -> int:

@@ -13,6 +13,8 @@ from gnn_policy.gn import GNPolicyNet, NetConfig
 from gnn_policy.rule_policy import RULE_TARGET, RuleMigration
 from tests.helpers import cluster
 from tests.strategies import cluster_states
+from trace_replay.flows import read_flows
+from trace_replay.generate import sample_path
 from twin.params import Thresholds
 from twin.scenario import ScenarioKind
 
@@ -151,3 +153,16 @@ def test_a_head_over_the_same_grid_is_kept_and_only_the_head_learns():
     for model in (kept, fresh):
         assert {n for n, p in model.named_parameters() if p.requires_grad} == {
             n for n, _ in model.named_parameters() if n.startswith("control_head.")}
+
+
+def test_the_imitation_warm_start_makes_the_greedy_head_the_hold_rule():
+    net = loop_training.with_control_head(GNPolicyNet(NetConfig()), control.TARGETS, seed=4)
+    net.load_state_dict({**net.state_dict(), **{k: v for k, v in checkpoint.load(None)[0].state_dict().items()
+                                               if not k.startswith("control_head.")}})
+    config = loop_training.LoopTrainConfig(imitation_steps=100, imitation_windows=4, periods_max=10)
+    metrics = loop_training.imitate(net, read_flows(sample_path()), sample_path(), config)
+    assert metrics["imitation/states"] > 0 and metrics["imitation/agreement"] == 1.0
+    state = cluster([[300.0, 200.0, 150.0], [100.0]], standby=3)
+    busy = Problem.of(state, TH)
+    policy = control.LoopMigration(net)
+    assert same_action(policy.decide(busy).action, RuleMigration(RULE_TARGET).decide(busy).action)

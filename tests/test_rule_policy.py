@@ -1,6 +1,7 @@
 """The ablations of issue 19, section 7: `deepmigration-rule` (the learned heads replaced by constants) and
 `deepmigration-random` (random weights, deterministic per seed)."""
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ from gnn_policy.actions import realise
 from gnn_policy.base import Problem
 from gnn_policy.registry import REPLICAS, make_policy
 from gnn_policy.rule_policy import (
+    HOLD_KINDS,
     RULE_TARGET,
+    HoldingRule,
     RuleMigration,
     random_weights,
     rule_count,
@@ -91,3 +94,15 @@ def test_registry_builds_the_ablations():
     assert make_policy("deepmigration-rule").target == RULE_TARGET
     assert REPLICAS["deepmigration-random"] == 3
     assert make_policy("deepmigration-random", seed=2).name == "deepmigration"
+
+
+def test_the_hold_rule_holds_on_load_balancing_and_scale_in_and_acts_as_the_rule_otherwise():
+    hold = make_policy("deepmigration-rule-hold")
+    assert isinstance(hold, HoldingRule) and hold.target == RULE_TARGET and hold.hold == HOLD_KINDS
+    busy = Problem.of(cluster([[300.0, 200.0, 150.0], [100.0]], standby=3), Thresholds(high=0.6, low=0.1))
+    assert busy.scenario.kind is ScenarioKind.SCALE_OUT
+    assert same_action(hold.decide(busy).action, RuleMigration().decide(busy).action)
+    for kind in HOLD_KINDS:
+        problem = replace(busy, scenario=replace(busy.scenario, kind=kind))
+        assert hold.holds(problem) and hold.decide(problem).action.flows.size == 0
+        assert not hold.holds(busy.as_scenario(kind))  # the paper's forced scenarios are never held
