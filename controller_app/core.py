@@ -21,6 +21,8 @@ state observed one period later.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import time
 from collections import deque
@@ -56,6 +58,19 @@ from twin.state import ClusterState
 
 LOG = logging.getLogger(__name__)
 DECISIONS_KEPT = 1000
+_VERSIONS = itertools.count(1)
+"""One count for every controller: a controller that replaces another (a new cluster) never repeats a version."""
+
+
+def _changes(method):
+    """Bump the controller's `version` once `method` is done (it changed what the REST API shows)."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.changed()
+    return wrapped
 
 
 class Controller:
@@ -97,6 +112,13 @@ class Controller:
         self._manual: deque[Action] = deque()
         self._next_decision_id = 1
         self.metrics = ControllerMetrics(self, clock)
+        self.version = next(_VERSIONS)
+        """Changes whenever what the REST views show may have changed (`controller_app.rest` keeps its encoded
+        answers while it does not): after each event and write, and in a period once its state is built,
+        once its decision is made and at its end (a read between two steps of a period shows the last one)."""
+
+    def changed(self) -> None:
+        self.version = next(_VERSIONS)
 
     # --- configuration ----------------------------------------------------------------------
     def reconfigure(self, patch: Any) -> ControllerConfig:
@@ -110,7 +132,9 @@ class Controller:
                 self._policy = self._offload(self._make_policy, config)
             except Exception as error:  # noqa: BLE001 - e.g. a checkpoint that cannot be loaded
                 raise ConfigError(f"policy {config.policy!r} cannot be loaded: {error}", "policy") from None
-        self.config = config
+        if config != self.config:
+            self.config = config
+            self.changed()
         return config
 
     def _make_policy(self, config: ControllerConfig) -> Policy:
@@ -123,38 +147,47 @@ class Controller:
     def switch_connected(self) -> bool:
         return self.steering.switch is not None
 
+    @_changes
     def on_switch_connected(self, switch: Switch) -> None:
         self.steering.connect(switch)
 
+    @_changes
     def on_rules_found(self, rules: Iterable[tuple[FiveTuple, str | None]]) -> None:
         """The switch's per-flow rules at an adopting connect: (directed 5-tuple, instance id or None)."""
         self.steering.adopt_rules(rules)
 
+    @_changes
     def on_switch_disconnected(self) -> None:
         self.steering.disconnect()
 
+    @_changes
     def on_flow_landed(self, five_tuple: FiveTuple, instance: str) -> None:
         """The switch's default steering placed a new flow on `instance` (a marked copy of its packet)."""
         self.steering.on_flow_landed(five_tuple, instance)
 
+    @_changes
     def on_rule_expired(self, five_tuple: FiveTuple, age_s: float | None = None) -> None:
         """One direction's rule idled out after `age_s` seconds in the switch (None: unknown)."""
         self.steering.on_rule_expired(five_tuple, age_s)
 
+    @_changes
     def on_flow_stats(self, counters: Iterable[tuple[FiveTuple, int, int]], now: float | None = None) -> None:
         """A complete flow-stats reply: (directed 5-tuple, packets, bytes) per rule."""
         self.collection.on_flow_stats(counters, now)
 
+    @_changes
     def on_port_stats(self, counters: Iterable[tuple[int, int, int]], now: float | None = None) -> None:
         """Port counters: (port, rx bytes, tx bytes)."""
         self.collection.on_port_stats(counters, now)
 
+    @_changes
     def on_port_down(self, port: int) -> None:
         """An NF's port went down: treat the NF as crashed."""
         for nf in self.nfs.values():
             if nf.desc.host.port == port and nf.alive:
                 self.steering.mark_dead(nf, f"switch port {port} down")
 
+    @_changes
     def poll_instances(self) -> None:
         """Ask the NFs for their reports outside a period; new flows may land on the ones that answer."""
         self.collection.poll_instances()
@@ -170,6 +203,7 @@ class Controller:
         return len(self._manual)
 
     # --- the period -------------------------------------------------------------------------
+    @_changes
     def tick(self) -> DecisionRecord | None:
         """One period: observe, detect, decide, act and log; never raises on NF or switch failures."""
         now, wall = self._clock(), self._wall() if self.recorder else 0.0
@@ -182,6 +216,7 @@ class Controller:
         self.steering.on_period(self.config.quiet_ms, self.config.rule_idle_timeout_s)
         state = self.collection.build_state(now)
         self.state = state
+        self.changed()
         self.transitions.complete(state)
         scenario = detect(state, self.config.thresholds)
         self._measure_deviation(state)
@@ -202,6 +237,7 @@ class Controller:
                 self._execute(state, record)
             self.decisions.append(record)
             self.metrics.record(record)
+            self.changed()
         self.deviation.predict(record)
         self.transitions.hold(transition(self._wall(), state, scenario.kind, self.config, record))
         if self.recorder is not None:
@@ -317,6 +353,7 @@ class Controller:
         record.measured = measured_cost(state, record, self.params, self.config.thresholds)
 
     # --- manual actions ---------------------------------------------------------------------
+    @_changes
     def submit(self, body: Any) -> Action:
         """Validate a manual migration request against the current state and queue it for the next period."""
         if self.state is None:

@@ -43,6 +43,9 @@ MAX_QUEUED_ACTIONS = 16
 _READ_BYTES = 1 << 16
 DEFAULT_DECISIONS = 20
 CORE = "core"
+ANSWERS = "answers"
+MAX_KEPT_ANSWERS = 16
+"""Encoded answers kept per controller version: the views, and a few `limit`s of /decisions."""
 
 METRICS = "/metrics"
 ALLOWED = {"/state": "GET", "/instances": "GET", "/flows": "GET", "/decisions": "GET",
@@ -57,10 +60,37 @@ class ApiError(Exception):
 
 def json_response(body, status: int = 200, headers: dict | None = None) -> Response:
     """A webob Response with `body` (any JSON-serialisable value) as UTF-8 JSON, plus extra `headers`."""
-    response = Response(status=status, content_type="application/json", charset="utf-8",
-                        body=json.dumps(body).encode())
+    response = encoded_response(json.dumps(body).encode(), status)
     response.headers.update(headers or {})
     return response
+
+
+def encoded_response(body: bytes, status: int = 200) -> Response:
+    """A webob Response with `body`, JSON already encoded as UTF-8."""
+    return Response(status=status, content_type="application/json", charset="utf-8", body=body)
+
+
+class KeptAnswers:
+    """The encoded JSON answers of the reads, kept while the controller's `version` is unchanged: under load
+    (docs/testbed.md, "REST load") a read costs a lookup, not a view built and encoded afresh, so that the
+    period that shares the event loop keeps its time. The views do not yield, so an answer is built from
+    one version."""
+
+    def __init__(self):
+        self._version: int | None = None
+        self._bodies: dict[tuple, bytes] = {}
+
+    def body(self, core: Controller, key: tuple, view) -> bytes:
+        """The encoded `view()` of `core` under `key`, built once per version of the controller."""
+        version = core.version
+        if version != self._version:
+            self._version, self._bodies = version, {}
+        body = self._bodies.get(key)
+        if body is None:
+            body = json.dumps(view()).encode()
+            if len(self._bodies) < MAX_KEPT_ANSWERS:
+                self._bodies[key] = body
+        return body
 
 
 def _answers_json(handler):
@@ -115,24 +145,28 @@ class DeepMigrationRest(ControllerBase):
     def __init__(self, req, link, data, **config):
         super().__init__(req, link, data, **config)
         self.core: Controller = data[CORE]
+        self.answers: KeptAnswers = data[ANSWERS]
+
+    def _kept(self, key: tuple, view) -> Response:
+        return encoded_response(self.answers.body(self.core, key, view))
 
     @route("dm_state", PREFIX + "/state", methods=["GET"])
     @_answers_json
     @_in_turn
     def get_state(self, req, **_):
-        return json_response(state_view(self.core))
+        return self._kept(("state",), lambda: state_view(self.core))
 
     @route("dm_instances", PREFIX + "/instances", methods=["GET"])
     @_answers_json
     @_in_turn
     def get_instances(self, req, **_):
-        return json_response(instances_view(self.core))
+        return self._kept(("instances",), lambda: instances_view(self.core))
 
     @route("dm_flows", PREFIX + "/flows", methods=["GET"])
     @_answers_json
     @_in_turn
     def get_flows(self, req, **_):
-        return json_response(flows_view(self.core))
+        return self._kept(("flows",), lambda: flows_view(self.core))
 
     @route("dm_decisions", PREFIX + "/decisions", methods=["GET"])
     @_answers_json
@@ -145,13 +179,13 @@ class DeepMigrationRest(ControllerBase):
             raise ApiError(400, f"limit must be an integer, not {raw!r}", "limit") from None
         if not 1 <= limit <= DECISIONS_KEPT:
             raise ApiError(400, f"limit must be between 1 and {DECISIONS_KEPT}", "limit")
-        return json_response(decisions_view(self.core, limit))
+        return self._kept(("decisions", limit), lambda: decisions_view(self.core, limit))
 
     @route("dm_config", PREFIX + "/config", methods=["GET"])
     @_answers_json
     @_in_turn
     def get_config(self, req, **_):
-        return json_response(self.core.config.public())
+        return self._kept(("config",), lambda: self.core.config.public())
 
     @route("dm_config", PREFIX + "/config", methods=["PUT", "PATCH"])
     @_answers_json
@@ -252,7 +286,7 @@ def _depth(value) -> int:
 
 def register(wsgi: WSGIApplication, core: Controller) -> None:
     """Serve the API for `core`; other methods on its paths get 405 (routes match in connect order)."""
-    wsgi.register(DeepMigrationRest, {CORE: core})
+    wsgi.register(DeepMigrationRest, {CORE: core, ANSWERS: KeptAnswers()})
     for path in ALLOWED:
         wsgi.mapper.connect(f"dm_not_allowed{path}", PREFIX + path, controller=DeepMigrationRest,
                             action="method_not_allowed")
