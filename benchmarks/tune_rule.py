@@ -5,7 +5,8 @@
 Runs the closed loop (no stabilizer) of `RuleMigration(target)` for each target of the grid on the validation
 windows of `--seed` and prints the mean total_cost per target; `gnn_policy.rule_policy.RULE_TARGET` is the
 lowest. docs/agent.md ("Ablations") records the run. `--hold` instead runs the rule at `RULE_TARGET` holding
-(doing nothing) on chosen scenarios: what the closed-loop control head could learn (docs/agent.md, "Results").
+(doing nothing) on chosen scenarios: what the closed-loop control head could learn (docs/agent.md, "Results");
+`--hold-grid` runs the rule holding on both, at each target of the grid.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=4)
     parser.add_argument("--standby", type=int, default=2)
     parser.add_argument("--hold", action="store_true", help="the rule at RULE_TARGET holding on some scenarios")
+    parser.add_argument("--hold-grid", action="store_true",
+                        help="the rule holding on load balancing and scale-in, at each target of the grid")
     args = parser.parse_args()
     if not 100 <= args.seed <= 199:
         parser.error("tune on validation windows only: --seed must be in 100-199")
@@ -40,8 +43,12 @@ def main() -> None:
                            standby=args.standby, seed=args.seed)
     batch = loop.build(sample_path(), read_flows(sample_path()), setup)
     width = 22 if args.hold else 6
-    rules = ({f"hold on {name}": HoldingRule(RULE_TARGET, kinds) for name, kinds in HOLDS.items()} if args.hold
-             else {f"{target:6.3f}": RuleMigration(target) for target in GRID})
+    if args.hold:
+        rules = {f"hold on {name}": HoldingRule(RULE_TARGET, kinds) for name, kinds in HOLDS.items()}
+    elif args.hold_grid:
+        rules = {f"{target:6.3f}": HoldingRule(target, HOLDS["both"]) for target in GRID}
+    else:
+        rules = {f"{target:6.3f}": RuleMigration(target) for target in GRID}
     print(f"{'rule' if args.hold else 'target':>{width}}  total_cost (mean over episodes)  migrations  instance_s")
     for label, rule in rules.items():
         (run,) = loop.run(batch, {"rule": rule}, (None,))
