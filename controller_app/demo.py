@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -95,6 +96,16 @@ class RestClient:
             raise RuntimeError(f"GET {path}: {status} {body}")
         return body
 
+    def flows(self, page: int = 1000) -> list[dict]:
+        """Every steered flow: GET /flows `page` flows at a time, each page after the last id of the one before."""
+        flows: list[dict] = []
+        while True:
+            query = urllib.parse.urlencode({"limit": page, **({"after": flows[-1]["id"]} if flows else {})})
+            batch = self.get(f"/flows?{query}")
+            flows += batch
+            if len(batch) < page:
+                return flows
+
     def write(self, path: str, method: str, body: object) -> object:
         """`method` (PUT, POST) `body` to `path` with the write token; the JSON answer, or RuntimeError on >= 300."""
         status, answer = self.call(path, method, body)
@@ -131,7 +142,7 @@ class LiveLoop:
         SLA (a flow stays in /flows for its rules' idle timeout, longer than a period, so none is missed)."""
         state = self.api.get("/state")
         self.active.append((time.monotonic(), sum(i["active"] for i in state["instances"])))
-        self.sla_ms.update((flow["id"], flow["sla_ms"]) for flow in self.api.get("/flows"))
+        self.sla_ms.update((flow["id"], flow["sla_ms"]) for flow in self.api.flows())
         return state
 
     def wait_for(self, condition: Callable[[], object], timeout: float, what: str, every: float = 0.2):

@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import math
+from urllib.parse import urlencode
 
 from ryu.app.wsgi import ControllerBase, Response, WSGIApplication, route
 from ryu.lib import hub
@@ -45,7 +46,9 @@ DEFAULT_DECISIONS = 20
 CORE = "core"
 ANSWERS = "answers"
 MAX_KEPT_ANSWERS = 16
-"""Encoded answers kept per controller version: the views, and a few `limit`s of /decisions."""
+"""Encoded answers kept per controller version: the views, and a few `limit`s of /decisions and pages of /flows."""
+MAX_FLOWS_PAGE = 1000
+"""The most flows one GET /flows answers (its default `limit`); the next page is named by its `Link` header."""
 
 METRICS = "/metrics"
 ALLOWED = {"/state": "GET", "/instances": "GET", "/flows": "GET", "/decisions": "GET",
@@ -71,26 +74,27 @@ def encoded_response(body: bytes, status: int = 200) -> Response:
 
 
 class KeptAnswers:
-    """The encoded JSON answers of the reads, kept while the controller's `version` is unchanged: under load
+    """The encoded answers of the reads, kept while the controller's `version` is unchanged: under load
     (docs/testbed.md, "REST load") a read costs a lookup, not a view built and encoded afresh, so that the
     period that shares the event loop keeps its time. The views do not yield, so an answer is built from
     one version."""
 
     def __init__(self):
         self._version: int | None = None
-        self._bodies: dict[tuple, bytes] = {}
+        self._answers: dict[tuple, object] = {}
 
-    def body(self, core: Controller, key: tuple, view) -> bytes:
-        """The encoded `view()` of `core` under `key`, built once per version of the controller."""
+    def answer(self, core: Controller, key: tuple, build):
+        """`build()` (the encoded answer: bytes, or bytes and headers) for `core` under `key`, built once per
+        version of the controller."""
         version = core.version
         if version != self._version:
-            self._version, self._bodies = version, {}
-        body = self._bodies.get(key)
-        if body is None:
-            body = json.dumps(view()).encode()
-            if len(self._bodies) < MAX_KEPT_ANSWERS:
-                self._bodies[key] = body
-        return body
+            self._version, self._answers = version, {}
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = build()
+            if len(self._answers) < MAX_KEPT_ANSWERS:
+                self._answers[key] = answer
+        return answer
 
 
 def _answers_json(handler):
@@ -131,6 +135,39 @@ def _in_turn(handler):
     return wrapped
 
 
+def _query(req, name: str) -> str | None:
+    """The query parameter `name` (None when absent); a 400 when the query string is not UTF-8."""
+    try:
+        return req.GET.get(name)
+    except UnicodeDecodeError:
+        raise ApiError(400, "the query string is not valid UTF-8 (percent-encoded)", name) from None
+
+
+def _query_int(req, name: str, default: int, most: int) -> int:
+    """The integer query parameter `name`, 1..`most` (400 naming it otherwise); `default` when absent."""
+    raw = _query(req, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer, not {raw!r}", name) from None
+    if not 1 <= value <= most:
+        raise ApiError(400, f"{name} must be between 1 and {most}", name)
+    return value
+
+
+def _flows_page(core: Controller, limit: int, after: str | None) -> tuple[bytes, dict]:
+    """The encoded page of GET /flows and its headers (`Link` to the next page while there is one)."""
+    page = flows_view(core, limit + 1, after)
+    headers = {"X-Total-Count": str(len(core.flows))}
+    if len(page) > limit:
+        page = page[:limit]
+        query = urlencode({"limit": limit, "after": page[-1]["id"]})
+        headers["Link"] = f'<{PREFIX}/flows?{query}>; rel="next"'
+    return json.dumps(page).encode(), headers
+
+
 def _error(status: int, message: str, field: str | None = None, headers: dict | None = None,
            offender: str | None = None) -> Response:
     body = {"error": message, "status": status}
@@ -148,7 +185,7 @@ class DeepMigrationRest(ControllerBase):
         self.answers: KeptAnswers = data[ANSWERS]
 
     def _kept(self, key: tuple, view) -> Response:
-        return encoded_response(self.answers.body(self.core, key, view))
+        return encoded_response(self.answers.answer(self.core, key, lambda: json.dumps(view()).encode()))
 
     @route("dm_state", PREFIX + "/state", methods=["GET"])
     @_answers_json
@@ -166,19 +203,22 @@ class DeepMigrationRest(ControllerBase):
     @_answers_json
     @_in_turn
     def get_flows(self, req, **_):
-        return self._kept(("flows",), lambda: flows_view(self.core))
+        """A page of the steered flows in id order: at most `limit` (1..MAX_FLOWS_PAGE, default the most),
+        those whose id sorts after `after` (the last id of the previous page; none: from the first). The
+        `Link` header names the next page while there is one; `X-Total-Count` counts every steered flow."""
+        limit = _query_int(req, "limit", MAX_FLOWS_PAGE, MAX_FLOWS_PAGE)
+        after = _query(req, "after")
+        body, headers = self.answers.answer(self.core, ("flows", limit, after),
+                                            lambda: _flows_page(self.core, limit, after))
+        response = encoded_response(body)
+        response.headers.update(headers)
+        return response
 
     @route("dm_decisions", PREFIX + "/decisions", methods=["GET"])
     @_answers_json
     @_in_turn
     def get_decisions(self, req, **_):
-        raw = req.GET.get("limit", str(DEFAULT_DECISIONS))
-        try:
-            limit = int(raw)
-        except ValueError:
-            raise ApiError(400, f"limit must be an integer, not {raw!r}", "limit") from None
-        if not 1 <= limit <= DECISIONS_KEPT:
-            raise ApiError(400, f"limit must be between 1 and {DECISIONS_KEPT}", "limit")
+        limit = _query_int(req, "limit", DEFAULT_DECISIONS, DECISIONS_KEPT)
         return self._kept(("decisions", limit), lambda: decisions_view(self.core, limit))
 
     @route("dm_config", PREFIX + "/config", methods=["GET"])
@@ -209,7 +249,7 @@ class DeepMigrationRest(ControllerBase):
     @_answers_json
     @_in_turn
     def get_metrics(self, req, **_):
-        response = Response(status=200, body=self.core.metrics.text())
+        response = Response(status=200, body=self.answers.answer(self.core, ("metrics",), self.core.metrics.text))
         response.headers["Content-Type"] = METRICS_CONTENT_TYPE
         return response
 

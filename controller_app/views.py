@@ -2,6 +2,7 @@
 the body of POST /migrations."""
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -48,8 +49,12 @@ def instances_view(controller: Controller) -> list[dict]:
     return out
 
 
-def flows_view(controller: Controller) -> list[dict]:
-    return [f.view() for f in controller.flows]
+def flows_view(controller: Controller, limit: int | None = None, after: str | None = None) -> list[dict]:
+    """The steered flows in id order (a stable order to page by): at most `limit`, those whose id sorts after
+    `after`."""
+    keys = (f.key for f in controller.flows if after is None or f.key > after)
+    chosen = sorted(keys) if limit is None else heapq.nsmallest(limit, keys)
+    return [controller.flows.get(key).view() for key in chosen]
 
 
 def state_view(controller: Controller) -> dict:

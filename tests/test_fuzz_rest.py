@@ -68,7 +68,8 @@ def _documented(path: str, method: str) -> set[int]:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(operation=st.sampled_from(WRITES) | st.tuples(st.sampled_from(PATHS), st.sampled_from(METHODS)),
        body=bodies, token=st.sampled_from([TOKEN, TOKEN, None, "wrong"]), chunked=st.booleans(),
-       query=st.sampled_from(["", "?limit=5", "?limit=0", "?limit=x", "?limit=99999999999999999999"]))
+       query=st.sampled_from(["", "?limit=5", "?limit=0", "?limit=x", "?limit=99999999999999999999", "?limit=1001",
+                              "?after=", "?after=%00%FF", "?limit=1&after=10.0.0.1:1-10.0.1.1:80/6"]))
 def test_generated_requests_get_a_documented_answer_and_never_a_5xx(app, operation, body, token, chunked, query):
     path, method = operation
     request = webob.Request.blank(rest.PREFIX + path + query, method=method)

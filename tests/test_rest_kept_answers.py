@@ -80,3 +80,17 @@ def test_a_controller_that_replaces_another_never_repeats_its_versions(tmp_path)
     first = make_rig(tmp_path / "a").controller
     second = make_rig(tmp_path / "b").controller
     assert second.version > first.version
+
+
+def test_metrics_are_kept_per_version_and_follow_the_decisions(api, monkeypatch):
+    rig, wsgi = api
+    first = webob.Request.blank("/metrics").get_response(wsgi)
+    assert first.status_int == 200 and first.body == rig.controller.metrics.text()
+    built = []
+    text = rig.controller.metrics.text
+    monkeypatch.setattr(rig.controller.metrics, "text", lambda: built.append(1) or text())
+    assert webob.Request.blank(PREFIX + "/metrics").get_response(wsgi).body == first.body and not built
+    flows = overload_nf1(rig)
+    assert run_period(rig, {t: 60 for t in flows}) is not None  # a decision: its counters count it
+    after = webob.Request.blank("/metrics").get_response(wsgi).body
+    assert built and after == text() and after != first.body
