@@ -23,6 +23,13 @@ into flow set-up (packets the controller forwarded itself) and migrations. Contr
 ryu-manager process's utime+stime (/proc/<pid>/stat) over the replays, as % of one core; its memory is
 VmRSS (/proc/<pid>/status) at the start, every period and after every round: start, end, max and the
 least-squares slope after the first round, per 1,000 migrations and per hour.
+
+Loss outside the NFs is looked for in the switch too: around every round the drop counters of Open vSwitch
+(its drop events, the kernel's drops on the switch's ports and on the packet sockets its userspace datapath
+reads the ports from) are read, and `packets_lost_unaccounted` is what even they do not explain. Each flow
+of note says whether it comes back within the round after its rules idled out (`returning`: it lands anew,
+maybe on another instance, without a migration) and the most packets it sends within 100 ms.
+`--workdir` keeps the controller's and the NFs' logs and the sent and sink counts.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ import argparse
 import json
 import os
 import platform
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +53,7 @@ from tqdm import tqdm
 from controller_app import demo
 from mininet_topos.nf_cluster import ClusterSpec
 from trace_replay.generate import sample_path
-from trace_replay.live import flow_outcomes, load_schedule
+from trace_replay.live import ReplaySchedule, flow_outcomes, load_schedule
 from twin.flow import FlowKey
 
 ADDITIVE = (
@@ -67,6 +76,61 @@ ADDITIVE = (
     "migrated_flows_packets_reordered_after_setup",
 )
 """Fields of demo.summarise that add up over rounds; the percentiles are recomputed over all rounds."""
+
+
+SWITCH_DROP_EVENTS = ("drop_action_", "datapath_drop_")
+"""OVS's coverage events that count a packet dropped: by the OpenFlow pipeline (`drop_action_*`: a rule with no
+action, a table miss with nowhere to go ...) or in the datapath (`datapath_drop_*`)."""
+CONTROLLER_COPIES = "datapath_drop_userspace_action_error"
+"""A copy for the controller (the landing rule's last action) the datapath could not hand over: the copy is
+dropped, not the packet, whose output to its NF came before it in the same actions."""
+BURST_S = 0.1
+
+
+def switch_drops(switch: str) -> dict[str, int]:
+    """Packets dropped in the switch so far: OVS's drop events (`ovs-appctl coverage/show` totals; the whole
+    ovs-vswitchd, which serves one Mininet network at a time), the kernel's drop counters of the switch's
+    ports (a veth drops a frame its peer has no room for) and the drops of the packet sockets OVS's userspace
+    datapath reads each port from (`ss -0 -m`: a frame that finds the socket's receive buffer full)."""
+    shown = subprocess.run(["ovs-appctl", "coverage/show"], capture_output=True, text=True, timeout=10,
+                           check=True).stdout
+    counts = {line.split()[0]: int(line.rsplit("total:", 1)[1]) for line in shown.splitlines()
+              if line.startswith(SWITCH_DROP_EVENTS) and "total:" in line}
+    for port in sorted(Path("/sys/class/net").glob(f"{switch}-eth*")):
+        for counter in ("rx_dropped", "tx_dropped"):
+            counts[f"{port.name} {counter}"] = int((port / "statistics" / counter).read_text())
+    sockets = subprocess.run(["ss", "-0", "-m", "-p"], capture_output=True, text=True, timeout=10, check=True).stdout
+    for port, drops in re.findall(rf"\*:({re.escape(switch)}-eth\d+) .*?ovs-vswitchd.*?,d(\d+)\)", sockets):
+        counts[f"{port} ovs socket drops"] = int(drops)  # its receive buffer was full: OVS read too slowly
+    return counts
+
+
+def drops_between(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The drop counters that grew from `before` to `after`, by how much (a port's counters count per port)."""
+    grown = {name: count - before.get(name, 0) for name, count in after.items()}
+    return {name: n for name, n in sorted(grown.items()) if n > 0}
+
+
+def data_drops(drops: dict[str, int]) -> int:
+    """The switch's drops that may be replayed packets: all but the controller's copies."""
+    return sum(n for name, n in drops.items() if name != CONTROLLER_COPIES)
+
+
+def window_flows(schedule: ReplaySchedule, idle_timeout_s: float) -> dict[str, dict]:
+    """Per flow id of a replay: whether it comes back after a silence of at least `idle_timeout_s` (its rules
+    idle out and it lands afresh, maybe elsewhere: no migration, yet a change of instance) and the most
+    packets it sends within BURST_S."""
+    ts, flows = schedule.packets["ts"], schedule.packets["flow"]
+    order = np.argsort(flows, kind="stable")
+    bounds = np.flatnonzero(np.diff(flows[order])) + 1
+    out = {}
+    for group in np.split(order, bounds):
+        times = ts[group]
+        peak = int((np.searchsorted(times, times + BURST_S) - np.arange(len(times))).max())
+        out[schedule.flows[int(flows[group[0]])].id] = {
+            "returning": bool(len(times) > 1 and np.diff(times).max() >= idle_timeout_s),
+            f"peak_packets_in_{int(BURST_S * 1000)}_ms": peak}
+    return out
 
 
 def cpu_seconds(pid: int) -> float:
@@ -129,6 +193,7 @@ class Round:
     per_flow: dict = field(repr=False)
     cpu_s: float
     wall_s: float
+    switch_drops: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -196,6 +261,7 @@ def soak_round(loop: demo.LiveLoop, args: argparse.Namespace, start_s: float, wa
     if number > 1:
         loop.cluster.start_sink(10.0)
     sent_log, before = loop.workdir / f"sent-{number}.json", live_reports(loop)
+    switch_before = switch_drops(loop.cluster.switch)
     decisions, done_before = [], memory.samples[-1][1]
     cpu_before, started = cpu_seconds(loop.controller.pid), time.monotonic()
     replay = loop.cluster.start_replay(args.trace, sent_log, speed=args.speed, start=start_s, duration=args.window)
@@ -223,20 +289,25 @@ def soak_round(loop: demo.LiveLoop, args: argparse.Namespace, start_s: float, wa
     bar.update(last := sum(m["outcome"] == "done" for d in new for m in d["migrations"]))
     memory.sample(done_before + done + last)
     reports = round_reports(before, live_reports(loop))
+    dropped_in_switch = drops_between(switch_before, switch_drops(loop.cluster.switch))
     sink = loop.cluster.sink_counts()
     outcomes = flow_outcomes(json.loads(sent_log.read_text()), sink)
     migrated = {m["flow"] for d in decisions for m in d["migrations"] if m["outcome"] == "done"}
+    schedule = window_flows(load_schedule(args.trace, speed=args.speed, start_s=start_s, duration_s=args.window),
+                            demo.DEFAULT_RULE_IDLE_S)
     return Round(
         start_s,
         demo.summarise(decisions, outcomes, reports, sink["socket_dropped"]),
         [m["duration_ms"] for d in decisions for m in d["migrations"] if m["outcome"] == "done"],
         [d["decision_ms"] for d in decisions if d["origin"] == "policy"],
         {
-            FlowKey.of(*f["key"]).id: {**f, "migrated": FlowKey.of(*f["key"]).id in migrated}
+            FlowKey.of(*f["key"]).id: {**f, "migrated": FlowKey.of(*f["key"]).id in migrated,
+                                       **schedule.get(FlowKey.of(*f["key"]).id, {})}
             for f in outcomes["flows"].values()
         },
         cpu_s,
         wall_s,
+        dropped_in_switch,
     )
 
 
@@ -285,6 +356,14 @@ def totals(rounds: list[Round]) -> dict:
         "unmigrated_flows_packets_reordered_after_setup": sum(
             f["reordered"] - f["reordered_at_setup"] for f in flows if not f["migrated"]
         ),
+        "returning_unmigrated_flows_packets_reordered_after_setup": sum(
+            f["reordered"] - f["reordered_at_setup"] for f in flows if not f["migrated"] and f.get("returning")
+        ),
+        "switch_drops": {name: sum(r.switch_drops.get(name, 0) for r in rounds)
+                         for name in sorted({name for r in rounds for name in r.switch_drops})},
+        "packets_dropped_in_switch": sum(data_drops(r.switch_drops) for r in rounds),
+        "packets_lost_unaccounted": sum(r.summary["packets_lost_elsewhere"] - data_drops(r.switch_drops)
+                                        for r in rounds),
         "migration_ms": percentiles([ms for r in rounds for ms in r.migration_ms]),
         "decision_ms": percentiles([ms for r in rounds for ms in r.decision_ms]),
         "replay_wall_s": round(wall_s, 1),
@@ -323,7 +402,15 @@ def table(result: dict) -> str:
             "reordered on migrated flows after set-up: packets (flows)",
             f"{t['migrated_flows_packets_reordered_after_setup']} ({t['migrated_flows_reordered_after_setup']})",
         ),
-        ("reordered on unmigrated flows after set-up", t["unmigrated_flows_packets_reordered_after_setup"]),
+        (
+            "reordered on unmigrated flows after set-up (returning flows)",
+            (f"{t['unmigrated_flows_packets_reordered_after_setup']} "
+             f"({t['returning_unmigrated_flows_packets_reordered_after_setup']})"),
+        ),
+        (
+            "switch drops: packets (all counters) / lost unaccounted",
+            f"{t['packets_dropped_in_switch']} ({t['switch_drops']}) / {t['packets_lost_unaccounted']}",
+        ),
         (
             "controller CPU, % of one core",
             f"{t['controller_cpu_percent_of_one_core']} ({t['controller_cpu_s']} s over {t['replay_wall_s']} s)",
@@ -348,8 +435,8 @@ def soak(args: argparse.Namespace, windows: list[float]) -> tuple[list[Round], M
     rounds: list[Round] = []
     deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else float("inf")
     with (
-        tempfile.TemporaryDirectory(prefix="dm-soak-") as workdir,
-        demo.live_loop(spec, config=config, workdir=workdir) as loop,
+        tempfile.TemporaryDirectory(prefix="dm-soak-") as scratch,
+        demo.live_loop(spec, config=config, workdir=args.workdir or scratch) as loop,
         tqdm(total=args.migrations, unit="migration", dynamic_ncols=True) as bar,
     ):
         memory = Memory(loop.controller.pid)
@@ -391,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--buffer", type=int, default=demo.DEFAULT_BUFFER_PACKETS, help="NF buffer, packets")
     parser.add_argument("--processing-ms", type=float, default=demo.DEFAULT_PROCESSING_MS)
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the rounds and totals here")
+    parser.add_argument("--workdir", type=Path, metavar="DIR",
+                        help="keep the controller's log, the replays' logs and the sink's counts here (default: a "
+                             "temporary directory, removed)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_soak: needs root (Mininet, Open vSwitch)", file=sys.stderr)
@@ -427,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu_s": round(r.cpu_s, 2),
                 "wall_s": round(r.wall_s, 1),
                 **r.summary,
+                "switch_drops": r.switch_drops,
                 "flows_of_note": flows_of_note(r),
             }
             for r in rounds

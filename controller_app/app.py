@@ -32,7 +32,7 @@ from ryu.lib import hub
 from ryu.lib.packet import ethernet, ipv4, ipv6, packet, tcp, udp
 from ryu.ofproto import nicira_ext, ofproto_v1_3
 
-from controller_app import rest
+from controller_app import memwatch, native_heap, rest
 from controller_app.config import (
     LIVE_DEFAULTS,
     ClusterDescription,
@@ -358,6 +358,7 @@ class DeepMigrationApp(app_manager.RyuApp):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        memwatch.start(hub.spawn, hub.sleep)  # off unless DEEPMIGRATION_MEMWATCH names a file
         cluster_path, config_path = ryu_paths()
         self._config = ControllerConfig.load(config_path) if config_path else ControllerConfig.from_dict(LIVE_DEFAULTS)
         self.watch = ClusterWatch(Path(cluster_path or CLUSTER_PATH))
@@ -441,6 +442,7 @@ class DeepMigrationApp(app_manager.RyuApp):
                 self.core.tick()
             except Exception:  # the loop must outlive any bug in one period
                 LOG.exception("decision period failed")
+            native_heap.trim()  # the period's freed memory back to the system: RSS stays flat (docs/testbed.md)
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def switch_features_handler(self, ev):

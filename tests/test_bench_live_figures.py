@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from benchmarks import bench_rest_load, bench_soak
+from trace_replay.live import REPLAY_DTYPE, ReplaySchedule
+from twin.flow import FlowKey
 
 pytestmark = pytest.mark.filterwarnings("ignore:distutils Version classes are deprecated:DeprecationWarning")
 
@@ -117,3 +120,28 @@ def test_the_server_time_comes_from_the_controllers_access_log(tmp_path):
     assert server["by_path"]["GET /deepmigration/v1/flows"] == {"requests": 2, "p50": 3.0, "p99": 4.0, "max": 4.0,
                                                                  "total_s": 0.01}
     assert server["by_path"]["GET /deepmigration/v1/decisions"]["requests"] == 1
+
+
+def test_switch_drops_of_a_round_leave_out_the_controllers_copies_and_the_rest_is_unaccounted():
+    before = {bench_soak.CONTROLLER_COPIES: 10, "drop_action_of_pipeline": 1, "s1-eth1 ovs socket drops": 0}
+    after = {bench_soak.CONTROLLER_COPIES: 50, "drop_action_of_pipeline": 1, "s1-eth1 ovs socket drops": 7,
+             "s1-eth2 rx_dropped": 0}
+    drops = bench_soak.drops_between(before, after)
+    assert drops == {bench_soak.CONTROLLER_COPIES: 40, "s1-eth1 ovs socket drops": 7}
+    assert bench_soak.data_drops(drops) == 7
+    summary = {name: 0 for name in bench_soak.ADDITIVE} | {
+        "packets_lost_elsewhere": 9, "migrations_not_done": {"skipped": 0},
+        "scenarios": {"scale_out": 0, "scale_in": 0, "lb": 0}}
+    round_ = bench_soak.Round(0.0, summary, [], [], {}, cpu_s=1.0, wall_s=1.0, switch_drops=drops)
+    totals = bench_soak.totals([round_])
+    assert totals["packets_dropped_in_switch"] == 7 and totals["packets_lost_unaccounted"] == 2
+
+
+def test_a_flow_that_falls_silent_past_the_idle_timeout_is_returning_and_its_burst_is_counted():
+    packets = np.zeros(6, dtype=REPLAY_DTYPE)
+    packets["flow"] = [0, 1, 0, 0, 1, 0]
+    packets["ts"] = [0.0, 0.5, 0.01, 0.02, 1.0, 4.5]
+    flows = [FlowKey.of("10.0.0.1", "10.0.0.2", 1, 80, 6), FlowKey.of("10.0.0.3", "10.0.0.4", 2, 80, 6)]
+    marks = bench_soak.window_flows(ReplaySchedule(packets, flows), idle_timeout_s=3.0)
+    assert marks == {flows[0].id: {"returning": True, "peak_packets_in_100_ms": 3},
+                     flows[1].id: {"returning": False, "peak_packets_in_100_ms": 1}}
