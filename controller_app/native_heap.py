@@ -1,33 +1,33 @@
-"""Give the controller's freed native memory back to the system (issue 20, soak; docs/testbed.md,
-"Controller memory").
+"""Few malloc arenas for the controller process (issue 20, soak; docs/testbed.md, "Controller memory").
 
-Measured in a live soak (`controller_app.memwatch`), the controller's RSS grew with the bytes glibc's heap
-held *free*, not with the bytes in use: the period's work (the policy's tensors and graphs, the state's
-arrays, the REST answers) frees chunks of every size between live ones, and glibc gives memory back only
-from the top of a heap, so the free pages in the middle stay resident. `malloc_trim(0)` hands every whole
-free page of every arena back (madvise); the app calls `trim` once per period. Elsewhere than glibc (no
-`malloc_trim`) it does nothing, and `DEEPMIGRATION_MALLOC_TRIM=0` in the controller's environment turns it
-off (to measure without it).
+Measured in live soaks (`controller_app.memwatch`), the controller's RSS grew with the bytes glibc's heap
+held free, not only with the bytes in use. glibc gives each OS thread that allocates an arena of its own, up
+to 8 per core: the policy runs in eventlet's pool of 20 threads (`tpool`), each call on whichever thread is
+free, so its freed tensors and graphs end up spread over up to 16 arenas that each keep their free chunks.
+`malloc_trim` after every period gave nothing back (the free memory lies in pieces smaller than a page);
+two arenas (what `MALLOC_ARENA_MAX=2` sets) did: the free bytes stayed flat and the RSS levelled off.
+`limit_arenas` sets that when the app module loads, before the controller starts any thread; a
+`MALLOC_ARENA_MAX` in the environment is left to rule (e.g. `MALLOC_ARENA_MAX=16` measures without the limit).
+Elsewhere than glibc it does nothing.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 
-ENV = "DEEPMIGRATION_MALLOC_TRIM"
+ENV = "MALLOC_ARENA_MAX"
+ARENAS = 2
+M_ARENA_MAX = -8
+"""mallopt's parameter number for the arena limit (glibc's malloc.h)."""
 
 
-def _glibc():
+def limit_arenas(arenas: int = ARENAS) -> bool:
+    """At most `arenas` malloc arenas from now on, unless MALLOC_ARENA_MAX says otherwise; whether it was set."""
+    if os.environ.get(ENV):
+        return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
     except OSError:
-        return None
-
-
-_LIBC = _glibc() if os.environ.get(ENV, "1") != "0" else None
-
-
-def trim() -> bool:
-    """Return the heap's free pages to the system; whether any were (False without glibc, or turned off)."""
-    return bool(_LIBC.malloc_trim(0)) if _LIBC is not None else False
+        return False
+    mallopt = getattr(libc, "mallopt", None)
+    return bool(mallopt(M_ARENA_MAX, arenas)) if mallopt is not None else False
