@@ -11,13 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller_app.config import ConfigError, ControllerConfig
-from controller_app.deviation import DeviationConfig, DeviationEstimator, Fallback
+from controller_app.deviation import DeviationConfig, DeviationEstimator, Fallback, LivePast, executed_action
 from controller_app.views import instances_view, state_view
 from gnn_policy.checkpoint import check_config
 from gnn_policy.gn import GNPolicyNet, NetConfig
 from gnn_policy.graph import NODE_FEATURES, OPTIONAL_NODE_FEATURES, to_pyg
 from gnn_policy.views import context
 from tests.controller_rig import land, make_rig, run_period, tuple_n
+from twin.choice import flow_twin
 from twin.params import Thresholds
 from twin.state import ClusterState, Flow, Instance, StateError
 
@@ -244,3 +245,12 @@ def test_a_network_that_names_the_feature_reads_it_and_one_that_does_not_ignores
 def test_the_deviation_survives_state_changes(deviation):
     state = small_state(deviation).with_changes(rate=np.full(4, 5.0))
     assert state.twin_deviation.tolist() == deviation
+
+
+@pytest.mark.parametrize("twin", ["default", "calibrated"])
+def test_a_cluster_without_instances_is_predicted_empty_not_an_error(twin):
+    """Seen live (a controller whose NFs had not reported yet): the calibrated twin's steering of new flows
+    raised 'argmin of an empty sequence' and the period's comparison was lost to a logged traceback."""
+    empty = ClusterState.from_objects([], [])
+    step = flow_twin(twin).rollout(LivePast((empty, empty), 1.0), [executed_action(empty, None)])[0]
+    assert step.utilisation.size == 0 and step.queue.size == 0

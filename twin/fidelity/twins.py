@@ -274,7 +274,8 @@ class CalibratedTwin(FlowTwin):
     def arrivals(self, past, carried, utilisation, active):
         _, _, fresh = self._traffic(past)
         share = np.where(active, (1.0 - self.fitted.least_utilised_share) / max(active.sum(), 1), 0.0)
-        share[int(np.argmin(np.where(active, utilisation, np.inf)))] += self.fitted.least_utilised_share
+        if active.any():  # a cluster with no instance running (a controller starting up) steers nothing
+            share[int(np.argmin(np.where(active, utilisation, np.inf)))] += self.fitted.least_utilised_share
         survive = min(self.fitted.rate_persistence + self.fitted.rate_reversion, 1.0)
         return survive * carried + fresh * share
 
