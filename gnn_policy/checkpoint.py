@@ -21,8 +21,9 @@ from trace_replay.files import atomic_write
 from twin.checkpoint_file import read_versioned
 
 FORMAT = "deepmigration-gn"
-VERSION = 3
-"""3: the config's control head (`targets`, `control_bias`; `gnn_policy.control`); 2: simple RNN cells and 18
+VERSION = 4
+"""4: the control head reads the history features (`gn.CONTROL_FEATURES`: utilisation, its trend, periods since the
+last action); 3: the config's control head (`targets`, `control_bias`; `gnn_policy.control`); 2: simple RNN cells and 18
 migration levels (version 1 had GRU cells and 10 levels)."""
 MAX_HIDDEN = 4096
 MAX_STEPS = 32

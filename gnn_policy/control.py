@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch_geometric.data import Data
 
 from gnn_policy.actions import realise
 from gnn_policy.agent import DeepMigration
-from gnn_policy.base import Decision, Problem
+from gnn_policy.base import Decision, Policy, Problem
 from gnn_policy.gn import GNPolicyNet
 from gnn_policy.graph import to_pyg
 from gnn_policy.rule_policy import rule_request
@@ -63,17 +63,59 @@ class ControlInput:
     """[1, len(CONTROL_FEATURES)] `control_features`."""
 
 
-def control_input(problem: Problem) -> ControlInput:
-    return ControlInput(to_pyg(problem.state), context([problem.thresholds]), control_features(problem))
+SINCE_ACTION_CAP = 10
+"""Periods since the last action are read as min(periods, cap) / cap: "long ago" is 1."""
 
 
-def control_features(problem: Problem) -> torch.Tensor:
+@dataclass
+class History:
+    """What the policy saw before this period: the active instances' utilisation of every period it was asked,
+    and when it last acted. A one-period rule has none of it; the control head reads it to anticipate."""
+
+    utilisation: list[float] = field(default_factory=list)
+    last_action: int | None = None
+
+    def observe(self, problem: Problem) -> None:
+        """Called once per period, before the decision (also when no scenario is detected)."""
+        self.utilisation.append(utilisation(problem))
+
+    def acted(self) -> None:
+        """The decision of the period just observed changed the cluster (not a hold)."""
+        self.last_action = len(self.utilisation) - 1
+
+    def features(self, now: float) -> tuple[float, float, float]:
+        """The change of utilisation over the last one and three periods (the current period observed last; as
+        far back as seen), and the periods since the last action (capped; never acted: the cap)."""
+        back = self.utilisation[::-1] or [now]
+        since = SINCE_ACTION_CAP if self.last_action is None else len(self.utilisation) - 1 - self.last_action
+        return (now - back[min(1, len(back) - 1)], now - back[min(3, len(back) - 1)],
+                min(since, SINCE_ACTION_CAP) / SINCE_ACTION_CAP)
+
+
+def utilisation(problem: Problem) -> float:
+    """Load over capacity of the active instances together."""
+    state = problem.state
+    active = state.active.astype(bool)
+    return float(state.load_pps[active].sum() / state.capacity[active].sum()) if active.any() else 0.0
+
+
+def control_input(problem: Problem, history: History | None = None) -> ControlInput:
+    return ControlInput(to_pyg(problem.state), context([problem.thresholds]), control_features(problem, history))
+
+
+def control_features(problem: Problem, history: History | None = None) -> torch.Tensor:
     """[1, len(gn.CONTROL_FEATURES)]: the scenario (one-hot), the share of instances active (the graph holds
-    only the active ones, so without it the head cannot tell whether a standby is left) and log(1 + Q(t))."""
+    only the active ones, so without it the head cannot tell whether a standby is left), log(1 + Q(t)), the
+    active instances' utilisation (together, and the highest), and `History.features` (no history: no change,
+    no recent action)."""
     kind, state = problem.scenario.kind, problem.state
+    now = utilisation(problem)
+    active = state.active.astype(bool)
+    highest = float(state.utilisation[active].max()) if active.any() else 0.0
     return torch.tensor([[float(kind is ScenarioKind.SCALE_OUT), float(kind is ScenarioKind.SCALE_IN),
                           float(kind is ScenarioKind.LOAD_BALANCE), float(state.active.mean()),
-                          math.log1p(max(problem.budget_queue, 0.0))]], dtype=torch.float32)
+                          math.log1p(max(problem.budget_queue, 0.0)), now, highest,
+                          *(history or History()).features(now)]], dtype=torch.float32)
 
 
 def control_logits(net: GNPolicyNet, inputs: Sequence[ControlInput]) -> torch.Tensor:
@@ -93,6 +135,18 @@ def log_prob(logits: torch.Tensor, choices: Sequence[ControlChoice]) -> torch.Te
     index = torch.tensor([c.target for c in choices])
     acting = act_hold[:, ACT] + target.gather(1, index[:, None]).squeeze(1)
     return torch.where(hold, act_hold[:, HOLD], acting)
+
+
+def every_choice(targets: int) -> list[ControlChoice]:
+    """Every action of a head over `targets` target utilisations: hold, then act at each target."""
+    return [ControlChoice(True)] + [ControlChoice(False, k) for k in range(targets)]
+
+
+def all_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """[G, 1 + targets] log π of every action in `every_choice`'s order (each row's exponentials sum to 1)."""
+    act_hold = torch.log_softmax(logits[:, :2], dim=1)
+    target = torch.log_softmax(logits[:, 2:], dim=1)
+    return torch.cat([act_hold[:, HOLD:HOLD + 1], act_hold[:, ACT:ACT + 1] + target], dim=1)
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -121,7 +175,27 @@ def decision(problem: Problem, choice: ControlChoice, targets: Sequence[float]) 
     return Decision(realise(problem, rule_request(problem, target)), reason=f"deepmigration: act, target {target:g}")
 
 
-class LoopMigration(DeepMigration):
+class Remembering(Policy):
+    """A policy that keeps a `History`: it observes every period it is asked about, scenario or not. Give each
+    episode its own (the closed loop's policies are fresh copies per episode)."""
+
+    history: History | None = None
+
+    def decide(self, problem: Problem) -> Decision:
+        if self.history is None:
+            self.history = History()
+        if not problem.forced:
+            self.history.observe(problem)
+        return super().decide(problem)
+
+    def choose(self, problem: Problem, choice: ControlChoice, targets: Sequence[float]) -> Decision:
+        """`decision` of `choice`, noted in the history when it acts."""
+        if not choice.hold and self.history is not None:
+            self.history.acted()
+        return decision(problem, choice, targets)
+
+
+class LoopMigration(Remembering, DeepMigration):
     """DeepMigration with a control head (`NetConfig.targets`): in the closed loop its greedy act/hold and target
     decide; on a forced scenario, or without a control head, it is `DeepMigration` unchanged. No guard on the
     control path: the guard's one-period comparison would undo exactly the decisions that look past the period."""
@@ -131,5 +205,5 @@ class LoopMigration(DeepMigration):
             return super()._decide(problem)
         self.decisions += 1
         with torch.inference_mode():
-            logits = control_logits(self.net, [control_input(problem)])[0]
-        return decision(problem, draw(logits, greedy=True), self.net.config.targets)
+            logits = control_logits(self.net, [control_input(problem, self.history)])[0]
+        return self.choose(problem, draw(logits, greedy=True), self.net.config.targets)

@@ -35,9 +35,12 @@ from gnn_policy.graph import EDGE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES, node
 
 CONTEXT_FEATURES = ("th_high", "th_low")
 """Inputs the graph does not carry: the thresholds of the problem, appended to the global attribute."""
-CONTROL_FEATURES = ("scale_out", "scale_in", "load_balance", "active_share", "budget_queue")
+CONTROL_FEATURES = ("scale_out", "scale_in", "load_balance", "active_share", "budget_queue", "utilisation",
+                    "utilisation_max", "trend_1", "trend_3", "since_action")
 """What the control head reads besides the global state (`gnn_policy.control.control_features`): the detected
-scenario, the share of the instances that are active (the graph holds only those) and Q(t)."""
+scenario, the share of the instances that are active (the graph holds only those), Q(t), and what a one-period
+rule cannot see (`control.History`): the active instances' utilisation now, its change over the last one and
+three periods, and the periods since the policy last acted."""
 
 MIGRATION_LEVELS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
 """Fractions of the source instance's load an edge can ask to migrate (level 0: move nothing)."""

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from gnn_policy import checkpoint, control
 from gnn_policy.agent import DeepMigration
-from gnn_policy.base import Decision, Policy, Problem
+from gnn_policy.base import Decision, Problem
 from gnn_policy.bench import loop
 from gnn_policy.closed_loop import run_closed_loop
 from gnn_policy.gn import GNPolicyNet
@@ -114,7 +114,7 @@ class Draw:
     choice: control.ControlChoice
 
 
-class Explorer(Policy):
+class Explorer(control.Remembering):
     """The stochastic control policy of one training episode: samples, records each draw for the update."""
 
     name: ClassVar[str] = "deepmigration-explorer"
@@ -125,12 +125,12 @@ class Explorer(Policy):
         self.draws: list[Draw] = []
 
     def _decide(self, problem: Problem) -> Decision:
-        inputs = control.control_input(problem)
+        inputs = control.control_input(problem, self.history)
         with torch.no_grad():
             logits = control.control_logits(self.net, [inputs])[0]
         choice = control.draw(logits, greedy=False, generator=self.generator)
         self.draws.append(Draw(self.clock[0], inputs, choice))
-        return control.decision(problem, choice, self.net.config.targets)
+        return self.choose(problem, choice, self.net.config.targets)
 
 
 def returns(costs: np.ndarray, cost_unit: float) -> np.ndarray:
@@ -182,7 +182,7 @@ def iteration_step(net: GNPolicyNet, optimizer: torch.optim.Optimizer, table: Fl
             "mean_target": float(np.mean(targets)) if targets else 0.0}
 
 
-class Imitator(Policy):
+class Imitator(control.Remembering):
     """Acts as the hold rule and records each state with the rule's choice in the control head's terms."""
 
     name: ClassVar[str] = "deepmigration-imitator"
@@ -193,9 +193,9 @@ class Imitator(Policy):
         self.samples: list[tuple[control.ControlInput, control.ControlChoice]] = []
 
     def _decide(self, problem: Problem) -> Decision:
-        self.samples.append((control.control_input(problem), control.ControlChoice(self.rule.holds(problem),
-                                                                                   self.target)))
-        return self.rule._decide(problem)
+        choice = control.ControlChoice(self.rule.holds(problem), self.target)
+        self.samples.append((control.control_input(problem, self.history), choice))
+        return self.choose(problem, choice, control.TARGETS)
 
 
 def imitate(net: GNPolicyNet, table: FlowTable, trace: Path, config: LoopTrainConfig) -> dict:

@@ -1,0 +1,166 @@
+"""Policy improvement by rollouts in the twin (`dm-train --closed-loop`'s main step; docs/agent.md, "Rollout
+advantages"): the advantage of every action at every decision of a base policy, measured exactly, then a step of
+the control head towards the actions that pay.
+
+REINFORCE's per-step baseline compares copies of a window whose histories have already parted after their first
+decisions, so on these windows (a few decisions in six matter, ± 100,000 between windows) its signal drowns. Here
+the copies of a window share their history up to one decision d: copy (d, a) follows the base policy, takes action
+a at decision d, then follows the base policy again. The twin is deterministic, so the difference of two copies'
+total_cost is exactly what a changes at d (the base policy's own action scores 0): A(s_d, a) = Q(s_d, a) − Q(s_d,
+base), a critic measured by rollouts instead of learned (Monte Carlo, no bootstrap, no off-policy data). The head
+then minimises the expected regret Σ_a π(a | s)·(max_a' A(s, a') − A(s, a)) / cost_unit over the decisions (the
+exact π of `control.all_log_probs`): the all-action policy gradient with these advantages, one step of
+approximate policy iteration per round.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from gnn_policy import control
+from gnn_policy.agent import DeepMigration
+from gnn_policy.base import Decision, Problem
+from gnn_policy.closed_loop import run_closed_loop
+from gnn_policy.gn import GNPolicyNet
+from gnn_policy.rule_policy import HoldingRule
+from trace_replay.episodes import EpisodeBatch
+from twin.choice import batched_twin
+from twin.params import CostParams, Thresholds
+
+BaseChoice = Callable[[Problem, control.History | None], control.ControlChoice]
+"""The base policy in the control head's terms: its choice for a problem, given what it saw before."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One decision of the base policy and what each action there would have saved."""
+
+    inputs: control.ControlInput
+    gains: np.ndarray
+    """[1 + targets], `control.every_choice`'s order: the base policy's total_cost less that of taking the action
+    at this decision and following the base policy otherwise (0 for the base policy's own action)."""
+
+
+def rule_choice(rule: HoldingRule, targets: Sequence[float]) -> BaseChoice:
+    """The hold rule as a base policy (its target must be on the grid)."""
+    index = list(targets).index(rule.target)
+    return lambda problem, _: control.ControlChoice(rule.holds(problem), index)
+
+
+def head_choice(net: GNPolicyNet) -> BaseChoice:
+    """The control head's greedy choice as a base policy."""
+    def choice(problem: Problem, history: control.History | None) -> control.ControlChoice:
+        with torch.inference_mode():
+            logits = control.control_logits(net, [control.control_input(problem, history)])[0]
+        return control.draw(logits, greedy=True)
+    return choice
+
+
+def fingerprint(problem: Problem) -> bytes:
+    """Equal for equal observed states: the copies of a window share theirs until they part."""
+    state = problem.state
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (state.rate, state.assignment, state.active, state.queue, state.capacity):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(repr(state.flow_ids).encode())
+    return digest.digest()
+
+
+class Brancher(control.Remembering):
+    """Follows `base`, except at its decision number `at` (counted from 0), where it takes `choice` and records
+    the head's input; `at` −1 only follows (and counts the decisions)."""
+
+    name: ClassVar[str] = "deepmigration-brancher"
+    handles = DeepMigration.handles
+
+    def __init__(self, base: BaseChoice, targets: Sequence[float], at: int = -1,
+                 choice: control.ControlChoice | None = None, memo: dict | None = None):
+        self.base, self.targets, self.at, self.choice = base, tuple(targets), at, choice
+        self.memo = {} if memo is None else memo
+        """Decisions by (observed state, choice), shared by the copies of a window: realising a request is most
+        of a decision's time, and until they part the copies ask for the same ones."""
+        self.calls = 0
+        self.seen: control.ControlInput | None = None
+
+    def _decide(self, problem: Problem) -> Decision:
+        if self.calls == self.at:
+            self.seen, choice = control.control_input(problem, self.history), self.choice
+        else:
+            choice = self.base(problem, self.history)
+        self.calls += 1
+        if choice.hold:
+            return self.choose(problem, choice, self.targets)
+        key = (fingerprint(problem), choice.target)
+        if key not in self.memo:
+            self.memo[key] = control.decision(problem, choice, self.targets)
+        self.history.acted()
+        return self.memo[key]
+
+
+def window(batch: EpisodeBatch, episode: int, copies: int = 1) -> EpisodeBatch:
+    """Episode `episode` of `batch`, `copies` times."""
+    return replace(batch, **{f.name: np.repeat(getattr(batch, f.name)[episode:episode + 1], copies, axis=0)
+                             for f in fields(batch) if isinstance(getattr(batch, f.name), np.ndarray)})
+
+
+def total_costs(batch: EpisodeBatch, policies: Sequence[Brancher], twin: str, params: CostParams,
+                thresholds: Thresholds) -> np.ndarray:
+    runs = run_closed_loop(batched_twin(twin, batch, params, thresholds), policies)
+    return np.array([sum(p.cost for p in run) for run in runs])
+
+
+def collect(batch: EpisodeBatch, base: BaseChoice, targets: Sequence[float], *, twin: str,
+            params: CostParams = CostParams(), thresholds: Thresholds = Thresholds(),
+            episodes: Sequence[int] | None = None, on_window: Callable[[], None] = lambda: None) -> list[Sample]:
+    """The samples of every decision of `base` in `episodes` of `batch` (all by default): each window once as
+    the base policy runs it, then as many copies as (decisions × actions), in one batched run per window."""
+    episodes = range(batch.n_episodes) if episodes is None else episodes
+    actions = control.every_choice(len(targets))
+    samples = []
+    for b in episodes:
+        followers = [Brancher(base, targets)]
+        (base_cost,) = total_costs(window(batch, b), followers, twin, params, thresholds)
+        decisions = followers[0].calls
+        if decisions:
+            memo: dict = {}
+            branches = [Brancher(base, targets, d, a, memo) for d in range(decisions) for a in actions]
+            costs = total_costs(window(batch, b, len(branches)), branches, twin, params, thresholds)
+            gains = (base_cost - costs).reshape(decisions, len(actions))
+            samples += [Sample(branches[d * len(actions)].seen, gains[d]) for d in range(decisions)]
+        on_window()
+    return samples
+
+
+def expected_regret(net: GNPolicyNet, samples: Sequence[Sample], cost_unit: float) -> torch.Tensor:
+    """Mean over the samples of Σ_a π(a | s)·regret(s, a) / cost_unit (differentiable in the control head)."""
+    gains = torch.tensor(np.stack([s.gains for s in samples]), dtype=torch.float32)
+    regret = (gains.max(dim=1, keepdim=True).values - gains) / cost_unit
+    probs = control.all_log_probs(control.control_logits(net, [s.inputs for s in samples])).exp()
+    return (probs * regret).sum(dim=1).mean()
+
+
+def greedy_regret(net: GNPolicyNet, samples: Sequence[Sample]) -> float:
+    """Total regret (cost units) of the greedy head's actions on the samples: 0 when it picks a best action
+    everywhere; the base policy's is the sum of the best gains."""
+    with torch.no_grad():
+        logits = control.control_logits(net, [s.inputs for s in samples])
+    actions = control.every_choice(logits.size(1) - 2)
+    picked = [actions.index(control.draw(row, greedy=True)) for row in logits]
+    return float(sum(s.gains.max() - s.gains[a] for s, a in zip(samples, picked)))
+
+
+def improve(net: GNPolicyNet, samples: Sequence[Sample], steps: int, lr: float, cost_unit: float,
+            optimizer: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
+    """`steps` full-batch Adam steps on `expected_regret`; the optimizer, to go on with."""
+    optimizer = optimizer or torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        loss = expected_regret(net, samples, cost_unit)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return optimizer
