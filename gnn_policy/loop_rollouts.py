@@ -15,12 +15,15 @@ approximate policy iteration per round.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
+from torch_geometric.data import Data
 
 from gnn_policy import control
 from gnn_policy.agent import DeepMigration
@@ -29,6 +32,7 @@ from gnn_policy.closed_loop import run_closed_loop
 from gnn_policy.gn import GNPolicyNet
 from gnn_policy.rule_policy import HoldingRule
 from trace_replay.episodes import EpisodeBatch
+from trace_replay.files import atomic_write
 from twin.choice import batched_twin
 from twin.params import CostParams, Thresholds
 
@@ -102,10 +106,15 @@ class Brancher(control.Remembering):
         return self.memo[key]
 
 
+def replicate(batch: EpisodeBatch, copies: int, episodes: slice = slice(None)) -> EpisodeBatch:
+    """Each episode of `batch` (of `episodes` only) `copies` times in a row (episode g's copies are g·copies ...)."""
+    return replace(batch, **{f.name: np.repeat(getattr(batch, f.name)[episodes], copies, axis=0)
+                             for f in fields(batch) if isinstance(getattr(batch, f.name), np.ndarray)})
+
+
 def window(batch: EpisodeBatch, episode: int, copies: int = 1) -> EpisodeBatch:
     """Episode `episode` of `batch`, `copies` times."""
-    return replace(batch, **{f.name: np.repeat(getattr(batch, f.name)[episode:episode + 1], copies, axis=0)
-                             for f in fields(batch) if isinstance(getattr(batch, f.name), np.ndarray)})
+    return replicate(batch, copies, slice(episode, episode + 1))
 
 
 def total_costs(batch: EpisodeBatch, policies: Sequence[Brancher], twin: str, params: CostParams,
@@ -164,3 +173,45 @@ def improve(net: GNPolicyNet, samples: Sequence[Sample], steps: int, lr: float, 
         loss.backward()
         optimizer.step()
     return optimizer
+
+
+CACHE_FORMAT = "deepmigration-rollouts"
+CACHE_VERSION = 1
+
+
+def cache_file(folder: Path, key: dict) -> Path:
+    """The file of `key` (what fixes the samples: the windows, the twin, the base policy) in `folder`."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return folder / f"rollouts-{digest}.pt"
+
+
+def base_key(net: GNPolicyNet | None, rule_target: float | None) -> str:
+    """Names the base policy: the rule's target, or a digest of the head's weights."""
+    if net is None:
+        return f"rule-hold {rule_target!r}"
+    digest = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
+    return f"head {digest.hexdigest()}"
+
+
+def save_samples(path: Path, key: dict, samples: Sequence[Sample]) -> None:
+    """The samples as plain tensors (loadable with weights_only), whole or not at all."""
+    stored = [{"graph": dict(s.inputs.graph.to_dict()), "context": s.inputs.context, "control": s.inputs.control,
+               "gains": torch.as_tensor(s.gains)} for s in samples]
+    with atomic_write(path, make_parents=True) as handle:
+        torch.save({"format": CACHE_FORMAT, "version": CACHE_VERSION, "key": json.dumps(key, sort_keys=True),
+                    "samples": stored}, handle)
+
+
+def load_samples(path: Path, key: dict) -> list[Sample] | None:
+    """The samples cached at `path` for `key`; None when there are none (a file of another key, format or
+    version is ignored, to be replaced)."""
+    if not path.is_file():
+        return None
+    stored = torch.load(path, weights_only=True)
+    if not (isinstance(stored, dict) and stored.get("format") == CACHE_FORMAT
+            and stored.get("version") == CACHE_VERSION and stored.get("key") == json.dumps(key, sort_keys=True)):
+        return None
+    return [Sample(control.ControlInput(Data(**s["graph"]), s["context"], s["control"]), s["gains"].numpy())
+            for s in stored["samples"]]
