@@ -60,7 +60,7 @@ class ControlInput:
     context: torch.Tensor
     """[1, 2] Th_high, Th_low."""
     control: torch.Tensor
-    """[1, len(CONTROL_FEATURES)] `control_features`."""
+    """[1, len(CONTROL_FEATURES) + targets] `control_features`."""
 
 
 SINCE_ACTION_CAP = 10
@@ -99,15 +99,18 @@ def utilisation(problem: Problem) -> float:
     return float(state.load_pps[active].sum() / state.capacity[active].sum()) if active.any() else 0.0
 
 
-def control_input(problem: Problem, history: History | None = None) -> ControlInput:
-    return ControlInput(to_pyg(problem.state), context([problem.thresholds]), control_features(problem, history))
+def control_input(problem: Problem, history: History | None = None,
+                  targets: Sequence[float] = TARGETS) -> ControlInput:
+    return ControlInput(to_pyg(problem.state), context([problem.thresholds]),
+                        control_features(problem, history, targets))
 
 
-def control_features(problem: Problem, history: History | None = None) -> torch.Tensor:
-    """[1, len(gn.CONTROL_FEATURES)]: the scenario (one-hot), the share of instances active (the graph holds
-    only the active ones, so without it the head cannot tell whether a standby is left), log(1 + Q(t)), the
-    active instances' utilisation (together, and the highest), and `History.features` (no history: no change,
-    no recent action)."""
+def control_features(problem: Problem, history: History | None = None,
+                     targets: Sequence[float] = TARGETS) -> torch.Tensor:
+    """[1, len(gn.CONTROL_FEATURES) + len(targets)]: the scenario (one-hot), the share of instances active (the
+    graph holds only the active ones, so without it the head cannot tell whether a standby is left), log(1 +
+    Q(t)), the active instances' utilisation (together, and the highest), `History.features` (no history: no
+    change, no recent action), then `target_features`."""
     kind, state = problem.scenario.kind, problem.state
     now = utilisation(problem)
     active = state.active.astype(bool)
@@ -115,7 +118,17 @@ def control_features(problem: Problem, history: History | None = None) -> torch.
     return torch.tensor([[float(kind is ScenarioKind.SCALE_OUT), float(kind is ScenarioKind.SCALE_IN),
                           float(kind is ScenarioKind.LOAD_BALANCE), float(state.active.mean()),
                           math.log1p(max(problem.budget_queue, 0.0)), now, highest,
-                          *(history or History()).features(now)]], dtype=torch.float32)
+                          *(history or History()).features(now),
+                          *target_features(now, int(active.sum()), targets)]], dtype=torch.float32)
+
+
+def target_features(now: float, active: int, targets: Sequence[float]) -> list[float]:
+    """Per target t: (⌈u·n / t⌉ − n) / n, the instances that acting at t would start (> 0) or drain (< 0) as a
+    share of the n active ones at utilisation u, as if they were alike (the request's own count,
+    `rule_policy.rule_count`, weighs each instance's capacity). What a target does depends on u / t and n;
+    the head reads it directly instead of learning a ceiling."""
+    n = max(active, 1)
+    return [(math.ceil(round(now * n / t, 6)) - n) / n for t in targets]
 
 
 def control_logits(net: GNPolicyNet, inputs: Sequence[ControlInput]) -> torch.Tensor:
@@ -159,12 +172,15 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def draw(logits: torch.Tensor, *, greedy: bool, generator: torch.Generator | None = None) -> ControlChoice:
-    """A choice from one row of logits [2 + targets]: sampled, or the most likely act/hold and target."""
+    """A choice from one row of logits [2 + targets]: sampled, or the most likely act/hold and target (a hold
+    carries target 0, as in `every_choice`)."""
     act_hold, target = logits[:2], logits[2:]
     if greedy:
-        return ControlChoice(bool(act_hold.argmax() == HOLD), int(target.argmax()))
-    hold = bool(torch.multinomial(torch.softmax(act_hold, 0), 1, generator=generator) == HOLD)
-    return ControlChoice(hold, int(torch.multinomial(torch.softmax(target, 0), 1, generator=generator)))
+        hold, index = bool(act_hold.argmax() == HOLD), int(target.argmax())
+    else:
+        hold = bool(torch.multinomial(torch.softmax(act_hold, 0), 1, generator=generator) == HOLD)
+        index = int(torch.multinomial(torch.softmax(target, 0), 1, generator=generator))
+    return ControlChoice(True) if hold else ControlChoice(False, index)
 
 
 def decision(problem: Problem, choice: ControlChoice, targets: Sequence[float]) -> Decision:
@@ -205,5 +221,5 @@ class LoopMigration(Remembering, DeepMigration):
             return super()._decide(problem)
         self.decisions += 1
         with torch.inference_mode():
-            logits = control_logits(self.net, [control_input(problem, self.history)])[0]
+            logits = control_logits(self.net, [control_input(problem, self.history, self.net.config.targets)])[0]
         return self.choose(problem, draw(logits, greedy=True), self.net.config.targets)

@@ -60,7 +60,7 @@ def head_choice(net: GNPolicyNet) -> BaseChoice:
     """The control head's greedy choice as a base policy."""
     def choice(problem: Problem, history: control.History | None) -> control.ControlChoice:
         with torch.inference_mode():
-            logits = control.control_logits(net, [control.control_input(problem, history)])[0]
+            logits = control.control_logits(net, [control.control_input(problem, history, net.config.targets)])[0]
         return control.draw(logits, greedy=True)
     return choice
 
@@ -93,7 +93,7 @@ class Brancher(control.Remembering):
 
     def _decide(self, problem: Problem) -> Decision:
         if self.calls == self.at:
-            self.seen, choice = control.control_input(problem, self.history), self.choice
+            self.seen, choice = control.control_input(problem, self.history, self.targets), self.choice
         else:
             choice = self.base(problem, self.history)
         self.calls += 1
@@ -145,9 +145,18 @@ def collect(batch: EpisodeBatch, base: BaseChoice, targets: Sequence[float], *, 
     return samples
 
 
-def expected_regret(net: GNPolicyNet, samples: Sequence[Sample], cost_unit: float) -> torch.Tensor:
-    """Mean over the samples of Σ_a π(a | s)·regret(s, a) / cost_unit (differentiable in the control head)."""
-    gains = torch.tensor(np.stack([s.gains for s in samples]), dtype=torch.float32)
+def margined(gains: np.ndarray, margin: float) -> np.ndarray:
+    """The gains less `margin` for every action that changes the episode (a gain other than 0): the head then
+    leaves the base policy only where the measured gain exceeds the margin, which its errors on unseen states
+    must pay for."""
+    return np.where(gains != 0.0, gains - margin, 0.0)
+
+
+def expected_regret(net: GNPolicyNet, samples: Sequence[Sample], cost_unit: float,
+                    margin: float = 0.0) -> torch.Tensor:
+    """Mean over the samples of Σ_a π(a | s)·regret(s, a) / cost_unit, regret the best `margined` gain less the
+    action's (differentiable in the control head)."""
+    gains = torch.tensor(np.stack([margined(s.gains, margin) for s in samples]), dtype=torch.float32)
     regret = (gains.max(dim=1, keepdim=True).values - gains) / cost_unit
     probs = control.all_log_probs(control.control_logits(net, [s.inputs for s in samples])).exp()
     return (probs * regret).sum(dim=1).mean()
@@ -164,11 +173,11 @@ def greedy_regret(net: GNPolicyNet, samples: Sequence[Sample]) -> float:
 
 
 def improve(net: GNPolicyNet, samples: Sequence[Sample], steps: int, lr: float, cost_unit: float,
-            optimizer: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
+            optimizer: torch.optim.Optimizer | None = None, margin: float = 0.0) -> torch.optim.Optimizer:
     """`steps` full-batch Adam steps on `expected_regret`; the optimizer, to go on with."""
     optimizer = optimizer or torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
     for _ in range(steps):
-        loss = expected_regret(net, samples, cost_unit)
+        loss = expected_regret(net, samples, cost_unit, margin)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -1,22 +1,23 @@
-"""`dm-train --closed-loop`: Algorithm 1 of the paper in the closed loop, for the control head (act or hold, the
-target utilisation; `gnn_policy.control`). Read top to bottom, one iteration:
+"""`dm-train --closed-loop`: training the control head (act or hold, the target utilisation; `gnn_policy.control`)
+in the closed loop, on training windows only (sample seeds 0-99; docs/agent.md "Evaluation split"). Three stages,
+each optional, every hyper-parameter in `LoopTrainConfig`:
 
-1. cut `windows` trace windows of the training split (sample seeds 0-99, docs/agent.md "Evaluation split")
-   and copy each `episodes` times: Algorithm 1's N parallel episodes start from the same state, so the mean
-   return over them is a fair per-step baseline b_t;
-2. drive them period by period with `gnn_policy.closed_loop.run_closed_loop`, the benchmark's own loop, in
-   the twin `--twin` names (`twin.choice.batched_twin`: fluid or calibrated): wherever the
-   scenario detector calls, the policy samples hold or (act, target) and records the draw;
-3. r_t = −(the period's cost, the closed-loop benchmark's `total_cost` share: `Period.cost`) / `cost_unit`,
-   R_t = Σ_{t' ≥ t} r_t', b_t = mean of R_t over the window's copies; the loss is
-   −Σ_decisions log π(a_t | s_t)·(R_t − b_t) / episodes, log π recomputed exactly in one batched pass;
-4. clip the gradient norm, step Adam with the learning rate falling linearly from `lr_start` to `lr_end`
-   (5e-3 → 1e-3, section V), and let the episode length grow by ε periods per iteration;
-5. every `validate_every` iterations, run the greedy policy on the validation windows (sample seed 100) as
-   `dm-bench --experiment closed-loop` does and keep the checkpoint with the lowest mean total_cost.
+1. warm start (`imitate`): cross-entropy to `deepmigration-rule-hold`'s choices at `imitation_target` (the
+   validation-tuned 0.3) on the states it visits;
+2. rollout rounds (`improve_by_rollouts`, `gnn_policy.loop_rollouts`): every action's exact advantage at every
+   decision of the base policy (the imitated rule, then the greedy head), measured by rollouts in the twin; full-batch
+   Adam on the expected regret; the shipped run's stage;
+3. Algorithm 1 of the paper (`iteration_step`), off by default (`iterations` 0): each iteration cuts `windows` trace
+   windows and copies each `episodes` times (the N parallel episodes, whose mean return is the per-step baseline
+   b_t), drives them period by period with `gnn_policy.closed_loop.run_closed_loop` in the twin `--twin` names,
+   r_t = −(the period's cost, `Period.cost`) / `cost_unit`, R_t = Σ_{t' ≥ t} r_t', loss −Σ log π(a_t | s_t)·(R_t
+   − b_t) / episodes (log π exact, one batched pass), gradient clipped, lr `lr_start` → `lr_end`, episode length
+   growing by ε per iteration.
 
-Only the control head learns; the GN body and the edge and node heads keep the weights they start from (the
-shipped checkpoint by default), so the one-shot experiments' decisions do not change.
+After the warm start and every `rollout_check_every` steps or `validate_every` iterations, the greedy policy runs
+on the validation windows (sample seed 100) as `dm-bench --experiment closed-loop` does; the checkpoint with the
+lowest mean total_cost is kept. Only the control head learns; the GN body and the edge and node heads keep the
+weights they start from (the shipped checkpoint by default), so the one-shot experiments' decisions do not change.
 """
 from __future__ import annotations
 
@@ -39,10 +40,11 @@ from gnn_policy.agent import DeepMigration
 from gnn_policy.base import Decision, Problem
 from gnn_policy.bench import loop
 from gnn_policy.closed_loop import run_closed_loop
-from gnn_policy.gn import GNPolicyNet
+from gnn_policy.gn import CONTROL_FEATURES, GNPolicyNet
 from gnn_policy.loop_rollouts import replicate
 from gnn_policy.rule_policy import HOLD_TARGET, HoldingRule
 from trace_replay.cli_types import (
+    non_negative_float,
     non_negative_int,
     output_file_new_folders,
     positive_float,
@@ -74,14 +76,16 @@ class LoopTrainConfig:
     imitation_target: float = HOLD_TARGET
     rollout_rounds: int = 1
     """Rounds of policy improvement by rollouts (`gnn_policy.loop_rollouts`); the first round's base policy is
-    the imitated rule when there is a warm start, every other round's the greedy head."""
+    the hold rule at `imitation_target`, every other round's the greedy head."""
     rollout_windows: int = 32
-    """Training windows of each round (sample seed `rollout_seed` + round)."""
+    """Training windows of each round, one per sample seed (`window_samples`)."""
     rollout_seed: int = 1
-    rollout_steps: int = 200
+    rollout_steps: int = 100
     """Full-batch Adam steps on the expected regret per round, at `rollout_lr`."""
-    rollout_lr: float = 3e-3
-    rollout_check_every: int = 20
+    rollout_lr: float = 1e-2
+    rollout_margin: float = 2000.0
+    """Cost a change of the base policy's action must save to count (`loop_rollouts.margined`)."""
+    rollout_check_every: int = 50
     """Steps between validations in a round (the best checkpoint on validation is kept)."""
     iterations: int = 0
     """REINFORCE iterations after the rollout rounds (Algorithm 1 as the paper runs it; see docs/agent.md for why
@@ -140,7 +144,7 @@ class Explorer(control.Remembering):
         self.draws: list[Draw] = []
 
     def _decide(self, problem: Problem) -> Decision:
-        inputs = control.control_input(problem, self.history)
+        inputs = control.control_input(problem, self.history, self.net.config.targets)
         with torch.no_grad():
             logits = control.control_logits(self.net, [inputs])[0]
         choice = control.draw(logits, greedy=False, generator=self.generator)
@@ -293,28 +297,35 @@ class Keeper:
 
 def rollout_samples(net: GNPolicyNet, table: FlowTable, trace: Path, config: LoopTrainConfig, round_: int,
                     cache: Path | None = None) -> list[loop_rollouts.Sample]:
-    """Round `round_`'s samples: every decision of the base policy on its training windows, every action's gain;
-    read from `cache` (a folder) when an earlier run stored the same ones there, else collected and stored."""
-    setup = loop.LoopSetup(episodes=config.rollout_windows, periods=config.periods_max,
-                           seed=TRAIN_SEEDS[(config.rollout_seed + round_) % len(TRAIN_SEEDS)],
-                           instances=config.instances, standby=config.standby, speed=config.speed,
-                           max_flows=config.max_flows)
-    rule = round_ == 0 and config.imitation_steps
+    """Round `round_`'s samples: every decision of the base policy on its training windows, every action's gain."""
+    samples = []
+    for k in tqdm(range(config.rollout_windows), desc=f"rollouts, round {round_}", unit="window"):
+        samples += window_samples(net, table, trace, config, round_, k, cache)
+    return samples
+
+
+def window_samples(net: GNPolicyNet, table: FlowTable, trace: Path, config: LoopTrainConfig, round_: int, k: int,
+                   cache: Path | None = None) -> list[loop_rollouts.Sample]:
+    """The samples of window k of round `round_` (the one window of training sample seed `rollout_seed` + round ·
+    `rollout_windows` + k); read from `cache` (a folder) when an earlier run stored the same ones there (same
+    window, twin and base policy), else collected and stored."""
+    setup = loop.LoopSetup(episodes=1, periods=config.periods_max, instances=config.instances,
+                           standby=config.standby, speed=config.speed, max_flows=config.max_flows,
+                           seed=TRAIN_SEEDS[(config.rollout_seed + round_ * config.rollout_windows + k)
+                                            % len(TRAIN_SEEDS)])
+    rule = round_ == 0
     key = {"trace": str(trace), "trace_bytes": trace.stat().st_size, "setup": asdict(setup), "twin": config.twin,
-           "targets": list(net.config.targets),
+           "targets": list(net.config.targets), "features": list(CONTROL_FEATURES) + ["per target"],
            "base": loop_rollouts.base_key(None if rule else net, config.imitation_target)}
     path = None if cache is None else loop_rollouts.cache_file(cache, key)
     samples = None if path is None else loop_rollouts.load_samples(path, key)
-    if samples is not None:
-        tqdm.write(f"rollouts, round {round_}: {len(samples)} decisions read from {path}")
-        return samples
-    batch = loop.build(trace, table, setup)
-    base = (loop_rollouts.rule_choice(HoldingRule(config.imitation_target), net.config.targets) if rule
-            else loop_rollouts.head_choice(copy.deepcopy(net).eval()))
-    with tqdm(total=batch.n_episodes, desc=f"rollouts, round {round_}", unit="window") as bar:
-        samples = loop_rollouts.collect(batch, base, net.config.targets, twin=config.twin, on_window=bar.update)
-    if path is not None:
-        loop_rollouts.save_samples(path, key, samples)
+    if samples is None:
+        base = (loop_rollouts.rule_choice(HoldingRule(config.imitation_target), net.config.targets) if rule
+                else loop_rollouts.head_choice(copy.deepcopy(net).eval()))
+        samples = loop_rollouts.collect(loop.build(trace, table, setup), base, net.config.targets,
+                                        twin=config.twin)
+        if path is not None:
+            loop_rollouts.save_samples(path, key, samples)
     return samples
 
 
@@ -328,10 +339,10 @@ def improve_by_rollouts(net: GNPolicyNet, table: FlowTable, trace: Path, config:
         optimizer = None
         for _ in range(config.rollout_steps // config.rollout_check_every):
             optimizer = loop_rollouts.improve(net, samples, config.rollout_check_every, config.rollout_lr,
-                                              config.cost_unit, optimizer)
+                                              config.cost_unit, optimizer, config.rollout_margin)
             step += config.rollout_check_every
             with torch.no_grad():
-                regret = float(loop_rollouts.expected_regret(net, samples, config.cost_unit))
+                regret = float(loop_rollouts.expected_regret(net, samples, config.cost_unit, config.rollout_margin))
             entry = keeper.log(net, step, f"rollout round {round_}", {
                 "rollout/expected_regret": regret, "rollout/greedy_regret": loop_rollouts.greedy_regret(net, samples),
                 "rollout/base_regret": float(sum(s.gains.max() for s in samples)), "rollout/decisions": len(samples)},
@@ -469,6 +480,7 @@ def _parser() -> argparse.ArgumentParser:
             ("rollout-seed", non_negative_int, "training sample seed of the first round's windows"),
             ("rollout-steps", non_negative_int, "Adam steps on the expected regret per round"),
             ("rollout-lr", positive_float, "their learning rate"),
+            ("rollout-margin", non_negative_float, "cost a change of the base policy's action must save"),
             ("rollout-check-every", positive_int, "steps between validations in a round"),
             ("iterations", non_negative_int, "REINFORCE iterations after the rounds"),
             ("windows", positive_int, "windows per REINFORCE iteration"),
