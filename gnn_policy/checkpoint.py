@@ -21,9 +21,8 @@ from trace_replay.files import atomic_write
 from twin.checkpoint_file import read_versioned
 
 FORMAT = "deepmigration-gn"
-VERSION = 4
-"""4: the control head reads the history features (`gn.CONTROL_FEATURES`: utilisation, its trend, periods since the
-last action) and one feature per target, and has its own width (`control_hidden`); 3: the config's control head (`targets`, `control_bias`; `gnn_policy.control`); 2: simple RNN cells and 18
+VERSION = 3
+"""3: the config's control head (`targets`, `control_bias`; `gnn_policy.control`); 2: simple RNN cells and 18
 migration levels (version 1 had GRU cells and 10 levels)."""
 MAX_HIDDEN = 4096
 MAX_STEPS = 32
@@ -82,8 +81,7 @@ def check_config(config: NetConfig) -> None:
     0 = l_0 < l_1 < ... <= 1, targets that are not increasing utilisations in (0, 1], or feature names other
     than those `gnn_policy.graph` builds, in its order (node features: NODE_FEATURES, then optionally a prefix
     of OPTIONAL_NODE_FEATURES)."""
-    for name, value, top in (("hidden", config.hidden, MAX_HIDDEN), ("steps", config.steps, MAX_STEPS),
-                             ("control_hidden", config.control_hidden, MAX_HIDDEN)):
+    for name, value, top in (("hidden", config.hidden, MAX_HIDDEN), ("steps", config.steps, MAX_STEPS)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
             raise ValueError(f"{name} must be an integer in 1..{top}, got {value!r}")
     levels = config.levels

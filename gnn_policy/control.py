@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch_geometric.data import Data
 
 from gnn_policy.actions import realise
 from gnn_policy.agent import DeepMigration
-from gnn_policy.base import Decision, Policy, Problem
+from gnn_policy.base import Decision, Problem
 from gnn_policy.gn import GNPolicyNet
 from gnn_policy.graph import to_pyg
 from gnn_policy.rule_policy import rule_request
@@ -60,75 +60,20 @@ class ControlInput:
     context: torch.Tensor
     """[1, 2] Th_high, Th_low."""
     control: torch.Tensor
-    """[1, len(CONTROL_FEATURES) + targets] `control_features`."""
+    """[1, len(CONTROL_FEATURES)] `control_features`."""
 
 
-SINCE_ACTION_CAP = 10
-"""Periods since the last action are read as min(periods, cap) / cap: "long ago" is 1."""
+def control_input(problem: Problem) -> ControlInput:
+    return ControlInput(to_pyg(problem.state), context([problem.thresholds]), control_features(problem))
 
 
-@dataclass
-class History:
-    """What the policy saw before this period: the active instances' utilisation of every period it was asked,
-    and when it last acted. A one-period rule has none of it; the control head reads it to anticipate."""
-
-    utilisation: list[float] = field(default_factory=list)
-    last_action: int | None = None
-
-    def observe(self, problem: Problem) -> None:
-        """Called once per period, before the decision (also when no scenario is detected)."""
-        self.utilisation.append(utilisation(problem))
-
-    def acted(self) -> None:
-        """The decision of the period just observed changed the cluster (not a hold)."""
-        self.last_action = len(self.utilisation) - 1
-
-    def features(self, now: float) -> tuple[float, float, float]:
-        """The change of utilisation over the last one and three periods (the current period observed last; as
-        far back as seen), and the periods since the last action (capped; never acted: the cap)."""
-        back = self.utilisation[::-1] or [now]
-        since = SINCE_ACTION_CAP if self.last_action is None else len(self.utilisation) - 1 - self.last_action
-        return (now - back[min(1, len(back) - 1)], now - back[min(3, len(back) - 1)],
-                min(since, SINCE_ACTION_CAP) / SINCE_ACTION_CAP)
-
-
-def utilisation(problem: Problem) -> float:
-    """Load over capacity of the active instances together."""
-    state = problem.state
-    active = state.active.astype(bool)
-    return float(state.load_pps[active].sum() / state.capacity[active].sum()) if active.any() else 0.0
-
-
-def control_input(problem: Problem, history: History | None = None,
-                  targets: Sequence[float] = TARGETS) -> ControlInput:
-    return ControlInput(to_pyg(problem.state), context([problem.thresholds]),
-                        control_features(problem, history, targets))
-
-
-def control_features(problem: Problem, history: History | None = None,
-                     targets: Sequence[float] = TARGETS) -> torch.Tensor:
-    """[1, len(gn.CONTROL_FEATURES) + len(targets)]: the scenario (one-hot), the share of instances active (the
-    graph holds only the active ones, so without it the head cannot tell whether a standby is left), log(1 +
-    Q(t)), the active instances' utilisation (together, and the highest), `History.features` (no history: no
-    change, no recent action), then `target_features`."""
+def control_features(problem: Problem) -> torch.Tensor:
+    """[1, len(gn.CONTROL_FEATURES)]: the scenario (one-hot), the share of instances active (the graph holds
+    only the active ones, so without it the head cannot tell whether a standby is left) and log(1 + Q(t))."""
     kind, state = problem.scenario.kind, problem.state
-    now = utilisation(problem)
-    active = state.active.astype(bool)
-    highest = float(state.utilisation[active].max()) if active.any() else 0.0
     return torch.tensor([[float(kind is ScenarioKind.SCALE_OUT), float(kind is ScenarioKind.SCALE_IN),
                           float(kind is ScenarioKind.LOAD_BALANCE), float(state.active.mean()),
-                          math.log1p(max(problem.budget_queue, 0.0)), now, highest,
-                          *(history or History()).features(now),
-                          *target_features(now, int(active.sum()), targets)]], dtype=torch.float32)
-
-
-def target_features(now: float, active: int, targets: Sequence[float]) -> list[float]:
-    """Per target t: (⌈u·n / t⌉ − n) / n, the instances that acting at t would start (> 0) or drain (< 0) as a
-    share of the n active ones at utilisation u, as if they were alike (the request's own count,
-    `rule_policy.rule_count`, weighs each instance's capacity). What a target does depends on u / t and n;
-    the head reads it directly instead of learning a ceiling."""
-    n = max(active, 1)
-    return [(math.ceil(round(now * n / t, 6)) - n) / n for t in targets]
+                          math.log1p(max(problem.budget_queue, 0.0))]], dtype=torch.float32)
 
 
 def control_logits(net: GNPolicyNet, inputs: Sequence[ControlInput]) -> torch.Tensor:
@@ -191,27 +136,7 @@ def decision(problem: Problem, choice: ControlChoice, targets: Sequence[float]) 
     return Decision(realise(problem, rule_request(problem, target)), reason=f"deepmigration: act, target {target:g}")
 
 
-class Remembering(Policy):
-    """A policy that keeps a `History`: it observes every period it is asked about, scenario or not. Give each
-    episode its own (the closed loop's policies are fresh copies per episode)."""
-
-    history: History | None = None
-
-    def decide(self, problem: Problem) -> Decision:
-        if self.history is None:
-            self.history = History()
-        if not problem.forced:
-            self.history.observe(problem)
-        return super().decide(problem)
-
-    def choose(self, problem: Problem, choice: ControlChoice, targets: Sequence[float]) -> Decision:
-        """`decision` of `choice`, noted in the history when it acts."""
-        if not choice.hold and self.history is not None:
-            self.history.acted()
-        return decision(problem, choice, targets)
-
-
-class LoopMigration(Remembering, DeepMigration):
+class LoopMigration(DeepMigration):
     """DeepMigration with a control head (`NetConfig.targets`): in the closed loop its greedy act/hold and target
     decide; on a forced scenario, or without a control head, it is `DeepMigration` unchanged. No guard on the
     control path: the guard's one-period comparison would undo exactly the decisions that look past the period."""
@@ -221,5 +146,5 @@ class LoopMigration(Remembering, DeepMigration):
             return super()._decide(problem)
         self.decisions += 1
         with torch.inference_mode():
-            logits = control_logits(self.net, [control_input(problem, self.history, self.net.config.targets)])[0]
-        return self.choose(problem, draw(logits, greedy=True), self.net.config.targets)
+            logits = control_logits(self.net, [control_input(problem)])[0]
+        return decision(problem, draw(logits, greedy=True), self.net.config.targets)

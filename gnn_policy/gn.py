@@ -35,13 +35,9 @@ from gnn_policy.graph import EDGE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES, node
 
 CONTEXT_FEATURES = ("th_high", "th_low")
 """Inputs the graph does not carry: the thresholds of the problem, appended to the global attribute."""
-CONTROL_FEATURES = ("scale_out", "scale_in", "load_balance", "active_share", "budget_queue", "utilisation",
-                    "utilisation_max", "trend_1", "trend_3", "since_action")
+CONTROL_FEATURES = ("scale_out", "scale_in", "load_balance", "active_share", "budget_queue")
 """What the control head reads besides the global state (`gnn_policy.control.control_features`): the detected
-scenario, the share of the instances that are active (the graph holds only those), Q(t), and what a one-period
-rule cannot see (`control.History`): the active instances' utilisation now, its change over the last one and
-three periods, and the periods since the policy last acted. Then, one per target utilisation t_k of the config,
-what acting at t_k asks of the active count n (`control.target_features`): (⌈u·n / t_k⌉ − n) / n."""
+scenario, the share of the instances that are active (the graph holds only those) and Q(t)."""
 
 MIGRATION_LEVELS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
 """Fractions of the source instance's load an edge can ask to migrate (level 0: move nothing)."""
@@ -61,8 +57,6 @@ class NetConfig:
     global_features: tuple[str, ...] = GLOBAL_FEATURES + CONTEXT_FEATURES
     targets: tuple[float, ...] = ()
     """The control head's target utilisations (`gnn_policy.control`); () for a network without one."""
-    control_hidden: int = 32
-    """Width of the control head's hidden layer."""
     control_bias: float = 1.0
     """Initial logit of "act" over "hold" and of the first target over the others: an untrained control head
     leans towards the rule (always act, the grid's first target) and still explores."""
@@ -178,8 +172,8 @@ class GNPolicyNet(nn.Module):
         self.block = MetaLayer(EdgeUpdate(h), NodeUpdate(h), GlobalUpdate(h))
         self.edge_head = two_layer(4 * h, h, len(config.levels))
         self.node_head = two_layer(2 * h, h, 1)
-        self.control_head = (two_layer(h + len(CONTROL_FEATURES) + len(config.targets), config.control_hidden,
-                                       2 + len(config.targets)) if config.targets else None)
+        self.control_head = (two_layer(h + len(CONTROL_FEATURES), h, 2 + len(config.targets))
+                             if config.targets else None)
         with torch.no_grad():
             self.edge_head[-1].bias.zero_()
             self.edge_head[-1].bias[0] = config.stay_bias
@@ -190,7 +184,7 @@ class GNPolicyNet(nn.Module):
 
     def forward(self, graph: Data, context: torch.Tensor, control: torch.Tensor | None = None) -> PolicyLogits:
         """`graph` from `gnn_policy.graph.to_pyg`, or several collated into one (`batch` gives each node's graph);
-        `context` [graphs, 2] holds Th_high, Th_low; `control` [graphs, len(CONTROL_FEATURES) + targets] what the control
+        `context` [graphs, 2] holds Th_high, Th_low; `control` [graphs, len(CONTROL_FEATURES)] what the control
         head reads besides the global state (given only when the network has that head)."""
         node_graph = graph.batch  # None for a single graph
         x = torch.tanh(self.encode_node(node_input(graph, self.config.node_features)))

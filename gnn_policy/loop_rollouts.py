@@ -27,7 +27,7 @@ from torch_geometric.data import Data
 
 from gnn_policy import control
 from gnn_policy.agent import DeepMigration
-from gnn_policy.base import Decision, Problem
+from gnn_policy.base import Decision, Policy, Problem
 from gnn_policy.closed_loop import run_closed_loop
 from gnn_policy.gn import GNPolicyNet
 from gnn_policy.rule_policy import HoldingRule
@@ -36,8 +36,8 @@ from trace_replay.files import atomic_write
 from twin.choice import batched_twin
 from twin.params import CostParams, Thresholds
 
-BaseChoice = Callable[[Problem, control.History | None], control.ControlChoice]
-"""The base policy in the control head's terms: its choice for a problem, given what it saw before."""
+BaseChoice = Callable[[Problem], control.ControlChoice]
+"""The base policy in the control head's terms: its choice for a problem."""
 
 
 @dataclass(frozen=True)
@@ -53,14 +53,14 @@ class Sample:
 def rule_choice(rule: HoldingRule, targets: Sequence[float]) -> BaseChoice:
     """The hold rule as a base policy (its target must be on the grid)."""
     index = list(targets).index(rule.target)
-    return lambda problem, _: control.ControlChoice(rule.holds(problem), index)
+    return lambda problem: control.ControlChoice(rule.holds(problem), index)
 
 
 def head_choice(net: GNPolicyNet) -> BaseChoice:
     """The control head's greedy choice as a base policy."""
-    def choice(problem: Problem, history: control.History | None) -> control.ControlChoice:
+    def choice(problem: Problem) -> control.ControlChoice:
         with torch.inference_mode():
-            logits = control.control_logits(net, [control.control_input(problem, history, net.config.targets)])[0]
+            logits = control.control_logits(net, [control.control_input(problem)])[0]
         return control.draw(logits, greedy=True)
     return choice
 
@@ -75,7 +75,7 @@ def fingerprint(problem: Problem) -> bytes:
     return digest.digest()
 
 
-class Brancher(control.Remembering):
+class Brancher(Policy):
     """Follows `base`, except at its decision number `at` (counted from 0), where it takes `choice` and records
     the head's input; `at` −1 only follows (and counts the decisions)."""
 
@@ -93,16 +93,15 @@ class Brancher(control.Remembering):
 
     def _decide(self, problem: Problem) -> Decision:
         if self.calls == self.at:
-            self.seen, choice = control.control_input(problem, self.history, self.targets), self.choice
+            self.seen, choice = control.control_input(problem), self.choice
         else:
-            choice = self.base(problem, self.history)
+            choice = self.base(problem)
         self.calls += 1
         if choice.hold:
-            return self.choose(problem, choice, self.targets)
+            return control.decision(problem, choice, self.targets)
         key = (fingerprint(problem), choice.target)
         if key not in self.memo:
             self.memo[key] = control.decision(problem, choice, self.targets)
-        self.history.acted()
         return self.memo[key]
 
 

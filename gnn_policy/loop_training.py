@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from gnn_policy import checkpoint, control, loop_rollouts
 from gnn_policy.agent import DeepMigration
-from gnn_policy.base import Decision, Problem
+from gnn_policy.base import Decision, Policy, Problem
 from gnn_policy.bench import loop
 from gnn_policy.closed_loop import run_closed_loop
 from gnn_policy.gn import CONTROL_FEATURES, GNPolicyNet
@@ -133,7 +133,7 @@ class Draw:
     choice: control.ControlChoice
 
 
-class Explorer(control.Remembering):
+class Explorer(Policy):
     """The stochastic control policy of one training episode: samples, records each draw for the update."""
 
     name: ClassVar[str] = "deepmigration-explorer"
@@ -144,12 +144,12 @@ class Explorer(control.Remembering):
         self.draws: list[Draw] = []
 
     def _decide(self, problem: Problem) -> Decision:
-        inputs = control.control_input(problem, self.history, self.net.config.targets)
+        inputs = control.control_input(problem)
         with torch.no_grad():
             logits = control.control_logits(self.net, [inputs])[0]
         choice = control.draw(logits, greedy=False, generator=self.generator)
         self.draws.append(Draw(self.clock[0], inputs, choice))
-        return self.choose(problem, choice, self.net.config.targets)
+        return control.decision(problem, choice, self.net.config.targets)
 
 
 def returns(costs: np.ndarray, cost_unit: float) -> np.ndarray:
@@ -201,7 +201,7 @@ def iteration_step(net: GNPolicyNet, optimizer: torch.optim.Optimizer, table: Fl
             "mean_target": float(np.mean(targets)) if targets else 0.0}
 
 
-class Imitator(control.Remembering):
+class Imitator(Policy):
     """Acts as the hold rule and records each state with the rule's choice in the control head's terms."""
 
     name: ClassVar[str] = "deepmigration-imitator"
@@ -213,8 +213,8 @@ class Imitator(control.Remembering):
 
     def _decide(self, problem: Problem) -> Decision:
         choice = control.ControlChoice(self.rule.holds(problem), self.target)
-        self.samples.append((control.control_input(problem, self.history), choice))
-        return self.choose(problem, choice, control.TARGETS)
+        self.samples.append((control.control_input(problem), choice))
+        return control.decision(problem, choice, control.TARGETS)
 
 
 def imitate(net: GNPolicyNet, table: FlowTable, trace: Path, config: LoopTrainConfig) -> dict:
@@ -315,7 +315,7 @@ def window_samples(net: GNPolicyNet, table: FlowTable, trace: Path, config: Loop
                                             % len(TRAIN_SEEDS)])
     rule = round_ == 0
     key = {"trace": str(trace), "trace_bytes": trace.stat().st_size, "setup": asdict(setup), "twin": config.twin,
-           "targets": list(net.config.targets), "features": list(CONTROL_FEATURES) + ["per target"],
+           "targets": list(net.config.targets), "features": list(CONTROL_FEATURES),
            "base": loop_rollouts.base_key(None if rule else net, config.imitation_target)}
     path = None if cache is None else loop_rollouts.cache_file(cache, key)
     samples = None if path is None else loop_rollouts.load_samples(path, key)

@@ -1,42 +1,18 @@
-"""The closed-loop head's history features and its training by rollout advantages (`gnn_policy.loop_rollouts`):
-exact gains, the memo changes nothing, the regret step moves the head towards the best actions, the cache."""
+"""The closed-loop head's training by rollout advantages (`gnn_policy.loop_rollouts`): exact gains, the shared memo
+changes nothing, the regret step moves the head towards the best actions, the margin, the cache."""
 import numpy as np
 import pytest
 import torch
 
-from gnn_policy import checkpoint, control, loop_rollouts, loop_training, train
-from gnn_policy.base import Problem
+from gnn_policy import control, loop_rollouts, loop_training, train
 from gnn_policy.bench import loop
-from gnn_policy.gn import CONTROL_FEATURES, GNPolicyNet, NetConfig
+from gnn_policy.gn import GNPolicyNet, NetConfig
 from gnn_policy.rule_policy import HoldingRule
-from tests.helpers import cluster
 from trace_replay.flows import read_flows
 from trace_replay.generate import sample_path
 from twin.params import CostParams, Thresholds
 
 TH = Thresholds(high=0.6, low=0.1)
-
-
-def test_the_history_features_are_the_trend_and_the_periods_since_the_last_action():
-    history = control.History(utilisation=[0.2, 0.3, 0.35, 0.5], last_action=1)
-    assert np.allclose(history.features(0.5), (0.15, 0.3, 0.2))
-    assert control.History().features(0.4) == (0.0, 0.0, 1.0)  # nothing seen: no change, no recent action
-    short = control.History(utilisation=[0.1, 0.4])
-    assert np.allclose(short.features(0.4), (0.3, 0.3, 1.0))  # as far back as seen
-
-
-def test_the_loop_policy_observes_every_period_and_notes_its_actions():
-    net = GNPolicyNet(NetConfig(targets=control.TARGETS))
-    policy = control.LoopMigration(net)
-    quiet = Problem.of(cluster([[300.0], [310.0]], standby=1), TH)
-    busy = Problem.of(cluster([[300.0, 200.0, 150.0], [100.0]], standby=3), TH)
-    policy.decide(quiet)
-    policy.decide(busy)  # the untrained head acts (the prior)
-    assert len(policy.history.utilisation) == 2 and policy.history.last_action == 1
-    policy.decide(busy.as_scenario(busy.scenario.kind))  # the paper's one-shot problems are not history
-    assert len(policy.history.utilisation) == 2
-    features = control.control_features(busy, policy.history)
-    assert features.shape == (1, len(CONTROL_FEATURES)) and torch.isfinite(features).all()
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +51,12 @@ def test_the_regret_step_moves_the_greedy_head_to_the_best_actions(samples):
     assert loop_rollouts.greedy_regret(net, rigged) == 0.0
 
 
+def test_the_margin_keeps_the_base_policy_where_a_change_saves_less():
+    gains = np.array([0.0, 1500.0, -300.0, 0.0, 2500.0])
+    assert np.array_equal(loop_rollouts.margined(gains, 2000.0), [0.0, -500.0, -2300.0, 0.0, 500.0])
+    assert np.array_equal(loop_rollouts.margined(gains, 0.0), gains)
+
+
 def test_the_rollout_cache_round_trips_and_ignores_other_keys(tmp_path, samples):
     key = {"base": "rule-hold 0.3", "windows": 1}
     path = loop_rollouts.cache_file(tmp_path, key)
@@ -91,8 +73,3 @@ def test_dm_train_refuses_a_target_off_the_grid_before_any_work(tmp_path, capsys
     out = tmp_path / "x.pt"
     assert train.main(["--closed-loop", "--out", str(out), "--imitation-target", "0.33"]) == 2
     assert "--imitation-target 0.33 is not a target" in capsys.readouterr().err and not out.exists()
-
-
-def test_a_shipped_head_is_version_4_with_the_history_features():
-    net, _ = checkpoint.load(None)
-    assert net.control_head is not None and net.control_head[0].in_features == 16 + len(CONTROL_FEATURES)
