@@ -40,6 +40,7 @@ def picked_gain(net, samples) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--trace", type=Path, default=Path(sample_path()), help="default: the shipped sample")
     parser.add_argument("--init", type=Path, help="network whose body is kept (default: the shipped checkpoint)")
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--start", choices=("warm", "fresh"), default="fresh")
@@ -50,14 +51,14 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    trace = Path(sample_path())
+    trace = args.trace
     table = read_flows(trace)
     config = replace(loop_training.LoopTrainConfig(), rollout_margin=args.margin)
     keynet = loop_training.with_control_head(checkpoint.load(args.init)[0], control.TARGETS, 0)
     per_window = [loop_training.window_samples(keynet, table, trace, config, 0, k, args.cache)
                   for k in range(args.windows)]
     print(f"{sum(map(len, per_window))} decisions; the best actions' gains sum to "
-          f"{sum(s.gains.max() for w in per_window for s in w):,.0f}")
+          f"{sum(s.gains.max() for w in per_window for s in w):,.0f}", flush=True)
     if args.folds:
         trained = held = 0.0
         for fold in range(args.folds):
