@@ -6,7 +6,8 @@ Runs the closed loop (no stabilizer) of `RuleMigration(target)` for each target 
 windows of `--seed` and prints the mean total_cost per target; `gnn_policy.rule_policy.RULE_TARGET` is the
 lowest. docs/agent.md ("Ablations") records the run. `--hold` instead runs the rule at `RULE_TARGET` holding
 (doing nothing) on chosen scenarios: what the closed-loop control head could learn (docs/agent.md, "Results");
-`--hold-grid` runs the rule holding on both, at each target of the grid.
+`--hold-grid` runs the rule holding on both, at each target of the grid; `gnn_policy.rule_policy.HOLD_TARGET`
+(`deepmigration-rule-hold`'s target) is its lowest.
 """
 from __future__ import annotations
 

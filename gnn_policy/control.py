@@ -95,6 +95,18 @@ def log_prob(logits: torch.Tensor, choices: Sequence[ControlChoice]) -> torch.Te
     return torch.where(hold, act_hold[:, HOLD], acting)
 
 
+def every_choice(targets: int) -> list[ControlChoice]:
+    """Every action of a head over `targets` target utilisations: hold, then act at each target."""
+    return [ControlChoice(True)] + [ControlChoice(False, k) for k in range(targets)]
+
+
+def all_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """[G, 1 + targets] log π of every action in `every_choice`'s order (each row's exponentials sum to 1)."""
+    act_hold = torch.log_softmax(logits[:, :2], dim=1)
+    target = torch.log_softmax(logits[:, 2:], dim=1)
+    return torch.cat([act_hold[:, HOLD:HOLD + 1], act_hold[:, ACT:ACT + 1] + target], dim=1)
+
+
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """[G] the entropy of the whole action distribution: H(act/hold) + p(act)·H(target)."""
     act_hold = torch.log_softmax(logits[:, :2], dim=1)
@@ -105,12 +117,15 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def draw(logits: torch.Tensor, *, greedy: bool, generator: torch.Generator | None = None) -> ControlChoice:
-    """A choice from one row of logits [2 + targets]: sampled, or the most likely act/hold and target."""
+    """A choice from one row of logits [2 + targets]: sampled, or the most likely act/hold and target (a hold
+    carries target 0, as in `every_choice`)."""
     act_hold, target = logits[:2], logits[2:]
     if greedy:
-        return ControlChoice(bool(act_hold.argmax() == HOLD), int(target.argmax()))
-    hold = bool(torch.multinomial(torch.softmax(act_hold, 0), 1, generator=generator) == HOLD)
-    return ControlChoice(hold, int(torch.multinomial(torch.softmax(target, 0), 1, generator=generator)))
+        hold, index = bool(act_hold.argmax() == HOLD), int(target.argmax())
+    else:
+        hold = bool(torch.multinomial(torch.softmax(act_hold, 0), 1, generator=generator) == HOLD)
+        index = int(torch.multinomial(torch.softmax(target, 0), 1, generator=generator))
+    return ControlChoice(True) if hold else ControlChoice(False, index)
 
 
 def decision(problem: Problem, choice: ControlChoice, targets: Sequence[float]) -> Decision:

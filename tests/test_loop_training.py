@@ -10,7 +10,7 @@ from gnn_policy.agent import DeepMigration
 from gnn_policy.base import Problem
 from gnn_policy.checkpoint import CheckpointError
 from gnn_policy.gn import GNPolicyNet, NetConfig
-from gnn_policy.rule_policy import RULE_TARGET, RuleMigration
+from gnn_policy.rule_policy import HOLD_TARGET, RULE_TARGET, RuleMigration
 from tests.helpers import cluster
 from tests.strategies import cluster_states
 from trace_replay.flows import read_flows
@@ -19,6 +19,9 @@ from twin.params import Thresholds
 from twin.scenario import ScenarioKind
 
 TH = Thresholds(high=0.6, low=0.1)
+SMALL = ("--imitation-windows", "1", "--imitation-steps", "2", "--rollout-windows", "1", "--rollout-steps", "1",
+         "--rollout-check-every", "1")
+"""A dm-train --closed-loop run small enough for a test: one window to imitate on and one of rollouts."""
 
 
 def headed(seed: int = 0) -> GNPolicyNet:
@@ -31,10 +34,6 @@ def same_action(a, b) -> bool:
                                                  (a.stop, b.stop)))
 
 
-def every_choice(k: int) -> list[control.ControlChoice]:
-    return [control.ControlChoice(True)] + [control.ControlChoice(False, i) for i in range(k)]
-
-
 @given(state=cluster_states(max_instances=6, max_flows=30))
 @settings(max_examples=25, deadline=None)
 def test_the_control_log_probabilities_are_exact(state):
@@ -45,9 +44,10 @@ def test_the_control_log_probabilities_are_exact(state):
     with torch.no_grad():
         net.control_head[-1].weight.normal_()  # a head that depends on the state
         logits = control.control_logits(net, [control.control_input(problem)])
-    choices = every_choice(len(control.TARGETS))
+    choices = control.every_choice(len(control.TARGETS))
     log_p = control.log_prob(logits.expand(len(choices), -1), choices)
     assert torch.isclose(log_p.exp().sum(), torch.tensor(1.0), atol=1e-5)
+    assert torch.allclose(control.all_log_probs(logits)[0], log_p, atol=1e-6)
     generator = torch.Generator().manual_seed(1)
     drawn = control.draw(logits[0], greedy=False, generator=generator)
     assert drawn in choices or drawn.hold
@@ -101,7 +101,7 @@ def test_a_headed_checkpoint_round_trips_and_bad_targets_are_named(tmp_path):
 
 def test_dm_train_closed_loop_learns_the_head_only(tmp_path):
     out = tmp_path / "loop.pt"
-    status = train.main(["--closed-loop", "--out", str(out), "--iterations", "2", "--windows", "1",
+    status = train.main(["--closed-loop", "--out", str(out), *SMALL, "--iterations", "2", "--windows", "1",
                          "--episodes", "2", "--periods-start", "3", "--periods", "4", "--validate-every", "1",
                          "--logdir", str(tmp_path / "tb"), "--curves", str(tmp_path / "curve.png")])
     assert status == 0 and (tmp_path / "curve.png").is_file()
@@ -114,7 +114,8 @@ def test_dm_train_closed_loop_learns_the_head_only(tmp_path):
 
 def test_dm_train_closed_loop_runs_in_the_calibrated_twin_and_the_record_names_it(tmp_path, capsys):
     out = tmp_path / "loop.pt"
-    assert train.main(["--closed-loop", "--out", str(out), "--iterations", "1", "--windows", "1", "--episodes", "2",
+    assert train.main(["--closed-loop", "--out", str(out), *SMALL, "--iterations", "1", "--windows", "1",
+                       "--episodes", "2",
                        "--periods-start", "3", "--periods", "3", "--twin", "calibrated",
                        "--logdir", str(tmp_path / "tb")]) == 0
     assert checkpoint.load(out)[1]["train_config"]["twin"] == "calibrated"
@@ -146,8 +147,12 @@ def test_a_one_instance_graph_gives_the_same_finite_logits_alone_and_batched():
 def test_a_head_over_the_same_grid_is_kept_and_only_the_head_learns():
     net = headed(3)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    kept = loop_training.with_control_head(net, control.TARGETS, seed=9)
+    kept = loop_training.with_control_head(net, control.TARGETS, seed=9, keep=True)
     assert all(torch.equal(v, before[k]) for k, v in kept.state_dict().items())
+    again = loop_training.with_control_head(net, control.TARGETS, seed=9)  # a fresh head by default, seeded
+    assert torch.equal(again.control_head[0].weight,
+                       loop_training.with_control_head(headed(5), control.TARGETS, seed=9).control_head[0].weight)
+    assert not torch.equal(again.control_head[0].weight, before["control_head.0.weight"])
     fresh = loop_training.with_control_head(GNPolicyNet(NetConfig()), control.TARGETS, seed=9)
     assert fresh.config.targets == control.TARGETS
     for model in (kept, fresh):
@@ -165,4 +170,4 @@ def test_the_imitation_warm_start_makes_the_greedy_head_the_hold_rule():
     state = cluster([[300.0, 200.0, 150.0], [100.0]], standby=3)
     busy = Problem.of(state, TH)
     policy = control.LoopMigration(net)
-    assert same_action(policy.decide(busy).action, RuleMigration(RULE_TARGET).decide(busy).action)
+    assert same_action(policy.decide(busy).action, RuleMigration(HOLD_TARGET).decide(busy).action)

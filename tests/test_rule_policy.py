@@ -13,6 +13,7 @@ from gnn_policy.base import Problem
 from gnn_policy.registry import REPLICAS, make_policy
 from gnn_policy.rule_policy import (
     HOLD_KINDS,
+    HOLD_TARGET,
     RULE_TARGET,
     HoldingRule,
     RuleMigration,
@@ -98,10 +99,10 @@ def test_registry_builds_the_ablations():
 
 def test_the_hold_rule_holds_on_load_balancing_and_scale_in_and_acts_as_the_rule_otherwise():
     hold = make_policy("deepmigration-rule-hold")
-    assert isinstance(hold, HoldingRule) and hold.target == RULE_TARGET and hold.hold == HOLD_KINDS
+    assert isinstance(hold, HoldingRule) and hold.target == HOLD_TARGET == 0.3 and hold.hold == HOLD_KINDS
     busy = Problem.of(cluster([[300.0, 200.0, 150.0], [100.0]], standby=3), Thresholds(high=0.6, low=0.1))
     assert busy.scenario.kind is ScenarioKind.SCALE_OUT
-    assert same_action(hold.decide(busy).action, RuleMigration().decide(busy).action)
+    assert same_action(hold.decide(busy).action, RuleMigration(HOLD_TARGET).decide(busy).action)
     for kind in HOLD_KINDS:
         problem = replace(busy, scenario=replace(busy.scenario, kind=kind))
         assert hold.holds(problem) and hold.decide(problem).action.flows.size == 0
