@@ -26,6 +26,7 @@ from twin.residual.twin import ResidualTwin
 BASE = FitConfig()
 VARIANTS = {
     "default": BASE,
+    "nobase": dataclasses.replace(BASE, net=ResidualConfig(base=())),
     "mse": dataclasses.replace(BASE, loss="mse"),
     "rollout1": dataclasses.replace(BASE, rollout=1),
     "rollout10": dataclasses.replace(BASE, rollout=10),

@@ -5,7 +5,9 @@ Every origin of the training split is a window: its history and the recorded act
 the measured states (so it learns to predict k periods ahead from its own predictions, not only one),
 masked to the instances active in each predicted state. The validation split's loss picks the epoch whose
 weights are kept (and stops the fit after `patience` epochs without a better one); the test split is
-never read. Without validation periods the training loss picks, and the record says so.
+never read. Without validation periods the training loss picks, and the record says so. With a base
+(`ResidualConfig.base`), the calibrated twin is first fitted on the same training split
+(`twin.calibration.fit`) and its rollout of every window becomes the window's base inputs.
 """
 from __future__ import annotations
 
@@ -19,7 +21,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from twin.calibration import CalibratedParams
+from twin.calibration import fit as calibrate
 from twin.fidelity.episode import Episode
+from twin.fidelity.twins import CalibratedTwin
 from twin.residual.features import STATE, collate, training_windows
 from twin.residual.model import ResidualConfig, ResidualNet
 
@@ -95,20 +100,23 @@ def fit(episodes: Sequence[Episode], config: FitConfig = FitConfig(), logdir: st
         progress: bool = True) -> tuple[ResidualNet, dict]:
     """The fitted network and its record (config, epochs, the chosen epoch and its losses, the data)."""
     torch.manual_seed(config.seed)
-    train = training_windows(episodes, "train", config.rollout, config.net.history)
-    if config.synthetic:
-        train += training_windows(_simulated(config), "train", config.rollout, config.net.history)
-    validation = training_windows(episodes, "validation", config.rollout, config.net.history)
-    if not train:
+    if not any(((e.split[:-1] == "train") & (e.split[1:] == "train")).any() for e in episodes):
         raise FitError("no training transitions: the data has no two consecutive training periods")
-    net = ResidualNet(config.net)
+    started = time.monotonic()
+    params = _base_params(episodes) if config.net.base else None
+    base = None if params is None else CalibratedTwin(params)
+    train = training_windows(episodes, "train", config.rollout, config.net.history, base)
+    if config.synthetic:
+        train += training_windows(_simulated(config), "train", config.rollout, config.net.history, base)
+    validation = training_windows(episodes, "validation", config.rollout, config.net.history, base)
+    net = ResidualNet(config.net, params)
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     chooser = collate(validation) if validation else collate(train)
     scale = change_scale(collate(train)) if config.normalise else None
     writer = _writer(logdir)
     best = (float("inf"), -1, copy.deepcopy(net.state_dict()))
     generator = torch.Generator().manual_seed(config.seed)
-    started = time.monotonic()
+    windows_s = time.monotonic() - started
     bar = tqdm(range(config.epochs), disable=None if progress else True, desc="dm-twin fit residual", unit="epoch")
     order = torch.randperm(len(train), generator=generator).tolist()
     batches = [collate([train[i] for i in order[first:first + config.batch_size]])
@@ -143,8 +151,16 @@ def fit(episodes: Sequence[Episode], config: FitConfig = FitConfig(), logdir: st
     record = {"config": config.to_dict(), "epochs_run": epoch + 1, "chosen_epoch": best[1],
               "chosen_on": "validation" if validation else "train", "chosen_loss": best[0],
               "chosen_mae": maes, "loss_scale": None if scale is None else scale.tolist(), "train_windows": len(train), "validation_windows": len(validation),
-              "fit_s": round(time.monotonic() - started, 1)}
+              "windows_s": round(windows_s, 1), "fit_s": round(time.monotonic() - started, 1)}
     return net, record
+
+
+def _base_params(episodes: Sequence[Episode]) -> CalibratedParams:
+    """The base twin: the calibrated twin fitted on the same training split (twin.calibration.fit)."""
+    try:
+        return calibrate(episodes, "train")
+    except ValueError as error:  # a CalibrationError, or data too degenerate for calibration's fits
+        raise FitError(f"the base (calibrated) twin cannot be fitted on the training split: {error}") from None
 
 
 def _writer(logdir: str | Path | None):
