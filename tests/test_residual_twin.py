@@ -20,9 +20,9 @@ from twin.migration import IndexedAction, Migration
 from twin.records import MoveRecord, PeriodRecord, RecordingWriter
 from twin.residual import checkpoint
 from twin.residual.checkpoint import ResidualCheckpointError
-from twin.residual.features import collate, training_windows
+from twin.residual.features import STATE, collate, training_windows
 from twin.residual.model import ResidualConfig, ResidualNet
-from twin.residual.training import FitConfig, FitError, change_scale, fit, loss_of
+from twin.residual.training import FitConfig, FitError, change_scale, component_losses, fit, loss_of
 from twin.residual.twin import ResidualTwin, score_actions
 
 SMALL = ResidualConfig(hidden=8, steps=1, history=2)
@@ -118,6 +118,25 @@ def test_an_unfitted_network_with_a_base_predicts_the_base_twin(tmp_path):
         np.testing.assert_allclose(x.queue, y.queue, atol=0.05 * 100.0)
 
 
+def test_each_component_is_the_member_chosen_for_it_and_never_worse_than_the_base(tmp_path):
+    """Per-component choice: each state component comes from the snapshot with its own least loss on the
+    choosing windows, the unfitted network (the base twin) among them."""
+    torch.set_num_threads(1)
+    episodes = _recording(tmp_path / "rec", n=3, periods=8, seed=4)
+    net, record = fit(episodes, _config(epochs=15), progress=False)
+    assert set(record["chosen_epoch"]) == set(STATE)
+    assert net.config.members == len(set(record["chosen_epoch"].values()))
+    batch = collate(training_windows(episodes, "train", 2, SMALL.history, CalibratedTwin(net.base)))
+    config = _config()
+    with torch.no_grad():
+        members = [member(batch) for member in net.members]
+        np.testing.assert_array_equal(net(batch).numpy(), torch.stack(
+            [members[m][..., c] for c, m in enumerate(net.choice.tolist())], dim=-1).numpy())
+        ours, base = component_losses(net(batch), batch, config), component_losses(ResidualNet(SMALL, net.base)(batch),
+                                                                                   batch, config)
+    assert torch.all(ours <= base + 1e-6)
+
+
 def test_a_normalised_loss_divides_each_component_by_its_one_period_change(tmp_path):
     episodes = _recording(tmp_path / "rec", n=2, periods=6, seed=3)
     batch = collate(training_windows(episodes, "train", 2, 2))
@@ -126,7 +145,7 @@ def test_a_normalised_loss_divides_each_component_by_its_one_period_change(tmp_p
     expected = (batch.y[first, 0] - batch.x[first, 0]).abs().mean(0).clamp(min=1e-3)
     assert torch.allclose(scale, expected)
     predicted = batch.y.nan_to_num() + 0.5
-    config = _config(normalise=1)
+    config = _config(normalise=1, weights=(1.0, 1.0, 1.0, 1.0))
     raw, normalised = loss_of(predicted, batch, config), loss_of(predicted, batch, config, scale)
     mask = batch.mask[..., None] & torch.isfinite(batch.y)
     assert float(raw) == pytest.approx(0.5)

@@ -9,7 +9,7 @@ follows the NF's arrivals of the period before), which a tanh-encoded network al
 With a base twin (`ResidualConfig.base`, the calibrated twin of `twin.calibration`), the network corrects
 the base's own k-period prediction instead of the last state: s_{t+1} = base_{t+1} + f(s_t, a_t, base_{t+1})
 for the utilisation, queue fill and drops (the arrivals, which the base does not predict, still step from
-s_t), and the linear path starts at zero, so an unfitted network is the base twin.
+s_t), and the linear path and the head's last layer start at zero, so an unfitted network is the base twin.
 A step's prediction is clipped to what is physical (nothing negative, no queue over the buffer, nothing on
 a stopped instance) before it becomes the next step's input; the loss reads the unclipped prediction.
 """
@@ -55,6 +55,9 @@ class ResidualConfig:
     derived: tuple[str, ...] = DERIVED
     base: tuple[str, ...] = BASE
     """The base twin's predictions the network reads and corrects; () for none (s' = s + f(s, a))."""
+    members: int = 1
+    """Networks of this shape, each rolled out on its own; each state component is one member's (`choice`):
+    the snapshots of one fit chosen per component on validation (`training.FitConfig.per_component`)."""
 
     @property
     def node_inputs(self) -> int:
@@ -71,7 +74,7 @@ class ResidualConfig:
         if unknown:
             raise ValueError(f"unknown residual-twin config keys {sorted(unknown)}")
         config = cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
-        current = cls(hidden=config.hidden, steps=config.steps, history=config.history,
+        current = cls(hidden=config.hidden, steps=config.steps, history=config.history, members=config.members,
                       base=config.base if config.base in ((), BASE) else BASE)
         if config != current:
             raise ValueError("the stored features are not the ones this code computes")
@@ -79,7 +82,7 @@ class ResidualConfig:
 
 
 class ResidualNet(nn.Module):
-    """f of eq. (15)-(16) and its k-period rollout."""
+    """f of eq. (15)-(16) and its k-period rollout (of each member, each component taken from its member)."""
 
     def __init__(self, config: ResidualConfig = ResidualConfig(), base: CalibratedParams | None = None):
         """`base`: the base twin's fitted parameters (a network with base inputs and no parameters takes
@@ -87,6 +90,23 @@ class ResidualNet(nn.Module):
         super().__init__()
         self.config = config
         self.base = (base or CalibratedParams()) if config.base else None
+        self.members = nn.ModuleList([Member(config) for _ in range(config.members)])
+        self.register_buffer("choice", torch.zeros(len(config.state), dtype=torch.long))  # each component's member
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """[nodes, horizon, 4]: the predicted (unclipped) state of each node after each rolled-out period."""
+        if len(self.members) == 1:
+            return self.members[0](batch)
+        out = torch.stack([member(batch) for member in self.members])
+        return torch.stack([out[m, ..., c] for c, m in enumerate(self.choice.tolist())], dim=-1)
+
+
+class Member(nn.Module):
+    """One network f and its rollout."""
+
+    def __init__(self, config: ResidualConfig):
+        super().__init__()
+        self.config = config
         h = config.hidden
         self.encode_node = nn.Linear(config.node_inputs, h)
         self.encode_edge = nn.Linear(len(config.edge), h)
@@ -95,7 +115,7 @@ class ResidualNet(nn.Module):
         self.head = two_layer(2 * h, h, len(config.state))
         self.linear = nn.Linear(config.node_inputs, len(config.state))
         with torch.no_grad():
-            self.head[-1].weight.mul_(0.1)
+            self.head[-1].weight.mul_(0.0 if config.base else 0.1)
             self.head[-1].bias.zero_()
             if config.base:
                 self.linear.weight.zero_()
@@ -114,8 +134,8 @@ class ResidualNet(nn.Module):
             nodes = torch.cat([history.flatten(1), batch.static, action, derived(now, action, batch.static), base],
                               dim=1)
             edges = torch.cat([batch.latency, batch.edge_steps[:, j]], dim=1)
-            predicted = self._anchor(now, base) + self._change(nodes, edges, self._globals(now, action, node_graph, graphs), batch,
-                                           node_graph)
+            globals_ = self._globals(now, action, node_graph, graphs)
+            predicted = self._anchor(now, base) + self._change(nodes, edges, globals_, batch, node_graph)
             out.append(predicted)
             history = torch.cat([clip(predicted, action[:, ACTION_NODE.index("active_after")])[:, None],
                                  history[:, :-1]], dim=1)
