@@ -28,8 +28,8 @@ BASE = FitConfig()
 VARIANTS = {
     "default": BASE,
     "nobase": dataclasses.replace(BASE, net=ResidualConfig(base=())),
-    "total": dataclasses.replace(BASE, per_component=0),
-    "queue1": dataclasses.replace(BASE, weights=(1.0, 1.0, 1.0, 1.0)),
+    "total10": dataclasses.replace(BASE, per_component=0, weights=(1.0, 10.0, 1.0, 1.0)),
+    "queue10": dataclasses.replace(BASE, weights=(1.0, 10.0, 1.0, 1.0)),
     "queue30": dataclasses.replace(BASE, weights=(1.0, 30.0, 1.0, 1.0)),
     "queue100": dataclasses.replace(BASE, weights=(1.0, 100.0, 1.0, 1.0)),
     "mse": dataclasses.replace(BASE, loss="mse"),

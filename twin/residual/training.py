@@ -49,9 +49,9 @@ class FitConfig:
     """Windows per gradient step (the batches are drawn once, their order shuffled each epoch)."""
     loss: str = "l1"
     """l1 (the benchmark's MAE; the median of noisy, bursty targets) or mse (eq. (16) as written)."""
-    weights: tuple[float, ...] = (1.0, 10.0, 1.0, 1.0)
-    """Loss weight of each state component (features.STATE order): the queue fill ten times (chosen on
-    validation, docs/twin.md)."""
+    weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    """Loss weight of each state component (features.STATE order; equal weights chosen on validation,
+    docs/twin.md)."""
     normalise: int = 0
     """1: each component's error is also divided by its scale on the training windows, the mean absolute change
     of one period (`change_scale`), so that the small queue and drop fractions count as much as the utilisation
