@@ -5,8 +5,8 @@ The network predicts each instance's utilisation, queue, arrivals and drops peri
 (`twin.residual.model`), correcting its base twin's rollout (the calibrated twin of the parameters stored
 with it) from the same origin with the same actions. What it does not model, the moves' durations and the
 period's migration and resource cost, comes from a twin for the costs (the network's base unless another is
-given; the default twin for a network without a base), and the threshold penalty is the one cost model's ω on the residual twin's own utilisation
-after each period's moves.
+given; the default twin for a network without a base), and the threshold penalty is the one cost model's ω
+on the residual twin's own utilisation after each period's moves.
 """
 from __future__ import annotations
 
