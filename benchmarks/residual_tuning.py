@@ -5,6 +5,7 @@ prints, per variant, the fit's time and the fidelity benchmark's MAE on the vali
 5: utilisation, queue, drops), with the default and calibrated twins' (--params) beside them.
 
     PYTHONPATH=. .venv/bin/python benchmarks/residual_tuning.py [--data DIR] [--variants NAME,...] [--seed N]
+    PYTHONPATH=. .venv/bin/python benchmarks/residual_tuning.py --model FILE   (a fitted checkpoint, no fit)
 """
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ from twin.residual.twin import ResidualTwin
 BASE = FitConfig()
 VARIANTS = {
     "default": BASE,
+    "nobase": dataclasses.replace(BASE, net=ResidualConfig(base=())),
+    "total10": dataclasses.replace(BASE, per_component=0, weights=(1.0, 10.0, 1.0, 1.0)),
+    "queue10": dataclasses.replace(BASE, weights=(1.0, 10.0, 1.0, 1.0)),
+    "queue30": dataclasses.replace(BASE, weights=(1.0, 30.0, 1.0, 1.0)),
+    "queue100": dataclasses.replace(BASE, weights=(1.0, 100.0, 1.0, 1.0)),
     "mse": dataclasses.replace(BASE, loss="mse"),
     "rollout1": dataclasses.replace(BASE, rollout=1),
     "rollout10": dataclasses.replace(BASE, rollout=10),
@@ -35,7 +41,6 @@ VARIANTS = {
     "history5": dataclasses.replace(BASE, net=ResidualConfig(history=5)),
     "synthetic4": dataclasses.replace(BASE, synthetic=4),
     "normalised": dataclasses.replace(BASE, normalise=1),
-    "queue10": dataclasses.replace(BASE, weights=(1.0, 10.0, 1.0, 1.0)),
 }
 METRICS = ("utilisation", "queue", "drops")
 
@@ -53,6 +58,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=BASE.epochs)
     parser.add_argument("--seed", type=int, default=BASE.seed)
     parser.add_argument("--params", default=EMBEDDED_PARAMS, help="the calibrated twin's parameters")
+    parser.add_argument("--model", action="append", default=[],
+                        help="a fitted checkpoint to report instead of fitting (repeatable; no variants fitted)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     episodes = load_dataset(args.data, default_split="train")
@@ -62,7 +69,9 @@ def main() -> None:
     print(f"| default twin | - | - | {_row('default', DefaultTwin(), episodes)} |", flush=True)
     print(f"| calibrated twin | - | - | {_row('calibrated', CalibratedTwin(load_params(args.params)), episodes)} |",
           flush=True)
-    for name in args.variants.split(","):
+    for path in args.model:
+        print(f"| {path} | - | - | {_row('residual', ResidualTwin.load(path), episodes)} |", flush=True)
+    for name in [] if args.model else args.variants.split(","):
         started = time.monotonic()
         net, record = fit(episodes, dataclasses.replace(VARIANTS[name], epochs=args.epochs, seed=args.seed), progress=False)
         print(f"| {name} | {time.monotonic() - started:.0f} | {record['chosen_epoch']}/{record['epochs_run']} | "

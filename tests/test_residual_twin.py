@@ -14,31 +14,40 @@ from hypothesis import strategies as st
 from tests.helpers import cluster, simulated_dataset
 from twin import cli, cost
 from twin.fidelity.evaluate import METRICS, load_dataset
+from twin.fidelity.twins import CalibratedTwin
 from twin.migration import Action as MigrationAction
 from twin.migration import IndexedAction, Migration
 from twin.records import MoveRecord, PeriodRecord, RecordingWriter
 from twin.residual import checkpoint
 from twin.residual.checkpoint import ResidualCheckpointError
-from twin.residual.features import collate, training_windows
+from twin.residual.features import STATE, collate, training_windows
 from twin.residual.model import ResidualConfig, ResidualNet
-from twin.residual.training import FitConfig, FitError, change_scale, fit, loss_of
+from twin.residual.training import FitConfig, FitError, change_scale, component_losses, fit, loss_of
 from twin.residual.twin import ResidualTwin, score_actions
 
 SMALL = ResidualConfig(hidden=8, steps=1, history=2)
 
 
-def _recording(path, n: int, periods: int, seed: int):
+def _recording(path, n: int, periods: int, seed: int, future: tuple[int, int] | None = None):
     """A recording of `n` active instances (capacity 100) with two flows each, at random rates, a random
-    queue and packet counts, and one flow moved from instance 0 to instance 1 in every other period."""
+    queue and packet counts, and one flow moved from instance 0 to instance 1 in every other period.
+    `future` (t, seed): what is measured after state t (the states after it, the packets of periods t on) is
+    drawn from another seed; the actions stay as they were."""
     rng = np.random.default_rng(seed)
+    other = np.random.default_rng(seed if future is None else future[1])
+    cut = periods if future is None else future[0]
     writer = RecordingWriter(path, {"source": "test", "period_s": 1.0})
     for t in range(periods):
-        state = cluster([list(rng.uniform(5, 60, 2)) for _ in range(n)], capacity=100.0, buffer=100.0)
-        state = state.with_changes(queue=rng.uniform(0, 50, n))
+        rates = [(list(rng.uniform(5, 60, 2)), list(other.uniform(5, 60, 2))) for _ in range(n)]
+        queue, packets = (rng.uniform(0, 50, n), other.uniform(0, 50, n)), (rng.integers(10, 120, n),
+                                                                         other.integers(10, 120, n))
+        later = int(t > cut)
+        state = cluster([r[later] for r in rates], capacity=100.0, buffer=100.0).with_changes(queue=queue[later],
+                                                                                              time_s=float(t))
         action = MigrationAction((Migration(state.flow_ids[0], state.instance_ids[0], state.instance_ids[1]),)) \
             if t % 2 else MigrationAction()
         moves = tuple(MoveRecord(m.flow, m.src, m.dst, "done", 50.0) for m in action.migrations)
-        packets = {i: (int(p), int(p), 0) for i, p in zip(state.instance_ids, rng.integers(10, 120, n))}
+        packets = {i: (int(p), int(p), 0) for i, p in zip(state.instance_ids, packets[int(t >= cut)])}
         writer.add_period(state, PeriodRecord(action=action, executed=True, moves=moves, instance_packets=packets))
     writer.close()
     return load_dataset(path, "train")
@@ -62,12 +71,70 @@ def test_the_network_overfits_a_tiny_dataset(tmp_path):
     episodes = _recording(tmp_path / "rec", n=2, periods=5, seed=0)
     config = _config(net=ResidualConfig(hidden=16, steps=1, history=2), epochs=1500, lr=1e-2, weight_decay=0.0,
                      loss="mse")
-    _, record = fit(episodes, config, progress=False)
-    batch = collate(training_windows(episodes, "train", config.rollout, 2))
+    net, record = fit(episodes, config, progress=False)
+    batch = collate(training_windows(episodes, "train", config.rollout, 2, CalibratedTwin(net.base)))
     torch.manual_seed(config.seed)
     with torch.no_grad():
-        before = float(loss_of(ResidualNet(config.net)(batch), batch, config))
+        before = float(loss_of(ResidualNet(config.net, net.base)(batch), batch, config))
     assert record["chosen_on"] == "train" and record["chosen_loss"] < 1e-3 < before
+
+
+def test_predictions_never_read_the_recorded_future(fitted, tmp_path):
+    """Two recordings alike up to state t (and the packets of the periods before it), with other states and
+    packet counts after it and the same actions: the predictions from t, the base twin's inputs and every
+    training window's inputs from t are the same."""
+    net, _ = fitted
+    t, k = 4, 4
+    [one] = _recording(tmp_path / "one", n=3, periods=10, seed=5)
+    [two] = _recording(tmp_path / "two", n=3, periods=10, seed=5, future=(t, 6))
+    assert not np.allclose(one.utilisation[t + 1:], two.utilisation[t + 1:])
+    assert not np.allclose(one.packets_in[t:], two.packets_in[t:])
+    twin = ResidualTwin(net)
+    a, b = (twin.rollout(e.past(t), [e.action(t + j) for j in range(k)]) for e in (one, two))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.utilisation, y.utilisation)
+        np.testing.assert_array_equal(x.queue, y.queue)
+        np.testing.assert_array_equal(x.drops, y.drops)
+    base = CalibratedTwin(net.base)
+    first = [training_windows([e], "train", k, net.config.history, base)[t] for e in (one, two)]
+    for name in ("x", "base", "node_steps", "edge_steps", "static"):
+        assert torch.equal(first[0][name], first[1][name]), name
+    assert not torch.equal(first[0].y.nan_to_num(), first[1].y.nan_to_num())
+    with torch.no_grad():
+        assert torch.equal(net(collate(first[:1])), net(collate(first[1:])))
+
+
+def test_an_unfitted_network_with_a_base_predicts_the_base_twin(tmp_path):
+    """The network corrects the calibrated twin's rollout: before any fitting its change is near 0, so its
+    utilisation and queue are the base twin's."""
+    torch.manual_seed(0)
+    [episode] = _recording(tmp_path / "rec", n=3, periods=8, seed=7)
+    net = ResidualNet(SMALL)
+    actions = [episode.action(2 + j) for j in range(3)]
+    ours, base = ResidualTwin(net).rollout(episode.past(2), actions), CalibratedTwin(net.base).rollout(
+        episode.past(2), actions)
+    for x, y in zip(ours, base):
+        np.testing.assert_allclose(x.utilisation, y.utilisation, atol=0.05)
+        np.testing.assert_allclose(x.queue, y.queue, atol=0.05 * 100.0)
+
+
+def test_each_component_is_the_member_chosen_for_it_and_never_worse_than_the_base(tmp_path):
+    """Per-component choice: each state component comes from the snapshot with its own least loss on the
+    choosing windows, the unfitted network (the base twin) among them."""
+    torch.set_num_threads(1)
+    episodes = _recording(tmp_path / "rec", n=3, periods=8, seed=4)
+    net, record = fit(episodes, _config(epochs=15), progress=False)
+    assert set(record["chosen_epoch"]) == set(STATE)
+    assert net.config.members == len(set(record["chosen_epoch"].values()))
+    batch = collate(training_windows(episodes, "train", 2, SMALL.history, CalibratedTwin(net.base)))
+    config = _config()
+    with torch.no_grad():
+        members = [member(batch) for member in net.members]
+        np.testing.assert_array_equal(net(batch).numpy(), torch.stack(
+            [members[m][..., c] for c, m in enumerate(net.choice.tolist())], dim=-1).numpy())
+        ours, base = component_losses(net(batch), batch, config), component_losses(ResidualNet(SMALL, net.base)(batch),
+                                                                                   batch, config)
+    assert torch.all(ours <= base + 1e-6)
 
 
 def test_a_normalised_loss_divides_each_component_by_its_one_period_change(tmp_path):
@@ -78,7 +145,7 @@ def test_a_normalised_loss_divides_each_component_by_its_one_period_change(tmp_p
     expected = (batch.y[first, 0] - batch.x[first, 0]).abs().mean(0).clamp(min=1e-3)
     assert torch.allclose(scale, expected)
     predicted = batch.y.nan_to_num() + 0.5
-    config = _config(normalise=1)
+    config = _config(normalise=1, weights=(1.0, 1.0, 1.0, 1.0))
     raw, normalised = loss_of(predicted, batch, config), loss_of(predicted, batch, config, scale)
     mask = batch.mask[..., None] & torch.isfinite(batch.y)
     assert float(raw) == pytest.approx(0.5)
@@ -163,7 +230,10 @@ def test_a_bad_checkpoint_is_refused_with_a_clear_error(fitted, tmp_path):
              "not a residual-twin checkpoint": {**stored, "format": "deepmigration-gn"},
              "version 0": {**stored, "version": 0},
              "unusable network config": {**stored, "config": {**stored["config"], "colour": 1}},
-             "weights do not fit": {**stored, "config": {**stored["config"], "hidden": 12}}}
+             "weights do not fit": {**stored, "config": {**stored["config"], "hidden": 12}},
+             "version 1; this code reads version 2": {**stored, "version": 1},
+             "unusable base-twin parameters": {**stored, "base": {**stored["base"], "arrival_ratio": -1.0}},
+             "config and the stored base-twin parameters disagree": {**stored, "base": None}}
     for message, content in cases.items():
         path = tmp_path / "bad.pt"
         if isinstance(content, bytes):

@@ -16,6 +16,10 @@ action: per node whether it is active before and after, started, stopped, and th
 cluster's and its buffer in periods of full-rate service; per edge the moved load (over the mean
 capacity), the moved flows and la_ij. Flows that arrived after the origin are unknown to the twin, so
 their moves carry no load, as in the default twin.
+
+The **base** inputs (`BASE`, when the network has a base twin): per node and period the calibrated twin's
+own k-period rollout from the same origin with the same actions (its utilisation, queue fill and drops per
+buffer packet): the physics the network corrects. Like the network, it reads only the past at the origin.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from torch_geometric.data import Batch, Data
 
 from gnn_policy.graph import LATENCY_UNIT_MS, complete_edges
 from twin.fidelity.episode import Episode, Past, RecordedAction
+from twin.fidelity.twins import Step, Twin
 from twin.migration import IndexedAction
 from twin.state import ClusterState
 
@@ -35,6 +40,8 @@ STATE = ("utilisation", "queue_fill", "arrivals", "drops")
 ACTION_NODE = ("active", "active_after", "started", "stopped", "moved_in", "moved_out")
 STATIC_NODE = ("relative_capacity", "buffer_periods")
 EDGE = ("migration_latency", "moved_load", "moved_flows")
+BASE = ("base_utilisation", "base_queue_fill", "base_drops")
+"""The base twin's prediction of each period, in the units of `STATE`'s utilisation, queue_fill and drops."""
 FLOWS_UNIT = 10.0
 """Moved flows per edge are given in tens."""
 
@@ -86,6 +93,52 @@ def origin_of_state(state: ClusterState, history: int, period_s: float = 1.0) ->
     return Origin(np.repeat(row[:, None, :], history, axis=1), state, period_s)
 
 
+class StatePast:
+    """A bare ClusterState as a twin's `Past` (origin 0, nothing measured before it): what the base twin reads
+    when actions are scored on a state without a recording."""
+
+    def __init__(self, state: ClusterState, period_s: float = 1.0):
+        self._state, self.t, self.period_s = state, 0, period_s
+        self.instance_ids, self.capacity, self.buffer = state.instance_ids, state.capacity, state.buffer
+
+    def state(self, t: int | None = None) -> ClusterState:
+        if t not in (None, 0):
+            raise IndexError(f"state {t} is not known at origin 0")
+        return self._state
+
+    def flow_table(self, t: int | None = None) -> dict[str, np.ndarray]:
+        state = self.state(t)
+        return {"flow": np.array(state.flow_ids, dtype=object), "instance": state.assignment, "rate": state.rate}
+
+    def queue(self, since: int) -> np.ndarray:
+        return self._state.queue[None]
+
+    def drops(self, since: int) -> np.ndarray:
+        return np.empty((0, self._state.n_instances))
+
+    packets_in = drops
+
+    def durations(self, since: int) -> tuple[np.ndarray, list]:
+        return np.empty(0), []
+
+
+def as_recorded(state: ClusterState, action: IndexedAction) -> RecordedAction:
+    """A policy's action on `state` as the base twin takes a recorded one (every move done)."""
+    n, flows = state.n_instances, np.asarray(action.flows, dtype=np.int64)
+    started, stopped = np.zeros(n, bool), np.zeros(n, bool)
+    started[action.start], stopped[action.stop] = True, True
+    return RecordedAction(tuple(np.asarray(state.flow_ids, dtype=object)[flows].tolist()), state.assignment[flows],
+                          np.asarray(action.dst, dtype=np.int64), started, stopped, int(flows.size))
+
+
+def base_prediction(steps: Sequence[Step], buffer: np.ndarray, horizon: int) -> np.ndarray:
+    """[N, horizon, 3] the BASE inputs: the base twin's rollout `steps` (at least one) in state units of the
+    origin's `buffer`; periods past the steps repeat the last."""
+    buffer = np.maximum(buffer, 1e-9)
+    rows = [np.stack([step.utilisation, step.queue / buffer, step.drops / buffer], axis=1) for step in steps]
+    return np.stack(rows + rows[-1:] * (horizon - len(rows)), axis=1)
+
+
 def recorded_move(origin: ClusterState, action: RecordedAction) -> Move:
     """A recorded action's moves at the origin's rates (moves of flows the origin does not know carry none)."""
     index = origin.flow_index
@@ -109,11 +162,12 @@ def _move(n: int, src: np.ndarray, dst: np.ndarray, rate: np.ndarray, started: n
     return Move(load, flows, np.asarray(started, bool), np.asarray(stopped, bool))
 
 
-def window(origin: Origin, moves: Sequence[Move], horizon: int,
-           targets: np.ndarray | None = None, mask: np.ndarray | None = None) -> Data:
+def window(origin: Origin, moves: Sequence[Move], horizon: int, targets: np.ndarray | None = None,
+           mask: np.ndarray | None = None, base: np.ndarray | None = None) -> Data:
     """The graph of one origin and the moves of its next periods, padded to `horizon` periods (a padded
     period moves nothing and changes no instance). `targets` [N, horizon, 4] are the measured next states
-    (NaN: unknown) and `mask` [N, horizon] the instances whose prediction is scored."""
+    (NaN: unknown), `mask` [N, horizon] the instances whose prediction is scored and `base` [N, horizon, 3]
+    the base twin's prediction (`base_prediction`; None: a network without a base)."""
     state = origin.state
     n, capacity = state.n_instances, state.capacity
     edges = complete_edges(n)
@@ -133,6 +187,7 @@ def window(origin: Origin, moves: Sequence[Move], horizon: int,
         active = after
     targets = np.full((n, horizon, len(STATE)), np.nan) if targets is None else targets
     mask = np.zeros((n, horizon), bool) if mask is None else mask
+    base = np.zeros((n, horizon, 0)) if base is None else base
     f32 = torch.float32
     return Data(x=torch.as_tensor(origin.history, dtype=f32),
                 static=torch.as_tensor(np.stack([capacity / mean_capacity, state.buffer / (capacity * origin.period_s)],
@@ -140,7 +195,8 @@ def window(origin: Origin, moves: Sequence[Move], horizon: int,
                 edge_index=torch.as_tensor(edges, dtype=torch.long),
                 latency=torch.as_tensor(state.migration_ms[edges[0], edges[1]][:, None] / LATENCY_UNIT_MS, dtype=f32),
                 node_steps=torch.as_tensor(node_steps, dtype=f32), edge_steps=torch.as_tensor(edge_steps, dtype=f32),
-                y=torch.as_tensor(targets, dtype=f32), mask=torch.as_tensor(mask))
+                base=torch.as_tensor(base, dtype=f32), y=torch.as_tensor(targets, dtype=f32),
+                mask=torch.as_tensor(mask))
 
 
 def measured(episode: Episode, t: int) -> np.ndarray:
@@ -150,9 +206,10 @@ def measured(episode: Episode, t: int) -> np.ndarray:
                      episode.packets_in[t] / (capacity * episode.period_s), episode.drops[t] / buffer], axis=1)
 
 
-def training_windows(episodes: Sequence[Episode], split: str, horizon: int, history: int) -> list[Data]:
+def training_windows(episodes: Sequence[Episode], split: str, horizon: int, history: int,
+                     base: Twin | None = None) -> list[Data]:
     """Every origin of `split` with its next `horizon` periods' moves and measured states (as far as the
-    split goes: later periods are masked out)."""
+    split goes: later periods are masked out), and `base`'s prediction of them when given."""
     out = []
     for episode in episodes:
         inside = episode.split == split
@@ -164,13 +221,15 @@ def training_windows(episodes: Sequence[Episode], split: str, horizon: int, hist
                 steps += 1
             past = episode.past(t)
             origin = origin_of_past(past, history)
-            moves = [recorded_move(origin.state, episode.action(t + j)) for j in range(steps)]
+            actions = [episode.action(t + j) for j in range(steps)]
+            moves = [recorded_move(origin.state, action) for action in actions]
             targets = np.full((origin.state.n_instances, horizon, len(STATE)), np.nan)
             mask = np.zeros((origin.state.n_instances, horizon), bool)
             for j in range(steps):
                 targets[:, j] = measured(episode, t + j)
                 mask[:, j] = episode.active[t + j + 1]
-            out.append(window(origin, moves, horizon, targets, mask))
+            out.append(window(origin, moves, horizon, targets, mask,
+                              None if base is None else base_prediction(base.rollout(past, actions), past.buffer, horizon)))
     return out
 
 

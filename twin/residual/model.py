@@ -6,6 +6,10 @@ over an encoding of each node's state history, its action and the globals, decod
 of the node's state (`features.STATE`). A linear path from the node inputs to the change sits beside the
 GN (f = GN + linear): the twin's best one-period guesses are near-linear in its inputs (the next utilisation
 follows the NF's arrivals of the period before), which a tanh-encoded network alone learns slowly.
+With a base twin (`ResidualConfig.base`, the calibrated twin of `twin.calibration`), the network corrects
+the base's own k-period prediction instead of the last state: s_{t+1} = base_{t+1} + f(s_t, a_t, base_{t+1})
+for the utilisation, queue fill and drops (the arrivals, which the base does not predict, still step from
+s_t), and the linear path and the head's last layer start at zero, so an unfitted network is the base twin.
 A step's prediction is clipped to what is physical (nothing negative, no queue over the buffer, nothing on
 a stopped instance) before it becomes the next step's input; the loss reads the unclipped prediction.
 """
@@ -20,7 +24,8 @@ from torch_geometric.nn import MetaLayer
 from torch_geometric.utils import scatter
 
 from gnn_policy.gn import EdgeUpdate, GlobalUpdate, NodeUpdate, two_layer
-from twin.residual.features import ACTION_NODE, EDGE, STATE, STATIC_NODE
+from twin.calibration import CalibratedParams
+from twin.residual.features import ACTION_NODE, BASE, EDGE, STATE, STATIC_NODE
 from twin.sim import fluid_queue
 
 GLOBAL = ("mean_utilisation", "mean_arrivals", "active_share")
@@ -29,6 +34,8 @@ DERIVED = ("post_utilisation", "fluid_queue", "fluid_drops")
 """Node inputs computed each period from the state and the action: the utilisation after the moves, and the
 fluid queue (twin.sim.fluid_queue, the one queue formula) fed for one period by the last arrivals adjusted by
 the moves: the physics the network corrects."""
+ANCHORS = {"base_utilisation": "utilisation", "base_queue_fill": "queue_fill", "base_drops": "drops"}
+"""The state component each base input predicts (and the network's prediction of it starts from)."""
 
 
 @dataclass(frozen=True)
@@ -46,11 +53,17 @@ class ResidualConfig:
     edge: tuple[str, ...] = EDGE
     global_features: tuple[str, ...] = GLOBAL
     derived: tuple[str, ...] = DERIVED
+    base: tuple[str, ...] = BASE
+    """The base twin's predictions the network reads and corrects; () for none (s' = s + f(s, a))."""
+    members: int = 1
+    """Networks of this shape, each rolled out on its own; each state component is one member's (`choice`):
+    the snapshots of one fit chosen per component on validation (`training.FitConfig.per_component`)."""
 
     @property
     def node_inputs(self) -> int:
-        """History, static features, action and the derived inputs."""
-        return self.history * len(self.state) + len(self.static_node) + len(self.action_node) + len(self.derived)
+        """History, static features, action, the derived and the base inputs."""
+        return (self.history * len(self.state) + len(self.static_node) + len(self.action_node) + len(self.derived)
+                + len(self.base))
 
     def to_dict(self) -> dict:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
@@ -61,16 +74,37 @@ class ResidualConfig:
         if unknown:
             raise ValueError(f"unknown residual-twin config keys {sorted(unknown)}")
         config = cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
-        current = cls(hidden=config.hidden, steps=config.steps, history=config.history)
+        current = cls(hidden=config.hidden, steps=config.steps, history=config.history, members=config.members,
+                      base=config.base if config.base in ((), BASE) else BASE)
         if config != current:
             raise ValueError("the stored features are not the ones this code computes")
         return config
 
 
 class ResidualNet(nn.Module):
-    """f of eq. (15)-(16) and its k-period rollout."""
+    """f of eq. (15)-(16) and its k-period rollout (of each member, each component taken from its member)."""
 
-    def __init__(self, config: ResidualConfig = ResidualConfig()):
+    def __init__(self, config: ResidualConfig = ResidualConfig(), base: CalibratedParams | None = None):
+        """`base`: the base twin's fitted parameters (a network with base inputs and no parameters takes
+        the calibrated twin's defaults); kept with the weights in the checkpoint."""
+        super().__init__()
+        self.config = config
+        self.base = (base or CalibratedParams()) if config.base else None
+        self.members = nn.ModuleList([Member(config) for _ in range(config.members)])
+        self.register_buffer("choice", torch.zeros(len(config.state), dtype=torch.long))  # each component's member
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """[nodes, horizon, 4]: the predicted (unclipped) state of each node after each rolled-out period."""
+        if len(self.members) == 1:
+            return self.members[0](batch)
+        out = torch.stack([member(batch) for member in self.members])
+        return torch.stack([out[m, ..., c] for c, m in enumerate(self.choice.tolist())], dim=-1)
+
+
+class Member(nn.Module):
+    """One network f and its rollout."""
+
+    def __init__(self, config: ResidualConfig):
         super().__init__()
         self.config = config
         h = config.hidden
@@ -81,8 +115,11 @@ class ResidualNet(nn.Module):
         self.head = two_layer(2 * h, h, len(config.state))
         self.linear = nn.Linear(config.node_inputs, len(config.state))
         with torch.no_grad():
-            self.head[-1].weight.mul_(0.1)
+            self.head[-1].weight.mul_(0.0 if config.base else 0.1)
             self.head[-1].bias.zero_()
+            if config.base:
+                self.linear.weight.zero_()
+                self.linear.bias.zero_()
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """[nodes, horizon, 4]: the predicted (unclipped) state of each node after each rolled-out period."""
@@ -93,14 +130,23 @@ class ResidualNet(nn.Module):
         for j in range(batch.node_steps.size(1)):
             action = batch.node_steps[:, j]
             now = history[:, 0]
-            nodes = torch.cat([history.flatten(1), batch.static, action, derived(now, action, batch.static)], dim=1)
+            base = batch.base[:, j]
+            nodes = torch.cat([history.flatten(1), batch.static, action, derived(now, action, batch.static), base],
+                              dim=1)
             edges = torch.cat([batch.latency, batch.edge_steps[:, j]], dim=1)
-            predicted = now + self._change(nodes, edges, self._globals(now, action, node_graph, graphs), batch,
-                                           node_graph)
+            globals_ = self._globals(now, action, node_graph, graphs)
+            predicted = self._anchor(now, base) + self._change(nodes, edges, globals_, batch, node_graph)
             out.append(predicted)
             history = torch.cat([clip(predicted, action[:, ACTION_NODE.index("active_after")])[:, None],
                                  history[:, :-1]], dim=1)
         return torch.stack(out, dim=1)
+
+    def _anchor(self, now: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """What the change is added to: the last state, with each component the base predicts replaced."""
+        columns = list(now.unbind(1))
+        for k, name in enumerate(self.config.base):
+            columns[STATE.index(ANCHORS[name])] = base[:, k]
+        return torch.stack(columns, dim=1)
 
     def _change(self, nodes: torch.Tensor, edges: torch.Tensor, globals_: torch.Tensor, batch: Batch,
                 node_graph: torch.Tensor) -> torch.Tensor:

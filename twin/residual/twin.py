@@ -2,10 +2,11 @@
 actions (the learning issue's "what would this action do").
 
 The network predicts each instance's utilisation, queue, arrivals and drops period by period
-(`twin.residual.model`). What it does not model, the moves' durations and the period's migration and
-resource cost, comes from a base twin (the default twin unless another is given: `dm-twin eval` gives the
-calibrated one), and the threshold penalty is the one cost model's ω on the residual twin's own utilisation
-after each period's moves.
+(`twin.residual.model`), correcting its base twin's rollout (the calibrated twin of the parameters stored
+with it) from the same origin with the same actions. What it does not model, the moves' durations and the
+period's migration and resource cost, comes from a twin for the costs (the network's base unless another is
+given; the default twin for a network without a base), and the threshold penalty is the one cost model's ω
+on the residual twin's own utilisation after each period's moves.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 
 from twin import cost
 from twin.fidelity.episode import Past, RecordedAction
-from twin.fidelity.twins import DefaultTwin, FlowTwin, Step, Twin
+from twin.fidelity.twins import CalibratedTwin, DefaultTwin, FlowTwin, Step, Twin
 from twin.migration import IndexedAction
 from twin.params import CostParams, Thresholds
 from twin.residual import checkpoint
@@ -27,6 +28,9 @@ from twin.residual.features import (
     STATE,
     Move,
     Origin,
+    StatePast,
+    as_recorded,
+    base_prediction,
     collate,
     indexed_move,
     origin_of_past,
@@ -53,14 +57,16 @@ class Scores:
 
 
 class ResidualTwin(Twin):
-    """s' = s + f(s, a) rolled out with the given actions."""
+    """s' = base(s, a) + f(s, a, base(s, a)) (or s + f(s, a) without a base) rolled out with the given actions."""
 
     name = "residual"
 
     def __init__(self, net: ResidualNet, base: FlowTwin | None = None, params: CostParams = CostParams(),
                  thresholds: Thresholds = Thresholds()):
+        """`base`: the twin for the move durations and the migration and resource costs."""
         self.net, self.params, self.thresholds = net.eval(), params, thresholds
-        self.base = base or DefaultTwin(params, thresholds)
+        self.inputs = None if net.base is None else CalibratedTwin(net.base, params, thresholds)
+        self.base = base or self.inputs or DefaultTwin(params, thresholds)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, **kwargs) -> ResidualTwin:
@@ -72,12 +78,15 @@ class ResidualTwin(Twin):
             return []
         origin = origin_of_past(past, self.net.config.history)
         moves = [recorded_move(origin.state, action) for action in actions]
-        predicted, graph = self._predict(origin, [moves], len(actions))
+        steps = self.base.rollout(past, actions)
+        inputs = None if self.inputs is None else base_prediction(
+            steps if self.inputs is self.base else self.inputs.rollout(past, actions), past.buffer, len(actions))
+        predicted, graph = self._predict(origin, [moves], len(actions), [inputs])
         scores = self._scores(origin, predicted, graph)
         return [replace(step, utilisation=scores.utilisation[0, j], queue=scores.queue[0, j],
                         drops=scores.drops[0, j],
                         costs={**step.costs, "threshold_penalty": float(scores.threshold_penalty[0, j])})
-                for j, step in enumerate(self.base.rollout(past, actions))]
+                for j, step in enumerate(steps)]
 
     def score_actions(self, state: ClusterState | Past, candidate_actions: Sequence[IndexedAction],
                       k: int) -> Scores:
@@ -92,12 +101,20 @@ class ResidualTwin(Twin):
         if not moves:
             n = origin.state.n_instances
             return Scores(np.zeros((0, k, n)), np.zeros((0, k, n)), np.zeros((0, k, n)), np.zeros((0, k)))
-        predicted, graph = self._predict(origin, moves, k)
+        inputs = [None] * len(moves)
+        if self.inputs is not None:
+            past = state if isinstance(state, Past) else StatePast(state)
+            idle = [as_recorded(origin.state, IndexedAction())] * (k - 1)
+            inputs = [base_prediction(self.inputs.rollout(past, [as_recorded(origin.state, action)] + idle),
+                                      past.buffer, k) for action in candidate_actions]
+        predicted, graph = self._predict(origin, moves, k, inputs)
         return self._scores(origin, predicted, graph)
 
-    def _predict(self, origin: Origin, candidates: Sequence[Sequence[Move]], k: int):
-        """The clipped predictions [C, N, k, 4] and the batched graph's per-node action steps [C, N, k, A]."""
-        batch = collate([window(origin, moves, k) for moves in candidates])
+    def _predict(self, origin: Origin, candidates: Sequence[Sequence[Move]], k: int,
+                 inputs: Sequence[np.ndarray | None]):
+        """The clipped predictions [C, N, k, 4] and the batched graph's per-node action steps [C, N, k, A];
+        `inputs` the base twin's predictions per candidate (None without a base)."""
+        batch = collate([window(origin, moves, k, base=base) for moves, base in zip(candidates, inputs)])
         with torch.no_grad():
             raw = self.net(batch)
         n = origin.state.n_instances
