@@ -38,6 +38,9 @@ class NFRuntime:
     """Consecutive periods whose report timed out; while above 0 (and alive) the NF is stalled."""
     flows_with_state: set[str] = field(default_factory=set)
     """Flow ids of the per-flow state the NF reported last."""
+    queued: dict[str, tuple[int, int]] | None = None
+    """Flow id -> (packets queued, drain_packets) of the flows with frames in the NF's buffer at its last report
+    (the report's `queued`); None when the NF does not report it."""
 
     @property
     def id(self) -> str:

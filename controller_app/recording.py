@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,7 @@ class PeriodRecorder:
         counters = {name: _counters(nf) for name, nf in nfs.items()}
         if self._pending is not None:
             self._complete(counters)
+        record = replace(record, flow_queues=flow_queues(state, nfs))
         self._pending, self._counters = period_rows(state, record), counters
 
     def _complete(self, counters: Mapping[str, tuple[int, ...] | None]) -> None:
@@ -72,6 +74,19 @@ class PeriodRecorder:
         with self.path.open("a") as out:
             out.write(json.dumps(rows, allow_nan=False) + "\n")
         self._pending = None
+
+
+def flow_queues(state: ClusterState, nfs: Mapping[str, NFRuntime]) -> dict[str, tuple[int, int]] | None:
+    """Each flow's (queued packets, drain packets) at the instance serving it in `state`, from the NFs' last
+    reports; None when an instance serving flows does not report its per-flow queue."""
+    queues = {}
+    for flow, k in zip(state.flow_ids, state.assignment.tolist()):
+        nf = nfs.get(state.instance_ids[k])
+        queued = None if nf is None else nf.queued
+        if queued is None:
+            return None
+        queues[flow] = queued.get(flow, (0, 0))
+    return queues
 
 
 def _counters(nf: NFRuntime) -> tuple[int, ...] | None:

@@ -79,6 +79,19 @@ def _check_report(report) -> None:
             raise ValueError(f"report field {name} = {value!r} is not a finite number >= 0")
 
 
+def _queued(report: dict) -> dict[str, tuple[int, int]] | None:
+    """The report's per-flow queue: flow id -> (packets, drain_packets); None for an NF that does not report it."""
+    if "queued" not in report:
+        return None
+    queued = {}
+    for entry in report["queued"] or ():
+        counts = (entry.get("packets"), entry.get("drain_packets"))
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+            raise ValueError(f"report field queued has {entry!r}: packets and drain_packets must be integers >= 0")
+        queued[flow_key(FiveTuple(*entry["key"]))] = counts
+    return queued
+
+
 class StateCollector:
     """Gathers what one period observes: flow and port counters from the switch, reports from the NFs."""
 
@@ -126,6 +139,7 @@ class StateCollector:
             try:
                 report = nf.channel.report()
                 _check_report(report)
+                queued = _queued(report)
             except TimeoutError as error:
                 self._missed(nf, error)
                 continue
@@ -138,6 +152,7 @@ class StateCollector:
                 LOG.info("NF %s answers", nf.id)
             nf.alive, nf.last_report, nf.last_error, nf.missed_reports = True, report, "", 0
             nf.flows_with_state = {flow_key(FiveTuple(*flow["key"])) for flow in report.get("flows", ())}
+            nf.queued = queued
             nf.active = bool(report.get("active", nf.active))
 
     def _missed(self, nf: NFRuntime, error: Exception) -> None:

@@ -278,8 +278,24 @@ class NetworkFunction:
                 "active": self.active,
                 "held": [list(key) for key in self._held],
                 "flows": flows,
+                "queued": self._queued_flows(),
                 "exported": [{"key": list(key), "state": state} for key, state in self._exported.values()],
             }
+
+    def _queued_flows(self) -> list[dict]:
+        """Per flow with frames in the buffer (the FIFO or held): `packets`, how many, and `drain_packets`, the
+        frames the processor takes until it has taken the flow's last one in the FIFO (0: none there). A move's
+        export waits for that drain, so the controller can tell at decision time which moves will wait."""
+        queued: dict[FlowKey, list[int]] = {}
+        for position, (key, _frame) in enumerate(self._queue, start=1):
+            entry = queued.setdefault(key, [0, 0])
+            entry[0] += 1
+            entry[1] = position
+        for key, frames in self._held.items():
+            if frames:
+                queued.setdefault(key, [0, 0])[0] += len(frames)
+        return [{"key": list(key), "packets": packets, "drain_packets": drain}
+                for key, (packets, drain) in queued.items()]
 
     def hold(self, key: FlowKey) -> dict:
         with self._lock:
@@ -396,7 +412,7 @@ def serve(interface: str, socket_path: str, **nf_options) -> None:
                     nf.receive(frame)
     finally:
         packets.close()
-    summary = {name: value for name, value in nf.report().items() if name not in ("flows", "held")}
+    summary = {name: value for name, value in nf.report().items() if name not in ("flows", "held", "queued")}
     log.info("%s stopped: %s", nf.instance, summary)
 
 

@@ -42,6 +42,8 @@ class FakeNF:
         """Exported states kept until acknowledged (transfer id -> (key, state)), as the NF keeps them."""
         self.merged: dict[str, set[str]] = {}
         """Flow id -> the transfer ids merged into its state here: a second import of one changes nothing."""
+        self.queued: list[dict] | None = None
+        """The report's per-flow queue (`queued`), when set; without it the report has no such field."""
 
     def _call(self, name, *args):
         self.calls.append((self.desc.instance, name, *args))
@@ -59,7 +61,8 @@ class FakeNF:
                 "processed": 0, "dropped": 0, "active": self.active,
                 "flows": [{"key": list(canonical(t))} for t in self.flows_with_state],
                 "held": [list(t) for t in self.held],
-                "exported": [{"key": list(t), "state": s} for t, s in self.exported.values()]}
+                "exported": [{"key": list(t), "state": s} for t, s in self.exported.values()],
+                **({} if self.queued is None else {"queued": self.queued})}
 
     def hold(self, key):
         self._call("hold", flow_key(key))

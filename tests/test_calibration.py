@@ -32,6 +32,7 @@ def test_calibration_recovers_the_simulated_parameters(simulated):
     assert params.batch == "period"
     assert params.pooled_move.a_ms == pytest.approx(truth.move_a_ms, rel=0.1)
     assert params.pooled_move.b_ms == pytest.approx(truth.move_b_ms, rel=0.1)
+    assert params.move_drain_factor == pytest.approx(truth.move_drain_factor, rel=0.1)
     for pair in params.moves.values():
         assert pair.a_ms == pytest.approx(truth.move_a_ms, rel=0.15)
     assert params.least_utilised_share < 0.3  # the simulator deals new flows round-robin, not to the least utilised
@@ -51,6 +52,37 @@ def _move_recording(directory, a_ms: float, b_ms: float, batches: list[int], slo
                                                           for m in moves)))
     writer.add_period(cluster([[10.0], [10.0]]))
     writer.close()
+
+
+def _drain_recording(directory, a_ms: float, b_ms: float, c: float, batches: list[tuple[int, int]]) -> None:
+    """Periods of two instances (capacity 1000 packets/s) whose n done moves take exactly a + b·n + c·w ms, w the
+    drain wait of the moved flows: the first one's source reports `drain` packets to serve before its last queued
+    one (1 ms each), the others none."""
+    writer = RecordingWriter(directory, {"source": "test", "period_s": 1.0})
+    for n, drain in batches:
+        state = cluster([[10.0] * 6, [10.0]])
+        moves = tuple(Migration(state.flow_ids[f], "nf0", "nf1") for f in range(n))
+        queues = {flow: (0, 0) for flow in state.flow_ids} | {state.flow_ids[0]: (min(drain, 1), drain)}
+        duration = a_ms + b_ms * n + c * drain
+        writer.add_period(state, PeriodRecord(action=Action(moves), executed=True, flow_queues=queues,
+                                              moves=tuple(MoveRecord(m.flow, m.src, m.dst, "done", duration)
+                                                          for m in moves)))
+    writer.add_period(cluster([[10.0], [10.0]]))
+    writer.close()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(a_ms=st.floats(1.0, 100.0), b_ms=st.floats(0.0, 10.0), c=st.floats(0.0, 2.0),
+       batches=st.lists(st.tuples(st.integers(1, 6), st.integers(0, 800)), min_size=12, max_size=20)
+       .filter(lambda b: len({n for n, _ in b}) > 1 and len({d for _, d in b}) > 2))
+def test_the_drain_factor_is_recovered_from_moves_that_waited_for_queued_packets(tmp_path_factory, a_ms, b_ms, c,
+                                                                                 batches):
+    directory = tmp_path_factory.mktemp("drain") / "recording"
+    _drain_recording(directory, a_ms, b_ms, c, batches)
+    params = fit(load_dataset(directory, "train"))
+    assert params.move_drain_factor == pytest.approx(c, rel=1e-4, abs=1e-4)
+    assert params.pooled_move.a_ms == pytest.approx(a_ms, rel=1e-4, abs=1e-3)
+    assert params.pooled_move.b_ms == pytest.approx(b_ms, rel=1e-4, abs=1e-3)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -87,7 +119,7 @@ def test_parameters_round_trip(tmp_path, simulated):
 
 
 @pytest.mark.parametrize(("change", "named"), [
-    (lambda d: d.update(version=2), "version 2"),
+    (lambda d: d.update(version=1), "version 1, this code reads version 2 only"),
     (lambda d: d.pop("batch"), "'batch'"),
     (lambda d: d.update(least_utilised_share=1.5), "'least_utilised_share'"),
     (lambda d: d["pooled_move"].update(a_ms=-1.0), "'pooled_move.a_ms'"),

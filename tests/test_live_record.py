@@ -50,6 +50,8 @@ def test_a_recorded_demo_run_holds_every_period_and_its_moves(tmp_path):
                     and after.flow(after.flow_index[move["flow"]]).instance != move["dst"]):
                 elsewhere.append((t, move["flow"], move["dst"], after.flow(after.flow_index[move["flow"]]).instance))
 
+    drains = recording.column("flows", "drain_packets").astype(float)
+    assert not np.isnan(drains).any() and (drains >= 0).all(), "every flow row has its NF's per-flow queue"
     delays = recording.column("flows", "delay_ms")
     assert np.count_nonzero(delays[~np.isnan(delays)] > 0) > 0, "the sink's delays are joined per period"
     assert recording.column("periods", "packets_dropped")[-1] >= 0  # the NFs' counters are measured

@@ -262,6 +262,7 @@ def test_report_has_the_documented_fields(channel):
         "dropped",
         "active",
         "flows",
+        "queued",
     }
     assert client.deactivate() == {"active": False} and client.report()["active"] is False
     assert client.activate() == {"active": True}

@@ -140,6 +140,9 @@ def _rewrite(path, table: pa.Table) -> None:
                                                         "schema_version": SCHEMA_VERSION + 1})),
      rf"meta\.json: schema_version {SCHEMA_VERSION + 1}"),
     (lambda d: (d / "meta.json").write_text(json.dumps({"trace": "x"})), r"meta\.json: schema_version None"),
+    (lambda d: (d / "meta.json").write_text(json.dumps({**json.loads((d / "meta.json").read_text()),
+                                                        "schema_version": 1})),
+     r"meta\.json: schema_version 1, this code reads version 2 only \(record it again with this version\)"),
     (lambda d: _rewrite(d / "flows.parquet", pq.read_table(d / "flows.parquet").drop_columns(["sla_ms"])),
      r"flows\.parquet: missing column 'sla_ms'"),
     (lambda d: _rewrite(d / "flows.parquet", pq.read_table(d / "flows.parquet").set_column(

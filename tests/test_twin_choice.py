@@ -38,10 +38,10 @@ def batch():
     return loop.build(sample_path(), read_flows(sample_path()), setup)
 
 
-def state() -> ClusterState:
+def state(rate: float = 60.0) -> ClusterState:
     instances = [Instance("nf0", 100.0, 400.0, queue_packets=50.0), Instance("nf1", 100.0, 400.0),
                  Instance("nf2", 100.0, 400.0)]
-    flows = [Flow(f"f{k}", ("10.0.0.1", "10.0.0.2", 1000 + k, 80, 6), 60.0, 500.0, "nf0") for k in range(3)]
+    flows = [Flow(f"f{k}", ("10.0.0.1", "10.0.0.2", 1000 + k, 80, 6), rate, 500.0, "nf0") for k in range(3)]
     return ClusterState.from_objects(instances, flows)
 
 
@@ -65,14 +65,17 @@ def test_calibrated_twin_queues_at_the_fitted_service_rate_buffer_and_arrival_ra
     assert twin.migration_ms[0, 0, 1] == 14.0 and twin.migration_ms[0, 1, 1] == 0.0  # a + b: one move's la_ij
 
 
-def test_calibrated_moves_take_a_plus_b_n_plus_c_times_the_sources_queueing_delay():
-    twin = BatchedTwin.from_states([state()])
+@pytest.mark.parametrize("rate", [60.0, 1.0])
+def test_calibrated_moves_take_a_plus_b_n_plus_c_times_the_expected_drain_wait(rate):
+    twin = BatchedTwin.from_states([state(rate)])
     calibrate(twin, FITTED)
     dst = twin.assignment.clone()
     dst[0, :2] = torch.tensor([1, 2])  # two moves in the period, from nf0 with 50 packets queued
     result = twin.step(dst, torch.zeros_like(twin.active), torch.zeros_like(twin.active))
-    drain = float(cost.queueing_delay_ms(np.array(50.0), np.array(100.0)))
-    assert float(result.migration_time_ms[0]) == pytest.approx(10.0 + 4.0 * 2 + 0.5 * drain)
+    la_q = float(cost.queueing_delay_ms(np.array(50.0), np.array(100.0)))
+    # a flow of `rate` packets/s has one of its packets in 500 ms of queue with probability 1 - e^(-rate * 0.5)
+    wait = la_q * (1.0 - np.exp(-rate * la_q / 1000.0))
+    assert float(result.migration_time_ms[0]) == pytest.approx(10.0 + 4.0 * 2 + 0.5 * wait)
 
 
 def test_calibrated_steering_sends_the_share_phi_of_new_flows_to_the_least_utilised():

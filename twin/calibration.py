@@ -7,9 +7,11 @@ What is fitted, each by least squares on the training periods (docs/twin.md, "Fi
   configured one) of the fluid queue (`twin.sim.fluid_queue`), on the next period's queue and drops given
   the packets the NF received; the processing latency la_p, on the sink's per-flow delays less the
   queueing delay;
-- per instance pair: a move's duration a + b·n + c·la_q(source), n the moves that ran together (the
-  period's batch, or the pair's, whichever fits the training moves better) and la_q the source's queueing
-  delay (OpenNF's export waits for the source to drain the flow's packets; c is pooled over all pairs).
+- per instance pair: a move's duration a + b·n + c·w, n the moves that ran together (the period's batch, or
+  the pair's, whichever fits the training moves better) and w the batch's drain wait: OpenNF's export waits
+  for the source to serve the flow's packets still queued there, which the NF reports per flow
+  (`drain_packets`; `twin.fidelity.twins.moved_flow_waits`), and the batch waits for its slowest drain
+  (c is pooled over all pairs).
   Pairs with moves in fewer than `MIN_PAIR_BATCHES` periods, or a single batch size, use the pooled fit.
   The loss (squared, absolute, or relative to the duration) and per-pair vs pooled a and b are chosen on the
   validation moves' MAPE (`choose_moves`);
@@ -37,10 +39,12 @@ import torch
 from trace_replay.files import write_text
 from twin import cost
 from twin.fidelity.episode import Episode
-from twin.fidelity.twins import RATE_MEMORY, flow_means, moved_load
+from twin.fidelity.twins import RATE_MEMORY, flow_means, moved_flow_waits, moved_load
+from twin.physics import batch_wait_ms
 from twin.sim import fluid_queue
 
-VERSION = 1
+VERSION = 2
+"""2: `move_drain_factor` multiplies the batch's drain wait of its moved flows (1: the source's la_q)."""
 KIND = "dm-twin calibrated fluid twin"
 MIN_PAIR_BATCHES = 5
 ARRIVAL_WINDOWS = (1, 3, 10, 30)
@@ -76,7 +80,8 @@ class CalibratedParams:
     batch: str = "period"
     """n of a move's a + b·n: the moves of its period (`period`) or of its pair in the period (`pair`)."""
     move_drain_factor: float = 0.0
-    """c: ms a move takes per ms of queueing delay at its source (the export waits for the source to drain)."""
+    """c: ms a move takes per ms of its batch's drain wait (the exports wait for the sources to serve the moved
+    flows' queued packets; `twin.physics.batch_wait_ms`)."""
     rate_persistence: float = 1.0
     rate_reversion: float = 0.0
     rate_base_pps: float = 0.0
@@ -206,14 +211,15 @@ and b; the variant with the least duration MAPE on the validation periods is kep
 
 @dataclass(frozen=True)
 class _MoveRows:
-    """One row per measured move: its pair "src->dst", n under both batch definitions, the source's queueing
-    delay at the state, the duration, and its period (recording/period)."""
+    """One row per measured move: its pair "src->dst", n under both batch definitions, its batch's drain wait w
+    (ms) at the state, the duration, its period (recording/period) and its source's queueing delay la_q (ms)."""
 
     pairs: np.ndarray
     n: dict[str, np.ndarray]
-    drain: np.ndarray
+    wait: np.ndarray
     y: np.ndarray
     periods: np.ndarray
+    la_q: np.ndarray
 
     @classmethod
     def of(cls, transitions) -> _MoveRows:
@@ -221,19 +227,21 @@ class _MoveRows:
         for episode, t in transitions:
             action, durations = episode.action(t), episode.durations(t)
             state, ids = episode.state(t), episode.instance_ids
-            drain = cost.queueing_delay_ms(state.queue, state.capacity)
+            waits = moved_flow_waits(episode.flow_table(t), state, action)
+            wait = float(batch_wait_ms(waits, np.ones(waits.size, bool)))
+            la_q = cost.queueing_delay_ms(state.queue, state.capacity)
             pair = action.src * len(ids) + action.dst
             n_pair = np.bincount(pair)[pair] if pair.size else np.empty(0)
             for k in np.flatnonzero(np.isfinite(durations)):
                 rows.append((f"{ids[action.src[k]]}->{ids[action.dst[k]]}", action.n_run, n_pair[k],
-                             drain[action.src[k]], durations[k], f"{episode.name}/{episode.first + t}"))
-        column = [np.array([r[c] for r in rows], dtype=object if c in (0, 5) else float) for c in range(6)]
-        return cls(column[0], {"period": column[1], "pair": column[2]}, column[3], column[4], column[5])
+                             wait, durations[k], f"{episode.name}/{episode.first + t}", la_q[action.src[k]]))
+        column = [np.array([r[c] for r in rows], dtype=object if c in (0, 5) else float) for c in range(7)]
+        return cls(column[0], {"period": column[1], "pair": column[2]}, *column[3:])
 
     def predict(self, fits: dict[str, MoveFit], pooled: MoveFit, batch: str, drain_factor: float) -> np.ndarray:
         fit_ = [fits.get(pair, pooled) for pair in self.pairs]
         return np.array([f.a_ms for f in fit_]) + np.array([f.b_ms for f in fit_]) * self.n[batch] \
-            + drain_factor * self.drain
+            + drain_factor * self.wait
 
 
 def choose_moves(train, validation, losses: Sequence[str] = MOVE_LOSSES) -> tuple[tuple, str, float, dict]:
@@ -260,7 +268,7 @@ def choose_moves(train, validation, losses: Sequence[str] = MOVE_LOSSES) -> tupl
 def fit_moves(rows: _MoveRows, loss: str = "squared",
               per_pair: bool = True) -> tuple[tuple[dict[str, MoveFit], MoveFit], str, float]:
     """(per-pair fits, pooled fit), the batch definition and the drain factor c of a move's duration
-    a + b·n + c·la_q(source), under `loss` (one of `MOVE_LOSSES`). The pooled fit takes all three with
+    a + b·n + c·w (w: the batch's drain wait), under `loss` (one of `MOVE_LOSSES`). The pooled fit takes all three with
     non-negative coefficients; with `per_pair`, a pair with moves in at least `MIN_PAIR_BATCHES` periods and two
     batch sizes gets its own a and b (c pooled). Both batch definitions are fitted; the one with the smaller training loss wins."""
     if loss not in MOVE_LOSSES:
@@ -268,14 +276,14 @@ def fit_moves(rows: _MoveRows, loss: str = "squared",
     best = None
     for batch in ("period", "pair"):
         n = rows.n[batch]
-        a, b, c = _fit_linear(np.column_stack([np.ones_like(n), n, rows.drain]), rows.y, loss)
+        a, b, c = _fit_linear(np.column_stack([np.ones_like(n), n, rows.wait]), rows.y, loss)
         pooled, fits = MoveFit(float(a), float(b), rows.y.size), {}
         for pair in np.unique(rows.pairs):
             mask = rows.pairs == pair
             if per_pair and np.unique(rows.periods[mask]).size >= MIN_PAIR_BATCHES \
                     and np.unique(n[mask]).size > 1:
                 pa, pb = _fit_linear(np.column_stack([np.ones(mask.sum()), n[mask]]),
-                                     rows.y[mask] - c * rows.drain[mask], loss, rows.y[mask])
+                                     rows.y[mask] - c * rows.wait[mask], loss, rows.y[mask])
                 fits[pair] = MoveFit(float(pa), float(pb), int(mask.sum()))
         residual = _loss(rows.predict(fits, pooled, batch, float(c)), rows.y, loss)
         if best is None or residual < best[0]:

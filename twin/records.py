@@ -38,7 +38,8 @@ from twin.flow import FIVE_TUPLE_DTYPE
 from twin.migration import Action
 from twin.state import ClusterState, StateError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: the flows table gains `queued_packets` and `drain_packets` (the NF's per-flow queue at t)."""
 META_FILE = "meta.json"
 MOVE_OUTCOMES = ("done", "rolled_back", "rollback_failed", "skipped", "not_executed")
 """A planned move's outcome: the executor's four, or `not_executed` (a dry-run, an infeasible or failed
@@ -136,6 +137,8 @@ SCHEMA: dict[str, tuple[Column, ...]] = {
         ("delay_packets", _I, "packets", "the flow's packets the sink received during the period (null: none)",
          True),
         ("delay_ms", _F, "ms", "their mean one-way delay, source to sink", True),
+        ("queued_packets", _I, "packets", "its frames in its instance's buffer at t (NF report; null: none)", True),
+        ("drain_packets", _I, "packets", "frames its instance serves until its last queued one is (0: none)", True),
         ("is_ipv6", _B, "-", "the flow's addresses are IPv6 ones (src_ip6, dst_ip6)"),
         ("src_ip6", _S, "-", "IPv6 source address in its text form; empty for IPv4"),
         ("dst_ip6", _S, "-", "IPv6 destination address in its text form; empty for IPv4"),
@@ -195,6 +198,9 @@ class PeriodRecord:
     """Flow id -> (packets, mean one-way delay ms) the sink measured during the period."""
     sink: tuple[int, float] | None = None
     """(packets, mean one-way delay ms) of every flow at the sink during the period."""
+    flow_queues: Mapping[str, tuple[int, int]] | None = None
+    """Flow id -> (queued packets, drain packets) at its instance at t; a flow not listed has none queued.
+    None: not reported (both columns null)."""
 
 
 def period_rows(state: ClusterState, record: PeriodRecord = PeriodRecord()) -> dict[str, list[dict]]:
@@ -229,11 +235,18 @@ def period_rows(state: ClusterState, record: PeriodRecord = PeriodRecord()) -> d
                       "instance": ids[state.assignment[f]], "rate_pps": float(state.rate[f]),
                       "byte_rate": float(state.byte_rate[f]), "sla_ms": float(state.sla_ms[f]),
                       "delay_packets": None if delay is None else int(delay[0]),
-                      "delay_ms": None if delay is None else float(delay[1])})
+                      "delay_ms": None if delay is None else float(delay[1]),
+                      **_queue_cells(record.flow_queues, flow)})
     latency = [{"src": a, "dst": b, "migration_ms": float(state.migration_ms[i, j])}
                for i, a in enumerate(ids) for j, b in enumerate(ids)]
     return {"periods": [periods], "instances": instances, "flows": flows, "latency": latency,
             "migrations": _migration_rows(record)}
+
+
+def _queue_cells(queues: Mapping[str, tuple[int, int]] | None, flow: str) -> dict:
+    queued, drain = (None, None) if queues is None else queues.get(flow, (0, 0))
+    return {"queued_packets": None if queued is None else int(queued),
+            "drain_packets": None if drain is None else int(drain)}
 
 
 def _costs(prefix: str, names: tuple[str, ...], costs: Mapping[str, float] | None) -> dict:
@@ -429,7 +442,8 @@ def _read_meta(path: Path) -> dict:
         raise RecordingError(f"{path}: must hold a JSON object")
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise RecordingError(f"{path}: schema_version {version!r}, this code reads version {SCHEMA_VERSION} only")
+        raise RecordingError(f"{path}: schema_version {version!r}, this code reads version {SCHEMA_VERSION} only "
+                             f"(record it again with this version)")
     return meta
 
 

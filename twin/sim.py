@@ -27,7 +27,7 @@ from twin import cost
 from twin.flow import FIVE_TUPLE_DTYPE
 from twin.migration import IndexedAction
 from twin.params import CostParams, Thresholds
-from twin.physics import Physics
+from twin.physics import Physics, flow_wait_ms
 from twin.scenario import ScenarioKind, detect
 from twin.state import ClusterState
 
@@ -537,8 +537,8 @@ class BatchedTwin:
         pair = src * self.n_instances + dst
         if self.physics.move_a_ms is None:
             return self.migration_ms.flatten(1).gather(1, pair)
-        drain = self._per_flow(cost.queueing_delay_ms(self.queue, self.capacity), src)
-        return self.physics.move_ms(pair, moved, drain, self.n_instances)
+        la_q = self._per_flow(cost.queueing_delay_ms(self.queue, self.capacity), src)
+        return self.physics.move_ms(pair, moved, flow_wait_ms(self.flow_rate, la_q), self.n_instances)
 
     def _migration_time(self, src: torch.Tensor, dst: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
         """Largest OpenNF batch time over the (source, destination) pairs of each episode's moves."""

@@ -75,7 +75,8 @@ class Episode:
         return self._states[t]
 
     def flow_table(self, t: int) -> dict[str, np.ndarray]:
-        """Period t's flows: ids (object), instance index, rate, delay_ms and delay_packets (NaN: none)."""
+        """Period t's flows: ids (object), instance index, rate, delay_ms and delay_packets (NaN: none), and the
+        per-flow queue at t, queued_packets and drain_packets (NaN: not reported)."""
         rows = self.recording.rows("flows", self.first + t)
         index = {instance: k for k, instance in enumerate(self.instance_ids)}
         column = self._column
@@ -83,7 +84,9 @@ class Episode:
                 "instance": np.array([index[i] for i in column("flows", "instance")[rows]], dtype=np.int64),
                 "rate": column("flows", "rate_pps")[rows].astype(float),
                 "delay_ms": column("flows", "delay_ms")[rows].astype(float),
-                "delay_packets": column("flows", "delay_packets")[rows].astype(float)}
+                "delay_packets": column("flows", "delay_packets")[rows].astype(float),
+                "queued_packets": column("flows", "queued_packets")[rows].astype(float),
+                "drain_packets": column("flows", "drain_packets")[rows].astype(float)}
 
     def moves(self, t: int) -> dict[str, np.ndarray]:
         """Period t's recorded moves: flow, src and dst indices, outcome and duration_ms (NaN: none)."""

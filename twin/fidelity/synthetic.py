@@ -2,7 +2,9 @@
 recover (tests/test_calibration.py) and a stand-in for the testbed's data where none is recorded yet.
 
 The simulated cluster serves at `service_ratio` times the capacity it reports and buffers `buffer_ratio`
-times its reported buffer; moves take a + b·n ms (n: the period's moves) plus noise; the sink sees each
+times its reported buffer; each flow has packets queued with the probability of `twin.physics.flow_wait_ms`'s
+expectation, its last one at the tail of its instance's queue (the NF's per-flow report); moves take
+a + b·n + c·w ms (n: the period's moves, w: the batch's drain wait) plus noise; the sink sees each
 flow's packets after la_p plus its instance's queueing delay plus noise; the reported queue carries noise
 too. Each period the controller's view (`BatchedTwin.observed_states`, rates measured over the last period)
 is recorded, random valid moves are made (an explorer), and the twin steps on the trace's next bin.
@@ -20,6 +22,7 @@ from twin.fidelity.episode import RecordedAction
 from twin.fidelity.twins import pair_latency
 from twin.migration import IndexedAction, InvalidAction, apply
 from twin.params import CostParams
+from twin.physics import batch_wait_ms, flow_wait_ms
 from twin.records import MoveRecord, PeriodRecord, RecordingWriter
 from twin.sim import BatchedTwin, fluid_queue
 
@@ -33,6 +36,8 @@ class Truth:
     processing_ms: tuple[float, ...] = (12.0, 30.0)
     move_a_ms: float = 25.0
     move_b_ms: float = 6.0
+    move_drain_factor: float = 0.9
+    """c: ms per ms of the batch's drain wait."""
     pair_a_ms: dict[tuple[int, int], float] = field(default_factory=dict)
     """Pairs whose moves take another a."""
 
@@ -56,7 +61,8 @@ def record_simulation(batch, directory: str | os.PathLike, truth: Truth, *, seed
         seen = states[0].with_changes(capacity=reported_capacity.numpy(), buffer=reported_buffer.numpy(),
                                       queue=_noisy(twin.queue[0].numpy(), noise, rng))
         action = _explore(seen, rng, move_probability, twin.buffer[0].numpy(), twin.queue[0].numpy())
-        durations = _durations(seen, action, truth, rng, noise)
+        drain = _drain_packets(seen, rng)
+        durations = _durations(seen, action, truth, rng, noise, drain)
         dst, start, stop = twin.action_tensors([action], slots)
         before = twin.queue.clone()
         arrivals = twin.load_of(torch.where(twin.flow_live, dst, -1))
@@ -80,7 +86,7 @@ def record_simulation(batch, directory: str | os.PathLike, truth: Truth, *, seed
             measured=measured,
             instance_packets={i: (round(packets_in[k]), round(max(served[k], 0)), round(float(dropped[0, k])))
                               for k, i in enumerate(seen.instance_ids)},
-            flow_delays=delays))
+            flow_delays=delays, flow_queues={f: (int(d > 0), int(d)) for f, d in zip(seen.flow_ids, drain)}))
     writer.close()
 
 
@@ -107,11 +113,22 @@ def _explore(state, rng, probability: float, true_buffer: np.ndarray, true_queue
     return action
 
 
-def _durations(state, action, truth: Truth, rng, noise: float) -> np.ndarray:
+def _drain_packets(state, rng) -> np.ndarray:
+    """[F] each flow's drain packets as its NF reports them: its instance's whole queue when one of its packets is
+    queued (with the probability behind `flow_wait_ms`'s expectation), else 0."""
+    la_q = cost.queueing_delay_ms(state.queue, state.capacity)[state.assignment]
+    queued = rng.random(state.n_flows) < -np.expm1(-state.rate * la_q / 1000.0)
+    return np.where(queued, np.round(state.queue[state.assignment]), 0.0)
+
+
+def _durations(state, action, truth: Truth, rng, noise: float, drain: np.ndarray) -> np.ndarray:
     n = action.flows.size
-    pairs = zip(state.assignment[action.flows].tolist(), action.dst.tolist())
-    return np.array([max((truth.pair_a_ms.get(pair, truth.move_a_ms) + truth.move_b_ms * n)
-                         * (1.0 + noise * rng.standard_normal()), 1.0) for pair in pairs])
+    src = state.assignment[action.flows]
+    waits = flow_wait_ms(state.rate[action.flows], np.zeros(n), drain[action.flows], state.capacity[src])
+    wait = truth.move_drain_factor * batch_wait_ms(waits, np.ones(n, bool))
+    return np.array([max((truth.pair_a_ms.get(pair, truth.move_a_ms) + truth.move_b_ms * n + wait)
+                         * (1.0 + noise * rng.standard_normal()), 1.0)
+                     for pair in zip(src.tolist(), action.dst.tolist())])
 
 
 def _measured(state, action, durations: np.ndarray) -> dict:

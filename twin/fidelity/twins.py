@@ -23,6 +23,7 @@ from twin import cost
 from twin.fidelity.episode import Past, RecordedAction
 from twin.migration import IndexedAction, apply
 from twin.params import CostParams, Thresholds
+from twin.physics import batch_wait_ms, flow_wait_ms
 from twin.sim import fluid_queue
 from twin.state import ClusterState
 
@@ -83,8 +84,9 @@ class FlowTwin(Twin):
         """(queue after, drops [N]) over one period that offers `load` packets/s."""
 
     @abc.abstractmethod
-    def move_ms(self, past: Past, action: RecordedAction, state: ClusterState) -> np.ndarray:
-        """The duration of each done move of `action`, carried out on the twin's `state`."""
+    def move_ms(self, past: Past, action: RecordedAction, state: ClusterState, j: int) -> np.ndarray:
+        """The duration of each done move of `action`, carried out on the twin's `state` at step j (j = 0: the
+        recorded state t)."""
 
     def rollout(self, past: Past, actions: Sequence[RecordedAction]) -> list[Step]:
         origin = past.state()
@@ -95,7 +97,7 @@ class FlowTwin(Twin):
         for j, action in enumerate(actions):
             now = origin.with_changes(rate=self.rates(past, j), assignment=assignment, active=active, queue=queue,
                                       buffer=np.full(n, UNCHECKED_BUFFER))
-            durations = self.move_ms(past, action, now)
+            durations = self.move_ms(past, action, now, j)
             now = now.with_changes(migration_ms=pair_latency(origin.migration_ms, action, durations))
             now, carried, indexed = carry_out(now, action, carried)
             after, breakdown = apply(now, indexed, self.params, self.thresholds)
@@ -190,7 +192,7 @@ class DefaultTwin(FlowTwin):
         last = past.drops(past.t - 1)
         return past.state().queue, (np.nan_to_num(last[-1]) if len(last) else np.zeros_like(queue))
 
-    def move_ms(self, past, action, state):
+    def move_ms(self, past, action, state, j):
         return past.state().migration_ms[action.src, action.dst]
 
 
@@ -214,7 +216,7 @@ class ConstantRateTwin(FlowTwin):
         mean_drops = np.nanmean(drops, axis=0) if len(drops) and np.isfinite(drops).any() else np.zeros_like(queue)
         return queues.mean(axis=0), np.nan_to_num(mean_drops)
 
-    def move_ms(self, past, action, state):
+    def move_ms(self, past, action, state, j):
         measured, _ = past.durations(past.t - self.windows["migration_ms"])
         if measured.size:
             return np.full(action.src.size, float(measured.mean()))
@@ -230,7 +232,7 @@ class FluidTwin(FlowTwin):
     def advance(self, past, queue, load, active):
         return fluid(queue, load, np.where(active, past.capacity, 0.0), past.buffer, past.period_s)
 
-    def move_ms(self, past, action, state):
+    def move_ms(self, past, action, state, j):
         n = past.state().n_instances
         pair = action.src * n + action.dst
         counts = np.bincount(pair, minlength=n * n)[pair]
@@ -240,7 +242,8 @@ class FluidTwin(FlowTwin):
 class CalibratedTwin(FlowTwin):
     """The fluid twin with fitted parameters (twin.calibration): flows' rates revert towards their means and
     leave, new flows' load arrives and is steered, queues at the fitted service rates and buffers, moves
-    at the fitted a + b·n of their pair plus c times their source's predicted queueing delay."""
+    at the fitted a + b·n of their pair plus c times the batch's drain wait (the largest of its flows'
+    `moved_flow_waits`: reported by the sources at t, expected from rates and predicted queues later)."""
 
     name = "calibrated"
 
@@ -287,7 +290,7 @@ class CalibratedTwin(FlowTwin):
         buffer = np.maximum(self._instances(past, "buffer_ratio") * past.buffer, queue)  # it holds what it holds
         return fluid(queue, self.fitted.arrival_ratio * load, service, buffer, past.period_s)
 
-    def move_ms(self, past, action, state):
+    def move_ms(self, past, action, state, j):
         ids, n = past.instance_ids, len(past.instance_ids)
         pair = action.src * n + action.dst
         batch = np.full(pair.size, action.n_run) if self.fitted.batch == "period" else np.bincount(pair)[pair] \
@@ -297,5 +300,22 @@ class CalibratedTwin(FlowTwin):
             fit = self.fitted.move(ids[src], ids[dst])
             out[k] = cost.batch_migration_ms(batch[k], CostParams(migration_base_ms=fit.a_ms,
                                                                   migration_per_flow_ms=fit.b_ms))
-        drain = cost.queueing_delay_ms(state.queue, state.capacity)[action.src]
-        return out + self.fitted.move_drain_factor * drain
+        waits = moved_flow_waits(past.flow_table() if j == 0 else None, state, action)
+        return out + self.fitted.move_drain_factor * batch_wait_ms(waits, np.ones(waits.size, bool))
+
+
+def moved_flow_waits(table: dict[str, np.ndarray] | None, state: ClusterState, action: RecordedAction) -> np.ndarray:
+    """[moves] the drain wait (`twin.physics.flow_wait_ms`) of each done move of `action` on `state`: from the
+    source's reported per-flow queue where `table` (the recorded flows of `state`) holds it, else expected
+    from the flow's rate and its source's queueing delay."""
+    la_q = cost.queueing_delay_ms(state.queue, state.capacity)[action.src]
+    rate = np.zeros(action.src.size)
+    drain = np.full(action.src.size, np.nan)
+    flows = {f: k for k, f in enumerate(state.flow_ids)}
+    rows = {} if table is None else {f: k for k, f in enumerate(table["flow"].tolist())}
+    for m, flow in enumerate(action.flows):
+        if flow in flows:
+            rate[m] = state.rate[flows[flow]]
+        if flow in rows:
+            drain[m] = table["drain_packets"][rows[flow]]
+    return flow_wait_ms(rate, la_q, drain, state.capacity[action.src])
