@@ -33,6 +33,7 @@ import numpy as np
 from gnn_policy.registry import POLICY_NAMES
 from gnn_policy.stabilizer import RateEstimator
 from twin.choice import FLOW_TWINS
+from twin.fidelity.episode import state_flow_table
 from twin.state import ClusterState
 
 if TYPE_CHECKING:
@@ -200,8 +201,7 @@ class LivePast:
         return self.states[self._known(t)]
 
     def flow_table(self, t: int | None = None) -> dict[str, np.ndarray]:
-        state = self.state(t)
-        return {"flow": np.array(state.flow_ids, dtype=object), "instance": state.assignment, "rate": state.rate}
+        return state_flow_table(self.state(t))
 
     def queue(self, since: int) -> np.ndarray:
         return np.stack([s.queue for s in list(self.states)[max(since, 0):]])

@@ -254,3 +254,15 @@ def test_a_cluster_without_instances_is_predicted_empty_not_an_error(twin):
     empty = ClusterState.from_objects([], [])
     step = flow_twin(twin).rollout(LivePast((empty, empty), 1.0), [executed_action(empty, None)])[0]
     assert step.utilisation.size == 0 and step.queue.size == 0
+
+
+def test_the_calibrated_twin_predicts_a_period_with_moves_from_the_live_state(tmp_path):
+    """The live state has no per-flow queue table (the recordings do): the moves' drain waits are expected."""
+    rig = make_rig(tmp_path, deviation={"twin": "calibrated"})
+    flows = loaded(rig, 6)
+    run_period(rig, {t: 0 for t in flows})
+    record = run_period(rig, {t: 30 for t in flows})
+    assert record.executed and record.migrations
+    run_period(rig, {t: 30 for t in flows})
+    view = state_view(rig.controller)["deviation"]
+    assert view["error"] == "" and view["cluster"] is not None

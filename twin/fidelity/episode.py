@@ -177,6 +177,11 @@ class Past:
         return t
 
 
+def state_flow_table(state: ClusterState) -> dict[str, np.ndarray]:
+    """`Past.flow_table` of a state known without a recording (a live or bare one): no per-flow queue."""
+    return {"flow": np.array(state.flow_ids, dtype=object), "instance": state.assignment, "rate": state.rate}
+
+
 def _median_step(time_s: np.ndarray) -> float:
     steps = np.diff(time_s)
     return float(np.median(steps)) if steps.size else 1.0

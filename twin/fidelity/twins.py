@@ -306,13 +306,14 @@ class CalibratedTwin(FlowTwin):
 
 def moved_flow_waits(table: dict[str, np.ndarray] | None, state: ClusterState, action: RecordedAction) -> np.ndarray:
     """[moves] the drain wait (`twin.physics.flow_wait_ms`) of each done move of `action` on `state`: from the
-    source's reported per-flow queue where `table` (the recorded flows of `state`) holds it, else expected
+    source's reported per-flow queue where `table` (the flows of `state`) holds it, else expected
     from the flow's rate and its source's queueing delay."""
     la_q = cost.queueing_delay_ms(state.queue, state.capacity)[action.src]
     rate = np.zeros(action.src.size)
     drain = np.full(action.src.size, np.nan)
     flows = {f: k for k, f in enumerate(state.flow_ids)}
-    rows = {} if table is None else {f: k for k, f in enumerate(table["flow"].tolist())}
+    reported = table is not None and "drain_packets" in table  # a bare or live state's table has no queue
+    rows = {f: k for k, f in enumerate(table["flow"].tolist())} if reported else {}
     for m, flow in enumerate(action.flows):
         if flow in flows:
             rate[m] = state.rate[flows[flow]]

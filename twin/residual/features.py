@@ -31,7 +31,7 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from gnn_policy.graph import LATENCY_UNIT_MS, complete_edges
-from twin.fidelity.episode import Episode, Past, RecordedAction
+from twin.fidelity.episode import Episode, Past, RecordedAction, state_flow_table
 from twin.fidelity.twins import Step, Twin
 from twin.migration import IndexedAction
 from twin.state import ClusterState
@@ -107,8 +107,7 @@ class StatePast:
         return self._state
 
     def flow_table(self, t: int | None = None) -> dict[str, np.ndarray]:
-        state = self.state(t)
-        return {"flow": np.array(state.flow_ids, dtype=object), "instance": state.assignment, "rate": state.rate}
+        return state_flow_table(self.state(t))
 
     def queue(self, since: int) -> np.ndarray:
         return self._state.queue[None]
