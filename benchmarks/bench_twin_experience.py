@@ -21,6 +21,9 @@ scale. reward = −(mean total_cost). The **final** reward is the better of the 
 largest budget; an arm **reaches** it at the smallest budget whose mean reward is at least
 prior + 0.95·(final − prior) (`twin_experience.threshold`). The JSON holds every point, the threshold, the
 periods each arm needed (null: not within the budgets) and their ratio; the plot draws both curves.
+
+`--merge A.json,B.json --json OUT` joins runs made apart (e.g. one process per seed on a shared machine) into one
+summary and plot; they must share the evaluation and the prior's reward.
 """
 from __future__ import annotations
 
@@ -95,6 +98,7 @@ def run_point(shipped, episodes, budget: int, seed: int, config: ExperienceConfi
         points.append({"budget": budget, "arm": arm, "seed": seed, "train_s": time.perf_counter() - began,
                        "decisions": len(experience.transitions),
                        "twin_hold_share": statistics.fmean(m.get("twin/hold_share", 0.0) for m in history),
+                       "chosen_iteration": history[-1].get("chosen_iteration", config.iterations),
                        **evaluate(net, *evaluation)})
         print(f"  budget {budget:4d} seed {seed} {arm:13s} total_cost {points[-1]['total_cost']:12,.0f} "
               f"migrations {points[-1]['migrations']:6.1f} ({points[-1]['train_s']:.0f} s)", flush=True)
@@ -113,9 +117,10 @@ def summary(points: list[dict], prior: float) -> dict:
     level = threshold(prior, final)
     needed = {arm: periods_needed(curves[arm], level) for arm in ARMS}
     ratio = (needed["without_twin"] / needed["with_twin"]
-             if needed["without_twin"] and needed["with_twin"] else None)
+             if needed["without_twin"] and needed["with_twin"] and final > prior else None)
     return {"curves": {arm: {str(b): r for b, r in c.items()} for arm, c in curves.items()}, "final_reward": final,
-            "improvement": final - prior, "threshold": level, "periods_needed": needed, "ratio": ratio,
+            "improvement": final - prior,
+            "improvement_share": (final - prior) / abs(prior), "threshold": level, "periods_needed": needed, "ratio": ratio,
             "goal_3x_met": ratio is not None and ratio >= 3.0}
 
 
@@ -140,8 +145,28 @@ def plot(result: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def merge(paths: list[Path]) -> dict:
+    """One result from runs made apart: their points together, the summary recomputed."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    first = runs[0]
+    for path, other in zip(paths[1:], runs[1:]):
+        if other["evaluation"] != first["evaluation"] or other["prior_reward"] != first["prior_reward"]:
+            raise ValueError(f"{path} was evaluated otherwise than {paths[0]}: they cannot be merged")
+    points = [point for run in runs for point in run["points"]]
+    return {**first, "seeds": sorted({p["seed"] for p in points}), "points": points,
+            "budgets": sorted({p["budget"] for p in points}), "wall_s": sum(run["wall_s"] for run in runs),
+            "merged_from": [str(path) for path in paths], "summary": summary(points, first["prior_reward"])}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.merge:
+        try:
+            result = merge(args.merge)
+        except (OSError, ValueError, KeyError) as error:
+            print(f"bench_twin_experience: {error}", file=sys.stderr)
+            return 2
+        return _write(result, args)
     torch.set_num_threads(args.threads)
     quick = {"iterations": 3, "windows": 1, "episodes": 4, "periods_start": 5, "periods_max": 8} if args.quick else {}
     config = ExperienceConfig(**{"iterations": args.iterations, "episodes": args.episodes,
@@ -173,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
                              "policy": "greedy control head, no stabilizer"},
               "prior_reward": prior["reward"], "points": points, "wall_s": time.perf_counter() - began}
     result["summary"] = summary(points, prior["reward"])
+    return _write(result, args)
+
+
+def _write(result: dict, args: argparse.Namespace) -> int:
     print(json.dumps(result["summary"], indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
@@ -196,6 +225,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-periods", type=positive_int, default=30)
     parser.add_argument("--checkpoint", type=Path, help="network whose body is kept (default: the shipped one)")
     parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--merge", type=lambda t: [Path(p) for p in t.split(",")], metavar="A.json,B.json",
+                        help="join the JSON of runs made apart instead of running")
     parser.add_argument("--json", type=output_file_new_folders, metavar="OUT")
     parser.add_argument("--plot", type=output_file_new_folders, metavar="PNG")
     return parser

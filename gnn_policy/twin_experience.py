@@ -20,6 +20,10 @@ One update (`train_agent`), per iteration:
   iteration's decisions, so both parts have one scale;
 - loss = twin part + `live_weight` · live part; Adam, gradient norm clipped, only the control head learns.
 
+With the twin, the head kept is the one that scores best, greedily, in the agent's own twin on training windows no
+iteration draws (`ExperienceConfig.select_every`): choosing a checkpoint is part of what a twin gives. Without
+it the last head is kept.
+
 The generative twin's synthetic buffer B_DT (`twin.generative.buffers.TwinBuffer`) holds per-instance feature
 vectors without flows, and the residual twin has no per-flow state either (`twin.choice.RESIDUAL_REFUSED`): neither
 can realise the control head's action (the rule's request, translated into flow moves), so the twin whose
@@ -28,6 +32,7 @@ experience the head learns from is the calibrated one, the twin that drives clos
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -60,6 +65,8 @@ from twin.sim import BatchedTwin
 
 KAPPA = 0.3
 """Share of a live batch drawn from the successful buffer (Table I of `000`)."""
+SELECT_SEED = TRAIN_SEEDS[-1]
+"""The training windows the with-twin agent chooses its head on, in its own twin; iterations use the others."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +80,10 @@ class ExperienceConfig:
     periods_start: int = 10
     periods_max: int = 30
     epsilon: float = 0.5
-    lr_start: float = 5e-3
-    lr_end: float = 1e-3
+    lr_start: float = 3e-2
+    lr_end: float = 5e-3
+    """Higher than dm-train's 5e-3 → 1e-3: advantages here are standardised, and at 5e-3 the greedy head had not
+    left the prior after 20 iterations (docs/agent.md, "Experience from the twin")."""
     grad_clip: float = 1.0
     cost_unit: float = 1000.0
     instances: int = 4
@@ -88,6 +97,12 @@ class ExperienceConfig:
     truncation: float = 2.0
     behaviour_steps: int = 100
     seed: int = 0
+    select_every: int = 5
+    """With the twin: every this many iterations the greedy head is scored in the agent's own twin on
+    `select_windows` × `select_periods` of training seed `SELECT_SEED` (no iteration trains on it) and the best
+    head so far is kept (0: keep the last). Without the twin there is nothing to score it in: the last is kept."""
+    select_windows: int = 4
+    select_periods: int = 20
 
 
 def fresh_head(net: GNPolicyNet, seed: int) -> GNPolicyNet:
@@ -130,7 +145,7 @@ def twin_loss(net: GNPolicyNet, fitted: CalibratedParams, trace: Path, table: Fl
     """REINFORCE with the per-step baseline on one iteration's episodes in the budget's calibrated twin."""
     setup = loop.LoopSetup(episodes=config.windows, periods=episode_length(config, iteration),
                            instances=config.instances, standby=config.standby, speed=config.speed,
-                           max_flows=config.max_flows, seed=TRAIN_SEEDS[iteration % len(TRAIN_SEEDS)])
+                           max_flows=config.max_flows, seed=TRAIN_SEEDS[iteration % (len(TRAIN_SEEDS) - 1)])
     batch = replicate(loop.build(trace, table, setup), config.episodes)
     clock = [0]
     explorers = [Explorer(net, generator, clock) for _ in range(batch.n_episodes)]
@@ -163,6 +178,7 @@ def train_agent(net: GNPolicyNet, experience: LiveExperience | None, fitted: Cal
     buffers = PhysicalBuffers(experience.transitions) if has_live else None
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=config.lr_start)
     history = []
+    chooser = _Chooser(net, fitted, trace, table, config) if fitted is not None and config.select_every else None
     for iteration in range(config.iterations):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, iteration)
@@ -183,8 +199,39 @@ def train_agent(net: GNPolicyNet, experience: LiveExperience | None, fitted: Cal
             torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], config.grad_clip)
             optimizer.step()
             metrics["loss"] = float(total.detach())
+        if chooser is not None and ((iteration + 1) % config.select_every == 0 or iteration + 1 == config.iterations):
+            metrics["twin/selection_total_cost"] = chooser.score(net, iteration + 1)
         history.append(metrics)
+    if chooser is not None:
+        chooser.restore(net)
+        history[-1]["chosen_iteration"] = chooser.best[1]
     return history
+
+
+class _Chooser:
+    """Keeps the control head that scores best in the agent's own twin (`ExperienceConfig.select_every`)."""
+
+    def __init__(self, net: GNPolicyNet, fitted: CalibratedParams, trace: Path, table: FlowTable,
+                 config: ExperienceConfig):
+        self.fitted = fitted
+        self.batch = loop.build(trace, table, loop.LoopSetup(
+            episodes=config.select_windows, periods=config.select_periods, instances=config.instances,
+            standby=config.standby, speed=config.speed, max_flows=config.max_flows, seed=SELECT_SEED))
+        self.best = (math.inf, 0, self._head(net))
+        self.score(net, 0)
+
+    @staticmethod
+    def _head(net: GNPolicyNet) -> dict:
+        return {k: v.clone() for k, v in net.state_dict().items() if k.startswith("control_head.")}
+
+    def score(self, net: GNPolicyNet, iteration: int) -> float:
+        total = evaluate(net, self.batch, self.fitted)["total_cost"]
+        if total < self.best[0]:
+            self.best = (total, iteration, self._head(net))
+        return total
+
+    def restore(self, net: GNPolicyNet) -> None:
+        net.load_state_dict({**net.state_dict(), **self.best[2]})
 
 
 def evaluate(net: GNPolicyNet, batch: EpisodeBatch, fitted: CalibratedParams) -> dict:

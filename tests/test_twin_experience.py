@@ -143,3 +143,20 @@ def test_periods_needed_and_the_threshold():
     assert level == pytest.approx(-81.0)
     assert periods_needed({25: -95.0, 50: -80.5, 100: -80.0}, level) == 50
     assert periods_needed({25: -95.0, 50: -90.0}, level) is None
+
+
+def test_training_with_the_twin_keeps_the_head_it_scores_best_in_its_own_twin():
+    from trace_replay.flows import read_flows
+    from trace_replay.generate import sample_path
+    from twin.calibration import fit
+
+    kept = budget_episodes(training_episodes(), 25)
+    net = fresh_head(checkpoint.load(None)[0], 0)
+    experience = fit_behaviour(net, live_experience(kept, control.TARGETS), steps=5)
+    config = ExperienceConfig(iterations=2, windows=1, episodes=2, periods_start=3, periods_max=3, batch=8,
+                              select_every=1, select_windows=1, select_periods=3)
+    trace = sample_path()
+    history = train_agent(net, experience, fit(kept, "train"), trace, read_flows(trace), config)
+    assert [m["iteration"] for m in history] == [0, 1]
+    assert all("twin/selection_total_cost" in m for m in history)
+    assert history[-1]["chosen_iteration"] in (0, 1, 2)
