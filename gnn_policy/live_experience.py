@@ -4,11 +4,14 @@ experience for `gnn_policy.twin_experience`.
 A recording (`twin.records`) holds the state the controller saw, the moves carried out and the instances
 started and stopped, but not the control head's action (hold, or act at target k): the recorded policies were
 other ones (DeepMigration's one-period policy, OFM, Pairwise, Size-greedy, random exploration). So the action is
-**inferred** from what was executed (`infer_choice`): nothing moved, started or stopped → hold; otherwise act,
-at the grid target nearest the cluster utilisation the executed action left (load / capacity of the active
-instances after it), which is what the head's request at that target aims for (`control.decision`: the rule's
-request evens every instance out at about the target). A decision period is one whose detected scenario is not
-`none` (the closed loop asks the policy only then).
+**inferred** from what was executed (`consistent_targets`): nothing moved, started or stopped → hold; otherwise
+act, at **any target whose request would leave as many instances carrying load as the executed action left**
+(`rule_policy.rule_view`: the instances of the request's graph less those it drains). The target acts only
+through that count (`gnn_policy.control`), so the data cannot say more: on a load-balancing decision every target
+is consistent, and on a cluster with every instance started every target low enough to want them all. The
+recorded choice is the event "act, target in that set", whose exact log-probability is
+log p(act) + log Σ_{k in set} p(k) (`choice_log_prob`; `control.log_prob` for a one-target set). A decision period
+is one whose detected scenario is not `none` (the closed loop asks the policy only then).
 
 Every recorded period gets the reward r_t = −(the cost model's total, `twin.migration.apply`, of the executed
 action on the recorded state t) / cost_unit; an action the cost model refuses is charged as holding, as the
@@ -35,6 +38,7 @@ import torch
 from gnn_policy import control
 from gnn_policy.base import Problem
 from gnn_policy.gn import GNPolicyNet
+from gnn_policy.rule_policy import rule_view
 from twin import records
 from twin.fidelity.episode import Episode, episodes_of
 from twin.generative.features import failed_periods
@@ -59,8 +63,8 @@ class LiveTransitions:
     row: np.ndarray
     """Index into `LiveExperience.inputs`."""
     hold: np.ndarray
-    target: np.ndarray
-    """The inferred choice: hold, or act at target index `target`."""
+    targets: np.ndarray
+    """[n, K] bool: the inferred choice is hold, or act at a target of this set (`consistent_targets`)."""
     value: np.ndarray
     """Mean reward of the decision's period and the next ones (at most HORIZON)."""
     failed: np.ndarray
@@ -72,9 +76,6 @@ class LiveTransitions:
 
     def take(self, rows: np.ndarray) -> LiveTransitions:
         return LiveTransitions(*(getattr(self, name)[rows] for name in self.__dataclass_fields__))
-
-    def choices(self) -> list[control.ControlChoice]:
-        return [control.ControlChoice(bool(h), int(k)) for h, k in zip(self.hold, self.target)]
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,23 @@ def budget_episodes(episodes: Sequence[Episode], budget: int) -> list[Episode]:
     return kept
 
 
-def infer_choice(after_utilisation: float, acted: bool, targets: Sequence[float]) -> control.ControlChoice:
-    """The control head's action that best explains an executed one (see the module's docstring)."""
-    if not acted:
-        return control.ControlChoice(hold=True)
-    return control.ControlChoice(False, int(np.argmin(np.abs(np.asarray(targets) - after_utilisation))))
+def consistent_targets(problem: Problem, carrying: int, targets: Sequence[float]) -> np.ndarray:
+    """[K] bool: the targets whose request leaves `carrying` instances with load (the closest count when none
+    does), see the module's docstring."""
+    counts = []
+    for target in targets:
+        view = rule_view(problem, target)
+        counts.append(view.graph.instance_index.numel() - len(view.drained))
+    gap = np.abs(np.array(counts) - carrying)
+    return gap == gap.min()
+
+
+def choice_log_prob(logits: torch.Tensor, hold: np.ndarray, targets: np.ndarray) -> torch.Tensor:
+    """[G] exact log π of each inferred choice: log p(hold), or log p(act) + log Σ_{k in set} p(k)."""
+    act_hold = torch.log_softmax(logits[:, :2], dim=1)
+    target = torch.log_softmax(logits[:, 2:], dim=1)
+    in_set = torch.logsumexp(target.masked_fill(~torch.as_tensor(targets), -torch.inf), dim=1)
+    return torch.where(torch.as_tensor(hold), act_hold[:, control.HOLD], act_hold[:, control.ACT] + in_set)
 
 
 def executed(episode: Episode, t: int) -> IndexedAction:
@@ -133,8 +146,8 @@ def executed(episode: Episode, t: int) -> IndexedAction:
                          np.flatnonzero(action.stopped))
 
 
-def period_outcome(episode: Episode, t: int, thresholds: Thresholds, params: CostParams) -> tuple[float, float, bool]:
-    """(cost of period t, cluster utilisation after its action, whether it acted): the cost model on the
+def period_outcome(episode: Episode, t: int, thresholds: Thresholds, params: CostParams) -> tuple[float, int, bool]:
+    """(cost of period t, instances carrying load after its action, whether it acted): the cost model on the
     recorded state and executed action, a refused action charged and left as holding."""
     state, action = episode.state(t), executed(episode, t)
     acted = bool(action.flows.size or action.start.size or action.stop.size)
@@ -143,8 +156,7 @@ def period_outcome(episode: Episode, t: int, thresholds: Thresholds, params: Cos
     except InvalidAction:
         after, breakdown = apply(state, IndexedAction(), params, thresholds)
         acted = False
-    capacity = after.capacity[after.active].sum()
-    return breakdown.total, float(after.load_pps[after.active].sum() / capacity) if capacity > 0 else 0.0, acted
+    return breakdown.total, int(after.active.sum()), acted
 
 
 def live_experience(episodes: Sequence[Episode], targets: Sequence[float], *, cost_unit: float = 1000.0,
@@ -161,12 +173,14 @@ def live_experience(episodes: Sequence[Episode], targets: Sequence[float], *, co
             problem = Problem.of(episode.state(t), thresholds, params)
             if problem.scenario.kind is ScenarioKind.NONE:
                 continue
-            choice = infer_choice(outcomes[t][1], outcomes[t][2], targets)
-            rows.append((len(inputs), choice.hold, choice.target, float(rewards[t:t + horizon].mean()), failed[t]))
+            hold = not outcomes[t][2]
+            chosen = np.zeros(len(targets), bool) if hold else consistent_targets(problem, outcomes[t][1], targets)
+            rows.append((len(inputs), hold, chosen, float(rewards[t:t + horizon].mean()), failed[t]))
             inputs.append(control.control_input(problem))
     columns = list(zip(*rows)) if rows else [()] * 5
+    chosen = np.stack(columns[2]) if rows else np.zeros((0, len(targets)), bool)
     transitions = LiveTransitions(np.array(columns[0], dtype=np.int64), np.array(columns[1], dtype=bool),
-                                  np.array(columns[2], dtype=np.int64), np.array(columns[3], dtype=float),
+                                  chosen, np.array(columns[3], dtype=float),
                                   np.array(columns[4], dtype=bool), np.full(len(rows), np.nan))
     return LiveExperience(tuple(inputs), transitions, sum(e.n_periods for e in episodes),
                           tuple((e.name, e.first, e.last) for e in episodes))
@@ -193,17 +207,17 @@ def fit_behaviour(net: GNPolicyNet, experience: LiveExperience, *, steps: int = 
                               "no scenario)")
     behaviour = copy.deepcopy(net)
     inputs = [experience.inputs[r] for r in transitions.row]
-    choices = transitions.choices()
+    hold, chosen = transitions.hold, transitions.targets
     optimizer = torch.optim.Adam([p for p in behaviour.parameters() if p.requires_grad], lr=lr)
     for _ in range(steps):
-        loss = -control.log_prob(control.control_logits(behaviour, inputs), choices).mean()
+        loss = -choice_log_prob(control.control_logits(behaviour, inputs), hold, chosen).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        fitted = control.log_prob(control.control_logits(behaviour, inputs), choices).exp()
-    uniform = torch.tensor([0.5 if c.hold else 0.5 / len(net.config.targets) for c in choices])
+        fitted = choice_log_prob(control.control_logits(behaviour, inputs), hold, chosen).exp()
+    uniform = torch.as_tensor(np.where(hold, 0.5, 0.5 * chosen.sum(axis=1) / chosen.shape[1]), dtype=torch.float32)
     log_mu = torch.log((1 - smoothing) * fitted + smoothing * uniform).numpy().astype(float)
     return LiveExperience(experience.inputs, LiveTransitions(
-        transitions.row, transitions.hold, transitions.target, transitions.value, transitions.failed, log_mu),
+        transitions.row, transitions.hold, transitions.targets, transitions.value, transitions.failed, log_mu),
         experience.periods, experience.stretches)

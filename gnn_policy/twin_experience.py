@@ -4,7 +4,8 @@ recorded periods only.
 
 One update (`train_agent`), per iteration:
 
-- **live part**: a batch of J recorded decisions (`gnn_policy.live_experience`) drawn from the successful and
+- **live part**: a batch of J recorded decisions (`gnn_policy.live_experience`: the action inferred as hold or a
+  set of targets, its exact log-probability `choice_log_prob`) drawn from the successful and
   failed physical buffers (`twin.generative.buffers.PhysicalBuffers`, κ·J successful, κ = 0.3). The recorded
   actions came from other policies, so the gradient is **importance-weighted REINFORCE on the control head's
   exact log-probability**: −mean(ρ · Â · log π(a|s)), ρ = min(ρ̄, π(a|s) / μ̂(a|s)) with no gradient through ρ,
@@ -44,7 +45,7 @@ from gnn_policy import control
 from gnn_policy.bench import loop
 from gnn_policy.closed_loop import run_closed_loop
 from gnn_policy.gn import GNPolicyNet
-from gnn_policy.live_experience import LiveExperience, importance_weights
+from gnn_policy.live_experience import LiveExperience, choice_log_prob, importance_weights
 from gnn_policy.loop_training import (
     TRAIN_SEEDS,
     Explorer,
@@ -132,7 +133,7 @@ def live_loss(net: GNPolicyNet, experience: LiveExperience, buffers: PhysicalBuf
     """Importance-weighted REINFORCE on a κ-mixed batch of recorded decisions."""
     batch = buffers.sample(config.batch, config.kappa, rng)
     logits = control.control_logits(net, [experience.inputs[r] for r in batch.row])
-    log_p = control.log_prob(logits, batch.choices())
+    log_p = choice_log_prob(logits, batch.hold, batch.targets)
     weights = importance_weights(log_p, torch.as_tensor(batch.log_behaviour, dtype=torch.float32), config.truncation)
     advantage = standardised(torch.as_tensor(batch.value, dtype=torch.float32))
     return -(weights * advantage * log_p).mean(), {

@@ -12,23 +12,27 @@ from hypothesis import strategies as st
 
 from benchmarks.bench_twin_experience import budgets
 from gnn_policy import checkpoint, control
+from gnn_policy.base import Problem
 from gnn_policy.live_experience import (
     ExperienceError,
     LiveTransitions,
     budget_episodes,
+    choice_log_prob,
+    consistent_targets,
     fit_behaviour,
     importance_weights,
-    infer_choice,
     live_experience,
     training_episodes,
 )
 from gnn_policy.twin_experience import ExperienceConfig, fresh_head, periods_needed, threshold, train_agent
 from twin.generative.buffers import PhysicalBuffers
+from twin.params import Thresholds
+from twin.scenario import ScenarioKind
 
 
 def transitions(failed: list[bool]) -> LiveTransitions:
     n = len(failed)
-    return LiveTransitions(np.arange(n), np.zeros(n, bool), np.zeros(n, np.int64), np.arange(n, dtype=float),
+    return LiveTransitions(np.arange(n), np.zeros(n, bool), np.ones((n, 3), bool), np.arange(n, dtype=float),
                            np.array(failed, dtype=bool), np.zeros(n))
 
 
@@ -82,10 +86,29 @@ def test_importance_weights_refuse_a_missing_behaviour_and_a_bad_truncation():
         importance_weights(torch.zeros(2), torch.zeros(2), 0.0)
 
 
-def test_the_inferred_choice_is_hold_without_an_action_else_the_nearest_target():
-    assert infer_choice(0.9, False, control.TARGETS).hold
-    choice = infer_choice(0.33, True, control.TARGETS)
-    assert not choice.hold and control.TARGETS[choice.target] == 0.3
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.tuples(st.booleans(), st.integers(0, len(control.TARGETS) - 1)), min_size=1, max_size=12),
+       seed=st.integers(0, 1000))
+def test_a_one_target_set_has_the_control_heads_exact_log_prob(rows, seed):
+    logits = torch.randn((len(rows), 2 + len(control.TARGETS)), generator=torch.Generator().manual_seed(seed))
+    hold = np.array([h for h, _ in rows])
+    chosen = np.eye(len(control.TARGETS), dtype=bool)[[k for _, k in rows]]
+    expected = control.log_prob(logits, [control.ControlChoice(h, k) for h, k in rows])
+    assert torch.allclose(choice_log_prob(logits, hold, chosen), expected, atol=1e-6)
+    every = choice_log_prob(logits, np.zeros(len(rows), bool), np.ones_like(chosen))
+    assert torch.allclose(every, torch.log_softmax(logits[:, :2], 1)[:, control.ACT], atol=1e-6)
+
+
+def test_the_consistent_targets_are_those_leaving_as_many_instances_carrying_load():
+    episode = training_episodes()[0]
+    for t in range(episode.n_periods - 1):
+        problem = Problem.of(episode.state(t), Thresholds())
+        if problem.scenario.kind is ScenarioKind.LOAD_BALANCE:
+            assert consistent_targets(problem, int(problem.state.active.sum()), control.TARGETS).all()
+        if problem.scenario.kind is ScenarioKind.SCALE_OUT:
+            every = consistent_targets(problem, problem.state.n_instances, control.TARGETS)
+            assert every[0] and every.any()
+            assert consistent_targets(problem, 0, control.TARGETS).any()
 
 
 @pytest.mark.parametrize("budget", [0, -3, 10_000, 2.5])
@@ -111,6 +134,7 @@ def test_recorded_decisions_of_a_budget():
     assert 0 < len(live) <= 24 and experience.periods == 25
     assert np.isfinite(live.value).all() and (live.value <= 0).all()
     assert np.isnan(live.log_behaviour).all()
+    assert (live.targets.any(axis=1) == ~live.hold).all()
     prior = fresh_head(checkpoint.load(None)[0], 0)
     fitted = fit_behaviour(prior, experience, steps=5).transitions
     assert np.isfinite(fitted.log_behaviour).all() and (fitted.log_behaviour <= 0).all()
