@@ -102,8 +102,10 @@ class ExperienceConfig:
     """With the twin: every this many iterations the greedy head is scored in the agent's own twin on
     `select_windows` × `select_periods` of training seed `SELECT_SEED` (no iteration trains on it) and the best
     head so far is kept (0: keep the last). Without the twin there is nothing to score it in: the last is kept."""
-    select_windows: int = 4
-    select_periods: int = 20
+    select_windows: int = 8
+    select_periods: int = 30
+    """As many windows as the evaluation: with 4 × 20 periods the choice kept the untrained head at every budget of
+    a first run (4 short windows of one seed say little about when holding pays)."""
 
 
 def fresh_head(net: GNPolicyNet, seed: int) -> GNPolicyNet:
