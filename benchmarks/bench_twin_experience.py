@@ -22,7 +22,8 @@ largest budget; an arm **reaches** it at the smallest budget whose mean reward i
 prior + 0.95·(final − prior) (`twin_experience.threshold`). The JSON holds every point, the threshold, the
 periods each arm needed (null: not within the budgets) and their ratio; the plot draws both curves.
 
-`--merge A.json,B.json --json OUT` joins runs made apart (e.g. one process per seed on a shared machine) into one
+`--describe` prints what each budget's recorded decisions hold (holds, acts, acts consistent with every target,
+failed and successful) and stops. `--merge A.json,B.json --json OUT` joins runs made apart (e.g. one process per seed on a shared machine) into one
 summary and plot; they must share the evaluation and the prior's reward.
 """
 from __future__ import annotations
@@ -145,6 +146,19 @@ def plot(result: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def describe(episodes, chosen: list[int]) -> list[dict]:
+    """What each budget's recorded decisions hold: the inferred actions and the buffers' sizes."""
+    rows = []
+    for budget in chosen:
+        live = live_experience(budget_episodes(episodes, budget), control.TARGETS).transitions
+        acts = live.targets[~live.hold]
+        rows.append({"budget": budget, "decisions": len(live), "hold": int(live.hold.sum()), "act": len(acts),
+                     "act_every_target": int(acts.all(axis=1).sum()), "failed": int(live.failed.sum()),
+                     "successful": int((~live.failed).sum())})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def merge(paths: list[Path]) -> dict:
     """One result from runs made apart: their points together, the summary recomputed."""
     runs = [json.loads(path.read_text()) for path in paths]
@@ -179,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"bench_twin_experience: {error}", file=sys.stderr)
         return 2
+    if args.describe:
+        describe(episodes, chosen)
+        return 0
     trace = Path(sample_path())
     table = read_flows(trace)
     evaluation_twin = fit(training_episodes(records.shipped("train") + records.shipped("validation")), "train")
@@ -225,6 +242,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-periods", type=positive_int, default=30)
     parser.add_argument("--checkpoint", type=Path, help="network whose body is kept (default: the shipped one)")
     parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--describe", action="store_true",
+                        help="print what each budget's recorded decisions hold (inferred actions, buffers) and stop")
     parser.add_argument("--merge", type=lambda t: [Path(p) for p in t.split(",")], metavar="A.json,B.json",
                         help="join the JSON of runs made apart instead of running")
     parser.add_argument("--json", type=output_file_new_folders, metavar="OUT")
