@@ -3,7 +3,9 @@
 - `PhysicalBuffers`: the recorded transitions kept apart as successful (B_SUC, the last 4000) and failed
   (B_FAIL, the last 2000; `twin.generative.features.failed_periods` says what failed means). A physical batch of J
   draws round(κ·J) from the successful and the rest from the failed (κ = 0.3), with replacement; when one
-  buffer is empty the other gives the whole batch.
+  buffer is empty the other gives the whole batch. Any transitions type works that is a dataclass of per-row
+  arrays with `failed`, `take` and `len` (the generative twin's `Transitions`, the control head's
+  `gnn_policy.live_experience.LiveTransitions`).
 - `TwinBuffer`: B_DT, the last 6000 synthetic transitions ⟨S_DT(t), A_DT(t), R_DT(t), S_DT(t+1)⟩; the
   learning issue's experience source: `TwinBuffer.sample(J)` returns a `TwinBatch` of tensors.
 """
@@ -14,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from twin.generative.features import Transitions
 from twin.generative.models import GenerativeModel
 
 
@@ -29,18 +30,19 @@ def split_counts(j: int, kappa: float, successful: int, failed: int) -> tuple[in
 
 
 class PhysicalBuffers:
-    def __init__(self, transitions: Transitions, successful_capacity: int = 4000, failed_capacity: int = 2000):
+    def __init__(self, transitions, successful_capacity: int = 4000, failed_capacity: int = 2000):
         rows = np.arange(len(transitions))
         self.successful = transitions.take(rows[~transitions.failed][-successful_capacity:])
         self.failed = transitions.take(rows[transitions.failed][-failed_capacity:])
 
-    def sample(self, j: int, kappa: float, rng: np.random.Generator) -> Transitions:
-        """A physical mini-batch M^P: round(κ·j) successful then the failed rest, drawn with replacement."""
+    def sample(self, j: int, kappa: float, rng: np.random.Generator):
+        """A physical mini-batch M^P (of the buffers' transitions type): round(κ·j) successful then the failed
+        rest, drawn with replacement."""
         n_successful, n_failed = split_counts(j, kappa, len(self.successful), len(self.failed))
         parts = [buffer.take(rng.integers(0, len(buffer), size=count))
                  for buffer, count in ((self.successful, n_successful), (self.failed, n_failed)) if count]
-        return Transitions(*(np.concatenate([getattr(p, name) for p in parts])
-                             for name in Transitions.__dataclass_fields__))
+        kind = type(parts[0])
+        return kind(*(np.concatenate([getattr(p, name) for p in parts]) for name in kind.__dataclass_fields__))
 
 
 @dataclass(frozen=True)
