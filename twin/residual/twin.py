@@ -27,12 +27,11 @@ from twin.residual.features import (
     STATE,
     Move,
     Origin,
-    collate,
+    candidate_windows,
     indexed_move,
     origin_of_past,
     origin_of_state,
     recorded_move,
-    window,
 )
 from twin.residual.model import ResidualNet, clip
 from twin.state import ClusterState
@@ -97,7 +96,7 @@ class ResidualTwin(Twin):
 
     def _predict(self, origin: Origin, candidates: Sequence[Sequence[Move]], k: int):
         """The clipped predictions [C, N, k, 4] and the batched graph's per-node action steps [C, N, k, A]."""
-        batch = collate([window(origin, moves, k) for moves in candidates])
+        batch = candidate_windows(origin, candidates, k)
         with torch.no_grad():
             raw = self.net(batch)
         n = origin.state.n_instances
