@@ -11,6 +11,7 @@ docs/baselines.md gives the exact reading of each step.
 """
 from __future__ import annotations
 
+import bisect
 from typing import ClassVar
 
 import networkx as nx
@@ -118,48 +119,15 @@ class OFM(Policy):
         if heavy.size == 0 or light.size == 0:
             return Decision(IndexedAction(), reason="ofm lb: load already even, nothing to do")
 
-        # Step 1: safe flows of heavy instances, picked largest first while the source stays >= average.
-        picks: list[int] = []
-        n_unsafe = 0
-        for s in heavy[np.argsort(-u[heavy], kind="stable")].tolist():
-            flows = state.flows_on(s)
-            # the single-flow SLA test of OFM (no queueing term), against the best light instance
-            slack = (state.sla_ms[flows][:, None] - state.processing_ms[light][None, :]
-                     - state.migration_ms[s, light][None, :])
-            safe = (slack >= 0.0).any(axis=1)
-            n_unsafe += int((~safe).sum())
-            flows = flows[safe]
-            remaining = float(state.load_pps[s])
-            for f in flows[np.lexsort((flows, -state.rate[flows]))].tolist():
-                if (remaining - state.rate[f]) / state.capacity[s] >= average:
-                    picks.append(f)
-                    remaining -= state.rate[f]
-
-        # Step 2: the largest pick onto the lightest light instance where it fits. What does not depend on the
-        # moves so far (the SLA test, the packets each pick buffers at each light instance) is computed once.
-        picks_arr = np.array(picks, dtype=np.int64)
-        picks_arr = picks_arr[np.lexsort((picks_arr, -state.rate[picks_arr]))]
-        pair_flows, pair_light = np.repeat(picks_arr, light.size), np.tile(light, picks_arr.size)
-        sla_ok = (state.migration_ms[state.assignment[pair_flows], pair_light]
-                  <= state.sla_ms[pair_flows] - state.processing_ms[pair_light]).reshape(-1, light.size)
-        packets = plan.buffer_packets(pair_flows, pair_light).reshape(-1, light.size)
-        need = plan.ofm_need(pair_flows, pair_light).reshape(-1, light.size)
-        blocked = 0
-        for i, (f, r) in enumerate(zip(picks_arr.tolist(), state.rate[picks_arr].tolist())):
-            ok = sla_ok[i] & (plan.utilisation_after(light, r) <= average)
-            ok &= plan.ofm_fits(light, need[i]) & plan.buffer_fits(light, packets[i])
-            if not ok.any():
-                blocked += 1
-                continue
-            candidates = np.flatnonzero(ok)
-            k = int(candidates[np.lexsort((light[candidates], plan.utilisation[light[candidates]]))[0]])
-            plan.move(f, int(light[k]), float(packets[i, k]), float(need[i, k]))
+        picks, n_unsafe = _lb_picks(state, heavy, light, average)
+        moves, blocked = _lb_placements(plan, picks, light, average)
+        plan.move_all(*moves)
         if plan.n_moves == 0:
             return Decision.infeasible(
                 f"ofm lb: no flow can move from a heavy to a light instance ({n_unsafe} flows on heavy instances fail "
-                f"the SLA test, {len(picks)} picks found no light instance within the average load and the buffer "
+                f"the SLA test, {picks.size} picks found no light instance within the average load and the buffer "
                 "(OFM buffer safety / constraint 5))")
-        note = f"{blocked} of {len(picks)} picks found no light instance" if blocked else ""
+        note = f"{blocked} of {picks.size} picks found no light instance" if blocked else ""
         return Decision(plan.action(), reason=note)
 
     # --- scale-in -------------------------------------------------------------------------------
@@ -223,3 +191,66 @@ class OFM(Policy):
             return weight > other["weight"]
         u = state.utilisation
         return (u[s], s) < (u[other["src"]], other["src"])
+
+
+def _lb_picks(state, heavy: np.ndarray, light: np.ndarray, average: float) -> tuple[np.ndarray, int]:
+    """OFM load balancing's step 1: the safe flows of the heavy instances (the single-flow SLA test of OFM, no
+    queueing term, against the best light instance), each heavy instance's picked largest first (then by flow
+    index) while it stays at or above the average utilisation; the picks largest first (then by flow index), and
+    how many flows on heavy instances failed the test. Chosen on Python floats: a numpy call per flow would cost
+    more than the choice."""
+    flows = np.flatnonzero(np.isin(state.assignment, heavy))
+    owner = state.assignment[flows]
+    slack = (state.sla_ms[flows][:, None] - state.processing_ms[light][None, :]
+             - state.migration_ms[owner[:, None], light[None, :]])
+    safe = (slack >= 0.0).any(axis=1)
+    flows, owner = flows[safe], owner[safe]
+    order = np.lexsort((flows, -state.rate[flows], owner))
+    remaining = dict(zip(heavy.tolist(), state.load_pps[heavy].tolist()))
+    capacity = dict(zip(heavy.tolist(), state.capacity[heavy].tolist()))
+    picks = []
+    for f, rate, s in zip(flows[order].tolist(), state.rate[flows[order]].tolist(), owner[order].tolist()):
+        if (remaining[s] - rate) / capacity[s] >= average:
+            picks.append(f)
+            remaining[s] -= rate
+    picks_arr = np.array(picks, dtype=np.int64)
+    return picks_arr[np.lexsort((picks_arr, -state.rate[picks_arr]))], int((~safe).sum())
+
+
+def _lb_placements(plan: Plan, picks: np.ndarray, light: np.ndarray,
+                   average: float) -> tuple[tuple[list[int], list[int], list[float]], int]:
+    """OFM load balancing's step 2: each pick, in order, onto the lightest light instance (then the lowest index)
+    where it passes the SLA test and stays within the average utilisation, OFM's buffer safety (`Plan.ofm_fits`)
+    and constraint (5) (`Plan.buffer_fits`); the moves (flows, destinations, buffered packets) and how many picks
+    found no light instance. What does not depend on the moves so far is computed once; the rest is kept on Python
+    floats with the light instances ranked by (utilisation, index), so the first that fits is taken."""
+    state = plan.state
+    pair_flows, pair_light = np.repeat(picks, light.size), np.tile(light, picks.size)
+    sla_ok = (state.migration_ms[state.assignment[pair_flows], pair_light]
+              <= state.sla_ms[pair_flows] - state.processing_ms[pair_light]).reshape(-1, light.size).tolist()
+    packets = plan.buffer_packets(pair_flows, pair_light).reshape(-1, light.size).tolist()
+    need = plan.ofm_need(pair_flows, pair_light).reshape(-1, light.size).tolist()
+    load, capacity = state.load_pps[light].tolist(), state.capacity[light].tolist()
+    queue, buffer = state.queue[light].tolist(), state.buffer[light].tolist()
+    free = (state.buffer[light] - state.queue[light]).tolist()
+    reserved, incoming = [0.0] * light.size, [0.0] * light.size
+    ranking = sorted((load[j] / capacity[j], index, j) for j, index in enumerate(light.tolist()))
+    moves: tuple[list[int], list[int], list[float]] = ([], [], [])
+    blocked = 0
+    for i, (f, rate) in enumerate(zip(picks.tolist(), state.rate[picks].tolist())):
+        ok, wants, buffered = sla_ok[i], need[i], packets[i]
+        for position, (_, index, j) in enumerate(ranking):
+            if (ok[j] and (load[j] + rate) / capacity[j] <= average and reserved[j] + wants[j] <= free[j]
+                    and queue[j] + incoming[j] + buffered[j] <= buffer[j]):
+                break
+        else:
+            blocked += 1
+            continue
+        del ranking[position]
+        load[j] += rate
+        reserved[j] += wants[j]
+        incoming[j] += buffered[j]
+        bisect.insort(ranking, (load[j] / capacity[j], index, j))
+        for values, value in zip(moves, (f, index, buffered[j])):
+            values.append(value)
+    return moves, blocked

@@ -167,15 +167,70 @@ def window(origin: Origin, moves: Sequence[Move], horizon: int, targets: np.ndar
     period moves nothing and changes no instance). `targets` [N, horizon, 4] are the measured next states
     (NaN: unknown), `mask` [N, horizon] the instances whose prediction is scored and `base` [N, horizon, 3]
     the base twin's prediction (`base_prediction`; None: a network without a base)."""
-    state = origin.state
-    n, capacity = state.n_instances, state.capacity
+    n = origin.state.n_instances
     edges = complete_edges(n)
-    mean_capacity = capacity[state.active].mean() if state.active.any() else capacity.mean()
+    node_steps, edge_steps = _action_steps(origin.state, moves, horizon, edges)
+    targets = np.full((n, horizon, len(STATE)), np.nan) if targets is None else targets
+    mask = np.zeros((n, horizon), bool) if mask is None else mask
+    f32 = torch.float32
+    return Data(**_origin_tensors(origin, edges), node_steps=torch.as_tensor(node_steps, dtype=f32),
+                edge_steps=torch.as_tensor(edge_steps, dtype=f32), base=_base_tensor(base, n, horizon),
+                y=torch.as_tensor(targets, dtype=f32), mask=torch.as_tensor(mask))
+
+
+def candidate_windows(origin: Origin, candidates: Sequence[Sequence[Move]], horizon: int,
+                      bases: Sequence[np.ndarray | None]) -> Data:
+    """What the network reads of `collate([window(origin, moves, horizon, base=base) for moves, base in
+    zip(candidates, bases)])`, built at once (no targets): the origin's history, static features, edges and la_ij
+    are the same in every window, so they are computed once and repeated, and only the moves and the base twin's
+    predictions are per candidate. The look-ahead scores a few candidates every period, where PyG's generic
+    collation cost as much as building the windows."""
+    c, n = len(candidates), origin.state.n_instances
+    edges = complete_edges(n)
+    steps = [_action_steps(origin.state, moves, horizon, edges) for moves in candidates]
+    shared = _origin_tensors(origin, edges)
+    f32 = torch.float32
+    offsets = torch.arange(c).repeat_interleave(edges.shape[1]) * n
+    return Data(x=shared["x"].repeat(c, 1, 1), static=shared["static"].repeat(c, 1),
+                edge_index=shared["edge_index"].repeat(1, c) + offsets, latency=shared["latency"].repeat(c, 1),
+                node_steps=torch.as_tensor(np.concatenate([node for node, _ in steps]), dtype=f32),
+                edge_steps=torch.as_tensor(np.concatenate([edge for _, edge in steps]), dtype=f32),
+                base=torch.cat([_base_tensor(base, n, horizon) for base in bases]),
+                batch=torch.arange(c).repeat_interleave(n), num_nodes=c * n)
+
+
+def _base_tensor(base: np.ndarray | None, n: int, horizon: int) -> torch.Tensor:
+    """[N, horizon, 3] the base twin's prediction, or [N, horizon, 0] for a network without a base."""
+    return torch.as_tensor(np.zeros((n, horizon, 0)) if base is None else base, dtype=torch.float32)
+
+
+def _origin_tensors(origin: Origin, edges: np.ndarray) -> dict[str, torch.Tensor]:
+    """The parts of a window that only the origin fixes: history, static node features, edges and la_ij."""
+    state = origin.state
+    capacity = state.capacity
+    f32 = torch.float32
+    return {"x": torch.as_tensor(origin.history, dtype=f32),
+            "static": torch.as_tensor(np.stack([capacity / _mean_capacity(state),
+                                                state.buffer / (capacity * origin.period_s)], axis=1), dtype=f32),
+            "edge_index": torch.as_tensor(edges, dtype=torch.long),
+            "latency": torch.as_tensor(state.migration_ms[edges[0], edges[1]][:, None] / LATENCY_UNIT_MS,
+                                       dtype=f32)}
+
+
+def _mean_capacity(state: ClusterState) -> float:
+    """The unit of moved load on the edges and of the relative capacities: the mean active capacity."""
+    capacity = state.capacity
+    return capacity[state.active].mean() if state.active.any() else capacity.mean()
+
+
+def _action_steps(state: ClusterState, moves: Sequence[Move], horizon: int,
+                  edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[N, horizon, ACTION_NODE] and [E, horizon, 2]: each period's action per node and per edge, a period after
+    the last move padded with no move (it changes no instance and moves nothing)."""
+    n, capacity, mean_capacity = state.n_instances, state.capacity, _mean_capacity(state)
     node_steps, edge_steps = np.zeros((n, horizon, len(ACTION_NODE))), np.zeros((edges.shape[1], horizon, 2))
     active = state.active.copy()
-    for j in range(horizon):
-        move = moves[j] if j < len(moves) else Move(np.zeros((n, n)), np.zeros((n, n)), np.zeros(n, bool),
-                                                     np.zeros(n, bool))
+    for j, move in enumerate(moves[:horizon]):
         after = (active | move.started) & ~move.stopped
         if not after.any():
             after = active
@@ -184,18 +239,9 @@ def window(origin: Origin, moves: Sequence[Move], horizon: int, targets: np.ndar
         edge_steps[:, j] = np.stack([move.load[edges[0], edges[1]] / mean_capacity,
                                      move.flows[edges[0], edges[1]] / FLOWS_UNIT], axis=1)
         active = after
-    targets = np.full((n, horizon, len(STATE)), np.nan) if targets is None else targets
-    mask = np.zeros((n, horizon), bool) if mask is None else mask
-    base = np.zeros((n, horizon, 0)) if base is None else base
-    f32 = torch.float32
-    return Data(x=torch.as_tensor(origin.history, dtype=f32),
-                static=torch.as_tensor(np.stack([capacity / mean_capacity, state.buffer / (capacity * origin.period_s)],
-                                                axis=1), dtype=f32),
-                edge_index=torch.as_tensor(edges, dtype=torch.long),
-                latency=torch.as_tensor(state.migration_ms[edges[0], edges[1]][:, None] / LATENCY_UNIT_MS, dtype=f32),
-                node_steps=torch.as_tensor(node_steps, dtype=f32), edge_steps=torch.as_tensor(edge_steps, dtype=f32),
-                base=torch.as_tensor(base, dtype=f32), y=torch.as_tensor(targets, dtype=f32),
-                mask=torch.as_tensor(mask))
+    node_steps[:, len(moves):, ACTION_NODE.index("active")] = active[:, None]
+    node_steps[:, len(moves):, ACTION_NODE.index("active_after")] = active[:, None]
+    return node_steps, edge_steps
 
 
 def measured(episode: Episode, t: int) -> np.ndarray:

@@ -20,10 +20,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 from torch_geometric.data import Batch
-from torch_geometric.nn import MetaLayer
 from torch_geometric.utils import scatter
 
-from gnn_policy.gn import EdgeUpdate, GlobalUpdate, NodeUpdate, two_layer
+from gnn_policy.gn import EdgeUpdate, GlobalUpdate, GNBlock, NodeUpdate, tanh_layer, two_layer
 from twin.calibration import CalibratedParams
 from twin.residual.features import ACTION_NODE, BASE, EDGE, STATE, STATIC_NODE
 from twin.sim import fluid_queue
@@ -111,7 +110,7 @@ class Member(nn.Module):
         self.encode_node = nn.Linear(config.node_inputs, h)
         self.encode_edge = nn.Linear(len(config.edge), h)
         self.encode_global = nn.Linear(len(config.global_features), h)
-        self.block = MetaLayer(EdgeUpdate(h), NodeUpdate(h), GlobalUpdate(h))
+        self.block = GNBlock(EdgeUpdate(h), NodeUpdate(h), GlobalUpdate(h))
         self.head = two_layer(2 * h, h, len(config.state))
         self.linear = nn.Linear(config.node_inputs, len(config.state))
         with torch.no_grad():
@@ -150,7 +149,7 @@ class Member(nn.Module):
 
     def _change(self, nodes: torch.Tensor, edges: torch.Tensor, globals_: torch.Tensor, batch: Batch,
                 node_graph: torch.Tensor) -> torch.Tensor:
-        x, edge, u = torch.tanh(self.encode_node(nodes)), torch.tanh(self.encode_edge(edges)), \
+        x, edge, u = torch.tanh(self.encode_node(nodes)), tanh_layer(self.encode_edge, edges), \
             torch.tanh(self.encode_global(globals_))
         for _ in range(self.config.steps):
             x, edge, u = self.block(x, batch.edge_index, edge, u, node_graph)

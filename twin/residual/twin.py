@@ -31,12 +31,11 @@ from twin.residual.features import (
     StatePast,
     as_recorded,
     base_prediction,
-    collate,
+    candidate_windows,
     indexed_move,
     origin_of_past,
     origin_of_state,
     recorded_move,
-    window,
 )
 from twin.residual.model import ResidualNet, clip
 from twin.state import ClusterState
@@ -114,7 +113,7 @@ class ResidualTwin(Twin):
                  inputs: Sequence[np.ndarray | None]):
         """The clipped predictions [C, N, k, 4] and the batched graph's per-node action steps [C, N, k, A];
         `inputs` the base twin's predictions per candidate (None without a base)."""
-        batch = collate([window(origin, moves, k, base=base) for moves, base in zip(candidates, inputs)])
+        batch = candidate_windows(origin, candidates, k, inputs)
         with torch.no_grad():
             raw = self.net(batch)
         n = origin.state.n_instances
