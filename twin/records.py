@@ -38,7 +38,9 @@ from twin.flow import FIVE_TUPLE_DTYPE
 from twin.migration import Action
 from twin.state import ClusterState, StateError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Version 2 added the control head's draw (`control_*` columns of `periods`); a version-1 recording still
+loads, those columns null (`load`)."""
 META_FILE = "meta.json"
 MOVE_OUTCOMES = ("done", "rolled_back", "rollback_failed", "skipped", "not_executed")
 """A planned move's outcome: the executor's four, or `not_executed` (a dry-run, an infeasible or failed
@@ -64,6 +66,8 @@ class Column:
     unit: str
     doc: str
     nullable: bool = False
+    since: int = 1
+    """The schema version that added the column (nullable when > 1: older recordings load it as null)."""
 
 
 def _cols(*specs: tuple) -> tuple[Column, ...]:
@@ -102,6 +106,11 @@ SCHEMA: dict[str, tuple[Column, ...]] = {
         ("packets_dropped", _I, "packets", "packets the NF instances dropped during the period", True),
         ("sink_packets", _I, "packets", "packets of every flow the sink received during the period", True),
         ("sink_delay_ms", _F, "ms", "their mean one-way delay, source to sink", True),
+        ("control_hold", _B, "-", "the control head's draw (gnn_policy.control): hold or act; null without one",
+         True, 2),
+        ("control_target", _F, "-", "the target utilisation of an act; null when holding or without a draw",
+         True, 2),
+        ("control_log_prob", _F, "-", "log π(a | s) of the draw under the weights that drew it", True, 2),
     ),
     "instances": _cols(
         ("period", _I, "-", "period t"),
@@ -195,6 +204,9 @@ class PeriodRecord:
     """Flow id -> (packets, mean one-way delay ms) the sink measured during the period."""
     sink: tuple[int, float] | None = None
     """(packets, mean one-way delay ms) of every flow at the sink during the period."""
+    control: Mapping[str, object] | None = None
+    """The control head's draw behind the decision: {"hold", "target", "log_prob"} (gnn_policy.base.ControlDraw);
+    with the period's state it is what recomputing log π(a | s) under other weights needs (dm-demo --learn)."""
 
 
 def period_rows(state: ClusterState, record: PeriodRecord = PeriodRecord()) -> dict[str, list[dict]]:
@@ -208,7 +220,8 @@ def period_rows(state: ClusterState, record: PeriodRecord = PeriodRecord()) -> d
                "decision_ms": float(record.decision_ms), "execution_ms": float(record.execution_ms),
                **_costs("predicted", PREDICTED, record.predicted), **_costs("measured", MEASURED, record.measured),
                "packets_dropped": dropped, "sink_packets": None if record.sink is None else int(record.sink[0]),
-               "sink_delay_ms": None if record.sink is None else float(record.sink[1])}
+               "sink_delay_ms": None if record.sink is None else float(record.sink[1]),
+               **_control(record.control)}
     instances = []
     for k, instance in enumerate(ids):
         packets = (counters or {}).get(instance)
@@ -234,6 +247,14 @@ def period_rows(state: ClusterState, record: PeriodRecord = PeriodRecord()) -> d
                for i, a in enumerate(ids) for j, b in enumerate(ids)]
     return {"periods": [periods], "instances": instances, "flows": flows, "latency": latency,
             "migrations": _migration_rows(record)}
+
+
+def _control(draw: Mapping[str, object] | None) -> dict:
+    if draw is None:
+        return {"control_hold": None, "control_target": None, "control_log_prob": None}
+    target = draw.get("target")
+    return {"control_hold": bool(draw["hold"]), "control_target": None if target is None else float(target),
+            "control_log_prob": float(draw["log_prob"])}
 
 
 def _costs(prefix: str, names: tuple[str, ...], costs: Mapping[str, float] | None) -> dict:
@@ -401,6 +422,7 @@ def load(directory: str | os.PathLike) -> Recording:
             table = pq.read_table(path)
         except (pa.ArrowException, OSError, ValueError) as error:
             raise RecordingError(f"{path}: not a readable Parquet file: {error}") from None
+        table = _upgrade(name, table, meta["schema_version"])
         _check_table(name, table, path)
         tables[name] = table
     _check_keys(tables, directory)
@@ -428,9 +450,18 @@ def _read_meta(path: Path) -> dict:
     if not isinstance(meta, dict):
         raise RecordingError(f"{path}: must hold a JSON object")
     version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise RecordingError(f"{path}: schema_version {version!r}, this code reads version {SCHEMA_VERSION} only")
+    if type(version) is not int or not 1 <= version <= SCHEMA_VERSION:
+        raise RecordingError(f"{path}: schema_version {version!r}, this code reads versions 1 to {SCHEMA_VERSION}")
     return meta
+
+
+def _upgrade(name: str, table: pa.Table, version: int) -> pa.Table:
+    """A table of an older schema version with the columns added since, all null."""
+    for column in SCHEMA[name]:
+        if column.since > version and column.name not in table.column_names:
+            table = table.append_column(pa.field(column.name, column.type, nullable=True),
+                                        pa.nulls(table.num_rows, column.type))
+    return table
 
 
 def _field(value):
