@@ -435,7 +435,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="the network the deepmigration policies load (default: the shipped one)")
     parser.add_argument("--sample-control", action="store_true",
                         help="the control head draws act/hold and the target from its distribution (seeded by "
-                             "--seed) instead of taking the most likely: on-policy learning on the testbed")
+                             "--seed) instead of taking the most likely: on-policy learning on the testbed (default %(default)s)")
     learn = parser.add_argument_group("two loops (--learn; docs/agent.md, \"Two loops\")")
     learn.add_argument("--learn", type=Path, metavar="DIR",
                        help="run the paper's two loops instead of one replay, writing everything to DIR (new or "
