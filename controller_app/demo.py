@@ -35,7 +35,7 @@ from controller_app.config import LIVE_DEFAULTS
 from mininet_topos.nf_cluster import LIVE_NF
 from twin.flow import FlowKey
 from twin.loop_metrics import flows_migrated_twice, instance_seconds, reversals, sla_violation_flow_seconds
-from twin.records import check_target
+from twin.records import SHIPPED_DIR, check_target
 
 DEFAULT_POLICY = LIVE_DEFAULTS["policy"]
 """The policy dm-demo runs unless --policy says otherwise (any name of gnn_policy.registry): the
@@ -448,6 +448,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="agent 2's REINFORCE iterations in the calibrated twin per outer iteration (default %(default)s)")
     learn.add_argument("--live-lr", type=positive_float, default=5e-3, metavar="LR",
                        help="agent 1's learning rate on its live periods (default %(default)s)")
+    learn.add_argument("--calibration-data", default=str(SHIPPED_DIR), metavar="DIR",
+                       help="recordings the twin is fitted on besides the live windows, or 'none' "
+                            "(default %(default)s)")
     learn.add_argument("--lock", type=Path, metavar="FILE",
                        help="hold an exclusive flock on FILE during each live window only (e.g. /tmp/mininet.lock)")
     return parser

@@ -17,6 +17,7 @@ from twin.migration import Action, Migration, apply
 from twin.records import (
     SCHEMA,
     SCHEMA_VERSION,
+    SHIPPED_DIR,
     SHIPPED_SPLIT,
     MoveRecord,
     PeriodRecord,
@@ -212,3 +213,18 @@ def test_the_shipped_dataset_loads_and_matches_its_split(split):
     for a, b in windows[split]:  # no held-out window overlaps a training one
         if split != "train":
             assert all(b <= start or a >= end for start, end in windows["train"])
+
+
+def test_a_version_1_recording_loads_with_the_control_columns_null(tmp_path):
+    states = _write(tmp_path / "rec")
+    periods = pq.read_table(tmp_path / "rec" / "periods.parquet")
+    added = [c.name for c in SCHEMA["periods"] if c.since > 1]
+    assert added == ["control_hold", "control_target", "control_log_prob"]
+    pq.write_table(periods.drop(added), tmp_path / "rec" / "periods.parquet")
+    meta = json.loads((tmp_path / "rec" / "meta.json").read_text())
+    (tmp_path / "rec" / "meta.json").write_text(json.dumps({**meta, "schema_version": 1}))
+    recording = load(tmp_path / "rec")
+    for name in added:
+        assert recording.tables["periods"].column(name).null_count == len(states)
+    assert recording.state(0).same_as(states[0])
+    assert load(SHIPPED_DIR / SHIPPED_SPLIT["test"][0]).meta["schema_version"] == 1  # the shipped dataset: v1
