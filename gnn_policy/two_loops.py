@@ -4,10 +4,11 @@ head learns (act or hold, the target; `gnn_policy.control`), as in `dm-train --c
 
 Outer iteration I = 0 .. Γ−1 (docs/agent.md, "Two loops"):
 
-1. report: θ1 runs greedy on the live validation window (`dm-bench --seed 100`'s first window at the testbed's
-   set-up; controller seed 100), recorded; its cost per period is agent 1's closed-loop cost at iteration I;
-2. collect (Algorithm 1 lines 3, 13-17): θ1 runs on live training window I (seed I, 0-99 are training) with its
-   control head sampling, recorded in `live/`;
+1. report: θ1 runs greedy on the live validation window (the first window `dm-bench --experiment closed-loop
+   --seed K` draws at the testbed's set-up, for the first K of 100-199 whose window the testbed can replay;
+   that K is the controller's seed too), recorded; its cost per period is agent 1's closed-loop cost at I;
+2. collect (Algorithm 1 lines 3, 13-17): θ1 runs on live training window I (the I-th replayable window of
+   seeds 0-99, the training split) with its control head sampling, recorded in `live/`;
 3. agent 1 fine-tunes on that window (line 18): one on-policy REINFORCE step (`live_reinforce.live_step`);
 4. the twin is re-calibrated (line 4, eq. (7)) on `--calibration-data` (the shipped dataset by default) and
    every live training window so far (`twin.calibration.fit`);
@@ -56,6 +57,7 @@ from twin.records import SHIPPED_DIR, RecordingError, check_target, load
 
 TEST_SEED = 200
 """`dm-bench --seed 200`: the test windows, reported only (docs/agent.md, "Evaluation split (closed loop)")."""
+VALIDATION_SEEDS = range(VALIDATION_SEED, TEST_SEED)
 
 
 class TwoLoopsError(ValueError):
@@ -110,6 +112,10 @@ class Session:
     table: FlowTable
     lock: Path | None = None
     log: Callable[[str], None] = print
+    training: list[tuple[int, float]] = field(default_factory=list)
+    """(seed, trace start) of each outer iteration's live training window (`live_windows`)."""
+    validation: tuple[int, float] = (VALIDATION_SEED, 0.0)
+    """(seed, trace start) of the live validation window."""
 
 
 def prepare(demo: argparse.Namespace, config: TwoLoopsConfig, out: Path, init: Path | None,
@@ -140,7 +146,10 @@ def prepare(demo: argparse.Namespace, config: TwoLoopsConfig, out: Path, init: P
         table = read_flows(demo.trace)
     except (OSError, ValueError) as error:  # CheckpointError is a ValueError
         raise TwoLoopsError(str(error)) from None
-    return Session(demo, out, table, lock), with_control_head(net, control.TARGETS, config.seed)
+    session = Session(demo, out, table, lock)
+    session.training = live_windows(session, TRAIN_SEEDS, config.outer)
+    (session.validation,) = live_windows(session, VALIDATION_SEEDS, 1)
+    return session, with_control_head(net, control.TARGETS, config.seed)
 
 
 # --- the live loop ---------------------------------------------------------------------------------
@@ -153,6 +162,29 @@ def window_start(session: Session, seed: int) -> float:
                            buffer=demo.buffer, processing_ms=demo.processing_ms)
     batch = loop.build(demo.trace, session.table, setup)
     return round(float(batch.start_s[0] - session.table.records["first_ts"].min()), 3)
+
+
+def live_windows(session: Session, seeds: range, count: int) -> list[tuple[int, float]]:
+    """(seed, start) of the first `count` seeds of `seeds` whose window the testbed replays: dm-demo refuses a
+    window that would peak above the packet rate the machine keeps up with (`trace_replay.live.load_schedule`)."""
+    from trace_replay.live import load_schedule
+
+    demo, found = session.demo, []
+    for seed in seeds:
+        try:
+            start = window_start(session, seed)
+        except ValueError as error:  # the trace is shorter than a window
+            raise TwoLoopsError(str(error)) from None
+        try:
+            load_schedule(demo.trace, speed=demo.speed, start_s=start, duration_s=demo.duration * demo.speed,
+                          max_flows=demo.max_flows)
+        except ValueError:
+            continue
+        found.append((seed, start))
+        if len(found) == count:
+            return found
+    raise TwoLoopsError(f"only {len(found)} of the windows of seeds {seeds.start}-{seeds.stop - 1} can be replayed "
+                        f"live at --speed {demo.speed:g}, {count} are needed")
 
 
 @contextmanager
@@ -169,15 +201,16 @@ def _locked(path: Path | None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def run_live(session: Session, weights: Path, *, seed: int, window_seed: int, sample: bool, record: Path) -> dict:
-    """One recorded dm-demo run of `weights` on the window of `window_seed`; its figures from the recording."""
+def run_live(session: Session, weights: Path, window: tuple[int, float], *, sample: bool, record: Path) -> dict:
+    """One recorded dm-demo run of `weights` on `window` (seed, start; the seed is the controller's too: its SLA
+    draws and the control head's samples); its figures from the recording."""
     from controller_app.demo import run_demo
 
-    start = window_start(session, window_seed)
+    seed, start = window
     args = argparse.Namespace(**{**vars(session.demo), "start": start, "seed": seed, "checkpoint": weights,
                                  "sample_control": sample, "record": record, "stabilizer": "off",
                                  "policy": "deepmigration", "explore": 0.0, "json": None, "learn": None})
-    session.log(f"two loops: live window seed {window_seed} (trace {start:g} s on), {weights.name}, "
+    session.log(f"two loops: live window seed {seed} (trace {start:g} s on), {weights.name}, "
                 f"{'sampling' if sample else 'greedy'} -> {record}")
     with _locked(session.lock):
         summary = run_demo(args, out=lambda line: None)
@@ -187,7 +220,7 @@ def run_live(session: Session, weights: Path, *, seed: int, window_seed: int, sa
     periods = replay_periods(recording)
     costs = live_costs(recording)[periods]
     holds = [h for h in recording.tables["periods"].column("control_hold").to_pylist() if h is not None]
-    return {"window_seed": window_seed, "controller_seed": seed, "start_s": start, "weights": str(weights),
+    return {"window_seed": seed, "start_s": start, "weights": str(weights),
             "recording": str(record), "periods": int(periods.size), "cost_per_period": float(costs.mean()),
             "total_cost": float(costs.sum()), "control_decisions": len(holds),
             "hold_share": float(np.mean(holds)) if holds else None, "migrations": summary["migrations"],
@@ -241,10 +274,10 @@ def run_two_loops(session: Session, config: TwoLoopsConfig, theta1: GNPolicyNet)
         start = out / "agents" / f"theta1-{tag}.pt"
         _save(start, theta1, config, index, "agent 1 at the start of the iteration (eq. (8)'s θ1^{I,1})")
         record = {"iteration": index, "twin_validation": {"theta1_start": scores["theta1"]}}
-        record["live_validation"] = run_live(session, start, seed=VALIDATION_SEED, window_seed=VALIDATION_SEED,
-                                             sample=False, record=out / "live-validation" / f"val-{tag}")
-        record["live_training"] = run_live(session, start, seed=TRAIN_SEEDS[index], window_seed=TRAIN_SEEDS[index],
-                                           sample=True, record=out / "live" / f"train-{tag}")
+        record["live_validation"] = run_live(session, start, session.validation, sample=False,
+                                             record=out / "live-validation" / f"val-{tag}")
+        record["live_training"] = run_live(session, start, session.training[index], sample=True,
+                                           record=out / "live" / f"train-{tag}")
         record["agent1_step"] = live_step(theta1, load(out / "live" / f"train-{tag}"), lr=config.live_lr,
                                           cost_unit=agent2_config.cost_unit, grad_clip=agent2_config.grad_clip)
         _save(out / "agents" / f"agent1-{tag}.pt", theta1, config, index, "agent 1 after its live step")
@@ -271,7 +304,7 @@ def _finish(session: Session, config: TwoLoopsConfig, theta1: GNPolicyNet, theta
     out = session.out
     last = out / "agents" / f"theta1-{config.outer:02d}.pt"
     _save(last, theta1, config, config.outer, "agent 1 after the last outer iteration")
-    final_live = run_live(session, last, seed=VALIDATION_SEED, window_seed=VALIDATION_SEED, sample=False,
+    final_live = run_live(session, last, session.validation, sample=False,
                           record=out / "live-validation" / f"val-{config.outer:02d}")
     picked, net = ("agent1", theta1) if scores["theta1"] <= scores["theta2"] else ("agent2", theta2)
     test = validate(net, _validation_batch(session, config, TEST_SEED))
@@ -326,13 +359,15 @@ def plot_costs(summary: dict, path: Path) -> None:
     left.plot(range(len(live)), live, marker="o", label="validation window, greedy θ1")
     left.plot(range(len(live) - 1), summary["agent1_live_training_cost_per_period"], marker="x", linestyle=":",
               label="training window I, sampling θ1")
-    left.set(xlabel="outer iteration I", ylabel="cost per period (total_cost share)", title="agent 1 on the testbed")
+    left.set(xlabel="outer iteration I", ylabel="cost per period (total_cost share)", title="agent 1 on the testbed",
+             xticks=range(len(live)))
     left.legend()
     twin1 = summary["agent1_twin_validation_total_cost"]
     right.plot(range(len(twin1)), twin1, marker="o", label="agent 1 (θ1 at the start of I)")
     right.plot(range(1, len(twin1)), summary["agent2_twin_validation_total_cost"], marker="s",
                label="agent 2 (end of I − 1)")
-    right.set(xlabel="outer iteration I", ylabel="mean total_cost", title="twin validation windows (seed 100)")
+    right.set(xlabel="outer iteration I", ylabel="mean total_cost", title="twin validation windows (seed 100)",
+              xticks=range(len(twin1)))
     right.legend()
     figure.tight_layout()
     tmp = path.with_name(f".{path.name}.part.png")

@@ -14,7 +14,7 @@ from gnn_policy import checkpoint, control
 from gnn_policy.base import Problem
 from gnn_policy.live_reinforce import LOG_PROB_TOLERANCE, LiveLearningError, live_costs, live_step
 from gnn_policy.loop_training import with_control_head
-from gnn_policy.two_loops import TwoLoopsError, blend, check_zeta
+from gnn_policy.two_loops import TwoLoopsConfig, TwoLoopsError, blend, check_zeta, live_windows, prepare
 from tests.helpers import cluster
 from twin.params import CostParams, Thresholds
 from twin.records import PeriodRecord, RecordingWriter, load
@@ -149,3 +149,20 @@ def test_dm_demo_learn_never_writes_into_a_directory_that_holds_something(capsys
     (tmp_path / "session" / "kept.txt").write_text("mine")
     assert "is not an empty directory" in _refused(capsys, tmp_path)
     assert (tmp_path / "session" / "kept.txt").read_text() == "mine"
+
+
+def test_live_windows_are_the_first_seeds_of_the_split_the_testbed_can_replay(tmp_path):
+    from trace_replay.live import load_schedule
+
+    args = demo._parser().parse_args(["--duration", "10", "--learn", str(tmp_path / "s")])
+    session, _ = prepare(args, TwoLoopsConfig(outer=2), tmp_path / "s", None, None)
+    assert [seed for seed, _ in session.training] == [seed for seed, _ in live_windows(session, range(100), 2)]
+    assert all(seed < 100 for seed, _ in session.training) and session.validation[0] in range(100, 200)
+    for _, start in [*session.training, session.validation]:
+        load_schedule(args.trace, speed=0.5, start_s=start, duration_s=5.0)  # replayable: no ValueError
+    args.speed = 8.0  # every window would peak far above the testbed's packet rate
+    with pytest.raises(TwoLoopsError, match="can be replayed live at --speed 8"):
+        live_windows(session, range(3), 1)
+    args.speed = 40.0
+    with pytest.raises(TwoLoopsError, match="shorter than an episode"):
+        live_windows(session, range(3), 1)
