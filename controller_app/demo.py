@@ -471,15 +471,15 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("dm-demo: needs root (Mininet creates network namespaces and OVS bridges)", file=sys.stderr)
         return 2
-    if args.learn is not None:
-        from gnn_policy.two_loops import main_learn
-
-        return main_learn(args)
 
     def stop(signum, _frame):  # SIGTERM unwinds like Ctrl-C, through every teardown
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, stop)
+    if args.learn is not None:
+        from gnn_policy.two_loops import main_learn
+
+        return main_learn(args)
     try:
         summary = run_demo(args, out=lambda line: print(line, flush=True))
     except KeyboardInterrupt:

@@ -238,6 +238,7 @@ def calibrate_twin(session: Session, config: TwoLoopsConfig, path: Path) -> dict
     if config.calibration_data is not None:
         episodes = load_dataset(config.calibration_data, default_split="train") + episodes
     params = fit(episodes, "train")
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_params(params, path)
     return {"params": str(path), "transitions": params.fitted_on["transitions"],
             "recordings": params.fitted_on["recordings"], "pooled_instance": asdict(params.pooled_instance),
