@@ -311,12 +311,11 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
     """Replay `args.trace` (the `dm-demo` flags) through a fresh live loop, passing `out` a progress line
     every period; returns the run's summary (`summarise`, plus the settings and the REST base URL)."""
     from mininet_topos.nf_cluster import ClusterSpec
-    from trace_replay.live import flow_outcomes, load_schedule
+    from trace_replay.live import flow_outcomes
 
     if args.record:
         check_target(args.record)  # a recording is never written over anything: refused before the network starts
-    schedule = load_schedule(args.trace, speed=args.speed, start_s=args.start, duration_s=args.duration * args.speed,
-                             max_flows=args.max_flows)  # fail early, before anything starts
+    schedule = replay_schedule(args)  # fail early, before anything starts
     out(f"trace {args.trace}: {len(schedule.packets)} packets of {len(schedule.flows)} flows over "
         f"{schedule.duration_s:.0f} s, peak {schedule.peak_pps()} packets/s")
     spec = ClusterSpec(active=args.instances, standby=args.standby, capacity_pps=args.capacity,
@@ -366,6 +365,15 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
         if args.record:
             summary["record"] = record_run(args, Path(workdir) / RECORD_STAGING, outcomes, started_wall)
     return summary
+
+
+def replay_schedule(args: argparse.Namespace):
+    """The replay of the `dm-demo` flags' window (trace_replay.live.load_schedule); ValueError when the window is
+    empty or would peak above the packet rate the testbed keeps up with."""
+    from trace_replay.live import load_schedule
+
+    return load_schedule(args.trace, speed=args.speed, start_s=args.start, duration_s=args.duration * args.speed,
+                         max_flows=args.max_flows)
 
 
 def record_run(args: argparse.Namespace, staging: Path, outcomes: dict, replay_started: float | None = None) -> dict:

@@ -166,8 +166,8 @@ def window_start(session: Session, seed: int) -> float:
 
 def live_windows(session: Session, seeds: range, count: int) -> list[tuple[int, float]]:
     """(seed, start) of the first `count` seeds of `seeds` whose window the testbed replays: dm-demo refuses a
-    window that would peak above the packet rate the machine keeps up with (`trace_replay.live.load_schedule`)."""
-    from trace_replay.live import load_schedule
+    window that would peak above the packet rate the machine keeps up with (`demo.replay_schedule`)."""
+    from controller_app.demo import replay_schedule
 
     demo, found = session.demo, []
     for seed in seeds:
@@ -176,8 +176,7 @@ def live_windows(session: Session, seeds: range, count: int) -> list[tuple[int, 
         except ValueError as error:  # the trace is shorter than a window
             raise TwoLoopsError(str(error)) from None
         try:
-            load_schedule(demo.trace, speed=demo.speed, start_s=start, duration_s=demo.duration * demo.speed,
-                          max_flows=demo.max_flows)
+            replay_schedule(argparse.Namespace(**{**vars(demo), "start": start}))
         except ValueError:
             continue
         found.append((seed, start))
