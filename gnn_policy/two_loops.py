@@ -309,15 +309,11 @@ def _finish(session: Session, config: TwoLoopsConfig, theta1: GNPolicyNet, theta
     picked, net = ("agent1", theta1) if scores["theta1"] <= scores["theta2"] else ("agent2", theta2)
     test = validate(net, _validation_batch(session, config, TEST_SEED))
     _save(out / "final.pt", net, config, config.outer, f"the better on validation: {picked}")
+    summary = curves(history)
+    summary["agent1_live_validation_cost_per_period"].append(final_live["cost_per_period"])
     summary = {
         "config": {**asdict(config), "agent2": asdict(config.agent2)}, "trace": str(session.demo.trace),
-        "live_periods_per_window": int(session.demo.duration / session.demo.period),
-        "agent1_live_validation_cost_per_period": [r["live_validation"]["cost_per_period"] for r in history]
-        + [final_live["cost_per_period"]],
-        "agent1_live_training_cost_per_period": [r["live_training"]["cost_per_period"] for r in history],
-        "agent1_twin_validation_total_cost": [r["twin_validation"]["theta1_start"] for r in history]
-        + [scores["theta1"]],
-        "agent2_twin_validation_total_cost": [r["twin_validation"]["agent2"] for r in history],
+        "live_periods_per_window": int(session.demo.duration / session.demo.period), **summary,
         "final_live_validation": final_live,
         "pick": {"agent": picked, "validation_total_cost": min(scores["theta1"], scores["theta2"]),
                  "test_total_cost": test, "checkpoint": str(out / "final.pt")},
@@ -325,6 +321,31 @@ def _finish(session: Session, config: TwoLoopsConfig, theta1: GNPolicyNet, theta
     write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     plot_costs(summary, out / "costs.png")
     return summary
+
+
+def curves(history: list[dict]) -> dict:
+    """Agent 1's and agent 2's costs over the outer iterations, from their records (`iterations/II.json`)."""
+    return {"agent1_live_validation_cost_per_period": [r["live_validation"]["cost_per_period"] for r in history],
+            "agent1_live_training_cost_per_period": [r["live_training"]["cost_per_period"] for r in history],
+            "agent1_twin_validation_total_cost": [r["twin_validation"]["theta1_start"] for r in history]
+            + [history[-1]["twin_validation"]["blended"]],
+            "agent2_twin_validation_total_cost": [r["twin_validation"]["agent2"] for r in history]}
+
+
+def report(out: Path) -> dict:
+    """The curves of a session, finished or interrupted, from the iteration records in `out`, with agent 1's
+    cost per period on every live validation window recorded (`live-validation/val-II`, also one whose
+    iteration did not finish); written to `out/report.json` and `out/costs.png`."""
+    history = [json.loads(path.read_text()) for path in sorted((out / "iterations").glob("[0-9][0-9].json"))]
+    if not history:
+        raise TwoLoopsError(f"{out}: no finished outer iteration (iterations/00.json)")
+    figures = curves(history)
+    windows = [load(path) for path in sorted((out / "live-validation").glob("val-[0-9][0-9]"))]
+    figures["agent1_live_validation_cost_per_period"] = [float(live_costs(w)[replay_periods(w)].mean())
+                                                         for w in windows]
+    write_text(out / "report.json", json.dumps(figures, indent=1) + "\n")
+    plot_costs(figures, out / "costs.png")
+    return figures
 
 
 def _validation_batch(session: Session, config: TwoLoopsConfig, seed: int):
@@ -357,8 +378,8 @@ def plot_costs(summary: dict, path: Path) -> None:
     live = summary["agent1_live_validation_cost_per_period"]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     left.plot(range(len(live)), live, marker="o", label="validation window, greedy θ1")
-    left.plot(range(len(live) - 1), summary["agent1_live_training_cost_per_period"], marker="x", linestyle=":",
-              label="training window I, sampling θ1")
+    training = summary["agent1_live_training_cost_per_period"]
+    left.plot(range(len(training)), training, marker="x", linestyle=":", label="training window I, sampling θ1")
     left.set(xlabel="outer iteration I", ylabel="cost per period (total_cost share)", title="agent 1 on the testbed",
              xticks=range(len(live)))
     left.legend()
@@ -404,3 +425,23 @@ def main_learn(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps({key: summary[key] for key in summary if key != "config"}, indent=1))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m gnn_policy.two_loops DIR`: the curves of a two-loops session from its iteration records."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m gnn_policy.two_loops", description=main.__doc__)
+    parser.add_argument("session", type=Path, help="a dm-demo --learn DIR")
+    args = parser.parse_args(argv)
+    try:
+        figures = report(args.session)
+    except (OSError, ValueError) as error:
+        print(f"two loops: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(figures, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

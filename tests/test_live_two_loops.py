@@ -51,7 +51,7 @@ def test_a_tiny_two_loops_session_writes_everything_and_learns_on_policy(tmp_pat
         assert step["log_prob_error"] <= LOG_PROB_TOLERANCE and math.isfinite(step["loss"])
         for window in ("live_validation", "live_training"):
             figures = record[window]
-            assert figures["periods"] >= 8 and math.isfinite(figures["cost_per_period"]) and figures["cost_per_period"] >= 0
+            assert figures["periods"] >= 5 and math.isfinite(figures["cost_per_period"]) and figures["cost_per_period"] >= 0
             recording = load(figures["recording"])
             assert recording.meta["stabilizer"] is False and recording.meta["checkpoint"].endswith(f"theta1-{k:02d}.pt")
             assert recording.meta["control_sampling"] is (window == "live_training")

@@ -166,3 +166,27 @@ def test_live_windows_are_the_first_seeds_of_the_split_the_testbed_can_replay(tm
     args.speed = 40.0
     with pytest.raises(TwoLoopsError, match="shorter than an episode"):
         live_windows(session, range(3), 1)
+
+
+def test_report_draws_the_curves_of_a_finished_or_interrupted_session_from_its_iteration_records(tmp_path):
+    import json
+
+    from gnn_policy.two_loops import report
+
+    with pytest.raises(TwoLoopsError, match="no finished outer iteration"):
+        report(tmp_path)
+    (tmp_path / "iterations").mkdir()
+    for k in range(2):
+        record = {"live_validation": {"cost_per_period": 100.0 - k}, "live_training": {"cost_per_period": 90.0 + k},
+                  "twin_validation": {"theta1_start": 50.0 - k, "agent2": 40.0 - k, "blended": 45.0 - k}}
+        (tmp_path / "iterations" / f"{k:02d}.json").write_text(json.dumps(record))
+    recorded = _recording(tmp_path, _agent())  # a live validation window: its cost comes from the recording
+    (tmp_path / "live-validation").mkdir()
+    recorded.directory.rename(tmp_path / "live-validation" / "val-00")
+    figures = report(tmp_path)
+    assert figures == {"agent1_live_validation_cost_per_period": [live_costs(recorded).mean()],
+                       "agent1_live_training_cost_per_period": [90.0, 91.0],
+                       "agent1_twin_validation_total_cost": [50.0, 49.0, 44.0],
+                       "agent2_twin_validation_total_cost": [40.0, 39.0]}
+    assert json.loads((tmp_path / "report.json").read_text()) == figures
+    assert (tmp_path / "costs.png").stat().st_size > 10_000
