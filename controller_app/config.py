@@ -185,6 +185,11 @@ class ControllerConfig:
     """Where each period's full transition is appended (controller_app.recording; dm-demo --record); empty: none."""
     deviation: DeviationConfig = DeviationConfig()
     """The twin's deviation estimate and the fallback to the stabilized baseline (controller_app.deviation)."""
+    checkpoint: str = ""
+    """The network the deepmigration policies load (`dm-demo --checkpoint`); empty: the shipped one."""
+    control_sampling: bool = False
+    """The control head draws act/hold and the target from π instead of taking the most likely (seeded by
+    `seed`): on-policy learning on the testbed (`dm-demo --learn`)."""
 
     RUNTIME_FIELDS = ("thresholds", "period_s", "policy", "mode", "stabilizer", "deviation")
     """What PUT /config may change."""
@@ -203,6 +208,12 @@ class ControllerConfig:
             _finite(getattr(self, name), name, above=0)
         if not (_is_number(self.explore) and 0.0 <= self.explore <= 1.0):
             raise ConfigError(f"explore must be a probability in [0, 1], not {self.explore!r}", "explore")
+        if self.checkpoint and not os.path.isfile(self.checkpoint):
+            raise ConfigError(f"checkpoint {self.checkpoint!r} is not a file", "checkpoint")
+
+    def policy_options(self) -> dict:
+        """What `gnn_policy.registry.make_policy` is given besides the name and seed."""
+        return {"checkpoint": self.checkpoint or None, "sample": self.control_sampling}
 
     @classmethod
     def from_dict(cls, data: dict) -> ControllerConfig:
@@ -283,7 +294,9 @@ def _coerce(name: str, value: Any, current: ControllerConfig) -> Any:
         if not _is_number(value):
             raise ConfigError(f"{name} must be a number", name)
         return float(value)
-    if name in ("policy", "token", "transition_log", "record_log") and not isinstance(value, str):
+    if name == "control_sampling" and not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, not {value!r}", name)
+    if name in ("policy", "token", "transition_log", "record_log", "checkpoint") and not isinstance(value, str):
         raise ConfigError(f"{name} must be a string", name)
     if name in ("seed", "quiet_ms", "rule_idle_timeout_s", "nf_stall_periods") and (
             not isinstance(value, int) or isinstance(value, bool)):

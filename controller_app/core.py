@@ -45,7 +45,7 @@ from controller_app.state_collection import MigrationLatency, StateCollector
 from controller_app.steering import FlowRegistry, Steering, Switch
 from controller_app.transitions import TransitionLog, transition
 from controller_app.views import ActionRejected, parse_action
-from gnn_policy.base import Policy, Problem
+from gnn_policy.base import ControlDraw, Policy, Problem
 from gnn_policy.exploration import Exploring
 from gnn_policy.registry import make_policy
 from gnn_policy.stabilizer import Stabilizer, StabilizerConfig
@@ -80,15 +80,17 @@ class Controller:
                  channel_factory: Callable[[NFDescription, float], NFChannel], *,
                  params: CostParams = CostParams(), clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time,
-                 policy_factory: Callable[[str, int], Policy] = lambda name, seed: make_policy(name, seed=seed),
+                 policy_factory: Callable[[str, int], Policy] | None = None,
                  offload: Callable[..., Any] = lambda fn, *args: fn(*args)):
-        """`offload(fn, *args)` runs the slow calls (loading and running a policy); Ryu passes an OS thread pool."""
+        """`offload(fn, *args)` runs the slow calls (loading and running a policy); Ryu passes an OS thread pool.
+        `policy_factory(name, seed)` builds a policy; by default the registry's, with the config's options."""
         self.cluster = cluster
         self.config = config
         self.params = params
         self._clock = clock
         self._wall = wall_clock
-        self._policy_factory = policy_factory
+        self._policy_factory = policy_factory or (
+            lambda name, seed: make_policy(name, seed=seed, **self.config.policy_options()))
         self._offload = offload
         self._policy = self._make_policy(config)
         rng = np.random.default_rng(config.seed)
@@ -310,7 +312,7 @@ class Controller:
                             f"{settings.release * settings.bound:g}")
         reason = "; ".join(filter(None, (why, decision.reason, result.note and f"stabilizer: {result.note}")))
         return self._record(stabilizer.estimated, result.scenario, "policy", action, decision_ms,
-                            decision.feasible, reason, policy=name, fallback=fallback)
+                            decision.feasible, reason, policy=name, fallback=fallback, control=decision.control)
 
     def _decide(self, state: ClusterState) -> DecisionRecord:
         problem = Problem.of(state, self.config.thresholds, self.params)
@@ -325,10 +327,11 @@ class Controller:
         decision_ms = (time.perf_counter() - started) * 1000.0
         action = decision.action.to_action(state) if decision.feasible else Action()
         return self._record(state, problem.scenario.kind, "policy", action, decision_ms, decision.feasible,
-                            decision.reason)
+                            decision.reason, control=decision.control)
 
     def _record(self, state: ClusterState, kind: ScenarioKind, origin: str, action: Action, decision_ms: float,
-                feasible: bool, reason: str, *, policy: str | None = None, fallback: bool = False) -> DecisionRecord:
+                feasible: bool, reason: str, *, policy: str | None = None, fallback: bool = False,
+                control: ControlDraw | None = None) -> DecisionRecord:
         predicted, error = None, ""
         if feasible:
             try:
@@ -337,7 +340,8 @@ class Controller:
                 error = f"invalid action: {invalid}"
         record = DecisionRecord(self._next_decision_id, self._wall(), kind.value, policy or self.config.policy,
                                 origin, self.config.mode.value, feasible, reason, action, predicted, decision_ms,
-                                error=error, fallback=fallback, twin_deviation=self.deviation.estimator.cluster)
+                                error=error, fallback=fallback, twin_deviation=self.deviation.estimator.cluster,
+                                control=control)
         self._next_decision_id += 1
         return record
 

@@ -10,6 +10,7 @@ from twin.migration import Action
 
 if TYPE_CHECKING:
     from controller_app.execution import MigrationRun
+    from gnn_policy.base import ControlDraw
 
 
 @dataclass
@@ -37,6 +38,8 @@ class DecisionRecord:
     """Decided by the deviation fallback (the stabilized baseline, `policy` names it), not the configured policy."""
     twin_deviation: float | None = None
     """The cluster's twin deviation when it was decided (controller_app.deviation; None: not estimated yet)."""
+    control: ControlDraw | None = None
+    """The control head's draw behind the decision (`gnn_policy.base.Decision.control`), for the recording."""
 
     def view(self) -> dict:
         return {

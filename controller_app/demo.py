@@ -36,7 +36,7 @@ from controller_app.config import LIVE_DEFAULTS
 from mininet_topos.nf_cluster import LIVE_NF
 from twin.flow import FlowKey
 from twin.loop_metrics import flows_migrated_twice, instance_seconds, reversals, sla_violation_flow_seconds
-from twin.records import check_target
+from twin.records import SHIPPED_DIR, check_target
 
 DEFAULT_POLICY = LIVE_DEFAULTS["policy"]
 """The policy dm-demo runs unless --policy says otherwise (any name of gnn_policy.registry): the
@@ -322,19 +322,19 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
     """Replay `args.trace` (the `dm-demo` flags) through a fresh live loop, passing `out` a progress line
     every period; returns the run's summary (`summarise`, plus the settings and the REST base URL)."""
     from mininet_topos.nf_cluster import ClusterSpec
-    from trace_replay.live import flow_outcomes, load_schedule
+    from trace_replay.live import flow_outcomes
 
     if args.record:
         check_target(args.record)  # a recording is never written over anything: refused before the network starts
-    schedule = load_schedule(args.trace, speed=args.speed, start_s=args.start, duration_s=args.duration * args.speed,
-                             max_flows=args.max_flows)  # fail early, before anything starts
+    schedule = replay_schedule(args)  # fail early, before anything starts
     out(f"trace {args.trace}: {len(schedule.packets)} packets of {len(schedule.flows)} flows over "
         f"{schedule.duration_s:.0f} s, peak {schedule.peak_pps()} packets/s")
     spec = ClusterSpec(active=args.instances, standby=args.standby, capacity_pps=args.capacity,
                        buffer_packets=args.buffer, processing_ms=args.processing_ms)
     config = {"policy": args.policy, "period_s": args.period, "quiet_ms": args.quiet_ms, "mode": "manual",
               "rule_idle_timeout_s": DEFAULT_RULE_IDLE_S, "nf_timeout_s": DEFAULT_NF_TIMEOUT_S,
-              "stabilizer": {"enabled": args.stabilizer == "on"}, "seed": args.seed, "explore": args.explore}
+              "stabilizer": {"enabled": args.stabilizer == "on"}, "seed": args.seed, "explore": args.explore,
+              "checkpoint": str(args.checkpoint or ""), "control_sampling": args.sample_control}
     with ExitStack() as stack:
         workdir = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="dm-demo-"))
         if args.record:
@@ -347,7 +347,7 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
         replay = loop.cluster.start_replay(args.trace, sent_log, speed=args.speed, start=args.start,
                                            duration=args.duration * args.speed,
                                            **({"max_flows": args.max_flows} if args.max_flows else {}))
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         loop.poll_state()
         auto = False
         while replay.poll() is None:
@@ -374,19 +374,32 @@ def run_demo(args: argparse.Namespace, out=print) -> dict:
                                instance_s=instance_seconds(loop.active, end_s=loop.active[-1][0])),
                    "rest": loop.api.base}
         if args.record:
-            summary["record"] = record_run(args, Path(workdir) / RECORD_STAGING, outcomes)
+            summary["record"] = record_run(args, Path(workdir) / RECORD_STAGING, outcomes, started_wall)
     return summary
 
 
-def record_run(args: argparse.Namespace, staging: Path, outcomes: dict) -> dict:
+def replay_schedule(args: argparse.Namespace):
+    """The replay of the `dm-demo` flags' window (trace_replay.live.load_schedule); ValueError when the window is
+    empty or would peak above the packet rate the testbed keeps up with."""
+    from trace_replay.live import load_schedule
+
+    return load_schedule(args.trace, speed=args.speed, start_s=args.start, duration_s=args.duration * args.speed,
+                         max_flows=args.max_flows)
+
+
+def record_run(args: argparse.Namespace, staging: Path, outcomes: dict, replay_started: float | None = None) -> dict:
     """Write the run's recording (`--record`) from the controller's staged periods and the sink's delays;
-    returns where it went and its period count, or the error (the summary is not lost with the recording)."""
+    returns where it went and its period count, or the error (the summary is not lost with the recording).
+    `replay_started`: the replay's wall-clock start (time.time()), so that a reader can tell the replay's
+    periods from the warm-up and the drain."""
     from controller_app.recording import finish
     from twin.records import RecordingError
 
     meta = {"source": "testbed", "trace": args.trace.name, "start_s": args.start, "duration_s": args.duration,
             "speed": args.speed, "max_flows": args.max_flows, "policy": args.policy, "explore_eps": args.explore,
             "seed": args.seed, "stabilizer": args.stabilizer == "on", "period_s": args.period,
+            "checkpoint": str(args.checkpoint or ""), "control_sampling": args.sample_control,
+            "replay_started_wall_s": replay_started,
             "cluster": {"instances": args.instances, "standby": args.standby, "capacity_pps": args.capacity,
                         "buffer_packets": args.buffer, "processing_ms": args.processing_ms},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -437,6 +450,28 @@ def _parser() -> argparse.ArgumentParser:
                         help="with probability EPS per decision, a random valid migration set replaces the "
                              "policy's (gnn_policy.exploration; default %(default)s)")
     parser.add_argument("--seed", type=rng_seed, default=0, help="the controller's seed: SLA draws, exploration (default %(default)s)")
+    parser.add_argument("--checkpoint", type=Path, metavar="CKPT",
+                        help="the network the deepmigration policies load (default: the shipped one)")
+    parser.add_argument("--sample-control", action="store_true",
+                        help="the control head draws act/hold and the target from its distribution (seeded by "
+                             "--seed) instead of taking the most likely: on-policy learning on the testbed (default %(default)s)")
+    learn = parser.add_argument_group("two loops (--learn; docs/agent.md, \"Two loops\")")
+    learn.add_argument("--learn", type=Path, metavar="DIR",
+                       help="run the paper's two loops instead of one replay, writing everything to DIR (new or "
+                            "empty): live windows of --duration periods with agent 1, the twin calibrated on them, "
+                            "agent 2 trained in it, eq. (8)'s blend; the stabilizer is off")
+    learn.add_argument("--outer", type=positive_int, default=3, metavar="N", help="outer iterations Γ (default %(default)s)")
+    learn.add_argument("--zeta", type=float, default=0.5, metavar="Z",
+                       help="ζ of eq. (8): θ1 = ζ·θ1 + (1 − ζ)·θ2, in [0, 1] (default %(default)s)")
+    learn.add_argument("--twin-iterations", type=positive_int, default=10, metavar="M",
+                       help="agent 2's REINFORCE iterations in the calibrated twin per outer iteration (default %(default)s)")
+    learn.add_argument("--live-lr", type=positive_float, default=5e-3, metavar="LR",
+                       help="agent 1's learning rate on its live periods (default %(default)s)")
+    learn.add_argument("--calibration-data", default=str(SHIPPED_DIR), metavar="DIR",
+                       help="recordings the twin is fitted on besides the live windows, or 'none' "
+                            "(default %(default)s)")
+    learn.add_argument("--lock", type=Path, metavar="FILE",
+                       help="hold an exclusive flock on FILE during each live window only (e.g. /tmp/mininet.lock)")
     return parser
 
 
@@ -460,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, stop)
+    if args.learn is not None:
+        from gnn_policy.two_loops import main_learn
+
+        return main_learn(args)
     try:
         summary = run_demo(args, out=lambda line: print(line, flush=True))
     except KeyboardInterrupt:

@@ -41,7 +41,8 @@ def period_record(record: DecisionRecord | None, kind: ScenarioKind, explored: b
                         explored=explored, feasible=record.feasible, executed=record.executed, moves=moves,
                         started=tuple(record.started), stopped=tuple(record.stopped), predicted=record.predicted,
                         measured=record.measured, decision_ms=record.decision_ms,
-                        execution_ms=record.execution_ms, wall_time_s=wall_time_s)
+                        execution_ms=record.execution_ms, wall_time_s=wall_time_s,
+                        control=None if explored or record.control is None else record.control.as_record())
 
 
 class PeriodRecorder:

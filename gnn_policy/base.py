@@ -41,6 +41,22 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class ControlDraw:
+    """The closed-loop control head's action behind a decision (`gnn_policy.control`), as the controller records
+    it (twin.records' `control_*` columns): with the state it was drawn on, what recomputing log π(a | s) under
+    other weights needs (the live fine-tuning of `dm-demo --learn`)."""
+
+    hold: bool
+    target: float | None
+    """The target utilisation of an act; None when holding."""
+    log_prob: float
+    """log π(a | s) under the weights that drew it."""
+
+    def as_record(self) -> dict:
+        return {"hold": self.hold, "target": self.target, "log_prob": self.log_prob}
+
+
+@dataclass(frozen=True)
 class Decision:
     action: IndexedAction
     feasible: bool = True
@@ -50,6 +66,8 @@ class Decision:
     """Exact solvers only: whether optimality was proven."""
     optimal_gap: float | None = None
     """Exact solvers only: the certified relative gap of the returned action."""
+    control: ControlDraw | None = None
+    """The control head's draw this decision realises (`gnn_policy.control.LoopMigration`); None otherwise."""
 
     @classmethod
     def infeasible(cls, reason: str) -> Decision:

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch_geometric.data import Data
 
+from gnn_policy import checkpoint
 from gnn_policy.actions import realise
 from gnn_policy.agent import DeepMigration
-from gnn_policy.base import Decision, Problem
+from gnn_policy.base import ControlDraw, Decision, Problem
 from gnn_policy.gn import GNPolicyNet
 from gnn_policy.graph import to_pyg
 from gnn_policy.rule_policy import rule_request
@@ -138,13 +139,30 @@ def decision(problem: Problem, choice: ControlChoice, targets: Sequence[float]) 
 
 class LoopMigration(DeepMigration):
     """DeepMigration with a control head (`NetConfig.targets`): in the closed loop its greedy act/hold and target
-    decide; on a forced scenario, or without a control head, it is `DeepMigration` unchanged. No guard on the
-    control path: the guard's one-period comparison would undo exactly the decisions that look past the period."""
+    decide (`sample`: drawn from π instead, seeded, for on-policy learning on the testbed); on a forced scenario,
+    or without a control head, it is `DeepMigration` unchanged. No guard on the control path: the guard's
+    one-period comparison would undo exactly the decisions that look past the period. Each control decision
+    carries its draw and log-probability (`Decision.control`), which the controller records."""
+
+    def __init__(self, net: GNPolicyNet, *, seed: int = 0, guard: bool = True, sample: bool = False):
+        super().__init__(net, seed=seed, guard=guard)
+        self.sample = sample
+        self._generator = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def load(cls, path: str | None = None, *, seed: int = 0, guard: bool = True,
+             sample: bool = False) -> LoopMigration:
+        net, _ = checkpoint.load(path)
+        return cls(net, seed=seed, guard=guard, sample=sample)
 
     def _decide(self, problem: Problem) -> Decision:
         if problem.forced or self.net.control_head is None:
             return super()._decide(problem)
         self.decisions += 1
         with torch.inference_mode():
-            logits = control_logits(self.net, [control_input(problem)])[0]
-        return decision(problem, draw(logits, greedy=True), self.net.config.targets)
+            logits = control_logits(self.net, [control_input(problem)])
+            choice = draw(logits[0], greedy=not self.sample, generator=self._generator)
+            log_p = float(log_prob(logits, [choice])[0])
+        targets = self.net.config.targets
+        made = decision(problem, choice, targets)
+        return replace(made, control=ControlDraw(choice.hold, None if choice.hold else targets[choice.target], log_p))

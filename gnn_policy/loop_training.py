@@ -113,6 +113,8 @@ class LoopTrainConfig:
     seed: int = 0
     entropy_bonus: float = 0.0
     """β: the loss subtracts β·(mean entropy of π over the decisions), to keep exploring after a warm start."""
+    calibrated: str | None = None
+    """The calibrated twin's fitted parameters (`dm-twin calibrate`; None: the shipped ones)."""
 
 
 def episode_length(config: LoopTrainConfig, iteration: int) -> int:
@@ -174,7 +176,7 @@ def iteration_step(net: GNPolicyNet, optimizer: torch.optim.Optimizer, table: Fl
     clock = [0]
     explorers = [Explorer(net, generator, clock) for _ in range(batch.n_episodes)]
     params, thresholds = setup.params, Thresholds()
-    twin = batched_twin(config.twin, batch, params, thresholds)
+    twin = batched_twin(config.twin, batch, params, thresholds, calibrated=config.calibrated)
     runs = run_closed_loop(twin, explorers, on_period=lambda: clock.__setitem__(0, clock[0] + 1))
     costs = np.array([[p.cost for p in run] for run in runs])
     advantage = advantages(returns(costs, config.cost_unit), config.episodes)

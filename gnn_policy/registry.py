@@ -37,11 +37,12 @@ def _optimal(seed: int = 0, time_limit_s: float = 10.0, checkpoint: str | None =
     return Optimal(warm_start=warm_start, time_limit_s=time_limit_s, seed=seed)
 
 
-def _deepmigration(seed: int = 0, checkpoint: str | None = None, **_: object) -> Policy:
-    """`DeepMigration`, with the closed loop's act/hold and target when the checkpoint has a control head."""
+def _deepmigration(seed: int = 0, checkpoint: str | None = None, sample: bool = False, **_: object) -> Policy:
+    """`DeepMigration`, with the closed loop's act/hold and target when the checkpoint has a control head
+    (`sample`: drawn from π, for on-policy learning on the testbed)."""
     from gnn_policy.control import LoopMigration
 
-    return LoopMigration.load(checkpoint, seed=seed)
+    return LoopMigration.load(checkpoint, seed=seed, sample=sample)
 
 
 def _lookahead(seed: int = 0, checkpoint: str | None = None, residual: str | None = None,

@@ -17,6 +17,7 @@ from twin.migration import Action, Migration, apply
 from twin.records import (
     SCHEMA,
     SCHEMA_VERSION,
+    SHIPPED_DIR,
     SHIPPED_SPLIT,
     MoveRecord,
     PeriodRecord,
@@ -142,7 +143,7 @@ def _rewrite(path, table: pa.Table) -> None:
     (lambda d: (d / "meta.json").write_text(json.dumps({"trace": "x"})), r"meta\.json: schema_version None"),
     (lambda d: (d / "meta.json").write_text(json.dumps({**json.loads((d / "meta.json").read_text()),
                                                         "schema_version": 1})),
-     r"meta\.json: schema_version 1, this code reads version 2 only \(record it again with this version\)"),
+     r"meta\.json: schema_version 1, this code reads versions 2 to 3 \(record it again with this version\)"),
     (lambda d: _rewrite(d / "flows.parquet", pq.read_table(d / "flows.parquet").drop_columns(["sla_ms"])),
      r"flows\.parquet: missing column 'sla_ms'"),
     (lambda d: _rewrite(d / "flows.parquet", pq.read_table(d / "flows.parquet").set_column(
@@ -215,3 +216,18 @@ def test_the_shipped_dataset_loads_and_matches_its_split(split):
     for a, b in windows[split]:  # no held-out window overlaps a training one
         if split != "train":
             assert all(b <= start or a >= end for start, end in windows["train"])
+
+
+def test_a_version_2_recording_loads_with_the_control_columns_null(tmp_path):
+    states = _write(tmp_path / "rec")
+    periods = pq.read_table(tmp_path / "rec" / "periods.parquet")
+    added = [c.name for c in SCHEMA["periods"] if c.since > 2]
+    assert added == ["control_hold", "control_target", "control_log_prob"]
+    pq.write_table(periods.drop(added), tmp_path / "rec" / "periods.parquet")
+    meta = json.loads((tmp_path / "rec" / "meta.json").read_text())
+    (tmp_path / "rec" / "meta.json").write_text(json.dumps({**meta, "schema_version": 2}))
+    recording = load(tmp_path / "rec")
+    for name in added:
+        assert recording.tables["periods"].column(name).null_count == len(states)
+    assert recording.state(0).same_as(states[0])
+    assert load(SHIPPED_DIR / SHIPPED_SPLIT["test"][0]).meta["schema_version"] == 2  # the shipped dataset: v2

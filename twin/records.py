@@ -38,8 +38,12 @@ from twin.flow import FIVE_TUPLE_DTYPE
 from twin.migration import Action
 from twin.state import ClusterState, StateError
 
-SCHEMA_VERSION = 2
-"""2: the flows table gains `queued_packets` and `drain_packets` (the NF's per-flow queue at t)."""
+SCHEMA_VERSION = 3
+"""2: the flows table gains `queued_packets` and `drain_packets` (the NF's per-flow queue at t); 3: the periods
+table gains the control head's draw (`control_*`)."""
+OLDEST_READABLE_VERSION = 2
+"""A version-2 recording loads with the columns added since null (`_upgrade`); a version-1 one is refused: without
+the per-flow queue its moves' drain waits cannot be told apart (twin.physics)."""
 META_FILE = "meta.json"
 MOVE_OUTCOMES = ("done", "rolled_back", "rollback_failed", "skipped", "not_executed")
 """A planned move's outcome: the executor's four, or `not_executed` (a dry-run, an infeasible or failed
@@ -65,6 +69,8 @@ class Column:
     unit: str
     doc: str
     nullable: bool = False
+    since: int = 1
+    """The schema version that added the column (nullable when > 1: older recordings load it as null)."""
 
 
 def _cols(*specs: tuple) -> tuple[Column, ...]:
@@ -103,6 +109,11 @@ SCHEMA: dict[str, tuple[Column, ...]] = {
         ("packets_dropped", _I, "packets", "packets the NF instances dropped during the period", True),
         ("sink_packets", _I, "packets", "packets of every flow the sink received during the period", True),
         ("sink_delay_ms", _F, "ms", "their mean one-way delay, source to sink", True),
+        ("control_hold", _B, "-", "the control head's draw (gnn_policy.control): hold or act; null without one",
+         True, 3),
+        ("control_target", _F, "-", "the target utilisation of an act; null when holding or without a draw",
+         True, 3),
+        ("control_log_prob", _F, "-", "log π(a | s) of the draw under the weights that drew it", True, 3),
     ),
     "instances": _cols(
         ("period", _I, "-", "period t"),
@@ -137,8 +148,10 @@ SCHEMA: dict[str, tuple[Column, ...]] = {
         ("delay_packets", _I, "packets", "the flow's packets the sink received during the period (null: none)",
          True),
         ("delay_ms", _F, "ms", "their mean one-way delay, source to sink", True),
-        ("queued_packets", _I, "packets", "its frames in its instance's buffer at t (NF report; null: none)", True),
-        ("drain_packets", _I, "packets", "frames its instance serves until its last queued one is (0: none)", True),
+        ("queued_packets", _I, "packets", "its frames in its instance's buffer at t (NF report; null: none)", True,
+         2),
+        ("drain_packets", _I, "packets", "frames its instance serves until its last queued one is (0: none)", True,
+         2),
         ("is_ipv6", _B, "-", "the flow's addresses are IPv6 ones (src_ip6, dst_ip6)"),
         ("src_ip6", _S, "-", "IPv6 source address in its text form; empty for IPv4"),
         ("dst_ip6", _S, "-", "IPv6 destination address in its text form; empty for IPv4"),
@@ -201,6 +214,9 @@ class PeriodRecord:
     flow_queues: Mapping[str, tuple[int, int]] | None = None
     """Flow id -> (queued packets, drain packets) at its instance at t; a flow not listed has none queued.
     None: not reported (both columns null)."""
+    control: Mapping[str, object] | None = None
+    """The control head's draw behind the decision: {"hold", "target", "log_prob"} (gnn_policy.base.ControlDraw);
+    with the period's state it is what recomputing log π(a | s) under other weights needs (dm-demo --learn)."""
 
 
 def period_rows(state: ClusterState, record: PeriodRecord = PeriodRecord()) -> dict[str, list[dict]]:
@@ -214,7 +230,8 @@ def period_rows(state: ClusterState, record: PeriodRecord = PeriodRecord()) -> d
                "decision_ms": float(record.decision_ms), "execution_ms": float(record.execution_ms),
                **_costs("predicted", PREDICTED, record.predicted), **_costs("measured", MEASURED, record.measured),
                "packets_dropped": dropped, "sink_packets": None if record.sink is None else int(record.sink[0]),
-               "sink_delay_ms": None if record.sink is None else float(record.sink[1])}
+               "sink_delay_ms": None if record.sink is None else float(record.sink[1]),
+               **_control(record.control)}
     instances = []
     for k, instance in enumerate(ids):
         packets = (counters or {}).get(instance)
@@ -247,6 +264,14 @@ def _queue_cells(queues: Mapping[str, tuple[int, int]] | None, flow: str) -> dic
     queued, drain = (None, None) if queues is None else queues.get(flow, (0, 0))
     return {"queued_packets": None if queued is None else int(queued),
             "drain_packets": None if drain is None else int(drain)}
+
+
+def _control(draw: Mapping[str, object] | None) -> dict:
+    if draw is None:
+        return {"control_hold": None, "control_target": None, "control_log_prob": None}
+    target = draw.get("target")
+    return {"control_hold": bool(draw["hold"]), "control_target": None if target is None else float(target),
+            "control_log_prob": float(draw["log_prob"])}
 
 
 def _costs(prefix: str, names: tuple[str, ...], costs: Mapping[str, float] | None) -> dict:
@@ -414,6 +439,7 @@ def load(directory: str | os.PathLike) -> Recording:
             table = pq.read_table(path)
         except (pa.ArrowException, OSError, ValueError) as error:
             raise RecordingError(f"{path}: not a readable Parquet file: {error}") from None
+        table = _upgrade(name, table, meta["schema_version"])
         _check_table(name, table, path)
         tables[name] = table
     _check_keys(tables, directory)
@@ -441,10 +467,19 @@ def _read_meta(path: Path) -> dict:
     if not isinstance(meta, dict):
         raise RecordingError(f"{path}: must hold a JSON object")
     version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise RecordingError(f"{path}: schema_version {version!r}, this code reads version {SCHEMA_VERSION} only "
-                             f"(record it again with this version)")
+    if type(version) is not int or not OLDEST_READABLE_VERSION <= version <= SCHEMA_VERSION:
+        raise RecordingError(f"{path}: schema_version {version!r}, this code reads versions "
+                             f"{OLDEST_READABLE_VERSION} to {SCHEMA_VERSION} (record it again with this version)")
     return meta
+
+
+def _upgrade(name: str, table: pa.Table, version: int) -> pa.Table:
+    """A table of an older schema version with the columns added since, all null."""
+    for column in SCHEMA[name]:
+        if column.since > version and column.name not in table.column_names:
+            table = table.append_column(pa.field(column.name, column.type, nullable=True),
+                                        pa.nulls(table.num_rows, column.type))
+    return table
 
 
 def _field(value):
