@@ -252,6 +252,7 @@ class CalibratedTwin(FlowTwin):
         super().__init__(params, thresholds)
         self.fitted = fitted
         self._memo: tuple[Past, np.ndarray, np.ndarray, float] | None = None
+        self._pair_params: dict[tuple[str, str], CostParams] = {}
 
     def _traffic(self, past: Past) -> tuple[np.ndarray, np.ndarray, float]:
         """(last rates, mean rates, new load per period) of the origin, computed once per rollout."""
@@ -290,6 +291,15 @@ class CalibratedTwin(FlowTwin):
         buffer = np.maximum(self._instances(past, "buffer_ratio") * past.buffer, queue)  # it holds what it holds
         return fluid(queue, self.fitted.arrival_ratio * load, service, buffer, past.period_s)
 
+    def _move_params(self, src: str, dst: str) -> CostParams:
+        """The pair's fitted a + b·n as cost parameters, made once per pair (a checked CostParams per move
+        was most of the look-ahead's scoring time)."""
+        key = (src, dst)
+        if key not in self._pair_params:
+            fit = self.fitted.move(src, dst)
+            self._pair_params[key] = CostParams(migration_base_ms=fit.a_ms, migration_per_flow_ms=fit.b_ms)
+        return self._pair_params[key]
+
     def move_ms(self, past, action, state, j):
         ids, n = past.instance_ids, len(past.instance_ids)
         pair = action.src * n + action.dst
@@ -297,9 +307,7 @@ class CalibratedTwin(FlowTwin):
             if pair.size else pair
         out = np.empty(pair.size)
         for k, (src, dst) in enumerate(zip(action.src.tolist(), action.dst.tolist())):
-            fit = self.fitted.move(ids[src], ids[dst])
-            out[k] = cost.batch_migration_ms(batch[k], CostParams(migration_base_ms=fit.a_ms,
-                                                                  migration_per_flow_ms=fit.b_ms))
+            out[k] = cost.batch_migration_ms(batch[k], self._move_params(ids[src], ids[dst]))
         waits = moved_flow_waits(past.flow_table() if j == 0 else None, state, action)
         return out + self.fitted.move_drain_factor * batch_wait_ms(waits, np.ones(waits.size, bool))
 
