@@ -121,12 +121,17 @@ def test_generate_interrupted_in_process_leaves_nothing_behind(capsys, tmp_path,
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_generate_killed_by_a_signal_leaves_the_old_file_and_no_partial_one(tmp_path, signum):
     """The failure as reported: Ctrl-C during a long `dm-trace generate` left a traceback and a partial
-    file."""
+    file. The command starts with SIGINT live, as from a terminal: a suite run in the background by a shell
+    without job control (`nohup make test &`) inherits SIGINT ignored, and so would the command."""
     existing = precious(tmp_path / "existing.pcap")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "trace_replay.cli", "generate", "--out", str(existing), "--seconds", "100000",
-         "--seed", "1"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # a caught signal is reset on exec
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "trace_replay.cli", "generate", "--out", str(existing), "--seconds", "100000",
+             "--seed", "1"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and existing.stat().st_size == len(PRECIOUS) and not any(
             p.stat().st_size > 0 for p in tmp_path.glob(f".{existing.name}.*")):
