@@ -8,10 +8,10 @@ import json
 
 import pytest
 import webob
-from ryu.app.wsgi import WSGIApplication
 
 from controller_app import rest
 from tests.controller_rig import make_rig, run_period
+from tests.rest_rig import rest_api
 
 TOKEN = "in-process-test-token"
 PREFIX = "/deepmigration/v1"
@@ -21,9 +21,7 @@ PREFIX = "/deepmigration/v1"
 def app(tmp_path):
     """The API of a controller that has seen one period (so it has a state to check actions against)."""
     rig = make_rig(tmp_path, token=TOKEN)
-    run_period(rig, {})
-    wsgi = WSGIApplication()
-    rest.register(wsgi, rig.controller)
+    wsgi = rest_api(rig)
     wsgi.rig = rig
     return wsgi
 

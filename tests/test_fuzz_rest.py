@@ -13,10 +13,10 @@ import webob
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ryu.app.wsgi import WSGIApplication
 
 from controller_app import rest
-from tests.controller_rig import make_rig, run_period
+from tests.controller_rig import make_rig
+from tests.rest_rig import rest_api
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[1] / "docs" / "openapi.yaml").read_text())
 TOKEN = "fuzzing-token-0123456789"
@@ -53,11 +53,7 @@ bodies = (st.builds(lambda v: json.dumps(v).encode(), json_values | config_chang
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    rig = make_rig(tmp_path_factory.mktemp("fuzz"), token=TOKEN)
-    run_period(rig, {})
-    wsgi = WSGIApplication()
-    rest.register(wsgi, rig.controller)
-    return wsgi
+    return rest_api(make_rig(tmp_path_factory.mktemp("fuzz"), token=TOKEN))
 
 
 def _documented(path: str, method: str) -> set[int]:

@@ -9,11 +9,11 @@ import re
 
 import pytest
 import webob
-from ryu.app.wsgi import WSGIApplication
 
 from controller_app import rest, views
 from controller_app.steering import flow_key
-from tests.controller_rig import land, make_rig, run_period, tuple_n
+from tests.controller_rig import land, make_rig, tuple_n
+from tests.rest_rig import rest_api
 from twin.flow import FiveTuple
 
 FLOWS = 25
@@ -24,10 +24,7 @@ def api(tmp_path):
     rig = make_rig(tmp_path)
     for n in range(FLOWS):
         land(rig, tuple_n(n), ("nf1", "nf2")[n % 2])
-    run_period(rig, {})
-    wsgi = WSGIApplication()
-    rest.register(wsgi, rig.controller)
-    return rig, wsgi
+    return rig, rest_api(rig)
 
 
 def get(wsgi, path: str) -> webob.Response:

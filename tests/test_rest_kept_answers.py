@@ -7,10 +7,10 @@ import json
 
 import pytest
 import webob
-from ryu.app.wsgi import WSGIApplication
 
 from controller_app import rest, views
 from tests.controller_rig import land, make_rig, overload_nf1, run_period, tuple_n
+from tests.rest_rig import rest_api
 
 TOKEN = "kept-answers-test-token"
 PREFIX = "/deepmigration/v1"
@@ -23,10 +23,7 @@ READS = {"/state": lambda c: views.state_view(c), "/instances": lambda c: views.
 @pytest.fixture
 def api(tmp_path):
     rig = make_rig(tmp_path, token=TOKEN)
-    run_period(rig, {})
-    wsgi = WSGIApplication()
-    rest.register(wsgi, rig.controller)
-    return rig, wsgi
+    return rig, rest_api(rig)
 
 
 def get(wsgi, path: str) -> bytes:
