@@ -3,7 +3,7 @@
     git worktree add --detach /tmp/before <commit>
     .venv/bin/python benchmarks/bench_agent_turns.py /tmp/before . --rounds 6 -- --threads 1 --clock cpu --repeats 30
 
-Runs the benchmark in BEFORE, then in AFTER (each with its own PYTHONPATH), `--rounds` times, and prints every
+Runs the benchmark (with the arguments after `--`) in BEFORE, then in AFTER (each with its own PYTHONPATH), `--rounds` times, and prints every
 line's p50 per round and, per line, the median over the rounds of each side and their ratio (after / before):
 other jobs slow both sides alike within a round, and the median leaves out the rounds they hit hardest. The
 machine's load average is printed before each run.
@@ -36,8 +36,10 @@ def main() -> None:
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("bench_args", nargs="*", help="passed to bench_agent.py (after --)")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    bench_args = argv[split + 1:]
     for checkout in (args.before, args.after):
         if not (checkout / "benchmarks" / "bench_agent.py").is_file():
             parser.error(f"{checkout} has no benchmarks/bench_agent.py")
@@ -45,7 +47,7 @@ def main() -> None:
     for r in range(args.rounds):
         for side, checkout in (("before", args.before), ("after", args.after)):
             load = os.getloadavg()[0]
-            p50s = run(checkout.resolve(), args.bench_args)
+            p50s = run(checkout.resolve(), bench_args)
             print(f"round {r + 1} {side:6s} (load average {load:.2f}): "
                   + ", ".join(f"{label} {p50:.2f}" for label, p50 in p50s.items()), flush=True)
             for label, p50 in p50s.items():
