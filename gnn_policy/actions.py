@@ -23,6 +23,7 @@ two actions is better.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -128,26 +129,37 @@ def _fractions(net: GNPolicyNet, chosen: torch.Tensor, edge_p: torch.Tensor) -> 
 
 def _slices(graphs: Sequence[Data]) -> list[tuple[slice, slice]]:
     """The nodes and the edges of each graph in the collated graph."""
-    node_start = np.cumsum([0, *(graph.x.size(0) for graph in graphs)]).tolist()
-    edge_start = np.cumsum([0, *(graph.edge_index.size(1) for graph in graphs)]).tolist()
+    node_start = list(itertools.accumulate((graph.x.size(0) for graph in graphs), initial=0))
+    edge_start = list(itertools.accumulate((graph.edge_index.size(1) for graph in graphs), initial=0))
     return [(slice(node_start[g], node_start[g + 1]), slice(edge_start[g], edge_start[g + 1]))
             for g in range(len(graphs))]
 
 
 def _requests(view: GraphView, drawn: np.ndarray, mean: np.ndarray,
               destinations: Sequence[int]) -> tuple[LoadRequest, LoadRequest]:
-    """`Sample.request` from the drawn fractions and `Sample.mean_request` from the mean ones."""
-    return request_of(view, drawn, destinations), netted(request_of(view, mean, destinations))
+    """`Sample.request` from the drawn fractions and `Sample.mean_request` from the mean ones (the edges' instances
+    looked up once for both)."""
+    edges = _edge_instances(view)
+    return (request_of(view, drawn, destinations, edges),
+            netted(request_of(view, mean, destinations, edges)))
 
 
-def request_of(view: GraphView, fractions: np.ndarray, destinations: Sequence[int]) -> LoadRequest:
-    """The loads asked for by a fraction of the sender's load per edge and a destination node per drained
-    instance, in the state's instance indices (what `translate` takes)."""
+def _edge_instances(view: GraphView) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The view's node → instance map, each edge's sender and receiver instance and the sender's load."""
     nodes = view.graph.instance_index.numpy()
     senders, receivers = view.graph.edge_index.numpy()
-    src, dst = nodes[senders], nodes[receivers]
+    src = nodes[senders]
+    return nodes, src, nodes[receivers], view.state.load_pps[src]
+
+
+def request_of(view: GraphView, fractions: np.ndarray, destinations: Sequence[int],
+               edges: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> LoadRequest:
+    """The loads asked for by a fraction of the sender's load per edge and a destination node per drained
+    instance, in the state's instance indices (what `translate` takes). `edges`: `_edge_instances(view)`, computed
+    here when not given."""
+    nodes, src, dst, sender_load = _edge_instances(view) if edges is None else edges
     amounts = np.zeros((view.state.n_instances, view.state.n_instances))
-    amounts[src, dst] = fractions * view.state.load_pps[src]
+    amounts[src, dst] = fractions * sender_load
     return LoadRequest(amounts, tuple((v, int(nodes[k])) for v, k in zip(view.drained, destinations)))
 
 
@@ -167,6 +179,8 @@ def _drains(view: GraphView, node_logits: torch.Tensor, greedy: bool, generator:
             given: tuple[int, ...] | None) -> tuple[tuple[int, ...], torch.Tensor]:
     """Destination nodes of the removed instances, drawn without replacement while nodes remain."""
     log_p = node_logits.new_zeros(())
+    if not view.drained:
+        return (), log_p
     destinations = []
     taken = torch.zeros_like(node_logits, dtype=torch.bool)
     for d, _ in enumerate(view.drained):

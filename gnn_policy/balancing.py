@@ -63,32 +63,65 @@ def settle(plan: Plan, balanced: float, ceiling: float) -> None:
     the variance counts) is a fraction of it. At most N moves in all: a finish, not a balancer of its own (the
     request, fitted to the balance by `fit_to_balance`, does the bulk). Chosen on Python floats and lists and
     handed to the plan at the end, as in `gnn_policy.translator`'s shedding."""
-    state = plan.state
-    n = state.n_instances
-    capacity = state.capacity.tolist()
-    weight = [c ** -2.0 for c in capacity]
-    deviation = surplus_above(plan.load, state.capacity, plan.active, balanced).tolist()
-    # How far from the balanced load each instance started: where it may end, on either side.
-    reach = np.abs(surplus_above(state.load_pps, state.capacity, plan.active, balanced)).tolist()
-    room = [ceiling * c - load for c, load in zip(capacity, plan.load.tolist())]
-    buffer_free = (state.buffer - state.queue - plan.incoming).tolist()
-    latencies = state.migration_ms.tolist()
-    # The unmoved flows of each instance looked at, by rate (kept up to date as they move).
-    offers: dict[int, tuple[list[float], list[int]]] = {}
-    moves: tuple[list[int], list[int], list[float]] = ([], [], [])
-    # (gain, position in i's offer) of the best flow from i to k, while neither has changed since.
-    pair_moves: dict[tuple[int, int], tuple[float, int]] = {}
+    settling = _Settling(plan, balanced, ceiling)
+    for _ in range(plan.state.n_instances):
+        best = settling.best_move()
+        if best is None or not settling.move(*best):
+            break
+    plan.move_all(*settling.moves)
 
-    def best_flow(i: int, k: int) -> tuple[float, int]:
-        if i not in offers:
-            flows = plan.movable_flows(i)
+
+class _Settling:
+    """`settle`'s bookkeeping: each instance's deviation from the balanced load, the instances ranked by it, and
+    the best flow of each (above, below) pair looked at, kept until one of the pair changes."""
+
+    def __init__(self, plan: Plan, balanced: float, ceiling: float):
+        state = plan.state
+        self.plan = plan
+        capacity = state.capacity.tolist()
+        self.weight = [c ** -2.0 for c in capacity]
+        self.deviation = surplus_above(plan.load, state.capacity, plan.active, balanced).tolist()
+        # How far from the balanced load each instance started: where it may end, on either side.
+        self.reach = np.abs(surplus_above(state.load_pps, state.capacity, plan.active, balanced)).tolist()
+        self.room = [ceiling * c - load for c, load in zip(capacity, plan.load.tolist())]
+        self.buffer_free = (state.buffer - state.queue - plan.incoming).tolist()
+        # (deviation, instance), ascending: the order of a stable sort of the instances by deviation
+        self.ranked = sorted(zip(self.deviation, range(state.n_instances)))
+        # The unmoved flows of each instance looked at, by rate (kept up to date as they move), and the migration
+        # latencies from it.
+        self.offers: dict[int, tuple[list[float], list[int], list[float]]] = {}
+        # (gain, position in i's offer) of the best flow from i to k, while neither has changed since.
+        self.pair_moves: dict[tuple[int, int], tuple[float, int]] = {}
+        self.moves: tuple[list[int], list[int], list[float]] = ([], [], [])
+
+    def best_move(self) -> tuple[int, int, int] | None:
+        """(i, position in i's offer, k) of the flow that lowers the variance most among the furthest pairs."""
+        deviation, ranked, pair_moves = self.deviation, self.ranked, self.pair_moves
+        above = [i for _, i in reversed(ranked[-SETTLE_PAIRS:]) if deviation[i] > 0.0]
+        below = [k for _, k in ranked[:SETTLE_PAIRS] if deviation[k] < 0.0]
+        best_gain, best = 0.0, None
+        for i in above:
+            for k in below:
+                if (move := pair_moves.get((i, k))) is None:
+                    move = pair_moves[i, k] = self.best_flow(i, k)
+                if move[0] > best_gain:
+                    best_gain, best = move[0], (i, move[1], k)
+        return best
+
+    def best_flow(self, i: int, k: int) -> tuple[float, int]:
+        """(gain, position in i's offer) of the flow from i to k that lowers the variance most; (0, −1) if none
+        fits."""
+        if (offer := self.offers.get(i)) is None:
+            state = self.plan.state
+            flows = self.plan.movable_flows(i)
             flows = flows[np.argsort(state.rate[flows], kind="stable")]
-            offers[i] = (state.rate[flows].tolist(), flows.tolist())
-        rates = offers[i][0]
-        d_i, w_i, d_k, w_k, latency = deviation[i], weight[i], deviation[k], weight[k], latencies[i][k]
-        fitting = bisect.bisect_left(rates, min(d_i + reach[i], reach[k] - d_k, room[k]))
+            offer = self.offers[i] = (state.rate[flows].tolist(), flows.tolist(), state.migration_ms[i].tolist())
+        rates, latency = offer[0], offer[2][k]
+        deviation, weight, reach = self.deviation, self.weight, self.reach
+        d_i, w_i, d_k, w_k = deviation[i], weight[i], deviation[k], weight[k]
+        fitting = bisect.bisect_left(rates, min(d_i + reach[i], reach[k] - d_k, self.room[k]))
         if latency > 0.0:
-            fitting = min(fitting, bisect.bisect_right(rates, cost.largest_rate_buffered(buffer_free[k], latency)))
+            fitting = min(fitting, bisect.bisect_right(rates, cost.largest_rate_buffered(self.buffer_free[k], latency)))
         nearest = bisect.bisect_left(rates, (d_i * w_i - d_k * w_k) / (w_i + w_k), hi=fitting)
         best_gain, best = 0.0, -1
         for j in (nearest - 1, nearest):
@@ -99,33 +132,24 @@ def settle(plan: Plan, balanced: float, ceiling: float) -> None:
                     best_gain, best = gain, j
         return best_gain, best
 
-    for _ in range(n):
-        order = sorted(range(n), key=deviation.__getitem__)
-        above = [i for i in reversed(order[-SETTLE_PAIRS:]) if deviation[i] > 0.0]
-        below = [k for k in order[:SETTLE_PAIRS] if deviation[k] < 0.0]
-        best_gain, best = 0.0, None
-        for i in above:
-            for k in below:
-                if (i, k) not in pair_moves:
-                    pair_moves[i, k] = best_flow(i, k)
-                gain, j = pair_moves[i, k]
-                if gain > best_gain:
-                    best_gain, best = gain, (i, j, k)
-        if best is None:
-            break
-        i, j, k = best
-        rates, flows = offers[i]
+    def move(self, i: int, j: int, k: int) -> bool:
+        """Move the flow at position j of i's offer to k, if its buffered packets fit k's buffer; whether it
+        moved."""
+        rates, flows, latency = self.offers[i]
         rate = rates[j]
-        packets = cost.packets_buffered_during_move(rate, latencies[i][k])
-        if packets > buffer_free[k]:
-            break
-        for values, value in zip(moves, (flows[j], k, packets)):
+        packets = cost.packets_buffered_during_move(rate, latency[k])
+        if packets > self.buffer_free[k]:
+            return False
+        for values, value in zip(self.moves, (flows[j], k, packets)):
             values.append(value)
         del rates[j], flows[j]
-        deviation[i] -= rate
-        deviation[k] += rate
-        room[i] += rate
-        room[k] -= rate
-        buffer_free[k] -= packets
-        pair_moves = {pair: move for pair, move in pair_moves.items() if i not in pair and k not in pair}
-    plan.move_all(*moves)
+        deviation, ranked = self.deviation, self.ranked
+        for instance, change in ((i, -rate), (k, rate)):
+            del ranked[bisect.bisect_left(ranked, (deviation[instance], instance))]
+            deviation[instance] += change
+            bisect.insort(ranked, (deviation[instance], instance))
+        self.room[i] += rate
+        self.room[k] -= rate
+        self.buffer_free[k] -= packets
+        self.pair_moves = {pair: move for pair, move in self.pair_moves.items() if i not in pair and k not in pair}
+        return True

@@ -64,8 +64,7 @@ class Plan:
         that passes OFM's test (`ofm_fits`) also passes constraint (5).
         """
         flows = np.asarray(flows, dtype=np.int64)
-        return (self.buffer_packets(flows, dst)
-                + self.state.rate[flows] * 2.0 * self.state.processing_ms[dst] / 1000.0)
+        return ofm_need(self.buffer_packets(flows, dst), self.state.rate[flows], self.state.processing_ms[dst])
 
     def ofm_fits(self, dst: np.ndarray | int, need: np.ndarray | float) -> np.ndarray:
         """OFM's buffer safety: the demand reserved at `dst` stays within its free buffer B_j − q_j."""
@@ -144,6 +143,12 @@ class Plan:
         idle = np.flatnonzero(~self.active & ~self.state.active)
         order = np.lexsort((idle, self.state.migration_ms[src, idle], -self.state.capacity[idle]))
         return idle[order]
+
+
+def ofm_need(packets, rate, processing_ms):
+    """`Plan.ofm_need` from a move's size_f (`packets`), the flow's rate and the destination's processing latency:
+    for arrays or for single Python floats (OFM's load balancing tests one destination at a time)."""
+    return packets + rate * 2.0 * processing_ms / 1000.0
 
 
 def names(state: ClusterState, instances) -> str:

@@ -107,7 +107,7 @@ def translate(state: ClusterState, request: LoadRequest, params: CostParams = Co
 class _Shedding:
     """The senders' moves of `translate`, chosen on Python floats and lists of its own and handed to the plan at
     the end (`commit`): numpy's per-call overhead on single flows and a few receivers would cost more than the
-    choices."""
+    choices. Every list is indexed by instance."""
 
     def __init__(self, plan: Plan, intake: np.ndarray, ceiling: float, above_balance: np.ndarray | None):
         state = plan.state
@@ -118,9 +118,10 @@ class _Shedding:
         self.load = plan.load.tolist()
         self.load_limit = (ceiling * state.capacity).tolist()
         self.buffer_free = (state.buffer - state.queue - plan.incoming).tolist()
-        # load balancing: packets/s each instance is above the balanced load (negative below it); no move may
-        # leave an instance further from it than it was
-        self.above_balance = above_balance.tolist() if self.exact else None
+        self.active = plan.active.tolist()
+        # load balancing: packets/s each instance is below the balanced load (negative above it); no move may
+        # leave an instance further from it than it was (inf: no such limit)
+        self.short = (-above_balance).tolist() if self.exact else [math.inf] * state.n_instances
         # flows, destinations and buffered packets of the moves so far, for `commit`
         self.moves: tuple[list[int], list[int], list[float]] = ([], [], [])
 
@@ -137,6 +138,7 @@ class _Shedding:
         less than what is left is welcome. Load balancing (`exact`) aims at the balanced load itself: a flow is
         kept only while the total stays within `total`, then the one flow that brings it closest, if any."""
         sender = _Sender(self, s, receivers)
+        exact = self.exact
         remaining = total
         shed_any = False
         for f, rate in zip(flows, rates):
@@ -144,52 +146,48 @@ class _Shedding:
                 break
             # a flow that would not bring the total closer (exact: that would pass it), or that exceeds every
             # receiver's room, stays
-            too_large = rate > remaining if self.exact else rate >= 2.0 * remaining
-            if rate <= 0.0 or too_large or rate >= sender.largest:
+            if rate <= 0.0 or (rate > remaining if exact else rate >= 2.0 * remaining) or rate >= sender.largest:
                 continue
-            if (j := sender.receiver(rate)) >= 0:
-                sender.move(f, rate, j)
+            if sender.take(f, rate):
                 remaining -= rate
                 shed_any = True
-        if self.exact and remaining > 0.0:
+        if exact and remaining > 0.0:
             shed_any |= sender.close_gap(flows, rates, remaining)
         if shed_any:
             sender.clear_ceiling(flows, rates)
 
 
 class _Sender:
-    """One sender's shedding (`_Shedding.shed`): what each of its receivers can still take below the ceiling,
-    in its buffer and towards the balanced load, and what it is still asked for, kept up to date as flows move."""
+    """One sender's shedding (`_Shedding.shed`): what each of its receivers can still take below the ceiling (its
+    room, from the sender's start), in its buffer and towards the balanced load, and what it is still asked for,
+    kept up to date as flows move."""
 
     def __init__(self, shedding: _Shedding, s: int, receivers: list[int]):
-        self.shedding, self.s, self.receivers = shedding, s, receivers
-        above, load = shedding.above_balance, shedding.load
-        from_s = shedding.plan.state.migration_ms[s].tolist()
+        self.shedding, self.s = shedding, s
+        self.latency = shedding.plan.state.migration_ms[s].tolist()
         self.moved: set[int] = set()
-        self.room = [shedding.load_limit[r] - load[r] for r in receivers]
-        self.buffer_room = [shedding.buffer_free[r] for r in receivers]
-        self.short = [-above[r] for r in receivers] if shedding.exact else [math.inf] * len(receivers)
-        self.latency = [from_s[r] for r in receivers]
-        self.asked = [shedding.intake[r] for r in receivers]
-        self.ranking = sorted((self.asked[j], j) for j in range(len(receivers)))
+        self.room = [limit - load for limit, load in zip(shedding.load_limit, shedding.load)]
+        intake, short = shedding.intake, shedding.short
+        # (asked, receiver) pairs, ascending: best fit's search order, ties to the lowest instance
+        self.ranking = sorted((intake[r], r) for r in receivers)
         # no flow this large fits any receiver: a quick test before `_receiver`'s search, tightened to every rate
         # that fitted none (moves only shrink what receivers can take, and a larger flow fits no better)
-        self.largest = min(max(self.room), 2.0 * max(self.short))
+        self.largest = min(max(self.room[r] for r in receivers), 2.0 * max(short[r] for r in receivers))
 
-    def receiver(self, rate: float) -> int:
-        """`_receiver` of a flow of `rate` among this sender's receivers."""
-        j = _receiver(rate, self.latency, self.room, self.buffer_room, self.short, self.asked, self.ranking)
-        if j < 0:
+    def take(self, f: int, rate: float) -> bool:
+        """Move flow `f` of `rate` to the receiver `_receiver` picks, starting it if it is not active; whether it
+        fitted one."""
+        shedding, ranking, latency = self.shedding, self.ranking, self.latency
+        intake, buffer_free, short = shedding.intake, shedding.buffer_free, shedding.short
+        r = _receiver(rate, latency, self.room, buffer_free, short, intake, ranking)
+        if r < 0:
             self.largest = min(self.largest, rate)
-        return j
-
-    def move(self, f: int, rate: float, j: int) -> None:
-        """Move flow `f` of `rate` to receiver `j`, starting it if it is not active."""
-        shedding, s, r = self.shedding, self.s, self.receivers[j]
-        plan, load = shedding.plan, shedding.load
-        if not plan.active[r]:
-            plan.start(r)
-        packets = cost.packets_buffered_during_move(rate, self.latency[j])
+            return False
+        if not shedding.active[r]:
+            shedding.plan.start(r)
+            shedding.active[r] = True
+        s, load = self.s, shedding.load
+        packets = cost.packets_buffered_during_move(rate, latency[r])
         self.moved.add(f)
         moved_flows, moved_dst, moved_packets = shedding.moves
         moved_flows.append(f)
@@ -197,29 +195,22 @@ class _Sender:
         moved_packets.append(packets)
         load[s] -= rate
         load[r] += rate
-        shedding.buffer_free[r] -= packets
-        self.room[j] -= rate
-        self.buffer_room[j] -= packets
-        self.short[j] -= rate
-        if shedding.exact:
-            shedding.above_balance[r] += rate
-            shedding.above_balance[s] -= rate
-        ranking, asked = self.ranking, self.asked
-        del ranking[bisect.bisect_left(ranking, (asked[j], j))]
-        asked[j] -= rate
-        shedding.intake[r] -= rate
-        bisect.insort(ranking, (asked[j], j))
+        buffer_free[r] -= packets
+        self.room[r] -= rate
+        short[r] -= rate
+        short[s] += rate
+        del ranking[bisect.bisect_left(ranking, (intake[r], r))]
+        intake[r] -= rate
+        bisect.insort(ranking, (intake[r], r))
+        return True
 
     def close_gap(self, flows: list[int], rates: list[float], remaining: float) -> bool:
         """Load balancing: the one unmoved flow that brings the sender's total closest to its surplus, with
         `remaining` still to send; whether one moved."""
+        moved, limit = self.moved, min(2.0 * remaining, self.largest)
         closing = sorted((abs(remaining - rate), rate, f) for f, rate in zip(flows, rates)
-                         if f not in self.moved and 0.0 < rate < min(2.0 * remaining, self.largest))
-        for _, rate, f in closing:
-            if (j := self.receiver(rate)) >= 0:
-                self.move(f, rate, j)
-                return True
-        return False
+                         if 0.0 < rate < limit and f not in moved)
+        return any(self.take(f, rate) for _, rate, f in closing)
 
     def clear_ceiling(self, flows: list[int], rates: list[float]) -> None:
         """A sender that sheds flows is not left at or above the ceiling by its request's rounding (the levels are
@@ -229,12 +220,11 @@ class _Sender:
         shedding, s = self.shedding, self.s
         excess = shedding.load[s] - shedding.load_limit[s]
         while excess >= 0.0:
-            limit = min(self.largest, 2.0 * shedding.above_balance[s]) if shedding.exact else self.largest
+            limit = min(self.largest, -2.0 * shedding.short[s]) if shedding.exact else self.largest
             left = sorted((rate, f) for f, rate in zip(flows, rates) if f not in self.moved and 0.0 < rate < limit)
             clearing = [flow for flow in left if flow[0] > excess]
             for rate, f in clearing + left[::-1]:
-                if (j := self.receiver(rate)) >= 0:
-                    self.move(f, rate, j)
+                if self.take(f, rate):
                     excess -= rate
                     break
             else:
@@ -243,22 +233,25 @@ class _Sender:
 
 def _receiver(rate: float, latency: list[float], room: list[float], buffer_room: list[float], short: list[float],
               asked: list[float], ranking: list[tuple[float, int]]) -> int:
-    """Position of the receiver a flow of `rate` goes to, among those it fits (below the ceiling: `room`; within
-    the buffer for the packets it buffers while moving; left closer to the balanced load than before: rate <
-    2·`short`): best fit, the one with the least intake still asked of it (`asked`; `ranking` holds the sorted
-    (asked, position) pairs) that is at least `rate`, so that the flow meets a request without passing it and large
+    """The receiver a flow of `rate` goes to, among those it fits (below the ceiling: `room`; within the buffer
+    for the packets it buffers while moving; left closer to the balanced load than before: rate < 2·`short`):
+    best fit, the one with the least intake still asked of it (`asked`; `ranking` holds the sorted (asked,
+    receiver) pairs) that is at least `rate`, so that the flow meets a request without passing it and large
     flows go where they fit; if there is none, the one asked for most, which the flow brings closest. Ties to
-    the lowest position; −1 if it fits none."""
-
-    def fits(j: int) -> bool:
-        return (rate < room[j] and rate < 2.0 * short[j]
-                and cost.packets_buffered_during_move(rate, latency[j]) <= buffer_room[j])
-
+    the lowest receiver; −1 if it fits none."""
     split = bisect.bisect_left(ranking, (rate, -1))
     for position in range(split, len(ranking)):
-        if fits(j := ranking[position][1]):
+        j = ranking[position][1]
+        if (rate < room[j] and rate < 2.0 * short[j]
+                and cost.packets_buffered_during_move(rate, latency[j]) <= buffer_room[j]):
             return j
-    return min((j for _, j in ranking[:split] if fits(j)), key=lambda j: (-asked[j], j), default=-1)
+    best, most = -1, -math.inf
+    # ascending (asked, receiver): the first of the largest asked that fits is the lowest receiver
+    for wanted, j in ranking[:split]:
+        if (wanted > most and rate < room[j] and rate < 2.0 * short[j]
+                and cost.packets_buffered_during_move(rate, latency[j]) <= buffer_room[j]):
+            best, most = j, wanted
+    return best
 
 
 def _drain(plan: Plan, v: int, preferred: int, draining: np.ndarray) -> None:

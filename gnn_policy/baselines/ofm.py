@@ -18,7 +18,7 @@ import networkx as nx
 import numpy as np
 
 from gnn_policy.base import Decision, Policy, Problem
-from gnn_policy.plan import Plan, names
+from gnn_policy.plan import Plan, names, ofm_need
 from twin import cost
 from twin.migration import IndexedAction
 from twin.scenario import ScenarioKind
@@ -222,14 +222,15 @@ def _lb_placements(plan: Plan, picks: np.ndarray, light: np.ndarray,
     """OFM load balancing's step 2: each pick, in order, onto the lightest light instance (then the lowest index)
     where it passes the SLA test and stays within the average utilisation, OFM's buffer safety (`Plan.ofm_fits`)
     and constraint (5) (`Plan.buffer_fits`); the moves (flows, destinations, buffered packets) and how many picks
-    found no light instance. What does not depend on the moves so far is computed once; the rest is kept on Python
-    floats with the light instances ranked by (utilisation, index), so the first that fits is taken."""
+    found no light instance. The SLA test of every pair is computed at once; the rest is kept on Python floats,
+    the buffered packets and OFM's demand of a pair only when its turn comes (most picks take the first light
+    instance they try), with the light instances ranked by (utilisation, index), so the first that fits is taken."""
     state = plan.state
     pair_flows, pair_light = np.repeat(picks, light.size), np.tile(light, picks.size)
     sla_ok = (state.migration_ms[state.assignment[pair_flows], pair_light]
               <= state.sla_ms[pair_flows] - state.processing_ms[pair_light]).reshape(-1, light.size).tolist()
-    packets = plan.buffer_packets(pair_flows, pair_light).reshape(-1, light.size).tolist()
-    need = plan.ofm_need(pair_flows, pair_light).reshape(-1, light.size).tolist()
+    latency = {s: state.migration_ms[s, light].tolist() for s in np.unique(state.assignment[picks]).tolist()}
+    processing = state.processing_ms[light].tolist()
     load, capacity = state.load_pps[light].tolist(), state.capacity[light].tolist()
     queue, buffer = state.queue[light].tolist(), state.buffer[light].tolist()
     free = (state.buffer[light] - state.queue[light]).tolist()
@@ -237,20 +238,23 @@ def _lb_placements(plan: Plan, picks: np.ndarray, light: np.ndarray,
     ranking = sorted((load[j] / capacity[j], index, j) for j, index in enumerate(light.tolist()))
     moves: tuple[list[int], list[int], list[float]] = ([], [], [])
     blocked = 0
-    for i, (f, rate) in enumerate(zip(picks.tolist(), state.rate[picks].tolist())):
-        ok, wants, buffered = sla_ok[i], need[i], packets[i]
+    for i, (f, rate, s) in enumerate(zip(picks.tolist(), state.rate[picks].tolist(),
+                                         state.assignment[picks].tolist())):
+        ok, from_s = sla_ok[i], latency[s]
         for position, (_, index, j) in enumerate(ranking):
-            if (ok[j] and (load[j] + rate) / capacity[j] <= average and reserved[j] + wants[j] <= free[j]
-                    and queue[j] + incoming[j] + buffered[j] <= buffer[j]):
-                break
+            if ok[j] and (load[j] + rate) / capacity[j] <= average:
+                buffered = cost.packets_buffered_during_move(rate, from_s[j])
+                wants = ofm_need(buffered, rate, processing[j])
+                if reserved[j] + wants <= free[j] and queue[j] + incoming[j] + buffered <= buffer[j]:
+                    break
         else:
             blocked += 1
             continue
         del ranking[position]
         load[j] += rate
-        reserved[j] += wants[j]
-        incoming[j] += buffered[j]
+        reserved[j] += wants
+        incoming[j] += buffered
         bisect.insort(ranking, (load[j] / capacity[j], index, j))
-        for values, value in zip(moves, (f, index, buffered[j])):
+        for values, value in zip(moves, (f, index, buffered)):
             values.append(value)
     return moves, blocked
