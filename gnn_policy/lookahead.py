@@ -92,7 +92,8 @@ class LookAhead(Policy):
                 usable.append((label, outcome))
         if not usable:
             return Decision.infeasible("look-ahead: no candidate action is valid")
-        scores = self.twin.score_actions(problem.state, [o.decision.action for _, o in usable], self.k)
+        scores = self.twin.score_actions(problem.state, [o.decision.action for _, o in usable], self.k,
+                                         queues=False)
         costs = predicted_costs([o for _, o in usable], scores)
         best = int(np.argmin(costs))
         label, outcome = usable[best]
