@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tests.helpers import cluster, simulated_dataset
 from tests.strategies import cluster_states, moves
 from twin import cli, cost
+from twin.calibration import CalibratedParams
 from twin.fidelity.evaluate import METRICS, load_dataset
 from twin.fidelity.twins import CalibratedTwin
 from twin.migration import Action as MigrationAction
@@ -21,7 +22,7 @@ from twin.migration import IndexedAction, Migration
 from twin.records import MoveRecord, PeriodRecord, RecordingWriter
 from twin.residual import checkpoint
 from twin.residual.checkpoint import ResidualCheckpointError
-from twin.residual.features import STATE, collate, training_windows
+from twin.residual.features import STATE, StatePast, as_recorded, collate, training_windows
 from twin.residual.model import ResidualConfig, ResidualNet
 from twin.residual.training import FitConfig, FitError, change_scale, component_losses, fit, loss_of
 from twin.residual.twin import ResidualTwin, score_actions
@@ -363,3 +364,16 @@ def test_only_an_unfitted_member_is_taken_for_its_base():
     assert not ResidualNet(ResidualConfig(hidden=8, steps=1, history=2, base=())).members[0].is_base()  # no base
     with pytest.raises(ValueError, match="unknown state components"):
         net.predict(None, ("utilisation", "latency"))
+
+
+@settings(max_examples=20, deadline=None)
+@given(state=cluster_states(max_instances=5, max_flows=12), data=st.data(), k=st.integers(1, 3))
+def test_the_base_twins_states_are_its_rollouts(state, data, k):
+    """What the residual twin reads of its base (`states`: no durations, no costs) is the full rollout's."""
+    base = CalibratedTwin(CalibratedParams())
+    past = StatePast(state)
+    actions = [as_recorded(state, data.draw(moves(state)))] + [as_recorded(state, IndexedAction())] * (k - 1)
+    for full, alone in zip(base.rollout(past, actions), base.states(past, actions), strict=True):
+        for name in ("utilisation", "queue", "drops"):
+            np.testing.assert_array_equal(getattr(alone, name), getattr(full, name))
+        assert alone.costs == {} and alone.migration_ms.size == 0

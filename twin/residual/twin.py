@@ -83,7 +83,7 @@ class ResidualTwin(Twin):
         moves = [recorded_move(origin.state, action) for action in actions]
         steps = self.base.rollout(past, actions)
         inputs = None if self.inputs is None else base_prediction(
-            steps if self.inputs is self.base else self.inputs.rollout(past, actions), past.buffer, len(actions))
+            steps if self.inputs is self.base else self.inputs.states(past, actions), past.buffer, len(actions))
         predicted, graph = self._predict(origin, [moves], len(actions), [inputs], OUTPUTS)
         scores = self._scores(origin, predicted, graph)
         return [replace(step, utilisation=scores.utilisation[0, j], queue=scores.queue[0, j],
@@ -111,7 +111,7 @@ class ResidualTwin(Twin):
         if self.inputs is not None:
             past = state if isinstance(state, Past) else StatePast(state)
             idle = [as_recorded(origin.state, IndexedAction())] * (k - 1)
-            inputs = [base_prediction(self.inputs.rollout(past, [as_recorded(origin.state, action)] + idle),
+            inputs = [base_prediction(self.inputs.states(past, [as_recorded(origin.state, action)] + idle),
                                       past.buffer, k) for action in candidate_actions]
         predicted, graph = self._predict(origin, moves, k, inputs, OUTPUTS if queues else OUTPUTS[:1])
         return self._scores(origin, predicted, graph, queues)
