@@ -189,7 +189,7 @@ def flow_means(past: Past, window: int) -> np.ndarray:
 def fluid(queue: np.ndarray, load: np.ndarray, service: np.ndarray, buffer: np.ndarray,
           step_s: float) -> tuple[np.ndarray, np.ndarray]:
     """twin.sim's fluid queue over one period, on numpy arrays."""
-    after, drops = fluid_queue(*(torch.tensor(np.asarray(a, dtype=float)) for a in (queue, load, service, buffer)),
+    after, drops = fluid_queue(*(torch.from_numpy(np.array(a, dtype=float)) for a in (queue, load, service, buffer)),
                                step_s)
     return after.numpy(), drops.numpy()
 
@@ -267,6 +267,7 @@ class CalibratedTwin(FlowTwin):
         self.fitted = fitted
         self._memo: tuple[Past, np.ndarray, np.ndarray, float] | None = None
         self._pair_params: dict[tuple[str, str], CostParams] = {}
+        self._per_instance: dict[tuple[tuple[str, ...], str], np.ndarray] = {}
 
     def _traffic(self, past: Past) -> tuple[np.ndarray, np.ndarray, float]:
         """(last rates, mean rates, new load per period) of the origin, computed once per rollout."""
@@ -298,7 +299,13 @@ class CalibratedTwin(FlowTwin):
         return survive * carried + fresh * share
 
     def _instances(self, past: Past, name: str) -> np.ndarray:
-        return np.array([getattr(self.fitted.instance(i), name) for i in past.instance_ids])
+        """The fitted `name` of each instance of `past`, made once per set of instances (every period of every
+        candidate the look-ahead scores asks for it)."""
+        key = (tuple(past.instance_ids), name)
+        if key not in self._per_instance:
+            self._per_instance[key] = np.array([getattr(self.fitted.instance(i), name) for i in key[0]])
+            self._per_instance[key].flags.writeable = False
+        return self._per_instance[key]
 
     def advance(self, past, queue, load, active):
         service = np.where(active, self._instances(past, "service_ratio") * past.capacity, 0.0)
