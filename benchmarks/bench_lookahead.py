@@ -8,7 +8,7 @@ look-ahead included; <= 5 ms p50 in Fig. 7's set-up).
    `torch.set_num_threads(--threads)`): p50 and p90 of `decide` for each of `--policies` (default
    `deepmigration` and `deepmigration-lookahead`, shipped k and candidates), taking turns in ten rounds so
    that a shared machine's slow spells hit all alike; then the p50 of the residual twin's scoring of the
-   look-ahead's candidates alone.
+   look-ahead's candidates alone (as the look-ahead asks: the utilisation and threshold penalties only).
 2. The closed loop at N = 40 (36 active + 4 standby instances, one validation window of the sample, seed 100,
    `--periods` periods, no stabilizer): each policy's p50 decision time per period in which a scenario was
    acted on, by `--clock` (wall time, or the thread's CPU time: `bench_agent.CLOCKS`), and the loop's own
@@ -105,8 +105,8 @@ def main() -> None:
     wrapper = policies.get("deepmigration-lookahead")
     if isinstance(wrapper, LookAhead):
         actions = [o.decision.action for o in (wrapper._candidate(c, problem) for c in wrapper.candidates) if o]
-        alone = timed_ms({"twin": lambda: wrapper.twin.score_actions(problem.state, actions, wrapper.k)},
-                         args.repeats)
+        alone = timed_ms({"twin": lambda: wrapper.twin.score_actions(problem.state, actions, wrapper.k,
+                                                                      queues=False)}, args.repeats)
         print(f"  residual twin scoring {len(actions)} candidates, k = {wrapper.k}: "
               f"p50 {np.percentile(alone['twin'], 50):7.2f} ms")
 

@@ -10,8 +10,10 @@ the `Problem` a policy sees (the measured state), never an episode's recorded fu
 A candidate's predicted cost is the closed loop's period cost (`twin.migration.CostBreakdown`: eq. (2) and
 C_R of the action now) plus the cost model's ω penalties (`twin.cost.threshold_penalty`) of each of the k
 periods on the predicted utilisation (`Scores.threshold_penalty`), so every candidate is charged the same
-way; the first period's ω is the breakdown's own. Ties go to the earlier candidate, the wrapped policy's
-action first; a candidate that is the same action as an earlier one is not scored again.
+way; the first period's ω is the breakdown's own. The twin is asked for that utilisation alone
+(`queues=False`), so the members of its network that predict only queues and drops are not run. Ties go to
+the earlier candidate, the wrapped policy's action first; a candidate that is the same action as an earlier
+one is not scored again.
 """
 from __future__ import annotations
 
@@ -92,7 +94,8 @@ class LookAhead(Policy):
                 usable.append((label, outcome))
         if not usable:
             return Decision.infeasible("look-ahead: no candidate action is valid")
-        scores = self.twin.score_actions(problem.state, [o.decision.action for _, o in usable], self.k)
+        scores = self.twin.score_actions(problem.state, [o.decision.action for _, o in usable], self.k,
+                                         queues=False)
         costs = predicted_costs([o for _, o in usable], scores)
         best = int(np.argmin(costs))
         label, outcome = usable[best]

@@ -42,7 +42,7 @@ class FixedTwin:
         self.penalties = np.array(penalties)
         self.asked: list = []
 
-    def score_actions(self, state, actions, k):
+    def score_actions(self, state, actions, k, queues=True):
         self.asked.append(list(actions))
         c, n = len(actions), state.n_instances
         zeros = np.zeros((c, k, n))

@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import cluster, simulated_dataset
+from tests.strategies import cluster_states, moves
 from twin import cli, cost
+from twin.calibration import CalibratedParams
 from twin.fidelity.evaluate import METRICS, load_dataset
 from twin.fidelity.twins import CalibratedTwin
 from twin.migration import Action as MigrationAction
@@ -20,7 +22,7 @@ from twin.migration import IndexedAction, Migration
 from twin.records import MoveRecord, PeriodRecord, RecordingWriter
 from twin.residual import checkpoint
 from twin.residual.checkpoint import ResidualCheckpointError
-from twin.residual.features import STATE, collate, training_windows
+from twin.residual.features import STATE, StatePast, as_recorded, collate, training_windows
 from twin.residual.model import ResidualConfig, ResidualNet
 from twin.residual.training import FitConfig, FitError, change_scale, component_losses, fit, loss_of
 from twin.residual.twin import ResidualTwin, score_actions
@@ -303,3 +305,75 @@ def test_the_shipped_model_moves_predicted_load_with_a_move():
     stay, move = scores.utilisation[0, 0], scores.utilisation[1, 0]
     assert move[0] < stay[0] and move[1] > stay[1]
     np.testing.assert_array_equal(move[2:], 0.0)  # standby instances stay idle
+
+
+def _members(fitted_members: list[bool], choice: list[int], seed: int) -> ResidualNet:
+    """A three-member network on the default calibrated base, each component taken from `choice`'s member;
+    the members not in `fitted_members` left as initialised (the base twin), the others with random heads."""
+    torch.manual_seed(seed)
+    net = ResidualNet(ResidualConfig(hidden=8, steps=2, history=2, members=3))
+    with torch.no_grad():
+        for member, fitted_member in zip(net.members, fitted_members):
+            if fitted_member:
+                for layer in (member.head[-1], member.linear):
+                    layer.weight.normal_(0.0, 0.3)
+                    layer.bias.normal_(0.0, 0.05)
+        net.choice.copy_(torch.tensor(choice))
+    return net.eval()
+
+
+class _AllMembers(ResidualNet):
+    """The full scoring the pruned one replaces: every member rolled out, as in training (`forward`)."""
+
+    def predict(self, batch, components):
+        with torch.no_grad():
+            return self(batch)
+
+
+@settings(max_examples=25, deadline=None)
+@given(state=cluster_states(max_instances=5, max_flows=12), data=st.data(),
+       fitted_members=st.lists(st.booleans(), min_size=3, max_size=3),
+       choice=st.lists(st.integers(0, 2), min_size=4, max_size=4), k=st.integers(1, 3), seed=st.integers(0, 99))
+def test_the_pruned_scoring_equals_every_member_rolled_out(state, data, fitted_members, choice, k, seed):
+    """Only the members of the reported components run, and a member at its initial weights is replaced by
+    the base twin's prediction: the scores are those of all three members rolled out (the look-ahead's
+    utilisation-only scoring too)."""
+    torch.set_num_threads(1)
+    net = _members(fitted_members, choice, seed)
+    full = _AllMembers(net.config, net.base)
+    full.load_state_dict(net.state_dict())
+    candidates = [IndexedAction(), data.draw(moves(state))]
+    want = ResidualTwin(full.eval()).score_actions(state, candidates, k)
+    for queues in (True, False):
+        got = ResidualTwin(net).score_actions(state, candidates, k, queues=queues)
+        np.testing.assert_allclose(got.utilisation, want.utilisation, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(got.threshold_penalty, want.threshold_penalty, rtol=1e-6, atol=1e-9)
+        if queues:
+            np.testing.assert_allclose(got.queue, want.queue, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(got.drops, want.drops, rtol=1e-6, atol=1e-6)
+        else:
+            assert got.queue is None and got.drops is None
+
+
+def test_only_an_unfitted_member_is_taken_for_its_base():
+    net = _members([False, True, True], [0, 1, 2, 0], seed=0)
+    assert [member.is_base() for member in net.members] == [True, False, False]
+    with torch.no_grad():
+        net.members[0].linear.bias[1] = 1e-6  # the smallest change makes it a network of its own again
+    assert not net.members[0].is_base()
+    assert not ResidualNet(ResidualConfig(hidden=8, steps=1, history=2, base=())).members[0].is_base()  # no base
+    with pytest.raises(ValueError, match="unknown state components"):
+        net.predict(None, ("utilisation", "latency"))
+
+
+@settings(max_examples=20, deadline=None)
+@given(state=cluster_states(max_instances=5, max_flows=12), data=st.data(), k=st.integers(1, 3))
+def test_the_base_twins_states_are_its_rollouts(state, data, k):
+    """What the residual twin reads of its base (`states`: no durations, no costs) is the full rollout's."""
+    base = CalibratedTwin(CalibratedParams())
+    past = StatePast(state)
+    actions = [as_recorded(state, data.draw(moves(state)))] + [as_recorded(state, IndexedAction())] * (k - 1)
+    for full, alone in zip(base.rollout(past, actions), base.states(past, actions), strict=True):
+        for name in ("utilisation", "queue", "drops"):
+            np.testing.assert_array_equal(getattr(alone, name), getattr(full, name))
+        assert alone.costs == {} and alone.migration_ms.size == 0

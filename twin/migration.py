@@ -191,12 +191,18 @@ def _check(state: ClusterState, action: IndexedAction) -> tuple[np.ndarray, np.n
     return assignment, active
 
 
+def carry(state: ClusterState, action: IndexedAction) -> ClusterState:
+    """The state after a checked action: `apply` without the cost, for a twin that predicts states alone."""
+    assignment, active = _check(state, action)
+    return state.with_changes(assignment=assignment, active=active)
+
+
 def apply(state: ClusterState, action: Action | IndexedAction, params: CostParams = CostParams(),
           thresholds: Thresholds = Thresholds()) -> tuple[ClusterState, CostBreakdown]:
     """Carry out an action: the next state and what the action cost."""
     indexed = index_action(state, action) if isinstance(action, Action) else action
-    assignment, active = _check(state, indexed)
-    after = state.with_changes(assignment=assignment, active=active)
+    after = carry(state, indexed)
+    active = after.active
 
     flow_costs = cost.flow_migration_cost(state, indexed.flows, indexed.dst, params)
     pair_counts = np.zeros((state.n_instances, state.n_instances))

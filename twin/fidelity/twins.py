@@ -21,7 +21,7 @@ import torch
 
 from twin import cost
 from twin.fidelity.episode import Past, RecordedAction
-from twin.migration import IndexedAction, apply
+from twin.migration import IndexedAction, apply, carry
 from twin.params import CostParams, Thresholds
 from twin.physics import batch_wait_ms, flow_wait_ms
 from twin.sim import fluid_queue
@@ -89,6 +89,15 @@ class FlowTwin(Twin):
         recorded state t)."""
 
     def rollout(self, past: Past, actions: Sequence[RecordedAction]) -> list[Step]:
+        return self._rollout(past, actions, costs=True)
+
+    def states(self, past: Past, actions: Sequence[RecordedAction]) -> list[Step]:
+        """`rollout`'s states alone (utilisation, queue, drops; no durations, costs {}): what the residual twin
+        reads of its base for every candidate the look-ahead scores, without the moves' durations and the
+        periods' costs, which it takes from elsewhere."""
+        return self._rollout(past, actions, costs=False)
+
+    def _rollout(self, past: Past, actions: Sequence[RecordedAction], costs: bool) -> list[Step]:
         origin = past.state()
         n, capacity = origin.n_instances, origin.capacity
         assignment, active, queue = origin.assignment, origin.active, origin.queue
@@ -97,18 +106,23 @@ class FlowTwin(Twin):
         for j, action in enumerate(actions):
             now = origin.with_changes(rate=self.rates(past, j), assignment=assignment, active=active, queue=queue,
                                       buffer=np.full(n, UNCHECKED_BUFFER))
-            durations = self.move_ms(past, action, now, j)
-            now = now.with_changes(migration_ms=pair_latency(origin.migration_ms, action, durations))
+            durations = self.move_ms(past, action, now, j) if costs else np.empty(0)
+            if costs:
+                now = now.with_changes(migration_ms=pair_latency(origin.migration_ms, action, durations))
             now, carried, indexed = carry_out(now, action, carried)
-            after, breakdown = apply(now, indexed, self.params, self.thresholds)
-            costs = {"migration": breakdown.migration, "resource": breakdown.resource,
-                     "threshold_penalty": cost.threshold_penalty(after.utilisation + carried / capacity,
-                                                                 after.active, self.thresholds, self.params)}
+            if costs:
+                after, breakdown = apply(now, indexed, self.params, self.thresholds)
+                period_costs = {"migration": breakdown.migration, "resource": breakdown.resource,
+                                "threshold_penalty": cost.threshold_penalty(after.utilisation + carried / capacity,
+                                                                            after.active, self.thresholds,
+                                                                            self.params)}
+            else:
+                after, period_costs = carry(now, indexed), {}
             assignment, active = after.assignment, after.active
             carried = self.arrivals(past, carried, after.utilisation + carried / capacity, active)
             load = np.bincount(assignment, weights=self.rates(past, j + 1), minlength=n) + carried
             queue, drops = self.advance(past, queue, load, active)
-            steps.append(Step(load / capacity, queue, drops, durations, costs))
+            steps.append(Step(load / capacity, queue, drops, durations, period_costs))
         return steps
 
 
@@ -175,7 +189,7 @@ def flow_means(past: Past, window: int) -> np.ndarray:
 def fluid(queue: np.ndarray, load: np.ndarray, service: np.ndarray, buffer: np.ndarray,
           step_s: float) -> tuple[np.ndarray, np.ndarray]:
     """twin.sim's fluid queue over one period, on numpy arrays."""
-    after, drops = fluid_queue(*(torch.tensor(np.asarray(a, dtype=float)) for a in (queue, load, service, buffer)),
+    after, drops = fluid_queue(*(torch.from_numpy(np.array(a, dtype=float)) for a in (queue, load, service, buffer)),
                                step_s)
     return after.numpy(), drops.numpy()
 
@@ -253,6 +267,7 @@ class CalibratedTwin(FlowTwin):
         self.fitted = fitted
         self._memo: tuple[Past, np.ndarray, np.ndarray, float] | None = None
         self._pair_params: dict[tuple[str, str], CostParams] = {}
+        self._per_instance: dict[tuple[tuple[str, ...], str], np.ndarray] = {}
 
     def _traffic(self, past: Past) -> tuple[np.ndarray, np.ndarray, float]:
         """(last rates, mean rates, new load per period) of the origin, computed once per rollout."""
@@ -284,7 +299,13 @@ class CalibratedTwin(FlowTwin):
         return survive * carried + fresh * share
 
     def _instances(self, past: Past, name: str) -> np.ndarray:
-        return np.array([getattr(self.fitted.instance(i), name) for i in past.instance_ids])
+        """The fitted `name` of each instance of `past`, made once per set of instances (every period of every
+        candidate the look-ahead scores asks for it)."""
+        key = (tuple(past.instance_ids), name)
+        if key not in self._per_instance:
+            self._per_instance[key] = np.array([getattr(self.fitted.instance(i), name) for i in key[0]])
+            self._per_instance[key].flags.writeable = False
+        return self._per_instance[key]
 
     def advance(self, past, queue, load, active):
         service = np.where(active, self._instances(past, "service_ratio") * past.capacity, 0.0)

@@ -15,6 +15,7 @@ a stopped instance) before it becomes the next step's input; the loss reads the 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -99,6 +100,33 @@ class ResidualNet(nn.Module):
         out = torch.stack([member(batch) for member in self.members])
         return torch.stack([out[m, ..., c] for c, m in enumerate(self.choice.tolist())], dim=-1)
 
+    def predict(self, batch: Batch, components: Sequence[str]) -> torch.Tensor:
+        """`forward`'s [nodes, horizon, 4] for inference, only `components` filled (the others NaN): only the
+        members they are taken from run (each member rolls out on its own predictions, so a component needs its
+        whole member, and no other), and a component whose member is its base twin (`Member.is_base`: an
+        unfitted member, the per-component fit's choice where no epoch beat the base) is the base's own
+        prediction, which that member equals, without running it. The look-ahead scores candidates every
+        period with this; training keeps `forward` (an unfitted member learns there)."""
+        unknown = set(components) - set(self.config.state)
+        if unknown:
+            raise ValueError(f"unknown state components {sorted(unknown)}; known: {list(self.config.state)}")
+        base_of = {self.config.state.index(ANCHORS[name]): k for k, name in enumerate(self.config.base)}
+        choice = self.choice.tolist()
+        out: dict[int, torch.Tensor] = {}
+        columns = []
+        with torch.inference_mode():
+            for c, name in enumerate(self.config.state):
+                member = self.members[choice[c]]
+                if name not in components:
+                    columns.append(batch.base.new_full(batch.node_steps.shape[:2], float("nan")))
+                elif c in base_of and member.is_base():
+                    columns.append(batch.base[..., base_of[c]])
+                else:
+                    if choice[c] not in out:
+                        out[choice[c]] = member(batch)
+                    columns.append(out[choice[c]][..., c])
+            return torch.stack(columns, dim=-1)
+
 
 class Member(nn.Module):
     """One network f and its rollout."""
@@ -139,6 +167,14 @@ class Member(nn.Module):
             history = torch.cat([clip(predicted, action[:, ACTION_NODE.index("active_after")])[:, None],
                                  history[:, :-1]], dim=1)
         return torch.stack(out, dim=1)
+
+    def is_base(self) -> bool:
+        """Whether the member is its base twin: with base inputs, and the head's last layer and the linear path
+        zero (as initialised), the change it adds is exactly 0, so each component the base predicts is the
+        base's prediction, period by period, whatever its own rollout."""
+        last = self.head[-1]
+        return bool(self.config.base) and all(not bool(p.any()) for p in (last.weight, last.bias, self.linear.weight,
+                                                                          self.linear.bias))
 
     def _anchor(self, now: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         """What the change is added to: the last state, with each component the base predicts replaced."""

@@ -40,6 +40,10 @@ from twin.residual.features import (
 from twin.residual.model import ResidualNet, clip
 from twin.state import ClusterState
 
+OUTPUTS = ("utilisation", "queue_fill", "drops")
+"""The state components the twin reports (the arrivals are only the network's input to its next period);
+the utilisation first: the threshold penalties need it."""
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -47,10 +51,10 @@ class Scores:
 
     utilisation: np.ndarray
     """[C, k, N] utilisation of the states after periods 1..k."""
-    queue: np.ndarray
-    """[C, k, N] queue (packets) of those states."""
-    drops: np.ndarray
-    """[C, k, N] packets dropped during each period."""
+    queue: np.ndarray | None
+    """[C, k, N] queue (packets) of those states (None: not asked for, `ResidualTwin.score_actions`)."""
+    drops: np.ndarray | None
+    """[C, k, N] packets dropped during each period (None: not asked for)."""
     threshold_penalty: np.ndarray
     """[C, k] the cost model's ω penalties of each period, on the utilisation after its moves."""
 
@@ -79,8 +83,8 @@ class ResidualTwin(Twin):
         moves = [recorded_move(origin.state, action) for action in actions]
         steps = self.base.rollout(past, actions)
         inputs = None if self.inputs is None else base_prediction(
-            steps if self.inputs is self.base else self.inputs.rollout(past, actions), past.buffer, len(actions))
-        predicted, graph = self._predict(origin, [moves], len(actions), [inputs])
+            steps if self.inputs is self.base else self.inputs.states(past, actions), past.buffer, len(actions))
+        predicted, graph = self._predict(origin, [moves], len(actions), [inputs], OUTPUTS)
         scores = self._scores(origin, predicted, graph)
         return [replace(step, utilisation=scores.utilisation[0, j], queue=scores.queue[0, j],
                         drops=scores.drops[0, j],
@@ -88,10 +92,12 @@ class ResidualTwin(Twin):
                 for j, step in enumerate(steps)]
 
     def score_actions(self, state: ClusterState | Past, candidate_actions: Sequence[IndexedAction],
-                      k: int) -> Scores:
+                      k: int, queues: bool = True) -> Scores:
         """Each candidate carried out on `state` now, then k − 1 periods without action, all candidates in one
         batched pass. `state` is a recorded origin (`Past`, whose history the network reads) or a bare
-        ClusterState (taken to have been so for as long as the network looks back)."""
+        ClusterState (taken to have been so for as long as the network looks back). `queues` False: the
+        utilisation and the threshold penalties only (queue and drops None), which is all the look-ahead's
+        cost reads; the members that predict only the queue and drops are then not run."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         history = self.net.config.history
@@ -99,29 +105,30 @@ class ResidualTwin(Twin):
         moves = [[indexed_move(origin.state, action)] for action in candidate_actions]
         if not moves:
             n = origin.state.n_instances
-            return Scores(np.zeros((0, k, n)), np.zeros((0, k, n)), np.zeros((0, k, n)), np.zeros((0, k)))
+            empty = np.zeros((0, k, n))
+            return Scores(empty, empty if queues else None, empty if queues else None, np.zeros((0, k)))
         inputs = [None] * len(moves)
         if self.inputs is not None:
             past = state if isinstance(state, Past) else StatePast(state)
             idle = [as_recorded(origin.state, IndexedAction())] * (k - 1)
-            inputs = [base_prediction(self.inputs.rollout(past, [as_recorded(origin.state, action)] + idle),
+            inputs = [base_prediction(self.inputs.states(past, [as_recorded(origin.state, action)] + idle),
                                       past.buffer, k) for action in candidate_actions]
-        predicted, graph = self._predict(origin, moves, k, inputs)
-        return self._scores(origin, predicted, graph)
+        predicted, graph = self._predict(origin, moves, k, inputs, OUTPUTS if queues else OUTPUTS[:1])
+        return self._scores(origin, predicted, graph, queues)
 
     def _predict(self, origin: Origin, candidates: Sequence[Sequence[Move]], k: int,
-                 inputs: Sequence[np.ndarray | None]):
-        """The clipped predictions [C, N, k, 4] and the batched graph's per-node action steps [C, N, k, A];
-        `inputs` the base twin's predictions per candidate (None without a base)."""
+                 inputs: Sequence[np.ndarray | None], components: Sequence[str]):
+        """The clipped predictions [C, N, k, 4] (`components` only, the others NaN: `ResidualNet.predict`)
+        and the batched graph's per-node action steps [C, N, k, A]; `inputs` the base twin's predictions per
+        candidate (None without a base)."""
         batch = candidate_windows(origin, candidates, k, inputs)
-        with torch.no_grad():
-            raw = self.net(batch)
+        raw = self.net.predict(batch, components)
         n = origin.state.n_instances
         active = batch.node_steps[:, :, ACTION_NODE.index("active_after")]
         predicted = torch.stack([clip(raw[:, j], active[:, j]) for j in range(k)], dim=1)
         return predicted.reshape(-1, n, k, len(STATE)).numpy(), batch.node_steps.reshape(-1, n, k, len(ACTION_NODE))
 
-    def _scores(self, origin: Origin, predicted: np.ndarray, steps: torch.Tensor) -> Scores:
+    def _scores(self, origin: Origin, predicted: np.ndarray, steps: torch.Tensor, queues: bool = True) -> Scores:
         state = origin.state
         utilisation = predicted[..., STATE.index("utilisation")].transpose(0, 2, 1)
         steps = steps.numpy().transpose(0, 2, 1, 3)
@@ -131,6 +138,8 @@ class ResidualTwin(Twin):
         active = steps[..., ACTION_NODE.index("active_after")] > 0.5
         penalty = np.array([[cost.threshold_penalty(u, a, self.thresholds, self.params) for u, a in zip(us, acts)]
                             for us, acts in zip(after, active)])
+        if not queues:
+            return Scores(utilisation, None, None, penalty)
         return Scores(utilisation,
                       predicted[..., STATE.index("queue_fill")].transpose(0, 2, 1) * state.buffer,
                       predicted[..., STATE.index("drops")].transpose(0, 2, 1) * state.buffer, penalty)
