@@ -194,15 +194,16 @@ def fit(episodes: Sequence[Episode], split: str = "train", choose_on: str = "val
     transitions = _transitions(episodes, split)
     if not transitions:
         raise CalibrationError(f"no two consecutive {split} periods to fit on")
-    moves, batch, drain, (window, exponent), move_choice = choose_moves(transitions, _transitions(episodes, choose_on))
+    moves, batch, drain, (pace_window, pace_exponent), move_choice = choose_moves(
+        transitions, _transitions(episodes, choose_on))
     instances = fit_instances(transitions)
     persistence, reversion, base = fit_rates(transitions)
     window, share = fit_arrivals(transitions)
     arrival_ratio = fit_arrival_ratio(transitions)
     return CalibratedParams(
         instances=instances, pooled_instance=_pooled_instance(instances), moves=moves[0],
-        pooled_move=moves[1], batch=batch, move_drain_factor=drain, move_pace_window=window,
-        move_pace_exponent=exponent, rate_persistence=persistence,
+        pooled_move=moves[1], batch=batch, move_drain_factor=drain, move_pace_window=pace_window,
+        move_pace_exponent=pace_exponent, rate_persistence=persistence,
         rate_reversion=reversion, rate_base_pps=base,
         arrival_window=window, least_utilised_share=share, arrival_ratio=arrival_ratio,
         fitted_on={"recordings": sorted({e.name for e, _ in transitions}),
@@ -270,7 +271,7 @@ class _MoveRows:
 def choose_moves(train, validation, losses: Sequence[str] = MOVE_LOSSES) -> tuple[tuple, str, float, tuple, dict]:
     """The move model fitted on `train` under each loss of `losses`, each with every pace window of
     `move_pace.PACE_WINDOWS` (β fitted on `train`); the variant of least duration MAPE on `validation` (on
-    `train` where `validation` has no measured move): (fits, pooled), batch, drain factor, (pace window, β) and
+    `train` where `validation` has no measured move; a pace must gain `move_pace.MIN_GAIN`): (fits, pooled), batch, drain factor, (pace window, β) and
     the choice's record (loss, chosen_on, MAPE per loss without the pace and per loss and window with it)."""
     train_rows = _MoveRows.of(train)
     if not train_rows.y.size:
@@ -285,7 +286,7 @@ def choose_moves(train, validation, losses: Sequence[str] = MOVE_LOSSES) -> tupl
         for window, exponent, predicted in paced_variants(train_rows, rows, *fitted[name]):
             paces[name, window] = (window, exponent)
             scores[name, window] = float(np.mean(np.abs(predicted - rows.y) / rows.y))
-    name, window = min(scores, key=scores.get)
+    name, window = min(scores, key=lambda key: scores[key] + (move_pace.MIN_GAIN if key[1] else 0.0))
     return (*fitted[name], paces[name, window], {
         "move_loss": name, "move_loss_chosen_on": chosen_on,
         "move_mape": {k: round(v, 4) for (k, w), v in scores.items() if w == 0},
@@ -298,7 +299,8 @@ def paced_variants(train_rows: _MoveRows, rows: _MoveRows, fits_pooled: tuple, b
     for window in move_pace.PACE_WINDOWS:
         exponent = move_pace.fit_exponent(train_per_move, drain * train_rows.wait, train_rows.y,
                                           train_rows.history(train_per_move, window)) if window else 0.0
-        yield window, exponent, move_pace.apply(per_move, rows.history(per_move, window), exponent) + drain * rows.wait
+        paced = move_pace.apply(per_move, rows.history(per_move, window), exponent)
+        yield window, exponent, paced + drain * rows.wait
 
 
 def fit_moves(rows: _MoveRows, loss: str = "squared",
