@@ -25,10 +25,10 @@ w080-pairwise-x02          80  pairwise       0.2 off 3   0.5
 w125-deepmigration         125 deepmigration  0   on  4   0.5
 w160-size-greedy-x02       160 size-greedy    0.2 off 100 0.5
 w195-deepmigration-x02     195 deepmigration  0.2 off 200 0.5
-w075-s075-deepmigration-x02 75 deepmigration 0.2 off 5   0.75
-w010-s075-ofm-x02          10  ofm            0.2 off 6   0.75
-w000-s075-size-greedy-x02  0   size-greedy    0.2 off 7   0.75
-w075-s075-pairwise-x02     75  pairwise       0.2 off 8   0.75
+w075-deepmigration-s075-x02 75 deepmigration 0.2 off 5   0.75
+w010-ofm-s075-x02          10  ofm            0.2 off 6   0.75
+w000-size-greedy-s075-x02  0   size-greedy    0.2 off 7   0.75
+w075-pairwise-s075-x02     75  pairwise       0.2 off 8   0.75
 "
 
 wanted=" $* "
