@@ -1,5 +1,6 @@
 """Summarise recordings (twin.records): periods, decisions, explored and executed periods, moves, flow rows,
-size on disk. Default: the shipped dataset, by split.
+the share of active instance-periods whose queue at the state exceeds 0, 100 and 400 packets and the mean
+queue, size on disk. Default: the shipped dataset, by split.
 
     python benchmarks/dataset_summary.py [DIR ...]
 """
@@ -19,6 +20,7 @@ def summary(directory: Path) -> dict:
     moves = recording.column("migrations", "outcome")
     delays = recording.column("flows", "delay_ms")
     spacing = np.diff(recording.column("periods", "time_s"))
+    queue = recording.column("instances", "queue_packets")[recording.column("instances", "active")]
     return {
         "periods": recording.n_periods,
         "period_s_mean": round(float(spacing.mean()), 2) if spacing.size else None,
@@ -31,6 +33,8 @@ def summary(directory: Path) -> dict:
         "flow_rows_with_delay": int(np.count_nonzero(~np.isnan(delays))),
         "sink_packets": int(np.nansum(recording.column("periods", "sink_packets"))),
         "nf_drops": int(np.nansum(recording.column("periods", "packets_dropped"))),
+        **{f"queue_over_{q}": round(float(np.mean(queue > q)), 2) for q in (0, 100, 400)},
+        "queue_mean": round(float(queue.mean()), 1),
         "policies": ",".join(sorted(set(periods.column("policy").to_pylist()) - {""})),
         "kB": round(sum(p.stat().st_size for p in directory.iterdir()) / 1024, 1),
     }

@@ -10,7 +10,8 @@ moved flows' (`twin.physics`). The script prints, per split: the moves, the batc
 the spread of durations within a batch, the share of moves under 20 ms, and the ms per move of the batches
 with w = 0; then the batches from a source queued beyond 100 ms (la_q), apart by whether a moved flow had
 packets queued (w > 0); then, for every candidate fit of `twin.calibration` (loss x per-pair or pooled a, b,
-fitted on the training split), MAPE, median APE and MAE per split.
+fitted on the training split), MAPE, median APE and MAE per split; last, the MAPE of each fit with each pace
+window of `twin.move_pace` (β fitted on the training split).
 
     PYTHONPATH=. .venv/bin/python benchmarks/migration_durations.py [--data DIR]
 """
@@ -21,7 +22,7 @@ import itertools
 
 import numpy as np
 
-from twin.calibration import MOVE_LOSSES, _MoveRows, fit_moves
+from twin.calibration import MOVE_LOSSES, _MoveRows, fit_moves, paced_variants
 from twin.fidelity.evaluate import load_dataset
 from twin.records import SHIPPED_DIR
 
@@ -96,6 +97,21 @@ def main() -> None:
             cells += [f"{np.mean(miss / r.y):.1%}", f"{np.median(miss / r.y):.1%}", f"{np.mean(miss):.1f}"]
         name = f"{loss}{'' if per_pair else ', pooled'}"
         print(f"| {name} | {batch} | {pooled.a_ms:.1f}, {pooled.b_ms:.2f}, {drain:.2f} | " + " | ".join(cells) + " |")
+    _paced(rows)
+
+
+def _paced(rows: dict[str, _MoveRows]) -> None:
+    """MAPE per split of every fit with every pace window (window 0: no pace), β fitted on the training split."""
+    splits = [s for s in SPLITS if rows[s].y.size]
+    print()
+    print("| fit (on train) | pace window | β | " + " | ".join(f"{s} MAPE" for s in splits) + " |")
+    print("|---|---|---|" + "---|" * len(splits))
+    for loss, per_pair in itertools.product(MOVE_LOSSES, (True, False)):
+        fitted = fit_moves(rows["train"], loss, per_pair)
+        per_split = {s: list(paced_variants(rows["train"], rows[s], *fitted)) for s in splits}
+        for k, (window, exponent, _) in enumerate(per_split["train"]):
+            cells = [f"{np.mean(np.abs(per_split[s][k][2] - rows[s].y) / rows[s].y):.1%}" for s in splits]
+            print(f"| {loss}{'' if per_pair else ', pooled'} | {window} | {exponent:.2f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

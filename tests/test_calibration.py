@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from tests.helpers import cluster, simulated_dataset
 from twin.calibration import CalibratedParams, CalibrationError, fit, load_params, save_params
 from twin.fidelity.evaluate import load_dataset
+from twin.fidelity.twins import CalibratedTwin
 from twin.migration import Action, Migration
 from twin.records import MoveRecord, PeriodRecord, RecordingWriter
 
@@ -39,14 +41,15 @@ def test_calibration_recovers_the_simulated_parameters(simulated):
     assert params.fitted_on["recordings"] == ["sim-1"]  # the training recording only
 
 
-def _move_recording(directory, a_ms: float, b_ms: float, batches: list[int], slow: int = 0) -> None:
-    """Periods of two instances whose done moves, n per period, take exactly a + b·n ms (the first `slow`
+def _move_recording(directory, a_ms: float, b_ms: float, batches: list[int], slow: int = 0,
+                    pace: float = 1.0) -> None:
+    """Periods of two instances whose done moves, n per period, take exactly pace·(a + b·n) ms (the first `slow`
     periods ten times as long: outliers)."""
     writer = RecordingWriter(directory, {"source": "test", "period_s": 1.0})
     for period, n in enumerate(batches):
         state = cluster([[10.0] * max(batches), [10.0]])
         moves = tuple(Migration(state.flow_ids[f], "nf0", "nf1") for f in range(n))
-        duration = (a_ms + b_ms * n) * (10.0 if period < slow else 1.0)
+        duration = (a_ms + b_ms * n) * (10.0 if period < slow else 1.0) * pace
         writer.add_period(state, PeriodRecord(action=Action(moves), executed=True,
                                               moves=tuple(MoveRecord(m.flow, m.src, m.dst, "done", duration)
                                                           for m in moves)))
@@ -112,6 +115,27 @@ def test_the_move_loss_is_chosen_on_validation_and_resists_outliers(tmp_path):
     assert fitted.a_ms + fitted.b_ms * 3 == pytest.approx(16.0, rel=0.02)
 
 
+def test_the_pace_of_earlier_batches_scales_the_next_moves(tmp_path):
+    """A run whose controller moves flows twice as slowly: the pace term, fitted on two training runs of
+    different paces and chosen on a slow validation run, predicts its moves from the batches before them."""
+    batches = [1, 2, 3, 4, 5, 6] * 3
+    _move_recording(tmp_path / "quick", 10.0, 2.0, batches)
+    _move_recording(tmp_path / "slow", 10.0, 2.0, batches, pace=2.0)
+    _move_recording(tmp_path / "validation", 10.0, 2.0, batches, pace=2.0)
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["quick", "slow"], "validation": ["validation"]}))
+    episodes = load_dataset(tmp_path, "train")
+    params = fit(episodes)
+    assert params.move_pace_window > 0
+    assert params.move_pace_exponent == pytest.approx(1.0)
+    assert min(params.fitted_on["move_mape_paced"].values()) < 0.01 < min(params.fitted_on["move_mape"].values())
+    twin = CalibratedTwin(params)
+    (validation,) = [e for e in episodes if e.split[0] == "validation"]
+    for t in range(1, len(batches)):  # from the second batch on, the first one's pace is known
+        (step,) = twin.rollout(validation.past(t), [validation.action(t)])
+        np.testing.assert_allclose(step.migration_ms, validation.durations(t), rtol=1e-6)
+    assert CalibratedParams().move_pace_window == 0  # off unless fitted
+
+
 def test_parameters_round_trip(tmp_path, simulated):
     params = fit(load_dataset(simulated["root"], "train"))
     save_params(params, tmp_path / "p.json")
@@ -119,7 +143,9 @@ def test_parameters_round_trip(tmp_path, simulated):
 
 
 @pytest.mark.parametrize(("change", "named"), [
-    (lambda d: d.update(version=1), "version 1, this code reads version 2 only"),
+    (lambda d: d.update(version=1), "version 1, this code reads version 3 only"),
+    (lambda d: d.update(version=2), "version 2, this code reads version 3 only (fit it again"),
+    (lambda d: d.update(move_pace_window=-1), "'move_pace_window'"),
     (lambda d: d.pop("batch"), "'batch'"),
     (lambda d: d.update(least_utilised_share=1.5), "'least_utilised_share'"),
     (lambda d: d["pooled_move"].update(a_ms=-1.0), "'pooled_move.a_ms'"),

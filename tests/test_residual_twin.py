@@ -233,7 +233,8 @@ def test_a_bad_checkpoint_is_refused_with_a_clear_error(fitted, tmp_path):
              "version 0": {**stored, "version": 0},
              "unusable network config": {**stored, "config": {**stored["config"], "colour": 1}},
              "weights do not fit": {**stored, "config": {**stored["config"], "hidden": 12}},
-             "version 1; this code reads version 2": {**stored, "version": 1},
+             "version 1; this code reads version 3": {**stored, "version": 1},
+             "version 2; this code reads version 3": {**stored, "version": 2},
              "unusable base-twin parameters": {**stored, "base": {**stored["base"], "arrival_ratio": -1.0}},
              "config and the stored base-twin parameters disagree": {**stored, "base": None}}
     for message, content in cases.items():

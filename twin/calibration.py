@@ -14,7 +14,8 @@ What is fitted, each by least squares on the training periods (docs/twin.md, "Fi
   (c is pooled over all pairs).
   Pairs with moves in fewer than `MIN_PAIR_BATCHES` periods, or a single batch size, use the pooled fit.
   The loss (squared, absolute, or relative to the duration) and per-pair vs pooled a and b are chosen on the
-  validation moves' MAPE (`choose_moves`);
+  validation moves' MAPE (`choose_moves`), together with the pace term (`twin.move_pace`): a + b·n times
+  ρ^β, ρ how much slower than predicted the controller's recent batches ran (β fitted on the training moves);
 - the arrivals the queue sees: κ, the packets an NF receives per packet of its flows' load as the switch
   counters measure it;
 - the traffic: a flow's next rate α·r + γ·m + δ (r its last rate, m its mean over `RATE_MEMORY` periods;
@@ -37,14 +38,15 @@ import numpy as np
 import torch
 
 from trace_replay.files import write_text
-from twin import cost
+from twin import cost, move_pace
 from twin.fidelity.episode import Episode
 from twin.fidelity.twins import RATE_MEMORY, flow_means, moved_flow_waits, moved_load
 from twin.physics import batch_wait_ms
 from twin.sim import fluid_queue
 
-VERSION = 2
-"""2: `move_drain_factor` multiplies the batch's drain wait of its moved flows (1: the source's la_q)."""
+VERSION = 3
+"""3: the pace term `move_pace_window`, `move_pace_exponent`; 2: `move_drain_factor` multiplies the batch's drain
+wait of its moved flows (1: the source's la_q)."""
 KIND = "dm-twin calibrated fluid twin"
 MIN_PAIR_BATCHES = 5
 ARRIVAL_WINDOWS = (1, 3, 10, 30)
@@ -82,6 +84,10 @@ class CalibratedParams:
     move_drain_factor: float = 0.0
     """c: ms a move takes per ms of its batch's drain wait (the exports wait for the sources to serve the moved
     flows' queued packets; `twin.physics.batch_wait_ms`)."""
+    move_pace_window: int = 0
+    move_pace_exponent: float = 0.0
+    """A move's a + b·n is scaled by ρ^β, ρ the pace of the last `move_pace_window` batches without a drain wait
+    measured before the decision (`twin.move_pace`; window 0: off)."""
     rate_persistence: float = 1.0
     rate_reversion: float = 0.0
     rate_base_pps: float = 0.0
@@ -125,7 +131,8 @@ def params_from_json(data) -> CalibratedParams:
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise CalibrationError(f"not a calibrated-twin parameter file (kind must be {KIND!r})")
     if data.get("version") != VERSION:
-        raise CalibrationError(f"version {data.get('version')!r}, this code reads version {VERSION} only")
+        raise CalibrationError(f"version {data.get('version')!r}, this code reads version {VERSION} only "
+                               "(fit it again with dm-twin calibrate)")
     fields = {f for f in CalibratedParams.__dataclass_fields__}
     missing = fields - set(data)
     if missing:
@@ -137,6 +144,8 @@ def params_from_json(data) -> CalibratedParams:
         pooled_move=_fit(MoveFit, data["pooled_move"], "pooled_move"),
         batch=_choice(data, "batch", ("period", "pair")),
         move_drain_factor=_number(data, "move_drain_factor", 0.0, 1e3),
+        move_pace_window=int(_number(data, "move_pace_window", 0, 1000)),
+        move_pace_exponent=_number(data, "move_pace_exponent", 0.0, 10.0),
         rate_persistence=_number(data, "rate_persistence", 0.0, 1.0),
         rate_reversion=_number(data, "rate_reversion", 0.0, 1.0),
         rate_base_pps=_number(data, "rate_base_pps", 0.0, 1e9),
@@ -185,14 +194,16 @@ def fit(episodes: Sequence[Episode], split: str = "train", choose_on: str = "val
     transitions = _transitions(episodes, split)
     if not transitions:
         raise CalibrationError(f"no two consecutive {split} periods to fit on")
-    moves, batch, drain, move_choice = choose_moves(transitions, _transitions(episodes, choose_on))
+    moves, batch, drain, (pace_window, pace_exponent), move_choice = choose_moves(
+        transitions, _transitions(episodes, choose_on))
     instances = fit_instances(transitions)
     persistence, reversion, base = fit_rates(transitions)
     window, share = fit_arrivals(transitions)
     arrival_ratio = fit_arrival_ratio(transitions)
     return CalibratedParams(
         instances=instances, pooled_instance=_pooled_instance(instances), moves=moves[0],
-        pooled_move=moves[1], batch=batch, move_drain_factor=drain, rate_persistence=persistence,
+        pooled_move=moves[1], batch=batch, move_drain_factor=drain, move_pace_window=pace_window,
+        move_pace_exponent=pace_exponent, rate_persistence=persistence,
         rate_reversion=reversion, rate_base_pps=base,
         arrival_window=window, least_utilised_share=share, arrival_ratio=arrival_ratio,
         fitted_on={"recordings": sorted({e.name for e, _ in transitions}),
@@ -212,7 +223,8 @@ and b; the variant with the least duration MAPE on the validation periods is kep
 @dataclass(frozen=True)
 class _MoveRows:
     """One row per measured move: its pair "src->dst", n under both batch definitions, its batch's drain wait w
-    (ms) at the state, the duration, its period (recording/period) and its source's queueing delay la_q (ms)."""
+    (ms) at the state, the duration, its period (recording/period), its source's queueing delay la_q (ms), and
+    its episode and period index apart (for the pace of the batches before it)."""
 
     pairs: np.ndarray
     n: dict[str, np.ndarray]
@@ -220,6 +232,8 @@ class _MoveRows:
     y: np.ndarray
     periods: np.ndarray
     la_q: np.ndarray
+    episode: np.ndarray
+    period: np.ndarray
 
     @classmethod
     def of(cls, transitions) -> _MoveRows:
@@ -234,9 +248,19 @@ class _MoveRows:
             n_pair = np.bincount(pair)[pair] if pair.size else np.empty(0)
             for k in np.flatnonzero(np.isfinite(durations)):
                 rows.append((f"{ids[action.src[k]]}->{ids[action.dst[k]]}", action.n_run, n_pair[k],
-                             wait, durations[k], f"{episode.name}/{episode.first + t}", la_q[action.src[k]]))
-        column = [np.array([r[c] for r in rows], dtype=object if c in (0, 5) else float) for c in range(7)]
-        return cls(column[0], {"period": column[1], "pair": column[2]}, *column[3:])
+                             wait, durations[k], f"{episode.name}/{episode.first + t}", la_q[action.src[k]],
+                             f"{episode.name}/{episode.first}", t))
+        column = [np.array([r[c] for r in rows], dtype=object if c in (0, 5, 7) else float) for c in range(9)]
+        return cls(column[0], {"period": column[1], "pair": column[2]}, *column[3:8], column[8].astype(int))
+
+    def history(self, per_move: np.ndarray, window: int) -> np.ndarray:
+        """[rows] the mean log pace of the last `window` batches without a drain wait before each row's
+        (`move_pace`; NaN: none); `per_move` the predicted a + b·n."""
+        logs = {}
+        for key in set(zip(self.episode[self.wait == 0].tolist(), self.period[self.wait == 0].tolist())):
+            inside = (self.episode == key[0]) & (self.period == key[1])
+            logs[key] = move_pace.batch_log_ratio(self.y[inside], per_move[inside])
+        return move_pace.history_log_ratios(self.episode, self.period, logs, window)
 
     def predict(self, fits: dict[str, MoveFit], pooled: MoveFit, batch: str, drain_factor: float) -> np.ndarray:
         fit_ = [fits.get(pair, pooled) for pair in self.pairs]
@@ -244,25 +268,39 @@ class _MoveRows:
             + drain_factor * self.wait
 
 
-def choose_moves(train, validation, losses: Sequence[str] = MOVE_LOSSES) -> tuple[tuple, str, float, dict]:
-    """The move model fitted on `train` under each loss of `losses`, the one of least duration MAPE on
-    `validation` (on `train` where `validation` has no measured move): (fits, pooled), batch, drain factor and
-    the choice's record (loss, chosen_on, MAPE per loss)."""
+def choose_moves(train, validation, losses: Sequence[str] = MOVE_LOSSES) -> tuple[tuple, str, float, tuple, dict]:
+    """The move model fitted on `train` under each loss of `losses`, each with every pace window of
+    `move_pace.PACE_WINDOWS` (β fitted on `train`); the variant of least duration MAPE on `validation` (on
+    `train` where `validation` has no measured move; a pace must gain `move_pace.MIN_GAIN`): (fits, pooled), batch, drain factor, (pace window, β) and
+    the choice's record (loss, chosen_on, MAPE per loss without the pace and per loss and window with it)."""
     train_rows = _MoveRows.of(train)
     if not train_rows.y.size:
-        return ({}, MoveFit()), "period", 0.0, {}
+        return ({}, MoveFit()), "period", 0.0, (0, 0.0), {}
     rows, chosen_on = (_MoveRows.of(validation), "validation") if validation else (train_rows, "train")
     if not rows.y.size:
         rows, chosen_on = train_rows, "train"
-    scores, fitted = {}, {}
+    scores, fitted, paces = {}, {}, {}
     for loss, per_pair in itertools.product(losses, (True, False)):
         name = f"{loss}{'' if per_pair else ', pooled'}"
         fitted[name] = fit_moves(train_rows, loss, per_pair)
-        (fits, pooled), batch, drain = fitted[name]
-        scores[name] = float(np.mean(np.abs(rows.predict(fits, pooled, batch, drain) - rows.y) / rows.y))
-    name = min(scores, key=scores.get)
-    return (*fitted[name], {"move_loss": name, "move_loss_chosen_on": chosen_on,
-                            "move_mape": {k: round(v, 4) for k, v in scores.items()}})
+        for window, exponent, predicted in paced_variants(train_rows, rows, *fitted[name]):
+            paces[name, window] = (window, exponent)
+            scores[name, window] = float(np.mean(np.abs(predicted - rows.y) / rows.y))
+    name, window = min(scores, key=lambda key: scores[key] + (move_pace.MIN_GAIN if key[1] else 0.0))
+    return (*fitted[name], paces[name, window], {
+        "move_loss": name, "move_loss_chosen_on": chosen_on,
+        "move_mape": {k: round(v, 4) for (k, w), v in scores.items() if w == 0},
+        "move_mape_paced": {f"{k}, pace {w}": round(v, 4) for (k, w), v in scores.items() if w > 0}})
+
+
+def paced_variants(train_rows: _MoveRows, rows: _MoveRows, fits_pooled: tuple, batch: str, drain: float):
+    """(window, β, predicted durations of `rows`) for every pace window, β fitted on `train_rows`."""
+    train_per_move, per_move = (r.predict(*fits_pooled, batch, 0.0) for r in (train_rows, rows))
+    for window in move_pace.PACE_WINDOWS:
+        exponent = move_pace.fit_exponent(train_per_move, drain * train_rows.wait, train_rows.y,
+                                          train_rows.history(train_per_move, window)) if window else 0.0
+        paced = move_pace.apply(per_move, rows.history(per_move, window), exponent)
+        yield window, exponent, paced + drain * rows.wait
 
 
 def fit_moves(rows: _MoveRows, loss: str = "squared",

@@ -123,7 +123,8 @@ def calibrate(args) -> int:
                       "batch": params.batch, "pooled_move": params.pooled_move.__dict__,
                       **{key: params.fitted_on[key] for key in ("move_loss", "move_loss_chosen_on", "move_mape")
                          if key in params.fitted_on},
-                      "move_drain_factor": params.move_drain_factor, "rate_base_pps": params.rate_base_pps,
+                      "move_drain_factor": params.move_drain_factor, "move_pace_window": params.move_pace_window,
+                      "move_pace_exponent": params.move_pace_exponent, "rate_base_pps": params.rate_base_pps,
                       "pooled_instance": params.pooled_instance.__dict__,
                       "rate_persistence": params.rate_persistence, "rate_reversion": params.rate_reversion,
                       "arrival_window": params.arrival_window,

@@ -49,9 +49,11 @@ MOVE_OUTCOMES = ("done", "rolled_back", "rollback_failed", "skipped", "not_execu
 """A planned move's outcome: the executor's four, or `not_executed` (a dry-run, an infeasible or failed
 decision, a decision in manual mode)."""
 SHIPPED_DIR = Path(__file__).parent / "data" / "recorded"
-"""The embedded dataset (benchmarks/record_dataset.sh makes it): one recording per trace window."""
+"""The embedded dataset (benchmarks/record_dataset.sh makes it): one recording per dm-demo run."""
 SHIPPED_SPLIT: dict[str, tuple[str, ...]] = {
-    "train": ("w000-deepmigration-x02", "w040-ofm", "w080-pairwise-x02", "w125-deepmigration"),
+    "train": ("w000-deepmigration-x02", "w040-ofm", "w080-pairwise-x02", "w125-deepmigration",
+              "w075-deepmigration-s075-x02", "w010-ofm-s075-x02", "w000-size-greedy-s075-x02",
+              "w075-pairwise-s075-x02"),
     "validation": ("w160-size-greedy-x02",),
     "test": ("w195-deepmigration-x02",),
 }

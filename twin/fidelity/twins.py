@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from twin import cost
+from twin import cost, move_pace
 from twin.fidelity.episode import Past, RecordedAction
 from twin.migration import IndexedAction, apply, carry
 from twin.params import CostParams, Thresholds
@@ -268,6 +268,7 @@ class CalibratedTwin(FlowTwin):
         self._memo: tuple[Past, np.ndarray, np.ndarray, float] | None = None
         self._pair_params: dict[tuple[str, str], CostParams] = {}
         self._per_instance: dict[tuple[tuple[str, ...], str], np.ndarray] = {}
+        self._pace_memo: tuple[Past, float] | None = None
 
     def _traffic(self, past: Past) -> tuple[np.ndarray, np.ndarray, float]:
         """(last rates, mean rates, new load per period) of the origin, computed once per rollout."""
@@ -322,15 +323,42 @@ class CalibratedTwin(FlowTwin):
         return self._pair_params[key]
 
     def move_ms(self, past, action, state, j):
-        ids, n = past.instance_ids, len(past.instance_ids)
+        per_move, wait = self._move_parts(past.instance_ids, action, state, past.flow_table() if j == 0 else None)
+        return per_move * self._pace(past) + self.fitted.move_drain_factor * wait
+
+    def _move_parts(self, ids, action: RecordedAction, state: ClusterState, table) -> tuple[np.ndarray, float]:
+        """(a + b·n of each done move of `action` on `state`, w its batch's drain wait); `table`: the flows of
+        `state`, with the reported queues."""
+        n = len(ids)
         pair = action.src * n + action.dst
         batch = np.full(pair.size, action.n_run) if self.fitted.batch == "period" else np.bincount(pair)[pair] \
             if pair.size else pair
         out = np.empty(pair.size)
         for k, (src, dst) in enumerate(zip(action.src.tolist(), action.dst.tolist())):
             out[k] = cost.batch_migration_ms(batch[k], self._move_params(ids[src], ids[dst]))
-        waits = moved_flow_waits(past.flow_table() if j == 0 else None, state, action)
-        return out + self.fitted.move_drain_factor * batch_wait_ms(waits, np.ones(waits.size, bool))
+        waits = moved_flow_waits(table, state, action)
+        return out, float(batch_wait_ms(waits, np.ones(waits.size, bool)))
+
+    def _pace(self, past: Past) -> float:
+        """ρ^β of the batches without a drain wait measured before the origin (`twin.move_pace`), once per
+        origin."""
+        window = self.fitted.move_pace_window
+        if window == 0 or self.fitted.move_pace_exponent == 0.0:
+            return 1.0
+        if self._pace_memo is None or self._pace_memo[0] is not past:
+            since = past.t - move_pace.LOOKBACK_PERIODS
+            durations, actions = past.durations(since)
+            logs, offset = [], 0
+            for p, action in zip(range(max(since, 0), past.t), actions):
+                measured = durations[offset:offset + len(action.flows)]
+                offset += len(action.flows)
+                known = np.isfinite(measured)
+                if known.any():
+                    per_move, wait = self._move_parts(past.instance_ids, action, past.state(p), past.flow_table(p))
+                    if wait == 0.0:
+                        logs.append(move_pace.batch_log_ratio(measured[known], per_move[known]))
+            self._pace_memo = (past, move_pace.pace(logs, window, self.fitted.move_pace_exponent))
+        return self._pace_memo[1]
 
 
 def moved_flow_waits(table: dict[str, np.ndarray] | None, state: ClusterState, action: RecordedAction) -> np.ndarray:

@@ -18,8 +18,9 @@ from twin.checkpoint_file import read_versioned
 from twin.residual.model import ResidualConfig, ResidualNet
 
 FORMAT = "deepmigration-residual-twin"
-VERSION = 2
-"""2: the network reads and corrects a base twin, whose calibrated parameters are stored with the weights."""
+VERSION = 3
+"""3: the stored base parameters are calibrated-twin parameters version 3 (the move pace term); 2: the network
+reads and corrects a base twin, whose calibrated parameters are stored with the weights."""
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "residual.pt"
 """The fitted model shipped with the package (`dm-twin eval` uses it unless --model names another)."""
 
