@@ -3,7 +3,7 @@ one-step advantages over the hold rule, checked by K-fold over training windows 
 (docs/agent.md, "Load history for the control head").
 
     PYTHONPATH=. python benchmarks/history_head_study.py --cache DIR [--windows 32] [--folds 3] [--margin 2000]
-        [--kinds scale-out] [--hidden 16 | --linear] [--steps 200] [--lr 1e-2] [--init 0] [--seed 100] [--every]
+        [--kinds scale-out] [--hidden 16 | --linear] [--steps 200] [--lr 1e-2] [--init 0] [--ensemble 1] [--seed 100] [--every] [--save PT]
 
 Reads (or collects, as `dm-train --rollout-cache` does) the first rollout round's samples of training windows 1 …
 `--windows` (sample seeds `rollout_seed` + k), replays the hold rule on each to record `HISTORY_FEATURES` at each
@@ -112,7 +112,24 @@ def window_data(args, table, config) -> list[dict]:
     return data
 
 
+class Ensemble(torch.nn.Module):
+    """The mean logits of heads trained alike from different initial weights (less variance than one)."""
+
+    def __init__(self, heads: list[torch.nn.Module]):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([head(x) for head in self.heads]).mean(0)
+
+
 def fit(args, data: list[dict]) -> tuple[torch.nn.Module, tuple]:
+    """`--ensemble` heads (`fit_one`, seeds `--init` …) averaged."""
+    heads = [fit_one(argparse.Namespace(**{**vars(args), "init": args.init + k}), data) for k in range(args.ensemble)]
+    return (heads[0][0] if args.ensemble == 1 else Ensemble([h for h, _ in heads])), heads[0][1]
+
+
+def fit_one(args, data: list[dict]) -> tuple[torch.nn.Module, tuple]:
     """A fresh head (seed `--init`, last layer scaled by 0.1 and no bias, as `GNPolicyNet`'s) trained on the
     expected regret of the margined gains of the decisions on `--kinds`."""
     x = torch.cat([d["x"][d["on"]] for d in data])
@@ -162,8 +179,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--init", type=int, default=0, help="seed of the head's initial weights")
+    parser.add_argument("--ensemble", type=int, default=1, help="heads averaged (seeds --init, --init + 1, ...)")
     parser.add_argument("--seed", type=int, default=100, help="closed-loop windows (100 validation, 200 test)")
     parser.add_argument("--every", action="store_true", help="deviate wherever the head says")
+    parser.add_argument("--save", type=Path, help="store the trained head (weights, input scale, options) here")
     args = parser.parse_args()
     torch.set_num_threads(1)
     table = read_flows(args.trace)
@@ -182,6 +201,9 @@ def main() -> None:
         print(f"{args.folds}-fold, one-step gain over the hold rule: training decisions {trained:,.0f}, "
               f"held-out decisions {held:,.0f}", flush=True)
     head, scale = fit(args, data)
+    if args.save:
+        torch.save({"head": head.state_dict(), "scale": scale, "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}},
+                   args.save)
     rule = HoldingRule(config.imitation_target)
     batch = loop.build(args.trace, table, replace(loop.LoopSetup(episodes=8, periods=30, instances=4, standby=2),
                                                   seed=args.seed))
