@@ -132,8 +132,8 @@ class NetworkFunction:
     ):
         if not capacity_pps > 0 or buffer_packets < 1 or processing_ms < 0 or not flow_idle_s > 0:
             raise ValueError(
-                f"{instance}: need capacity_pps > 0, buffer_packets >= 1, processing_ms >= 0 and flow_idle_s > 0, "
-                f"not {capacity_pps!r}, {buffer_packets!r}, {processing_ms!r} and {flow_idle_s!r}"
+                f"{instance}: need capacity_pps > 0, buffer_packets >= 1, processing_ms >= 0 and "
+                f"flow_idle_s > 0, not {capacity_pps!r}, {buffer_packets!r}, {processing_ms!r} and {flow_idle_s!r}"
             )
         self.instance = instance
         self.capacity_pps = capacity_pps
@@ -160,7 +160,7 @@ class NetworkFunction:
         self._last_sent: dict[FlowKey, float] = {}
         self._last_arrival: dict[FlowKey, float] = {}  # monotonic seconds
         self._flows: dict[FlowKey, FlowState] = {}
-        self._touched: OrderedDict[FlowKey, float] = OrderedDict()  # monotonic s of the last frame or import, oldest first
+        self._touched: OrderedDict[FlowKey, float] = OrderedDict()  # last frame or import (monotonic), oldest first
         self._exported: dict[str, tuple[FlowKey, dict]] = {}  # transfer id -> the state as exported
         self.received = self.processed = self.dropped = self.forwarded = self.ignored = self.forgotten = 0
         self.socket_dropped = 0  # frames the kernel dropped before this process read them (queue full)
