@@ -133,48 +133,35 @@ class OpenFlowSwitch:
             if not self.datapath.send_msg(mod):
                 raise SwitchError("switch disconnected")
 
-    def steer(self, five_tuple: FiveTuple, nf: NFDescription, *, unless_landed: bool = False) -> None:
+    def steer(self, five_tuple: FiveTuple, nf: NFDescription) -> None:
         """Both directions' rules in one atomic ONF bundle (OpenFlow 1.3 extension, supported by OVS).
 
         With two separate flow mods the switch applies them one after the other: for a moment the
         forward direction already reaches the new instance while the reverse still reaches the old
         one, and the old one forwards packets that come after some the new one is holding.
         The bundle's outcome is known at the next `barrier`: an error reply for it makes that fail.
-        `unless_landed` (putting back rules after one idled out): only rules to `nf` are deleted and the adds
-        check for overlap, so if the flow has landed anew elsewhere since (its `learn`ed rules) the bundle fails
-        as a whole and the landing stands; that failure is expected, not reported at the next barrier.
         """
-        if unless_landed:
-            mods = self._fresh_steering_mods(five_tuple, nf, only_to=nf)
-            self._bundle(mods, f"putting back {five_tuple} to {nf.instance}", confirmed=False)
-        else:
-            self._bundle(self._fresh_steering_mods(five_tuple, nf), f"steering {five_tuple} to {nf.instance}")
+        self._bundle(self._fresh_steering_mods(five_tuple, nf), f"steering {five_tuple} to {nf.instance}")
 
-    def _fresh_steering_mods(self, five_tuple: FiveTuple, nf: NFDescription,
-                             only_to: NFDescription | None = None) -> list:
+    def _fresh_steering_mods(self, five_tuple: FiveTuple, nf: NFDescription) -> list:
         """Both directions' rules, each deleted first: OVS gives a rule that an add replaces the replaced
         rule's last-used time, so a flow idle for nearly the idle timeout would lose its new rules at once
-        (and land afresh, elsewhere). Deleted and added in one bundle, they idle out a full timeout later.
-        `only_to`: delete only rules that output to its port, and add with OFPFF_CHECK_OVERLAP, so a rule to
-        any other port makes the bundle fail."""
+        (and land afresh, elsewhere). Deleted and added in one bundle, they idle out a full timeout later."""
         parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
-        out_port = only_to.host.port if only_to is not None else ofp.OFPP_ANY
         deletes = [parser.OFPFlowMod(self.datapath, command=ofp.OFPFC_DELETE_STRICT, priority=FLOW_PRIORITY,
-                                     match=self.match(direction), out_port=out_port, out_group=ofp.OFPG_ANY)
+                                     match=self.match(direction), out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY)
                    for direction in (five_tuple, five_tuple.reverse())]
-        return deletes + self._steering_mods(five_tuple, nf, check_overlap=only_to is not None)
+        return deletes + self._steering_mods(five_tuple, nf)
 
-    def _steering_mods(self, five_tuple: FiveTuple, nf: NFDescription, check_overlap: bool = False) -> list:
+    def _steering_mods(self, five_tuple: FiveTuple, nf: NFDescription) -> list:
         ofp = self.datapath.ofproto
-        flags = ofp.OFPFF_SEND_FLOW_REM | (ofp.OFPFF_CHECK_OVERLAP if check_overlap else 0)
         return [self._flow_mod(FLOW_PRIORITY, self.match(direction),
                                [self.datapath.ofproto_parser.OFPActionOutput(nf.host.port)],
-                               cookie=FLOW_COOKIE, idle_timeout=self._idle_timeout_s, flags=flags)
+                               cookie=FLOW_COOKIE, idle_timeout=self._idle_timeout_s, flags=ofp.OFPFF_SEND_FLOW_REM)
                 for direction in (five_tuple, five_tuple.reverse())]
 
-    def _bundle(self, mods: list, what: str, confirmed: bool = True) -> None:
-        """Send `mods` as one atomic ONF bundle; an error reply for it makes the next `barrier` fail (unless not
-        `confirmed`: a bundle that may fail by design)."""
+    def _bundle(self, mods: list, what: str) -> None:
+        """Send `mods` as one atomic ONF bundle; an error reply for it makes the next `barrier` fail."""
         parser, ofp = self.datapath.ofproto_parser, self.datapath.ofproto
         bundle, flags = next(self._bundle_ids) & 0xFFFFFFFF, ofp.ONF_BF_ATOMIC
         messages = [parser.ONFBundleCtrlMsg(self.datapath, bundle, ofp.ONF_BCT_OPEN_REQUEST, flags, []),
@@ -182,8 +169,7 @@ class OpenFlowSwitch:
                     parser.ONFBundleCtrlMsg(self.datapath, bundle, ofp.ONF_BCT_COMMIT_REQUEST, flags, [])]
         for message in messages:
             self.datapath.set_xid(message)
-            if confirmed:
-                self._unconfirmed[message.xid] = f"bundle {bundle} {what}"
+            self._unconfirmed[message.xid] = f"bundle {bundle} {what}"
             if len(self._unconfirmed) > UNCONFIRMED_KEPT:  # steering outside migrations meets no barrier
                 del self._unconfirmed[next(iter(self._unconfirmed))]
             if not self.datapath.send_msg(message):

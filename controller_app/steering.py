@@ -60,12 +60,10 @@ class Switch(Protocol):
         directions to it with the first packet and sending the controller a copy of that packet marked
         with the instance. None drops new flows."""
 
-    def steer(self, five_tuple: FiveTuple, nf: NFDescription, *, unless_landed: bool = False) -> None:
+    def steer(self, five_tuple: FiveTuple, nf: NFDescription) -> None:
         """Add or overwrite the rules sending both directions of a (canonical) flow to `nf`, atomically:
         the switch never sends one direction to the old instance and the other to the new one. The rules are
-        fresh: they idle out a full idle timeout after this at the earliest, whatever rules they replace.
-        `unless_landed`: only rules to `nf` are replaced; if the flow has a rule to another instance (it landed
-        anew there since one of its rules idled out) nothing changes, and the landing's copy says where."""
+        fresh: they idle out a full idle timeout after this at the earliest, whatever rules they replace."""
 
     def barrier(self, timeout_s: float) -> None:
         """Return once the switch has applied every earlier message; raise SwitchError otherwise
@@ -93,16 +91,15 @@ class SteeredFlow:
     steered_at: float = -math.inf
     """When the controller last installed both directions' rules (controller clock); a rule that expires
     older than that is one they replaced."""
-    refreshing: bool = False
-    """Its last steer put its rules back after one of them idled out (`unless_landed`): a landing copy naming
-    another instance says that changed nothing, the flow having landed there first."""
+    refreshed_at: float = -math.inf
+    """When the controller last put back the rules of a flow one of whose rules had idled out (controller clock)."""
     carried_at: float = -math.inf
     """When the latest complete flow-stats reply that listed a rule of the flow came (controller clock)."""
 
     def steered(self, instance: str, now: float) -> None:
         """Both directions' rules to `instance` were just sent to the switch, fresh: the flow is served there and
         neither rule is expired."""
-        self.instance, self.steered_at, self.refreshing = instance, now, False
+        self.instance, self.steered_at = instance, now
         self.rules_expired.clear()
 
     def view(self) -> dict:
@@ -254,21 +251,17 @@ class Steering:
         if flow is not None and not flow.rules_expired:
             # its rules are in, so this is a late copy of a packet that came before them: on the instance
             # it landed on, or, if the flow has been moved since, on its old one; either way not a landing
-            if instance == flow.instance or not flow.refreshing:
-                return
-            # it landed anew between a rule's expiry and the controller putting the rules back, so putting them
-            # back changed nothing (`unless_landed`): the flow is served where it landed, all its packets since,
-            # by the rules its landing learned (whose expiry counts, though they are older than the put-back)
-            LOG.info("flow %s landed on %s after one of its rules idled out, before they were put back to %s "
-                     "(%.3f s ago): served where it landed", key, instance, flow.instance,
-                     self._clock() - flow.steered_at)
-            flow.steered_at = -math.inf
+            if instance != flow.instance and flow.refreshed_at == flow.steered_at:
+                LOG.warning("flow %s landed on %s after its rules idled out, while they were put back to %s "
+                            "(%.3f s ago): its packets on %s may be overtaken", key, instance, flow.instance,
+                            self._clock() - flow.steered_at, instance)
+            return
         if instance not in self.nfs:
             LOG.warning("flow %s landed on unknown instance %s", key, instance)
             return
         if flow is None:
             flow = self.flows.add(five_tuple, instance, self._clock())
-        flow.instance, flow.refreshing = instance, False
+        flow.instance = instance
         flow.rules_expired.clear()
         holder = next((nf.id for nf in self.nfs.values()
                        if nf.alive and nf.id != instance and key in nf.flows_with_state), None)
@@ -293,8 +286,8 @@ class Steering:
             self.flows.forget(flow.key)
         elif self.switch is not None and now - flow.last_active < self._idle_timeout_s:
             flow.steered(flow.instance, now)
-            flow.refreshing = True
-            self.switch.steer(flow.five_tuple, self.nfs[flow.instance].desc, unless_landed=True)
+            flow.refreshed_at = now
+            self.switch.steer(flow.five_tuple, self.nfs[flow.instance].desc)
 
     # --- the period ------------------------------------------------------------------------
     def on_period(self, quiet_ms: float, idle_timeout_s: float) -> None:

@@ -143,11 +143,9 @@ class FakeSwitch:
             self.rules[canonical(five_tuple)] = self.default
         return self.rules.get(canonical(five_tuple))
 
-    def steer(self, five_tuple, nf, *, unless_landed=False):
-        """`unless_landed`: a rule to another instance (the flow landed there) stays."""
+    def steer(self, five_tuple, nf):
         self.calls.append(("switch", "steer", flow_key(five_tuple), nf.instance))
-        if not unless_landed or self.rules.get(canonical(five_tuple), nf.instance) == nf.instance:
-            self.rules[five_tuple] = nf.instance
+        self.rules[five_tuple] = nf.instance
 
     def barrier(self, timeout_s):
         self.calls.append(("switch", "barrier"))
