@@ -38,31 +38,3 @@ def test_an_add_keeps_the_replaced_rules_idle_clock_and_a_bundled_delete_and_add
         assert "nw_src=10.0.0.3" in rules and "actions=output:3" in rules, rules
     finally:
         subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge], check=True)
-
-
-def test_a_put_back_bundle_fails_whole_over_a_rule_to_another_port_and_replaces_one_to_its_own():
-    """`OpenFlowSwitch.steer(..., unless_landed=True)` (issue 20, returning flows): a delete_strict limited to the
-    instance's port and an add with check_overlap, in one atomic bundle. Over a rule to another port (the flow
-    landed there: its `learn`ed rule) OVS refuses the bundle and the rule stays; over a rule to the same port
-    or none, the bundle puts the rule there."""
-    bridge = f"dmback{os.getpid() % 100000}"
-    subprocess.run(["ovs-vsctl", "--may-exist", "add-br", bridge, "--", "set", "bridge", bridge,
-                    "datapath_type=netdev", "protocols=OpenFlow13,OpenFlow14"], check=True)
-    try:
-        landed, own, gone = MATCH.format(a=1, b=2), MATCH.format(a=3, b=4), MATCH.format(a=5, b=6)
-        ofctl("-O", "OpenFlow13", "add-flow", bridge, f"{landed},idle_timeout={IDLE_S},actions=output:2")
-        ofctl("-O", "OpenFlow13", "add-flow", bridge, f"{own},idle_timeout={IDLE_S},actions=output:3")
-        outcomes = {}
-        for match in (landed, own, gone):
-            bundle = (f"delete_strict {match},out_port=3\n"
-                      f"add {match},idle_timeout={IDLE_S},check_overlap,send_flow_rem,actions=output:3\n")
-            command = ["ovs-ofctl", "-O", "OpenFlow14", "--bundle", "add-flows", bridge, "-"]
-            outcomes[match] = subprocess.run(command, input=bundle, capture_output=True, text=True,
-                                             check=False).returncode
-        rules = ofctl("-O", "OpenFlow13", "dump-flows", bridge)
-        assert outcomes[landed] != 0 and outcomes[own] == 0 and outcomes[gone] == 0, (outcomes, rules)
-        lines = {line.split("nw_src=")[1].split(",")[0]: line for line in rules.splitlines() if "nw_src=" in line}
-        assert lines["10.0.0.1"].endswith("actions=output:2"), rules  # the landing stands
-        assert lines["10.0.0.3"].endswith("actions=output:3") and lines["10.0.0.5"].endswith("actions=output:3")
-    finally:
-        subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge], check=True)
