@@ -212,18 +212,29 @@ class Memory:
 
     def figures(self, warm_up_migrations: int) -> dict:
         """Start, end and max RSS, and the least-squares slope per 1,000 migrations and per hour over the
-        samples after `warm_up_migrations` (the first round: the policy's first calls allocate)."""
+        samples after `warm_up_migrations` (the first round: the policy's first calls allocate) and over the
+        last half of the migrations (whether it levels off)."""
         points = self.samples
-        later = [p for p in points if p[1] >= warm_up_migrations] or points
-        seconds, moves, mib = (np.array(column, dtype=float) for column in zip(*later, strict=True))
-        slope = {"mib_per_1000_migrations": None, "mib_per_hour": None}
-        if len(later) > 2 and np.ptp(moves) > 0:
-            slope["mib_per_1000_migrations"] = round(float(np.polyfit(moves, mib, 1)[0]) * 1000, 3)
-            slope["mib_per_hour"] = round(float(np.polyfit(seconds, mib, 1)[0]) * 3600, 3)
+        half = points[-1][1] // 2
         values = [p[2] for p in points]
         return {"rss_mib_start": round(values[0], 1), "rss_mib_end": round(values[-1], 1),
                 "rss_mib_max": round(max(values), 1), "samples": len(values),
-                "slope_after_migrations": warm_up_migrations, **slope}
+                "slope_after_migrations": warm_up_migrations,
+                **_slopes([p for p in points if p[1] >= warm_up_migrations] or points),
+                "rss_mib_at_half": round(next(p[2] for p in points if p[1] >= half), 1),
+                "last_half_after_migrations": half,
+                **{f"last_half_{name}": value for name, value in _slopes([p for p in points if p[1] >= half]).items()}}
+
+
+def _slopes(points: list[tuple[float, int, float]]) -> dict:
+    """Least-squares RSS slopes of (seconds, migrations, MiB) samples: MiB per 1,000 migrations and per hour."""
+    slope = {"mib_per_1000_migrations": None, "mib_per_hour": None}
+    if len(points) > 2:
+        seconds, moves, mib = (np.array(column, dtype=float) for column in zip(*points, strict=True))
+        if np.ptp(moves) > 0:
+            slope["mib_per_1000_migrations"] = round(float(np.polyfit(moves, mib, 1)[0]) * 1000, 3)
+            slope["mib_per_hour"] = round(float(np.polyfit(seconds, mib, 1)[0]) * 3600, 3)
+    return slope
 
 
 def round_reports(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:
@@ -422,6 +433,11 @@ def table(result: dict) -> str:
         (
             "RSS slope, MiB per 1,000 migrations / per hour",
             f"{m['mib_per_1000_migrations']} / {m['mib_per_hour']} (after {m['slope_after_migrations']})",
+        ),
+        (
+            "RSS over the last half: MiB at its start, MiB per 1,000 migrations / per hour",
+            (f"{m['rss_mib_at_half']} (migration {m['last_half_after_migrations']}), "
+             f"{m['last_half_mib_per_1000_migrations']} / {m['last_half_mib_per_hour']}"),
         ),
     ]
     width = max(len(name) for name, _ in rows)

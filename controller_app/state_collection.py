@@ -27,6 +27,7 @@ def record_counters(flows: FlowRegistry, counters: dict[str, tuple[int, int]], n
         flow = flows.get(key)
         if flow is None:
             continue
+        flow.carried_at = now
         if flow.counted_at is None:
             since, base_packets, base_bytes = flow.first_seen, 0, 0
         else:
@@ -67,6 +68,9 @@ class MigrationLatency:
 
 
 REPORT_NUMBERS = ("buffer_packets", "queue_packets")
+RULELESS_AFTER_S = 10.0
+"""A flow-stats reply that comes this long after a flow landed, was steered or was last listed was requested
+after that (the switch answers within a period or two), so a flow it does not list has no rule left."""
 
 
 def _check_report(report) -> None:
@@ -150,8 +154,9 @@ class StateCollector:
                 continue
             if not nf.alive or nf.stalled:
                 LOG.info("NF %s answers", nf.id)
-            nf.alive, nf.last_report, nf.last_error, nf.missed_reports = True, report, "", 0
             nf.flows_with_state = {flow_key(FiveTuple(*flow["key"])) for flow in report.get("flows", ())}
+            kept = {name: value for name, value in report.items() if name != "flows"}  # its ids are kept, above
+            nf.alive, nf.last_report, nf.last_error, nf.missed_reports = True, kept, "", 0
             nf.queued = queued
             nf.active = bool(report.get("active", nf.active))
 
@@ -172,6 +177,22 @@ class StateCollector:
         """The flows' rates from the latest complete flow-stats reply, if any came."""
         if self._counted_at is not None:
             record_counters(self.flows, self._counters, self._counted_at)
+            self.forget_ruleless()
+
+    def forget_ruleless(self) -> list[str]:
+        """Forget the flows that no rule carries (the latest flow-stats reply came RULELESS_AFTER_S after their
+        landing, steer or last listing, and did not list them) and no live NF reports state of: their rules'
+        expiry was missed (e.g. a lost flow-removed message), and nothing else would ever drop them. Returns
+        their ids."""
+        reported = set().union(*(nf.flows_with_state for nf in self.nfs.values() if nf.alive))
+        horizon = self._counted_at - RULELESS_AFTER_S
+        gone = [f.key for f in self.flows
+                if max(f.carried_at, f.first_seen, f.steered_at) < horizon and f.key not in reported]
+        for key in gone:
+            self.flows.forget(key)
+        if gone:
+            LOG.info("forgot %d flows that no rule carries and no NF reports", len(gone))
+        return gone
 
     def build_state(self, now: float | None = None) -> ClusterState:
         """The shared cluster state: live instances (active and standby) and the flows on active ones."""

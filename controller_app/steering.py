@@ -91,6 +91,10 @@ class SteeredFlow:
     steered_at: float = -math.inf
     """When the controller last installed both directions' rules (controller clock); a rule that expires
     older than that is one they replaced."""
+    refreshed_at: float = -math.inf
+    """When the controller last put back the rules of a flow one of whose rules had idled out (controller clock)."""
+    carried_at: float = -math.inf
+    """When the latest complete flow-stats reply that listed a rule of the flow came (controller clock)."""
 
     def steered(self, instance: str, now: float) -> None:
         """Both directions' rules to `instance` were just sent to the switch, fresh: the flow is served there and
@@ -247,6 +251,10 @@ class Steering:
         if flow is not None and not flow.rules_expired:
             # its rules are in, so this is a late copy of a packet that came before them: on the instance
             # it landed on, or, if the flow has been moved since, on its old one; either way not a landing
+            if instance != flow.instance and flow.refreshed_at == flow.steered_at:
+                LOG.warning("flow %s landed on %s after its rules idled out, while they were put back to %s "
+                            "(%.3f s ago): its packets on %s may be overtaken", key, instance, flow.instance,
+                            self._clock() - flow.steered_at, instance)
             return
         if instance not in self.nfs:
             LOG.warning("flow %s landed on unknown instance %s", key, instance)
@@ -278,6 +286,7 @@ class Steering:
             self.flows.forget(flow.key)
         elif self.switch is not None and now - flow.last_active < self._idle_timeout_s:
             flow.steered(flow.instance, now)
+            flow.refreshed_at = now
             self.switch.steer(flow.five_tuple, self.nfs[flow.instance].desc)
 
     # --- the period ------------------------------------------------------------------------

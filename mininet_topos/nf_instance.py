@@ -23,7 +23,7 @@ import secrets
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +45,15 @@ TRANSFERS_KEPT = 8
 in turn), so that an exported state imported a second time counts once."""
 JOURNAL_KEPT = 4096
 """Exported states kept until their import is acknowledged; beyond this the oldest is given up (logged)."""
+FLOW_IDLE_S = 30.0
+"""How long a flow may go without a frame (or an import) before the NF forgets its state, as Prads and other
+per-flow monitors time their flows out. It must exceed the switch's rule idle timeout (the controller's
+`rule_idle_timeout_s`: 3 s live, at most 10 s by default) plus a period: while a flow's rules send it here the
+flow is the controller's to move, so its state must still be here, and a flow returning after its rules idled
+out gets its older state merged from here (docs/testbed.md "Controller memory"). Forgotten, a returning flow
+starts afresh, as it would at a real NF after its timeout."""
+SWEEP_S = 1.0
+"""How often the receive loop looks for idle flows (a report looks too)."""
 
 
 @dataclass
@@ -119,16 +128,18 @@ class NetworkFunction:
         processing_ms: float,
         active: bool,
         send: Callable[[bytes], object],
+        flow_idle_s: float = FLOW_IDLE_S,
     ):
-        if not capacity_pps > 0 or buffer_packets < 1 or processing_ms < 0:
+        if not capacity_pps > 0 or buffer_packets < 1 or processing_ms < 0 or not flow_idle_s > 0:
             raise ValueError(
-                f"{instance}: need capacity_pps > 0, buffer_packets >= 1 and processing_ms >= 0, not "
-                f"{capacity_pps!r}, {buffer_packets!r} and {processing_ms!r}"
+                f"{instance}: need capacity_pps > 0, buffer_packets >= 1, processing_ms >= 0 and "
+                f"flow_idle_s > 0, not {capacity_pps!r}, {buffer_packets!r}, {processing_ms!r} and {flow_idle_s!r}"
             )
         self.instance = instance
         self.capacity_pps = capacity_pps
         self.buffer_packets = buffer_packets
         self.processing_ms = processing_ms
+        self.flow_idle_s = flow_idle_s
         self.active = active
         self.shutdown_requested = threading.Event()
         self._send = send
@@ -149,8 +160,9 @@ class NetworkFunction:
         self._last_sent: dict[FlowKey, float] = {}
         self._last_arrival: dict[FlowKey, float] = {}  # monotonic seconds
         self._flows: dict[FlowKey, FlowState] = {}
+        self._touched: OrderedDict[FlowKey, float] = OrderedDict()  # last frame or import (monotonic), oldest first
         self._exported: dict[str, tuple[FlowKey, dict]] = {}  # transfer id -> the state as exported
-        self.received = self.processed = self.dropped = self.forwarded = self.ignored = 0
+        self.received = self.processed = self.dropped = self.forwarded = self.ignored = self.forgotten = 0
         self.socket_dropped = 0  # frames the kernel dropped before this process read them (queue full)
         self._ops: dict[str, Callable[[dict], dict]] = {
             "report": lambda request: self.report(),
@@ -180,7 +192,7 @@ class NetworkFunction:
         key = parsed.key
         with self._lock:
             self.received += 1
-            self._last_arrival[key] = time.monotonic()
+            self._last_arrival[key] = self._touch(key)
             held = self._held.get(key)
             if (held is None and not self.active) or len(
                 self._queue
@@ -259,7 +271,34 @@ class NetworkFunction:
             raise RequestError(f"unknown op {request['op']!r}; known: {', '.join(self._ops)}")
         return operation(request)
 
+    def _touch(self, key: FlowKey) -> float:
+        """The flow was active just now (lock held): it is the newest in the idle order. Returns the time."""
+        now = self._touched[key] = time.monotonic()
+        self._touched.move_to_end(key)
+        return now
+
+    def forget_idle(self) -> int:
+        """Forget every flow with no frame or import for `flow_idle_s`, unless it is held or has frames inside
+        (its state, its arrival and departure times); returns how many were forgotten."""
+        forgotten = 0
+        with self._lock:
+            horizon = time.monotonic() - self.flow_idle_s
+            while self._touched:
+                key, touched = next(iter(self._touched.items()))
+                if touched > horizon:
+                    break
+                if key in self._held or self._inside.get(key):
+                    self._touch(key)  # busy, so not idle: looked at again a full idle time later
+                    continue
+                del self._touched[key]
+                forgotten += self._flows.pop(key, None) is not None
+                self._last_arrival.pop(key, None)
+                self._last_sent.pop(key, None)
+            self.forgotten += forgotten
+        return forgotten
+
     def report(self) -> dict:
+        self.forget_idle()
         with self._lock:
             flows = [{"key": list(key), **state.to_json()} for key, state in self._flows.items()]
             return {
@@ -275,6 +314,8 @@ class NetworkFunction:
                 "socket_dropped": self.socket_dropped,
                 "forwarded": self.forwarded,
                 "ignored": self.ignored,
+                "forgotten": self.forgotten,
+                "flow_idle_s": self.flow_idle_s,
                 "active": self.active,
                 "held": [list(key) for key in self._held],
                 "flows": flows,
@@ -340,6 +381,7 @@ class NetworkFunction:
             state = self._flows.pop(key, None)
             self._last_arrival.pop(key, None)
             self._last_sent.pop(key, None)
+            self._touched.pop(key, None)
             if state is None:
                 return {"key": list(key), "state": None}
             exported = state.exported(secrets.token_hex(8))
@@ -366,6 +408,7 @@ class NetworkFunction:
             if kept is not None:
                 log.info("%s: exported state %s of %s taken back", self.instance, transfer, list(key))
             self._flows.setdefault(key, FlowState()).merge(state)
+            self._touch(key)
         return {"key": list(key)}
 
     def acknowledge(self, key: FlowKey, transfer) -> dict:
@@ -402,8 +445,12 @@ def serve(interface: str, socket_path: str, **nf_options) -> None:
         nf = NetworkFunction(send=packets.send, **nf_options)
         with stop_on_sigterm(), nf.running(), ChannelServer(socket_path, nf.handle):
             log.info("%s up on %s, control socket %s", nf.instance, interface, socket_path)
+            sweep_at = time.monotonic() + SWEEP_S
             while not nf.shutdown_requested.is_set():
                 nf.socket_dropped += socket_drops(packets)
+                if time.monotonic() >= sweep_at:
+                    nf.forget_idle()
+                    sweep_at = time.monotonic() + SWEEP_S
                 try:
                     frame, address = packets.recvfrom(65535)
                 except TimeoutError:
@@ -426,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity-pps", type=float, required=True)
     parser.add_argument("--buffer-packets", type=int, required=True)
     parser.add_argument("--processing-ms", type=float, required=True)
+    parser.add_argument("--flow-idle-s", type=float, default=FLOW_IDLE_S,
+                        help=f"forget a flow's state after this long without a frame (default {FLOW_IDLE_S:g}; "
+                             "longer than the switch's rule idle timeout)")
     parser.add_argument("--standby", action="store_true", help="start inactive, until `activate`")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -438,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             buffer_packets=args.buffer_packets,
             processing_ms=args.processing_ms,
             active=not args.standby,
+            flow_idle_s=args.flow_idle_s,
         )
     except (OSError, ValueError) as exc:
         print(f"nf_instance: {exc}", file=sys.stderr)

@@ -77,6 +77,16 @@ def test_the_memory_slope_is_zero_when_flat_and_the_growth_per_thousand_moves_wh
     assert growing.figures(0)["mib_per_hour"] == pytest.approx(72.0)
 
 
+def test_the_last_half_slope_tells_a_run_that_levels_off_from_one_that_grows():
+    """Growth early, flat from the middle migration on: the whole run has a slope, its last half none."""
+    memory = bench_soak.Memory(pid=0)
+    memory.samples = [(float(k), 10 * k, 400.0 + min(k, 50) * 0.1) for k in range(101)]
+    figures = memory.figures(warm_up_migrations=0)
+    assert figures["mib_per_1000_migrations"] > 1.0
+    assert figures["last_half_after_migrations"] == 500 and figures["rss_mib_at_half"] == 405.0
+    assert figures["last_half_mib_per_1000_migrations"] == pytest.approx(0.0, abs=1e-9)
+
+
 def test_a_process_that_reads_its_own_rss_gets_a_positive_figure():
     import os
 

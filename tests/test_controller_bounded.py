@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from controller_app.core import DECISIONS_KEPT
 from controller_app.deviation import HISTORY
+from controller_app.state_collection import RULELESS_AFTER_S
 from controller_app.steering import canonical, flow_key
 from tests.controller_rig import land, run_period, tuple_n
 
@@ -58,3 +59,30 @@ def test_decisions_moves_and_their_measurements_keep_only_the_latest(rig):
     assert c.decisions[-1].id == decisions
     assert all(len(kept) <= 20 for kept in c.latency._measured.values())
     assert len(c.metrics._remigrations._last_move) <= 1
+
+
+def test_a_flow_no_rule_carries_and_no_nf_reports_is_forgotten_though_its_expiry_was_missed(rig):
+    """Issue 20: a flow whose rules went without a flow-removed message the controller saw leaves the registry
+    once flow-stats replies stop listing it (RULELESS_AFTER_S after it was last listed), unless an NF still
+    reports state of it; the kept NF report holds the flow ids, not the NF's per-flow list."""
+    c = rig.controller
+    c.config = c.config.updated({"mode": "dry-run"})
+    kept, lost, held = tuple_n(1), tuple_n(2), tuple_n(3)
+    for t in (kept, lost, held):
+        land(rig, t, "nf1")
+    rig.nfs["nf2"].flows_with_state = [held]  # its older state, kept at nf2
+    run_period(rig, {kept: 1, lost: 1, held: 1})
+    for t in (lost, held):
+        rig.counters.pop(t)
+        rig.switch.rules.pop(canonical(t))
+    periods = int(RULELESS_AFTER_S)
+    for _ in range(periods):
+        run_period(rig, {kept: 1})
+    assert {f.key for f in c.flows} == {flow_key(t) for t in (kept, lost, held)}
+    run_period(rig, {kept: 1})
+    assert {f.key for f in c.flows} == {flow_key(t) for t in (kept, held)}
+    nf2 = c.nfs["nf2"]
+    assert "flows" not in nf2.last_report and nf2.flows_with_state == {flow_key(held)}
+    rig.nfs["nf2"].flows_with_state = []  # nf2 forgot it (idle)
+    run_period(rig, {kept: 1})
+    assert {f.key for f in c.flows} == {flow_key(kept)}

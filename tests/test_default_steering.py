@@ -275,3 +275,22 @@ def test_a_steer_installs_fresh_rules_and_only_idle_timeouts_are_expiries():
                               duration_sec=2, duration_nsec=500_000_000)
         DeepMigrationApp.flow_removed_handler(app, SimpleNamespace(msg=msg))
     assert expired == [(tuple_n(1), 2.5)]
+
+
+def test_a_landing_that_races_a_put_back_is_logged_and_the_flow_stays_put_back(rig, caplog):
+    """Issue 20's reorders on never-migrated flows: one of a flow's rules idles out, the flow comes back and
+    lands (its `learn`ed rules) on the default steering's instance just before the controller puts its rules
+    back to the old one. The put-back wins (the flow's later packets go there), so its first packets, on the
+    instance it landed on, can be overtaken: the late copy that shows it is logged, by flow."""
+    key = flow_key(tuple_n(1))
+    land(rig, tuple_n(1), "nf1")
+    c = rig.controller
+    c.config = c.config.updated({"mode": "dry-run"})
+    run_period(rig, {tuple_n(1): 5})
+    c.on_rule_expired(tuple_n(1), age_s=10.0)  # put back to nf1: the flow carried traffic
+    with caplog.at_level("WARNING", logger="controller_app.steering"):
+        c.on_flow_landed(tuple_n(1), "nf2")  # its landing's copy, which came after the flow-removed message
+        c.on_flow_landed(tuple_n(1), "nf1")  # a late copy naming the flow's own instance says nothing
+    assert c.flows.get(key).instance == "nf1" and steers(rig)[-1] == ("switch", "steer", key, "nf1")
+    [record] = [r for r in caplog.records if "while they were put back" in r.getMessage()]
+    assert key in record.getMessage() and "landed on nf2" in record.getMessage()

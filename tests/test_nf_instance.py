@@ -382,3 +382,53 @@ def test_an_import_with_bad_transfer_ids_is_refused_by_name(extra):
     state = {"packets": 1, "bytes": 60, "first_seen": 1.0, "last_seen": 2.0, **extra}
     with pytest.raises(ValueError, match="transfer"):
         make_nf(Outbox()).import_(FLOW_A, state)
+
+
+def test_a_flow_idle_longer_than_the_flow_idle_time_is_forgotten_and_comes_back_fresh():
+    """Issue 20: an NF's report lists only flows seen within `flow_idle_s`, so it stops growing with every flow
+    ever served; a flow that returns after it starts a new state, as at a real NF after its timeout."""
+    outbox = Outbox()
+    nf = make_nf(outbox, flow_idle_s=0.3)
+    with nf.running():
+        for data in (a(0), a(1, reply=True), b(0)):
+            nf.receive(data)
+        outbox.wait_for(3)
+        time.sleep(0.2)
+        nf.receive(b(1))  # B stays busy, A goes idle
+        outbox.wait_for(4)
+        time.sleep(0.15)
+        report = nf.report()
+        assert [tuple(f["key"]) for f in report["flows"]] == [FLOW_B]
+        assert (report["forgotten"], report["flow_idle_s"]) == (1, 0.3)
+        nf.receive(a(2))
+        outbox.wait_for(5)
+    assert flow_state(nf, FLOW_A)["packets"] == 1
+    assert FLOW_A in nf._last_arrival and nf.forget_idle() == 0
+
+
+def test_held_queued_and_imported_flows_are_not_idle():
+    """A flow with frames inside the NF (processor stopped here) or held is kept however long ago its frames
+    came, and looked at again a full idle time later; an imported state counts as activity."""
+    nf = make_nf(Outbox(), flow_idle_s=0.5)
+    nf.receive(a(0))
+    nf.hold(FLOW_B)
+    nf.receive(b(0))
+    time.sleep(0.6)
+    assert nf.forget_idle() == 0 and nf.report()["queue_packets"] == 2
+    nf.release(FLOW_B)
+    with nf.running():
+        while nf.report()["queue_packets"] or nf._inside:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        other = FlowKey.of(CLIENT, SERVER, 40001, 80, 6)
+        nf.import_(other, {"packets": 3, "bytes": 300, "first_seen": 1.0, "last_seen": 2.0})
+        time.sleep(0.3)
+        assert [tuple(f["key"]) for f in nf.report()["flows"]] == [other]
+        time.sleep(0.3)
+        assert nf.report()["flows"] == [] and nf.forgotten == 3
+    assert not (nf._last_arrival or nf._last_sent or nf._touched)
+
+
+def test_a_flow_idle_time_that_is_not_positive_is_refused():
+    with pytest.raises(ValueError, match="flow_idle_s"):
+        make_nf(Outbox(), flow_idle_s=0)
