@@ -479,13 +479,16 @@ def main_learn(args: argparse.Namespace) -> int:
 
 def window_costs(recordings: list[Path]) -> dict:
     """Each recorded live window's cost per period (over the replay) and their spread: repeated runs of one
-    window with one policy measure the testbed's own noise."""
-    costs = {}
+    window with one policy measure the testbed's own noise. The median period's cost beside the mean: a few
+    executed moves measured long under load can carry most of a window's total."""
+    costs, medians = {}, {}
     for path in recordings:
         window = load(path)
-        costs[str(path)] = float(live_costs(window)[replay_periods(window)].mean())
+        periods = live_costs(window)[replay_periods(window)]
+        costs[str(path)], medians[str(path)] = float(periods.mean()), float(np.median(periods))
     values = list(costs.values())
-    return {"cost_per_period": costs, "mean": float(np.mean(values)), **spread(values)}
+    return {"cost_per_period": costs, "mean": float(np.mean(values)), **spread(values),
+            "median_period_cost": medians, "median_spread": spread(list(medians.values()))}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -245,4 +245,5 @@ def test_report_draws_the_curves_of_a_finished_or_interrupted_session_from_its_i
     windows = window_costs(sorted((tmp_path / "live-validation").iterdir()))
     assert list(windows["cost_per_period"].values()) == pytest.approx(costs)
     assert windows["mean"] == pytest.approx(np.mean(costs)) and windows["max"] == max(costs)
+    assert windows["median_spread"]["min"] == min(windows["median_period_cost"].values())
     assert (tmp_path / "costs.png").stat().st_size > 10_000
