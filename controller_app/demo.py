@@ -466,7 +466,14 @@ def _parser() -> argparse.ArgumentParser:
     learn.add_argument("--twin-iterations", type=positive_int, default=10, metavar="M",
                        help="agent 2's REINFORCE iterations in the calibrated twin per outer iteration (default %(default)s)")
     learn.add_argument("--live-lr", type=positive_float, default=5e-3, metavar="LR",
-                       help="agent 1's learning rate on its live periods (default %(default)s)")
+                       help="agent 1's Adam learning rate on its live periods, without --live-kl (default %(default)s)")
+    learn.add_argument("--live-kl", type=positive_float, metavar="DELTA",
+                       help="agent 1's step is a trust-region step instead: the longest along the gradient whose "
+                            "mean KL(old ‖ new) over the window's decisions is at most DELTA (docs/agent.md)")
+    learn.add_argument("--live-windows", type=positive_int, default=1, metavar="K",
+                       help="live training windows per outer iteration, one step on all (default %(default)s)")
+    learn.add_argument("--validation-repeats", type=positive_int, default=1, metavar="R",
+                       help="runs of the live validation window per point: mean and spread (default %(default)s)")
     learn.add_argument("--calibration-data", default=str(SHIPPED_DIR), metavar="DIR",
                        help="recordings the twin is fitted on besides the live windows, or 'none' "
                             "(default %(default)s)")

@@ -14,6 +14,8 @@ A_t = Σ_{t' ≥ t} (r_t' − r̄) (`loop_training.returns` of the centred costs
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +32,9 @@ from twin.records import Recording
 LOG_PROB_TOLERANCE = 1e-4
 """Largest |recomputed − recorded| log π(a | s) under the weights that ran the window: beyond it the recording
 was not drawn by these weights (another checkpoint, another input), and the update would not be on-policy."""
+TRUST_STEP_MAX = 4.0
+"""The trust-region step's longest try, in parameter norm (the shipped control head's weights have norm 6.6)."""
+TRUST_HALVINGS = 30
 
 
 class LiveLearningError(ValueError):
@@ -101,32 +106,78 @@ def live_samples(recording: Recording, targets: tuple[float, ...], periods: np.n
     return samples
 
 
-def live_step(net: GNPolicyNet, recording: Recording, *, lr: float, cost_unit: float = 1000.0,
-              grad_clip: float = 1.0) -> dict:
-    """One REINFORCE update of `net` (its trainable parameters: the control head) on the window `recording`,
-    which these weights must have drawn (checked); the window's figures and the update's."""
-    periods = replay_periods(recording)
-    costs = live_costs(recording)[periods]
-    samples = live_samples(recording, net.config.targets, periods)
-    figures = {"periods": int(periods.size), "cost_per_period": float(costs.mean()),
-               "total_cost": float(costs.sum()), "decisions": len(samples),
+def live_step(net: GNPolicyNet, recordings: Recording | Sequence[Recording], *, lr: float,
+              cost_unit: float = 1000.0, grad_clip: float = 1.0, max_kl: float | None = None) -> dict:
+    """One REINFORCE update of `net` (its trainable parameters: the control head) on the windows `recordings`,
+    which these weights must have drawn (checked; each window its own episode and baseline): an Adam step at
+    `lr`, or with `max_kl` the trust-region step (`trust_region_step`); the windows' figures and the update's."""
+    recordings = [recordings] if isinstance(recordings, Recording) else list(recordings)
+    windows, samples, weights = [], [], []
+    for recording in recordings:
+        periods = replay_periods(recording)
+        costs = live_costs(recording)[periods]
+        found = live_samples(recording, net.config.targets, periods)
+        advantage = returns((costs - costs.mean())[None, :], cost_unit)[0]
+        windows.append({"recording": str(recording.directory), "periods": int(periods.size),
+                        "cost_per_period": float(costs.mean()), "decisions": len(found)})
+        samples += found
+        weights += [advantage[s.period] for s in found]
+    figures = {"windows": windows, "cost_per_period": float(np.mean([w["cost_per_period"] for w in windows])),
+               "decisions": len(samples),
                "hold_share": float(np.mean([s.choice.hold for s in samples])) if samples else None}
     if not samples:
         return {**figures, "loss": None, "grad_norm": None, "log_prob_error": None}
-    advantage = returns((costs - costs.mean())[None, :], cost_unit)[0]
-    logits = control.control_logits(net, [s.inputs for s in samples])
+    inputs = [s.inputs for s in samples]
+    logits = control.control_logits(net, inputs)
     log_p = control.log_prob(logits, [s.choice for s in samples])
     error = float((log_p.detach() - torch.tensor([s.recorded_log_prob for s in samples])).abs().max())
     if error > LOG_PROB_TOLERANCE:
-        raise LiveLearningError(f"{recording.directory}: the recorded draws' log-probabilities differ from these "
-                                f"weights' by up to {error:.3g}: the window was not run by them")
-    weight = torch.tensor([advantage[s.period] for s in samples], dtype=torch.float32)
-    loss = -(log_p * weight).sum()
+        raise LiveLearningError(f"{recordings[0].directory}: the recorded draws' log-probabilities differ from "
+                                f"these weights' by up to {error:.3g}: the window was not run by them")
+    loss = -(log_p * torch.tensor(weights, dtype=torch.float32)).sum()
     trainable = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=lr)
-    optimizer.zero_grad()
+    net.zero_grad()
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
-    optimizer.step()
+    if max_kl is None:
+        optimizer = torch.optim.Adam(trainable, lr=lr)
+        optimizer.step()
+        update = {"kl": kl_to(net, inputs, logits.detach())}
+    else:
+        update = trust_region_step(net, trainable, inputs, logits.detach(), max_kl)
+    net.zero_grad()
     return {**figures, "loss": loss.item(), "grad_norm": float(grad_norm), "log_prob_error": error,
-            "entropy": float(control.entropy(logits.detach()).mean())}
+            "entropy": float(control.entropy(logits.detach()).mean()), **update}
+
+
+def kl_to(net: GNPolicyNet, inputs: list[control.ControlInput], old_logits: torch.Tensor) -> float:
+    """Mean over `inputs` of KL(π_old ‖ π_net) on the whole action distribution (hold, act at each target)."""
+    with torch.no_grad():
+        old = control.all_log_probs(old_logits)
+        new = control.all_log_probs(control.control_logits(net, inputs))
+        return float((old.exp() * (old - new)).sum(1).mean())
+
+
+def trust_region_step(net: GNPolicyNet, trainable: list[torch.Tensor], inputs: list[control.ControlInput],
+                      old_logits: torch.Tensor, max_kl: float) -> dict:
+    """TRPO's line search on the plain gradient (already in `.grad`): the longest step TRUST_STEP_MAX·2^−k
+    along −g/‖g‖ whose mean KL(π_old ‖ π_new) over the window's decided states is at most `max_kl`; no step if
+    none is. One live window is one noisy sample of ~26 decisions: the bound keeps it from swinging the head
+    (an Adam step at 5e-3 moved every weight by 5e-3 and put the head back on the hold rule)."""
+    if not (math.isfinite(max_kl) and max_kl > 0):
+        raise LiveLearningError(f"the trust region's KL bound must be a positive number, not {max_kl!r}")
+    before = [p.detach().clone() for p in trainable]
+    grads = [p.grad.detach().clone() for p in trainable]
+    norm = float(torch.sqrt(sum((g * g).sum() for g in grads)))
+    for halvings in range(TRUST_HALVINGS + 1):
+        size = TRUST_STEP_MAX * 0.5 ** halvings if norm > 0 else 0.0
+        with torch.no_grad():
+            for parameter, start, grad in zip(trainable, before, grads):
+                parameter.copy_(start - size * grad / max(norm, 1e-12))
+        kl = kl_to(net, inputs, old_logits)
+        if kl <= max_kl:
+            return {"kl": kl, "step_norm": size, "max_kl": max_kl}
+    with torch.no_grad():
+        for parameter, start in zip(trainable, before):
+            parameter.copy_(start)
+    return {"kl": 0.0, "step_norm": 0.0, "max_kl": max_kl}

@@ -75,7 +75,13 @@ class TwoLoopsConfig:
     twin_iterations: int = 10
     """M (the paper's Φ): agent 2's iterations in the twin per outer iteration."""
     live_lr: float = 5e-3
-    """Agent 1's Adam step on its live window (section V's first learning rate)."""
+    """Agent 1's Adam step on its live windows (section V's first learning rate), when `live_kl` is None."""
+    live_kl: float | None = None
+    """Agent 1's trust region instead: its step's mean KL(π_old ‖ π_new) over the windows' decisions (`--live-kl`)."""
+    live_windows: int = 1
+    """Live training windows per outer iteration (one step on all of them, each its own episode)."""
+    validation_repeats: int = 1
+    """Runs of the live validation window per point: their mean and spread (the testbed's own noise)."""
     calibration_data: str | None = str(SHIPPED_DIR)
     """Recordings the twin is fitted on besides the live training windows (None: those only)."""
     validation_episodes: int = 8
@@ -113,7 +119,7 @@ class Session:
     lock: Path | None = None
     log: Callable[[str], None] = print
     training: list[tuple[int, float]] = field(default_factory=list)
-    """(seed, trace start) of each outer iteration's live training window (`live_windows`)."""
+    """(seed, trace start) of the live training windows (`live_windows`), `--live-windows` per outer iteration."""
     validation: tuple[int, float] = (VALIDATION_SEED, 0.0)
     """(seed, trace start) of the live validation window."""
 
@@ -122,10 +128,14 @@ def prepare(demo: argparse.Namespace, config: TwoLoopsConfig, out: Path, init: P
             lock: Path | None) -> tuple[Session, GNPolicyNet]:
     """Refuse, before any work, whatever would stop the session later; the session and agent 1's start."""
     check_zeta(config.zeta)
-    if not 1 <= config.outer <= len(TRAIN_SEEDS):
-        raise TwoLoopsError(f"--outer {config.outer}: 1 to {len(TRAIN_SEEDS)} (one training window each)")
-    if config.twin_iterations < 1 or config.validation_episodes < 1:
-        raise TwoLoopsError("--twin-iterations and the validation episodes must be at least 1")
+    if not 1 <= config.outer * config.live_windows <= len(TRAIN_SEEDS):
+        raise TwoLoopsError(f"--outer × --live-windows {config.outer} × {config.live_windows}: 1 to "
+                            f"{len(TRAIN_SEEDS)} (one training window each)")
+    if min(config.twin_iterations, config.validation_episodes, config.live_windows, config.validation_repeats) < 1:
+        raise TwoLoopsError("--twin-iterations, --live-windows, --validation-repeats and the validation episodes "
+                            "must be at least 1")
+    if config.live_kl is not None and not (math.isfinite(config.live_kl) and config.live_kl > 0):
+        raise TwoLoopsError(f"--live-kl {config.live_kl}: the trust region's KL bound must be a positive number")
     for flag, bad in (("--record", demo.record is not None), ("--explore", demo.explore > 0),
                       ("--start", demo.start != 0), ("--policy", demo.policy != "deepmigration")):
         if bad:
@@ -147,9 +157,9 @@ def prepare(demo: argparse.Namespace, config: TwoLoopsConfig, out: Path, init: P
     except (OSError, ValueError) as error:  # CheckpointError is a ValueError
         raise TwoLoopsError(str(error)) from None
     session = Session(demo, out, table, lock)
-    session.training = live_windows(session, TRAIN_SEEDS, config.outer)
+    session.training = live_windows(session, TRAIN_SEEDS, config.outer * config.live_windows)
     (session.validation,) = live_windows(session, VALIDATION_SEEDS, 1)
-    return session, with_control_head(net, control.TARGETS, config.seed)
+    return session, with_control_head(net, control.TARGETS, config.seed, keep=True)
 
 
 # --- the live loop ---------------------------------------------------------------------------------
@@ -274,12 +284,15 @@ def run_two_loops(session: Session, config: TwoLoopsConfig, theta1: GNPolicyNet)
         start = out / "agents" / f"theta1-{tag}.pt"
         _save(start, theta1, config, index, "agent 1 at the start of the iteration (eq. (8)'s θ1^{I,1})")
         record = {"iteration": index, "twin_validation": {"theta1_start": scores["theta1"]}}
-        record["live_validation"] = run_live(session, start, session.validation, sample=False,
-                                             record=out / "live-validation" / f"val-{tag}")
-        record["live_training"] = run_live(session, start, session.training[index], sample=True,
-                                           record=out / "live" / f"train-{tag}")
-        record["agent1_step"] = live_step(theta1, load(out / "live" / f"train-{tag}"), lr=config.live_lr,
-                                          cost_unit=agent2_config.cost_unit, grad_clip=agent2_config.grad_clip)
+        record["live_validation"] = live_validation(session, start, tag, config.validation_repeats)
+        windows = session.training[index * config.live_windows:(index + 1) * config.live_windows]
+        runs = [run_live(session, start, window, sample=True, record=out / "live" / f"train-{tag}-{k}")
+                for k, window in enumerate(windows)]
+        record["live_training"] = {"cost_per_period": float(np.mean([r["cost_per_period"] for r in runs])),
+                                   "windows": runs}
+        record["agent1_step"] = live_step(theta1, [load(r["recording"]) for r in runs], lr=config.live_lr,
+                                          cost_unit=agent2_config.cost_unit, grad_clip=agent2_config.grad_clip,
+                                          max_kl=config.live_kl)
         _save(out / "agents" / f"agent1-{tag}.pt", theta1, config, index, "agent 1 after its live step")
         record["calibration"] = calibrate_twin(session, config, out / "twin" / f"calibrated-{tag}.json")
         theta2, record["agent2"] = train_agent2(
@@ -298,24 +311,45 @@ def run_two_loops(session: Session, config: TwoLoopsConfig, theta1: GNPolicyNet)
     return _finish(session, config, theta1, theta2, scores, history, began)
 
 
+def live_validation(session: Session, weights: Path, tag: str, repeats: int) -> dict:
+    """`repeats` greedy runs of `weights` on the live validation window (`live-validation/val-II-r`): agent 1's
+    live cost per period at this point is their mean; their spread is the testbed's own noise."""
+    runs = [run_live(session, weights, session.validation, sample=False,
+                     record=session.out / "live-validation" / f"val-{tag}-{r}") for r in range(repeats)]
+    return {"cost_per_period": float(np.mean([r["cost_per_period"] for r in runs])),
+            **spread([r["cost_per_period"] for r in runs]), "repeats": runs}
+
+
+def spread(costs: list[float]) -> dict:
+    """The spread of repeated live windows: sample standard deviation (None for one run), min and max."""
+    return {"std": float(np.std(costs, ddof=1)) if len(costs) > 1 else None,
+            "min": float(min(costs)), "max": float(max(costs))}
+
+
 def _finish(session: Session, config: TwoLoopsConfig, theta1: GNPolicyNet, theta2: GNPolicyNet, scores: dict,
             history: list[dict], began: float) -> dict:
-    """The last live validation window, the pick, its test cost, summary.json and the plot."""
+    """The last live validation, the pick (the best on the twin's validation windows of the start, the last θ1
+    and the last θ2; a tie keeps the earlier), its test cost, summary.json and the plot."""
     out = session.out
     last = out / "agents" / f"theta1-{config.outer:02d}.pt"
     _save(last, theta1, config, config.outer, "agent 1 after the last outer iteration")
-    final_live = run_live(session, last, session.validation, sample=False,
-                          record=out / "live-validation" / f"val-{config.outer:02d}")
-    picked, net = ("agent1", theta1) if scores["theta1"] <= scores["theta2"] else ("agent2", theta2)
+    final_live = live_validation(session, last, f"{config.outer:02d}", config.validation_repeats)
+    start, _ = checkpoint.load(out / "agents" / "theta1-00.pt")
+    candidates = {"start": (history[0]["twin_validation"]["theta1_start"], start),
+                  "agent1": (scores["theta1"], theta1), "agent2": (scores["theta2"], theta2)}
+    picked = min(candidates, key=lambda name: candidates[name][0])
+    net = candidates[picked][1]
     test = validate(net, _validation_batch(session, config, TEST_SEED))
-    _save(out / "final.pt", net, config, config.outer, f"the better on validation: {picked}")
+    _save(out / "final.pt", net, config, config.outer, f"the best on validation: {picked}")
     summary = curves(history)
     summary["agent1_live_validation_cost_per_period"].append(final_live["cost_per_period"])
+    summary["agent1_live_validation_spread"].append({k: final_live[k] for k in ("std", "min", "max")})
     summary = {
         "config": {**asdict(config), "agent2": asdict(config.agent2)}, "trace": str(session.demo.trace),
         "live_periods_per_window": int(session.demo.duration / session.demo.period), **summary,
         "final_live_validation": final_live,
-        "pick": {"agent": picked, "validation_total_cost": min(scores["theta1"], scores["theta2"]),
+        "pick": {"agent": picked, "validation_total_cost": candidates[picked][0],
+                 "candidates": {name: value for name, (value, _) in candidates.items()},
                  "test_total_cost": test, "checkpoint": str(out / "final.pt")},
         "wall_s": round(time.monotonic() - began, 1)}
     write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
@@ -326,6 +360,8 @@ def _finish(session: Session, config: TwoLoopsConfig, theta1: GNPolicyNet, theta
 def curves(history: list[dict]) -> dict:
     """Agent 1's and agent 2's costs over the outer iterations, from their records (`iterations/II.json`)."""
     return {"agent1_live_validation_cost_per_period": [r["live_validation"]["cost_per_period"] for r in history],
+            "agent1_live_validation_spread": [{k: r["live_validation"].get(k) for k in ("std", "min", "max")}
+                                              for r in history],
             "agent1_live_training_cost_per_period": [r["live_training"]["cost_per_period"] for r in history],
             "agent1_twin_validation_total_cost": [r["twin_validation"]["theta1_start"] for r in history]
             + [history[-1]["twin_validation"]["blended"]],
@@ -334,24 +370,32 @@ def curves(history: list[dict]) -> dict:
 
 def report(out: Path) -> dict:
     """The curves of a session, finished or interrupted, from the iteration records in `out`, with agent 1's
-    cost per period on every live validation window recorded (`live-validation/val-II`, also one whose
-    iteration did not finish); written to `out/report.json` and `out/costs.png`."""
+    cost per period (mean and spread of the repeats) on every live validation window recorded
+    (`live-validation/val-II-r`, also one whose iteration did not finish); written to `out/report.json` and
+    `out/costs.png`."""
     history = [json.loads(path.read_text()) for path in sorted((out / "iterations").glob("[0-9][0-9].json"))]
     if not history:
         raise TwoLoopsError(f"{out}: no finished outer iteration (iterations/00.json)")
     figures = curves(history)
-    windows = [load(path) for path in sorted((out / "live-validation").glob("val-[0-9][0-9]"))]
-    figures["agent1_live_validation_cost_per_period"] = [float(live_costs(w)[replay_periods(w)].mean())
-                                                         for w in windows]
+    points: dict[str, list[float]] = {}
+    for path in sorted((out / "live-validation").glob("val-[0-9][0-9]-*")):
+        window = load(path)
+        points.setdefault(path.name[:6], []).append(float(live_costs(window)[replay_periods(window)].mean()))
+    figures["agent1_live_validation_cost_per_period"] = [float(np.mean(costs)) for costs in points.values()]
+    figures["agent1_live_validation_spread"] = [spread(costs) for costs in points.values()]
     write_text(out / "report.json", json.dumps(figures, indent=1) + "\n")
     plot_costs(figures, out / "costs.png")
     return figures
 
 
 def _validation_batch(session: Session, config: TwoLoopsConfig, seed: int):
+    return validation_batch(session.demo.trace, session.table, config, seed)
+
+
+def validation_batch(trace: Path, table: FlowTable, config: TwoLoopsConfig, seed: int):
     """The twin's validation (or test) windows as `dm-train --closed-loop` validates on them."""
     agent2 = config.agent2
-    return loop.build(session.demo.trace, session.table, loop.LoopSetup(
+    return loop.build(trace, table, loop.LoopSetup(
         episodes=config.validation_episodes, periods=agent2.periods_max, instances=agent2.instances,
         standby=agent2.standby, speed=agent2.speed, max_flows=agent2.max_flows, seed=seed))
 
@@ -362,8 +406,10 @@ def _save(path: Path, net: GNPolicyNet, config: TwoLoopsConfig, iteration: int, 
 
 def _line(record: dict) -> str:
     live, twin = record["live_validation"], record["twin_validation"]
+    spread_ = f" (min {live['min']:,.0f}, max {live['max']:,.0f})" if live.get("std") is not None else ""
     return (f"two loops: iteration {record['iteration']}: agent 1 live validation {live['cost_per_period']:,.0f} "
-            f"per period, live training window {record['live_training']['cost_per_period']:,.0f}; twin validation "
+            f"per period{spread_}, live training {record['live_training']['cost_per_period']:,.0f}, step KL "
+            f"{record['agent1_step'].get('kl', 0.0):.3g}; twin validation "
             f"θ1 {twin['theta1_start']:,.0f} -> agent 2 {twin['agent2']:,.0f}, blended {twin['blended']:,.0f} "
             f"({record['wall_s']:.0f} s)")
 
@@ -377,7 +423,10 @@ def plot_costs(summary: dict, path: Path) -> None:
 
     live = summary["agent1_live_validation_cost_per_period"]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    left.plot(range(len(live)), live, marker="o", label="validation window, greedy θ1")
+    low = [s["min"] if s["min"] is not None else c for s, c in zip(summary["agent1_live_validation_spread"], live)]
+    high = [s["max"] if s["max"] is not None else c for s, c in zip(summary["agent1_live_validation_spread"], live)]
+    left.errorbar(range(len(live)), live, yerr=[np.subtract(live, low), np.subtract(high, live)], marker="o",
+                  capsize=3, label="validation window, greedy θ1 (mean, min-max of repeats)")
     training = summary["agent1_live_training_cost_per_period"]
     left.plot(range(len(training)), training, marker="x", linestyle=":", label="training window I, sampling θ1")
     left.set(xlabel="outer iteration I", ylabel="cost per period (total_cost share)", title="agent 1 on the testbed",
@@ -400,7 +449,8 @@ def plot_costs(summary: dict, path: Path) -> None:
 def config_from_args(args: argparse.Namespace) -> TwoLoopsConfig:
     data = args.calibration_data
     return TwoLoopsConfig(outer=args.outer, zeta=args.zeta, twin_iterations=args.twin_iterations,
-                          live_lr=args.live_lr, seed=args.seed,
+                          live_lr=args.live_lr, live_kl=args.live_kl, live_windows=args.live_windows,
+                          validation_repeats=args.validation_repeats, seed=args.seed,
                           calibration_data=None if data == "none" else data)
 
 
@@ -427,15 +477,33 @@ def main_learn(args: argparse.Namespace) -> int:
     return 0
 
 
+def window_costs(recordings: list[Path]) -> dict:
+    """Each recorded live window's cost per period (over the replay) and their spread: repeated runs of one
+    window with one policy measure the testbed's own noise. The median period's cost beside the mean: a few
+    executed moves measured long under load can carry most of a window's total."""
+    costs, medians = {}, {}
+    for path in recordings:
+        window = load(path)
+        periods = live_costs(window)[replay_periods(window)]
+        costs[str(path)], medians[str(path)] = float(periods.mean()), float(np.median(periods))
+    values = list(costs.values())
+    return {"cost_per_period": costs, "mean": float(np.mean(values)), **spread(values),
+            "median_period_cost": medians, "median_spread": spread(list(medians.values()))}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m gnn_policy.two_loops DIR`: the curves of a two-loops session from its iteration records."""
+    """`python -m gnn_policy.two_loops DIR`: the curves of a two-loops session from its iteration records;
+    `--windows REC ...`: the live cost per period of recorded windows and their spread."""
     import sys
 
     parser = argparse.ArgumentParser(prog="python -m gnn_policy.two_loops", description=main.__doc__)
-    parser.add_argument("session", type=Path, help="a dm-demo --learn DIR")
+    parser.add_argument("session", type=Path, nargs="?", help="a dm-demo --learn DIR")
+    parser.add_argument("--windows", type=Path, nargs="+", metavar="REC", help="dm-demo --record directories")
     args = parser.parse_args(argv)
+    if (args.session is None) == (args.windows is None):
+        parser.error("give a session DIR or --windows, one of the two")
     try:
-        figures = report(args.session)
+        figures = report(args.session) if args.windows is None else window_costs(args.windows)
     except (OSError, ValueError) as error:
         print(f"two loops: {error}", file=sys.stderr)
         return 2

@@ -12,7 +12,15 @@ import torch
 from controller_app import demo
 from gnn_policy import checkpoint, control
 from gnn_policy.base import Problem
-from gnn_policy.live_reinforce import LOG_PROB_TOLERANCE, LiveLearningError, live_costs, live_step
+from gnn_policy.live_reinforce import (
+    LOG_PROB_TOLERANCE,
+    LiveLearningError,
+    kl_to,
+    live_costs,
+    live_samples,
+    live_step,
+    replay_periods,
+)
 from gnn_policy.loop_training import with_control_head
 from gnn_policy.two_loops import TwoLoopsConfig, TwoLoopsError, blend, check_zeta, live_windows, prepare
 from tests.helpers import cluster
@@ -93,10 +101,31 @@ def test_the_recorded_draws_give_back_their_log_probability_and_one_step_moves_o
     head = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("control_head.")}
     step = live_step(net, recording, lr=1e-2)
     assert step["log_prob_error"] <= LOG_PROB_TOLERANCE
-    assert step["decisions"] == sum(h is not None for h in holds) and step["periods"] == len(STATES)
+    assert step["decisions"] == sum(h is not None for h in holds) and step["windows"][0]["periods"] == len(STATES)
+    assert step["kl"] > 0
     assert math.isfinite(step["loss"]) and step["grad_norm"] >= 0
     assert all(torch.equal(net.state_dict()[k], v) for k, v in body.items())
     assert any(not torch.equal(net.state_dict()[k], v) for k, v in head.items())
+
+
+def test_the_trust_region_step_learns_on_every_window_within_its_kl_bound(tmp_path):
+    net = _agent()
+    windows = [_recording(tmp_path / f"w{k}", net, seed=k) for k in range(2)]
+    decisions = sum(int(w.tables["periods"].column("control_hold").is_valid().to_numpy(zero_copy_only=False).sum())
+                    for w in windows)
+    body = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("control_head.")}
+    head = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("control_head.")}
+    step = live_step(net, windows, lr=1e-2, max_kl=1e-3)
+    assert step["decisions"] == decisions and len(step["windows"]) == 2
+    assert 0 < step["kl"] <= 1e-3 and step["step_norm"] > 0
+    inputs = [s.inputs for w in windows for s in live_samples(w, net.config.targets, replay_periods(w))]
+    assert kl_to(net, inputs, control.control_logits(_agent(), inputs)) == pytest.approx(step["kl"], rel=1e-4)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in body.items())
+    assert any(not torch.equal(net.state_dict()[k], v) for k, v in head.items())
+    wider = _agent()
+    assert live_step(wider, windows, lr=1e-2, max_kl=1e-1)["step_norm"] > step["step_norm"]
+    with pytest.raises(LiveLearningError, match="KL bound"):
+        live_step(_agent(), windows, lr=1e-2, max_kl=0.0)
 
 
 def test_a_window_drawn_by_other_weights_is_refused(tmp_path):
@@ -151,12 +180,31 @@ def test_dm_demo_learn_never_writes_into_a_directory_that_holds_something(capsys
     assert (tmp_path / "session" / "kept.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("config, message", [
+    (TwoLoopsConfig(live_kl=-0.01), "--live-kl"), (TwoLoopsConfig(live_kl=math.nan), "--live-kl"),
+    (TwoLoopsConfig(outer=60, live_windows=2), "--outer × --live-windows 60 × 2"),
+    (TwoLoopsConfig(validation_repeats=0), "--validation-repeats"),
+])
+def test_a_bad_session_config_is_refused_before_any_work(tmp_path, config, message):
+    args = demo._parser().parse_args(["--duration", "10", "--learn", str(tmp_path / "s")])
+    with pytest.raises(TwoLoopsError, match=message):
+        prepare(args, config, tmp_path / "s", None, None)
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_session_starts_from_the_checkpoints_own_control_head(tmp_path):
+    args = demo._parser().parse_args(["--duration", "10", "--learn", str(tmp_path / "s")])
+    _, theta1 = prepare(args, TwoLoopsConfig(), tmp_path / "s", None, None)
+    shipped, _ = checkpoint.load(None)
+    assert all(torch.equal(value, shipped.state_dict()[name]) for name, value in theta1.state_dict().items())
+
+
 def test_live_windows_are_the_first_seeds_of_the_split_the_testbed_can_replay(tmp_path):
     from trace_replay.live import load_schedule
 
     args = demo._parser().parse_args(["--duration", "10", "--learn", str(tmp_path / "s")])
-    session, _ = prepare(args, TwoLoopsConfig(outer=2), tmp_path / "s", None, None)
-    assert [seed for seed, _ in session.training] == [seed for seed, _ in live_windows(session, range(100), 2)]
+    session, _ = prepare(args, TwoLoopsConfig(outer=2, live_windows=2), tmp_path / "s", None, None)
+    assert [seed for seed, _ in session.training] == [seed for seed, _ in live_windows(session, range(100), 4)]
     assert all(seed < 100 for seed, _ in session.training) and session.validation[0] in range(100, 200)
     for _, start in [*session.training, session.validation]:
         load_schedule(args.trace, speed=0.5, start_s=start, duration_s=5.0)  # replayable: no ValueError
@@ -171,7 +219,7 @@ def test_live_windows_are_the_first_seeds_of_the_split_the_testbed_can_replay(tm
 def test_report_draws_the_curves_of_a_finished_or_interrupted_session_from_its_iteration_records(tmp_path):
     import json
 
-    from gnn_policy.two_loops import report
+    from gnn_policy.two_loops import report, window_costs
 
     with pytest.raises(TwoLoopsError, match="no finished outer iteration"):
         report(tmp_path)
@@ -180,13 +228,22 @@ def test_report_draws_the_curves_of_a_finished_or_interrupted_session_from_its_i
         record = {"live_validation": {"cost_per_period": 100.0 - k}, "live_training": {"cost_per_period": 90.0 + k},
                   "twin_validation": {"theta1_start": 50.0 - k, "agent2": 40.0 - k, "blended": 45.0 - k}}
         (tmp_path / "iterations" / f"{k:02d}.json").write_text(json.dumps(record))
-    recorded = _recording(tmp_path, _agent())  # a live validation window: its cost comes from the recording
     (tmp_path / "live-validation").mkdir()
-    recorded.directory.rename(tmp_path / "live-validation" / "val-00")
+    costs = []
+    for repeat, seed in enumerate((3, 4)):  # two runs of a live validation window: their costs from the recordings
+        recorded = _recording(tmp_path / f"r{repeat}", _agent(), seed=seed)
+        recorded.directory.rename(tmp_path / "live-validation" / f"val-00-{repeat}")
+        costs.append(float(live_costs(recorded).mean()))
     figures = report(tmp_path)
-    assert figures == {"agent1_live_validation_cost_per_period": [live_costs(recorded).mean()],
+    assert figures == {"agent1_live_validation_cost_per_period": [pytest.approx(np.mean(costs))],
+                       "agent1_live_validation_spread": [{"std": pytest.approx(np.std(costs, ddof=1)),
+                                                          "min": min(costs), "max": max(costs)}],
                        "agent1_live_training_cost_per_period": [90.0, 91.0],
                        "agent1_twin_validation_total_cost": [50.0, 49.0, 44.0],
                        "agent2_twin_validation_total_cost": [40.0, 39.0]}
     assert json.loads((tmp_path / "report.json").read_text()) == figures
+    windows = window_costs(sorted((tmp_path / "live-validation").iterdir()))
+    assert list(windows["cost_per_period"].values()) == pytest.approx(costs)
+    assert windows["mean"] == pytest.approx(np.mean(costs)) and windows["max"] == max(costs)
+    assert windows["median_spread"]["min"] == min(windows["median_period_cost"].values())
     assert (tmp_path / "costs.png").stat().st_size > 10_000
