@@ -86,10 +86,12 @@ class SteeredFlow:
     """None until two counter samples exist."""
     byte_rate: float = 0.0
     rules_expired: set[str] = field(default_factory=set)
-    direction_packets: dict[str, int] = field(default_factory=dict)
-    """Each direction's ("forward", "reverse") packet counter in the latest flow-stats reply that listed it."""
-    moved_at: dict[str, float] = field(default_factory=dict)
-    """When a flow-stats reply last showed a direction's counter grown (controller clock)."""
+    direction_counted: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """Each direction's ("forward", "reverse") packet counter, and when (controller clock), in the latest flow-stats
+    reply that listed it."""
+    grew_after: dict[str, float] = field(default_factory=dict)
+    """A direction carried a packet after this moment (controller clock): the reply before the latest one that
+    showed its counter grown."""
     steered_at: float = -math.inf
     """When the controller last installed both directions' rules (controller clock); a rule that expires
     older than that is one they replaced."""
@@ -109,12 +111,12 @@ class SteeredFlow:
 
     def counted(self, five_tuple: FiveTuple, packets: int, now: float) -> None:
         """One direction's rule counted `packets` at `now`; a counter that went down belongs to a reinstalled
-        rule and counts from zero."""
+        rule and counts from zero. A direction's first count grew since the flow landed or was last steered."""
         direction = self.direction(five_tuple)
-        before = self.direction_packets.get(direction, 0)
+        then, before = self.direction_counted.get(direction, (max(self.first_seen, self.steered_at), 0))
         if packets > (before if packets >= before else 0):
-            self.moved_at[direction] = now
-        self.direction_packets[direction] = packets
+            self.grew_after[direction] = then
+        self.direction_counted[direction] = now, packets
 
     def view(self) -> dict:
         return {"id": self.key, "five_tuple": self.five_tuple._asdict(), "instance": self.instance,
@@ -287,10 +289,11 @@ class Steering:
 
     def on_rule_expired(self, five_tuple: FiveTuple, age_s: float | None = None) -> None:
         """One direction's rule idled out, `age_s` seconds after the switch installed it (None: unknown); the
-        flow is forgotten when both have. While the other direction carries traffic (its own counter grew within
-        the idle timeout) the expired rule comes back at once, to the same instance: otherwise this direction's
-        next packet would land anew, possibly elsewhere, taking the other direction and its queued packets along.
-        A flow idle both ways is not put back: if it returns it lands anew, nothing of it queued anywhere, and
+        flow is forgotten when both have. While the other direction carries traffic (its own counter grew after
+        this one went quiet, an idle timeout ago at the latest) the expired rule comes back at once, to the same
+        instance: otherwise this direction's next packet would land anew, possibly elsewhere, taking the other
+        direction and its queued packets along. A flow idle both ways (the other direction's last packets at the
+        end of the same burst) is not put back: if it returns it lands anew, nothing of it queued anywhere, and
         the landing wins (`on_flow_landed`). Putting it back could not: the flow-removed message always reaches
         the controller before the copy of a packet that landed after the expiry, and the put-back would move
         the flow from under the packets already queued where they landed. A rule installed before the flow's
@@ -304,7 +307,7 @@ class Steering:
         flow.rules_expired.add(expired)
         if len(flow.rules_expired) == 2:
             self.flows.forget(flow.key)
-        elif self.switch is not None and now - flow.moved_at.get(other, -math.inf) < self._idle_timeout_s:
+        elif self.switch is not None and flow.grew_after.get(other, -math.inf) > now - self._idle_timeout_s:
             flow.steered(flow.instance, now)
             flow.refreshed_at = now
             self.switch.steer(flow.five_tuple, self.nfs[flow.instance].desc)
