@@ -117,14 +117,19 @@ class StateCollector:
         self._ports: dict[int, tuple[int, int, float]] = {}
 
     def on_flow_stats(self, counters: Iterable[tuple[FiveTuple, int, int]], now: float | None = None) -> None:
-        """A complete flow-stats reply: (directed 5-tuple, packets, bytes) per rule."""
+        """A complete flow-stats reply: (directed 5-tuple, packets, bytes) per rule. The rates come from the sums
+        of both directions; each direction's own counter tells steering whether it still carries traffic."""
+        now = self._clock() if now is None else now
         totals: dict[str, list[int]] = {}
         for five_tuple, packets, octets in counters:
-            total = totals.setdefault(flow_key(five_tuple), [0, 0])
+            key = flow_key(five_tuple)
+            total = totals.setdefault(key, [0, 0])
             total[0] += packets
             total[1] += octets
+            if (flow := self.flows.get(key)) is not None:
+                flow.counted(five_tuple, packets, now)
         self._counters = {k: (p, b) for k, (p, b) in totals.items()}
-        self._counted_at = self._clock() if now is None else now
+        self._counted_at = now
 
     def on_port_stats(self, counters: Iterable[tuple[int, int, int]], now: float | None = None) -> None:
         """Port counters (port, rx bytes, tx bytes) become link loads in bytes/s."""

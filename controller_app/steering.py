@@ -86,8 +86,12 @@ class SteeredFlow:
     """None until two counter samples exist."""
     byte_rate: float = 0.0
     rules_expired: set[str] = field(default_factory=set)
-    last_active: float = -math.inf
-    """When a period last measured the flow's rate above zero (controller clock)."""
+    direction_counted: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """Each direction's ("forward", "reverse") packet counter, and when (controller clock), in the latest flow-stats
+    reply that listed it."""
+    grew_after: dict[str, float] = field(default_factory=dict)
+    """A direction carried a packet after this moment (controller clock): the reply before the latest one that
+    showed its counter grown."""
     steered_at: float = -math.inf
     """When the controller last installed both directions' rules (controller clock); a rule that expires
     older than that is one they replaced."""
@@ -101,6 +105,18 @@ class SteeredFlow:
         neither rule is expired."""
         self.instance, self.steered_at = instance, now
         self.rules_expired.clear()
+
+    def direction(self, five_tuple: FiveTuple) -> str:
+        return "forward" if five_tuple == self.five_tuple else "reverse"
+
+    def counted(self, five_tuple: FiveTuple, packets: int, now: float) -> None:
+        """One direction's rule counted `packets` at `now`; a counter that went down belongs to a reinstalled
+        rule and counts from zero. A direction's first count grew since the flow landed or was last steered."""
+        direction = self.direction(five_tuple)
+        then, before = self.direction_counted.get(direction, (max(self.first_seen, self.steered_at), 0))
+        if packets > (before if packets >= before else 0):
+            self.grew_after[direction] = then
+        self.direction_counted[direction] = now, packets
 
     def view(self) -> dict:
         return {"id": self.key, "five_tuple": self.five_tuple._asdict(), "instance": self.instance,
@@ -273,33 +289,36 @@ class Steering:
 
     def on_rule_expired(self, five_tuple: FiveTuple, age_s: float | None = None) -> None:
         """One direction's rule idled out, `age_s` seconds after the switch installed it (None: unknown); the
-        flow is forgotten when both have. While the flow still carries traffic the expired rule comes back at
-        once, to the same instance: otherwise that direction's next packet would land anew, possibly
-        elsewhere, taking the other direction along. A rule installed before the flow's current ones (its
-        expiry crossed their steer, e.g. a move's) says nothing about them and is ignored."""
+        flow is forgotten when both have. While the other direction carries traffic (its own counter grew after
+        this one went quiet, an idle timeout ago at the latest) the expired rule comes back at once, to the same
+        instance: otherwise this direction's next packet would land anew, possibly elsewhere, taking the other
+        direction and its queued packets along. A flow idle both ways (the other direction's last packets at the
+        end of the same burst) is not put back: if it returns it lands anew, nothing of it queued anywhere, and
+        the landing wins (`on_flow_landed`). Putting it back could not: the flow-removed message always reaches
+        the controller before the copy of a packet that landed after the expiry, and the put-back would move
+        the flow from under the packets already queued where they landed. A rule installed before the flow's
+        current ones (its expiry crossed their steer, e.g. a move's) says nothing about them and is ignored."""
         flow = self.flows.get(flow_key(five_tuple))
         now = self._clock()
         if flow is None or (age_s is not None and now - age_s < flow.steered_at - RULE_AGE_SLACK_S):
             return
-        flow.rules_expired.add("forward" if five_tuple == flow.five_tuple else "reverse")
+        expired = flow.direction(five_tuple)
+        other = "reverse" if expired == "forward" else "forward"
+        flow.rules_expired.add(expired)
         if len(flow.rules_expired) == 2:
             self.flows.forget(flow.key)
-        elif self.switch is not None and now - flow.last_active < self._idle_timeout_s:
+        elif self.switch is not None and flow.grew_after.get(other, -math.inf) > now - self._idle_timeout_s:
             flow.steered(flow.instance, now)
             flow.refreshed_at = now
             self.switch.steer(flow.five_tuple, self.nfs[flow.instance].desc)
 
     # --- the period ------------------------------------------------------------------------
     def on_period(self, quiet_ms: float, idle_timeout_s: float) -> None:
-        """Once per period, after the rates are updated: note which flows carry traffic, refresh the
-        default steering and merge the older state of flows that landed away from it."""
-        now = self._clock()
+        """Once per period, after the rates are updated: refresh the default steering and merge the older
+        state of flows that landed away from it."""
         self._idle_timeout_s = idle_timeout_s
         if self.recovery is not None and self.recovery.rules_found:
             self._finish_adoption(quiet_ms)
-        for flow in self.flows:
-            if (flow.rate_pps or 0.0) > 0.0:
-                flow.last_active = now
         self.refresh_default_steering()
         merges, self._merges = self._merges, {}
         for key, holder in merges.items():

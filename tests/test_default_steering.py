@@ -278,19 +278,91 @@ def test_a_steer_installs_fresh_rules_and_only_idle_timeouts_are_expiries():
 
 
 def test_a_landing_that_races_a_put_back_is_logged_and_the_flow_stays_put_back(rig, caplog):
-    """Issue 20's reorders on never-migrated flows: one of a flow's rules idles out, the flow comes back and
-    lands (its `learn`ed rules) on the default steering's instance just before the controller puts its rules
-    back to the old one. The put-back wins (the flow's later packets go there), so its first packets, on the
-    instance it landed on, can be overtaken: the late copy that shows it is logged, by flow."""
+    """The race left (issue 20): one rule of a one-way flow idles out while the other direction carries traffic,
+    and the idle direction comes back and lands (its `learn`ed rules) on the default steering's instance just
+    before the controller puts its rules back to the old one. The put-back wins (the flow's later packets go
+    there), so its first packets, on the instance it landed on, can be overtaken: the late copy that shows it
+    is logged, by flow."""
     key = flow_key(tuple_n(1))
     land(rig, tuple_n(1), "nf1")
     c = rig.controller
     c.config = c.config.updated({"mode": "dry-run"})
     run_period(rig, {tuple_n(1): 5})
-    c.on_rule_expired(tuple_n(1), age_s=10.0)  # put back to nf1: the flow carried traffic
+    for packets in (0, 5):
+        c.on_flow_stats([(tuple_n(1), 5, 500), (tuple_n(1).reverse(), packets, packets * 100)], rig.clock.now)
+        rig.clock.now += 1.0
+    c.on_rule_expired(tuple_n(1), age_s=10.0)  # put back to nf1: the other direction carries traffic
     with caplog.at_level("WARNING", logger="controller_app.steering"):
         c.on_flow_landed(tuple_n(1), "nf2")  # its landing's copy, which came after the flow-removed message
         c.on_flow_landed(tuple_n(1), "nf1")  # a late copy naming the flow's own instance says nothing
     assert c.flows.get(key).instance == "nf1" and steers(rig)[-1] == ("switch", "steer", key, "nf1")
     [record] = [r for r in caplog.records if "while they were put back" in r.getMessage()]
     assert key in record.getMessage() and "landed on nf2" in record.getMessage()
+
+
+def test_a_flow_idle_both_ways_is_not_put_back_and_its_landing_wins(rig, caplog):
+    """Issue 20's reorders on never-migrated flows: a returning flow's first rule idles out while its rate,
+    which comes a period or two late, still says it is active. Its other direction's own counter has not grown
+    since, so nothing of it is queued anywhere: no put-back, and when its next packet lands elsewhere (the copy
+    comes after the flow-removed message) the flow is registered there, on the switch's rules, and its older
+    state merged in."""
+    key = flow_key(tuple_n(1))
+    land(rig, tuple_n(1), "nf1")
+    c = rig.controller
+    c.config = c.config.updated({"mode": "dry-run"})
+    c.on_flow_stats([(tuple_n(1), 5, 500), (tuple_n(1).reverse(), 5, 500)], rig.clock.now + 0.5)
+    run_period(rig, {tuple_n(1): 5})  # forward only: the reverse counter stays at 5 from now on
+    rig.clock.now += c.config.rule_idle_timeout_s - 0.5  # the reverse's last growth is a timeout old
+    run_period(rig, {tuple_n(1): 5})  # the forward's late rate: the flow still counts as active
+    assert c.flows.get(key).rate_pps > 0
+    rig.nfs["nf1"].flows_with_state = [tuple_n(1)]
+    rig.nfs["nf1"].state[key] = {"packets": 20}
+    c.poll_instances()
+    c.on_rule_expired(tuple_n(1), age_s=10.0)
+    assert not steers(rig) and c.flows.get(key).rules_expired == {"forward"}
+    with caplog.at_level("WARNING", logger="controller_app.steering"):
+        land(rig, tuple_n(1), "nf2")  # the switch's learned rules send both directions to nf2
+    assert c.flows.get(key).instance == "nf2" and not c.flows.get(key).rules_expired
+    assert not [r for r in caplog.records if "while they were put back" in r.getMessage()]
+    run_period(rig, {})
+    merge = [call for call in rig.calls if call[0] in ("nf1", "nf2") and call[1] in ("export", "import")]
+    assert merge == [("nf1", "export", key), ("nf2", "import", key)]
+    assert not steers(rig) and rig.switch.rules[canonical(tuple_n(1))] == "nf2"
+
+
+def test_a_burst_ending_in_both_directions_is_not_put_back(rig):
+    """The other direction's last packets came with this one's, at the end of the same burst: the reply that
+    showed them came after this direction went quiet, but the packets may have come before, so they say
+    nothing of a live direction. One that grew between replies both after that is live: put back."""
+    key = flow_key(tuple_n(1))
+    land(rig, tuple_n(1), "nf1")
+    c = rig.controller
+    run_period(rig, {tuple_n(1): 5})  # sets the idle timeout (10 s)
+    start = rig.clock.now
+    c.on_flow_stats([(tuple_n(1), 5, 500), (tuple_n(1).reverse(), 0, 0)], start + 0.5)
+    c.on_flow_stats([(tuple_n(1), 8, 800), (tuple_n(1).reverse(), 4, 400)], start + 1.5)  # the burst's end
+    rig.clock.now = start + 1.5 + c.config.rule_idle_timeout_s - 0.2
+    c.on_rule_expired(tuple_n(1), age_s=10.0)
+    assert not steers(rig) and c.flows.get(key).rules_expired == {"forward"}
+    land(rig, tuple_n(2), "nf1")
+    landed = rig.clock.now
+    c.on_flow_stats([(tuple_n(2), 5, 500), (tuple_n(2).reverse(), 0, 0)], landed + 0.2)
+    c.on_flow_stats([(tuple_n(2), 5, 500), (tuple_n(2).reverse(), 4, 400)], landed + 1.2)  # after 0.2 s
+    rig.clock.now = landed + c.config.rule_idle_timeout_s  # the forward quiet since `landed` at the latest
+    c.on_rule_expired(tuple_n(2), age_s=10.0)
+    assert steers(rig) == [("switch", "steer", flow_key(tuple_n(2)), "nf1")]
+
+
+def test_each_direction_counts_its_own_traffic_and_a_reinstalled_rule_counts_from_zero(rig):
+    key = flow_key(tuple_n(1))
+    rig.clock.now = 0.5
+    land(rig, tuple_n(1), "nf1")
+    c = rig.controller
+    c.on_flow_stats([(tuple_n(1), 5, 500), (tuple_n(1).reverse(), 0, 0)], 1.0)
+    assert c.flows.get(key).grew_after == {"forward": 0.5}  # since it landed
+    c.on_flow_stats([(tuple_n(1), 5, 500), (tuple_n(1).reverse(), 3, 300)], 2.0)
+    assert c.flows.get(key).grew_after == {"forward": 0.5, "reverse": 1.0}
+    c.on_flow_stats([(tuple_n(1), 0, 0), (tuple_n(1).reverse(), 3, 300)], 3.0)  # forward reinstalled, unused
+    assert c.flows.get(key).grew_after == {"forward": 0.5, "reverse": 1.0}
+    c.on_flow_stats([(tuple_n(1), 2, 200), (tuple_n(1).reverse(), 3, 300)], 4.0)
+    assert c.flows.get(key).grew_after == {"forward": 3.0, "reverse": 1.0}
