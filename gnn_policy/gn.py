@@ -188,8 +188,31 @@ class GNBlock(MetaLayer):
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, u: torch.Tensor,
                 batch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         edge_attr = self.edge_model.on_nodes(x, edge_index, edge_attr, u, batch)
-        x = self.node_model(x, edge_index, edge_attr, u, batch)
-        return x, edge_attr, self.global_model(x, edge_index, edge_attr, u, batch)
+        incoming, edges = self._edge_means(edge_index, edge_attr, x.size(0), u.size(0), batch)
+        x = self.node_model.cell(torch.cat([incoming, _per_member(u, batch, x.size(0))], dim=1), x)
+        nodes = self.global_model.nodes_to_global(x, batch, u.size(0))
+        return x, edge_attr, self.global_model.cell(torch.cat([edges, nodes], dim=1), u)
+
+    def _edge_means(self, edge_index: torch.Tensor, edge: torch.Tensor, n_nodes: int, n_graphs: int,
+                    batch: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ρe→v per receiver [N, hidden], ρe→u per graph [G, hidden]) in one pass over the E edges: both first
+        layers as one product, one sum per receiver, and each graph's edge sum from its receivers' sums (an edge
+        is in its receiver's graph as in its sender's). The functions of `NodeUpdate` and `GlobalUpdate` up to
+        float32 rounding (the sums are taken in another order)."""
+        to_node, to_global = self.node_model.edges_to_node, self.global_model.edges_to_global
+        h = edge.size(1)
+        both = torch.relu(nn.functional.linear(edge, torch.cat([to_node.first.weight, to_global.first.weight]),
+                                               torch.cat([to_node.first.bias, to_global.first.bias])))
+        receiver = edge_index[1]
+        sums = scatter(both, receiver, dim=0, dim_size=n_nodes, reduce="sum")
+        degree = torch.bincount(receiver, minlength=n_nodes).to(edge.dtype)
+        if batch is None:
+            graph_sums, counts = sums[:, h:].sum(dim=0, keepdim=True), degree.sum().reshape(1)
+        else:
+            graph_sums = scatter(sums[:, h:], batch, dim=0, dim_size=n_graphs, reduce="sum")
+            counts = scatter(degree, batch, dim=0, dim_size=n_graphs, reduce="sum")
+        return (to_node.second(sums[:, :h] / degree.clamp(min=1.0)[:, None]),
+                to_global.second(graph_sums / counts.clamp(min=1.0)[:, None]))
 
 
 @dataclass(frozen=True)
