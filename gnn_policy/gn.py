@@ -186,7 +186,8 @@ class GlobalUpdate(nn.Module):
 
 class GNBlock(MetaLayer):
     """`MetaLayer` (edge, node, then global update) with the edge update on the nodes (`EdgeUpdate.on_nodes`):
-    MetaLayer's own forward gathers the node states onto the E edges first. The residual twin's block, which
+    MetaLayer's own forward gathers the node states onto the E edges first; the node and global updates' edge
+    means are taken in one pass (`_edge_means`). The residual twin's block, which
     scores a few candidates on complete graphs with standby instances every period of the look-ahead. The
     policy keeps `MetaLayer`'s rounding: its mean-level requests meet the translator's exact comparisons (which
     receiver is asked most, whether a flow's rate passes what is left), where float32 noise decides near-ties

@@ -1,8 +1,9 @@
 """The speed-ups of issue 19's decision-time goals decide as the code they replaced: OFM's load balancing on
 Python floats against the numpy loop it replaced, the look-ahead's batched candidate windows against PyG's
 collation of one window per candidate, and the residual twin's GN block (edge update on the nodes, tanh from a
-sigmoid) against PyG's MetaLayer on the same weights, within float32 rounding (the policy network keeps
-MetaLayer's rounding, so its decisions stay bit for bit; test_gn.py pins it to the concatenated-input network)."""
+sigmoid, both edge means in one pass) against PyG's MetaLayer on the same weights, within float32 rounding (the
+policy network keeps MetaLayer's rounding, so its decisions stay bit for bit; test_gn.py pins it to the
+concatenated-input network), and the base twin's inputs and the twin's edge encoding bit for bit."""
 from __future__ import annotations
 
 from dataclasses import replace
