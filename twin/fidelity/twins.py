@@ -102,6 +102,7 @@ class FlowTwin(Twin):
         n, capacity = origin.n_instances, origin.capacity
         assignment, active, queue = origin.assignment, origin.active, origin.queue
         carried = np.zeros(n)
+        _ = origin.flow_index  # made once here, kept by every step's derived state (`carry_out` reads it)
         steps = []
         for j, action in enumerate(actions):
             now = origin.with_changes(rate=self.rates(past, j), assignment=assignment, active=active, queue=queue,
