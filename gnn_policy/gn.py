@@ -123,20 +123,27 @@ class EdgeUpdate(nn.Module):
         return self.cell(torch.cat([receiver, sender, _per_member(u, edge_graph, edge.size(0))], dim=1), edge)
 
     def on_nodes(self, x: torch.Tensor, edge_index: torch.Tensor, edge: torch.Tensor, u: torch.Tensor,
-                 node_graph: torch.Tensor | None) -> torch.Tensor:
+                 node_graph: torch.Tensor | None, weights: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         """`forward` from the node states `x` [N, hidden] before they are gathered onto the edges (`edge_index`
         [2, E]: sender, receiver; `node_graph` [N]: each node's graph, None for a single graph), for `GNBlock`.
         The cell's input weights are linear in [v_rk, v_sk, u], so their receiver, sender and global parts (and
         the biases) are applied to the N nodes and G globals first: the same function with a quarter of the
         per-edge multiplications, and its tanh from a sigmoid (`from_sigmoid`, the pre-activation doubled on the
-        nodes and in the hidden weights). Equal to `forward` up to float32 rounding, not bit for bit."""
-        cell, h = self.cell, edge.size(1)
-        on_receiver, on_sender, on_global = cell.weight_ih.split(h, dim=1)
-        bias = torch.addmm(cell.bias_ih + cell.bias_hh, u, on_global.t())
-        receiver = 2.0 * torch.addmm(_per_member(bias, node_graph, x.size(0)), x, on_receiver.t())
-        sender = x @ (2.0 * on_sender.t())
-        gathered = receiver.index_select(0, edge_index[1]) + sender.index_select(0, edge_index[0])
-        return from_sigmoid(torch.addmm(gathered, edge, 2.0 * cell.weight_hh.t()))
+        nodes and in the hidden weights). Equal to `forward` up to float32 rounding, not bit for bit. `weights`:
+        `folded()`, made once by the caller (None: made here)."""
+        on_receiver, on_sender, on_global, biases, on_edge = weights or self.folded()
+        bias = torch.addmm(biases, u, on_global)
+        receiver = 2.0 * torch.addmm(_per_member(bias, node_graph, x.size(0)), x, on_receiver)
+        gathered = receiver.index_select(0, edge_index[1]) + (x @ on_sender).index_select(0, edge_index[0])
+        return from_sigmoid(torch.addmm(gathered, edge, on_edge))
+
+    def folded(self) -> tuple[torch.Tensor, ...]:
+        """`on_nodes`' weights (receiver, doubled sender and global parts of the input weights, both biases,
+        the doubled hidden weights), which `GNBlock.prepare` makes once for the steps of a rollout."""
+        cell = self.cell
+        on_receiver, on_sender, on_global = cell.weight_ih.split(cell.hidden_size, dim=1)
+        return on_receiver.t(), 2.0 * on_sender.t(), on_global.t(), cell.bias_ih + cell.bias_hh, \
+            2.0 * cell.weight_hh.t()
 
 
 class NodeUpdate(nn.Module):
@@ -179,17 +186,49 @@ class GlobalUpdate(nn.Module):
 
 class GNBlock(MetaLayer):
     """`MetaLayer` (edge, node, then global update) with the edge update on the nodes (`EdgeUpdate.on_nodes`):
-    MetaLayer's own forward gathers the node states onto the E edges first. The residual twin's block, which
+    MetaLayer's own forward gathers the node states onto the E edges first; the node and global updates' edge
+    means are taken in one pass (`_edge_means`). The residual twin's block, which
     scores a few candidates on complete graphs with standby instances every period of the look-ahead. The
     policy keeps `MetaLayer`'s rounding: its mean-level requests meet the translator's exact comparisons (which
     receiver is asked most, whether a flow's rate passes what is left), where float32 noise decides near-ties
     and the decisions benchmarked with the shipped checkpoint would change."""
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, u: torch.Tensor,
-                batch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        edge_attr = self.edge_model.on_nodes(x, edge_index, edge_attr, u, batch)
-        x = self.node_model(x, edge_index, edge_attr, u, batch)
-        return x, edge_attr, self.global_model(x, edge_index, edge_attr, u, batch)
+                batch: torch.Tensor | None = None, prepared: dict | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`prepared`: `prepare(edge_index, x.size(0), batch, u.size(0))`, made once for the steps and periods
+        of a rollout on one graph (None: made here)."""
+        prepared = prepared or self.prepare(edge_index, x.size(0), batch, u.size(0))
+        edge_attr = self.edge_model.on_nodes(x, edge_index, edge_attr, u, batch, prepared["edge"])
+        incoming, edges = self._edge_means(edge_index, edge_attr, prepared)
+        x = self.node_model.cell(torch.cat([incoming, _per_member(u, batch, x.size(0))], dim=1), x)
+        nodes = self.global_model.nodes_to_global(x, batch, u.size(0))
+        return x, edge_attr, self.global_model.cell(torch.cat([edges, nodes], dim=1), u)
+
+    def prepare(self, edge_index: torch.Tensor, n_nodes: int, batch: torch.Tensor | None, n_graphs: int) -> dict:
+        """What every application of the block to one graph shares: the edge cell's folded weights, both edge
+        means' first layers as one, each node's in-degree and each graph's edge count."""
+        to_node, to_global = self.node_model.edges_to_node, self.global_model.edges_to_global
+        degree = torch.bincount(edge_index[1], minlength=n_nodes).to(to_node.first.weight.dtype)
+        counts = degree.sum().reshape(1) if batch is None else scatter(degree, batch, dim=0, dim_size=n_graphs,
+                                                                       reduce="sum")
+        return {"edge": self.edge_model.folded(), "first": torch.cat([to_node.first.weight, to_global.first.weight]),
+                "bias": torch.cat([to_node.first.bias, to_global.first.bias]), "batch": batch, "n_graphs": n_graphs,
+                "degree": degree.clamp(min=1.0)[:, None], "counts": counts.clamp(min=1.0)[:, None]}
+
+    def _edge_means(self, edge_index: torch.Tensor, edge: torch.Tensor, prepared: dict
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ρe→v per receiver [N, hidden], ρe→u per graph [G, hidden]) in one pass over the E edges: both first
+        layers as one product, one sum per receiver, and each graph's edge sum from its receivers' sums (an edge
+        is in its receiver's graph as in its sender's). The functions of `NodeUpdate` and `GlobalUpdate` up to
+        float32 rounding (the sums are taken in another order)."""
+        h, degree = edge.size(1), prepared["degree"]
+        both = torch.relu(nn.functional.linear(edge, prepared["first"], prepared["bias"]))
+        sums = scatter(both, edge_index[1], dim=0, dim_size=degree.size(0), reduce="sum")
+        graph_sums = (sums[:, h:].sum(dim=0, keepdim=True) if prepared["batch"] is None
+                      else scatter(sums[:, h:], prepared["batch"], dim=0, dim_size=prepared["n_graphs"], reduce="sum"))
+        return (self.node_model.edges_to_node.second(sums[:, :h] / degree),
+                self.global_model.edges_to_global.second(graph_sums / prepared["counts"]))
 
 
 @dataclass(frozen=True)

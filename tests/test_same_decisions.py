@@ -1,11 +1,13 @@
 """The speed-ups of issue 19's decision-time goals decide as the code they replaced: OFM's load balancing on
 Python floats against the numpy loop it replaced, the look-ahead's batched candidate windows against PyG's
 collation of one window per candidate, and the residual twin's GN block (edge update on the nodes, tanh from a
-sigmoid) against PyG's MetaLayer on the same weights, within float32 rounding (the policy network keeps
-MetaLayer's rounding, so its decisions stay bit for bit; test_gn.py pins it to the concatenated-input network)."""
+sigmoid, both edge means in one pass) against PyG's MetaLayer on the same weights, within float32 rounding (the
+policy network keeps MetaLayer's rounding, so its decisions stay bit for bit; test_gn.py pins it to the
+concatenated-input network), and the base twin's inputs and the twin's edge encoding bit for bit."""
 from __future__ import annotations
 
 from dataclasses import replace
+from unittest.mock import patch
 
 import numpy as np
 import torch
@@ -18,8 +20,17 @@ from gnn_policy.baselines import OFM
 from gnn_policy.gn import EdgeUpdate, GlobalUpdate, GNBlock, NodeUpdate, from_sigmoid
 from gnn_policy.plan import Plan
 from tests.strategies import cluster_states, moves
+from twin.fidelity.twins import flow_means
 from twin.params import Thresholds
-from twin.residual.features import candidate_windows, collate, indexed_move, origin_of_state, window
+from twin.residual.features import (
+    StatePast,
+    candidate_windows,
+    collate,
+    indexed_move,
+    origin_of_state,
+    window,
+)
+from twin.residual.model import Member, ResidualConfig
 from twin.scenario import ScenarioKind
 
 TH = Thresholds(high=0.6, low=0.1)
@@ -115,3 +126,63 @@ def test_the_twins_gn_block_is_metalayers_function_on_batched_graphs():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     for a, b in zip(single, (plain[0][:5], plain[1][:20], plain[2][:1])):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_the_twins_gn_block_takes_the_edge_means_of_metalayer_on_any_graph():
+    """The fused edge means (one product, sums per receiver, graph sums from them) on irregular graphs: nodes
+    without incoming edges, unequal in-degrees, a graph without edges."""
+    torch.manual_seed(1)
+    hidden, sizes = 8, (6, 4, 1)
+    modules = EdgeUpdate(hidden), NodeUpdate(hidden), GlobalUpdate(hidden)
+    pairs = [torch.tensor([[0, 0, 1, 2, 2, 5], [1, 2, 2, 1, 0, 0]]), torch.tensor([[3, 1], [2, 2]]),
+             torch.zeros((2, 0), dtype=torch.long)]
+    edge_index = torch.cat([p + sum(sizes[:g]) for g, p in enumerate(pairs)], dim=1)
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    x, u = torch.randn(sum(sizes), hidden), torch.randn(len(sizes), hidden)
+    edge = torch.randn(edge_index.size(1), hidden)
+    with torch.no_grad():
+        fast, plain = GNBlock(*modules)(x, edge_index, edge, u, batch), MetaLayer(*modules)(x, edge_index, edge, u, batch)
+        alone = GNBlock(*modules)(x[-1:], pairs[2], edge[:0], u[-1:], None)
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for a, b in zip(alone, (plain[0][-1:], plain[1][:0], plain[2][-1:])):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def flow_means_reference(past, window: int) -> np.ndarray:
+    """`twin.fidelity.twins.flow_means` as it was before the one-state shortcut."""
+    state = past.state()
+    tables = [past.flow_table(s) for s in range(max(past.t - window + 1, 0), past.t + 1)]
+    known, inverse = np.unique(np.concatenate([t["flow"] for t in tables]), return_inverse=True)
+    means = np.bincount(inverse, weights=np.concatenate([t["rate"] for t in tables])) / np.bincount(inverse)
+    return means[np.searchsorted(known, np.asarray(state.flow_ids, dtype=object))] if state.n_flows else means[:0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(state=cluster_states(max_instances=6, max_flows=40), window=st.integers(1, 10))
+def test_the_base_twins_inputs_on_a_bare_state_are_those_of_the_code_replaced(state, window):
+    """A one-state `flow_means` is the general formula bit for bit, and a derived state keeps id lookups that
+    equal fresh ones."""
+    past = StatePast(state)
+    assert np.array_equal(flow_means(past, window), flow_means_reference(past, window))
+    lookups = state.flow_index, state.instance_index
+    changed = state.with_changes(rate=state.rate * 2.0, queue=state.queue)
+    assert (changed.flow_index, changed.instance_index) == lookups
+    assert changed.flow_index == {f: k for k, f in enumerate(changed.flow_ids)}
+    renamed = state.with_changes(flow_ids=tuple(f"x{f}" for f in state.flow_ids))
+    assert renamed.flow_index == {f"x{f}": k for k, f in enumerate(state.flow_ids)}
+
+
+@settings(max_examples=20, deadline=None)
+@given(state=cluster_states(max_instances=5, max_flows=30), data=st.data(), horizon=st.integers(2, 4))
+def test_encoding_the_idle_periods_edges_once_predicts_what_encoding_each_period_does(state, data, horizon):
+    torch.manual_seed(0)
+    member = Member(ResidualConfig(base=()))
+    candidates = [[indexed_move(state, data.draw(moves(state)))] for _ in range(data.draw(st.integers(1, 3)))]
+    batch = candidate_windows(origin_of_state(state, member.config.history), candidates, horizon,
+                              [None] * len(candidates))
+    with torch.no_grad():
+        once = member(batch)
+        with patch.object(torch, "equal", lambda a, b: False):
+            every = member(batch)
+    assert torch.equal(once, every)

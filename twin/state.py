@@ -167,7 +167,8 @@ class ClusterState:
     def with_changes(self, **changes) -> ClusterState:
         """A copy with some fields replaced. It is validated like any new state, except that fields taken over
         from this (already checked) state are not re-checked: scoring an action rebuilds the state of 1,600
-        flows once per candidate, and their ids need no second uniqueness check."""
+        flows once per candidate, and their ids need no second uniqueness check (nor a second id lookup: the copy
+        keeps this state's `flow_index` and `instance_index` when their ids are taken over)."""
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
             raise TypeError(f"ClusterState has no field(s) {sorted(unknown)}")
@@ -175,6 +176,9 @@ class ClusterState:
         for f in fields(self):
             object.__setattr__(copy, f.name, changes.get(f.name, getattr(self, f.name)))
         copy._validate(changed=frozenset(changes))
+        for lookup, ids in (("flow_index", "flow_ids"), ("instance_index", "instance_ids")):
+            if ids not in changes and lookup in self.__dict__:  # the same ids: the same (never mutated) lookup
+                copy.__dict__[lookup] = self.__dict__[lookup]
         return copy
 
     # --- sizes and lookups ----------------------------------------------------------------

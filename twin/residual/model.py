@@ -153,16 +153,18 @@ class Member(nn.Module):
         history = batch.x
         node_graph = batch.batch if batch.batch is not None else torch.zeros(history.size(0), dtype=torch.long)
         graphs = int(node_graph.max()) + 1 if node_graph.numel() else 0
-        out = []
+        out, edge, prepared = [], None, self.block.prepare(batch.edge_index, history.size(0), node_graph, graphs)
         for j in range(batch.node_steps.size(1)):
             action = batch.node_steps[:, j]
             now = history[:, 0]
             base = batch.base[:, j]
             nodes = torch.cat([history.flatten(1), batch.static, action, derived(now, action, batch.static), base],
                               dim=1)
-            edges = torch.cat([batch.latency, batch.edge_steps[:, j]], dim=1)
+            if edge is None or not torch.equal(batch.edge_steps[:, j], batch.edge_steps[:, j - 1]):
+                # the periods without moves after an action have the same edges: encoded once
+                edge = tanh_layer(self.encode_edge, torch.cat([batch.latency, batch.edge_steps[:, j]], dim=1))
             globals_ = self._globals(now, action, node_graph, graphs)
-            predicted = self._anchor(now, base) + self._change(nodes, edges, globals_, batch, node_graph)
+            predicted = self._anchor(now, base) + self._change(nodes, edge, globals_, batch, node_graph, prepared)
             out.append(predicted)
             history = torch.cat([clip(predicted, action[:, ACTION_NODE.index("active_after")])[:, None],
                                  history[:, :-1]], dim=1)
@@ -183,12 +185,13 @@ class Member(nn.Module):
             columns[STATE.index(ANCHORS[name])] = base[:, k]
         return torch.stack(columns, dim=1)
 
-    def _change(self, nodes: torch.Tensor, edges: torch.Tensor, globals_: torch.Tensor, batch: Batch,
-                node_graph: torch.Tensor) -> torch.Tensor:
-        x, edge, u = torch.tanh(self.encode_node(nodes)), tanh_layer(self.encode_edge, edges), \
-            torch.tanh(self.encode_global(globals_))
+    def _change(self, nodes: torch.Tensor, edge: torch.Tensor, globals_: torch.Tensor, batch: Batch,
+                node_graph: torch.Tensor, prepared: dict) -> torch.Tensor:
+        """f on the period's node inputs, its encoded edges (`forward`) and globals; `prepared` the block's
+        `GNBlock.prepare` for the batch's graph."""
+        x, u = torch.tanh(self.encode_node(nodes)), torch.tanh(self.encode_global(globals_))
         for _ in range(self.config.steps):
-            x, edge, u = self.block(x, batch.edge_index, edge, u, node_graph)
+            x, edge, u = self.block(x, batch.edge_index, edge, u, node_graph, prepared)
         return self.head(torch.cat([x, u.index_select(0, node_graph)], dim=1)) + self.linear(nodes)
 
     @staticmethod
