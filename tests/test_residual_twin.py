@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from tests.helpers import cluster, simulated_dataset
 from tests.strategies import cluster_states, moves
-from twin import cli, cost
+from twin import cli, cost, fit_settings
 from twin.calibration import CalibratedParams
 from twin.fidelity.evaluate import METRICS, load_dataset
 from twin.fidelity.twins import CalibratedTwin
@@ -378,3 +378,12 @@ def test_the_base_twins_states_are_its_rollouts(state, data, k):
         for name in ("utilisation", "queue", "drops"):
             np.testing.assert_array_equal(getattr(alone, name), getattr(full, name))
         assert alone.costs == {} and alone.migration_ms.size == 0
+
+
+def test_fit_settings_reach_the_network_shape():
+    config = fit_settings.configured(FitConfig(), ["net.history=5", "seed=2"], FitError)
+    assert (config.net.history, config.seed, config.net.hidden) == (5, 2, FitConfig().net.hidden)
+    for setting, named in (("net.depth=2", "'net.depth' is not a numeric hyper-parameter"),
+                           ("net.history=many", "net.history takes a number of type int")):
+        with pytest.raises(FitError, match=named):
+            fit_settings.configured(FitConfig(), [setting], FitError)
