@@ -17,7 +17,7 @@ from collections import Counter
 
 from gnn_policy.agent import DeepMigration
 from gnn_policy.bench import loop
-from gnn_policy.lookahead import LookAhead, parse_candidate
+from gnn_policy.lookahead import LOOKAHEAD_TWIN, LookAhead, parse_candidate
 from gnn_policy.rule_policy import RuleMigration
 from trace_replay.flows import read_flows
 from trace_replay.generate import sample_path
@@ -47,7 +47,7 @@ def main() -> None:
     setup = loop.LoopSetup(episodes=args.episodes, periods=args.periods, instances=args.instances,
                            standby=args.standby, seed=args.seed)
     batch = loop.build(sample_path(), read_flows(sample_path()), setup)
-    policy, twin = DeepMigration.load(None, seed=args.seed), ResidualTwin.load(None)
+    policy, twin = DeepMigration.load(None, seed=args.seed), ResidualTwin.load(LOOKAHEAD_TWIN)
     prototypes = {"deepmigration": policy, "deepmigration-rule": RuleMigration()}
     prototypes.update({f"k={k} {'+'.join(names)}": LookAhead(policy, twin, k, names)
                        for k in horizons for names in sets})

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -35,6 +36,10 @@ CANDIDATES = (POLICY, NOTHING, RULE)
 """The shipped candidate set, chosen on validation windows (docs/agent.md, "Look-ahead")."""
 HORIZON = 3
 """The shipped k, chosen on validation windows (docs/agent.md, "Look-ahead")."""
+LOOKAHEAD_TWIN = Path(__file__).resolve().parent / "data" / "lookahead_twin.pt"
+"""The residual twin the look-ahead scores with: the 3-state-history fit, chosen on the look-ahead's own
+validation windows (docs/agent.md, "Look-ahead"). The fidelity benchmark's shipped twin
+(`twin/data/residual.pt`, chosen on one-period prediction error) decides worse there."""
 
 
 class LookAheadError(ValueError):
@@ -80,9 +85,9 @@ class LookAhead(Policy):
 
     @classmethod
     def load(cls, policy: Policy, model: str | os.PathLike | None = None, **kwargs) -> LookAhead:
-        """`policy` with the residual twin stored at `model` (the shipped one when None); a checkpoint of
+        """`policy` with the residual twin stored at `model` (`LOOKAHEAD_TWIN` when None); a checkpoint of
         another format or version raises `twin.residual.checkpoint.ResidualCheckpointError` naming it."""
-        return cls(policy, ResidualTwin.load(model), **kwargs)
+        return cls(policy, ResidualTwin.load(LOOKAHEAD_TWIN if model is None else model), **kwargs)
 
     def _decide(self, problem: Problem) -> Decision:
         if problem.scenario.kind not in self.policy.handles:

@@ -48,7 +48,8 @@ def _deepmigration(seed: int = 0, checkpoint: str | None = None, sample: bool = 
 def _lookahead(seed: int = 0, checkpoint: str | None = None, residual: str | None = None,
                k: int | None = None, candidates: tuple[str, ...] | None = None, **_: object) -> Policy:
     """DeepMigration behind the look-ahead (docs/agent.md, "Look-ahead"): the residual twin at `residual`
-    (the shipped one when None) scores its action against the other candidates k periods ahead."""
+    (`gnn_policy.lookahead.LOOKAHEAD_TWIN` when None) scores its action against the other candidates k
+    periods ahead."""
     from gnn_policy.lookahead import CANDIDATES, HORIZON, LookAhead
 
     return LookAhead.load(_deepmigration(seed=seed, checkpoint=checkpoint), residual,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gnn_policy.base import Decision, Policy, Problem, score
 from gnn_policy.closed_loop import run_closed_loop
-from gnn_policy.lookahead import LookAhead, LookAheadError, predicted_costs
+from gnn_policy.lookahead import LOOKAHEAD_TWIN, LookAhead, LookAheadError, predicted_costs
 from gnn_policy.registry import make_policy
 from gnn_policy.rule_policy import RuleMigration
 from tests.helpers import cluster
@@ -69,7 +69,7 @@ def test_the_lowest_predicted_cost_wins(state, penalties):
 def test_the_shipped_twins_choice_is_the_argmin_of_its_own_prediction():
     problem = Problem.of(cluster([[300.0, 200.0, 150.0], [100.0]], standby=3), TH)
     assert problem.scenario.kind is ScenarioKind.SCALE_OUT
-    residual = ResidualTwin.load(None)
+    residual = ResidualTwin.load(LOOKAHEAD_TWIN)
     policy = LookAhead(Stub(), residual, k=2, candidates=("policy", "nothing", "rule"))
     decision = policy.decide(problem)
     usable = [o for o in (policy._candidate(label, problem) for label in policy.candidates) if o is not None]
@@ -88,7 +88,7 @@ def test_the_decisions_never_read_the_future():
     rate = batch.rate.copy()
     rate[:, cut:] *= 5.0
     other = dataclasses.replace(batch, rate=rate)
-    residual = ResidualTwin.load(None)
+    residual = ResidualTwin.load(LOOKAHEAD_TWIN)
     runs = []
     for episodes in (batch, other):
         policy = LookAhead(make_policy("deepmigration"), residual, k=3, candidates=("policy", "nothing", "rule"))
@@ -119,3 +119,11 @@ def test_a_bad_setup_is_refused_before_any_work(k, candidates, message):
 def test_it_is_a_registered_policy_that_acts_like_one():
     policy = make_policy("deepmigration-lookahead")
     assert isinstance(policy, Policy) and policy.name == "deepmigration-lookahead"
+
+
+def test_the_registry_look_ahead_scores_with_its_own_twin_not_the_fidelity_one():
+    """The look-ahead's twin was chosen on its own validation windows (docs/agent.md, "Look-ahead"); the
+    fidelity benchmark's shipped twin is another fit."""
+    policy = make_policy("deepmigration-lookahead")
+    own, fidelity = ResidualTwin.load(LOOKAHEAD_TWIN), ResidualTwin.load(None)
+    assert policy.twin.net.config == own.net.config != fidelity.net.config
