@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -86,32 +87,58 @@ def returning_trace(path):
     return pcap_builder.write_pcap(path, frames, snaplen=1600)
 
 
+def learned_rules(switch: str) -> dict[str, set[tuple[int, float]]]:
+    """Each flow's learned rules on `switch` now: (output port, when the switch installed it, time.monotonic())."""
+    dump = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", switch, "cookie=0xd3e9/-1"],
+                          capture_output=True, text=True, check=True).stdout
+    now, learned = time.monotonic(), {}
+    for line in dump.splitlines():
+        rule, age = RULE.search(line), re.search(r"duration=([\d.]+)s", line)
+        if rule and age:
+            src, dst, sport, dport, port = rule.groups()
+            key = FlowKey.of(src, dst, int(sport), int(dport), 6).id
+            learned.setdefault(key, set()).add((int(port), now - float(age.group(1))))
+    return learned
+
+
 def test_returning_flows_learn_the_instance_their_packets_go_to(tmp_path):
     """A flow back after its rules idled out lands anew. Its packets must go where its learned rules and
     the controller say: a datapath flow cached from its first life would send them where the default
     steering pointed at the last revalidation and learn the rules at the next one, possibly elsewhere,
     so OVS must evict idle datapath flows (max-idle, plus a 500 ms revalidator round) within 1 s, the
     shortest idle timeout. (That race needs the controller's next default change to beat the revalidator;
-    this trace did not hit it with OVS's default max-idle: the setting is what guards it.)"""
+    this trace did not hit it with OVS's default max-idle: the setting is what guards it.) The rules are
+    read while the trace plays: a returned flow's rules idle out again once its burst is over (a flow idle
+    both ways is not put back), so the early returners' are gone when the replay ends."""
     max_idle = subprocess.run(["ovs-vsctl", "get", "Open_vSwitch", ".", "other_config:max-idle"],
                               capture_output=True, text=True, check=True).stdout
     assert int(max_idle.strip().strip('"')) + 500 <= 1000
     spec = ClusterSpec(active=3, standby=0, capacity_pps=1000, buffer_packets=400, processing_ms=5)
     cfg = {"mode": "manual", "rule_idle_timeout_s": IDLE_S}
+    installs: dict[str, set[float]] = {}
+    checked: dict[str, int] = {}
     with live_loop(spec, config=cfg, workdir=tmp_path / "live") as loop:
         sent_log = tmp_path / "sent.json"
-        replay = loop.cluster.start_replay(returning_trace(tmp_path / "trace.pcap"), sent_log)
-        assert replay.wait(timeout=60) == 0, (loop.workdir / "replay.log").read_text()
-        rules = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", loop.cluster.switch,
-                                "cookie=0xd3e9/-1"], capture_output=True, text=True, check=True).stdout
-        flows = {f["id"]: f["instance"] for f in loop.api.get("/flows")}
         ports = {nf["instance"]: nf["port"] for nf in loop.cluster.nfs.values()}
+        replay = loop.cluster.start_replay(returning_trace(tmp_path / "trace.pcap"), sent_log)
+        started, ended = time.monotonic(), None
+        while ended is None or time.monotonic() < ended + 1.0:  # the last returner's rules come after its packet
+            assert time.monotonic() < started + 60, "the replay did not end within 60 s"
+            if ended is None and replay.poll() is not None:
+                ended = time.monotonic()
+            learned = learned_rules(loop.cluster.switch)
+            flows = {f["id"]: f["instance"] for f in loop.api.get("/flows")}
+            for key, rules in learned.items():
+                installs.setdefault(key, set()).update(round(at) for _, at in rules)
+                if key in flows:  # its rules can idle out between the two reads
+                    assert {port for port, _ in rules} == {ports[flows[key]]}, (key, rules, flows[key])
+                    checked[key] = checked.get(key, 0) + 1
+            time.sleep(0.25)
+        assert replay.returncode == 0, (loop.workdir / "replay.log").read_text()
         loop.drain()
         outcomes = flow_outcomes(json.loads(sent_log.read_text()), loop.cluster.sink_counts())
         loop.check_controller()
     assert (outcomes["sent"], outcomes["lost"], outcomes["reordered"]) == (RETURNING * 8, 0, 0)
-    learned: dict[str, set[int]] = {}
-    for src, dst, sport, dport, port in RULE.findall(rules):
-        learned.setdefault(FlowKey.of(src, dst, int(sport), int(dport), 6).id, set()).add(int(port))
-    assert len(learned) == RETURNING  # every flow came back and has its rules
-    assert learned == {key: {ports[flows[key]]} for key in learned}
+    assert len(installs) == RETURNING and len(checked) == RETURNING and min(checked.values()) >= 2
+    lives = {key: max(at) - min(at) for key, at in installs.items()}
+    assert all(gap > RETURN_AFTER_S - IDLE_S for gap in lives.values()), lives  # every flow came back, learned anew
